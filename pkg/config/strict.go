@@ -135,7 +135,7 @@ func describeKind(t reflect.Type) string {
 	case reflect.String:
 		return "a string"
 	case reflect.Slice:
-		return "a list of " + strings.TrimPrefix(describeKind(t.Elem()), "a ") + "s"
+		return "a list of " + strings.TrimPrefix(strings.TrimPrefix(describeKind(t.Elem()), "an "), "a ") + "s"
 	default:
 		return t.String()
 	}

@@ -1,0 +1,161 @@
+// Command moecapd supervises MoE inference servers and benchmarks them, one matrix cell at
+// a time. This package is the only place that knows about flags, environment variables and
+// viper; the packages under pkg/ get plain config structs.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+// Exit codes of DESIGN.md.
+const (
+	exitOK          = 0
+	exitInternal    = 1
+	exitUsage       = 2
+	exitLaunch      = 3
+	exitInfeasible  = 4
+	exitBench       = 5
+	exitTeardown    = 6
+	exitInterrupted = 130
+)
+
+// exitError carries an exit code out of a command.
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func withCode(code int, err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitError{code: code, err: err}
+}
+
+func usageErrorf(format string, a ...any) error {
+	return &exitError{code: exitUsage, err: fmt.Errorf(format, a...)}
+}
+
+// subcommands are added by the files of this package, one command each.
+var subcommands []func() *cobra.Command
+
+func register(f func() *cobra.Command) { subcommands = append(subcommands, f) }
+
+func newRootCmd() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "moecapd",
+		Short:         "Supervisor and benchmark orchestrator for MoE inference (MoE-CAP on SGLang/vLLM)",
+		Version:       version,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().String("log-format", "auto", "log format: auto (console on a terminal, JSON otherwise), console, json")
+	root.PersistentFlags().String("config-file", "", "moecapd settings file (default ./moecapd.yaml when present)")
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageErrorf("%v (see moecapd %s --help)", err, c.Name())
+	})
+	for _, f := range subcommands {
+		root.AddCommand(f())
+	}
+	return root
+}
+
+// settings binds a command's flags to viper: flag > MOECAP_* env > moecapd.yaml > default.
+func settings(cmd *cobra.Command) (*viper.Viper, error) {
+	v := viper.New()
+	v.SetEnvPrefix("MOECAP")
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.AutomaticEnv()
+	if err := v.BindPFlags(cmd.Flags()); err != nil {
+		return nil, err
+	}
+	if err := v.BindPFlags(cmd.InheritedFlags()); err != nil {
+		return nil, err
+	}
+	file := v.GetString("config-file")
+	if file == "" {
+		if _, err := os.Stat("moecapd.yaml"); err == nil {
+			file = "moecapd.yaml"
+		}
+	}
+	if file != "" {
+		v.SetConfigFile(file)
+		if err := v.ReadInConfig(); err != nil {
+			return nil, usageErrorf("%s: %v; fix the file or pass --config-file", file, err)
+		}
+		// A key in the file that is no flag of this command is a typo, not a setting.
+		known := map[string]bool{}
+		cmd.Flags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
+		cmd.InheritedFlags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
+		for _, k := range v.AllKeys() {
+			top := strings.SplitN(k, ".", 2)[0]
+			if !known[top] && !strings.Contains(k, ".") {
+				return nil, usageErrorf("%s: unknown key %q for %q; keys are the command's flag names (see moecapd %s --help)", file, k, cmd.Name(), cmd.Name())
+			}
+		}
+	}
+	return v, nil
+}
+
+func newLogger(v *viper.Viper) (*zap.Logger, error) {
+	var lvl zapcore.Level
+	if err := lvl.Set(v.GetString("log-level")); err != nil {
+		return nil, usageErrorf("--log-level %q: want debug, info, warn or error", v.GetString("log-level"))
+	}
+	format := v.GetString("log-format")
+	if format == "auto" {
+		format = "json"
+		if term.IsTerminal(int(os.Stderr.Fd())) {
+			format = "console"
+		}
+	}
+	var cfg zap.Config
+	switch format {
+	case "console":
+		cfg = zap.NewDevelopmentConfig()
+		cfg.DisableStacktrace = true
+		cfg.EncoderConfig.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+	case "json":
+		cfg = zap.NewProductionConfig()
+		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
+		cfg.Sampling = nil
+	default:
+		return nil, usageErrorf("--log-format %q: want auto, console or json", format)
+	}
+	cfg.Level = zap.NewAtomicLevelAt(lvl)
+	cfg.OutputPaths = []string{"stderr"}
+	return cfg.Build()
+}
+
+func main() {
+	err := newRootCmd().Execute()
+	if err == nil {
+		os.Exit(exitOK)
+	}
+	code := exitInternal
+	var ee *exitError
+	if errors.As(err, &ee) {
+		code = ee.code
+	} else if strings.Contains(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)") {
+		code = exitUsage
+	}
+	fmt.Fprintln(os.Stderr, "moecapd:", err)
+	os.Exit(code)
+}

@@ -1,0 +1,64 @@
+// Package profile is the profiling client: the native Go client, running and reading the
+// MoE-CAP runner, and the metric math. Metric names follow vLLM's `bench serve` so numbers
+// compare across tools.
+package profile
+
+import "encoding/json"
+
+// Metrics is a cell's benchmark result, stored under "metrics" in manifest.json.
+// Latencies are in milliseconds. TTFT = send → first non-empty streamed chunk; E2EL = send →
+// last byte; TPOT = (E2EL − TTFT)/(output_tokens − 1) per request with more than one output
+// token; ITL = every gap between chunks, pooled over requests.
+type Metrics struct {
+	// Source is "native" (client-side latencies) or "moe-cap" (the MoE-CAP runner: TTFT/TPOT
+	// are server forward-pass latencies, not what a user sees; see LatencyKind).
+	Source      string `json:"source"`
+	LatencyKind string `json:"latency_kind"` // "client" or "server_pass"
+
+	Completed            int     `json:"completed"`
+	Failed               int     `json:"failed"`
+	TotalInputTokens     int     `json:"total_input_tokens"`
+	TotalOutputTokens    int     `json:"total_output_tokens"`
+	DurationS            float64 `json:"duration_s"`
+	RequestThroughput    float64 `json:"request_throughput"`
+	OutputThroughput     float64 `json:"output_throughput"`
+	TotalTokenThroughput float64 `json:"total_token_throughput"`
+
+	MeanTTFTMs   float64 `json:"mean_ttft_ms"`
+	MedianTTFTMs float64 `json:"median_ttft_ms"`
+	P90TTFTMs    float64 `json:"p90_ttft_ms"`
+	P99TTFTMs    float64 `json:"p99_ttft_ms"`
+	StdTTFTMs    float64 `json:"std_ttft_ms"`
+
+	MeanTPOTMs   float64 `json:"mean_tpot_ms"`
+	MedianTPOTMs float64 `json:"median_tpot_ms"`
+	P90TPOTMs    float64 `json:"p90_tpot_ms"`
+	P99TPOTMs    float64 `json:"p99_tpot_ms"`
+	StdTPOTMs    float64 `json:"std_tpot_ms"`
+
+	MeanITLMs   float64 `json:"mean_itl_ms"`
+	MedianITLMs float64 `json:"median_itl_ms"`
+	P90ITLMs    float64 `json:"p90_itl_ms"`
+	P99ITLMs    float64 `json:"p99_itl_ms"`
+	StdITLMs    float64 `json:"std_itl_ms"`
+
+	MeanE2ELMs   float64 `json:"mean_e2el_ms"`
+	MedianE2ELMs float64 `json:"median_e2el_ms"`
+	P90E2ELMs    float64 `json:"p90_e2el_ms"`
+	P99E2ELMs    float64 `json:"p99_e2el_ms"`
+	StdE2ELMs    float64 `json:"std_e2el_ms"`
+
+	// Errors counts failed requests by reason ("http 500", "timeout", "connection reset"…).
+	Errors map[string]int `json:"errors,omitempty"`
+	// Partial is true when the run was cut short (Ctrl-C) and these are the numbers so far.
+	Partial bool `json:"partial,omitempty"`
+
+	// Expert activation and batch profile from the server's pass records, when it wrote any.
+	AvgExpertActivationPrefill *float64 `json:"avg_expert_activation_prefill,omitempty"`
+	AvgExpertActivationDecode  *float64 `json:"avg_expert_activation_decode,omitempty"`
+	AvgDecodeBatchSize         *float64 `json:"avg_decode_batch_size,omitempty"`
+	AvgPrefillBatchSize        *float64 `json:"avg_prefill_batch_size,omitempty"`
+
+	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
+	MoECAP json.RawMessage `json:"moe_cap,omitempty"`
+}
