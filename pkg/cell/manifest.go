@@ -1,0 +1,199 @@
+// Package cell runs one matrix cell end to end (preflight → launch → ready → bench →
+// teardown → record) and owns manifest.json, the self-describing record of a cell.
+package cell
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/profile"
+)
+
+// SchemaVersion of manifest.json.
+const SchemaVersion = 1
+
+// Status of a cell.
+type Status string
+
+// Statuses of DESIGN.md.
+const (
+	StatusRunning     Status = "running"
+	StatusOK          Status = "ok"
+	StatusFailed      Status = "failed"
+	StatusInfeasible  Status = "infeasible"
+	StatusInterrupted Status = "interrupted"
+)
+
+// Phase names where a failure happened.
+type Phase string
+
+// Phases of the pipeline.
+const (
+	PhasePreflight Phase = "preflight"
+	PhaseLaunch    Phase = "launch"
+	PhaseReady     Phase = "ready"
+	PhaseBench     Phase = "bench"
+	PhaseTeardown  Phase = "teardown"
+)
+
+// Kind classifies a failure.
+type Kind string
+
+// Failure kinds of DESIGN.md.
+const (
+	KindOOM           Kind = "oom"
+	KindCrash         Kind = "crash"
+	KindHealthTimeout Kind = "health_timeout"
+	KindPortInUse     Kind = "port_in_use"
+	KindEnvMissing    Kind = "env_missing"
+	KindClientError   Kind = "client_error"
+	KindBadResult     Kind = "bad_result"
+	KindOrphans       Kind = "orphans"
+	KindInterrupted   Kind = "interrupted"
+	KindGPUBusy       Kind = "gpu_busy"
+)
+
+// Identity says which cell this is.
+type Identity struct {
+	ID           string `json:"id"`
+	Model        string `json:"model"`
+	ModelID      string `json:"model_id"`
+	Hardware     string `json:"hardware"`
+	GPUName      string `json:"gpu_name,omitempty"`
+	GPUCount     int    `json:"gpu_count"`
+	GPUIndices   []int  `json:"gpu_indices"`
+	Task         string `json:"task"`
+	Dataset      string `json:"dataset,omitempty"`
+	InputTokens  int    `json:"input_tokens"`
+	OutputTokens int    `json:"output_tokens"`
+	NumSamples   int    `json:"num_samples"`
+	BatchSize    int    `json:"batch_size"`
+	Backend      string `json:"backend"`
+	TP           int    `json:"tp"`
+	ConfigFile   string `json:"config_file,omitempty"`
+}
+
+// Failure says what went wrong, where, and what the server said last.
+type Failure struct {
+	Phase   Phase  `json:"phase"`
+	Kind    Kind   `json:"kind"`
+	Message string `json:"message"`
+	LogTail string `json:"log_tail,omitempty"`
+}
+
+// Timings in seconds.
+type Timings struct {
+	Preflight     float64 `json:"preflight"`
+	LaunchToReady float64 `json:"launch_to_ready"`
+	Bench         float64 `json:"bench"`
+	Teardown      float64 `json:"teardown"`
+	Total         float64 `json:"total"`
+}
+
+// Server describes the launched inference server.
+type Server struct {
+	Argv     []string          `json:"argv"`
+	EnvAdded map[string]string `json:"env_added"`
+	PID      int               `json:"pid,omitempty"`
+	ExitCode *int              `json:"exit_code,omitempty"`
+	Port     int               `json:"port"`
+	Host     string            `json:"host"`
+	CondaEnv string            `json:"conda_env,omitempty"`
+}
+
+// Client describes the profiling client.
+type Client struct {
+	Kind     string            `json:"kind"`
+	Argv     []string          `json:"argv,omitempty"`
+	EnvAdded map[string]string `json:"env_added,omitempty"`
+	ExitCode *int              `json:"exit_code,omitempty"`
+}
+
+// Versions of the software involved.
+type Versions struct {
+	Moecapd string `json:"moecapd"`
+	Backend string `json:"backend,omitempty"`
+	Driver  string `json:"driver,omitempty"`
+}
+
+// Manifest is manifest.json.
+type Manifest struct {
+	SchemaVersion int              `json:"schema_version"`
+	Cell          Identity         `json:"cell"`
+	Status        Status           `json:"status"`
+	Failure       *Failure         `json:"failure,omitempty"`
+	StartedAt     time.Time        `json:"started_at"`
+	FinishedAt    *time.Time       `json:"finished_at,omitempty"`
+	Timings       Timings          `json:"timings_s"`
+	Server        Server           `json:"server"`
+	Client        Client           `json:"client"`
+	Metrics       *profile.Metrics `json:"metrics,omitempty"`
+	Telemetry     *gpu.Summary     `json:"telemetry,omitempty"`
+	Versions      Versions         `json:"versions"`
+	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
+	Extra map[string]json.RawMessage `json:"extra,omitempty"`
+}
+
+// ManifestFile is the manifest's name inside a cell directory.
+const ManifestFile = "manifest.json"
+
+// WriteManifest writes m to dir/manifest.json atomically: a crash leaves the old file or the
+// new one, never half of either.
+func WriteManifest(dir string, m *Manifest) error {
+	b, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(filepath.Join(dir, ManifestFile), append(b, '\n'))
+}
+
+// ReadManifest reads dir/manifest.json.
+func ReadManifest(dir string) (*Manifest, error) {
+	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return nil, err
+	}
+	var m Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ManifestFile), err)
+	}
+	return &m, nil
+}
+
+// WriteFileAtomic writes data to a temp file in the same directory, syncs it and renames it
+// over path, then syncs the directory so the rename survives a power cut.
+func WriteFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}

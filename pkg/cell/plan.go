@@ -1,0 +1,339 @@
+package cell
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/profile"
+)
+
+// Client kinds.
+const (
+	ClientMoECAP = "moe-cap"
+	ClientNative = "native"
+)
+
+// GPUs is what the pipeline needs of the GPU layer; pkg/gpu's Backend satisfies it.
+type GPUs interface {
+	Available() bool
+	Reason() string
+	DriverVersion() string
+	Resolve(cudaVisibleDevices string) ([]gpu.Device, error)
+	ComputeProcesses(devs []gpu.Device) ([]gpu.Process, error)
+	MemoryUsed(devs []gpu.Device) (map[int]uint64, error)
+	NewSampler(cfg gpu.SamplerConfig) *gpu.Sampler
+}
+
+// Config is one cell's run, as plain values (cmd/moecapd fills it from flags).
+type Config struct {
+	Backend   string // sglang, vllm or sim
+	SimFlavor string // sim: sglang (default) or vllm
+	SimHW     string // sim: hardware family imitated (default H100)
+	Bench     *config.Bench
+	Tables    *config.Tables
+	BatchSize int
+	TP        int
+	// NumSamples overrides the bench file's num_samples when > 0.
+	NumSamples int
+	Host       string
+	Port       int // 0 picks a free port
+	Results    string
+	Grace      time.Duration
+	ReadyStall time.Duration
+	ReadyHard  time.Duration
+	Client     string // moe-cap or native
+	ServerArgs []string
+	Conda      launcher.CondaSearch
+	CondaEnv   string
+	BaseEnv    []string // the environment the server and client inherit
+	SelfExe    string   // moecapd binary (sim server)
+	// CUDAVisibleDevices is the caller's CUDA_VISIBLE_DEVICES: the pool the cell's GPUs are
+	// chosen from.
+	CUDAVisibleDevices string
+	Hardware           string // label override (--hardware)
+	GPUs               GPUs   // nil: no telemetry
+	GPUWait            time.Duration
+	GPUInterval        time.Duration
+	MemSlackBytes      uint64 // teardown: memory within this of the baseline counts as clean
+	Prices             gpu.Prices
+	Version            string
+	Log                *zap.Logger
+	// Native tunes the built-in client (warm-up, seed, timeouts…); the pipeline fills the
+	// fields that come from the cell.
+	Native profile.Options
+	// Derive adds derived numbers (CAP math) to a finished manifest; optional.
+	Derive func(m *Manifest, cellDir string)
+	// OnPhase is told of each phase as it starts (progress displays); optional.
+	OnPhase func(id string, p Phase)
+}
+
+// Plan is what a cell will run: computed without starting anything (also --dry-run).
+type Plan struct {
+	ID           string
+	Dir          string
+	Identity     Identity
+	Model        config.Model
+	Devices      []gpu.Device
+	Spec         launcher.ServerSpec
+	ServerArgv   []string // the server's own argv (python -m … or moecapd sim-server …)
+	LaunchArgv   []string // what is exec'd: the activation wrapper around ServerArgv, or ServerArgv
+	EnvAdded     map[string]string
+	CondaRoot    string
+	CondaEnv     string
+	ClientArgv   []string // moe-cap runner argv (inside the env), empty for native
+	ClientLaunch []string
+	APIURL       string
+	BaseURL      string
+}
+
+// ID formats a cell id: <model>.<hardware>.<task>.bs<N>.<backend>.
+func ID(model, hardware, task string, bs int, backend string) string {
+	return fmt.Sprintf("%s.%s.%s.bs%d.%s", model, hardware, task, bs, backend)
+}
+
+// Validate checks the parts of a config that do not depend on the machine.
+func (c *Config) Validate() (config.Model, error) {
+	cfgErr := func(key, msg string) error {
+		file := "command line"
+		if c.Bench != nil {
+			file = c.Bench.Path
+		}
+		return &config.Error{File: file, Key: key, Msg: msg}
+	}
+	switch c.Backend {
+	case launcher.BackendSGLang, launcher.BackendVLLM, launcher.BackendSim:
+	default:
+		return config.Model{}, cfgErr("--backend", fmt.Sprintf("got %q, expected sglang, vllm or sim", c.Backend))
+	}
+	if c.BatchSize <= 0 {
+		return config.Model{}, cfgErr("--batch-size", fmt.Sprintf("got %d, expected a positive number of concurrent requests (the guide uses 1, 32, 64, 128)", c.BatchSize))
+	}
+	if c.TP <= 0 {
+		return config.Model{}, cfgErr("--tp", fmt.Sprintf("got %d, expected a positive GPU count (1 or 8 in the guide)", c.TP))
+	}
+	if c.Client != ClientMoECAP && c.Client != ClientNative {
+		return config.Model{}, cfgErr("--client", fmt.Sprintf("got %q, expected moe-cap or native", c.Client))
+	}
+	if c.Backend == launcher.BackendSim && c.Client == ClientMoECAP {
+		return config.Model{}, cfgErr("--client", "the MoE-CAP runner needs a conda env and CUDA; use --client native with --backend sim")
+	}
+	if c.Bench == nil {
+		return config.Model{}, cfgErr("--config", "missing; pass a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
+	}
+	m, ok := c.Tables.ModelByID(c.Bench.ModelID)
+	if !ok {
+		return config.Model{}, &config.Error{File: c.Bench.Path, Key: "model_id",
+			Msg: fmt.Sprintf("unknown model %q; known: %s (add it to configs/models.yaml)", c.Bench.ModelID, strings.Join(c.knownModels(), ", "))}
+	}
+	if m.Heads%c.TP != 0 {
+		return config.Model{}, cfgErr("--tp", fmt.Sprintf("TP %d does not divide the %d attention heads of %s; use a divisor such as 1, 2, 4 or 8", c.TP, m.Heads, m.Key))
+	}
+	if c.Port < 0 || c.Port > 65535 {
+		return config.Model{}, cfgErr("--port", fmt.Sprintf("got %d, expected 0 (pick a free one) to 65535", c.Port))
+	}
+	if c.Backend == launcher.BackendSim {
+		if _, ok := c.Tables.HardwareFamily(c.simHW()); !ok {
+			return config.Model{}, cfgErr("--sim-hardware", fmt.Sprintf("unknown hardware %q; expected H100, H200 or A100", c.SimHW))
+		}
+	}
+	return m, nil
+}
+
+func (c *Config) knownModels() []string {
+	var out []string
+	for _, k := range c.Tables.ModelKeys() {
+		out = append(out, c.Tables.Models[k].HFID)
+	}
+	return out
+}
+
+func (c *Config) simHW() string {
+	if c.SimHW == "" {
+		return "H100"
+	}
+	return c.SimHW
+}
+
+func (c *Config) numSamples() int {
+	if c.NumSamples > 0 {
+		return c.NumSamples
+	}
+	return c.Bench.NumSamples
+}
+
+// MakePlan resolves everything a cell needs without starting anything: GPUs, hardware
+// label, cell id and directory, port, conda env, argv and environment of server and client.
+func MakePlan(c *Config) (*Plan, error) {
+	m, err := c.Validate()
+	if err != nil {
+		return nil, err
+	}
+	p := &Plan{Model: m}
+	devs, visible, err := c.pickGPUs()
+	if err != nil {
+		return nil, err
+	}
+	p.Devices = devs
+	hw := c.Hardware
+	if hw == "" {
+		switch {
+		case len(devs) > 0:
+			hw = gpu.Label(devs)
+		case c.Backend == launcher.BackendSim:
+			hw = fmt.Sprintf("%dx%s", c.TP, c.simHW())
+		default:
+			hw = fmt.Sprintf("%dxGPU", c.TP)
+		}
+	}
+	task := c.Bench.Task()
+	p.ID = ID(m.Key, hw, task, c.BatchSize, c.Backend)
+	root, err := filepath.Abs(c.Results)
+	if err != nil {
+		return nil, err
+	}
+	p.Dir = filepath.Join(root, p.ID)
+	port := c.Port
+	if port == 0 {
+		if port, err = launcher.FreePort(c.Host); err != nil {
+			return nil, fmt.Errorf("pick a free port on %s: %w", c.Host, err)
+		}
+	}
+	p.Spec = launcher.ServerSpec{
+		Backend: c.Backend, Flavor: c.SimFlavor, Model: c.Bench.ModelID, Host: c.Host, Port: port,
+		TP: c.TP, BatchSize: c.BatchSize, Extra: c.ServerArgs,
+		RecordsDir:         filepath.Join(p.Dir, "records"),
+		ExpertPatching:     m.ExpertPatching,
+		CUDAVisibleDevices: visible,
+		SimExe:             c.SelfExe,
+	}
+	if c.Backend == launcher.BackendSim {
+		p.Spec.SimHardware = c.simHW()
+	}
+	if p.ServerArgv, err = launcher.ServerArgv(p.Spec); err != nil {
+		return nil, err
+	}
+	p.EnvAdded = launcher.ServerEnv(p.Spec)
+	p.LaunchArgv = p.ServerArgv
+	clientHost := c.Host
+	if clientHost == "0.0.0.0" || clientHost == "::" || clientHost == "" {
+		clientHost = "127.0.0.1"
+	}
+	p.BaseURL = "http://" + joinHostPort(clientHost, port)
+	p.APIURL = p.BaseURL + "/v1/completions"
+	if c.Backend != launcher.BackendSim {
+		p.CondaEnv = c.CondaEnv
+		if p.CondaEnv == "" {
+			p.CondaEnv = c.Backend
+		}
+		// The root may be missing; dry-run still shows the argv with the root it would use.
+		root, rerr := launcher.ResolveCondaRoot(c.Conda)
+		if rerr != nil {
+			cands := c.Conda.Candidates()
+			root = cands[0]
+		}
+		p.CondaRoot = root
+		p.LaunchArgv = launcher.ActivationArgv(root, p.CondaEnv, p.ServerArgv)
+	}
+	if c.Client == ClientMoECAP {
+		p.ClientArgv = append([]string{"python"}, profile.RunnerArgs(c.Bench.Path, p.APIURL, p.Spec.APIFlavor(), c.BatchSize, filepath.Join(p.Dir, "client"))...)
+		if c.NumSamples > 0 {
+			p.ClientArgv = append(p.ClientArgv, "--num-samples", strconv.Itoa(c.NumSamples))
+		}
+		p.ClientLaunch = launcher.ActivationArgv(p.CondaRoot, p.CondaEnv, p.ClientArgv)
+	}
+	p.Identity = Identity{
+		ID: p.ID, Model: m.Key, ModelID: c.Bench.ModelID, Hardware: hw,
+		GPUCount: c.TP, GPUIndices: []int{}, Task: task, Dataset: c.Bench.Dataset(),
+		InputTokens: c.Bench.TargetInputTokens, OutputTokens: c.Bench.TargetOutputTokens,
+		NumSamples: c.numSamples(), BatchSize: c.BatchSize, Backend: c.Backend, TP: c.TP,
+		ConfigFile: c.Bench.Path,
+	}
+	for _, d := range devs {
+		p.Identity.GPUIndices = append(p.Identity.GPUIndices, d.Index)
+		p.Identity.GPUName = d.Name
+	}
+	return p, nil
+}
+
+// pickGPUs chooses TP GPUs from the caller's visible set when NVML is there, and returns the
+// CUDA_VISIBLE_DEVICES value to give the server.
+func (c *Config) pickGPUs() ([]gpu.Device, string, error) {
+	if c.GPUs == nil || !c.GPUs.Available() {
+		return nil, c.CUDAVisibleDevices, nil
+	}
+	devs, err := c.GPUs.Resolve(c.CUDAVisibleDevices)
+	if err != nil {
+		return nil, "", &config.Error{File: "environment", Key: "CUDA_VISIBLE_DEVICES", Msg: err.Error()}
+	}
+	if c.Backend == launcher.BackendSim {
+		// The sim uses no GPU; it gets none, and telemetry watches none.
+		return nil, "", nil
+	}
+	if len(devs) < c.TP {
+		return nil, "", &config.Error{File: "command line", Key: "--tp",
+			Msg: fmt.Sprintf("TP %d needs %d GPUs but only %d are visible (CUDA_VISIBLE_DEVICES=%q); lower --tp or free GPUs", c.TP, c.TP, len(devs), c.CUDAVisibleDevices)}
+	}
+	devs = devs[:c.TP]
+	ids := make([]string, len(devs))
+	for i, d := range devs {
+		ids[i] = strconv.Itoa(d.Index)
+	}
+	return devs, strings.Join(ids, ","), nil
+}
+
+func joinHostPort(h string, p int) string {
+	if strings.Contains(h, ":") {
+		return "[" + h + "]:" + strconv.Itoa(p)
+	}
+	return h + ":" + strconv.Itoa(p)
+}
+
+// Describe renders a plan for --dry-run: the exact argv of server and client, one argument
+// per line (quoted as Go strings so spaces and quotes are visible), and the added environment.
+func (p *Plan) Describe() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "cell:    %s\nresults: %s\n", p.ID, p.Dir)
+	if p.CondaRoot != "" {
+		fmt.Fprintf(&b, "conda:   root %s, env %s\n", p.CondaRoot, p.CondaEnv)
+	}
+	b.WriteString("server argv:\n")
+	for _, a := range p.LaunchArgv {
+		fmt.Fprintf(&b, "  %s\n", strconv.Quote(a))
+	}
+	b.WriteString("server env added:\n")
+	for _, kv := range launcher.MergeEnv(nil, p.EnvAdded) {
+		fmt.Fprintf(&b, "  %s\n", kv)
+	}
+	if len(p.ClientLaunch) > 0 {
+		b.WriteString("client argv (MoE-CAP runner):\n")
+		for _, a := range p.ClientLaunch {
+			fmt.Fprintf(&b, "  %s\n", strconv.Quote(a))
+		}
+		b.WriteString("client env added: same as server\n")
+	} else {
+		fmt.Fprintf(&b, "client:  native (in-process) → %s\n", p.APIURL)
+	}
+	return b.String()
+}
+
+// archive moves an earlier attempt of the cell aside (root/.attempts/<id>.<time>) so a
+// rerun never mixes its files with the old ones and the old ones are not lost.
+func archive(dir string) error {
+	if _, err := os.Stat(dir); os.IsNotExist(err) {
+		return nil
+	}
+	att := filepath.Join(filepath.Dir(dir), ".attempts")
+	if err := os.MkdirAll(att, 0o755); err != nil {
+		return err
+	}
+	return os.Rename(dir, filepath.Join(att, filepath.Base(dir)+"."+time.Now().UTC().Format("20060102T150405.000000000")))
+}

@@ -1,0 +1,456 @@
+package cell
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/profile"
+)
+
+// Result is a finished cell: its manifest and where it lives.
+type Result struct {
+	Plan     *Plan
+	Manifest *Manifest
+}
+
+// ExitCode maps a manifest onto DESIGN.md's exit codes.
+func ExitCode(m *Manifest) int {
+	switch m.Status {
+	case StatusOK:
+		return 0
+	case StatusInfeasible:
+		return 4
+	case StatusInterrupted:
+		return 130
+	}
+	if m.Failure == nil {
+		return 1
+	}
+	switch m.Failure.Phase {
+	case PhasePreflight:
+		if m.Failure.Kind == KindEnvMissing {
+			return 2
+		}
+		return 3
+	case PhaseLaunch, PhaseReady:
+		return 3
+	case PhaseBench:
+		return 5
+	case PhaseTeardown:
+		return 6
+	}
+	return 1
+}
+
+// runner carries one cell's state through the phases.
+type runner struct {
+	c    *Config
+	p    *Plan
+	m    *Manifest
+	log  *zap.Logger
+	t0   time.Time
+	proc *launcher.Process
+	logw *launcher.LogWatch
+	smp  *gpu.Sampler
+	base map[int]uint64
+}
+
+// Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
+// interrupted, after tearing the server down. The returned error is for problems outside
+// the cell's own outcome (cannot write the results directory); the outcome is the manifest.
+func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
+	log := c.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	r := &runner{c: c, p: p, log: log.With(zap.String("cell", p.ID)), t0: time.Now()}
+	// A server of an earlier, killed supervisor on this results root may still hold the
+	// GPUs or the port: end it first.
+	r.endOrphans()
+	if err := archive(p.Dir); err != nil {
+		return nil, fmt.Errorf("move the earlier attempt of %s aside: %w", p.ID, err)
+	}
+	for _, d := range []string{p.Dir, filepath.Join(p.Dir, "client"), filepath.Join(p.Dir, "records")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("create %s: %w (check --results)", d, err)
+		}
+	}
+	r.m = &Manifest{
+		SchemaVersion: SchemaVersion, Cell: p.Identity, Status: StatusRunning,
+		StartedAt: time.Now().UTC(),
+		Server:    Server{Argv: p.LaunchArgv, EnvAdded: p.EnvAdded, Port: p.Spec.Port, Host: p.Spec.Host, CondaEnv: p.CondaEnv},
+		Client:    Client{Kind: c.Client, Argv: p.ClientLaunch},
+		Versions:  Versions{Moecapd: c.Version},
+	}
+	if c.GPUs != nil {
+		r.m.Versions.Driver = c.GPUs.DriverVersion()
+	}
+	if p.ClientLaunch != nil {
+		r.m.Client.EnvAdded = p.EnvAdded
+	}
+	if err := WriteManifest(p.Dir, r.m); err != nil {
+		return nil, err
+	}
+	r.run(ctx)
+	r.finish()
+	if err := WriteManifest(p.Dir, r.m); err != nil {
+		return r.m, err
+	}
+	return r.m, nil
+}
+
+func (r *runner) phase(ph Phase) {
+	r.log.Info("phase", zap.String("phase", string(ph)))
+	if r.c.OnPhase != nil {
+		r.c.OnPhase(r.p.ID, ph)
+	}
+}
+
+func (r *runner) fail(ph Phase, kind Kind, msg string) {
+	if r.m.Failure != nil {
+		return
+	}
+	r.m.Status = StatusFailed
+	if kind == KindOOM {
+		r.m.Status = StatusInfeasible
+	}
+	if kind == KindInterrupted {
+		r.m.Status = StatusInterrupted
+	}
+	r.m.Failure = &Failure{Phase: ph, Kind: kind, Message: msg}
+	if r.logw != nil {
+		r.logw.Poll()
+		r.m.Failure.LogTail = r.logw.Tail()
+	}
+	r.log.Error("cell failed", zap.String("phase", string(ph)), zap.String("kind", string(kind)), zap.String("why", msg))
+}
+
+func (r *runner) interrupted(ph Phase) {
+	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s (SIGINT/SIGTERM); the server was torn down", ph))
+}
+
+func since(t time.Time) float64 { return time.Since(t).Seconds() }
+
+func (r *runner) run(ctx context.Context) {
+	defer r.teardown()
+
+	r.phase(PhasePreflight)
+	t := time.Now()
+	ok := r.preflight(ctx)
+	r.m.Timings.Preflight = since(t)
+	if !ok {
+		return
+	}
+
+	r.phase(PhaseLaunch)
+	t = time.Now()
+	if !r.launch() {
+		return
+	}
+	r.phase(PhaseReady)
+	ok = r.ready(ctx)
+	r.m.Timings.LaunchToReady = since(t)
+	if !ok {
+		return
+	}
+
+	r.phase(PhaseBench)
+	t = time.Now()
+	if r.smp != nil {
+		r.smp.MarkBenchStart()
+	}
+	r.bench(ctx)
+	if r.smp != nil {
+		r.smp.MarkBenchEnd()
+	}
+	r.m.Timings.Bench = since(t)
+}
+
+func (r *runner) endOrphans() {
+	orphans, err := launcher.FindOrphans(filepath.Dir(r.p.Dir))
+	if err != nil {
+		r.log.Warn("orphan scan failed", zap.Error(err))
+		return
+	}
+	for _, o := range orphans {
+		r.log.Warn("ending a server left behind by a killed supervisor",
+			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Ints("pids", o.PIDs))
+		rep, err := launcher.EndOrphan(o, r.c.Grace)
+		if err != nil {
+			r.log.Error("could not end orphaned server", zap.Error(err))
+			continue
+		}
+		r.log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
+		r.markInterrupted(o.Dir)
+	}
+}
+
+// markInterrupted rewrites a "running" manifest of a cell whose supervisor died, so nobody
+// mistakes it for live.
+func (r *runner) markInterrupted(dir string) {
+	m, err := ReadManifest(dir)
+	if err != nil || m.Status != StatusRunning {
+		return
+	}
+	m.Status = StatusInterrupted
+	now := time.Now().UTC()
+	m.FinishedAt = &now
+	m.Failure = &Failure{Phase: PhaseBench, Kind: KindInterrupted, Message: "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run"}
+	_ = WriteManifest(dir, m)
+}
+
+func (r *runner) preflight(ctx context.Context) bool {
+	c, p := r.c, r.p
+	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
+		r.fail(PhasePreflight, KindPortInUse, fmt.Sprintf("port %d on %s is taken (%v); stop what holds it (ss -ltnp 'sport = :%d') or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, p.Spec.Port))
+		return false
+	}
+	if c.Backend != launcher.BackendSim {
+		root, err := launcher.ResolveCondaRoot(c.Conda)
+		if err != nil {
+			r.fail(PhasePreflight, KindEnvMissing, err.Error())
+			return false
+		}
+		if _, err := launcher.ResolveEnv(root, p.CondaEnv, c.Backend); err != nil {
+			r.fail(PhasePreflight, KindEnvMissing, err.Error())
+			return false
+		}
+	}
+	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
+		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait); err != nil {
+			if ctx.Err() != nil {
+				r.interrupted(PhasePreflight)
+				return false
+			}
+			r.fail(PhasePreflight, KindGPUBusy, err.Error())
+			return false
+		}
+		base, err := c.GPUs.MemoryUsed(p.Devices)
+		if err == nil {
+			r.base = base
+		}
+	}
+	return true
+}
+
+func (r *runner) launch() bool {
+	c, p := r.c, r.p
+	logPath := filepath.Join(p.Dir, "server.log")
+	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
+	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath})
+	if err != nil {
+		kind := KindCrash
+		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
+			kind = KindEnvMissing
+		}
+		r.fail(PhaseLaunch, kind, fmt.Sprintf("could not start the server: %v", err))
+		return false
+	}
+	r.proc = proc
+	r.m.Server.PID = proc.PID()
+	if err := launcher.WriteState(p.Dir, launcher.NewState(proc, p.ServerArgv, p.Spec.Port)); err != nil {
+		r.log.Error("cannot record the server's PID; a crash of moecapd now would orphan it", zap.Error(err))
+	}
+	_ = WriteManifest(p.Dir, r.m)
+	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
+	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath))
+	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
+		f, err := os.Create(filepath.Join(p.Dir, "telemetry.csv"))
+		if err == nil {
+			pid := proc.PID()
+			r.smp = c.GPUs.NewSampler(gpu.SamplerConfig{Devices: p.Devices, Interval: c.GPUInterval,
+				PIDs: func() []int { return launcher.Tree(pid, pid) }, CSV: f})
+			r.smp.Start(context.Background())
+		}
+	}
+	return true
+}
+
+func (r *runner) ready(ctx context.Context) bool {
+	err := launcher.WaitReady(ctx, r.proc, r.logw, launcher.ReadySpec{
+		BaseURL: r.p.BaseURL, Model: r.p.Spec.Model, Flavor: r.p.Spec.APIFlavor(),
+		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard,
+	})
+	if err == nil {
+		r.log.Info("server ready")
+		return true
+	}
+	if ctx.Err() != nil {
+		r.interrupted(PhaseReady)
+		return false
+	}
+	var re *launcher.ReadyError
+	if errors.As(err, &re) && re.Exited {
+		r.logw.Poll()
+		kind, line := r.logw.Diagnosis()
+		r.fail(PhaseReady, Kind(kind), re.Msg+": "+launcher.Explain(kind, line))
+		return false
+	}
+	r.fail(PhaseReady, KindHealthTimeout, err.Error())
+	return false
+}
+
+func (r *runner) bench(ctx context.Context) {
+	c, p := r.c, r.p
+	// The server dying mid-bench must end the bench at once, not after every request
+	// times out.
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.proc.Done():
+			cancel()
+		case <-bctx.Done():
+		}
+	}()
+	var met *profile.Metrics
+	var err error
+	if c.Client == ClientNative {
+		met, err = r.benchNative(bctx)
+	} else {
+		met, err = r.benchRunner(bctx)
+	}
+	if met != nil {
+		r.m.Metrics = met
+	}
+	switch {
+	case ctx.Err() != nil:
+		r.interrupted(PhaseBench)
+	case r.proc.Exited():
+		r.logw.Poll()
+		kind, line := r.logw.Diagnosis()
+		fk := Kind(kind)
+		if fk == KindPortInUse || fk == KindEnvMissing {
+			fk = KindCrash
+		}
+		r.fail(PhaseBench, fk, "server died during the bench ("+r.proc.ExitDescription()+"): "+launcher.Explain(kind, line))
+	case err != nil:
+		kind := KindClientError
+		var bad *profile.BadResultError
+		if errors.As(err, &bad) {
+			kind = KindBadResult
+		}
+		r.fail(PhaseBench, kind, err.Error())
+	}
+}
+
+func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
+	c, p := r.c, r.p
+	o := c.Native
+	o.APIURL = p.APIURL
+	o.Model = c.Bench.ModelID
+	o.Backend = p.Spec.APIFlavor()
+	o.BatchSize = c.BatchSize
+	o.NumSamples = c.numSamples()
+	o.InputTokens = c.Bench.TargetInputTokens
+	o.OutputTokens = c.Bench.TargetOutputTokens
+	o.IgnoreEOS = true
+	if o.Dataset == "" {
+		o.Dataset = c.Bench.Dataset()
+	}
+	o.OutputDir = filepath.Join(p.Dir, "client")
+	o.RecordsDir = filepath.Join(p.Dir, "records")
+	if o.Log == nil {
+		o.Log = r.log
+	}
+	cl, err := os.Create(filepath.Join(p.Dir, "client.log"))
+	if err == nil {
+		defer cl.Close()
+		o.Progress = cl
+	}
+	res, err := profile.Run(ctx, o)
+	if res != nil {
+		return &res.Metrics, err
+	}
+	return nil, err
+}
+
+func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
+	c, p := r.c, r.p
+	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
+	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: filepath.Join(p.Dir, "client.log")})
+	if err != nil {
+		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
+	}
+	select {
+	case <-proc.Done():
+	case <-ctx.Done():
+		proc.Stop(5 * time.Second)
+		return nil, ctx.Err()
+	}
+	code := proc.ExitCode()
+	r.m.Client.ExitCode = &code
+	if code != 0 {
+		return nil, fmt.Errorf("the MoE-CAP runner failed (%s); see client.log in %s", proc.ExitDescription(), p.Dir)
+	}
+	return profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples())
+}
+
+func (r *runner) teardown() {
+	if r.proc == nil {
+		return
+	}
+	r.phase(PhaseTeardown)
+	t := time.Now()
+	rep := r.proc.Stop(r.c.Grace)
+	if r.logw != nil {
+		r.logw.Close()
+	}
+	code := rep.ExitCode
+	r.m.Server.ExitCode = &code
+	var problems []string
+	if !rep.Graceful {
+		r.log.Warn("server ignored SIGTERM for the grace period; killed", zap.Ints("pids", rep.Killed), zap.Duration("grace", r.c.Grace))
+	}
+	if len(rep.Left) > 0 {
+		problems = append(problems, fmt.Sprintf("PIDs %v survived SIGKILL", rep.Left))
+	}
+	if !launcher.PortClosed(r.p.Spec.Host, r.p.Spec.Port) {
+		problems = append(problems, fmt.Sprintf("port %d still accepts connections", r.p.Spec.Port))
+	}
+	if r.smp != nil {
+		sum := r.smp.Stop()
+		r.m.Telemetry = &sum
+	}
+	if r.c.GPUs != nil && r.c.GPUs.Available() && len(r.p.Devices) > 0 && r.base != nil {
+		left, err := gpu.WaitMemoryBaseline(context.Background(), r.c.GPUs, r.p.Devices, r.base, r.c.MemSlackBytes, 30*time.Second)
+		if err != nil {
+			var pids []string
+			for _, lp := range left {
+				pids = append(pids, fmt.Sprintf("%d (%s)", lp.PID, lp.Cmdline))
+			}
+			problems = append(problems, fmt.Sprintf("GPU memory not back to baseline: %v; held by %s", err, strings.Join(pids, ", ")))
+		}
+	}
+	r.m.Timings.Teardown = since(t)
+	if len(problems) > 0 {
+		r.fail(PhaseTeardown, KindOrphans, strings.Join(problems, "; ")+"; kill them by hand (kill -9 PID) before the next cell")
+		return
+	}
+	_ = launcher.RemoveState(r.p.Dir)
+	r.log.Info("server torn down", zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
+}
+
+func (r *runner) finish() {
+	now := time.Now().UTC()
+	r.m.FinishedAt = &now
+	r.m.Timings.Total = since(r.t0)
+	if r.m.Status == StatusRunning {
+		r.m.Status = StatusOK
+	}
+	if r.m.Telemetry != nil && r.m.Metrics != nil {
+		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens, r.c.Prices)
+	}
+	if r.c.Derive != nil && r.m.Metrics != nil {
+		r.c.Derive(r.m, r.p.Dir)
+	}
+}
