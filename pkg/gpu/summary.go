@@ -1,0 +1,178 @@
+package gpu
+
+import (
+	"fmt"
+	"math/bits"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+)
+
+// Summary is the telemetry record of one cell (manifest.json "telemetry"). Pointer fields
+// are nil when the quantity was not measured (no NVML, metric not supported, no bench
+// window), so "absent" never reads as 0.
+type Summary struct {
+	Available bool   `json:"available"`
+	Reason    string `json:"reason,omitempty"`
+	GPUs      int    `json:"gpus"`
+	// IntervalMS is the configured sampling interval.
+	IntervalMS float64 `json:"interval_ms,omitempty"`
+	// Window says what the figures cover: "bench" (between MarkBenchStart and
+	// MarkBenchEnd) or "sampling" (the whole run, when the bench was never marked).
+	Window string `json:"window,omitempty"`
+	// Samples counts sampling rounds (each reads every GPU once); Missed counts ticks that
+	// passed while a slow round was still reading.
+	Samples int `json:"samples"`
+	Missed  int `json:"missed"`
+	// ReadErrors counts metric and device reads that failed with something other than
+	// "not supported"; LostGPUs lists GPUs that fell off the bus and were no longer read.
+	ReadErrors          int      `json:"read_errors,omitempty"`
+	LostGPUs            []int    `json:"lost_gpus,omitempty"`
+	EnergyCounterResets int      `json:"energy_counter_resets,omitempty"`
+	TickJitterP99MS     *float64 `json:"tick_jitter_p99_ms,omitempty"`
+
+	BenchWindowS *float64 `json:"bench_window_s,omitempty"`
+	// EnergyJ is the energy-counter delta over the window, summed over GPUs;
+	// EnergyIntegratedJ integrates sampled power over the same window as a cross-check.
+	EnergyJ               *float64 `json:"energy_j,omitempty"`
+	EnergyIntegratedJ     *float64 `json:"energy_integrated_j,omitempty"`
+	EnergyDisagreementPct *float64 `json:"energy_disagreement_pct,omitempty"`
+	// AvgPowerW is the node's (all GPUs') average power; PeakPowerW the highest sum of the
+	// GPUs' power in one sampling round.
+	AvgPowerW  *float64 `json:"avg_power_w,omitempty"`
+	PeakPowerW *float64 `json:"peak_power_w,omitempty"`
+	// Utilization pooled over GPUs and samples.
+	MeanUtilPct *float64 `json:"mean_util_pct,omitempty"`
+	P95UtilPct  *float64 `json:"p95_util_pct,omitempty"`
+	// PeakMemoryBytes is the highest memory used on any one GPU (memory limits are per
+	// GPU); ServerPeakMemoryBytes the same for memory held by the server's processes.
+	PeakMemoryBytes       *uint64 `json:"peak_memory_bytes,omitempty"`
+	ServerPeakMemoryBytes *uint64 `json:"server_peak_memory_bytes,omitempty"`
+	// ThrottleReasonsSeen is null when the GPUs do not report clock event reasons and []
+	// when they do and none occurred.
+	ThrottleReasonsSeen []string     `json:"throttle_reasons_seen,omitzero"`
+	PerGPU              []GPUSummary `json:"per_gpu,omitempty"`
+	CSVError            string       `json:"csv_error,omitempty"`
+
+	// Filled by Finish.
+	OutputTokens     *int     `json:"output_tokens,omitempty"`
+	EnergySource     string   `json:"energy_source,omitempty"`
+	JPerOutputToken  *float64 `json:"j_per_output_token,omitempty"`
+	OutputTokensPerJ *float64 `json:"output_tokens_per_j,omitempty"`
+	Cost             *Cost    `json:"cost,omitempty"`
+}
+
+// GPUSummary is one GPU's share of the Summary, over the same window.
+type GPUSummary struct {
+	Index                 int      `json:"index"`
+	UUID                  string   `json:"uuid"`
+	EnergyJ               *float64 `json:"energy_j,omitempty"`
+	EnergyIntegratedJ     *float64 `json:"energy_integrated_j,omitempty"`
+	AvgPowerW             *float64 `json:"avg_power_w,omitempty"`
+	PeakPowerW            *float64 `json:"peak_power_w,omitempty"`
+	MeanUtilPct           *float64 `json:"mean_util_pct,omitempty"`
+	PeakMemoryBytes       *uint64  `json:"peak_memory_bytes,omitempty"`
+	ServerPeakMemoryBytes *uint64  `json:"server_peak_memory_bytes,omitempty"`
+	Lost                  bool     `json:"lost,omitempty"`
+}
+
+// Prices are the hardware table's cost inputs (per GPU), overridable by flag or config.
+type Prices struct {
+	GPUHourUSD           float64
+	ElectricityUSDPerKWh float64
+}
+
+// Cost is what the bench window cost: GPU rental for the window plus the electricity the
+// GPUs drew in it.
+type Cost struct {
+	GPUHourUSD           float64  `json:"gpu_hour_usd"`
+	ElectricityUSDPerKWh float64  `json:"electricity_usd_per_kwh"`
+	GPUs                 int      `json:"gpus"`
+	WallS                float64  `json:"wall_s"`
+	GPUUSD               float64  `json:"gpu_usd"`
+	ElectricityUSD       *float64 `json:"electricity_usd,omitempty"`
+	// CostUSD is nil when electricity is priced but no energy was measured: a total
+	// without it would understate the cost.
+	CostUSD                       *float64 `json:"cost_usd,omitempty"`
+	CostPerMillionOutputTokensUSD *float64 `json:"cost_per_million_output_tokens_usd,omitempty"`
+}
+
+// Finish derives the per-token and cost figures from the measured window and the server's
+// output token count. It prefers the energy counter and falls back to integrated power.
+// GPUs and BenchWindowS come from the sampler; without NVML a caller may set GPUs (the
+// cell's TP) first so the GPU-hour part of the cost is still computed.
+func (s *Summary) Finish(outputTokens int, p Prices) {
+	s.OutputTokens = &outputTokens
+	energy := s.EnergyJ
+	s.EnergySource = "counter"
+	if energy == nil {
+		energy, s.EnergySource = s.EnergyIntegratedJ, "power"
+	}
+	if energy == nil {
+		s.EnergySource = ""
+	}
+	s.JPerOutputToken, s.OutputTokensPerJ, s.Cost = nil, nil, nil
+	if energy != nil && outputTokens > 0 && *energy > 0 {
+		s.JPerOutputToken = ptr(*energy / float64(outputTokens))
+		s.OutputTokensPerJ = ptr(float64(outputTokens) / *energy)
+	}
+	if s.BenchWindowS == nil || s.GPUs <= 0 {
+		return
+	}
+	c := &Cost{
+		GPUHourUSD:           p.GPUHourUSD,
+		ElectricityUSDPerKWh: p.ElectricityUSDPerKWh,
+		GPUs:                 s.GPUs,
+		WallS:                *s.BenchWindowS,
+		GPUUSD:               p.GPUHourUSD * float64(s.GPUs) * *s.BenchWindowS / 3600,
+	}
+	total := c.GPUUSD
+	switch {
+	case energy != nil:
+		e := *energy / 3.6e6 * p.ElectricityUSDPerKWh // J → kWh
+		c.ElectricityUSD = &e
+		total += e
+		c.CostUSD = &total
+	case p.ElectricityUSDPerKWh == 0:
+		c.CostUSD = &total
+	}
+	if c.CostUSD != nil && outputTokens > 0 {
+		c.CostPerMillionOutputTokensUSD = ptr(*c.CostUSD / float64(outputTokens) * 1e6)
+	}
+	s.Cost = c
+}
+
+// reasonNames decodes NVML clock event reason bits (nvml.h nvmlClocksEventReason*).
+var reasonNames = []struct {
+	bit  uint64
+	name string
+}{
+	{nvml.ClocksEventReasonGpuIdle, "gpu_idle"},
+	{nvml.ClocksEventReasonApplicationsClocksSetting, "applications_clocks_setting"},
+	{nvml.ClocksEventReasonSwPowerCap, "sw_power_cap"},
+	{nvml.ClocksThrottleReasonHwSlowdown, "hw_slowdown"},
+	{nvml.ClocksEventReasonSyncBoost, "sync_boost"},
+	{nvml.ClocksEventReasonSwThermalSlowdown, "sw_thermal_slowdown"},
+	{nvml.ClocksThrottleReasonHwThermalSlowdown, "hw_thermal_slowdown"},
+	{nvml.ClocksThrottleReasonHwPowerBrakeSlowdown, "hw_power_brake_slowdown"},
+	{nvml.ClocksEventReasonDisplayClockSetting, "display_clock_setting"},
+}
+
+// ReasonNames decodes a clock event reason mask; unknown bits are kept as hex so a newer
+// driver's reason is visible rather than dropped.
+func ReasonNames(mask uint64) []string {
+	out := []string{}
+	for _, r := range reasonNames {
+		if mask&r.bit != 0 {
+			out = append(out, r.name)
+			mask &^= r.bit
+		}
+	}
+	for mask != 0 {
+		b := uint64(1) << bits.TrailingZeros64(mask)
+		out = append(out, fmt.Sprintf("0x%x", b))
+		mask &^= b
+	}
+	return out
+}
+
+func ptr[T any](v T) *T { return &v }
