@@ -229,11 +229,13 @@ func stopTree(pgid int, pids []int, grace time.Duration, leaderDone <-chan struc
 }
 
 func signalAll(pgid int, pids []int, sig syscall.Signal) {
-	if pgid > 0 {
+	if pgid > 1 {
 		_ = syscall.Kill(-pgid, sig)
 	}
 	for _, pid := range pids {
-		_ = syscall.Kill(pid, sig)
+		if pid > 1 {
+			_ = syscall.Kill(pid, sig)
+		}
 	}
 }
 

@@ -89,9 +89,12 @@ func Tree(root, pgid int) []int {
 			continue
 		}
 		children[p.PPID] = append(children[p.PPID], p.PID)
-		if pgid > 0 && p.PGID == pgid {
+		if pgid > 1 && p.PGID == pgid {
 			in[p.PID] = true
 		}
+	}
+	if root <= 1 {
+		return nil
 	}
 	stack := []int{root}
 	for len(stack) > 0 {
@@ -136,6 +139,9 @@ func Cmdline(pid int) []string {
 // groupMembers lists the live members of process group pgid.
 func groupMembers(pgid int) []int {
 	var out []int
+	if pgid <= 1 {
+		return nil // 0 is the kernel's threads, 1 is init's group: never ours
+	}
 	for _, p := range allProcs() {
 		if p.PGID == pgid && p.State != 'Z' && p.State != 'X' {
 			out = append(out, p.PID)

@@ -96,7 +96,7 @@ func FindOrphans(root string) ([]Orphan, error) {
 			continue
 		}
 		dir := filepath.Dir(f)
-		if s.Supervisor > 0 && s.Supervisor != os.Getpid() {
+		if s.Supervisor > 0 {
 			if sup, ok := readProc(s.Supervisor); ok && sup.StartTicks == s.SupStart && alive(s.Supervisor) {
 				continue
 			}
