@@ -67,7 +67,8 @@ func newRootCmd() *cobra.Command {
 	}
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().String("log-format", "auto", "log format: auto (console on a terminal, JSON otherwise), console, json")
-	root.PersistentFlags().String("config-file", "", "moecapd settings file (default ./moecapd.yaml when present)")
+	// Not --config-file: `moecapd bench` takes the MoE-CAP runner's --config-file.
+	root.PersistentFlags().String("settings", "", "moecapd settings file: keys are flag names (default ./moecapd.yaml when present)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErrorf("%v (see moecapd %s --help)", err, c.Name())
 	})
@@ -89,7 +90,7 @@ func settings(cmd *cobra.Command) (*viper.Viper, error) {
 	if err := v.BindPFlags(cmd.InheritedFlags()); err != nil {
 		return nil, err
 	}
-	file := v.GetString("config-file")
+	file := v.GetString("settings")
 	if file == "" {
 		if _, err := os.Stat("moecapd.yaml"); err == nil {
 			file = "moecapd.yaml"
@@ -98,7 +99,7 @@ func settings(cmd *cobra.Command) (*viper.Viper, error) {
 	if file != "" {
 		v.SetConfigFile(file)
 		if err := v.ReadInConfig(); err != nil {
-			return nil, usageErrorf("%s: %v; fix the file or pass --config-file", file, err)
+			return nil, usageErrorf("%s: %v; fix the file or pass --settings", file, err)
 		}
 		// A key in the file that is no flag of this command is a typo, not a setting.
 		known := map[string]bool{}

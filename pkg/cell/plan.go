@@ -22,17 +22,6 @@ const (
 	ClientNative = "native"
 )
 
-// GPUs is what the pipeline needs of the GPU layer; pkg/gpu's Backend satisfies it.
-type GPUs interface {
-	Available() bool
-	Reason() string
-	DriverVersion() string
-	Resolve(cudaVisibleDevices string) ([]gpu.Device, error)
-	ComputeProcesses(devs []gpu.Device) ([]gpu.Process, error)
-	MemoryUsed(devs []gpu.Device) (map[int]uint64, error)
-	NewSampler(cfg gpu.SamplerConfig) *gpu.Sampler
-}
-
 // Config is one cell's run, as plain values (cmd/moecapd fills it from flags).
 type Config struct {
 	Backend   string // sglang, vllm or sim
@@ -59,8 +48,8 @@ type Config struct {
 	// CUDAVisibleDevices is the caller's CUDA_VISIBLE_DEVICES: the pool the cell's GPUs are
 	// chosen from.
 	CUDAVisibleDevices string
-	Hardware           string // label override (--hardware)
-	GPUs               GPUs   // nil: no telemetry
+	Hardware           string      // label override (--hardware)
+	GPUs               gpu.Backend // nil: no telemetry
 	GPUWait            time.Duration
 	GPUInterval        time.Duration
 	MemSlackBytes      uint64 // teardown: memory within this of the baseline counts as clean

@@ -299,8 +299,12 @@ func (r *runner) ready(ctx context.Context) bool {
 	return false
 }
 
+// badResult marks a client that ran but whose output does not hold up (missing files,
+// failed requests behind a zero exit code).
+type badResult struct{ error }
+
 func (r *runner) bench(ctx context.Context) {
-	c, p := r.c, r.p
+	c := r.c
 	// The server dying mid-bench must end the bench at once, not after every request
 	// times out.
 	bctx, cancel := context.WithCancel(ctx)
@@ -335,7 +339,7 @@ func (r *runner) bench(ctx context.Context) {
 		r.fail(PhaseBench, fk, "server died during the bench ("+r.proc.ExitDescription()+"): "+launcher.Explain(kind, line))
 	case err != nil:
 		kind := KindClientError
-		var bad *profile.BadResultError
+		var bad badResult
 		if errors.As(err, &bad) {
 			kind = KindBadResult
 		}
@@ -392,7 +396,11 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	if code != 0 {
 		return nil, fmt.Errorf("the MoE-CAP runner failed (%s); see client.log in %s", proc.ExitDescription(), p.Dir)
 	}
-	return profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples())
+	met, err := profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples())
+	if err != nil {
+		return met, badResult{err}
+	}
+	return met, nil
 }
 
 func (r *runner) teardown() {
@@ -446,6 +454,18 @@ func (r *runner) finish() {
 	r.m.Timings.Total = since(r.t0)
 	if r.m.Status == StatusRunning {
 		r.m.Status = StatusOK
+	}
+	if r.m.Telemetry == nil && r.proc != nil {
+		// No NVML: say so, and still price the GPU-hours of the bench.
+		reason := "NVML unavailable"
+		if r.c.GPUs != nil && r.c.GPUs.Reason() != "" {
+			reason = r.c.GPUs.Reason()
+		}
+		if r.c.Backend == launcher.BackendSim {
+			reason = "simulated backend: no GPU to measure"
+		}
+		w := r.m.Timings.Bench
+		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount, BenchWindowS: &w}
 	}
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
 		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens, r.c.Prices)
