@@ -1,0 +1,311 @@
+// Package sim is the built-in simulated MoE inference server behind `moecapd sim-server`
+// and `--backend sim`: an OpenAI-compatible HTTP server that answers like the MoE-CAP
+// SGLang or vLLM wrapper, times its forward passes with a roofline of the model on the
+// hardware, batches continuously, writes the wrappers' per-pass records, and can inject
+// the failures a supervisor has to survive.
+package sim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/moecapd/moecapd/pkg/config"
+)
+
+// Flavors.
+const (
+	FlavorSGLang = "sglang"
+	FlavorVLLM   = "vllm"
+)
+
+// Faults that --sim-fault injects.
+const (
+	FaultExitOnStart   = "exit-on-start"
+	FaultNeverReady    = "never-ready"
+	FaultIgnoreSIGTERM = "ignore-sigterm"
+	FaultOOMOnStart    = "oom-on-start"
+	FaultCrashMidRun   = "crash-mid-run"
+)
+
+// Faults lists the valid Config.Fault values.
+var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun}
+
+// Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
+type Config struct {
+	Flavor      string // sglang | vllm
+	ServedModel string // --model-path / --model, byte for byte: the id clients must send
+	Model       config.Model
+	Hardware    config.Hardware
+	TP          int
+	MaxRunning  int // --max-running-requests / --max-num-seqs
+	MaxModelLen int // 0: Model.MaxPositions
+	Host        string
+	Port        int
+	RecordsDir  string // SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR
+	Fault       string
+	Workers     int
+	// WorkerCommand is the argv that starts one worker process; cmd/moecapd passes its own
+	// executable with the hidden worker flag.
+	WorkerCommand []string
+	Startup       time.Duration // loading time before listening (wall time, not scaled)
+	TPOT          time.Duration // decode pass duration; 0 = roofline
+	TTFT          time.Duration // prefill pass duration; 0 = roofline
+	TimeScale     float64       // multiplies every pass duration; 0 means 1
+	Out           io.Writer     // log lines; nil discards
+}
+
+func (c Config) withDefaults() (Config, error) {
+	switch c.Flavor {
+	case FlavorSGLang, FlavorVLLM:
+	case "":
+		return c, errors.New("sim: flavor not set; want sglang or vllm")
+	default:
+		return c, fmt.Errorf("sim: unknown flavor %q; want sglang or vllm", c.Flavor)
+	}
+	if c.ServedModel == "" {
+		return c, errors.New("sim: no served model; pass the model path (--model-path for sglang, --model for vllm)")
+	}
+	if c.Model.Experts <= 0 || c.Model.TopK <= 0 || c.Model.Layers <= 0 {
+		return c, fmt.Errorf("sim: model %q has no architecture numbers; load it from the model table", c.ServedModel)
+	}
+	if c.Hardware.HBMBandwidth <= 0 || c.Hardware.BF16FLOPs <= 0 {
+		return c, errors.New("sim: hardware has no bandwidth or FLOPs; load it from the hardware table")
+	}
+	if c.Fault != "" && !slices.Contains(Faults, c.Fault) {
+		return c, fmt.Errorf("sim: unknown fault %q; want one of %s", c.Fault, strings.Join(Faults, ", "))
+	}
+	if c.TP <= 0 {
+		c.TP = 1
+	}
+	if c.MaxRunning <= 0 {
+		c.MaxRunning = 256
+	}
+	if c.MaxModelLen <= 0 {
+		c.MaxModelLen = c.Model.MaxPositions
+	}
+	if c.MaxModelLen <= 0 {
+		c.MaxModelLen = 32768
+	}
+	if c.TimeScale < 0 || c.TPOT < 0 || c.TTFT < 0 || c.Startup < 0 {
+		return c, errors.New("sim: time scale, TPOT, TTFT and startup must not be negative")
+	}
+	if c.TimeScale == 0 {
+		c.TimeScale = 1
+	}
+	if c.Host == "" {
+		c.Host = "127.0.0.1"
+	}
+	if c.Out == nil {
+		c.Out = io.Discard
+	}
+	return c, nil
+}
+
+// Server is the HTTP side of the simulated server plus its scheduler. It is an
+// http.Handler, so tests can put it behind httptest.NewServer.
+type Server struct {
+	cfg     Config
+	tok     Tokenizer
+	eng     *engine
+	rec     recorder
+	ready   atomic.Bool
+	seq     atomic.Uint64
+	created int64
+
+	cancel   context.CancelFunc
+	stopping chan struct{}
+	stopOnce sync.Once
+
+	crashed   chan struct{}
+	crashOnce sync.Once
+
+	outMu sync.Mutex
+}
+
+// NewServer validates cfg and starts the scheduler. The server answers 503 on every
+// endpoint until SetReady(true). Close stops it.
+func NewServer(cfg Config) (*Server, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:      cfg,
+		tok:      Tokenizer{Vocab: cfg.Model.Vocab},
+		created:  time.Now().Unix(),
+		stopping: make(chan struct{}),
+		crashed:  make(chan struct{}),
+	}
+	s.eng = newEngine(cfg, &s.rec)
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	go s.eng.run(ctx)
+	return s, nil
+}
+
+// SetReady switches /health between 503 (loading) and 200.
+func (s *Server) SetReady(ok bool) { s.ready.Store(ok) }
+
+// Close stops the scheduler and ends every open stream. It is idempotent.
+func (s *Server) Close() {
+	s.stopOnce.Do(func() {
+		close(s.stopping)
+		s.cancel()
+	})
+}
+
+// Crashed is closed when the crash-mid-run fault fires.
+func (s *Server) Crashed() <-chan struct{} { return s.crashed }
+
+// Config is the configuration after defaults.
+func (s *Server) Config() Config { return s.cfg }
+
+func (s *Server) logf(format string, a ...any) {
+	s.outMu.Lock()
+	defer s.outMu.Unlock()
+	fmt.Fprintf(s.cfg.Out, format+"\n", a...)
+}
+
+// ServeHTTP routes like the real servers: sglang-only and vllm-only endpoints answer 404
+// on the other flavor, which is how the MoE-CAP runner tells the backends apart.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Path
+	if !s.ready.Load() {
+		writeError(w, http.StatusServiceUnavailable, "ServiceUnavailable", "server is loading the model; retry when /health answers 200")
+		return
+	}
+	sg := s.cfg.Flavor == FlavorSGLang
+	switch {
+	case path == "/health" || path == "/health_generate" && sg:
+		w.WriteHeader(http.StatusOK)
+	case path == "/v1/models":
+		s.handleModels(w, r)
+	case path == "/get_model_info" && sg:
+		s.handleModelInfo(w, r)
+	case path == "/tokenize":
+		s.handleTokenize(w, r)
+	case path == "/detokenize":
+		s.handleDetokenize(w, r)
+	case path == "/v1/completions":
+		s.handleCompletions(w, r)
+	case sg && (path == "/start_expert_distribution_record" || path == "/stop_expert_distribution_record" || path == "/dump_expert_distribution_record"):
+		s.handleSGLangRecord(w, r)
+	case !sg && (path == "/start_batch_recording" || path == "/stop_batch_recording" || path == "/dump_batch_recording" || path == "/clear_batch_recording"):
+		if !requireMethod(w, r, http.MethodPost) {
+			return
+		}
+		s.handleVLLMRecord(w, r)
+	case !sg && path == "/batch_recording_status":
+		recs, on := s.rec.snapshot()
+		writeJSON(w, http.StatusOK, map[string]any{"is_recording": on, "total_records": len(recs)})
+	default:
+		writeError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("%s %s: no such endpoint on the simulated %s server", r.Method, path, s.cfg.Flavor))
+	}
+}
+
+func (s *Server) handleModels(w http.ResponseWriter, r *http.Request) {
+	owner := s.cfg.Flavor
+	writeJSON(w, http.StatusOK, map[string]any{
+		"object": "list",
+		"data": []map[string]any{{
+			"id":            s.cfg.ServedModel,
+			"object":        "model",
+			"created":       s.created,
+			"owned_by":      owner,
+			"root":          s.cfg.ServedModel,
+			"parent":        nil,
+			"max_model_len": s.cfg.MaxModelLen,
+		}},
+	})
+}
+
+func (s *Server) handleModelInfo(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]any{
+		"model_path":     s.cfg.ServedModel,
+		"tokenizer_path": s.cfg.ServedModel,
+		"is_generation":  true,
+	})
+}
+
+func (s *Server) handleSGLangRecord(w http.ResponseWriter, r *http.Request) {
+	// SGLang registers these for GET and POST and answers with plain text.
+	if r.Method != http.MethodPost && r.Method != http.MethodGet {
+		writeError(w, http.StatusMethodNotAllowed, "MethodNotAllowed", "use POST")
+		return
+	}
+	switch r.URL.Path {
+	case "/start_expert_distribution_record":
+		s.rec.start()
+		io.WriteString(w, "Start recording the expert distribution.\n")
+	case "/stop_expert_distribution_record":
+		s.rec.stop()
+		io.WriteString(w, "Stop recording the expert distribution.\n")
+	case "/dump_expert_distribution_record":
+		if s.cfg.RecordsDir == "" {
+			writeError(w, http.StatusInternalServerError, "InternalServerError",
+				"no records directory: set SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR for the server")
+			return
+		}
+		recs, _ := s.rec.snapshot()
+		path := SGLangRecordPath(s.cfg.RecordsDir, s.cfg.ServedModel)
+		if err := writeJSONL(path, recs); err != nil {
+			writeError(w, http.StatusInternalServerError, "InternalServerError", err.Error())
+			return
+		}
+		s.logf("Write expert distribution jsonl to %s (%d records)", path, len(recs))
+		io.WriteString(w, "Dump expert distribution record.\n")
+	}
+}
+
+func (s *Server) handleVLLMRecord(w http.ResponseWriter, r *http.Request) {
+	switch r.URL.Path {
+	case "/start_batch_recording":
+		s.rec.start()
+		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": "Started recording batch statistics"})
+	case "/stop_batch_recording":
+		n := s.rec.stop()
+		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": "Stopped recording batch statistics", "total_records": n})
+	case "/dump_batch_recording":
+		recs, _ := s.rec.snapshot()
+		if recs == nil {
+			recs = []Record{}
+		}
+		if s.cfg.RecordsDir != "" {
+			// The wrapper keeps its data file in the recorder dir; leave a copy there too
+			// so the cell's records/ directory holds what the runner saw.
+			path := filepath.Join(s.cfg.RecordsDir, "vllm_batch_records.jsonl")
+			if err := writeJSONL(path, recs); err != nil {
+				s.logf("WARNING: could not write %s: %v", path, err)
+			}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "records": recs, "total_records": len(recs)})
+	case "/clear_batch_recording":
+		n := s.rec.clear()
+		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": fmt.Sprintf("Cleared %d records", n)})
+	}
+}
+
+// crash fires the crash-mid-run fault once.
+func (s *Server) crash() {
+	s.crashOnce.Do(func() {
+		s.logf("%s", cudaCrashText)
+		close(s.crashed)
+	})
+}
+
+const cudaCrashText = `[rank0]: Traceback (most recent call last):
+[rank0]:   File "/opt/conda/envs/sim/lib/python3.10/site-packages/torch/cuda/__init__.py", line 1046, in synchronize
+[rank0]:     return torch._C._cuda_synchronize()
+[rank0]: torch.AcceleratorError: CUDA error: an illegal memory access was encountered
+[rank0]: CUDA kernel errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.
+[rank0]: For debugging consider passing CUDA_LAUNCH_BLOCKING=1
+[rank0]: Compile with ` + "`TORCH_USE_CUDA_DSA`" + ` to enable device-side assertions.`
