@@ -5,11 +5,15 @@
 package launcher
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // ActivationScript is the only shell moecapd runs. Every value (conda root, env, the server's
@@ -100,4 +104,20 @@ func fileExists(p string) bool {
 func dirExists(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && st.IsDir()
+}
+
+// RunInEnv runs argv inside the activated env and returns its combined output; doctor uses
+// it to check that moe_cap imports and to read backend versions.
+func RunInEnv(ctx context.Context, root, env string, argv []string, timeout time.Duration) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	full := ActivationArgv(root, env, argv)
+	c := exec.CommandContext(ctx, full[0], full[1:]...)
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGKILL) }
+	out, err := c.CombinedOutput()
+	if ctx.Err() == context.DeadlineExceeded {
+		return string(out), fmt.Errorf("timed out after %s", timeout)
+	}
+	return strings.TrimSpace(string(out)), err
 }

@@ -1,0 +1,43 @@
+# moecapd — see README.md.
+export CGO_ENABLED := 1
+# go-nvml's headers mark old NVML calls deprecated; the warnings are noise.
+export CGO_CFLAGS := -Wno-deprecated-declarations
+
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+BIN     := bin/moecapd
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build test lint demo bench gpu-e2e clean
+
+build:
+	go build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/moecapd
+
+# go vet, then every test with the race detector.
+test:
+	go vet ./...
+	go test -race -count=1 -timeout 20m ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	go vet ./...
+
+# One cell on the built-in simulated backend (no GPU, no conda): Qwen1.5-MoE on a simulated
+# 1xH100, 4k-1k, batch 32, then the report of the results.
+DEMO_RESULTS ?= results-demo
+demo: build
+	$(BIN) launch-and-bench --backend sim --config configs/fixed_4k_1k_qwen1_5.yaml \
+		--batch-size 32 --num-samples 64 --port 0 --results $(DEMO_RESULTS) --log-format console
+	@if $(BIN) report --help >/dev/null 2>&1; then \
+		$(BIN) report --results $(DEMO_RESULTS) --out $(DEMO_RESULTS)/report && \
+		echo "report: $$(pwd)/$(DEMO_RESULTS)/report/index.html"; fi
+
+# Benchmarks that print tables (see README "Performance").
+bench: build
+	go test -run '^$$' -bench . -benchtime 1x ./cmd/moecapd/ ./pkg/...
+
+# End to end on a CUDA machine: a torch-backed test server, one GPU then TP=2.
+gpu-e2e: build
+	bash tools/gpu-e2e.sh
+
+clean:
+	rm -rf bin results-demo
