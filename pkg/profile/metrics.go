@@ -59,6 +59,16 @@ type Metrics struct {
 	AvgDecodeBatchSize         *float64 `json:"avg_decode_batch_size,omitempty"`
 	AvgPrefillBatchSize        *float64 `json:"avg_prefill_batch_size,omitempty"`
 
+	// Records says where the expert/batch numbers above came from, or why they are absent
+	// ("absent: …"); absent numbers are never approximated from client timings.
+	Records string `json:"records,omitempty"`
+	// LengthMismatches counts successful requests whose usage token counts differ from the
+	// targets (prompt ≠ target_input_tokens or completion ≠ target_output_tokens).
+	LengthMismatches int `json:"length_mismatches,omitempty"`
+	// UsageMissing counts successful requests whose stream carried no usage chunk; their
+	// output count is the number of non-empty chunks instead.
+	UsageMissing int `json:"usage_missing,omitempty"`
+
 	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
 	MoECAP json.RawMessage `json:"moe_cap,omitempty"`
 }

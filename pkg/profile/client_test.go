@@ -1,0 +1,373 @@
+package profile
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func baseOptions(f *fakeServer, dir string) Options {
+	return Options{
+		APIURL: f.url(), Model: "org/model", Backend: "auto",
+		BatchSize: 4, NumSamples: 12, InputTokens: 32, OutputTokens: 10, IgnoreEOS: true,
+		Dataset: "random", Seed: 7, OutputDir: dir, RecordsDir: filepath.Join(dir, "records"),
+		ProgressInterval: time.Hour,
+	}
+}
+
+func TestRunClosedLoopMetricsAndFiles(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "vllm", ttft: 30 * time.Millisecond, tpot: 5 * time.Millisecond})
+	dir := t.TempDir()
+	o := baseOptions(f, dir)
+	res, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	m := res.Metrics
+	if m.Completed != 12 || m.Failed != 0 {
+		t.Fatalf("completed/failed = %d/%d, want 12/0 (errors %v)", m.Completed, m.Failed, m.Errors)
+	}
+	if f.maxInflight != 4 {
+		t.Errorf("server saw at most %d requests in flight, want exactly the batch size 4", f.maxInflight)
+	}
+	if res.Backend != "vllm" {
+		t.Errorf("detected backend %q, want vllm", res.Backend)
+	}
+	// Prompts are token ids of exactly the target length, with the fixed-length knobs set.
+	for i, b := range f.bodies {
+		ids, ok := b["prompt"].([]any)
+		if !ok || len(ids) != 32 {
+			t.Fatalf("request %d prompt = %v, want 32 token ids", i, b["prompt"])
+		}
+		if b["ignore_eos"] != true || b["max_tokens"] != 10.0 || b["stream"] != true {
+			t.Errorf("request %d body = %v, want ignore_eos, max_tokens 10, stream", i, b)
+		}
+	}
+	if m.TotalInputTokens != 12*32 || m.TotalOutputTokens != 12*10 || m.LengthMismatches != 0 {
+		t.Errorf("tokens in/out/mismatch = %d/%d/%d, want 384/120/0", m.TotalInputTokens, m.TotalOutputTokens, m.LengthMismatches)
+	}
+	if m.MeanTTFTMs < 30 || m.MeanTTFTMs > 80 {
+		t.Errorf("mean TTFT = %.2f ms, want about 30", m.MeanTTFTMs)
+	}
+	if math.Abs(m.MeanTPOTMs-5) > 1.5 {
+		t.Errorf("mean TPOT = %.2f ms, want about 5", m.MeanTPOTMs)
+	}
+	if m.MeanITLMs <= 0 || m.P99ITLMs < m.MedianITLMs || m.MeanE2ELMs < m.MeanTTFTMs {
+		t.Errorf("inconsistent latencies: %+v", m)
+	}
+	if m.OutputThroughput <= 0 || m.RequestThroughput <= 0 || m.DurationS <= 0 {
+		t.Errorf("throughputs not computed: %+v", m)
+	}
+	for _, r := range res.Requests {
+		if len(r.ITLMs) != 9 {
+			t.Fatalf("request %d has %d ITLs, want 9 (10 chunks)", r.Index, len(r.ITLMs))
+		}
+	}
+	// Records: 12 recorded requests → prefill activation 4, decode activation 2, decode batch 3.
+	if m.AvgExpertActivationPrefill == nil || *m.AvgExpertActivationPrefill != 4 ||
+		m.AvgExpertActivationDecode == nil || *m.AvgExpertActivationDecode != 2 ||
+		m.AvgDecodeBatchSize == nil || *m.AvgDecodeBatchSize != 3 {
+		t.Errorf("record summary = %v %v %v, want 4 2 3", m.AvgExpertActivationPrefill, m.AvgExpertActivationDecode, m.AvgDecodeBatchSize)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "records", "batch_records.jsonl")); err != nil {
+		t.Errorf("records not stored: %v", err)
+	}
+	// The four runner files and bench.json, in <output_dir>/<org>/<model>/, readable by our
+	// reader of the runner's output.
+	md := filepath.Join(dir, "org", "model")
+	for _, p := range []string{res.Files.OutputData, res.Files.Metrics, res.Files.Metadata, res.Files.Detailed, res.BenchJSON} {
+		if filepath.Dir(p) != md {
+			t.Errorf("%s is not in %s", p, md)
+		}
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("missing output: %v", err)
+		}
+	}
+	rm, err := ReadMoECAPOutput(dir, 12)
+	if err != nil {
+		t.Fatalf("ReadMoECAPOutput on our own files: %v", err)
+	}
+	if rm.Completed != 12 || rm.TotalOutputTokens != 120 || rm.AvgExpertActivationDecode == nil || *rm.AvgExpertActivationDecode != 2 {
+		t.Errorf("read back %+v", rm)
+	}
+	var bf benchFile
+	b, _ := os.ReadFile(res.BenchJSON)
+	if err := json.Unmarshal(b, &bf); err != nil || len(bf.Requests) != 12 || bf.Metrics.Completed != 12 {
+		t.Errorf("bench.json: err %v, %d requests", err, len(bf.Requests))
+	}
+}
+
+func TestRunWavesSchedule(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain", tpot: 2 * time.Millisecond})
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.Schedule, o.NumSamples = "vllm", true, ScheduleWaves, 16
+	res, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if res.Metrics.Completed != 16 {
+		t.Fatalf("completed %d, want 16", res.Metrics.Completed)
+	}
+	// Send 4, wait for 2, send 4: never more than 1.5× the batch in flight.
+	if f.maxInflight < 4 || f.maxInflight > 6 {
+		t.Errorf("max in flight %d, want between 4 and 6", f.maxInflight)
+	}
+}
+
+func TestRunRecordsFailuresAndCompletes(t *testing.T) {
+	faults := map[int]string{0: "http500", 1: "http400", 2: "truncate", 3: "malformed", 4: "hang", 5: "nousage", 6: "short", 7: "reset", 8: "errorchunk"}
+	f := newFakeServer(t, &fakeServer{flavor: "plain", tpot: time.Millisecond, fault: func(n int) string { return faults[n] }})
+	o := baseOptions(f, t.TempDir())
+	o.Backend, o.NoRecords, o.BatchSize, o.NumSamples = "vllm", true, 1, 12
+	o.RequestTimeout = 500 * time.Millisecond
+	res, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run with some failures must succeed, got %v", err)
+	}
+	m := res.Metrics
+	want := map[string]int{"http 500": 1, "http 400": 1, "truncated stream": 1, "malformed stream": 1, "timeout": 1, "connection reset": 1, "server error in stream": 1}
+	for k, v := range want {
+		if m.Errors[k] != v {
+			t.Errorf("Errors[%q] = %d, want %d (all: %v)", k, m.Errors[k], v, m.Errors)
+		}
+	}
+	if m.Failed != 7 || m.Completed != 5 {
+		t.Errorf("failed/completed = %d/%d, want 7/5", m.Failed, m.Completed)
+	}
+	if m.UsageMissing != 1 || m.LengthMismatches != 1 {
+		t.Errorf("usage missing %d, mismatches %d; want 1 and 1", m.UsageMissing, m.LengthMismatches)
+	}
+	if !res.Requests[6].LengthMismatch || res.Requests[6].OutputTokens != 5 {
+		t.Errorf("short request row = %+v, want flagged with 5 output tokens", res.Requests[6])
+	}
+	// The runner-format files carry the failures the way the runner writes them.
+	_, rerr := ReadMoECAPOutput(o.OutputDir, 12)
+	if rerr == nil || !strings.Contains(rerr.Error(), "7 of 12 requests failed") {
+		t.Errorf("ReadMoECAPOutput = %v, want '7 of 12 requests failed'", rerr)
+	}
+}
+
+func TestRunZeroSuccessIsAnError(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain", fault: func(int) string { return "http500" }})
+	o := baseOptions(f, t.TempDir())
+	o.Backend, o.NoRecords = "vllm", true
+	res, err := Run(t.Context(), o)
+	if !errors.Is(err, ErrNoSuccess) {
+		t.Fatalf("err = %v, want ErrNoSuccess", err)
+	}
+	if res == nil || res.Metrics.Failed != 12 || res.Metrics.Errors["http 500"] != 12 {
+		t.Fatalf("result = %+v, want 12 failures by http 500", res)
+	}
+	if _, err := os.Stat(res.BenchJSON); err != nil {
+		t.Errorf("bench.json not written for a failed bench: %v", err)
+	}
+}
+
+func TestRunServerGoneMidRun(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain", tpot: 2 * time.Millisecond})
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.NumSamples, o.BatchSize = "vllm", true, 40, 2
+	go func() {
+		for {
+			f.mu.Lock()
+			n := f.n
+			f.mu.Unlock()
+			if n >= 6 {
+				f.srv.CloseClientConnections()
+				f.srv.Listener.Close()
+				return
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	done := make(chan struct{})
+	var res *Result
+	var err error
+	go func() { res, err = Run(t.Context(), o); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run hung after the server went away")
+	}
+	if err != nil && !errors.Is(err, ErrNoSuccess) {
+		t.Fatalf("Run: %v", err)
+	}
+	m := res.Metrics
+	if m.Completed+m.Failed != 40 || m.Failed < 20 {
+		t.Errorf("completed %d failed %d, want all 40 accounted for and most failed", m.Completed, m.Failed)
+	}
+	if m.Errors["connection refused"]+m.Errors["connection reset"] != m.Failed {
+		t.Errorf("errors %v: want connection refused/reset only", m.Errors)
+	}
+}
+
+func TestRunCancelWritesPartial(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain", tpot: 10 * time.Millisecond})
+	o := baseOptions(f, t.TempDir())
+	o.Backend, o.NoRecords, o.NumSamples, o.BatchSize, o.OutputTokens = "vllm", true, 100, 2, 20
+	o.DrainTimeout = 2 * time.Second
+	ctx, cancel := context.WithCancel(t.Context())
+	time.AfterFunc(500*time.Millisecond, cancel)
+	start := time.Now()
+	res, err := Run(ctx, o)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+	if time.Since(start) > 3*time.Second {
+		t.Errorf("Run took %v after cancel, want it to stop sending", time.Since(start))
+	}
+	m := res.Metrics
+	if !m.Partial || m.Completed == 0 || len(res.Requests) >= 100 {
+		t.Errorf("partial %v completed %d sent %d: want a partial result with what was measured", m.Partial, m.Completed, len(res.Requests))
+	}
+	// In-flight requests were allowed to finish within the drain grace.
+	if m.Errors["interrupted"] != 0 {
+		t.Errorf("%d in-flight requests were cut although the grace sufficed", m.Errors["interrupted"])
+	}
+	b, _ := os.ReadFile(res.BenchJSON)
+	if !strings.Contains(string(b), `"partial": true`) {
+		t.Errorf("bench.json does not say partial")
+	}
+}
+
+func TestRunCancelCutsInFlightAfterGrace(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain", fault: func(int) string { return "hang" }})
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.DrainTimeout = "vllm", true, 100*time.Millisecond
+	ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+	defer cancel()
+	res, err := Run(ctx, o)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want the context's error", err)
+	}
+	if res.Metrics.Errors["interrupted"] != 4 || !res.Metrics.Partial {
+		t.Errorf("errors %v partial %v, want 4 interrupted and partial", res.Metrics.Errors, res.Metrics.Partial)
+	}
+}
+
+func TestRunSGLangRecordsAndDetection(t *testing.T) {
+	dir := t.TempDir()
+	f := newFakeServer(t, &fakeServer{flavor: "sglang", recorderDir: filepath.Join(dir, "records")})
+	// A stale dump from an earlier run on the same dir must not be counted.
+	stale := filepath.Join(dir, "records", "org", "model", "expert_distribution_record.jsonl")
+	os.MkdirAll(filepath.Dir(stale), 0o755)
+	os.WriteFile(stale, []byte(`{"forward_mode":"decode","expert_activation":99,"batch_size":99}`+"\n"), 0o644)
+	o := baseOptions(f, dir)
+	res, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if res.Backend != "sglang" {
+		t.Errorf("backend %q, want sglang (from /get_model_info)", res.Backend)
+	}
+	m := res.Metrics
+	if m.AvgExpertActivationDecode == nil || *m.AvgExpertActivationDecode != 2 || *m.AvgDecodeBatchSize != 3 {
+		t.Errorf("decode activation/batch = %v/%v, want 2/3 (stale records excluded)", m.AvgExpertActivationDecode, m.AvgDecodeBatchSize)
+	}
+	if res.RecordsFile != stale {
+		t.Errorf("records file %q, want %q", res.RecordsFile, stale)
+	}
+	var passes int
+	b, _ := os.ReadFile(res.Files.Detailed)
+	passes = strings.Count(string(b), "\n")
+	if passes != 24 || !strings.Contains(string(b), `"ttft":0.02`) {
+		t.Errorf("detailed results have %d passes, want 24 with prefill latency under ttft", passes)
+	}
+}
+
+func TestRunWithoutRecordsReportsAbsent(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain"})
+	o := baseOptions(f, t.TempDir())
+	o.Backend = "vllm"
+	res, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	m := res.Metrics
+	if m.AvgExpertActivationDecode != nil || m.AvgDecodeBatchSize != nil || m.AvgExpertActivationPrefill != nil {
+		t.Errorf("expert numbers present without records: %+v", m)
+	}
+	if !strings.HasPrefix(m.Records, "absent:") || !strings.Contains(m.Records, "404") {
+		t.Errorf("Records = %q, want absent with the reason", m.Records)
+	}
+}
+
+func TestRunDatasetFileTokenizedByServer(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain"})
+	dir := t.TempDir()
+	file := filepath.Join(dir, "gsm8k.jsonl")
+	os.WriteFile(file, []byte(`{"question":"Natalia sold clips to 48 of her friends in April"}`+"\n"+`{"question":"Weng earns 12 an hour for babysitting"}`+"\n"), 0o644)
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.Dataset, o.DatasetFile, o.InputTokens, o.NumSamples = "vllm", true, "gsm8k", file, 25, 4
+	res, err := Run(t.Context(), o)
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if f.tokenizeN != 2 {
+		t.Errorf("tokenize called %d times, want once per distinct text (2)", f.tokenizeN)
+	}
+	// The texts have 10 and 7 words; each prompt is its text repeated and cut to 25 tokens.
+	periods := map[int]int{}
+	for i, b := range f.bodies {
+		p := b["prompt"].([]any)
+		if len(p) != 25 {
+			t.Fatalf("request %d prompt has %d ids, want 25", i, len(p))
+		}
+		switch {
+		case p[0] == p[10] && p[0] != p[7]:
+			periods[10]++
+		case p[0] == p[7] && p[0] == p[14]:
+			periods[7]++
+		default:
+			t.Errorf("request %d prompt is not a repeated dataset text: %v", i, p)
+		}
+	}
+	if periods[10] != 2 || periods[7] != 2 {
+		t.Errorf("prompt texts used %v, want each of the two texts twice", periods)
+	}
+	if res.Metrics.LengthMismatches != 0 {
+		t.Errorf("mismatches %d, want 0", res.Metrics.LengthMismatches)
+	}
+}
+
+func TestRunChatAPINeedsDetokenize(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain"})
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.UseChatAPI = "vllm", true, true
+	_, err := Run(t.Context(), o)
+	if err == nil || !strings.Contains(err.Error(), "drop --use-chat-api") {
+		t.Errorf("err = %v, want an explanation naming --use-chat-api", err)
+	}
+}
+
+func TestRunRejectsBadOptions(t *testing.T) {
+	_, err := Run(t.Context(), Options{APIURL: "localhost:30000", Schedule: "burst"})
+	if err == nil {
+		t.Fatal("no error for bad options")
+	}
+	for _, want := range []string{"api url", "model is empty", "batch size 0", "schedule \"burst\""} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestRunRequestRateSpacesArrivals(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain"})
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.NumSamples, o.BatchSize, o.RequestRate, o.OutputTokens = "vllm", true, 10, 10, 20, 2
+	start := time.Now()
+	if _, err := Run(t.Context(), o); err != nil {
+		t.Fatal(err)
+	}
+	// 10 Poisson arrivals at 20/s take about 0.45 s; unthrottled they would take ~0.
+	if el := time.Since(start); el < 100*time.Millisecond {
+		t.Errorf("10 requests at 20 req/s took %v: not rate limited", el)
+	}
+}

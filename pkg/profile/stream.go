@@ -1,0 +1,245 @@
+package profile
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// RequestResult is one measured request, a row of bench.json.
+type RequestResult struct {
+	Index   int    `json:"index"`
+	Success bool   `json:"success"`
+	Error   string `json:"error,omitempty"`
+	// ErrorKind is the reason key counted in Metrics.Errors ("http 503", "timeout",
+	// "truncated stream", …).
+	ErrorKind string `json:"error_kind,omitempty"`
+
+	// InputTokens is the prompt length sent (token ids); PromptTokens and OutputTokens are
+	// what the server's usage says it processed and generated.
+	InputTokens           int  `json:"input_tokens"`
+	PromptTokens          int  `json:"prompt_tokens"`
+	OutputTokens          int  `json:"output_tokens"`
+	RequestedOutputTokens int  `json:"requested_output_tokens"`
+	Chunks                int  `json:"chunks"`
+	UsageMissing          bool `json:"usage_missing,omitempty"`
+	LengthMismatch        bool `json:"length_mismatch,omitempty"`
+
+	StartS float64   `json:"start_s"` // send time, seconds after the bench started
+	TTFTMs float64   `json:"ttft_ms"`
+	TPOTMs float64   `json:"tpot_ms"`
+	E2ELMs float64   `json:"e2el_ms"`
+	ITLMs  []float64 `json:"itl_ms,omitempty"`
+
+	start time.Time
+	ttft  time.Duration
+	e2el  time.Duration
+	itl   []time.Duration
+}
+
+// streamChunk is the part of an OpenAI streaming chunk the client reads. Completions put
+// text in choices[].text, chat completions in choices[].delta.content.
+type streamChunk struct {
+	Choices []struct {
+		Text  string `json:"text"`
+		Delta struct {
+			Content string `json:"content"`
+		} `json:"delta"`
+	} `json:"choices"`
+	Usage *struct {
+		PromptTokens     int `json:"prompt_tokens"`
+		CompletionTokens int `json:"completion_tokens"`
+	} `json:"usage"`
+	Error json.RawMessage `json:"error"`
+}
+
+// requestFailure is a failed request: Kind is the short reason counted in Metrics.Errors,
+// Msg the detail kept in the request's row.
+type requestFailure struct{ Kind, Msg string }
+
+func (f *requestFailure) Error() string { return f.Kind + ": " + f.Msg }
+
+func fail(kind, format string, a ...any) *requestFailure {
+	return &requestFailure{Kind: kind, Msg: fmt.Sprintf(format, a...)}
+}
+
+var readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 16<<10) }}
+
+// streamer sends one streaming completion and times its chunks.
+type streamer struct {
+	hc     *http.Client
+	url    string
+	apiKey string
+	chunks *atomic.Int64 // streamed non-empty chunks, for the progress line
+}
+
+// do sends body and fills r. reqCtx bounds the request (its deadline is the request timeout);
+// a failure is returned and also recorded in r.
+func (s *streamer) do(reqCtx context.Context, body []byte, r *RequestResult) {
+	err := s.stream(reqCtx, body, r)
+	if err == nil {
+		r.Success = true
+		return
+	}
+	var f *requestFailure
+	if !errors.As(err, &f) {
+		f = classify(reqCtx, err)
+	}
+	r.Success, r.ErrorKind, r.Error = false, f.Kind, f.Msg
+}
+
+func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
+	if err != nil {
+		return fail("bad request", "%v", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "text/event-stream")
+	if s.apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+s.apiKey)
+	}
+	r.start = time.Now()
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return fail(fmt.Sprintf("http %d", resp.StatusCode), "HTTP %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(resp.Body)
+	defer func() { br.Reset(nil); readerPool.Put(br) }()
+
+	var (
+		last     time.Time
+		got      bool
+		done     bool
+		usage    bool
+		long     []byte // a line longer than the reader's buffer, assembled
+		chunk    streamChunk
+		readErr  error
+		nonEmpty int
+	)
+	for {
+		line, err := br.ReadSlice('\n')
+		if err == bufio.ErrBufferFull {
+			long = append(long[:0], line...)
+			for err == bufio.ErrBufferFull {
+				line, err = br.ReadSlice('\n')
+				long = append(long, line...)
+			}
+			line = long
+		}
+		// Timestamp as soon as the bytes are here: parsing below must not count as latency.
+		now := time.Now()
+		if len(line) > 0 {
+			payload, ok := ssePayload(line)
+			if ok {
+				if bytes.Equal(payload, doneMarker) {
+					done = true
+					r.e2el = now.Sub(r.start)
+					break
+				}
+				chunk.Choices, chunk.Usage, chunk.Error = chunk.Choices[:0], nil, nil
+				if jerr := json.Unmarshal(payload, &chunk); jerr != nil {
+					return fail("malformed stream", "chunk %d is not JSON: %v: %.120q", nonEmpty+1, jerr, payload)
+				}
+				if len(chunk.Error) > 0 && !bytes.Equal(chunk.Error, nullJSON) {
+					return fail("server error in stream", "%.300s", chunk.Error)
+				}
+				if chunk.Usage != nil {
+					usage = true
+					r.PromptTokens, r.OutputTokens = chunk.Usage.PromptTokens, chunk.Usage.CompletionTokens
+				}
+				if len(chunk.Choices) > 0 && (chunk.Choices[0].Text != "" || chunk.Choices[0].Delta.Content != "") {
+					if !got {
+						r.ttft = now.Sub(r.start)
+						got = true
+					} else {
+						r.itl = append(r.itl, now.Sub(last))
+					}
+					last = now
+					nonEmpty++
+					if s.chunks != nil {
+						s.chunks.Add(1)
+					}
+				}
+			}
+		}
+		if err != nil {
+			if err != io.EOF {
+				readErr = err
+			}
+			r.e2el = now.Sub(r.start)
+			break
+		}
+	}
+	r.Chunks = nonEmpty
+	if readErr != nil {
+		return readErr
+	}
+	if !done {
+		return fail("truncated stream", "the stream ended after %d chunks without data: [DONE]", nonEmpty)
+	}
+	if !got {
+		return fail("no output", "the server streamed no text (usage completion_tokens=%d)", r.OutputTokens)
+	}
+	if !usage {
+		// vLLM's client falls back the same way; the count is then chunks, not tokens.
+		r.UsageMissing = true
+		r.OutputTokens = nonEmpty
+		r.PromptTokens = r.InputTokens
+	}
+	return nil
+}
+
+var (
+	doneMarker = []byte("[DONE]")
+	nullJSON   = []byte("null")
+	dataPrefix = []byte("data:")
+)
+
+// ssePayload returns the data of an SSE "data:" line. Other SSE lines (comments, event:,
+// id:, blank separators) carry nothing the client needs.
+func ssePayload(line []byte) ([]byte, bool) {
+	line = bytes.TrimRight(line, "\r\n")
+	if !bytes.HasPrefix(line, dataPrefix) {
+		return nil, false
+	}
+	p := bytes.TrimSpace(line[len(dataPrefix):])
+	return p, len(p) > 0
+}
+
+// classify turns a transport error into a reason key.
+func classify(reqCtx context.Context, err error) *requestFailure {
+	msg := err.Error()
+	switch {
+	case errors.Is(reqCtx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		return &requestFailure{"timeout", "no complete response within the request timeout: " + msg}
+	case errors.Is(err, context.Canceled) || errors.Is(reqCtx.Err(), context.Canceled):
+		return &requestFailure{"interrupted", "stopped by the caller before it finished: " + msg}
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return &requestFailure{"connection refused", "the server is not listening (did it exit?): " + msg}
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, syscall.EPIPE), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return &requestFailure{"connection reset", "the server closed the connection mid-request: " + msg}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &requestFailure{"timeout", msg}
+	}
+	return &requestFailure{"transport error", msg}
+}
