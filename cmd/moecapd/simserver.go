@@ -1,0 +1,339 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/sim"
+)
+
+func init() { register(newSimServerCmd) }
+
+// simEnvVars are echoed at start so tests can prove the server saw the activated env.
+var simEnvVars = []string{"CONDA_PREFIX", "CUDA_VISIBLE_DEVICES", "SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR", "MOE_CAP_ENABLE_EXPERT_PATCHING"}
+
+// flagFlavor names the flags that belong to one wrapper only; a flag of the other flavor
+// is a launcher bug worth stopping for.
+var flagFlavor = map[string]string{
+	"model-path":                         sim.FlavorSGLang,
+	"expert-distribution-recorder-mode":  sim.FlavorSGLang,
+	"tp-size":                            sim.FlavorSGLang,
+	"max-running-requests":               sim.FlavorSGLang,
+	"context-length":                     sim.FlavorSGLang,
+	"chunked-prefill-size":               sim.FlavorSGLang,
+	"model":                              sim.FlavorVLLM,
+	"tensor-parallel-size":               sim.FlavorVLLM,
+	"enable-expert-distribution-metrics": sim.FlavorVLLM,
+	"max-num-batched-tokens":             sim.FlavorVLLM,
+	"max-num-seqs":                       sim.FlavorVLLM,
+	"max-model-len":                      sim.FlavorVLLM,
+}
+
+func newSimServerCmd() *cobra.Command {
+	c := &cobra.Command{
+		Use:   "sim-server --flavor sglang|vllm [server flags]",
+		Short: "Simulated MoE inference server that answers like the MoE-CAP SGLang/vLLM wrappers",
+		Long: `sim-server behaves like "python -m moe_cap.systems.sglang" or "... .vllm" without a GPU:
+the same flags, endpoints, readiness lines and per-pass records, with forward passes timed
+by a roofline of the model on the chosen hardware (decode bound by HBM bandwidth, prefill
+by FLOPs) and continuous batching up to the batch size. Flags the wrappers accept and the
+simulator does not need (--trust-remote-code, --mem-fraction-static 0.8, ...) are accepted
+and logged as ignored. The simulated model never emits EOS: every completion is exactly
+max_tokens long.
+
+The records directory comes from SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR, as for the real
+wrappers.`,
+		// The wrappers' flag sets are open-ended, so parsing is ours: known flags are
+		// applied, unknown ones logged and skipped (cobra's whitelist would drop them
+		// silently, and the log line is what tells a user their flag did nothing).
+		DisableFlagParsing: true,
+		RunE:               runSimServer,
+	}
+	f := c.Flags()
+	f.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		return pflag.NormalizedName(strings.ReplaceAll(name, "_", "-")) // vLLM accepts both
+	})
+	f.String("flavor", "", "which wrapper to imitate: sglang or vllm (required)")
+	f.String("host", "127.0.0.1", "address to listen on")
+	f.Int("port", 0, "port to listen on (default 30000 for sglang, 8000 for vllm; 0 given explicitly picks a free port)")
+	f.String("model-path", "", "sglang: model to serve; clients must send this string as \"model\"")
+	f.String("expert-distribution-recorder-mode", "stat", "sglang: expert recorder mode (accepted; records are always per pass)")
+	f.Int("tp-size", 1, "sglang: tensor-parallel size")
+	f.Int("max-running-requests", 0, "sglang: most requests decoding at once (default 256)")
+	f.Int("context-length", 0, "sglang: context length (default: the model's max positions)")
+	f.Int("chunked-prefill-size", 0, "sglang: accepted; prefill is not chunked in the simulator")
+	f.String("model", "", "vllm: model to serve; clients must send this string as \"model\"")
+	f.Int("tensor-parallel-size", 1, "vllm: tensor-parallel size (also -tp)")
+	f.Bool("enable-expert-distribution-metrics", false, "vllm: accepted; records are kept between /start_batch_recording and /stop_batch_recording")
+	f.Int("max-num-batched-tokens", 0, "vllm: accepted; prefill is not chunked in the simulator")
+	f.Int("max-num-seqs", 0, "vllm: most requests decoding at once (default 256)")
+	f.Int("max-model-len", 0, "vllm: context length (default: the model's max positions)")
+	f.String("sim-hardware", "H100", "GPU to simulate: H100, H200 or A100 (a family of hardware.yaml)")
+	f.String("sim-model", "", "model table key (default: looked up from the model path)")
+	f.String("sim-configs", "", "directory with models.yaml and hardware.yaml (default: the built-in tables)")
+	f.String("sim-fault", "", "inject a fault: "+strings.Join(sim.Faults, ", "))
+	f.Int("sim-workers", 0, "start N worker processes in the server's process group, as vLLM/SGLang do")
+	f.Duration("sim-startup", 0, "time spent \"loading weights\" before listening, with progress lines")
+	f.Duration("sim-tpot", 0, "fixed decode pass duration (default: roofline)")
+	f.Duration("sim-ttft", 0, "fixed prefill pass duration (default: roofline)")
+	f.Float64("sim-time-scale", 1, "multiply every pass duration (0.05 runs 20x faster than the hardware)")
+	f.Bool("sim-worker", false, "run as a worker process (internal)")
+	f.Int("sim-worker-rank", 0, "worker rank (internal)")
+	f.MarkHidden("sim-worker")
+	f.MarkHidden("sim-worker-rank")
+	f.BoolP("help", "h", false, "help for sim-server")
+	return c
+}
+
+// splitServerArgs separates the flags this command knows from the ones it ignores. An
+// unknown flag without "=" takes the next argument as its value unless that looks like a
+// flag, which is how argparse reads "--mem-fraction-static 0.8".
+func splitServerArgs(fs *pflag.FlagSet, args []string) (known, ignored []string) {
+	looksLikeFlag := func(s string) bool {
+		if !strings.HasPrefix(s, "-") || s == "-" {
+			return false
+		}
+		_, err := strconv.ParseFloat(s, 64)
+		return err != nil
+	}
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			continue // pass-through separator of the launcher: what follows is still flags
+		}
+		if a == "-tp" || strings.HasPrefix(a, "-tp=") {
+			a = "--tensor-parallel-size" + strings.TrimPrefix(a, "-tp")
+		}
+		if !looksLikeFlag(a) {
+			ignored = append(ignored, a)
+			continue
+		}
+		name, _, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		var f *pflag.Flag
+		if len(name) == 1 && !strings.HasPrefix(a, "--") {
+			f = fs.ShorthandLookup(name)
+		} else {
+			f = fs.Lookup(name)
+		}
+		if f == nil {
+			if !hasVal && i+1 < len(args) && !looksLikeFlag(args[i+1]) && args[i+1] != "--" {
+				a += " " + args[i+1]
+				i++
+			}
+			ignored = append(ignored, a)
+			continue
+		}
+		known = append(known, a)
+		if !hasVal && f.Value.Type() != "bool" && i+1 < len(args) {
+			known = append(known, args[i+1])
+			i++
+		}
+	}
+	return known, ignored
+}
+
+func runSimServer(cmd *cobra.Command, args []string) error {
+	out := cmd.OutOrStdout()
+	if err := announceStart(out); err != nil {
+		return err
+	}
+	fs := cmd.Flags()
+	known, ignored := splitServerArgs(fs, args)
+	if err := fs.Parse(known); err != nil {
+		return usageErrorf("sim-server: %v (see moecapd sim-server --help)", err)
+	}
+	if h, _ := fs.GetBool("help"); h {
+		return cmd.Help()
+	}
+	if w, _ := fs.GetBool("sim-worker"); w {
+		rank, _ := fs.GetInt("sim-worker-rank")
+		sim.RunWorker(out, rank)
+		return nil
+	}
+	for _, a := range ignored {
+		fmt.Fprintf(out, "sim: ignoring server flag %q (not simulated)\n", a)
+	}
+	cfg, err := simConfig(fs)
+	if err != nil {
+		return err
+	}
+	cfg.Out = out
+
+	ctx := cmd.Context()
+	if cfg.Fault == sim.FaultIgnoreSIGTERM {
+		// Only SIGKILL may end this one: that is what the supervisor's escalation is for.
+		signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+	} else {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+		defer stop()
+	}
+	err = sim.Run(ctx, cfg)
+	var fe *sim.FaultError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &fe), errors.Is(err, sim.ErrAddrInUse):
+		return withCode(exitInternal, err) // status 1, like the Python server dying
+	default:
+		return err
+	}
+}
+
+// simConfig turns the parsed flags and the environment into a sim.Config.
+func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
+	str := func(n string) string { v, _ := fs.GetString(n); return v }
+	num := func(n string) int { v, _ := fs.GetInt(n); return v }
+	var cfg sim.Config
+	cfg.Flavor = str("flavor")
+	if cfg.Flavor != sim.FlavorSGLang && cfg.Flavor != sim.FlavorVLLM {
+		return cfg, usageErrorf("sim-server: --flavor %q: want sglang or vllm", cfg.Flavor)
+	}
+	var bad []string
+	fs.Visit(func(f *pflag.Flag) {
+		if fl, ok := flagFlavor[f.Name]; ok && fl != cfg.Flavor {
+			bad = append(bad, "--"+f.Name)
+		}
+	})
+	if len(bad) > 0 {
+		return cfg, usageErrorf("sim-server: %s not a %s flag (the %s wrapper takes it); check the launcher's argv for --flavor %s",
+			strings.Join(bad, ", "), cfg.Flavor, otherFlavor(cfg.Flavor), cfg.Flavor)
+	}
+	cfg.Host = str("host")
+	cfg.Port = num("port")
+	if !fs.Changed("port") {
+		cfg.Port = 30000
+		if cfg.Flavor == sim.FlavorVLLM {
+			cfg.Port = 8000
+		}
+	}
+	if cfg.Flavor == sim.FlavorSGLang {
+		cfg.ServedModel, cfg.TP, cfg.MaxRunning, cfg.MaxModelLen = str("model-path"), num("tp-size"), num("max-running-requests"), num("context-length")
+		if cfg.ServedModel == "" {
+			return cfg, usageErrorf("sim-server: --model-path is required for --flavor sglang")
+		}
+	} else {
+		cfg.ServedModel, cfg.TP, cfg.MaxRunning, cfg.MaxModelLen = str("model"), num("tensor-parallel-size"), num("max-num-seqs"), num("max-model-len")
+		if cfg.ServedModel == "" {
+			return cfg, usageErrorf("sim-server: --model is required for --flavor vllm")
+		}
+	}
+	if cfg.TP < 1 || cfg.MaxRunning < 0 || cfg.MaxModelLen < 0 {
+		return cfg, usageErrorf("sim-server: tensor-parallel size must be at least 1 and batch size and context length not negative")
+	}
+
+	tables, err := config.LoadTables(str("sim-configs"))
+	if err != nil {
+		return cfg, usageErrorf("sim-server: model tables: %v", err)
+	}
+	if key := str("sim-model"); key != "" {
+		m, ok := tables.Models[key]
+		if !ok {
+			return cfg, usageErrorf("sim-server: --sim-model %q is not in the model table; keys: %s", key, strings.Join(tables.ModelKeys(), ", "))
+		}
+		cfg.Model = m
+	} else {
+		m, ok := tables.ModelByID(cfg.ServedModel)
+		if !ok {
+			return cfg, usageErrorf("sim-server: no model in the table matches %q; pass --sim-model with one of: %s",
+				cfg.ServedModel, strings.Join(tables.ModelKeys(), ", "))
+		}
+		cfg.Model = m
+	}
+	fam := strings.ToUpper(str("sim-hardware"))
+	hw, ok := tables.HardwareFamily(fam)
+	if !ok {
+		var keys []string
+		for k := range tables.Hardware {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		return cfg, usageErrorf("sim-server: --sim-hardware %q is not in the hardware table; want one of: %s", str("sim-hardware"), strings.Join(keys, ", "))
+	}
+	cfg.Hardware = hw
+
+	cfg.Fault = str("sim-fault")
+	if cfg.Fault != "" && !slices.Contains(sim.Faults, cfg.Fault) {
+		return cfg, usageErrorf("sim-server: --sim-fault %q: want one of %s", cfg.Fault, strings.Join(sim.Faults, ", "))
+	}
+	cfg.Workers = num("sim-workers")
+	if cfg.Workers > 0 {
+		exe, err := os.Executable()
+		if err != nil {
+			return cfg, fmt.Errorf("sim-server: cannot find own executable to start workers: %w", err)
+		}
+		cfg.WorkerCommand = []string{exe, "sim-server", "--sim-worker"}
+	}
+	cfg.Startup, _ = fs.GetDuration("sim-startup")
+	cfg.TPOT, _ = fs.GetDuration("sim-tpot")
+	cfg.TTFT, _ = fs.GetDuration("sim-ttft")
+	cfg.TimeScale, _ = fs.GetFloat64("sim-time-scale")
+	if cfg.TimeScale <= 0 || cfg.TPOT < 0 || cfg.TTFT < 0 || cfg.Startup < 0 {
+		return cfg, usageErrorf("sim-server: --sim-time-scale must be positive and --sim-tpot, --sim-ttft, --sim-startup not negative")
+	}
+
+	// Same defaults as the wrappers when the variable is unset: ~/expert_records for
+	// sglang, the system temp dir for vllm.
+	cfg.RecordsDir = os.Getenv("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR")
+	if cfg.RecordsDir == "" {
+		if cfg.Flavor == sim.FlavorSGLang {
+			if home, err := os.UserHomeDir(); err == nil {
+				cfg.RecordsDir = filepath.Join(home, "expert_records")
+			}
+		} else {
+			cfg.RecordsDir = os.TempDir()
+		}
+	}
+	return cfg, nil
+}
+
+func otherFlavor(f string) string {
+	if f == sim.FlavorSGLang {
+		return sim.FlavorVLLM
+	}
+	return sim.FlavorSGLang
+}
+
+// announceStart prints "sim: started {argv, env, pid}" and, when MOECAPD_SIM_ARGV_FILE is
+// set, writes the same JSON there: the proof, for launcher tests, of what the server was
+// really started with. Unset variables are null, set-but-empty ones "".
+func announceStart(out interface{ Write([]byte) (int, error) }) error {
+	env := map[string]*string{}
+	for _, k := range simEnvVars {
+		if v, ok := os.LookupEnv(k); ok {
+			env[k] = &v
+		} else {
+			env[k] = nil
+		}
+	}
+	b, err := json.Marshal(map[string]any{"argv": os.Args, "env": env, "pid": os.Getpid()})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "sim: started %s\n", b)
+	if path := os.Getenv("MOECAPD_SIM_ARGV_FILE"); path != "" {
+		tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
+		if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("sim-server: MOECAPD_SIM_ARGV_FILE: %w", err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			os.Remove(tmp)
+			return fmt.Errorf("sim-server: MOECAPD_SIM_ARGV_FILE: %w", err)
+		}
+	}
+	return nil
+}
