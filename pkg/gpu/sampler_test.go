@@ -1,0 +1,401 @@
+package gpu
+
+import (
+	"encoding/json"
+	"flag"
+	"math"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/NVIDIA/go-nvml/pkg/nvml"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files under testdata/gpu")
+
+// rig is a mock node driven round by round on a manual clock, so the summary can be
+// checked against numbers worked out by hand.
+type rig struct {
+	gpus []*fakeGPU
+	b    *nvmlBackend
+	clk  *fakeClock
+	s    *Sampler
+	csv  *strings.Builder
+}
+
+func newRig(t *testing.T, pids []int, gpus ...*fakeGPU) *rig {
+	t.Helper()
+	r := &rig{gpus: gpus, b: openMock(newMockLib(gpus...)), clk: &fakeClock{}, csv: &strings.Builder{}}
+	r.clk.Set(0)
+	r.b.now = r.clk.Now
+	devs, err := r.b.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := SamplerConfig{Devices: devs, Interval: time.Second, CSV: r.csv}
+	if pids != nil {
+		cfg.PIDs = func() []int { return pids }
+	}
+	r.s = r.b.NewSampler(cfg)
+	r.s.now = r.clk.Now
+	r.s.writeLine([]byte(CSVHeader + "\n"))
+	return r
+}
+
+// at takes one round at time d after the rig's epoch.
+func (r *rig) at(d time.Duration) {
+	r.clk.Set(d)
+	r.s.round()
+}
+
+func near(t *testing.T, what string, got *float64, want float64) {
+	t.Helper()
+	if got == nil {
+		t.Errorf("%s absent, want %.6g", what, want)
+		return
+	}
+	if math.Abs(*got-want) > 1e-9*math.Max(1, math.Abs(want)) {
+		t.Errorf("%s = %.9g, want %.9g", what, *got, want)
+	}
+}
+
+// TestSummaryMath checks every summary figure against a scenario worked out by hand:
+// two GPUs sampled at t = 0…4 s, bench window [1.5 s, 3.5 s] falling between samples.
+//
+// GPU0 power 100,100,200,200,100 W; its counter grows by the trapezoid of that power,
+// 100,150,200,150 J per second. In the window the counter (linear within an interval) gives
+// 0.5·150 + 200 + 0.5·150 = 350 J; integrated power gives (150+200)/2·0.5 + 200 +
+// (200+150)/2·0.5 = 375 J.
+// GPU1 power 200 W flat but its counter grows 210 J/s: 420 J by counter, 400 J by power.
+// Totals 770 J and 775 J, disagreement 5/770 = 0.649…%, average power 775/2 = 387.5 W,
+// peak of the per-round sums inside the window (t=2,3) 400 W.
+// Utilization in the window: GPU0 30,40, GPU1 80,90 → mean 60, nearest-rank p95 90.
+// Memory peaks inside the window: GPU0 5 GiB (9 GiB at t=4 is outside), GPU1 6 GiB.
+// Server PIDs {100,101}: GPU0 pid 100 holds 3 GiB (pid 200 is not ours), GPU1 pid 101 2 GiB.
+func TestSummaryMath(t *testing.T) {
+	g0, g1 := newFake("GPU-0000", "NVIDIA H100 80GB HBM3"), newFake("GPU-1111", "NVIDIA H100 80GB HBM3")
+	r := newRig(t, []int{100, 101}, g0, g1)
+	const GiB = 1 << 30
+	pow0 := []uint32{100, 100, 200, 200, 100}
+	e0 := []uint64{1_000_000, 1_100_000, 1_250_000, 1_450_000, 1_600_000}
+	util0 := []uint32{10, 20, 30, 40, 50}
+	util1 := []uint32{60, 70, 80, 90, 100}
+	mem0 := []uint64{1 * GiB, 2 * GiB, 5 * GiB, 3 * GiB, 9 * GiB}
+	mem1 := []uint64{4 * GiB, 4 * GiB, 4 * GiB, 6 * GiB, 4 * GiB}
+	reasons0 := []uint64{0, 0, 0, nvml.ClocksEventReasonSwPowerCap, nvml.ClocksThrottleReasonHwSlowdown}
+	g0.procs = []nvml.ProcessInfo{{Pid: 100, UsedGpuMemory: 3 * GiB}, {Pid: 200, UsedGpuMemory: 1 * GiB}}
+	g1.procs = []nvml.ProcessInfo{{Pid: 101, UsedGpuMemory: 2 * GiB}}
+	for _, g := range []*fakeGPU{g0, g1} {
+		g.sm, g.memClk, g.temp, g.utilMem = 1980, 2619, 55, 12
+	}
+	for k := range 5 {
+		g0.set(func(f *fakeGPU) {
+			f.powerMW, f.energyMJ, f.util, f.memUsed, f.reasons = pow0[k]*1000, e0[k], util0[k], mem0[k], reasons0[k]
+		})
+		g1.set(func(f *fakeGPU) {
+			f.powerMW, f.energyMJ, f.util, f.memUsed = 200_000, 5_000_000+uint64(k)*210_000, util1[k], mem1[k]
+		})
+		if k == 2 {
+			r.clk.Set(1500 * time.Millisecond)
+			r.s.MarkBenchStart()
+		}
+		if k == 4 {
+			r.clk.Set(3500 * time.Millisecond)
+			r.s.MarkBenchEnd()
+		}
+		r.at(time.Duration(k) * time.Second)
+	}
+	sum := r.s.Stop()
+
+	if !sum.Available || sum.GPUs != 2 || sum.Samples != 5 || sum.Window != "bench" || sum.ReadErrors != 0 {
+		t.Errorf("summary header = %+v, want available, 2 GPUs, 5 samples, bench window, no errors", sum)
+	}
+	near(t, "bench_window_s", sum.BenchWindowS, 2)
+	near(t, "energy_j", sum.EnergyJ, 770)
+	near(t, "energy_integrated_j", sum.EnergyIntegratedJ, 775)
+	near(t, "energy_disagreement_pct", sum.EnergyDisagreementPct, 5.0/770*100)
+	near(t, "avg_power_w", sum.AvgPowerW, 387.5)
+	near(t, "peak_power_w", sum.PeakPowerW, 400)
+	near(t, "mean_util_pct", sum.MeanUtilPct, 60)
+	near(t, "p95_util_pct", sum.P95UtilPct, 90)
+	if sum.PeakMemoryBytes == nil || *sum.PeakMemoryBytes != 6*GiB {
+		t.Errorf("peak_memory_bytes = %v, want %d", sum.PeakMemoryBytes, 6*GiB)
+	}
+	if sum.ServerPeakMemoryBytes == nil || *sum.ServerPeakMemoryBytes != 3*GiB {
+		t.Errorf("server_peak_memory_bytes = %v, want %d", sum.ServerPeakMemoryBytes, 3*GiB)
+	}
+	if got := strings.Join(sum.ThrottleReasonsSeen, ","); got != "sw_power_cap" {
+		t.Errorf("throttle_reasons_seen = %q, want sw_power_cap (hw_slowdown was after the window)", got)
+	}
+	if len(sum.PerGPU) != 2 {
+		t.Fatalf("per_gpu has %d entries, want 2", len(sum.PerGPU))
+	}
+	p0, p1 := sum.PerGPU[0], sum.PerGPU[1]
+	near(t, "per_gpu[0].energy_j", p0.EnergyJ, 350)
+	near(t, "per_gpu[0].energy_integrated_j", p0.EnergyIntegratedJ, 375)
+	near(t, "per_gpu[0].avg_power_w", p0.AvgPowerW, 187.5)
+	near(t, "per_gpu[0].peak_power_w", p0.PeakPowerW, 200)
+	near(t, "per_gpu[0].mean_util_pct", p0.MeanUtilPct, 35)
+	near(t, "per_gpu[1].energy_j", p1.EnergyJ, 420)
+	near(t, "per_gpu[1].avg_power_w", p1.AvgPowerW, 200)
+	if p0.UUID != "GPU-0000" || *p0.PeakMemoryBytes != 5*GiB || *p1.ServerPeakMemoryBytes != 2*GiB {
+		t.Errorf("per_gpu = %+v / %+v, want GPU-0000 peak 5 GiB, GPU1 server peak 2 GiB", p0, p1)
+	}
+
+	// Cost: 2 GPUs × 2 s at $2.50/h = $0.0027778; 770 J = 2.1389e-4 kWh at $0.15 = $3.2083e-5.
+	sum.Finish(1000, Prices{GPUHourUSD: 2.5, ElectricityUSDPerKWh: 0.15})
+	near(t, "j_per_output_token", sum.JPerOutputToken, 0.77)
+	near(t, "output_tokens_per_j", sum.OutputTokensPerJ, 1000.0/770)
+	if sum.EnergySource != "counter" || sum.Cost == nil {
+		t.Fatalf("energy_source = %q, cost = %v; want counter and a cost", sum.EnergySource, sum.Cost)
+	}
+	gpuUSD := 2.5 * 2 * 2 / 3600
+	elecUSD := 770 / 3.6e6 * 0.15
+	near(t, "cost.gpu_usd", &sum.Cost.GPUUSD, gpuUSD)
+	near(t, "cost.electricity_usd", sum.Cost.ElectricityUSD, elecUSD)
+	near(t, "cost.cost_usd", sum.Cost.CostUSD, gpuUSD+elecUSD)
+	near(t, "cost.cost_per_million_output_tokens_usd", sum.Cost.CostPerMillionOutputTokensUSD, (gpuUSD+elecUSD)/1000*1e6)
+
+	// The JSON is snake_case and carries the figures.
+	js, err := json.Marshal(sum)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{`"energy_j":770`, `"bench_window_s":2`, `"throttle_reasons_seen":["sw_power_cap"]`, `"cost_per_million_output_tokens_usd":`, `"per_gpu":[{"index":0,"uuid":"GPU-0000"`} {
+		if !strings.Contains(string(js), k) {
+			t.Errorf("summary JSON lacks %s:\n%s", k, js)
+		}
+	}
+
+	// The CSV matches the golden file (regenerate with go test ./pkg/gpu -run TestSummaryMath -update).
+	golden := filepath.Join("..", "..", "testdata", "gpu", "telemetry.golden.csv")
+	if *update {
+		if err := os.MkdirAll(filepath.Dir(golden), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(golden, []byte(r.csv.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatalf("%v (run with -update to create it)", err)
+	}
+	if r.csv.String() != string(want) {
+		t.Errorf("telemetry CSV differs from %s:\ngot:\n%s\nwant:\n%s", golden, r.csv.String(), want)
+	}
+}
+
+func TestFinishWithoutEnergy(t *testing.T) {
+	w := 3600.0
+	cases := []struct {
+		name     string
+		sum      Summary
+		prices   Prices
+		costUSD  *float64
+		perMTok  *float64
+		elecNil  bool
+		costNil  bool
+		jPerTokN bool
+	}{
+		{
+			name: "electricity priced but not measured leaves the total out",
+			sum:  Summary{GPUs: 1, BenchWindowS: &w}, prices: Prices{GPUHourUSD: 2, ElectricityUSDPerKWh: 0.1},
+			elecNil: true, jPerTokN: true,
+		},
+		{
+			name: "no electricity price needs no energy",
+			sum:  Summary{GPUs: 4, BenchWindowS: &w}, prices: Prices{GPUHourUSD: 2},
+			costUSD: ptr(8.0), perMTok: ptr(8.0 / 2e6 * 1e6), elecNil: true, jPerTokN: true,
+		},
+		{
+			name: "integrated power stands in for the counter",
+			sum:  Summary{GPUs: 1, BenchWindowS: &w, EnergyIntegratedJ: ptr(3.6e6)}, prices: Prices{GPUHourUSD: 1, ElectricityUSDPerKWh: 0.5},
+			costUSD: ptr(1.5), perMTok: ptr(1.5 / 2e6 * 1e6),
+		},
+		{
+			name: "no window, no cost",
+			sum:  Summary{GPUs: 1}, prices: Prices{GPUHourUSD: 1}, costNil: true, elecNil: true, jPerTokN: true,
+		},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := c.sum
+			s.Finish(2_000_000, c.prices)
+			if c.costNil {
+				if s.Cost != nil {
+					t.Errorf("cost = %+v, want none", s.Cost)
+				}
+				return
+			}
+			if s.Cost == nil {
+				t.Fatal("cost absent")
+			}
+			if (s.Cost.ElectricityUSD == nil) != c.elecNil {
+				t.Errorf("electricity_usd = %v, want absent=%v", s.Cost.ElectricityUSD, c.elecNil)
+			}
+			if (s.JPerOutputToken == nil) != c.jPerTokN {
+				t.Errorf("j_per_output_token = %v, want absent=%v", s.JPerOutputToken, c.jPerTokN)
+			}
+			if c.costUSD == nil {
+				if s.Cost.CostUSD != nil {
+					t.Errorf("cost_usd = %v, want absent", *s.Cost.CostUSD)
+				}
+				return
+			}
+			near(t, "cost_usd", s.Cost.CostUSD, *c.costUSD)
+			near(t, "cost_per_million_output_tokens_usd", s.Cost.CostPerMillionOutputTokensUSD, *c.perMTok)
+			if c.sum.EnergyIntegratedJ != nil && s.EnergySource != "power" {
+				t.Errorf("energy_source = %q, want power", s.EnergySource)
+			}
+		})
+	}
+}
+
+func TestNotSupportedIsAbsentNotZero(t *testing.T) {
+	g := newFake("GPU-old", "Tesla P4")
+	for _, m := range []string{"util", "power", "energy", "reasons", "procs"} {
+		g.unsupported[m] = true
+	}
+	g.set(func(f *fakeGPU) { f.memUsed, f.sm, f.memClk, f.temp = 1<<30, 1500, 3000, 40 })
+	r := newRig(t, []int{1}, g)
+	r.at(0)
+	r.at(time.Second)
+	r.at(2 * time.Second)
+	sum := r.s.Stop()
+
+	lines := strings.Split(strings.TrimSpace(r.csv.String()), "\n")
+	if len(lines) != 4 {
+		t.Fatalf("CSV has %d lines, want header + 3 rows:\n%s", len(lines), r.csv.String())
+	}
+	want := "2025-01-02T03:04:05.000Z,0,GPU-old,,,1073741824,,,1500,3000,40,,"
+	if lines[1] != want {
+		t.Errorf("row = %q\nwant  %q (unsupported metrics empty, not 0)", lines[1], want)
+	}
+	if sum.EnergyJ != nil || sum.EnergyIntegratedJ != nil || sum.AvgPowerW != nil || sum.PeakPowerW != nil ||
+		sum.MeanUtilPct != nil || sum.P95UtilPct != nil || sum.ServerPeakMemoryBytes != nil || sum.ThrottleReasonsSeen != nil {
+		t.Errorf("summary reports unsupported metrics: %+v", sum)
+	}
+	if sum.ReadErrors != 0 {
+		t.Errorf("read_errors = %d, want 0: not supported is not an error", sum.ReadErrors)
+	}
+	js, _ := json.Marshal(sum)
+	for _, k := range []string{"energy_j", "avg_power_w", "mean_util_pct", "throttle_reasons_seen", "server_peak_memory_bytes"} {
+		if strings.Contains(string(js), `"`+k+`"`) {
+			t.Errorf("summary JSON has %q for an unsupported metric: %s", k, js)
+		}
+	}
+	if !strings.Contains(string(js), `"peak_memory_bytes":1073741824`) || !strings.Contains(string(js), `"window":"sampling"`) {
+		t.Errorf("summary JSON lacks the supported memory peak or the window: %s", js)
+	}
+	sum.Finish(100, Prices{GPUHourUSD: 1, ElectricityUSDPerKWh: 0.2})
+	if sum.JPerOutputToken != nil || sum.Cost == nil || sum.Cost.CostUSD != nil {
+		t.Errorf("Finish without energy: j/token %v, cost %+v; want no j/token and no total", sum.JPerOutputToken, sum.Cost)
+	}
+}
+
+// A counter that goes backwards (driver reload, GPU reset) must not add a negative or
+// 2^64-sized delta; that interval is estimated from power instead.
+func TestEnergyCounterReset(t *testing.T) {
+	g := newFake("GPU-r", "NVIDIA H100 80GB HBM3")
+	r := newRig(t, nil, g)
+	for k, e := range []uint64{1_000_000, 1_100_000, 5_000, 105_000} {
+		g.set(func(f *fakeGPU) { f.energyMJ, f.powerMW = e, 100_000 })
+		r.at(time.Duration(k) * time.Second)
+	}
+	sum := r.s.Stop()
+	near(t, "energy_j", sum.EnergyJ, 300) // 100 + 100 (estimated: 100 W × 1 s) + 100
+	near(t, "energy_integrated_j", sum.EnergyIntegratedJ, 300)
+	if sum.EnergyCounterResets != 1 {
+		t.Errorf("energy_counter_resets = %d, want 1", sum.EnergyCounterResets)
+	}
+	near(t, "bench_window_s", sum.BenchWindowS, 3)
+}
+
+// A GPU that falls off the bus is counted once, not read again, and the others go on.
+func TestDeviceLostMidRun(t *testing.T) {
+	g0, g1 := newFake("GPU-0", "NVIDIA H200"), newFake("GPU-1", "NVIDIA H200")
+	lib := newMockLib(g0, g1)
+	r := &rig{b: openMock(lib), clk: &fakeClock{}, csv: &strings.Builder{}}
+	r.clk.Set(0)
+	r.b.now = r.clk.Now
+	devs, _ := r.b.Devices()
+	r.s = r.b.NewSampler(SamplerConfig{Devices: devs, Interval: time.Second, CSV: r.csv})
+	r.s.now = r.clk.Now
+	h1, _ := lib.DeviceGetHandleByIndex(1)
+	m1 := h1.(interface{ GetMemoryInfoCalls() []struct{} })
+
+	for k := range 6 {
+		if k == 2 {
+			g1.set(func(f *fakeGPU) { f.lost = true })
+		}
+		g0.set(func(f *fakeGPU) { f.energyMJ, f.powerMW = uint64(k)*50_000, 50_000 })
+		g1.set(func(f *fakeGPU) { f.energyMJ, f.powerMW = uint64(k)*70_000, 70_000 })
+		r.at(time.Duration(k) * time.Second)
+	}
+	sum := r.s.Stop()
+	if len(sum.LostGPUs) != 1 || sum.LostGPUs[0] != 1 || sum.ReadErrors != 1 {
+		t.Errorf("lost_gpus = %v, read_errors = %d; want [1] and 1", sum.LostGPUs, sum.ReadErrors)
+	}
+	// Rounds 0,1 read it (Devices read its memory once more); round 2 finds it lost; never again.
+	if n := len(m1.GetMemoryInfoCalls()); n != 4 {
+		t.Errorf("lost GPU read %d times, want 4 (discovery, two rounds, the failing one)", n)
+	}
+	rows0, rows1 := strings.Count(r.csv.String(), ",GPU-0,"), strings.Count(r.csv.String(), ",GPU-1,")
+	if rows0 != 6 || rows1 != 2 {
+		t.Errorf("rows: GPU0 %d, GPU1 %d; want 6 and 2", rows0, rows1)
+	}
+	near(t, "per_gpu[0].energy_j", sum.PerGPU[0].EnergyJ, 250)
+	near(t, "per_gpu[1].energy_j", sum.PerGPU[1].EnergyJ, 70)
+	if !sum.PerGPU[1].Lost || sum.Samples != 6 {
+		t.Errorf("per_gpu[1].lost = %v, samples = %d; want true and 6", sum.PerGPU[1].Lost, sum.Samples)
+	}
+}
+
+// The real goroutine: rounds happen on their own, marks return at once, rows match rounds.
+func TestSamplerRunsOnItsOwn(t *testing.T) {
+	g0, g1 := newFake("GPU-a", "NVIDIA H100 80GB HBM3"), newFake("GPU-b", "NVIDIA H100 80GB HBM3")
+	g0.powerMW, g1.powerMW = 300_000, 300_000
+	b := openMock(newMockLib(g0, g1))
+	devs, _ := b.Devices()
+	var csv strings.Builder
+	s := b.NewSampler(SamplerConfig{Devices: devs, Interval: 5 * time.Millisecond, CSV: &csv, PIDs: func() []int { return nil }})
+	s.Start(t.Context())
+	s.Start(t.Context()) // a second Start is harmless
+	time.Sleep(30 * time.Millisecond)
+	s.MarkBenchStart()
+	for i := range 10 {
+		g0.set(func(f *fakeGPU) { f.energyMJ += 1_500; f.util = uint32(i * 10) })
+		g1.set(func(f *fakeGPU) { f.energyMJ += 1_500 })
+		time.Sleep(5 * time.Millisecond)
+	}
+	s.MarkBenchEnd()
+	time.Sleep(20 * time.Millisecond)
+	sum := s.Stop()
+	again := s.Stop()
+	if !reflect.DeepEqual(sum, again) {
+		t.Errorf("second Stop gave a different summary")
+	}
+	if sum.Samples < 5 || sum.Window != "bench" || sum.BenchWindowS == nil || *sum.BenchWindowS <= 0 {
+		t.Fatalf("summary = %+v, want several samples over a bench window", sum)
+	}
+	rows := strings.Count(csv.String(), "\n") - 1
+	if rows != 2*sum.Samples {
+		t.Errorf("CSV has %d rows, want %d (2 GPUs × %d samples)", rows, 2*sum.Samples, sum.Samples)
+	}
+	if !strings.HasPrefix(csv.String(), CSVHeader+"\n") {
+		t.Errorf("CSV does not start with the header")
+	}
+	if sum.EnergyJ == nil || *sum.EnergyJ <= 0 || *sum.EnergyJ > 30 {
+		t.Errorf("energy_j = %v, want in (0, 30] (20 steps of 1.5 J, some outside the window)", sum.EnergyJ)
+	}
+	if sum.ServerPeakMemoryBytes == nil || *sum.ServerPeakMemoryBytes != 0 {
+		t.Errorf("server_peak_memory_bytes = %v, want 0 (PID source given, no process)", sum.ServerPeakMemoryBytes)
+	}
+	if sum.TickJitterP99MS == nil {
+		t.Errorf("tick_jitter_p99_ms absent")
+	}
+}
