@@ -1,0 +1,147 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/moecapd/moecapd/pkg/cell"
+)
+
+// fakeCondaRoot builds a conda-shaped root: etc/profile.d/conda.sh defines a `conda` shell
+// function whose activate sets CONDA_PREFIX and PATH and sources the env's activate.d
+// scripts; envs/<name>/bin/python dispatches `-m moe_cap.systems.*` to the sim server and
+// `-m moe_cap.runner.openai_api_profile` to `moecapd bench` (which accepts the runner's
+// flags and writes its files).
+func fakeCondaRoot(t *testing.T, env string) (root, prefix string) {
+	t.Helper()
+	root = t.TempDir()
+	prefix = filepath.Join(root, "envs", env)
+	for _, d := range []string{filepath.Join(root, "etc", "profile.d"), filepath.Join(prefix, "bin"), filepath.Join(prefix, "etc", "conda", "activate.d")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	files := map[string]string{
+		filepath.Join(root, "etc", "profile.d", "conda.sh"): `
+conda() {
+  if [ "$1" = activate ]; then
+    case "$2" in /*) p="$2" ;; *) p="$FAKE_CONDA_ROOT/envs/$2" ;; esac
+    [ -d "$p" ] || { echo "EnvironmentNameNotFound: Could not find conda environment: $2" >&2; return 1; }
+    export CONDA_PREFIX="$p" CONDA_DEFAULT_ENV="$2" PATH="$p/bin:$PATH"
+    for f in "$p"/etc/conda/activate.d/*.sh; do [ -f "$f" ] && . "$f"; done
+    return 0
+  fi
+  return 1
+}
+`,
+		filepath.Join(prefix, "etc", "conda", "activate.d", "moecap.sh"): "export FAKE_ENV_ACTIVATED=yes\n",
+		filepath.Join(prefix, "bin", "python"): `#!/bin/sh
+[ "$FAKE_ENV_ACTIVATED" = yes ] || { echo "python run outside the activated env" >&2; exit 97; }
+if [ "$1" = -m ]; then
+  mod="$2"; shift 2
+  case "$mod" in
+    moe_cap.systems.sglang) exec "$MOECAPD_TEST_BIN" sim-server --flavor sglang --sim-tpot 2ms "$@" ;;
+    moe_cap.systems.vllm) exec "$MOECAPD_TEST_BIN" sim-server --flavor vllm --sim-tpot 2ms "$@" ;;
+    moe_cap.runner.openai_api_profile) exec "$MOECAPD_TEST_BIN" bench --log-format json "$@" ;;
+  esac
+fi
+echo "fake python: unsupported $*" >&2
+exit 1
+`,
+	}
+	for p, body := range files {
+		if err := os.WriteFile(p, []byte(body), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// conda.sh finds envs by name under its root, as the real one does.
+	t.Setenv("FAKE_CONDA_ROOT", root)
+	return root, prefix
+}
+
+func TestCondaPathHostileNames(t *testing.T) {
+	for _, backend := range []string{"sglang", "vllm"} {
+		t.Run(backend, func(t *testing.T) {
+			env := "env with space;'q'\"dq\" $(touch PWNED_ENV) `touch PWNED_ENV2`"
+			root, prefix := fakeCondaRoot(t, env)
+			work := t.TempDir()
+			// A local model directory (named like the hub id) under a hostile parent path.
+			modelDir := filepath.Join(work, "m $(touch PWNED_MODEL);`touch PWNED_MODEL2`'\"", "Qwen1.5-MoE-A2.7B-Chat")
+			os.MkdirAll(modelDir, 0o755)
+			cfg := tinyConfig(t, modelDir, 32, 8, 4)
+			results := filepath.Join(work, "results")
+			argvFile := filepath.Join(work, "sim-argv.json")
+			r := moecapd(t, []string{"MOECAPD_TEST_BIN=" + bin, "MOECAPD_SIM_ARGV_FILE=" + argvFile},
+				"launch-and-bench", "--backend", backend, "--config", cfg, "--batch-size", "2", "--port", "0",
+				"--conda-root", root, "--env", env, "--results", results, "--grace", "2s", "--log-format", "json",
+				"--", "--trust-remote-code")
+			if r.code != 0 {
+				t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+			}
+			dir, m := onlyCell(t, results)
+			if m.Status != cell.StatusOK || m.Client.Kind != "moe-cap" || m.Metrics == nil || m.Metrics.Source != "moe-cap" || m.Metrics.Completed != 4 {
+				t.Fatalf("manifest %+v metrics %+v", m, m.Metrics)
+			}
+			var seen struct {
+				Argv []string          `json:"argv"`
+				Env  map[string]string `json:"env"`
+			}
+			readJSON(t, argvFile, &seen)
+			// Everything after the fake python's own flags is what moecapd passed to python -m.
+			i := slices.Index(seen.Argv, "--sim-tpot")
+			if i < 0 {
+				t.Fatalf("sim argv %q", seen.Argv)
+			}
+			got := seen.Argv[i+2:]
+			want := m.Server.Argv[slices.Index(m.Server.Argv, "python")+3:]
+			if !slices.Equal(got, want) {
+				t.Errorf("server argv\n got %q\nwant %q", got, want)
+			}
+			if !slices.Contains(got, modelDir) || !slices.Contains(got, "--trust-remote-code") {
+				t.Errorf("model path or extra flag not passed byte for byte: %q", got)
+			}
+			if seen.Env["CONDA_PREFIX"] != prefix {
+				t.Errorf("server CONDA_PREFIX %q, want %q", seen.Env["CONDA_PREFIX"], prefix)
+			}
+			if seen.Env["SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR"] != filepath.Join(dir, "records") {
+				t.Errorf("records dir %q", seen.Env["SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR"])
+			}
+			if backend == "vllm" && seen.Env["MOE_CAP_ENABLE_EXPERT_PATCHING"] != "1" {
+				t.Errorf("vllm expert patching env %q, want 1", seen.Env["MOE_CAP_ENABLE_EXPERT_PATCHING"])
+			}
+			ms, _ := filepath.Glob(filepath.Join(dir, "client", "*", "*", "metrics_*.json"))
+			if len(ms) != 1 {
+				t.Errorf("runner metrics files %v, want one under client/<org>/<model>/", ms)
+			}
+			filepath.Walk(work, func(p string, _ os.FileInfo, _ error) error {
+				if strings.HasPrefix(filepath.Base(p), "PWNED") {
+					t.Errorf("%s exists: a value was executed as shell", p)
+				}
+				return nil
+			})
+			for _, f := range []string{"PWNED_ENV", "PWNED_ENV2", "PWNED_MODEL", "PWNED_MODEL2"} {
+				if _, err := os.Stat(f); err == nil {
+					t.Errorf("%s created in the working directory", f)
+					os.Remove(f)
+				}
+			}
+		})
+	}
+}
+
+func TestMissingCondaEnv(t *testing.T) {
+	root, _ := fakeCondaRoot(t, "sglang")
+	cfg := tinyConfig(t, qwen, 32, 8, 4)
+	results := t.TempDir()
+	r := moecapd(t, nil, "launch-and-bench", "--backend", "vllm", "--config", cfg, "--batch-size", "1",
+		"--port", "0", "--conda-root", root, "--results", results)
+	if r.code != 2 {
+		t.Fatalf("exit %d, want 2\n%s", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "conda env create -f envs/vllm.yml") {
+		t.Errorf("error does not say how to create the env:\n%s", r.stderr)
+	}
+}
