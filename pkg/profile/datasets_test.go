@@ -1,0 +1,159 @@
+package profile
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// hubServer imitates the dataset viewer's /rows API for gsm8k with total rows.
+func hubServer(t *testing.T, total int, calls *atomic.Int32) *httptest.Server {
+	t.Helper()
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		q := r.URL.Query()
+		if r.URL.Path != "/rows" || q.Get("dataset") != "openai/gsm8k" || q.Get("config") != "main" || q.Get("split") != "test" {
+			http.Error(w, `{"error":"unexpected query"}`, 404)
+			return
+		}
+		off, _ := strconv.Atoi(q.Get("offset"))
+		n, _ := strconv.Atoi(q.Get("length"))
+		var rows []map[string]any
+		for i := off; i < min(off+n, total); i++ {
+			rows = append(rows, map[string]any{"row_idx": i, "row": map[string]any{"question": fmt.Sprintf("question number %d about apples", i), "answer": "42"}, "truncated_cells": []string{}})
+		}
+		json.NewEncoder(w).Encode(map[string]any{"rows": rows, "num_rows_total": total, "partial": false})
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func TestDatasetFromHubIsCachedThenWorksOffline(t *testing.T) {
+	var calls atomic.Int32
+	hub := hubServer(t, 250, &calls)
+	cache := t.TempDir()
+	o := &Options{Dataset: "gsm8k", DatasetCacheDir: cache, HubURL: hub.URL}
+	texts, err := loadDatasetTexts(t.Context(), o, 150)
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	if len(texts) != 150 || texts[149] != "question number 149 about apples" {
+		t.Fatalf("got %d texts, last %q", len(texts), texts[len(texts)-1])
+	}
+	if calls.Load() != 2 {
+		t.Errorf("hub called %d times, want 2 pages of 100", calls.Load())
+	}
+	o.Offline, o.HubURL = true, "http://127.0.0.1:1" // nothing may be fetched now
+	again, err := loadDatasetTexts(t.Context(), o, 150)
+	if err != nil || len(again) != 150 || again[7] != texts[7] {
+		t.Fatalf("offline from cache: %v (%d texts)", err, len(again))
+	}
+}
+
+func TestDatasetOfflineWithoutCacheNamesBothWaysOut(t *testing.T) {
+	o := &Options{Dataset: "longbench_v2", DatasetCacheDir: t.TempDir(), Offline: true}
+	_, err := loadDatasetTexts(t.Context(), o, 10)
+	if err == nil {
+		t.Fatal("no error")
+	}
+	for _, want := range []string{"offline", "--dataset-file", "THUDM/LongBench-v2", "network access", "cached"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}
+
+func TestDatasetHubErrorNamesBothWaysOut(t *testing.T) {
+	hub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"error":"The dataset does not exist"}`, 404)
+	}))
+	defer hub.Close()
+	o := &Options{Dataset: "gsm8k", HubURL: hub.URL}
+	_, err := loadDatasetTexts(t.Context(), o, 10)
+	if err == nil || !strings.Contains(err.Error(), "HTTP 404") || !strings.Contains(err.Error(), "--dataset-file") {
+		t.Errorf("err = %v, want the HTTP status and --dataset-file", err)
+	}
+}
+
+func TestDatasetFileFormats(t *testing.T) {
+	dir := t.TempDir()
+	lb := filepath.Join(dir, "lb.jsonl")
+	os.WriteFile(lb, []byte(`{"context":"a long document","question":"what is it?","choice_A":"x"}`+"\n\n"), 0o644)
+	texts, err := readTextFile(lb, knownDatasets["longbench_v2"].Fields, 5)
+	if err != nil || len(texts) != 1 || texts[0] != "a long document\n\nwhat is it?" {
+		t.Errorf("longbench row = %q, %v", texts, err)
+	}
+	bad := filepath.Join(dir, "bad.jsonl")
+	os.WriteFile(bad, []byte(`{"text":"ok"}`+"\n"+`{"number":3}`+"\n"), 0o644)
+	if _, err := readTextFile(bad, nil, 5); err == nil || !strings.Contains(err.Error(), "bad.jsonl:2") {
+		t.Errorf("err = %v, want file:line", err)
+	}
+	if _, err := readTextFile(filepath.Join(dir, "x.parquet"), nil, 5); err == nil || !strings.Contains(err.Error(), "convert it to JSONL") {
+		t.Errorf("parquet err = %v", err)
+	}
+	o := &Options{Dataset: "mmlu"}
+	if _, err := loadDatasetTexts(t.Context(), o, 1); err == nil || !strings.Contains(err.Error(), "--dataset-file") {
+		t.Errorf("unknown dataset err = %v", err)
+	}
+}
+
+func TestSummarizeRecords(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	recs := []PassRecord{
+		{ForwardMode: "prefill", BatchSize: 2, Latency: f(0.2), ExpertActivation: f(10), GPUNum: 8, GPURawType: "NVIDIA H200"},
+		{ForwardMode: "prefill", BatchSize: 4, Latency: f(0.4), ExpertActivation: f(20)},
+		{ForwardMode: "decode", BatchSize: 30, Latency: f(0.01), ExpertActivation: f(5)},
+		{ForwardMode: "decoding", BatchSize: 32, Latency: f(0.03), ExpertActivation: f(-1)}, // -1: not recorded
+		{ForwardMode: "idle"},
+	}
+	s := SummarizeRecords(recs)
+	if *s.AvgExpertActivationPrefill != 15 || *s.AvgExpertActivationDecode != 5 || *s.AvgDecodeBatchSize != 31 || *s.AvgPrefillBatchSize != 3 {
+		t.Errorf("summary %+v", s)
+	}
+	if *s.MeanDecodeLatencyS != 0.02 || s.GPUNum != 8 || s.GPURawType != "NVIDIA H200" || s.PrefillPasses != 2 || s.DecodePasses != 2 {
+		t.Errorf("summary %+v", s)
+	}
+	empty := SummarizeRecords([]PassRecord{{ForwardMode: "prefill"}})
+	if empty.AvgExpertActivationPrefill != nil || empty.AvgDecodeBatchSize != nil {
+		t.Errorf("absent numbers were filled in: %+v", empty)
+	}
+}
+
+func TestProgressLineAndLogLines(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain", tpot: 5 * time.Millisecond})
+	var buf bytes.Buffer
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.OutputTokens = "vllm", true, 20
+	o.Progress, o.ProgressInterval = &buf, 20*time.Millisecond // only the progress goroutine writes; Run waits for it
+	if _, err := Run(t.Context(), o); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if !strings.Contains(out, "\r\x1b[K") || !strings.Contains(out, "12/12 done (0 failed), 0 in flight") || !strings.HasSuffix(out, "\n") {
+		t.Errorf("progress output %q", out)
+	}
+
+	core, logs := observer.New(zap.InfoLevel)
+	o.Progress, o.Log = nil, zap.New(core)
+	if _, err := Run(t.Context(), o); err != nil {
+		t.Fatal(err)
+	}
+	if n := logs.FilterMessage("bench progress").Len(); n == 0 {
+		t.Errorf("no periodic progress log lines without a terminal")
+	}
+	if logs.FilterMessage("bench finished").Len() != 1 {
+		t.Errorf("no final log line")
+	}
+}
