@@ -1,0 +1,380 @@
+// Package report turns a results directory of cells into a static HTML page, a markdown
+// summary and a CSV, and derives each cell's CAP numbers (S-MBU, S-MFU, floors) for the
+// manifest.
+//
+// The report reads manifest.json through its own view of the JSON contract of DESIGN.md
+// rather than through pkg/cell's types: it has to read manifests written by older and newer
+// moecapd versions alike, and a field it does not know must not stop a night's report.
+package report
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/config"
+)
+
+// ExtraKey is the key of the CAP numbers in manifest.json "extra".
+const ExtraKey = "cap"
+
+// metricsView is the part of manifest "metrics" the report uses (milliseconds, tokens/s).
+type metricsView struct {
+	Source                     string   `json:"source"`
+	LatencyKind                string   `json:"latency_kind"`
+	Completed                  int      `json:"completed"`
+	Failed                     int      `json:"failed"`
+	TotalInputTokens           int      `json:"total_input_tokens"`
+	TotalOutputTokens          int      `json:"total_output_tokens"`
+	DurationS                  float64  `json:"duration_s"`
+	RequestThroughput          float64  `json:"request_throughput"`
+	OutputThroughput           float64  `json:"output_throughput"`
+	TotalTokenThroughput       float64  `json:"total_token_throughput"`
+	MeanTTFTMs                 float64  `json:"mean_ttft_ms"`
+	MedianTTFTMs               float64  `json:"median_ttft_ms"`
+	P99TTFTMs                  float64  `json:"p99_ttft_ms"`
+	MeanTPOTMs                 float64  `json:"mean_tpot_ms"`
+	MedianTPOTMs               float64  `json:"median_tpot_ms"`
+	P99TPOTMs                  float64  `json:"p99_tpot_ms"`
+	MeanITLMs                  float64  `json:"mean_itl_ms"`
+	P99ITLMs                   float64  `json:"p99_itl_ms"`
+	MeanE2ELMs                 float64  `json:"mean_e2el_ms"`
+	Partial                    bool     `json:"partial"`
+	AvgExpertActivationPrefill *float64 `json:"avg_expert_activation_prefill"`
+	AvgExpertActivationDecode  *float64 `json:"avg_expert_activation_decode"`
+	AvgDecodeBatchSize         *float64 `json:"avg_decode_batch_size"`
+}
+
+// costView is telemetry "cost"; older drafts of the contract had its two totals at the top
+// level of telemetry, so both places are read.
+type costView struct {
+	GPUHourUSD                    float64  `json:"gpu_hour_usd"`
+	ElectricityUSDPerKWh          float64  `json:"electricity_usd_per_kwh"`
+	CostUSD                       *float64 `json:"cost_usd"`
+	CostPerMillionOutputTokensUSD *float64 `json:"cost_per_million_output_tokens_usd"`
+}
+
+// telemetryView is manifest "telemetry". Every measured quantity is a pointer: nil is
+// "absent" (no NVML, not supported), which the report must never show as 0.
+type telemetryView struct {
+	Available                     bool      `json:"available"`
+	Reason                        string    `json:"reason"`
+	GPUs                          int       `json:"gpus"`
+	Samples                       int       `json:"samples"`
+	Missed                        int       `json:"missed"`
+	BenchWindowS                  *float64  `json:"bench_window_s"`
+	EnergyJ                       *float64  `json:"energy_j"`
+	EnergyIntegratedJ             *float64  `json:"energy_integrated_j"`
+	AvgPowerW                     *float64  `json:"avg_power_w"`
+	PeakPowerW                    *float64  `json:"peak_power_w"`
+	MeanUtilPct                   *float64  `json:"mean_util_pct"`
+	P95UtilPct                    *float64  `json:"p95_util_pct"`
+	PeakMemoryBytes               *float64  `json:"peak_memory_bytes"`
+	ServerPeakMemoryBytes         *float64  `json:"server_peak_memory_bytes"`
+	ThrottleReasonsSeen           []string  `json:"throttle_reasons_seen"`
+	JPerOutputToken               *float64  `json:"j_per_output_token"`
+	OutputTokensPerJ              *float64  `json:"output_tokens_per_j"`
+	CostUSD                       *float64  `json:"cost_usd"`
+	CostPerMillionOutputTokensUSD *float64  `json:"cost_per_million_output_tokens_usd"`
+	Cost                          *costView `json:"cost"`
+}
+
+type manifestView struct {
+	SchemaVersion int `json:"schema_version"`
+	Cell          struct {
+		ID           string `json:"id"`
+		Model        string `json:"model"`
+		ModelID      string `json:"model_id"`
+		Hardware     string `json:"hardware"`
+		GPUName      string `json:"gpu_name"`
+		GPUCount     int    `json:"gpu_count"`
+		Task         string `json:"task"`
+		InputTokens  int    `json:"input_tokens"`
+		OutputTokens int    `json:"output_tokens"`
+		NumSamples   int    `json:"num_samples"`
+		BatchSize    int    `json:"batch_size"`
+		Backend      string `json:"backend"`
+		TP           int    `json:"tp"`
+	} `json:"cell"`
+	Status  string `json:"status"`
+	Failure *struct {
+		Phase   string `json:"phase"`
+		Kind    string `json:"kind"`
+		Message string `json:"message"`
+	} `json:"failure"`
+	StartedAt string `json:"started_at"`
+	Timings   struct {
+		Bench float64 `json:"bench"`
+		Total float64 `json:"total"`
+	} `json:"timings_s"`
+	Metrics   *metricsView   `json:"metrics"`
+	Telemetry *telemetryView `json:"telemetry"`
+	Versions  struct {
+		Moecapd string `json:"moecapd"`
+		Backend string `json:"backend"`
+		Driver  string `json:"driver"`
+	} `json:"versions"`
+	Extra map[string]json.RawMessage `json:"extra"`
+}
+
+// Row is one cell as the report shows it.
+type Row struct {
+	ID        string
+	Model     string
+	ModelID   string
+	Hardware  string // label, e.g. 8xH100
+	Family    string // H100, H200, A100…
+	GPUName   string
+	GPUs      int
+	Task      string
+	In, Out   int
+	BatchSize int
+	Backend   string
+	Status    string
+	// Reason is why a cell that is not ok is not ok: failure kind, phase and message.
+	Reason         string
+	BackendVersion string
+	Driver         string
+	Moecapd        string
+	StartedAt      string
+
+	Metrics   *metricsView
+	Telemetry *telemetryView
+	// Cap is the derived CAP numbers (from manifest extra "cap", else computed here); nil
+	// when the model or hardware is not in the tables.
+	Cap *capmath.Derived
+	// CapNote says why Cap is nil or where it came from.
+	CapNote string
+}
+
+// Problem is a cell directory that could not be read as a cell.
+type Problem struct {
+	Dir string
+	Err string
+}
+
+// Load reads every <resultsDir>/<cell-id>/manifest.json. Directories without a manifest are
+// skipped (they are not cells); unreadable manifests come back as Problems, not errors, so
+// one torn file does not hide a night's results. Rows are sorted by model, task, hardware,
+// backend and batch size.
+func Load(resultsDir string, tables *config.Tables) ([]Row, []Problem, error) {
+	ents, err := os.ReadDir(resultsDir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("results directory: %w", err)
+	}
+	var dirs []string
+	for _, e := range ents {
+		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
+			dirs = append(dirs, e.Name())
+		}
+	}
+	rows := make([]*Row, len(dirs))
+	probs := make([]*Problem, len(dirs))
+	// Reading records and deriving is per cell and independent: spread it over the cores.
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, name := range dirs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			dir := filepath.Join(resultsDir, name)
+			b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
+			if errors.Is(err, fs.ErrNotExist) {
+				return
+			}
+			if err != nil {
+				probs[i] = &Problem{Dir: name, Err: err.Error()}
+				return
+			}
+			r, err := rowFromJSON(b, dir, tables)
+			if err != nil {
+				probs[i] = &Problem{Dir: name, Err: err.Error()}
+				return
+			}
+			rows[i] = r
+		}()
+	}
+	wg.Wait()
+	var out []Row
+	var ps []Problem
+	for i := range dirs {
+		if rows[i] != nil {
+			out = append(out, *rows[i])
+		}
+		if probs[i] != nil {
+			ps = append(ps, *probs[i])
+		}
+	}
+	SortRows(out)
+	return out, ps, nil
+}
+
+// SortRows orders rows by model, task, hardware, backend, batch size, id.
+func SortRows(rows []Row) {
+	sort.SliceStable(rows, func(i, j int) bool {
+		a, b := rows[i], rows[j]
+		if a.Model != b.Model {
+			return a.Model < b.Model
+		}
+		if a.Task != b.Task {
+			return a.Task < b.Task
+		}
+		if a.Hardware != b.Hardware {
+			return hwLess(a.Hardware, b.Hardware)
+		}
+		if a.Backend != b.Backend {
+			return a.Backend < b.Backend
+		}
+		if a.BatchSize != b.BatchSize {
+			return a.BatchSize < b.BatchSize
+		}
+		return a.ID < b.ID
+	})
+}
+
+// hwLess puts 1xH100 before 8xH100 (numeric count, then family).
+func hwLess(a, b string) bool {
+	na, fa := ParseHardware(a)
+	nb, fb := ParseHardware(b)
+	if fa != fb {
+		return fa < fb
+	}
+	if na != nb {
+		return na < nb
+	}
+	return a < b
+}
+
+// ParseHardware splits a hardware label "<count>x<family>" (8xH200) into its parts.
+// A label that does not have that shape is returned whole as the family with count 0.
+func ParseHardware(label string) (int, string) {
+	i := strings.IndexByte(label, 'x')
+	if i <= 0 {
+		return 0, label
+	}
+	n, err := strconv.Atoi(label[:i])
+	if err != nil || n <= 0 {
+		return 0, label
+	}
+	return n, label[i+1:]
+}
+
+func rowFromJSON(b []byte, dir string, tables *config.Tables) (*Row, error) {
+	var m manifestView
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("manifest.json: %w", err)
+	}
+	if m.Cell.ID == "" {
+		return nil, fmt.Errorf("manifest.json has no cell.id")
+	}
+	r := rowFromView(&m)
+	r.Cap, r.CapNote = capFor(&m, r, dir, tables)
+	return r, nil
+}
+
+func rowFromView(m *manifestView) *Row {
+	n, fam := ParseHardware(m.Cell.Hardware)
+	if m.Cell.GPUCount > 0 {
+		n = m.Cell.GPUCount
+	}
+	r := &Row{
+		ID: m.Cell.ID, Model: m.Cell.Model, ModelID: m.Cell.ModelID, Hardware: m.Cell.Hardware,
+		Family: fam, GPUName: m.Cell.GPUName, GPUs: n, Task: m.Cell.Task,
+		In: m.Cell.InputTokens, Out: m.Cell.OutputTokens, BatchSize: m.Cell.BatchSize,
+		Backend: m.Cell.Backend, Status: m.Status, BackendVersion: m.Versions.Backend,
+		Driver: m.Versions.Driver, Moecapd: m.Versions.Moecapd, StartedAt: m.StartedAt,
+		Metrics: m.Metrics, Telemetry: m.Telemetry,
+	}
+	if r.Status == "" {
+		r.Status = "unknown"
+	}
+	if f := m.Failure; f != nil {
+		r.Reason = strings.TrimSpace(fmt.Sprintf("%s in %s: %s", f.Kind, f.Phase, f.Message))
+	} else if r.Status != "ok" {
+		r.Reason = "no failure recorded (status " + r.Status + ")"
+	}
+	if t := r.Telemetry; t != nil && t.Cost != nil {
+		if t.CostUSD == nil {
+			t.CostUSD = t.Cost.CostUSD
+		}
+		if t.CostPerMillionOutputTokensUSD == nil {
+			t.CostPerMillionOutputTokensUSD = t.Cost.CostPerMillionOutputTokensUSD
+		}
+	}
+	return r
+}
+
+// capFor takes the CAP numbers the pipeline stored, or derives them now (older manifests,
+// failed cells: the floor and the memory verdict still say something about those).
+func capFor(m *manifestView, r *Row, dir string, tables *config.Tables) (*capmath.Derived, string) {
+	if raw, ok := m.Extra[ExtraKey]; ok {
+		var d capmath.Derived
+		if err := json.Unmarshal(raw, &d); err == nil && d.Version == capmath.DerivedVersion {
+			return &d, "from manifest"
+		}
+	}
+	if tables == nil {
+		return nil, "no model/hardware tables"
+	}
+	c, err := cellInput(m, r, tables)
+	if err != nil {
+		return nil, err.Error()
+	}
+	var recs *capmath.Records
+	if m.Status == "ok" && dir != "" {
+		recs, err = capmath.ReadRecords(filepath.Join(dir, "records"))
+		if err != nil {
+			return nil, "records: " + err.Error()
+		}
+	}
+	d, err := capmath.Derive(c, recs)
+	if err != nil {
+		return nil, err.Error()
+	}
+	return &d, "derived by report"
+}
+
+func cellInput(m *manifestView, r *Row, tables *config.Tables) (capmath.Cell, error) {
+	model, ok := tables.ModelByID(m.Cell.Model)
+	if !ok {
+		if model, ok = tables.ModelByID(m.Cell.ModelID); !ok {
+			return capmath.Cell{}, fmt.Errorf("model %q (%s) not in the model table", m.Cell.Model, m.Cell.ModelID)
+		}
+	}
+	hw, ok := tables.HardwareFamily(r.Family)
+	if !ok {
+		return capmath.Cell{}, fmt.Errorf("hardware family %q not in the hardware table", r.Family)
+	}
+	gpus := r.GPUs
+	if m.Cell.TP > gpus {
+		gpus = m.Cell.TP
+	}
+	c := capmath.Cell{Model: model, Hardware: hw, GPUs: gpus, BatchSize: m.Cell.BatchSize,
+		InputTokens: m.Cell.InputTokens, OutputTokens: m.Cell.OutputTokens}
+	if mt := m.Metrics; mt != nil && m.Status == "ok" {
+		if mt.MeanTPOTMs > 0 {
+			c.MeanTPOTMs = &mt.MeanTPOTMs
+		}
+		if mt.MeanTTFTMs > 0 {
+			c.MeanTTFTMs = &mt.MeanTTFTMs
+		}
+		c.LatencyKind = mt.LatencyKind
+		c.AvgActivationDecode = mt.AvgExpertActivationDecode
+		c.AvgActivationPrefill = mt.AvgExpertActivationPrefill
+		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
+		c.TotalOutputTokens = mt.TotalOutputTokens
+		c.DurationS = mt.DurationS
+	}
+	return c, nil
+}

@@ -1,0 +1,276 @@
+package report
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"flag"
+	"image"
+	"image/png"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moecapd/moecapd/pkg/config"
+)
+
+var (
+	update     = flag.Bool("update", false, "rewrite the golden files in testdata/report from the fixtures")
+	screenshot = flag.String("screenshot", "", "also copy the headless-Chromium screenshot of the fixture report here")
+)
+
+const fixtures = "../../testdata/report/results"
+
+func loadTables(t testing.TB) *config.Tables {
+	t.Helper()
+	tb, err := config.LoadTables("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tb
+}
+
+func golden(t *testing.T, name string, got []byte) {
+	t.Helper()
+	path := filepath.Join("../../testdata/report", name)
+	if *update {
+		if err := os.WriteFile(path, got, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (run go test ./pkg/report -run Golden -update to create it)", err)
+	}
+	if !bytes.Equal(got, want) {
+		gl, wl := strings.Split(string(got), "\n"), strings.Split(string(want), "\n")
+		for i := 0; i < len(gl) || i < len(wl); i++ {
+			var g, w string
+			if i < len(gl) {
+				g = gl[i]
+			}
+			if i < len(wl) {
+				w = wl[i]
+			}
+			if g != w {
+				t.Fatalf("%s differs at line %d:\n got: %s\nwant: %s\n(run with -update if the change is intended)", name, i+1, g, w)
+			}
+		}
+	}
+}
+
+func TestGolden(t *testing.T) {
+	rows, probs, err := Load(fixtures, loadTables(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 8 || len(probs) != 1 {
+		t.Fatalf("loaded %d cells and %d problems, want 8 cells (logs/ is no cell) and 1 unreadable manifest", len(rows), len(probs))
+	}
+	var c, m bytes.Buffer
+	if err := WriteCSV(&c, rows); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteMarkdown(&m, rows, probs); err != nil {
+		t.Fatal(err)
+	}
+	golden(t, "cells.golden.csv", c.Bytes())
+	golden(t, "summary.golden.md", m.Bytes())
+}
+
+func rowByID(t *testing.T, rows []Row, id string) *Row {
+	t.Helper()
+	for i := range rows {
+		if rows[i].ID == id {
+			return &rows[i]
+		}
+	}
+	t.Fatalf("no cell %s", id)
+	return nil
+}
+
+// TestFixtureNumbers checks, beside the goldens, the numbers that matter by hand.
+func TestFixtureNumbers(t *testing.T) {
+	rows, _, err := Load(fixtures, loadTables(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rowByID(t, rows, "qwen1_5.1xH100.4k-1k.bs1.sglang")
+	if r.Cap == nil || r.Cap.Source != "records" || r.Cap.Inputs.DecodePasses != 3 || r.Cap.Inputs.PrefillPasses != 1 {
+		t.Fatalf("bs1 sglang CAP %+v, want from records with 1 prefill and 3 decode passes", r.Cap)
+	}
+	// Decode floor as in capmath's hand-worked Qwen example: 5,011,832,832 B / 3.35e12 B/s
+	// = 1.49607 ms; measured 9.5 ms → 6.35×.
+	if got := r.Cap.TPOTFloorMs; got < 1.4960 || got > 1.4961 {
+		t.Errorf("TPOT floor %.5f ms, want 1.49607", got)
+	}
+	if got := *r.Cap.TPOTOverFloor; got < 6.349 || got > 6.351 {
+		t.Errorf("TPOT/floor %.4f, want 9.5/1.49607 = 6.350", got)
+	}
+	// First decode pass: 4,127,195,136 B weights + 4001·196,608 B KV = 4,913,823,744 B in
+	// 9.2 ms over 3.35 TB/s = 0.159435; the three passes average to ≈0.1561.
+	if got := r.Cap.Decode.SMBU; got < 0.155 || got > 0.157 {
+		t.Errorf("decode S-MBU %.4f, want ≈0.156", got)
+	}
+	if v, src := r.CostPerMTok(); v == nil || *v != 7.5 || src != "measured" {
+		t.Errorf("cost %v %q, want 7.5 measured", v, src)
+	}
+
+	nv := rowByID(t, rows, "qwen1_5.1xH100.4k-1k.bs32.sglang")
+	if nv.JPerOutputToken() != nil {
+		t.Errorf("no-NVML cell has J/token %v, want absent", *nv.JPerOutputToken())
+	}
+	// No telemetry cost: rental only, 1 GPU · $2.50/h · 72 s / 100,000 tokens · 1e6 = $0.50.
+	if v, src := nv.CostPerMTok(); v == nil || src != "rental" || *v < 0.4999 || *v > 0.5001 {
+		t.Errorf("cost %v %q, want 0.50 rental", v, src)
+	}
+	if nv.Cap.Source != "client_metrics" {
+		t.Errorf("bs32 CAP source %q, want client_metrics", nv.Cap.Source)
+	}
+
+	inf := rowByID(t, rows, "qwen1_5.1xH100.4k-1k.bs64.sglang")
+	if inf.Cap == nil || inf.Cap.Feasible || !strings.Contains(inf.Reason, "oom in ready") {
+		t.Errorf("bs64: cap %+v reason %q, want predicted infeasible and the oom reason", inf.Cap, inf.Reason)
+	}
+	ms := rowByID(t, rows, "dsv2_lite.1xH100.4k-1k.bs1.sglang")
+	if ms.Cap.Inputs.FloorActivationSource != "measured" || ms.Cap.Inputs.FloorActivation != 6 {
+		t.Errorf("dsv2 floor activation %v %q, want 6 measured (runner's avg_expert_activation_decode)", ms.Cap.Inputs.FloorActivation, ms.Cap.Inputs.FloorActivationSource)
+	}
+}
+
+func TestWriteErrors(t *testing.T) {
+	if _, err := Write(Options{ResultsDir: t.TempDir(), OutDir: t.TempDir()}); err == nil || !strings.Contains(err.Error(), "no cell") {
+		t.Errorf("empty results: err %v, want 'no cell'", err)
+	}
+	if _, err := Write(Options{ResultsDir: filepath.Join(t.TempDir(), "missing"), OutDir: t.TempDir()}); err == nil {
+		t.Error("missing results dir: no error")
+	}
+}
+
+var dataURIRe = regexp.MustCompile(`src="data:image/png;base64,([A-Za-z0-9+/=]+)"`)
+
+func findChromium() string {
+	for _, n := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
+		if p, err := exec.LookPath(n); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// nonBlank says whether an image has more than one colour (a plot, not an empty canvas).
+func nonBlank(img image.Image) bool {
+	b := img.Bounds()
+	r0, g0, b0, _ := img.At(b.Min.X, b.Min.Y).RGBA()
+	for y := b.Min.Y; y < b.Max.Y; y += 3 {
+		for x := b.Min.X; x < b.Max.X; x += 3 {
+			r, g, bb, _ := img.At(x, y).RGBA()
+			if r != r0 || g != g0 || bb != b0 {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func TestHTMLInChromium(t *testing.T) {
+	out := t.TempDir()
+	res, err := Write(Options{ResultsDir: fixtures, OutDir: out, Tables: loadTables(t),
+		Now: func() time.Time { return time.Date(2026, 8, 14, 6, 0, 0, 0, time.UTC) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	html, err := os.ReadFile(res.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(html)
+	// Self-contained: nothing fetched from anywhere.
+	for _, bad := range []string{"http://", "https://", "<link ", "src=\"/", "src=\"http"} {
+		if strings.Contains(page, bad) {
+			t.Errorf("index.html contains %q: the page must not need the network", bad)
+		}
+	}
+	rows, probs, _ := Load(fixtures, loadTables(t))
+	for _, r := range rows {
+		if !strings.Contains(page, r.ID) {
+			t.Errorf("cell %s not in index.html", r.ID)
+		}
+	}
+	for _, p := range probs {
+		if !strings.Contains(page, p.Dir) {
+			t.Errorf("unreadable cell %s not in index.html", p.Dir)
+		}
+	}
+	for _, s := range []string{"absent", "CUDA out of memory", "context window of 8192", "570.133.20", "0.5.8", "0.11.0", "NVIDIA H100 80GB HBM3", "3.35 TB/s", "S-MBU"} {
+		if !strings.Contains(page, s) {
+			t.Errorf("index.html lacks %q", s)
+		}
+	}
+	// Every plot is a PNG that decodes to something with content. qwen1_5·4k-1k has all 7;
+	// dsv2_lite·4k-1k 7 (one ok cell); qwen1_5·13k-1k none (no completed cell).
+	imgs := dataURIRe.FindAllStringSubmatch(page, -1)
+	if len(imgs) != res.Plots || res.Plots != 14 {
+		t.Fatalf("%d images in the page, %d drawn; want 14", len(imgs), res.Plots)
+	}
+	for i, m := range imgs {
+		b, err := base64.StdEncoding.DecodeString(m[1])
+		if err != nil {
+			t.Fatalf("image %d: %v", i, err)
+		}
+		img, err := png.Decode(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("image %d: %v", i, err)
+		}
+		if img.Bounds().Dx() < 300 || img.Bounds().Dy() < 200 || !nonBlank(img) {
+			t.Errorf("image %d is %v and blank=%v; want a drawn plot", i, img.Bounds(), !nonBlank(img))
+		}
+	}
+
+	chrome := findChromium()
+	if chrome == "" {
+		t.Skip("chromium not installed (apt-get install -y chromium): skipping the headless-browser check; the HTML and PNG checks above ran")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	url := "file://" + res.Index
+	common := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
+		"--no-first-run", "--disable-extensions", "--user-data-dir=" + t.TempDir()}
+	dom, err := exec.CommandContext(ctx, chrome, append(common, "--virtual-time-budget=10000", "--dump-dom", url)...).Output()
+	if err != nil {
+		t.Fatalf("chromium --dump-dom: %v", err)
+	}
+	want := `data-plots-ok="14/14"`
+	if !strings.Contains(string(dom), want) {
+		m := regexp.MustCompile(`data-plots-ok="[^"]*"`).FindString(string(dom))
+		t.Errorf("chromium says %q, want %s (every plot decoded by the browser)", m, want)
+	}
+	shot := filepath.Join(t.TempDir(), "report.png")
+	cmd := exec.CommandContext(ctx, chrome, append(common, "--window-size=1500,3000", "--screenshot="+shot, url)...)
+	if outp, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("chromium --screenshot: %v\n%s", err, outp)
+	}
+	f, err := os.Open(shot)
+	if err != nil {
+		t.Fatalf("no screenshot: %v", err)
+	}
+	img, err := png.Decode(f)
+	f.Close()
+	if err != nil {
+		t.Fatalf("screenshot: %v", err)
+	}
+	if img.Bounds().Dx() != 1500 || !nonBlank(img) {
+		t.Errorf("screenshot %v blank=%v, want 1500 px wide with content", img.Bounds(), !nonBlank(img))
+	}
+	if *screenshot != "" {
+		b, _ := os.ReadFile(shot)
+		if err := os.WriteFile(*screenshot, b, 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+}

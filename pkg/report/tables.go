@@ -1,0 +1,425 @@
+package report
+
+import (
+	"encoding/csv"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// Absent is how the markdown and HTML show a quantity that was not measured. In the CSV it
+// is an empty field (what pandas and spreadsheets read as missing), never 0.
+const Absent = "absent"
+
+func f64(v float64) *float64 { return &v }
+
+func (r *Row) ok() bool { return r.Status == "ok" && r.Metrics != nil }
+
+func (r *Row) metric(f func(*metricsView) float64) *float64 {
+	if !r.ok() {
+		return nil
+	}
+	v := f(r.Metrics)
+	if v <= 0 {
+		return nil
+	}
+	return &v
+}
+
+// TPOTMs is the mean TPOT in ms; nil when the cell has no metrics.
+func (r *Row) TPOTMs() *float64 {
+	return r.metric(func(m *metricsView) float64 { return m.MeanTPOTMs })
+}
+
+// TTFTMs is the mean TTFT in ms.
+func (r *Row) TTFTMs() *float64 {
+	return r.metric(func(m *metricsView) float64 { return m.MeanTTFTMs })
+}
+
+// OutputThroughput is output tokens per second over the bench.
+func (r *Row) OutputThroughput() *float64 {
+	return r.metric(func(m *metricsView) float64 { return m.OutputThroughput })
+}
+
+// ThroughputPerGPU is output tokens per second per GPU.
+func (r *Row) ThroughputPerGPU() *float64 {
+	t := r.OutputThroughput()
+	if t == nil || r.GPUs <= 0 {
+		return nil
+	}
+	return f64(*t / float64(r.GPUs))
+}
+
+// Interactivity is 1000/TPOT: the tokens per second one user sees while decoding.
+func (r *Row) Interactivity() *float64 {
+	t := r.TPOTMs()
+	if t == nil {
+		return nil
+	}
+	return f64(1000 / *t)
+}
+
+func (r *Row) tel(f func(*telemetryView) *float64) *float64 {
+	if r.Telemetry == nil {
+		return nil
+	}
+	return f(r.Telemetry)
+}
+
+// JPerOutputToken is measured energy per output token (NVML); nil when absent.
+func (r *Row) JPerOutputToken() *float64 {
+	return r.tel(func(t *telemetryView) *float64 { return t.JPerOutputToken })
+}
+
+// CostPerMTok is the cost per million output tokens and where it came from: "measured"
+// (GPU rental + metered electricity, from telemetry) or "rental" (GPU-hours only, from the
+// hardware table's price and the bench duration).
+func (r *Row) CostPerMTok() (*float64, string) {
+	if v := r.tel(func(t *telemetryView) *float64 { return t.CostPerMillionOutputTokensUSD }); v != nil {
+		return v, "measured"
+	}
+	if r.ok() && r.Cap != nil && r.Cap.RentalCostPerMOutputTokensUSD != nil {
+		return r.Cap.RentalCostPerMOutputTokensUSD, "rental"
+	}
+	return nil, ""
+}
+
+func (r *Row) capVal(f func(*Row) *float64) *float64 {
+	if r.Cap == nil {
+		return nil
+	}
+	return f(r)
+}
+
+// util is a derived utilisation (fraction): prefill or decode, S-MBU or S-MFU.
+func (r *Row) util(pre bool, mbu bool) *float64 {
+	if r.Cap == nil {
+		return nil
+	}
+	u := r.Cap.Decode
+	if pre {
+		u = r.Cap.Prefill
+	}
+	if u == nil {
+		return nil
+	}
+	if mbu {
+		return &u.SMBU
+	}
+	return &u.SMFU
+}
+
+// column is one field of the CSV.
+type column struct {
+	name string
+	get  func(*Row) string
+}
+
+func num(p *float64) string {
+	if p == nil {
+		return ""
+	}
+	return strconv.FormatFloat(*p, 'g', 6, 64)
+}
+
+func gb(p *float64) *float64 {
+	if p == nil {
+		return nil
+	}
+	return f64(*p / 1e9)
+}
+
+func intOK(r *Row, v int) string {
+	if !r.ok() {
+		return ""
+	}
+	return strconv.Itoa(v)
+}
+
+var csvColumns = []column{
+	{"cell_id", func(r *Row) string { return r.ID }},
+	{"model", func(r *Row) string { return r.Model }},
+	{"hardware", func(r *Row) string { return r.Hardware }},
+	{"gpus", func(r *Row) string { return strconv.Itoa(r.GPUs) }},
+	{"task", func(r *Row) string { return r.Task }},
+	{"input_tokens", func(r *Row) string { return strconv.Itoa(r.In) }},
+	{"output_tokens", func(r *Row) string { return strconv.Itoa(r.Out) }},
+	{"batch_size", func(r *Row) string { return strconv.Itoa(r.BatchSize) }},
+	{"backend", func(r *Row) string { return r.Backend }},
+	{"status", func(r *Row) string { return r.Status }},
+	{"reason", func(r *Row) string { return r.Reason }},
+	{"completed", func(r *Row) string { return intOK(r, r.metricsOr().Completed) }},
+	{"failed_requests", func(r *Row) string { return intOK(r, r.metricsOr().Failed) }},
+	{"latency_kind", func(r *Row) string { return r.metricsOr().LatencyKind }},
+	{"ttft_mean_ms", func(r *Row) string { return num(r.TTFTMs()) }},
+	{"ttft_p99_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.P99TTFTMs })) }},
+	{"tpot_mean_ms", func(r *Row) string { return num(r.TPOTMs()) }},
+	{"tpot_p99_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.P99TPOTMs })) }},
+	{"itl_mean_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.MeanITLMs })) }},
+	{"e2el_mean_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.MeanE2ELMs })) }},
+	{"output_throughput_tok_s", func(r *Row) string { return num(r.OutputThroughput()) }},
+	{"output_throughput_per_gpu_tok_s", func(r *Row) string { return num(r.ThroughputPerGPU()) }},
+	{"interactivity_tok_s_per_user", func(r *Row) string { return num(r.Interactivity()) }},
+	{"tpot_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return nonZero(r.Cap.TPOTFloorMs) })) }},
+	{"tpot_over_floor", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TPOTOverFloor })) }},
+	{"ttft_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return nonZero(r.Cap.TTFTFloorMs) })) }},
+	{"ttft_over_floor", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TTFTOverFloor })) }},
+	{"s_mbu_decode", func(r *Row) string { return num(r.util(false, true)) }},
+	{"s_mfu_decode", func(r *Row) string { return num(r.util(false, false)) }},
+	{"s_mbu_prefill", func(r *Row) string { return num(r.util(true, true)) }},
+	{"s_mfu_prefill", func(r *Row) string { return num(r.util(true, false)) }},
+	{"cap_source", func(r *Row) string {
+		if r.Cap == nil {
+			return ""
+		}
+		return r.Cap.Source
+	}},
+	{"predicted_feasible", func(r *Row) string {
+		if r.Cap == nil {
+			return ""
+		}
+		return strconv.FormatBool(r.Cap.Feasible)
+	}},
+	{"memory_need_gb", func(r *Row) string {
+		return num(r.capVal(func(r *Row) *float64 { return f64(r.Cap.MemNeedBytes / 1e9) }))
+	}},
+	{"memory_usable_gb", func(r *Row) string {
+		return num(r.capVal(func(r *Row) *float64 { return f64(r.Cap.MemHaveBytes / 1e9) }))
+	}},
+	{"energy_j", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.EnergyJ })) }},
+	{"j_per_output_token", func(r *Row) string { return num(r.JPerOutputToken()) }},
+	{"avg_power_w", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.AvgPowerW })) }},
+	{"peak_power_w", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.PeakPowerW })) }},
+	{"mean_util_pct", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.MeanUtilPct })) }},
+	{"peak_memory_gb", func(r *Row) string {
+		return num(gb(r.tel(func(t *telemetryView) *float64 { return t.PeakMemoryBytes })))
+	}},
+	{"cost_per_million_output_tokens_usd", func(r *Row) string { v, _ := r.CostPerMTok(); return num(v) }},
+	{"cost_source", func(r *Row) string { _, s := r.CostPerMTok(); return s }},
+	{"backend_version", func(r *Row) string { return r.BackendVersion }},
+	{"driver", func(r *Row) string { return r.Driver }},
+	{"moecapd", func(r *Row) string { return r.Moecapd }},
+}
+
+func nonZero(v float64) *float64 {
+	if v == 0 {
+		return nil
+	}
+	return &v
+}
+
+var emptyMetrics metricsView
+
+func (r *Row) metricsOr() *metricsView {
+	if r.Metrics == nil {
+		return &emptyMetrics
+	}
+	return r.Metrics
+}
+
+// WriteCSV writes one line per cell, every column of csvColumns; unmeasured values are
+// empty fields.
+func WriteCSV(w io.Writer, rows []Row) error {
+	cw := csv.NewWriter(w)
+	head := make([]string, len(csvColumns))
+	for i, c := range csvColumns {
+		head[i] = c.name
+	}
+	if err := cw.Write(head); err != nil {
+		return err
+	}
+	rec := make([]string, len(csvColumns))
+	for i := range rows {
+		for j, c := range csvColumns {
+			rec[j] = c.get(&rows[i])
+		}
+		if err := cw.Write(rec); err != nil {
+			return err
+		}
+	}
+	cw.Flush()
+	return cw.Error()
+}
+
+// show formats a value for people: fixed decimals, "absent" when not measured.
+func show(p *float64, format string) string {
+	if p == nil {
+		return Absent
+	}
+	return fmt.Sprintf(format, *p)
+}
+
+// showNA is show for values that do not apply (a failed cell has no TPOT): a dash.
+func showNA(p *float64, format string) string {
+	if p == nil {
+		return "—"
+	}
+	return fmt.Sprintf(format, *p)
+}
+
+func pct(p *float64) *float64 {
+	if p == nil {
+		return nil
+	}
+	return f64(*p * 100)
+}
+
+// Group is the cells of one model and task.
+type Group struct {
+	Model, Task string
+	Rows        []*Row
+}
+
+// Groups splits sorted rows by model and task, keeping their order.
+func Groups(rows []Row) []Group {
+	var gs []Group
+	idx := map[string]int{}
+	for i := range rows {
+		k := rows[i].Model + "\x00" + rows[i].Task
+		j, ok := idx[k]
+		if !ok {
+			j = len(gs)
+			idx[k] = j
+			gs = append(gs, Group{Model: rows[i].Model, Task: rows[i].Task})
+		}
+		gs[j].Rows = append(gs[j].Rows, &rows[i])
+	}
+	return gs
+}
+
+func mdEscape(s string) string {
+	s = strings.ReplaceAll(s, "|", `\|`)
+	s = strings.ReplaceAll(s, "\r", " ")
+	return strings.ReplaceAll(s, "\n", " ")
+}
+
+// counts of cells by status, in a fixed order.
+func statusCounts(rows []Row) []struct {
+	Status string
+	N      int
+} {
+	m := map[string]int{}
+	for _, r := range rows {
+		m[r.Status]++
+	}
+	order := []string{"ok", "failed", "infeasible", "interrupted", "running"}
+	var out []struct {
+		Status string
+		N      int
+	}
+	seen := map[string]bool{}
+	for _, s := range order {
+		if m[s] > 0 {
+			out = append(out, struct {
+				Status string
+				N      int
+			}{s, m[s]})
+		}
+		seen[s] = true
+	}
+	var rest []string
+	for s := range m {
+		if !seen[s] {
+			rest = append(rest, s)
+		}
+	}
+	sort.Strings(rest)
+	for _, s := range rest {
+		out = append(out, struct {
+			Status string
+			N      int
+		}{s, m[s]})
+	}
+	return out
+}
+
+// WriteMarkdown writes the summary: counts, one table per model and task, the cells that
+// did not complete with their reasons, and the definitions. It holds no timestamps, so the
+// same results give the same file.
+func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
+	var b strings.Builder
+	b.WriteString("# moecapd results\n\n")
+	var parts []string
+	for _, c := range statusCounts(rows) {
+		parts = append(parts, fmt.Sprintf("%d %s", c.N, c.Status))
+	}
+	fmt.Fprintf(&b, "%d cells: %s.", len(rows), strings.Join(parts, ", "))
+	if len(probs) > 0 {
+		fmt.Fprintf(&b, " %d directories could not be read (below).", len(probs))
+	}
+	b.WriteString("\n\n`absent` = not measured (no NVML, or the GPU does not report it); `—` = does not apply (the cell did not complete).\n")
+
+	for _, g := range Groups(rows) {
+		fmt.Fprintf(&b, "\n## %s · %s\n\n", g.Model, g.Task)
+		b.WriteString("| cell | hardware | backend | bs | TTFT ms | TPOT ms | TPOT floor ms | ×floor | out tok/s | tok/s/GPU | S-MBU dec | S-MFU dec | S-MBU pre | J/tok | $/M tok | status |\n")
+		b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+		for _, r := range g.Rows {
+			var floor, over *float64
+			if r.Cap != nil {
+				floor, over = nonZero(r.Cap.TPOTFloorMs), r.Cap.TPOTOverFloor
+			}
+			cost, src := r.CostPerMTok()
+			costS := showNA(cost, "%.2f")
+			if src == "rental" {
+				costS += " (rental)"
+			}
+			jt := Absent
+			if r.ok() {
+				jt = show(r.JPerOutputToken(), "%.3f")
+			} else {
+				jt = "—"
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+				mdEscape(r.ID), r.Hardware, r.Backend, r.BatchSize,
+				showNA(r.TTFTMs(), "%.1f"), showNA(r.TPOTMs(), "%.2f"), showNA(floor, "%.2f"), showNA(over, "%.2f"),
+				showNA(r.OutputThroughput(), "%.1f"), showNA(r.ThroughputPerGPU(), "%.1f"),
+				showNA(pct(r.util(false, true)), "%.1f%%"), showNA(pct(r.util(false, false)), "%.2f%%"),
+				showNA(pct(r.util(true, true)), "%.1f%%"), jt, costS, r.Status)
+		}
+	}
+
+	var bad []*Row
+	for i := range rows {
+		if rows[i].Status != "ok" {
+			bad = append(bad, &rows[i])
+		}
+	}
+	if len(bad) > 0 || len(probs) > 0 {
+		b.WriteString("\n## Cells that did not complete\n\n| cell | status | reason | predicted memory |\n|---|---|---|---|\n")
+		for _, r := range bad {
+			mem := "—"
+			if r.Cap != nil {
+				mem = mdEscape(r.Cap.FeasibleReason)
+			}
+			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", mdEscape(r.ID), r.Status, mdEscape(r.Reason), mem)
+		}
+		for _, p := range probs {
+			fmt.Fprintf(&b, "| %s | unreadable | %s | — |\n", mdEscape(p.Dir), mdEscape(p.Err))
+		}
+	}
+	b.WriteString("\n## Definitions\n\n")
+	for _, d := range definitions {
+		fmt.Fprintf(&b, "- **%s** (%s): %s\n", d.Name, d.Unit, d.Text)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// Definition of a metric on the page.
+type Definition struct{ Name, Unit, Text string }
+
+var definitions = []Definition{
+	{"TTFT", "ms", "time to first token: request sent → first non-empty streamed chunk, mean over requests. With the MoE-CAP runner as client it is the server's prefill pass latency instead (latency_kind server_pass)."},
+	{"TPOT", "ms", "time per output token: (E2E − TTFT) / (output tokens − 1) per request, mean over requests."},
+	{"Output throughput", "tokens/s", "output tokens of all completed requests / bench duration; per GPU: divided by the cell's GPU count."},
+	{"Interactivity", "tokens/s per user", "1000 / TPOT: the decode speed one user sees."},
+	{"TPOT floor", "ms", "lower bound of one decode step for the cell's batch on its GPUs with tensor parallelism: (attention + shared experts + dense FFN weights + touched routed experts, E·(1−(1−k/E)^B) per MoE layer under uniform routing or the measured count from pass records, + every sequence's KV cache at input + (output−1)/2 tokens) / (N · HBM bandwidth), or the step's FLOPs at peak if larger. ×floor = measured / floor."},
+	{"TTFT floor", "ms", "lower bound of one request's prefill alone: 2·(active weights)·prompt tokens + causal attention FLOPs / (N · peak dense FLOP/s for the model's precision), or its weight reads at full bandwidth if slower."},
+	{"S-MBU", "% of peak", "sparse memory-bandwidth utilisation (MoE-CAP): (L·attn + MoE layers·(activated experts·expert + shared) + dense layers·FFN)·bytes/param + context tokens·KV bytes/token, over the pass latency, / (N · peak HBM bandwidth); mean over server passes (records) or from the client's mean TPOT/TTFT."},
+	{"S-MFU", "% of peak", "sparse model-FLOPs utilisation (MoE-CAP): (L·attn + MoE layers·(one expert + shared) + dense FFN + attention score)·2·tokens/s / (N · peak dense FLOP/s); decode tokens/s = batch / TPOT, prefill = prompt tokens / TTFT."},
+	{"J/tok", "J per output token", "GPU energy over the bench window (NVML energy counter, else integrated power), summed over the cell's GPUs, / output tokens."},
+	{"$/M tok", "USD per million output tokens", "measured: GPU rental for the bench window + metered electricity; (rental): GPUs × $/GPU-hour × bench hours only, when no telemetry priced the energy."},
+	{"Predicted memory", "GB", "full weights + KV cache for batch × (input + output) tokens against 90% of the GPUs' memory (the rest: CUDA context, activations, graphs)."},
+}
