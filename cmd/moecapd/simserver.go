@@ -148,21 +148,23 @@ func splitServerArgs(fs *pflag.FlagSet, args []string) (known, ignored []string)
 
 func runSimServer(cmd *cobra.Command, args []string) error {
 	out := cmd.OutOrStdout()
-	if err := announceStart(out); err != nil {
-		return err
-	}
 	fs := cmd.Flags()
 	known, ignored := splitServerArgs(fs, args)
-	if err := fs.Parse(known); err != nil {
-		return usageErrorf("sim-server: %v (see moecapd sim-server --help)", err)
-	}
-	if h, _ := fs.GetBool("help"); h {
-		return cmd.Help()
-	}
-	if w, _ := fs.GetBool("sim-worker"); w {
+	parseErr := fs.Parse(known)
+	if w, _ := fs.GetBool("sim-worker"); w && parseErr == nil {
 		rank, _ := fs.GetInt("sim-worker-rank")
 		sim.RunWorker(out, rank)
 		return nil
+	}
+	// Announced before any flag error, so a launcher test sees what a bad argv looked like.
+	if err := announceStart(out); err != nil {
+		return err
+	}
+	if parseErr != nil {
+		return usageErrorf("sim-server: %v (see moecapd sim-server --help)", parseErr)
+	}
+	if h, _ := fs.GetBool("help"); h {
+		return cmd.Help()
 	}
 	for _, a := range ignored {
 		fmt.Fprintf(out, "sim: ignoring server flag %q (not simulated)\n", a)
