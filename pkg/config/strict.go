@@ -140,3 +140,7 @@ func describeKind(t reflect.Type) string {
 		return t.String()
 	}
 }
+
+// DecodeStrict is decodeStrict for other packages' YAML inputs (the experiment matrix), so
+// every file moecapd reads rejects typos the same way and names file, key and line.
+func DecodeStrict(file string, data []byte, out any) error { return decodeStrict(file, data, out) }
