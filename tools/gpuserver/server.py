@@ -1,0 +1,510 @@
+#!/usr/bin/env python3
+"""GPU-backed test server for moecapd's GPU end-to-end test.
+
+A random-weight Qwen2-MoE model (transformers' Qwen2MoeForCausalLM, a few layers, no
+download: the weights are initialised in place) is held on the GPU(s) and serves the API of
+moecapd's simulated server with real forward passes, so telemetry, energy, per-process GPU
+memory and teardown can be checked on real hardware without SGLang or vLLM.
+
+  python tools/gpuserver/server.py --model-path moecap/random-qwen2moe --port 30000 \
+      --host 127.0.0.1 --tp-size 2 --max-running-requests 32
+
+It accepts the sglang wrapper's flags (unknown ones are ignored, so the launcher's full
+argv works) and vLLM's names for the same things. Endpoints: GET /health, GET /v1/models,
+GET /get_model_info, POST /v1/completions (streaming SSE and not, with usage, ignore_eos,
+prompt as text or token ids), and no-op expert-distribution endpoints.
+
+--tp-size N puts one full replica on each of N GPUs and spreads requests over them: every
+GPU holds memory and does work, which is what the test checks. It is not tensor parallelism
+(no collective communication). With --worker-processes each replica runs in a child process,
+as SGLang's and vLLM's workers do, so the server's GPU memory is held by its children;
+otherwise everything runs in this one process (threads).
+
+Tokenization is byte-level (one token per UTF-8 byte of a text prompt) because no tokenizer
+is downloaded; token-id prompts are used as given.
+
+Requires torch, transformers (with Qwen2MoE, >= 4.40) and aiohttp. No internet.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+READY_LINE = "The server is fired up and ready to roll!"
+PAD_ID = 0
+EOS_ID = 1
+BYTE_OFFSET = 3  # ids 3..258 are the bytes of a text prompt
+
+
+def log(*a):
+    # Unbuffered, timestamped lines: the supervisor pushes its load deadline back on output.
+    print(time.strftime("%H:%M:%S"), "[gpuserver]", *a, flush=True)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-path", "--model", dest="model_path", default="moecap/random-qwen2moe",
+                   help="name served in /v1/models (nothing is loaded from it)")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--tp-size", "--tensor-parallel-size", dest="tp_size", type=int, default=1)
+    p.add_argument("--max-running-requests", "--max-num-seqs", dest="max_running", type=int, default=32)
+    # Model shape: small, but big enough to show in GPU memory and power.
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=1024)
+    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--experts", type=int, default=16)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--expert-ffn", type=int, default=1408)
+    p.add_argument("--shared-ffn", type=int, default=2816)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--max-model-len", type=int, default=16384)
+    p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--worker-processes", action="store_true",
+                   help="run each replica in a child process (like SGLang/vLLM workers)")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        log("ignoring flags:", " ".join(unknown))
+    if args.tp_size < 1:
+        p.error("--tp-size must be at least 1")
+    if args.max_running < 1:
+        p.error("--max-running-requests must be at least 1")
+    if args.top_k > args.experts:
+        p.error("--top-k cannot exceed --experts")
+    return args
+
+
+# ---------------------------------------------------------------------------------------
+# Worker: one model replica on one GPU. The same function runs in a thread or in a child
+# process; it talks only through the two queues.
+#   in:  {"id", "ids", "max_tokens", "ignore_eos", "temperature"}  or None to stop
+#   out: ("ready", rank, info) | ("error", rank, text) | ("step", rank, [(id, tok, finish)])
+# ---------------------------------------------------------------------------------------
+
+def build_model(args, device):
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
+    dtype = getattr(torch, args.dtype)
+    cfg = Qwen2MoeConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=args.shared_ffn,
+        moe_intermediate_size=args.expert_ffn,
+        shared_expert_intermediate_size=args.shared_ffn,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        num_key_value_heads=args.heads,
+        num_experts=args.experts,
+        num_experts_per_tok=args.top_k,
+        decoder_sparse_step=1,
+        mlp_only_layers=[],
+        max_position_embeddings=args.max_model_len,
+        output_router_logits=False,
+        use_cache=True,
+        pad_token_id=PAD_ID,
+        eos_token_id=EOS_ID,
+        bos_token_id=EOS_ID,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(args.seed)
+    # Build directly on the GPU: random init there takes seconds, on the CPU much longer.
+    with torch.device(device):
+        try:
+            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation="sdpa")
+        except (TypeError, ValueError):
+            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
+    model.to(device=device, dtype=dtype)
+    model.eval()
+    return model
+
+
+class Replica:
+    def __init__(self, args, rank):
+        import torch
+
+        self.torch = torch
+        self.args = args
+        self.rank = rank
+        n = torch.cuda.device_count()
+        if n == 0:
+            raise RuntimeError("no CUDA device visible (check CUDA_VISIBLE_DEVICES and the driver)")
+        if rank >= n:
+            raise RuntimeError(f"--tp-size {args.tp_size} needs {args.tp_size} GPUs but only {n} are visible "
+                               f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')!r})")
+        self.device = torch.device("cuda", rank)
+        torch.cuda.set_device(self.device)
+        self.model = build_model(args, self.device)
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def forward(self, input_ids, attn, pos, past):
+        # The base model then lm_head on the last position only: full-sequence logits of a
+        # batch of long prompts would take gigabytes (B × L × vocab).
+        out = self.model.model(input_ids=input_ids, attention_mask=attn, position_ids=pos,
+                               past_key_values=past, use_cache=True)
+        logits = self.model.lm_head(out.last_hidden_state[:, -1, :]).float()
+        return logits, out.past_key_values
+
+    def pick(self, logits, temps):
+        torch = self.torch
+        greedy = logits.argmax(dim=-1)
+        if all(t <= 0 for t in temps):
+            return greedy
+        t = torch.tensor([max(x, 1e-5) for x in temps], device=logits.device).unsqueeze(1)
+        sampled = torch.multinomial(torch.softmax(logits / t, dim=-1), 1).squeeze(1)
+        use = torch.tensor([x > 0 for x in temps], device=logits.device)
+        return torch.where(use, sampled, greedy)
+
+    def run_batch(self, reqs, emit):
+        """Static batch: left-padded prefill, then decode until every request finished."""
+        torch = self.torch
+        dev = self.device
+        b = len(reqs)
+        longest = max(len(r["ids"]) for r in reqs)
+        input_ids = torch.full((b, longest), PAD_ID, dtype=torch.long)
+        attn = torch.zeros((b, longest), dtype=torch.long)
+        for i, r in enumerate(reqs):
+            n = len(r["ids"])
+            input_ids[i, longest - n:] = torch.tensor(r["ids"], dtype=torch.long)
+            attn[i, longest - n:] = 1
+        input_ids, attn = input_ids.to(dev), attn.to(dev)
+        pos = (attn.cumsum(-1) - 1).clamp(min=0)
+        temps = [float(r.get("temperature") or 0.0) for r in reqs]
+        done = [False] * b
+        produced = [0] * b
+        with torch.inference_mode():
+            logits, past = self.forward(input_ids, attn, pos, None)
+            while True:
+                nxt = self.pick(logits, temps)
+                toks = nxt.tolist()  # one sync per step; streaming needs the tokens anyway
+                events = []
+                for i, r in enumerate(reqs):
+                    if done[i]:
+                        continue
+                    produced[i] += 1
+                    finish = None
+                    if toks[i] == EOS_ID and not r.get("ignore_eos"):
+                        finish = "stop"
+                    elif produced[i] >= r["max_tokens"]:
+                        finish = "length"
+                    if finish:
+                        done[i] = True
+                    events.append((r["id"], toks[i], finish))
+                emit(events)
+                if all(done):
+                    return
+                attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=dev)], dim=1)
+                pos = pos[:, -1:] + 1
+                logits, past = self.forward(nxt.unsqueeze(1), attn, pos, past)
+
+    def warmup(self):
+        self.run_batch([{"id": "warmup", "ids": list(range(BYTE_OFFSET, BYTE_OFFSET + 16)),
+                         "max_tokens": 2, "ignore_eos": True}], lambda ev: None)
+        self.torch.cuda.synchronize(self.device)
+
+
+def worker_main(args, rank, inq, outq):
+    try:
+        rep = Replica(args, rank)
+        rep.warmup()
+        mem = rep.torch.cuda.memory_allocated(rep.device)
+        outq.put(("ready", rank, {"device": str(rep.device), "params": rep.params, "bytes": mem,
+                                  "name": rep.torch.cuda.get_device_name(rep.device), "pid": os.getpid()}))
+    except Exception:  # noqa: BLE001 - reported to the parent, which exits with it
+        outq.put(("error", rank, traceback.format_exc()))
+        return
+    max_batch = max(1, args.max_running // args.tp_size + (1 if args.max_running % args.tp_size > rank else 0))
+    while True:
+        item = inq.get()
+        if item is None:
+            return
+        batch = [item]
+        stop = False
+        # Requests sent together by a concurrent client arrive a few ms apart: gather them
+        # into one batch instead of running the first alone.
+        deadline = time.monotonic() + 0.005
+        while len(batch) < max_batch:
+            try:
+                it = inq.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if it is None:
+                stop = True
+                break
+            batch.append(it)
+        try:
+            rep.run_batch(batch, lambda ev: outq.put(("step", rank, ev)))
+        except Exception as e:  # noqa: BLE001 - fail these requests, keep serving
+            msg = f"{type(e).__name__}: {e}"
+            log(f"replica {rank}: batch of {len(batch)} failed: {msg}")
+            if "out of memory" in str(e).lower():
+                rep.torch.cuda.empty_cache()
+            outq.put(("step", rank, [(r["id"], None, "error:" + msg) for r in batch]))
+        if stop:
+            return
+
+
+# ---------------------------------------------------------------------------------------
+# HTTP front end (aiohttp) in the main thread.
+# ---------------------------------------------------------------------------------------
+
+def encode_text(s):
+    return [BYTE_OFFSET + b for b in s.encode("utf-8")]
+
+
+def token_text(tok):
+    if BYTE_OFFSET <= tok < BYTE_OFFSET + 256:
+        return bytes([tok - BYTE_OFFSET]).decode("latin-1")
+    return f" t{tok}"
+
+
+class Server:
+    def __init__(self, args):
+        self.args = args
+        self.streams = {}  # request id → asyncio.Queue of (tok, finish)
+        self.next_replica = 0
+        self.loop = None
+        self.created = int(time.time())
+        if args.worker_processes:
+            import multiprocessing as mp
+
+            # spawn, not fork: CUDA cannot be used in a forked child of a CUDA process, and
+            # a clean interpreter per worker is what the real servers do.
+            ctx = mp.get_context("spawn")
+            self.outq = ctx.Queue()
+            self.inqs = [ctx.Queue() for _ in range(args.tp_size)]
+            self.workers = [ctx.Process(target=worker_main, args=(args, r, self.inqs[r], self.outq),
+                                        name=f"gpuserver-replica-{r}", daemon=True)
+                            for r in range(args.tp_size)]
+        else:
+            self.outq = queue.Queue()
+            self.inqs = [queue.Queue() for _ in range(args.tp_size)]
+            self.workers = [threading.Thread(target=worker_main, args=(args, r, self.inqs[r], self.outq),
+                                             name=f"replica-{r}", daemon=True)
+                            for r in range(args.tp_size)]
+
+    def start_workers(self):
+        for w in self.workers:
+            w.start()
+        ready = 0
+        while ready < len(self.workers):
+            try:
+                kind, rank, info = self.outq.get(timeout=5)
+            except queue.Empty:
+                dead = [w for w in self.workers if not w.is_alive()]
+                if dead:
+                    raise RuntimeError(f"replica worker {dead[0].name} died while loading")
+                log("still loading the model...")
+                continue
+            if kind == "error":
+                raise RuntimeError(f"replica {rank} failed to load:\n{info}")
+            if kind == "ready":
+                ready += 1
+                log(f"replica {rank} ready on {info['device']} ({info['name']}, pid {info['pid']}): "
+                    f"{info['params'] / 1e6:.0f}M parameters, {info['bytes'] / 2**30:.2f} GiB allocated")
+
+    def dispatch(self):
+        """Thread: moves worker events onto the event loop."""
+        while True:
+            msg = self.outq.get()
+            if msg is None:
+                return
+            kind, _rank, payload = msg
+            if kind == "step":
+                self.loop.call_soon_threadsafe(self.deliver, payload)
+            elif kind == "error":
+                log(f"replica {_rank} error: {payload}")
+
+    def deliver(self, events):
+        for rid, tok, finish in events:
+            q = self.streams.get(rid)
+            if q is not None:  # the client may have gone away
+                q.put_nowait((tok, finish))
+
+    def submit(self, req):
+        q = asyncio.Queue()
+        self.streams[req["id"]] = q
+        r = self.next_replica
+        self.next_replica = (r + 1) % len(self.inqs)
+        self.inqs[r].put(req)
+        return q
+
+    # --- handlers ---
+
+    async def health(self, request):
+        from aiohttp import web
+        return web.Response(status=200, text="")
+
+    async def models(self, request):
+        from aiohttp import web
+        return web.json_response({"object": "list", "data": [{
+            "id": self.args.model_path, "object": "model", "created": self.created,
+            "owned_by": "moecapd-gpuserver", "root": self.args.model_path,
+            "max_model_len": self.args.max_model_len}]})
+
+    async def model_info(self, request):
+        from aiohttp import web
+        return web.json_response({"model_path": self.args.model_path, "tokenizer_path": None,
+                                  "is_generation": True})
+
+    async def noop(self, request):
+        from aiohttp import web
+        return web.json_response({"success": True})
+
+    def bad(self, msg, status=400):
+        from aiohttp import web
+        return web.json_response({"object": "error", "message": msg, "type": "BadRequestError",
+                                  "code": status}, status=status)
+
+    async def completions(self, request):
+        from aiohttp import web
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return self.bad("request body is not JSON")
+        if not isinstance(body, dict):
+            return self.bad("request body must be a JSON object")
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            ids = encode_text(prompt)
+        elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+            ids = list(prompt)
+            bad = [t for t in ids if t < 0 or t >= self.args.vocab]
+            if bad:
+                return self.bad(f"token id {bad[0]} out of range [0, {self.args.vocab})")
+        else:
+            return self.bad("prompt must be a string, a list of token ids, or a list of one of those")
+        if not ids:
+            return self.bad("prompt is empty")
+        max_tokens = body.get("max_tokens", 16)
+        if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+            return self.bad("max_tokens must be a positive integer")
+        if len(ids) + max_tokens > self.args.max_model_len:
+            return self.bad(f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the maximum "
+                            f"context length {self.args.max_model_len}; lower max_tokens or start with a larger --max-model-len")
+        temperature = body.get("temperature", 0.0)
+        if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature < 0:
+            return self.bad("temperature must be a non-negative number")
+        rid = "cmpl-" + uuid.uuid4().hex
+        model = body.get("model") or self.args.model_path
+        req = {"id": rid, "ids": ids, "max_tokens": max_tokens,
+               "ignore_eos": bool(body.get("ignore_eos", False)), "temperature": float(temperature)}
+        q = self.submit(req)
+        created = int(time.time())
+        usage = lambda n: {"prompt_tokens": len(ids), "completion_tokens": n, "total_tokens": len(ids) + n}
+        try:
+            if not body.get("stream"):
+                text, n, finish = [], 0, None
+                while finish is None:
+                    tok, finish = await q.get()
+                    if tok is not None:
+                        n += 1
+                        text.append(token_text(tok))
+                if finish.startswith("error:"):
+                    return self.bad(finish[len("error:"):], status=500)
+                return web.json_response({
+                    "id": rid, "object": "text_completion", "created": created, "model": model,
+                    "choices": [{"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": finish}],
+                    "usage": usage(n)})
+
+            resp = web.StreamResponse(status=200, headers={
+                "Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+            await resp.prepare(request)
+
+            async def send(obj):
+                await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
+
+            n, finish = 0, None
+            while finish is None:
+                tok, finish = await q.get()
+                if finish is not None and finish.startswith("error:"):
+                    await send({"object": "error", "message": finish[len("error:"):], "code": 500})
+                    break
+                n += 1
+                await send({"id": rid, "object": "text_completion", "created": created, "model": model,
+                            "choices": [{"index": 0, "text": token_text(tok), "logprobs": None,
+                                         "finish_reason": finish}],
+                            "usage": None})
+            await send({"id": rid, "object": "text_completion", "created": created, "model": model,
+                        "choices": [], "usage": usage(n)})
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
+        finally:
+            self.streams.pop(rid, None)
+
+    async def serve(self):
+        from aiohttp import web
+
+        self.loop = asyncio.get_running_loop()
+        threading.Thread(target=self.dispatch, name="dispatch", daemon=True).start()
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/health_generate", self.health)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/get_model_info", self.model_info)
+        app.router.add_post("/v1/completions", self.completions)
+        for path in ("/start_expert_distribution_record", "/stop_expert_distribution_record",
+                     "/dump_expert_distribution_record", "/flush_cache"):
+            app.router.add_route("*", path, self.noop)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.args.host, self.args.port)
+        try:
+            await site.start()
+        except OSError as e:
+            # The launcher recognises this wording as port_in_use.
+            log(f"ERROR: [Errno {e.errno}] error while attempting to bind on address "
+                f"({self.args.host!r}, {self.args.port}): address already in use" if e.errno == 98 else f"ERROR: {e}")
+            await runner.cleanup()
+            raise SystemExit(1)
+        log(f"serving {self.args.model_path} on http://{self.args.host}:{self.args.port} "
+            f"({self.args.tp_size} GPU replica(s), up to {self.args.max_running} running requests)")
+        print(READY_LINE, flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log("shutting down")
+        await runner.cleanup()
+
+    def shutdown(self):
+        for q in self.inqs:
+            q.put(None)
+        for w in self.workers:
+            w.join(timeout=10)
+            if self.args.worker_processes and w.is_alive():
+                w.terminate()
+        self.outq.put(None)
+
+
+def main(argv):
+    args = parse_args(argv)
+    log(f"building a random-weight Qwen2-MoE: {args.layers} layers, hidden {args.hidden}, "
+        f"{args.experts} experts top-{args.top_k}, {args.dtype}, {args.tp_size} replica(s)"
+        f"{' in worker processes' if args.worker_processes else ''}")
+    srv = Server(args)
+    try:
+        srv.start_workers()
+        asyncio.run(srv.serve())
+    except RuntimeError as e:
+        log(f"ERROR: {e}")
+        srv.shutdown()
+        return 1
+    srv.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
