@@ -212,8 +212,8 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 		}
 	})
 	if len(bad) > 0 {
-		return cfg, usageErrorf("sim-server: %s not a %s flag (the %s wrapper takes it); check the launcher's argv for --flavor %s",
-			strings.Join(bad, ", "), cfg.Flavor, otherFlavor(cfg.Flavor), cfg.Flavor)
+		return cfg, usageErrorf("sim-server: %s belongs to the %s wrapper, not %s; fix the argv or --flavor",
+			strings.Join(bad, ", "), otherFlavor(cfg.Flavor), cfg.Flavor)
 	}
 	cfg.Host = str("host")
 	cfg.Port = num("port")
