@@ -1,0 +1,67 @@
+package report
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/profile"
+)
+
+// TestAnnotateRoundTrip: the pipeline's hook stores extra "cap", and the report then uses
+// the stored numbers instead of deriving its own.
+func TestAnnotateRoundTrip(t *testing.T) {
+	tables := loadTables(t)
+	results := t.TempDir()
+	id := "qwen1_5.1xH100.4k-1k.bs1.sglang"
+	dir := filepath.Join(results, id)
+	rec := filepath.Join(dir, "records", "Qwen", "Qwen1.5-MoE-A2.7B-Chat")
+	if err := os.MkdirAll(rec, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// One decode pass: batch 1, 4000 tokens, 4 experts, 10 ms.
+	//   bytes = 4,127,195,136 (weights, as in capmath's Qwen example) + 4000·196,608 (KV)
+	//         = 4,913,627,136; / 0.010 s / 3.35e12 B/s = 0.146675...
+	line := `{"batch_size":1,"latency":0.010,"seq_lens_sum":4000,"forward_mode":"decode","expert_activation":4,"gpu_num":1}` + "\n"
+	if err := os.WriteFile(filepath.Join(rec, "expert_distribution_record.jsonl"), []byte(line), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m := &cell.Manifest{SchemaVersion: cell.SchemaVersion, Status: cell.StatusOK, StartedAt: time.Date(2026, 8, 14, 1, 0, 0, 0, time.UTC),
+		Cell: cell.Identity{ID: id, Model: "qwen1_5", ModelID: "Qwen/Qwen1.5-MoE-A2.7B-Chat", Hardware: "1xH100", GPUCount: 1,
+			Task: "4k-1k", InputTokens: 4000, OutputTokens: 1000, BatchSize: 1, Backend: "sglang", TP: 1},
+		Metrics: &profile.Metrics{Source: "native", LatencyKind: "client", Completed: 10, TotalOutputTokens: 10000,
+			DurationS: 100, OutputThroughput: 100, MeanTTFTMs: 40, MeanTPOTMs: 10}}
+	var hookErr error
+	Hook(tables, func(err error) { hookErr = err })(m, dir)
+	if hookErr != nil {
+		t.Fatal(hookErr)
+	}
+	var d capmath.Derived
+	if err := json.Unmarshal(m.Extra[ExtraKey], &d); err != nil {
+		t.Fatal(err)
+	}
+	want := 4913627136.0 / 0.010 / 3.35e12
+	if d.Source != "records" || d.Decode == nil || d.Decode.SMBU < want*(1-1e-9) || d.Decode.SMBU > want*(1+1e-9) {
+		t.Fatalf("stored cap %+v, want decode S-MBU %.6f from records", d, want)
+	}
+	if err := cell.WriteManifest(dir, m); err != nil {
+		t.Fatal(err)
+	}
+	rows, _, err := Load(results, tables)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || rows[0].CapNote != "from manifest" || rows[0].Cap.Decode.SMBU != d.Decode.SMBU {
+		t.Fatalf("report row %+v, want the stored CAP numbers", rows[0])
+	}
+
+	// A model the tables do not know is an error for the hook, not a panic.
+	m.Cell.Model, m.Cell.ModelID = "nope", "org/nope"
+	if _, err := Derive(m, tables, ""); err == nil {
+		t.Error("unknown model: no error")
+	}
+}
