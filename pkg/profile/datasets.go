@@ -40,7 +40,11 @@ const hubPageRows = 100
 // o.DatasetFile when set, else from the cache, else from the hub (then cached).
 func loadDatasetTexts(ctx context.Context, o *Options, n int) ([]string, error) {
 	if o.DatasetFile != "" {
-		return readTextFile(o.DatasetFile, knownDatasets[o.Dataset].Fields, n)
+		texts, err := readTextFile(o.DatasetFile, knownDatasets[o.Dataset].Fields, n)
+		if err != nil {
+			return nil, fmt.Errorf("dataset file (--dataset-file): %w", err)
+		}
+		return texts, nil
 	}
 	ds, ok := knownDatasets[o.Dataset]
 	if !ok {
