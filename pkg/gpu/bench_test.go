@@ -89,3 +89,47 @@ func rusage(b *testing.B) time.Duration {
 	}
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// BenchmarkNVMLCalls times each NVML call the sampler makes, on real GPUs (skipped without
+// them), with the CPU time each costs: what to read less often when sampling is too dear.
+func BenchmarkNVMLCalls(b *testing.B) {
+	be, err := Open(zap.NewNop(), true)
+	if err != nil {
+		b.Skip(err)
+	}
+	defer be.Close()
+	nb := be.(*nvmlBackend)
+	devs, err := nb.Devices()
+	if err != nil {
+		b.Fatal(err)
+	}
+	h, err := nb.handle(devs[0])
+	if err != nil {
+		b.Fatal(err)
+	}
+	calls := []struct {
+		name string
+		f    func() nvml.Return
+	}{
+		{"memory", func() nvml.Return { _, r := h.GetMemoryInfo(); return r }},
+		{"utilization", func() nvml.Return { _, r := h.GetUtilizationRates(); return r }},
+		{"power", func() nvml.Return { _, r := h.GetPowerUsage(); return r }},
+		{"energy", func() nvml.Return { _, r := h.GetTotalEnergyConsumption(); return r }},
+		{"sm_clock", func() nvml.Return { _, r := h.GetClockInfo(nvml.CLOCK_SM); return r }},
+		{"mem_clock", func() nvml.Return { _, r := h.GetClockInfo(nvml.CLOCK_MEM); return r }},
+		{"temperature", func() nvml.Return { _, r := h.GetTemperature(nvml.TEMPERATURE_GPU); return r }},
+		{"clock_reasons", func() nvml.Return { _, r := h.GetCurrentClocksEventReasons(); return r }},
+		{"processes", func() nvml.Return { _, r := h.GetComputeRunningProcesses(); return r }},
+	}
+	for _, c := range calls {
+		b.Run(c.name, func(b *testing.B) {
+			u0 := rusage(b)
+			n := 0
+			for b.Loop() {
+				_ = c.f()
+				n++
+			}
+			b.ReportMetric(float64(rusage(b)-u0)/float64(n)/1e3, "cpu-us/op")
+		})
+	}
+}

@@ -185,14 +185,27 @@ func processes(idx int, infos []nvml.ProcessInfo) []Process {
 // Read samples every metric of devs. A device that fails as a whole gets Reading.Err and the
 // others are still read: one lost GPU must not blind the sampler to the rest.
 func (b *nvmlBackend) Read(devs []Device) ([]Reading, error) {
-	out := make([]Reading, len(devs))
-	for i, d := range devs {
-		out[i] = b.readOne(d)
-	}
-	return out, nil
+	return b.readRound(devs, readAll), nil
 }
 
-func (b *nvmlBackend) readOne(d Device) Reading {
+// readWhat says which of the costly metrics a round reads.
+type readWhat struct {
+	energy    bool
+	processes bool
+}
+
+var readAll = readWhat{energy: true, processes: true}
+
+// readRound is Read for the sampler, which skips what it does not need this round.
+func (b *nvmlBackend) readRound(devs []Device, what readWhat) []Reading {
+	out := make([]Reading, len(devs))
+	for i, d := range devs {
+		out[i] = b.readOne(d, what)
+	}
+	return out
+}
+
+func (b *nvmlBackend) readOne(d Device, what readWhat) Reading {
 	r := Reading{Time: b.now(), Index: d.Index, UUID: d.UUID}
 	h, err := b.handle(d)
 	if err != nil {
@@ -232,8 +245,10 @@ func (b *nvmlBackend) readOne(d Device) Reading {
 	if p, ret := h.GetPowerUsage(); ok("power", ret) {
 		r.PowerMW = &p
 	}
-	if e, ret := h.GetTotalEnergyConsumption(); ok("energy", ret) {
-		r.EnergyMJ = &e
+	if what.energy {
+		if e, ret := h.GetTotalEnergyConsumption(); ok("energy", ret) {
+			r.EnergyMJ = &e
+		}
 	}
 	if c, ret := h.GetClockInfo(nvml.CLOCK_SM); ok("SM clock", ret) {
 		r.SMClock = &c
@@ -254,8 +269,10 @@ func (b *nvmlBackend) readOne(d Device) Reading {
 	if ok("clock event reasons", ret) {
 		r.ClockReasons = &reasons
 	}
-	if infos, ret := h.GetComputeRunningProcesses(); ok("compute processes", ret) {
-		r.Processes = processes(d.Index, infos)
+	if what.processes {
+		if infos, ret := h.GetComputeRunningProcesses(); ok("compute processes", ret) {
+			r.Processes = processes(d.Index, infos)
+		}
 	}
 	if lost != nil {
 		r = Reading{Time: r.Time, Index: d.Index, UUID: d.UUID, Err: lost}

@@ -18,14 +18,26 @@ import (
 // DefaultInterval is the sampling interval when SamplerConfig.Interval is zero.
 const DefaultInterval = 100 * time.Millisecond
 
+// DefaultEnergyInterval is how often the energy counter is read between the window's
+// edges. One read costs about 4 ms of CPU on an H100 (driver 580, measured by
+// BenchmarkNVMLCalls), so reading it every 100 ms on 8 GPUs would take a third of a core.
+// The counter is cumulative: reading it at Start, at both bench marks and at Stop already
+// gives the exact window delta; the periodic reads only bound how much a counter reset or
+// a lost GPU can cost.
+const DefaultEnergyInterval = 10 * time.Second
+
 // CSVHeader is the first line of telemetry.csv: one row per GPU per sampling round, the
-// columns of DESIGN.md. An empty cell is a metric the GPU does not report.
+// columns of DESIGN.md. An empty cell is a metric the GPU does not report; energy_mj is
+// also empty on the rounds that do not read the counter (see DefaultEnergyInterval).
 const CSVHeader = "timestamp,gpu_index,uuid,util_gpu_pct,util_mem_pct,mem_used_bytes,power_mw,energy_mj,sm_clock_mhz,mem_clock_mhz,temp_c,clock_event_reasons,server_mem_bytes"
 
 // SamplerConfig says what to sample and where the rows go.
 type SamplerConfig struct {
 	Devices  []Device
 	Interval time.Duration
+	// EnergyInterval is how often the energy counter is read besides the window's edges
+	// (default DefaultEnergyInterval; at most every round).
+	EnergyInterval time.Duration
 	// PIDs returns the server's process tree; the memory those PIDs hold is a column.
 	// It runs on the sampling goroutine once per round. Nil leaves the column empty.
 	PIDs func() []int
@@ -38,6 +50,7 @@ type SamplerConfig struct {
 // kept but utilization, for the p95). The caller's methods never wait for NVML.
 type Sampler struct {
 	b      Backend
+	rd     roundReader
 	log    *zap.Logger
 	cfg    SamplerConfig
 	avail  bool
@@ -62,6 +75,8 @@ type Sampler struct {
 	first    time.Time
 	last     time.Time
 	samples  int
+	lastE    time.Time // when the energy counter was last read
+	wantE    bool      // a mark asked for the counter in the next round
 	missed   int
 	readErrs int
 	jitter   []time.Duration
@@ -81,8 +96,12 @@ type gpuState struct {
 	eT, pT time.Time
 	eMJ    uint64
 	pMW    float64
-	eOK    bool
-	pOK    bool
+	// integMJ is power integrated since sampling began; integAtE its value at the last
+	// counter reading, so a counter reset can be bridged by what power says.
+	integMJ  float64
+	integAtE float64
+	eOK      bool
+	pOK      bool
 }
 
 // window accumulates the summary over a time range.
@@ -112,12 +131,37 @@ type gpuAcc struct {
 
 var farFuture = time.Unix(1<<40, 0)
 
+// roundReader is what the sampler needs from a backend: a Read that can skip the costly
+// metrics it does not need this round.
+type roundReader interface {
+	readRound(devs []Device, what readWhat) []Reading
+}
+
+// readAdapter lets a Backend implemented elsewhere (a test fake) drive the sampler through
+// its exported Read.
+type readAdapter struct{ b Backend }
+
+func (a readAdapter) readRound(devs []Device, _ readWhat) []Reading {
+	rs, err := a.b.Read(devs)
+	if err != nil {
+		return nil
+	}
+	return rs
+}
+
 func newSampler(b Backend, log *zap.Logger, cfg SamplerConfig) *Sampler {
 	if cfg.Interval <= 0 {
 		cfg.Interval = DefaultInterval
 	}
+	if cfg.EnergyInterval <= 0 {
+		cfg.EnergyInterval = DefaultEnergyInterval
+	}
+	rd, ok := b.(roundReader)
+	if !ok {
+		rd = readAdapter{b}
+	}
 	s := &Sampler{
-		b: b, log: log, cfg: cfg, avail: b.Available(), reason: b.Reason(), now: time.Now,
+		b: b, rd: rd, log: log, cfg: cfg, avail: b.Available(), reason: b.Reason(), now: time.Now,
 		poke: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{}),
 	}
 	if cfg.CSV != nil {
@@ -156,6 +200,7 @@ func (s *Sampler) MarkBenchStart() {
 	s.mu.Lock()
 	if s.benchStart.IsZero() {
 		s.benchStart = s.now()
+		s.wantE = true
 	}
 	s.mu.Unlock()
 	s.nudge()
@@ -166,6 +211,7 @@ func (s *Sampler) MarkBenchEnd() {
 	s.mu.Lock()
 	if s.benchEnd.IsZero() && !s.benchStart.IsZero() {
 		s.benchEnd = s.now()
+		s.wantE = true
 	}
 	s.mu.Unlock()
 	s.nudge()
@@ -191,7 +237,7 @@ func (s *Sampler) Stop() Summary {
 			close(s.stop)
 			<-s.done
 			if s.avail && len(s.gpus) > 0 {
-				s.round()
+				s.round(true)
 			}
 		}
 		s.flush()
@@ -208,7 +254,7 @@ func (s *Sampler) run(ctx context.Context) {
 	t0 := time.Now()
 	t := time.NewTicker(iv)
 	defer t.Stop()
-	s.round()
+	s.round(true)
 	lastK := int64(0)
 	for {
 		select {
@@ -217,7 +263,7 @@ func (s *Sampler) run(ctx context.Context) {
 		case <-s.stop:
 			return
 		case <-s.poke:
-			s.round()
+			s.round(false)
 		case <-t.C:
 			now := time.Now()
 			k := int64(now.Sub(t0) / iv)
@@ -228,13 +274,15 @@ func (s *Sampler) run(ctx context.Context) {
 			s.missed += int(k - lastK - 1)
 			lastK = k
 			s.jitter = append(s.jitter, now.Sub(t0.Add(time.Duration(k)*iv)).Abs())
-			s.round()
+			s.round(false)
 		}
 	}
 }
 
 // round reads every GPU still present once, writes the rows and updates the windows.
-func (s *Sampler) round() {
+// The energy counter is read when energy is set, when a mark asked for it, or when
+// EnergyInterval has passed since the last read.
+func (s *Sampler) round(energy bool) {
 	var pids map[int]bool
 	if s.cfg.PIDs != nil {
 		list := s.cfg.PIDs()
@@ -254,8 +302,18 @@ func (s *Sampler) round() {
 	if len(devs) == 0 {
 		return
 	}
-	rs, err := s.b.Read(devs)
-	if err != nil || len(rs) != len(devs) {
+	s.mu.Lock()
+	energy = energy || s.wantE
+	s.wantE = false
+	s.mu.Unlock()
+	if !energy && (s.lastE.IsZero() || time.Since(s.lastE) >= s.cfg.EnergyInterval) {
+		energy = true
+	}
+	if energy {
+		s.lastE = time.Now()
+	}
+	rs := s.rd.readRound(devs, readWhat{energy: energy, processes: pids != nil})
+	if len(rs) != len(devs) {
 		s.readErrs++
 		return
 	}
@@ -299,6 +357,19 @@ func (s *Sampler) round() {
 		s.writeRow(r, server)
 
 		t := r.Time
+		if r.PowerMW != nil {
+			p := float64(*r.PowerMW)
+			if g.pOK && t.After(g.pT) {
+				g.integMJ += (g.pMW + p) / 2 * t.Sub(g.pT).Seconds()
+				s.whole.addPower(i, g.pT, t, g.pMW, p, time.Time{}, farFuture)
+				if benchOn {
+					s.bench.addPower(i, g.pT, t, g.pMW, p, benchLo, benchHi)
+				}
+			}
+			g.pT, g.pMW, g.pOK = t, p, true
+			tickMW += p
+			tickOK = true
+		}
 		// Energy counter: the delta since the last counter reading.
 		if r.EnergyMJ != nil {
 			e := *r.EnergyMJ
@@ -308,31 +379,17 @@ func (s *Sampler) round() {
 					d = float64(e - g.eMJ)
 				} else {
 					// The counter went backwards: a driver reload or GPU reset restarted
-					// it. Estimate the stretch from power instead of counting a huge or
-					// negative delta.
+					// it. Bridge the stretch with integrated power instead of counting a
+					// huge or negative delta.
 					g.resets++
-					if r.PowerMW != nil {
-						d = float64(*r.PowerMW) * t.Sub(g.eT).Seconds()
-					}
+					d = g.integMJ - g.integAtE
 				}
 				s.whole.addEnergy(i, g.eT, t, d, time.Time{}, farFuture)
 				if benchOn {
 					s.bench.addEnergy(i, g.eT, t, d, benchLo, benchHi)
 				}
 			}
-			g.eT, g.eMJ, g.eOK = t, e, true
-		}
-		if r.PowerMW != nil {
-			p := float64(*r.PowerMW)
-			if g.pOK && t.After(g.pT) {
-				s.whole.addPower(i, g.pT, t, g.pMW, p, time.Time{}, farFuture)
-				if benchOn {
-					s.bench.addPower(i, g.pT, t, g.pMW, p, benchLo, benchHi)
-				}
-			}
-			g.pT, g.pMW, g.pOK = t, p, true
-			tickMW += p
-			tickOK = true
+			g.eT, g.eMJ, g.eOK, g.integAtE = t, e, true, g.integMJ
 		}
 		s.whole.addPoint(i, r, server)
 		if benchOn && !t.Before(benchLo) && !t.After(benchHi) {

@@ -48,7 +48,7 @@ func newRig(t *testing.T, pids []int, gpus ...*fakeGPU) *rig {
 // at takes one round at time d after the rig's epoch.
 func (r *rig) at(d time.Duration) {
 	r.clk.Set(d)
-	r.s.round()
+	r.s.round(true)
 }
 
 func near(t *testing.T, what string, got *float64, want float64) {
@@ -398,4 +398,49 @@ func TestSamplerRunsOnItsOwn(t *testing.T) {
 	if sum.TickJitterP99MS == nil {
 		t.Errorf("tick_jitter_p99_ms absent")
 	}
+}
+
+// The energy counter is costly to read, so between the window's edges it is read only every
+// EnergyInterval; the marks force a read, so the window's delta stays exact, and the rows
+// in between leave the cell empty. A counter reset between two reads is bridged by the
+// power integrated over that stretch.
+func TestEnergyReadAtEdgesOnly(t *testing.T) {
+	g := newFake("GPU-e", "NVIDIA H100 80GB HBM3")
+	r := newRig(t, nil, g)
+	r.s.cfg.EnergyInterval = time.Hour
+	step := func(k int, e uint64) {
+		g.set(func(f *fakeGPU) { f.energyMJ, f.powerMW = e, 100_000 })
+		r.clk.Set(time.Duration(k) * time.Second)
+		r.s.round(k == 0)
+	}
+	step(0, 1_000_000) // first round: read
+	step(1, 1_100_000) // skipped
+	r.clk.Set(1500 * time.Millisecond)
+	r.s.MarkBenchStart()
+	step(2, 1_200_000) // read: the mark asked for it
+	step(3, 1_300_000) // skipped
+	step(4, 50_000)    // skipped: the counter reset here goes unseen until the next read
+	r.clk.Set(4500 * time.Millisecond)
+	r.s.MarkBenchEnd()
+	step(5, 150_000) // read: reset detected, 2..5 bridged by 3 s × 100 W = 300 J
+	step(6, 250_000) // skipped
+	sum := r.s.Stop()
+
+	rows := strings.Split(strings.TrimSpace(r.csv.String()), "\n")[1:]
+	var withE []int
+	for k, row := range rows {
+		if strings.Split(row, ",")[7] != "" {
+			withE = append(withE, k)
+		}
+	}
+	if !reflect.DeepEqual(withE, []int{0, 2, 5}) {
+		t.Errorf("rounds with an energy reading = %v, want [0 2 5]", withE)
+	}
+	if sum.EnergyCounterResets != 1 {
+		t.Errorf("energy_counter_resets = %d, want 1", sum.EnergyCounterResets)
+	}
+	// Window [1.5, 4.5] s. Counter segments: 0→2 s (200 J) overlaps 0.5 of its 2 s → 50 J;
+	// 2→5 s (reset, bridged: 300 J) overlaps 2.5 of its 3 s → 250 J. Power: 100 W × 3 s.
+	near(t, "energy_j", sum.EnergyJ, 50+300*2.5/3)
+	near(t, "energy_integrated_j", sum.EnergyIntegratedJ, 300)
 }
