@@ -1,0 +1,265 @@
+package matrix
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/launcher"
+)
+
+// Node is what this machine offers: its GPU count and family (from NVML or --hardware).
+// A node with no GPUs (Count 0) runs only sim cells.
+type Node struct {
+	Label  string
+	Count  int
+	Family string
+}
+
+// ParseNode reads a node label ("8xH100"); "" is a node without GPUs.
+func ParseNode(label string) (Node, error) {
+	if label == "" {
+		return Node{}, nil
+	}
+	n, fam, err := ParseHardware(label)
+	if err != nil {
+		return Node{}, err
+	}
+	return Node{Label: label, Count: n, Family: fam}, nil
+}
+
+// Applies reports whether a cell can run on the node, and why not. The sim uses no GPU, so
+// sim cells run anywhere; a real cell needs the node's family and at least its GPU count
+// (a 1xH100 cell runs on one GPU of an 8xH100 node).
+func (n Node) Applies(c *Cell) (bool, string) {
+	if c.Backend == launcher.BackendSim {
+		return true, ""
+	}
+	if n.Count == 0 {
+		return false, "this node has no GPUs NVML can see (pass --hardware if it does)"
+	}
+	if c.Family != n.Family {
+		return false, fmt.Sprintf("needs %s, this node is %s", c.Family, n.Label)
+	}
+	if c.GPUs > n.Count {
+		return false, fmt.Sprintf("needs %d GPUs, this node has %d", c.GPUs, n.Count)
+	}
+	return true, ""
+}
+
+// Extra key of manifest.json where the matrix records its own facts about a cell.
+const ExtraKey = "matrix"
+
+// Note is manifest.extra.matrix.
+type Note struct {
+	Group    string `json:"group,omitempty"`
+	Attempts int    `json:"attempts,omitempty"`
+	// SkippedBecause names the smaller batch of the same chain that ran out of memory when
+	// this cell was not run at all.
+	SkippedBecause string `json:"skipped_because,omitempty"`
+	PinnedSamples  bool   `json:"pinned_num_samples,omitempty"`
+}
+
+// NoteOf reads manifest.extra.matrix (zero when absent).
+func NoteOf(m *cell.Manifest) Note {
+	var n Note
+	if raw, ok := m.Extra[ExtraKey]; ok {
+		_ = json.Unmarshal(raw, &n)
+	}
+	return n
+}
+
+// SetNote writes manifest.extra.matrix.
+func SetNote(m *cell.Manifest, n Note) {
+	b, _ := json.Marshal(n)
+	if m.Extra == nil {
+		m.Extra = map[string]json.RawMessage{}
+	}
+	m.Extra[ExtraKey] = b
+}
+
+// Results reads every cell manifest under root (not .attempts), keyed by cell id. A
+// missing root is empty; an unreadable manifest is reported as a problem, not fatal.
+func Results(root string) (map[string]*cell.Manifest, []string, error) {
+	out := map[string]*cell.Manifest{}
+	ents, err := os.ReadDir(root)
+	if errors.Is(err, fs.ErrNotExist) {
+		return out, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var problems []string
+	for _, e := range ents {
+		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		dir := filepath.Join(root, e.Name())
+		m, err := cell.ReadManifest(dir)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		id := m.Cell.ID
+		if id == "" {
+			id = e.Name()
+		}
+		out[id] = m
+	}
+	return out, problems, nil
+}
+
+// Action says what a run does with a cell.
+type Action string
+
+// Actions.
+const (
+	ActRun      Action = "run"
+	ActKeep     Action = "keep"     // finished earlier (ok, infeasible, or failed without --redo-failed)
+	ActDone     Action = "done"     // the matrix says done elsewhere
+	ActSkip     Action = "skip"     // a smaller batch of its chain ran out of memory
+	ActNotHere  Action = "not-here" // does not apply to this node
+	ActFiltered Action = "filtered" // excluded by --only
+)
+
+// Options steer which cells a run takes on.
+type Options struct {
+	IncludeDone bool
+	NoSkip      bool
+	RedoFailed  bool
+	// Only keeps cells whose id matches (nil: all).
+	Only func(id string) bool
+}
+
+// Item is one cell of a plan: what happens to it and why.
+type Item struct {
+	Cell   *Cell
+	Action Action
+	Why    string
+	Prev   *cell.Manifest // what the results root holds for it
+	// Feasible is capmath's verdict; Need/Have in bytes.
+	Feasible   bool
+	Need, Have float64
+	FeasWhy    string
+	Estimate   time.Duration
+}
+
+// Plan decides, for every cell, what a run on node with results will do.
+func Plan(mx *Matrix, tables *config.Tables, node Node, results map[string]*cell.Manifest, o Options) []*Item {
+	var items []*Item
+	oomAt := map[string]*Cell{} // chain → smallest batch already out of memory
+	for _, c := range mx.Cells {
+		it := &Item{Cell: c, Prev: results[c.ID]}
+		it.Feasible, it.Need, it.Have, it.FeasWhy = feasible(c, tables)
+		it.Estimate = Estimate(c, tables, it.Prev)
+		items = append(items, it)
+		if it.Prev != nil && it.Prev.Status == cell.StatusInfeasible && NoteOf(it.Prev).SkippedBecause == "" {
+			if o := oomAt[c.Chain()]; o == nil || c.Batch < o.Batch {
+				oomAt[c.Chain()] = c
+			}
+		}
+	}
+	for _, it := range items {
+		c, prev := it.Cell, it.Prev
+		ok, why := node.Applies(c)
+		switch {
+		case o.Only != nil && !o.Only(c.ID):
+			it.Action, it.Why = ActFiltered, "not matched by --only"
+		case !ok:
+			it.Action, it.Why = ActNotHere, why
+		case prev != nil && prev.Status == cell.StatusOK:
+			it.Action, it.Why = ActKeep, "ok in results"
+		case prev != nil && prev.Status == cell.StatusInfeasible && NoteOf(prev).SkippedBecause == "":
+			it.Action, it.Why = ActKeep, "infeasible in results: "+failureText(prev)
+		case prev != nil && prev.Status == cell.StatusFailed && !o.RedoFailed:
+			it.Action, it.Why = ActKeep, "failed in results (--redo-failed reruns it): "+failureText(prev)
+		case c.Done && !o.IncludeDone:
+			it.Action, it.Why = ActDone, "done per the matrix (--include-done reruns it)"
+		case !o.NoSkip && oomAt[c.Chain()] != nil && oomAt[c.Chain()].Batch < c.Batch:
+			it.Action, it.Why = ActSkip, fmt.Sprintf("skipped-infeasible: batch %d of the same model, hardware, task and backend ran out of memory (--no-skip runs it)", oomAt[c.Chain()].Batch)
+		default:
+			it.Action = ActRun
+			switch {
+			case prev == nil:
+				it.Why = "pending"
+			case prev.Status == cell.StatusRunning || prev.Status == cell.StatusInterrupted:
+				it.Why = "redo: earlier attempt " + string(prev.Status)
+			default:
+				it.Why = "redo: earlier attempt " + string(prev.Status)
+			}
+		}
+	}
+	return items
+}
+
+func failureText(m *cell.Manifest) string {
+	if m.Failure == nil {
+		return string(m.Status)
+	}
+	return fmt.Sprintf("%s/%s: %s", m.Failure.Phase, m.Failure.Kind, firstLine(m.Failure.Message))
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 200 {
+		s = s[:197] + "..."
+	}
+	return s
+}
+
+func feasible(c *Cell, t *config.Tables) (bool, float64, float64, string) {
+	m := t.Models[c.Model]
+	hw, _ := t.HardwareFamily(c.Family)
+	return capmath.Feasible(m, hw, c.TP, c.Batch, c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens)
+}
+
+// Estimate is how long a cell should take. A finished earlier run of the same cell is the
+// best guess; otherwise the roofline floor of the bench (prefill plus decode of every wave
+// of batch requests) plus a start-up guess (weights read from disk at ~2 GB/s plus a
+// minute of server initialisation). Sim cells with fixed pass times use those instead.
+func Estimate(c *Cell, t *config.Tables, prev *cell.Manifest) time.Duration {
+	if prev != nil && prev.Status == cell.StatusOK && prev.Timings.Total > 0 {
+		return secs(prev.Timings.Total)
+	}
+	m := t.Models[c.Model]
+	hw, _ := t.HardwareFamily(c.Family)
+	in, out := c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens
+	waves := math.Ceil(float64(c.NumSamples) / float64(c.Batch))
+	var prefill, step, startup float64
+	if c.Backend == launcher.BackendSim {
+		scale := c.SimTimeScale
+		if scale == 0 {
+			scale = 1
+		}
+		prefill = float64(c.Batch) * capmath.PrefillFloor(m, hw, c.TP, float64(in)).Seconds * scale
+		if c.SimTTFT > 0 {
+			prefill = c.SimTTFT.Seconds()
+		}
+		step = capmath.DecodeFloor(m, hw, c.TP, float64(c.Batch), float64(in+out/2), capmath.ExpectedTouchedExperts(m.Experts, m.TopK, float64(c.Batch))).Seconds * scale
+		if c.SimTPOT > 0 {
+			step = c.SimTPOT.Seconds()
+		}
+		startup = 0.3 + c.SimStartup.Seconds()
+	} else {
+		prefill = float64(c.Batch) * capmath.PrefillFloor(m, hw, c.TP, float64(in)).Seconds
+		step = capmath.DecodeFloor(m, hw, c.TP, float64(c.Batch), float64(in+out/2), capmath.ExpectedTouchedExperts(m.Experts, m.TopK, float64(c.Batch))).Seconds
+		startup = 60 + capmath.TotalWeightBytes(m)/2e9
+	}
+	return secs(startup + waves*(prefill+float64(out)*step))
+}
+
+func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

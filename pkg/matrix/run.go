@@ -1,0 +1,377 @@
+package matrix
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/launcher"
+)
+
+// KindTimeout is the failure kind of a cell that ran past its time limit.
+const KindTimeout cell.Kind = "timeout"
+
+// KindConfig is the failure kind of a cell whose pipeline config could not be built.
+const KindConfig cell.Kind = "config"
+
+// Runner runs the cells a plan marked ActRun. Cells of one chain run in batch order, one
+// at a time, so an out-of-memory at batch N can skip the larger ones; other cells run side
+// by side when Slots > 1, each on GPUs and a port no other running cell has.
+type Runner struct {
+	Results string
+	Items   []*Item
+	// Build makes a cell's pipeline config; the runner then sets port, GPUs and OnPhase.
+	// It is called from one goroutine at a time.
+	Build func(c *Cell) (*cell.Config, error)
+	// Exec runs one cell (cell.Run; tests may substitute).
+	Exec func(ctx context.Context, c *cell.Config, p *cell.Plan) (*cell.Manifest, error)
+	// Slots is how many cells may run at once (1: exclusive).
+	Slots int
+	// GPUs is the pool of GPU ids (CUDA_VISIBLE_DEVICES entries) real cells are given from;
+	// empty: cells keep the caller's CUDA_VISIBLE_DEVICES and run one at a time.
+	GPUs []string
+	// PortBase > 0 gives slot i port PortBase+i; 0 picks a free port per cell.
+	PortBase    int
+	Host        string
+	NoSkip      bool
+	Retries     int
+	Backoff     time.Duration
+	CellTimeout time.Duration
+	Log         *zap.Logger
+	Progress    *Progress
+}
+
+// Outcome is what a run did in the end.
+type Outcome struct {
+	OK, Failed, Infeasible, Skipped, Interrupted int
+}
+
+type job struct {
+	it    *Item
+	slot  int
+	gpus  []string
+	port  int
+	cfg   *cell.Config
+	m     *cell.Manifest
+	err   error
+	start time.Time
+}
+
+// Run runs the plan. ctx cancelled (SIGINT/SIGTERM) stops starting cells; running ones end
+// as interrupted with their servers torn down. The error is for problems outside the
+// cells' own outcomes (the results root cannot be written).
+func (r *Runner) Run(ctx context.Context) (Outcome, error) {
+	log := r.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	if r.Exec == nil {
+		r.Exec = cell.Run
+	}
+	slots := max(r.Slots, 1)
+	var pending []*Item
+	for _, it := range r.Items {
+		if it.Action == ActRun {
+			pending = append(pending, it)
+		}
+	}
+	if r.Progress == nil {
+		r.Progress = NewProgress()
+	}
+	p := r.Progress
+	p.begin(pending, slots)
+
+	var out Outcome
+	freeSlots := make([]bool, slots)
+	for i := range freeSlots {
+		freeSlots[i] = true
+	}
+	freeGPU := map[string]bool{}
+	for _, g := range r.GPUs {
+		freeGPU[g] = true
+	}
+	busyChain := map[string]bool{}
+	usedPorts := map[int]bool{}
+	done := make(chan *job)
+	running := 0
+	var fatal error
+
+	start := func(it *Item, slot int, gpus []string) {
+		c := it.Cell
+		j := &job{it: it, slot: slot, gpus: gpus, start: time.Now()}
+		busyChain[c.Chain()] = true
+		freeSlots[slot] = false
+		for _, g := range gpus {
+			freeGPU[g] = false
+		}
+		cfg, err := r.Build(c)
+		if err == nil {
+			j.port, err = r.port(slot, usedPorts)
+		}
+		if err != nil {
+			// A cell whose config cannot be built is recorded as failed; the rest go on.
+			j.m = r.configFailure(c, err)
+			running++
+			go func() { done <- j }()
+			return
+		}
+		usedPorts[j.port] = true
+		cfg.Port = j.port
+		if len(r.GPUs) > 0 && c.Backend != launcher.BackendSim {
+			cfg.CUDAVisibleDevices = strings.Join(gpus, ",")
+		}
+		cfg.OnPhase = func(id string, ph cell.Phase) { p.phase(slot, ph) }
+		j.cfg = cfg
+		p.started(slot, it)
+		log.Info("cell starting", zap.String("cell", c.ID), zap.Int("slot", slot), zap.Strings("gpus", gpus),
+			zap.Int("port", j.port), zap.Int("num_samples", c.NumSamples), zap.Duration("estimate", it.Estimate))
+		running++
+		go func() {
+			j.m, j.err = r.runCell(ctx, j, log)
+			done <- j
+		}()
+	}
+
+	for len(pending) > 0 || running > 0 {
+		if ctx.Err() == nil && fatal == nil {
+			for i := 0; i < len(pending); i++ {
+				it := pending[i]
+				c := it.Cell
+				if busyChain[c.Chain()] {
+					continue
+				}
+				slot := -1
+				for s, free := range freeSlots {
+					if free {
+						slot = s
+						break
+					}
+				}
+				if slot < 0 {
+					break
+				}
+				var gpus []string
+				if len(r.GPUs) > 0 && c.Backend != launcher.BackendSim {
+					for _, g := range r.GPUs {
+						if freeGPU[g] && len(gpus) < c.TP {
+							gpus = append(gpus, g)
+						}
+					}
+					if len(gpus) < c.TP {
+						if c.TP > len(r.GPUs) {
+							fatal = fmt.Errorf("cell %s needs %d GPUs but the run has %d (%s); free GPUs or lower tp", c.ID, c.TP, len(r.GPUs), strings.Join(r.GPUs, ","))
+							break
+						}
+						continue
+					}
+				}
+				pending = append(pending[:i], pending[i+1:]...)
+				i--
+				start(it, slot, gpus)
+			}
+		}
+		if running == 0 {
+			break
+		}
+		j := <-done
+		running--
+		c := j.it.Cell
+		busyChain[c.Chain()] = false
+		freeSlots[j.slot] = true
+		for _, g := range j.gpus {
+			freeGPU[g] = true
+		}
+		delete(usedPorts, j.port)
+		if j.err != nil && j.m == nil {
+			// The cell's directory could not be written: the next cells would fail alike.
+			fatal = fmt.Errorf("cell %s: %w", c.ID, j.err)
+			j.m = r.configFailure(c, j.err)
+		}
+		m := j.m
+		switch m.Status {
+		case cell.StatusOK:
+			out.OK++
+		case cell.StatusInfeasible:
+			out.Infeasible++
+		case cell.StatusInterrupted:
+			out.Interrupted++
+		default:
+			out.Failed++
+		}
+		p.finished(j.slot, j.it, m, time.Since(j.start))
+		fields := []zap.Field{zap.String("cell", c.ID), zap.String("status", string(m.Status)),
+			zap.Duration("took", time.Since(j.start).Round(time.Millisecond))}
+		if m.Failure != nil {
+			fields = append(fields, zap.String("phase", string(m.Failure.Phase)), zap.String("kind", string(m.Failure.Kind)), zap.String("why", firstLine(m.Failure.Message)))
+		}
+		s := p.Snapshot()
+		fields = append(fields, zap.String("progress", fmt.Sprintf("%d/%d", s.Finished(), s.Total)), zap.Duration("eta", s.ETA().Round(time.Second)))
+		if m.Status == cell.StatusOK {
+			log.Info("cell finished", fields...)
+		} else {
+			log.Warn("cell did not succeed", fields...)
+		}
+		if m.Status == cell.StatusInfeasible && !r.NoSkip {
+			kept := pending[:0]
+			for _, it := range pending {
+				if it.Cell.Chain() == c.Chain() && it.Cell.Batch > c.Batch {
+					if err := r.writeSkipped(it.Cell, c); err != nil {
+						fatal = err
+					}
+					it.Action, it.Why = ActSkip, fmt.Sprintf("skipped-infeasible after %s ran out of memory", c.ID)
+					out.Skipped++
+					p.skipped(it)
+					log.Warn("cell skipped: a smaller batch of it ran out of memory; --no-skip runs it anyway",
+						zap.String("cell", it.Cell.ID), zap.String("because", c.ID))
+					continue
+				}
+				kept = append(kept, it)
+			}
+			pending = kept
+		}
+	}
+	p.end()
+	return out, fatal
+}
+
+func (r *Runner) port(slot int, used map[int]bool) (int, error) {
+	if r.PortBase > 0 {
+		return r.PortBase + slot, nil
+	}
+	host := r.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	// A port just handed to a cell whose server is not listening yet looks free; skip those.
+	for range 20 {
+		p, err := launcher.FreePort(host)
+		if err != nil {
+			return 0, fmt.Errorf("pick a free port on %s: %w", host, err)
+		}
+		if !used[p] {
+			return p, nil
+		}
+	}
+	return 0, fmt.Errorf("no free port on %s distinct from the running cells'", host)
+}
+
+// transient failures are worth another attempt: a server that crashed or never became
+// ready may do better on a second try; an out-of-memory will not.
+func transient(m *cell.Manifest) bool {
+	return m.Status == cell.StatusFailed && m.Failure != nil &&
+		(m.Failure.Kind == cell.KindCrash || m.Failure.Kind == cell.KindHealthTimeout)
+}
+
+var errCellTimeout = errors.New("cell timeout")
+
+func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Manifest, error) {
+	c := j.it.Cell
+	timeout := r.CellTimeout
+	if c.Timeout > 0 {
+		timeout = c.Timeout
+	}
+	var m *cell.Manifest
+	for attempt := 1; ; attempt++ {
+		plan, err := cell.MakePlan(j.cfg)
+		if err != nil {
+			return r.configFailure(c, err), nil
+		}
+		cctx, cancel := ctx, context.CancelFunc(func() {})
+		if timeout > 0 {
+			cctx, cancel = context.WithTimeoutCause(ctx, timeout, errCellTimeout)
+		}
+		m, err = r.Exec(cctx, j.cfg, plan)
+		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
+		cancel()
+		if err != nil && m == nil {
+			return nil, err
+		}
+		if timedOut && m.Status == cell.StatusInterrupted {
+			m.Status = cell.StatusFailed
+			ph := cell.PhaseBench
+			if m.Failure != nil {
+				ph = m.Failure.Phase
+			}
+			m.Failure = &cell.Failure{Phase: ph, Kind: KindTimeout, LogTail: tail(m),
+				Message: fmt.Sprintf("the cell ran past its time limit of %s during %s and was stopped; raise --cell-timeout (or the group's timeout) if it was making progress", timeout, ph)}
+		}
+		n := NoteOf(m)
+		n.Group, n.Attempts, n.PinnedSamples = c.Group, attempt, c.Pinned
+		SetNote(m, n)
+		if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
+			return m, werr
+		}
+		if !transient(m) || attempt > r.Retries || ctx.Err() != nil {
+			return m, err
+		}
+		wait := r.Backoff << (attempt - 1)
+		log.Warn("transient failure; retrying", zap.String("cell", c.ID), zap.String("kind", string(m.Failure.Kind)),
+			zap.Int("attempt", attempt), zap.Int("retries", r.Retries), zap.Duration("backoff", wait))
+		r.Progress.retried()
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return m, nil
+		}
+	}
+}
+
+func tail(m *cell.Manifest) string {
+	if m.Failure != nil {
+		return m.Failure.LogTail
+	}
+	return ""
+}
+
+func identity(c *Cell) cell.Identity {
+	return cell.Identity{ID: c.ID, Model: c.Model, ModelID: c.Bench.ModelID, Hardware: c.Hardware,
+		GPUCount: c.TP, GPUIndices: []int{}, Task: c.Task, Dataset: c.Bench.Dataset(),
+		InputTokens: c.Bench.TargetInputTokens, OutputTokens: c.Bench.TargetOutputTokens,
+		NumSamples: c.NumSamples, BatchSize: c.Batch, Backend: c.Backend, TP: c.TP, ConfigFile: c.Bench.Path}
+}
+
+// record writes a manifest for a cell the pipeline never ran, moving an earlier attempt
+// aside first so nothing is lost.
+func (r *Runner) record(c *Cell, m *cell.Manifest) error {
+	dir := filepath.Join(r.Results, c.ID)
+	if _, err := os.Stat(dir); err == nil {
+		att := filepath.Join(r.Results, ".attempts")
+		if err := os.MkdirAll(att, 0o755); err != nil {
+			return err
+		}
+		if err := os.Rename(dir, filepath.Join(att, c.ID+"."+time.Now().UTC().Format("20060102T150405.000000000"))); err != nil {
+			return err
+		}
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w (check --results)", dir, err)
+	}
+	return cell.WriteManifest(dir, m)
+}
+
+func (r *Runner) writeSkipped(c, because *Cell) error {
+	now := time.Now().UTC()
+	m := &cell.Manifest{SchemaVersion: cell.SchemaVersion, Cell: identity(c), Status: cell.StatusInfeasible,
+		StartedAt: now, FinishedAt: &now,
+		Failure: &cell.Failure{Phase: cell.PhasePreflight, Kind: cell.KindOOM,
+			Message: fmt.Sprintf("not run: batch %d of the same model, hardware, task and backend (%s) ran out of GPU memory, so batch %d would too; run with --no-skip to try it anyway", because.Batch, because.ID, c.Batch)}}
+	SetNote(m, Note{Group: c.Group, SkippedBecause: because.ID, PinnedSamples: c.Pinned})
+	return r.record(c, m)
+}
+
+func (r *Runner) configFailure(c *Cell, err error) *cell.Manifest {
+	now := time.Now().UTC()
+	m := &cell.Manifest{SchemaVersion: cell.SchemaVersion, Cell: identity(c), Status: cell.StatusFailed,
+		StartedAt: now, FinishedAt: &now,
+		Failure: &cell.Failure{Phase: cell.PhasePreflight, Kind: KindConfig, Message: err.Error()}}
+	SetNote(m, Note{Group: c.Group, PinnedSamples: c.Pinned})
+	_ = r.record(c, m)
+	return m
+}
