@@ -20,11 +20,12 @@ const DefaultInterval = 100 * time.Millisecond
 
 // DefaultEnergyInterval is how often the energy counter is read between the window's
 // edges. One read costs about 4 ms of CPU on an H100 (driver 580, measured by
-// BenchmarkNVMLCalls), so reading it every 100 ms on 8 GPUs would take a third of a core.
-// The counter is cumulative: reading it at Start, at both bench marks and at Stop already
-// gives the exact window delta; the periodic reads only bound how much a counter reset or
-// a lost GPU can cost.
-const DefaultEnergyInterval = 10 * time.Second
+// BenchmarkNVMLCalls) where every other metric together costs under 0.1 ms, so reading it
+// every 100 ms on 8 GPUs would take a third of a core. The counter is cumulative: reading
+// it at Start, at both bench marks and at Stop already gives the exact window delta; the
+// periodic reads only bound how long a stretch a counter reset or a lost GPU can blur
+// (integrated power still covers it).
+const DefaultEnergyInterval = 30 * time.Second
 
 // CSVHeader is the first line of telemetry.csv: one row per GPU per sampling round, the
 // columns of DESIGN.md. An empty cell is a metric the GPU does not report; energy_mj is
@@ -58,6 +59,7 @@ type Sampler struct {
 	now    func() time.Time
 
 	mu         sync.Mutex
+	roundsSeen int // samples, readable while sampling runs
 	started    bool
 	benchStart time.Time
 	benchEnd   time.Time
@@ -305,6 +307,7 @@ func (s *Sampler) round(energy bool) {
 	s.mu.Lock()
 	energy = energy || s.wantE
 	s.wantE = false
+	s.roundsSeen++
 	s.mu.Unlock()
 	if !energy && (s.lastE.IsZero() || time.Since(s.lastE) >= s.cfg.EnergyInterval) {
 		energy = true

@@ -119,10 +119,18 @@ def build_model(args, device):
     torch.manual_seed(args.seed)
     # Build directly on the GPU: random init there takes seconds, on the CPU much longer.
     with torch.device(device):
-        try:
-            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype, attn_implementation="sdpa")
-        except (TypeError, ValueError):
-            model = AutoModelForCausalLM.from_config(cfg, torch_dtype=dtype)
+        # transformers 5 names it dtype, 4.x torch_dtype; older ones lack attn_implementation.
+        model = None
+        for kw in ({"dtype": dtype, "attn_implementation": "sdpa"},
+                   {"torch_dtype": dtype, "attn_implementation": "sdpa"},
+                   {"torch_dtype": dtype}):
+            try:
+                model = AutoModelForCausalLM.from_config(cfg, **kw)
+                break
+            except (TypeError, ValueError):
+                continue
+        if model is None:
+            model = AutoModelForCausalLM.from_config(cfg)
     model.to(device=device, dtype=dtype)
     model.eval()
     return model
@@ -145,6 +153,7 @@ class Replica:
         torch.cuda.set_device(self.device)
         self.model = build_model(args, self.device)
         self.params = sum(p.numel() for p in self.model.parameters())
+        self.verbose = False  # the warm-up batch is not worth a line
 
     def forward(self, input_ids, attn, pos, past):
         # The base model then lm_head on the last position only: full-sequence logits of a
@@ -181,11 +190,17 @@ class Replica:
         temps = [float(r.get("temperature") or 0.0) for r in reqs]
         done = [False] * b
         produced = [0] * b
+        t0 = time.perf_counter()
+        steps = 0
         with torch.inference_mode():
             logits, past = self.forward(input_ids, attn, pos, None)
+            t_prefill = None
             while True:
                 nxt = self.pick(logits, temps)
                 toks = nxt.tolist()  # one sync per step; streaming needs the tokens anyway
+                if t_prefill is None:
+                    t_prefill = time.perf_counter() - t0
+                steps += 1
                 events = []
                 for i, r in enumerate(reqs):
                     if done[i]:
@@ -201,6 +216,10 @@ class Replica:
                     events.append((r["id"], toks[i], finish))
                 emit(events)
                 if all(done):
+                    if self.verbose:
+                        dt = time.perf_counter() - t0 - t_prefill
+                        log(f"replica {self.rank}: batch of {b} ({longest} tokens): prefill {t_prefill * 1e3:.0f} ms, "
+                            f"{steps - 1} decode steps at {dt / max(1, steps - 1) * 1e3:.1f} ms/step")
                     return
                 attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=dev)], dim=1)
                 pos = pos[:, -1:] + 1
@@ -216,6 +235,7 @@ def worker_main(args, rank, inq, outq):
     try:
         rep = Replica(args, rank)
         rep.warmup()
+        rep.verbose = True
         mem = rep.torch.cuda.memory_allocated(rep.device)
         outq.put(("ready", rank, {"device": str(rep.device), "params": rep.params, "bytes": mem,
                                   "name": rep.torch.cuda.get_device_name(rep.device), "pid": os.getpid()}))
