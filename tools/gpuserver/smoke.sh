@@ -37,3 +37,5 @@ done
 wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
 echo "load done in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-compute-apps=pid,used_memory,process_name --format=csv || true
+echo "--- server log since ready:"
+sed -n '/ready to roll/,$p' "$log" | tail -n 20
