@@ -45,7 +45,7 @@ if [ "$1" = -m ]; then
   case "$mod" in
     moe_cap.systems.sglang) exec "$MOECAPD_TEST_BIN" sim-server --flavor sglang --sim-tpot 2ms "$@" ;;
     moe_cap.systems.vllm) exec "$MOECAPD_TEST_BIN" sim-server --flavor vllm --sim-tpot 2ms "$@" ;;
-    moe_cap.runner.openai_api_profile) exec "$MOECAPD_TEST_BIN" bench --log-format json "$@" ;;
+    moe_cap.runner.openai_api_profile) exec "$MOECAPD_TEST_BIN" bench --log-format json --datasets random --offline "$@" ;;
   esac
 fi
 echo "fake python: unsupported $*" >&2

@@ -187,7 +187,7 @@ func TestSimFaults(t *testing.T) {
 	}{
 		{"exits during start-up", []string{"--", "--sim-fault", "exit-on-start"}, 3, cell.StatusFailed, cell.PhaseReady, cell.KindCrash, "Traceback", "exited during start-up"},
 		{"out of memory", []string{"--", "--sim-fault", "oom-on-start"}, 4, cell.StatusInfeasible, cell.PhaseReady, cell.KindOOM, "CUDA out of memory", "ran out of memory"},
-		{"never ready", []string{"--ready-timeout", "1500ms", "--", "--sim-fault", "never-ready"}, 3, cell.StatusFailed, cell.PhaseReady, cell.KindHealthTimeout, "", "not ready"},
+		{"never ready", []string{"--ready-hard-timeout", "1500ms", "--", "--sim-fault", "never-ready"}, 3, cell.StatusFailed, cell.PhaseReady, cell.KindHealthTimeout, "", "not ready"},
 		{"crash mid-run", []string{"--", "--sim-fault", "crash-mid-run", "--sim-tpot", "5ms"}, 5, cell.StatusFailed, cell.PhaseBench, cell.KindCrash, "illegal memory access", "server died during the bench"},
 	}
 	for _, c := range cases {
@@ -313,7 +313,7 @@ func TestSIGKILLThenNextRunEndsOrphan(t *testing.T) {
 			t.Fatalf("pid %d died with its supervisor; the test needs an orphan", p)
 		}
 	}
-	small := tinyConfig(t, qwen, 32, 8, 4)
+	small := tinyConfig(t, qwen, 32, 200, 4) // same cell id, fewer samples
 	r := moecapd(t, nil, simArgs(results, small, 2, "--", "--sim-tpot", "2ms")...)
 	if r.code != 0 {
 		t.Fatalf("next run exit %d\n%s\n%s", r.code, r.stdout, r.stderr)

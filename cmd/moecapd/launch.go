@@ -17,6 +17,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/report"
 )
 
 func init() { register(newLaunchCmd) }
@@ -66,6 +67,10 @@ left something behind, 130 interrupted.`,
 	f.Float64("electricity-usd-per-kwh", 0, "electricity price for the cost figures (default from configs/hardware.yaml)")
 	f.Int("warmup", 0, "native client: warm-up requests before measuring")
 	f.Int64("seed", 0, "native client: seed of synthetic prompts")
+	f.String("dataset", "", "native client: prompt source: gsm8k, longbench_v2 or random (default: the config's dataset; random for --backend sim)")
+	f.String("dataset-file", "", "native client: local JSONL of prompt texts instead of fetching the dataset from the hub")
+	f.String("dataset-cache-dir", defaultCacheDir(), "native client: cache of dataset rows fetched from the hub")
+	f.Bool("offline", false, "native client: never fetch dataset rows from the network")
 	return cmd
 }
 
@@ -121,6 +126,17 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string) (*cell.Confi
 	}
 	c.Native.Warmup = v.GetInt("warmup")
 	c.Native.Seed = v.GetInt64("seed")
+	c.Native.Dataset = v.GetString("dataset")
+	if c.Native.Dataset == "" && backend == launcher.BackendSim && v.GetString("dataset-file") == "" {
+		// The sim's toy tokenizer gives dataset text no meaning; seeded ids need no network.
+		c.Native.Dataset = "random"
+	}
+	c.Native.DatasetFile = v.GetString("dataset-file")
+	c.Native.DatasetCacheDir = v.GetString("dataset-cache-dir")
+	c.Native.Offline = v.GetBool("offline")
+	c.Derive = report.Hook(tables, func(err error) {
+		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
+	})
 	cleanup := func() { gb.Close() }
 	return c, cleanup, nil
 }

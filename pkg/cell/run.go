@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
@@ -326,6 +327,14 @@ func (r *runner) bench(ctx context.Context) {
 	if met != nil {
 		r.m.Metrics = met
 	}
+	if err != nil && ctx.Err() == nil {
+		// Requests fail the moment a server dies, a little before the exit is reaped: give
+		// the reaper a moment so the cell blames the server, not the client.
+		select {
+		case <-r.proc.Done():
+		case <-time.After(2 * time.Second):
+		}
+	}
 	switch {
 	case ctx.Err() != nil:
 		r.interrupted(PhaseBench)
@@ -363,13 +372,13 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 	}
 	o.OutputDir = filepath.Join(p.Dir, "client")
 	o.RecordsDir = filepath.Join(p.Dir, "records")
-	if o.Log == nil {
-		o.Log = r.log
-	}
-	cl, err := os.Create(filepath.Join(p.Dir, "client.log"))
-	if err == nil {
+	o.Log = r.log
+	// client.log gets the client's own log lines (JSON), not a terminal progress bar.
+	if cl, err := os.Create(filepath.Join(p.Dir, "client.log")); err == nil {
 		defer cl.Close()
-		o.Progress = cl
+		core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(cl), zap.InfoLevel)
+		o.Log = zap.New(zapcore.NewTee(r.log.Core(), core))
+		o.ProgressInterval = 10 * time.Second
 	}
 	res, err := profile.Run(ctx, o)
 	if res != nil {
