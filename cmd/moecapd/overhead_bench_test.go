@@ -73,7 +73,7 @@ func BenchmarkCellOverhead(b *testing.B) {
 		if noticed.IsZero() {
 			b.Fatal("no \"server ready\" log line")
 		}
-		dead = append(dead, (wall - startup).Seconds()-m.Timings.Bench)
+		dead = append(dead, (wall-startup).Seconds()-m.Timings.Bench)
 		notice = append(notice, noticed.Sub(time.Unix(0, serverReady)).Seconds())
 		teardown = append(teardown, m.Timings.Teardown)
 	}

@@ -62,6 +62,7 @@ type runner struct {
 	proc *launcher.Process
 	logw *launcher.LogWatch
 	smp  *gpu.Sampler
+	csv  *os.File
 	base map[int]uint64
 }
 
@@ -267,6 +268,7 @@ func (r *runner) launch() bool {
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
 		f, err := os.Create(filepath.Join(p.Dir, "telemetry.csv"))
 		if err == nil {
+			r.csv = f
 			pid := proc.PID()
 			r.smp = c.GPUs.NewSampler(gpu.SamplerConfig{Devices: p.Devices, Interval: c.GPUInterval,
 				PIDs: func() []int { return launcher.Tree(pid, pid) }, CSV: f})
@@ -437,6 +439,9 @@ func (r *runner) teardown() {
 	if r.smp != nil {
 		sum := r.smp.Stop()
 		r.m.Telemetry = &sum
+		if err := r.csv.Close(); err != nil {
+			r.log.Warn("telemetry.csv incomplete", zap.Error(err))
+		}
 	}
 	if r.c.GPUs != nil && r.c.GPUs.Available() && len(r.p.Devices) > 0 && r.base != nil {
 		left, err := gpu.WaitMemoryBaseline(context.Background(), r.c.GPUs, r.p.Devices, r.base, r.c.MemSlackBytes, 30*time.Second)

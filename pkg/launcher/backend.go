@@ -103,6 +103,9 @@ func ServerEnv(s ServerSpec) map[string]string {
 	}
 	if s.CUDAVisibleDevices != "" {
 		env["CUDA_VISIBLE_DEVICES"] = s.CUDAVisibleDevices
+		// The indices come from NVML, which numbers GPUs in PCI bus order; CUDA's default
+		// order (fastest first) can differ on a node with mixed GPUs.
+		env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
 	}
 	return env
 }
