@@ -214,16 +214,18 @@ func (f *fakeServer) complete(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if fault != "nousage" {
-		fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", promptLen, maxTok, promptLen+maxTok)
-	}
-	fmt.Fprint(w, "data: [DONE]\n\n")
-	fl.Flush()
+	// Count the request as recorded before the client can see its end: once [DONE] is out
+	// the client may stop the recording, and a count taken after that would race it.
 	f.mu.Lock()
 	if f.recording {
 		f.recorded++
 	}
 	f.mu.Unlock()
+	if fault != "nousage" {
+		fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", promptLen, maxTok, promptLen+maxTok)
+	}
+	fmt.Fprint(w, "data: [DONE]\n\n")
+	fl.Flush()
 }
 
 func sleepUntil(r *http.Request, t time.Time) {
