@@ -78,6 +78,9 @@ type Cell struct {
 	Batch    int
 	TP       int
 	Bench    *config.Bench
+	// BenchFile is the path the bench was loaded from (Bench.Path is for display and may
+	// name a built-in copy).
+	BenchFile string
 	// NumSamples is what the client sends; Pinned says the matrix fixed it.
 	NumSamples int
 	Pinned     bool
@@ -224,9 +227,10 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 			for _, mk := range g.Models {
 				bkey := task + "." + mk
 				b := benches[bkey]
+				bfile := benchPath(base, t, mk)
 				if b == nil {
 					var err error
-					if b, err = mx.loadBench(base, task, t, mk, tables); err != nil {
+					if b, err = mx.loadBench(bfile, task, t, mk, tables); err != nil {
 						return err
 					}
 					benches[bkey] = b
@@ -236,7 +240,7 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 					for _, be := range s.Backends {
 						for _, bs := range sizes {
 							c := &Cell{Group: gname, Model: mk, Hardware: hw, Family: fam, GPUs: n, Task: task,
-								Backend: be, Batch: bs, TP: n, Bench: b, ServerArgs: slices.Clone(s.ServerArgs),
+								Backend: be, Batch: bs, TP: n, Bench: b, BenchFile: bfile, ServerArgs: slices.Clone(s.ServerArgs),
 								Done: s.Done != nil && *s.Done}
 							if s.TP > 0 {
 								c.TP = s.TP
@@ -370,14 +374,18 @@ func (mx *Matrix) checkSettings(key string, g Group) error {
 	return nil
 }
 
-func (mx *Matrix) loadBench(base, task string, t Task, model string, tables *config.Tables) (*config.Bench, error) {
+func benchPath(base string, t Task, model string) string {
+	p := strings.ReplaceAll(t.Config, "{model}", model)
+	if p != "" && !filepath.IsAbs(p) {
+		p = filepath.Join(base, p)
+	}
+	return p
+}
+
+func (mx *Matrix) loadBench(p, task string, t Task, model string, tables *config.Tables) (*config.Bench, error) {
 	key := "tasks." + task + ".config"
 	if t.Config == "" {
 		return nil, mx.errf(key, "missing; expected a benchmark file such as fixed_4k_1k_{model}.yaml")
-	}
-	p := strings.ReplaceAll(t.Config, "{model}", model)
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(base, p)
 	}
 	b, err := config.LoadBench(p)
 	if err != nil {

@@ -1,0 +1,488 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"github.com/spf13/viper"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"golang.org/x/term"
+
+	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/matrix"
+)
+
+func init() { register(newMatrixCmd) }
+
+// exitCellsFailed: matrix run finished but some cells failed (matrix status lists them).
+const exitCellsFailed = 8
+
+func newMatrixCmd() *cobra.Command {
+	m := &cobra.Command{
+		Use:   "matrix",
+		Short: "Plan, run, resume and report the experiment matrix (configs/matrix.yaml)",
+		Long: `The guide's whole experiment matrix, unattended: "plan" shows which cells apply to this node
+and what they will cost, "run" runs them through the launch-and-bench pipeline (resumable:
+run the same command again after a crash or kill), "status" regenerates the guide's
+Completed/Pending tables from the results.`,
+	}
+	m.AddCommand(newMatrixPlanCmd(), newMatrixRunCmd(), newMatrixStatusCmd())
+	return m
+}
+
+// launchOnly are launch-and-bench flags that the matrix sets per cell.
+var launchOnly = map[string]bool{"backend": true, "config": true, "batch-size": true, "tp": true,
+	"num-samples": true, "port": true, "dry-run": true, "hardware": true, "sim-hardware": true, "env": true}
+
+// addSelectFlags adds what plan and run share: the matrix, the node, which cells.
+func addSelectFlags(f *pflag.FlagSet) {
+	f.String("matrix", "configs/matrix.yaml", "matrix file (built-in copy when absent)")
+	f.String("hardware", "", "this node's hardware label, e.g. 8xH100 (default from NVML over CUDA_VISIBLE_DEVICES)")
+	f.String("only", "", "run only cells whose id matches this regular expression")
+	f.Bool("include-done", false, "also run cells the matrix marks done")
+	f.Bool("no-skip", false, "run larger batch sizes even after a smaller one of the same model, hardware, task and backend ran out of memory")
+	f.Bool("redo-failed", false, "rerun cells whose earlier attempt failed (ok and infeasible cells are never rerun)")
+	// The pipeline's own flags are launch-and-bench's, so a setting means the same in both
+	// commands and a flag added there reaches the matrix without a second definition.
+	newLaunchCmd().Flags().VisitAll(func(fl *pflag.Flag) {
+		if !launchOnly[fl.Name] {
+			f.AddFlag(fl)
+		}
+	})
+}
+
+func newMatrixPlanCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "plan [flags]",
+		Short: "List the cells that apply to this node, in run order, with what the results hold and estimates",
+		Example: `  moecapd matrix plan
+  moecapd matrix plan --hardware 8xH200 --results /data/results`,
+		Args: cobra.NoArgs,
+		RunE: runMatrixPlan,
+	}
+	addSelectFlags(cmd.Flags())
+	cmd.Flags().Bool("pack", false, "estimate for packed cells (see matrix run --pack)")
+	cmd.Flags().Int("slots", 0, "parallel slots with --pack (default: GPUs of the node / GPUs per cell)")
+	return cmd
+}
+
+func newMatrixRunCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "run [flags] [-- extra server flags for every cell]",
+		Short: "Run the matrix's cells for this node; run it again to resume",
+		Long: `Runs every cell of the matrix that applies to this node through the launch-and-bench pipeline.
+A failed cell is recorded and the run goes on; crashes and health timeouts are retried
+(--retries, with exponential backoff), out-of-memory never, and it skips the larger batch
+sizes of the same model, hardware, task and backend (--no-skip runs them). Resume: cells
+whose manifest says ok or infeasible are kept, interrupted ones are redone, and a server
+left by a killed run is ended first. A lock in the results root and one per GPU stop two
+runs from sharing results or GPUs.
+
+Exit codes: 0 every cell ran (ok or infeasible), 2 usage, config or lock held, 8 some cells
+failed (moecapd matrix status lists them), 130 interrupted, 1 internal error.`,
+		Example: `  moecapd matrix run --results /data/results
+  nohup moecapd matrix run --progress log --metrics-addr 127.0.0.1:9400 &
+  moecapd matrix run --pack                         # TP=1 cells side by side on an 8-GPU node
+  moecapd matrix run --only 'qwen1_5\..*\.4k-1k' -- --mem-fraction-static 0.85`,
+		RunE: runMatrixRun,
+	}
+	f := cmd.Flags()
+	addSelectFlags(f)
+	f.Int("retries", 2, "extra attempts for a cell that crashed or never became ready")
+	f.Duration("retry-backoff", 30*time.Second, "wait before the first retry; doubles each time")
+	f.Duration("cell-timeout", 6*time.Hour, "stop a cell that runs longer (a group's timeout wins); 0: none")
+	f.Bool("pack", false, "run independent cells side by side on disjoint GPUs and ports")
+	f.Int("slots", 0, "cells at once with --pack (default: the node's GPU count; needed for the sim, which uses no GPU)")
+	f.Int("port", 0, "first server port: slot i uses port+i (0: a free port per cell)")
+	f.String("progress", "auto", "tty (live line on the terminal), log (log lines only, for nohup/systemd), auto (tty when stderr is a terminal)")
+	f.Duration("heartbeat", time.Minute, "log mode: how often to log the progress line")
+	f.String("metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9400)")
+	f.String("lock-dir", filepath.Join(os.TempDir(), "moecapd-locks"), "directory of the per-GPU lock files (shared by every run on the node)")
+	return cmd
+}
+
+func newMatrixStatusCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status [flags]",
+		Short: "The guide's Completed/Pending tables, failures and per-cell numbers, from the results",
+		Example: `  moecapd matrix status
+  moecapd matrix status --format markdown > STATUS.md`,
+		Args: cobra.NoArgs,
+		RunE: runMatrixStatus,
+	}
+	f := cmd.Flags()
+	f.String("matrix", "configs/matrix.yaml", "matrix file (built-in copy when absent)")
+	f.String("results", "results", "results root")
+	f.String("configs-dir", "configs", "directory of models.yaml and hardware.yaml (built-in copies when absent)")
+	f.String("format", "auto", "markdown, terminal, or auto (terminal when stdout is a terminal)")
+	return cmd
+}
+
+// matrixSetup is what plan and run share: the matrix, tables, node and plan.
+type matrixSetup struct {
+	v      *viper.Viper
+	log    *zap.Logger
+	tables *config.Tables
+	mx     *matrix.Matrix
+	gb     gpu.Backend
+	devs   []gpu.Device // the visible GPUs (NVML)
+	node   matrix.Node
+	items  []*matrix.Item
+}
+
+func loadMatrix(v *viper.Viper) (*config.Tables, *matrix.Matrix, error) {
+	tables, err := config.LoadTables(v.GetString("configs-dir"))
+	if err != nil {
+		return nil, nil, withCode(exitUsage, err)
+	}
+	mx, err := matrix.Load(v.GetString("matrix"), tables)
+	if err != nil {
+		return nil, nil, withCode(exitUsage, err)
+	}
+	return tables, mx, nil
+}
+
+func setupMatrix(cmd *cobra.Command, log *zap.Logger) (*matrixSetup, error) {
+	v, err := settings(cmd)
+	if err != nil {
+		return nil, err
+	}
+	s := &matrixSetup{v: v, log: log}
+	if s.tables, s.mx, err = loadMatrix(v); err != nil {
+		return nil, err
+	}
+	if s.gb, err = gpu.Open(log, v.GetBool("require-gpu")); err != nil {
+		return nil, withCode(exitUsage, err)
+	}
+	label := v.GetString("hardware")
+	if s.gb.Available() {
+		if s.devs, err = s.gb.Resolve(os.Getenv("CUDA_VISIBLE_DEVICES")); err != nil {
+			return nil, usageErrorf("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
+		}
+		if label == "" {
+			label = gpu.Label(s.devs)
+		}
+	}
+	if s.node, err = matrix.ParseNode(label); err != nil {
+		return nil, usageErrorf("this node's hardware %q: %v; restrict CUDA_VISIBLE_DEVICES to one GPU family or pass --hardware", label, err)
+	}
+	o := matrix.Options{IncludeDone: v.GetBool("include-done"), NoSkip: v.GetBool("no-skip"), RedoFailed: v.GetBool("redo-failed")}
+	if re := v.GetString("only"); re != "" {
+		rx, err := regexp.Compile(re)
+		if err != nil {
+			return nil, usageErrorf("--only %q: %v", re, err)
+		}
+		o.Only = rx.MatchString
+	}
+	results, problems, err := matrix.Results(v.GetString("results"))
+	if err != nil {
+		return nil, withCode(exitUsage, fmt.Errorf("read results root %s: %w", v.GetString("results"), err))
+	}
+	for _, p := range problems {
+		log.Warn("unreadable manifest; its cell counts as not run", zap.String("problem", p))
+	}
+	s.items = matrix.Plan(s.mx, s.tables, s.node, results, o)
+	return s, nil
+}
+
+// slots is how many cells may run at once: 1 unless --pack; with --pack, --slots or the
+// node's GPU count.
+func (s *matrixSetup) slots() int {
+	if !s.v.GetBool("pack") {
+		return 1
+	}
+	if n := s.v.GetInt("slots"); n > 0 {
+		return n
+	}
+	return max(s.node.Count, 1)
+}
+
+func runMatrixPlan(cmd *cobra.Command, _ []string) error {
+	v0, err := settings(cmd)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(v0)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	s, err := setupMatrix(cmd, log)
+	if err != nil {
+		return err
+	}
+	defer s.gb.Close()
+	node := s.node.Label
+	if node == "" {
+		node = "no GPUs (sim cells only)"
+	}
+	fmt.Printf("matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, s.v.GetString("results"))
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "#\tCELL\tACTION\tSAMPLES\tESTIMATE\tMEMORY\tWHY")
+	var total time.Duration
+	counts := map[matrix.Action]int{}
+	n := 0
+	for _, it := range s.items {
+		counts[it.Action]++
+		if it.Action == matrix.ActNotHere || it.Action == matrix.ActFiltered {
+			continue
+		}
+		idx := ""
+		est := ""
+		if it.Action == matrix.ActRun {
+			n++
+			idx = strconv.Itoa(n)
+			total += it.Estimate
+			est = it.Estimate.Round(time.Second).String()
+		}
+		mem := fmt.Sprintf("%.0f/%.0f GB", it.Need/1e9, it.Have/1e9)
+		why := it.Why
+		if !it.Feasible {
+			mem += " ✗"
+			why += "; predicted infeasible: " + it.FeasWhy
+		}
+		samples := strconv.Itoa(it.Cell.NumSamples)
+		if it.Cell.Pinned {
+			samples += " (pinned)"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", idx, it.Cell.ID, it.Action, samples, est, mem, why)
+	}
+	tw.Flush()
+	slots := s.slots()
+	fmt.Printf("\n%d to run, %d kept from results, %d done per matrix, %d skipped-infeasible, %d not for this node, %d filtered out\n",
+		counts[matrix.ActRun], counts[matrix.ActKeep], counts[matrix.ActDone], counts[matrix.ActSkip], counts[matrix.ActNotHere], counts[matrix.ActFiltered])
+	fmt.Printf("estimated %s over %d slot(s) (roofline floor plus start-up guess, or past runs of the same cell)\n",
+		(total / time.Duration(slots)).Round(time.Second), slots)
+	return nil
+}
+
+func runMatrixRun(cmd *cobra.Command, args []string) error {
+	v0, err := settings(cmd)
+	if err != nil {
+		return err
+	}
+	if n := cmd.ArgsLenAtDash(); n > 0 || (n < 0 && len(args) > 0) {
+		return usageErrorf("unexpected arguments %q; extra server flags go after --", args)
+	}
+	mode := v0.GetString("progress")
+	if mode == "auto" {
+		mode = "log"
+		if term.IsTerminal(int(os.Stderr.Fd())) {
+			mode = "tty"
+		}
+	}
+	if mode != "tty" && mode != "log" {
+		return usageErrorf("--progress %q: want auto, tty or log", mode)
+	}
+	prog := matrix.NewProgress()
+	var display *matrix.Terminal
+	log, err := newLogger(v0)
+	if err != nil {
+		return err
+	}
+	if mode == "tty" {
+		// Log lines go through the display so they print above the live line, not into it.
+		display = matrix.NewTerminal(os.Stderr, prog, 500*time.Millisecond)
+		enc := zap.NewDevelopmentEncoderConfig()
+		enc.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05")
+		log = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), display, log.Level()))
+	}
+	defer log.Sync()
+	s, err := setupMatrix(cmd, log)
+	if err != nil {
+		if display != nil {
+			display.Close()
+		}
+		return err
+	}
+	defer s.gb.Close()
+	v := s.v
+	results, err := filepath.Abs(v.GetString("results"))
+	if err != nil {
+		return err
+	}
+
+	// GPUs: the pool cells draw from, and the ids the per-GPU locks use.
+	var pool, lockIDs []string
+	needGPUs := false
+	for _, it := range s.items {
+		if it.Action == matrix.ActRun && it.Cell.Backend != launcher.BackendSim {
+			needGPUs = true
+		}
+	}
+	if needGPUs {
+		if len(s.devs) > 0 {
+			for _, d := range s.devs {
+				pool = append(pool, strconv.Itoa(d.Index))
+				lockIDs = append(lockIDs, d.UUID)
+			}
+		} else if vis := os.Getenv("CUDA_VISIBLE_DEVICES"); vis != "" {
+			pool = strings.Split(vis, ",")
+			lockIDs = pool
+		} else {
+			for i := range s.node.Count {
+				pool = append(pool, strconv.Itoa(i))
+			}
+			lockIDs = pool
+		}
+	}
+	lock, err := matrix.Acquire(results, v.GetString("lock-dir"), lockIDs, matrix.Holder{
+		PID: os.Getpid(), Command: strings.Join(os.Args, " "), Results: results, Since: time.Now().UTC()})
+	if err != nil {
+		if display != nil {
+			display.Close()
+		}
+		return withCode(exitUsage, err)
+	}
+	defer lock.Release()
+	endOrphans(results, v.GetDuration("grace"), log)
+
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	mctx, mstop := context.WithCancel(context.Background())
+	defer mstop()
+	if addr := v.GetString("metrics-addr"); addr != "" {
+		got, _, err := matrix.ServeMetrics(mctx, addr, &matrix.Collector{P: prog, GPUs: s.gb, Devs: s.devs})
+		if err != nil {
+			if display != nil {
+				display.Close()
+			}
+			return usageErrorf("--metrics-addr %s: %v; pick a free address", addr, err)
+		}
+		log.Info("serving Prometheus metrics", zap.String("addr", "http://"+got+"/metrics"))
+	}
+	if mode == "log" && v.GetDuration("heartbeat") > 0 {
+		go func() {
+			t := time.NewTicker(v.GetDuration("heartbeat"))
+			defer t.Stop()
+			for {
+				select {
+				case <-mctx.Done():
+					return
+				case <-t.C:
+					log.Info("progress", zap.String("line", prog.Snapshot().Line()))
+				}
+			}
+		}()
+	}
+
+	extra := args
+	r := &matrix.Runner{
+		Results: results, Items: s.items, Slots: s.slots(), GPUs: pool, PortBase: v.GetInt("port"),
+		Host: v.GetString("host"), NoSkip: v.GetBool("no-skip"), Retries: v.GetInt("retries"),
+		Backoff: v.GetDuration("retry-backoff"), CellTimeout: v.GetDuration("cell-timeout"),
+		Log: log, Progress: prog,
+		Build: func(c *matrix.Cell) (*cell.Config, error) { return matrixCellConfig(v, s.gb, log, c, extra) },
+	}
+	var toRun int
+	for _, it := range s.items {
+		if it.Action == matrix.ActRun {
+			toRun++
+		}
+	}
+	log.Info("matrix run", zap.String("matrix", s.mx.Path), zap.String("node", s.node.Label), zap.String("results", results),
+		zap.Int("cells", toRun), zap.Int("slots", r.Slots), zap.Strings("gpus", pool))
+	out, err := r.Run(ctx)
+	if display != nil {
+		display.Close()
+	}
+	mstop()
+	fmt.Printf("matrix: %d ok, %d failed, %d infeasible, %d skipped-infeasible, %d interrupted; moecapd matrix status --results %s\n",
+		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, v.GetString("results"))
+	switch {
+	case err != nil:
+		return withCode(exitInternal, err)
+	case ctx.Err() != nil || out.Interrupted > 0:
+		return withCode(exitInterrupted, fmt.Errorf("interrupted; run the same command again to resume"))
+	case out.Failed > 0:
+		return withCode(exitCellsFailed, fmt.Errorf("%d cell(s) failed; see moecapd matrix status", out.Failed))
+	}
+	return nil
+}
+
+// matrixCellConfig builds one cell's pipeline config through launch-and-bench's own
+// flag-to-config path, with the matrix's values for the per-cell flags.
+func matrixCellConfig(v *viper.Viper, gb gpu.Backend, log *zap.Logger, c *matrix.Cell, extra []string) (*cell.Config, error) {
+	for k, val := range map[string]any{"backend": c.Backend, "config": c.BenchFile, "batch-size": c.Batch, "tp": c.TP,
+		"num-samples": c.NumSamples, "port": 0, "hardware": c.Hardware, "sim-hardware": c.Family, "env": ""} {
+		v.Set(k, val)
+	}
+	// cellFromFlags opens NVML for itself; the matrix keeps one handle for the whole run.
+	cfg, cleanup, err := cellFromFlags(v, zap.NewNop(), append(append([]string{}, c.ServerArgs...), extra...))
+	if err != nil {
+		return nil, err
+	}
+	cleanup()
+	cfg.GPUs, cfg.Log = gb, log
+	setPrices(cfg, &cell.Plan{}, v)
+	return cfg, nil
+}
+
+// endOrphans ends servers whose supervisor was killed (kill -9, machine lost) before the
+// run starts, so their GPUs and ports are free, and marks their cells interrupted.
+func endOrphans(results string, grace time.Duration, log *zap.Logger) {
+	orphans, err := launcher.FindOrphans(results)
+	if err != nil {
+		log.Warn("orphan scan failed", zap.Error(err))
+		return
+	}
+	for _, o := range orphans {
+		log.Warn("ending a server left behind by a killed run", zap.String("dir", o.Dir), zap.Int("pid", o.State.PID))
+		if _, err := launcher.EndOrphan(o, grace); err != nil {
+			log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
+			continue
+		}
+		if m, err := cell.ReadManifest(o.Dir); err == nil && m.Status == cell.StatusRunning {
+			now := time.Now().UTC()
+			m.Status, m.FinishedAt = cell.StatusInterrupted, &now
+			m.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: cell.KindInterrupted,
+				Message: "the supervisor died (killed or machine lost) while this cell ran; its server was ended by the next run"}
+			_ = cell.WriteManifest(o.Dir, m)
+		}
+	}
+}
+
+func runMatrixStatus(cmd *cobra.Command, _ []string) error {
+	v, err := settings(cmd)
+	if err != nil {
+		return err
+	}
+	_, mx, err := loadMatrix(v)
+	if err != nil {
+		return err
+	}
+	results, problems, err := matrix.Results(v.GetString("results"))
+	if err != nil {
+		return fmt.Errorf("read results root %s: %w", v.GetString("results"), err)
+	}
+	for _, p := range problems {
+		fmt.Fprintln(os.Stderr, "moecapd: unreadable manifest (counted as not run):", p)
+	}
+	md := false
+	switch f := v.GetString("format"); f {
+	case "markdown":
+		md = true
+	case "terminal":
+	case "auto":
+		md = !term.IsTerminal(int(os.Stdout.Fd()))
+	default:
+		return usageErrorf("--format %q: want markdown, terminal or auto", f)
+	}
+	matrix.Report(os.Stdout, mx, matrix.Status(mx, results), md)
+	return nil
+}
