@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -96,19 +95,7 @@ func defaultCacheDir() string {
 
 // benchSettings binds flags and MOECAP_* env. It reads no moecapd.yaml: --config-file is
 // the runner's benchmark file here, and reading it as settings would reject its keys.
-func benchSettings(cmd *cobra.Command) (*viper.Viper, error) {
-	v := viper.New()
-	v.SetEnvPrefix("MOECAP")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
-	v.AutomaticEnv()
-	if err := v.BindPFlags(cmd.Flags()); err != nil {
-		return nil, err
-	}
-	if err := v.BindPFlags(cmd.InheritedFlags()); err != nil {
-		return nil, err
-	}
-	return v, nil
-}
+func benchSettings(cmd *cobra.Command) (*viper.Viper, error) { return bindFlags(cmd) }
 
 func runBench(cmd *cobra.Command, _ []string) error {
 	v, err := benchSettings(cmd)

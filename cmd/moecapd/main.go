@@ -80,14 +80,8 @@ func newRootCmd() *cobra.Command {
 
 // settings binds a command's flags to viper: flag > MOECAP_* env > moecapd.yaml > default.
 func settings(cmd *cobra.Command) (*viper.Viper, error) {
-	v := viper.New()
-	v.SetEnvPrefix("MOECAP")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
-	v.AutomaticEnv()
-	if err := v.BindPFlags(cmd.Flags()); err != nil {
-		return nil, err
-	}
-	if err := v.BindPFlags(cmd.InheritedFlags()); err != nil {
+	v, err := bindFlags(cmd)
+	if err != nil {
 		return nil, err
 	}
 	file := v.GetString("settings")
@@ -111,6 +105,21 @@ func settings(cmd *cobra.Command) (*viper.Viper, error) {
 				return nil, usageErrorf("%s: unknown key %q for %q; keys are the command's flag names (see moecapd %s --help)", file, k, cmd.Name(), cmd.Name())
 			}
 		}
+	}
+	return v, nil
+}
+
+// bindFlags binds a command's flags and MOECAP_* variables (no settings file).
+func bindFlags(cmd *cobra.Command) (*viper.Viper, error) {
+	v := viper.New()
+	v.SetEnvPrefix("MOECAP")
+	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
+	v.AutomaticEnv()
+	if err := v.BindPFlags(cmd.Flags()); err != nil {
+		return nil, err
+	}
+	if err := v.BindPFlags(cmd.InheritedFlags()); err != nil {
+		return nil, err
 	}
 	return v, nil
 }

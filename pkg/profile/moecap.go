@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/google/renameio/v2"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -192,26 +193,11 @@ func writeJSONL[T any](path string, rows []T) error {
 	return writeAtomic(path, buf.Bytes())
 }
 
-// writeAtomic writes through a temp file in the same directory and renames it into place.
+// writeAtomic writes through a synced temp file renamed into place: a reader never sees
+// half a file, and a crash leaves the old one or the new one.
 func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
-	if err != nil {
+	if err := renameio.WriteFile(path, data, 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, werr := tmp.Write(data)
-	cerr := tmp.Close()
-	if werr == nil {
-		werr = cerr
-	}
-	if werr == nil {
-		werr = os.Chmod(tmp.Name(), 0o644)
-	}
-	if werr == nil {
-		werr = os.Rename(tmp.Name(), path)
-	}
-	if werr != nil {
-		os.Remove(tmp.Name())
-		return fmt.Errorf("write %s: %w", path, werr)
 	}
 	return nil
 }
