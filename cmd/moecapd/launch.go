@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -231,7 +230,28 @@ func printCellSummary(w *os.File, dir string, m *cell.Manifest) {
 		fmt.Fprintf(w, "throughput  %.1f output tok/s  %.1f total tok/s  %.3f req/s over %.2fs\n", x.OutputThroughput, x.TotalTokenThroughput, x.RequestThroughput, x.DurationS)
 	}
 	if tm := m.Telemetry; tm != nil {
-		b, _ := json.Marshal(tm)
-		fmt.Fprintf(w, "telemetry %s\n", b)
+		if !tm.Available {
+			fmt.Fprintf(w, "telemetry unavailable: %s\n", tm.Reason)
+		} else {
+			fmt.Fprintf(w, "gpus     %d sampled, %d samples, %d missed", tm.GPUs, tm.Samples, tm.Missed)
+			if tm.EnergyJ != nil {
+				fmt.Fprintf(w, "; energy %.1f J", *tm.EnergyJ)
+			}
+			if tm.JPerOutputToken != nil {
+				fmt.Fprintf(w, ", %.4f J/output token", *tm.JPerOutputToken)
+			}
+			if tm.AvgPowerW != nil {
+				fmt.Fprintf(w, ", avg power %.0f W", *tm.AvgPowerW)
+			}
+			if tm.PeakMemoryBytes != nil {
+				fmt.Fprintf(w, ", peak memory %.1f GiB", float64(*tm.PeakMemoryBytes)/(1<<30))
+			}
+			fmt.Fprintln(w)
+		}
+		if c := tm.Cost; c != nil && c.CostPerMillionOutputTokensUSD != nil {
+			fmt.Fprintf(w, "cost     $%.2f per million output tokens ($%.2f/GPU-hour, $%.2f/kWh)\n", *c.CostPerMillionOutputTokensUSD, c.GPUHourUSD, c.ElectricityUSDPerKWh)
+		} else if c != nil {
+			fmt.Fprintf(w, "cost     $%.4f GPU rental for the bench (no energy measured)\n", c.GPUUSD)
+		}
 	}
 }
