@@ -84,6 +84,9 @@ type Plan struct {
 	BaseURL      string
 }
 
+// BenchFile is the cell's copy of its benchmark YAML.
+const BenchFile = "benchmark.yaml"
+
 // ID formats a cell id: <model>.<hardware>.<task>.bs<N>.<backend>.
 func ID(model, hardware, task string, bs int, backend string) string {
 	return fmt.Sprintf("%s.%s.%s.bs%d.%s", model, hardware, task, bs, backend)
@@ -233,7 +236,9 @@ func MakePlan(c *Config) (*Plan, error) {
 		p.LaunchArgv = launcher.ActivationArgv(root, p.CondaEnv, p.ServerArgv)
 	}
 	if c.Client == ClientMoECAP {
-		p.ClientArgv = append([]string{"python"}, profile.RunnerArgs(c.Bench.Path, p.APIURL, p.Spec.APIFlavor(), c.BatchSize, filepath.Join(p.Dir, "client"))...)
+		// The runner reads the cell's own copy of the benchmark file: the original may be
+		// built into moecapd or edited before the cell ends.
+		p.ClientArgv = append([]string{"python"}, profile.RunnerArgs(filepath.Join(p.Dir, BenchFile), p.APIURL, p.Spec.APIFlavor(), c.BatchSize, filepath.Join(p.Dir, "client"))...)
 		if c.NumSamples > 0 {
 			p.ClientArgv = append(p.ClientArgv, "--num-samples", strconv.Itoa(c.NumSamples))
 		}

@@ -86,6 +86,9 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 			return nil, fmt.Errorf("create %s: %w (check --results)", d, err)
 		}
 	}
+	if err := WriteFileAtomic(filepath.Join(p.Dir, BenchFile), c.Bench.Raw); err != nil {
+		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
+	}
 	r.m = &Manifest{
 		SchemaVersion: SchemaVersion, Cell: p.Identity, Status: StatusRunning,
 		StartedAt: time.Now().UTC(),

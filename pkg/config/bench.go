@@ -23,6 +23,8 @@ type Bench struct {
 
 	// Path is where the file was read from (absolute when it came from disk).
 	Path string `yaml:"-"`
+	// Raw is the file as read, so a cell can keep (and hand the runner) the exact copy.
+	Raw []byte `yaml:"-"`
 }
 
 // LoadBench reads and validates a benchmark file. A path that does not exist on disk but
@@ -47,6 +49,7 @@ func LoadBench(path string) (*Bench, error) {
 		return nil, err
 	}
 	c.Path = shown
+	c.Raw = b
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
