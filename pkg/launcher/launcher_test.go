@@ -1,6 +1,7 @@
 package launcher
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -385,5 +386,41 @@ func TestOrphanRecovery(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, StateFile)); !os.IsNotExist(err) {
 		t.Error("state file not removed after the orphan was ended")
+	}
+}
+
+func TestWaitReadyStallAndExit(t *testing.T) {
+	port, _ := FreePort("127.0.0.1")
+	spec := ReadySpec{BaseURL: "http://127.0.0.1:" + strconv.Itoa(port), Model: "m", Flavor: BackendSGLang,
+		Interval: 20 * time.Millisecond, Stall: 400 * time.Millisecond, Hard: time.Minute}
+
+	// Silent and never listening: the stall deadline ends it, long before the hard one.
+	s := childSpec(t, "sleep")
+	p, err := Start(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(time.Second)
+	w := WatchLog(s.LogPath, 20*time.Millisecond)
+	defer w.Close()
+	t0 := time.Now()
+	err = WaitReady(t.Context(), p, w, spec)
+	var re *ReadyError
+	if !errors.As(err, &re) || !re.Timeout || !strings.Contains(re.Msg, "printed nothing") {
+		t.Fatalf("err = %v, want a stall timeout", err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("stall noticed after %s, want ≈ 400ms", d)
+	}
+
+	// Exits during start-up: reported at once, not after a timeout.
+	s = childSpec(t, "exit3")
+	p, err = Start(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = WaitReady(t.Context(), p, nil, spec)
+	if !errors.As(err, &re) || !re.Exited {
+		t.Fatalf("err = %v, want exited", err)
 	}
 }
