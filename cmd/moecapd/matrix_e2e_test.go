@@ -118,9 +118,9 @@ func TestMatrixFaultsKillResume(t *testing.T) {
 		kind   cell.Kind
 		n      int
 	}{
-		{"dsv2_lite.1xA100.32-8.bs4.sim", cell.StatusOK, "", 40},  // pinned
-		{"qwen1_5.1xH100.32-8.bs2.sim", cell.StatusOK, "", 4},     // the bench file's
-		{"qwen1_5.1xH100.32-8.bs32.sim", cell.StatusOK, "", 64},   // raised to 2×batch
+		{"dsv2_lite.1xA100.32-8.bs4.sim", cell.StatusOK, "", 40}, // pinned
+		{"qwen1_5.1xH100.32-8.bs2.sim", cell.StatusOK, "", 4},    // the bench file's
+		{"qwen1_5.1xH100.32-8.bs32.sim", cell.StatusOK, "", 64},  // raised to 2×batch
 		{"qwen1_5.1xH100.32-8.bs64.sim", cell.StatusInfeasible, cell.KindOOM, 128},
 		{"qwen1_5.1xH100.32-8.bs128.sim", cell.StatusInfeasible, cell.KindOOM, 256},
 		{"dsv2_lite.1xH100.32-8.bs2.sim", cell.StatusFailed, cell.KindCrash, 4},
