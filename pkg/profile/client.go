@@ -192,6 +192,9 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	log := o.log()
 	hc := o.httpClient()
+	// Pre-opened and kept-alive connections would otherwise outlive the run and keep the
+	// server's graceful shutdown waiting.
+	defer hc.CloseIdleConnections()
 	base := baseURL(o.APIURL)
 	res := &Result{Backend: o.Backend}
 

@@ -125,7 +125,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		case <-ctx.Done():
 			logf("INFO:     Shutting down")
 			srv.Close() // ends open streams so Shutdown need not wait for them
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			// net/http counts a connection that never carried a request (a client's
+			// pre-opened one) as busy for 5 s; a real server drops it at once, so give
+			// Shutdown a moment and then close whatever is left.
+			sctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
 			err := hs.Shutdown(sctx)
 			cancel()
 			if err != nil {
