@@ -199,9 +199,7 @@ func (e *engine) run(ctx context.Context) {
 				recOn := e.rec.on()
 				seqSum := 0
 				for _, r := range running {
-					g := r.generated.Load() + 1
-					r.publish(g)
-					seqSum += r.prompt + int(g)
+					seqSum += r.prompt + int(r.generated.Load()) + 1
 					if recOn {
 						ids = append(ids, r.id)
 					}
@@ -223,6 +221,11 @@ func (e *engine) run(ctx context.Context) {
 					})
 				} else {
 					e.passID++
+				}
+				// Tokens go out only after the pass is recorded: a client that sees its last
+				// token may stop the recording at once, and the pass must already be in.
+				for _, r := range running {
+					r.publish(r.generated.Load() + 1)
 				}
 				keep := running[:0]
 				for _, r := range running {
