@@ -25,16 +25,7 @@ func Derive(m *cell.Manifest, tables *config.Tables, recordsDir string) (capmath
 	if tables == nil {
 		return capmath.Derived{}, fmt.Errorf("derive %s: no model/hardware tables", m.Cell.ID)
 	}
-	b, err := json.Marshal(m)
-	if err != nil {
-		return capmath.Derived{}, fmt.Errorf("derive %s: %w", m.Cell.ID, err)
-	}
-	var v manifestView
-	if err := json.Unmarshal(b, &v); err != nil {
-		return capmath.Derived{}, fmt.Errorf("derive %s: %w", m.Cell.ID, err)
-	}
-	r := rowFromView(&v)
-	c, err := cellInput(&v, r, tables)
+	c, err := cellInput(m, rowFromManifest(m), tables)
 	if err != nil {
 		return capmath.Derived{}, fmt.Errorf("derive %s: %w", m.Cell.ID, err)
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/gpu"
 )
 
 type htmlCell struct {
@@ -90,7 +91,7 @@ func toHTMLCell(r *Row) htmlCell {
 	c.SMBUPre, c.SMFUPre = showNA(pct(r.util(true, true)), "%.1f%%"), showNA(pct(r.util(true, false)), "%.1f%%")
 	if r.ok() {
 		c.JTok = show(r.JPerOutputToken(), "%.3f")
-		c.Power = show(r.tel(func(t *telemetryView) *float64 { return t.AvgPowerW }), "%.0f")
+		c.Power = show(r.tel(func(t *gpu.Summary) *float64 { return t.AvgPowerW }), "%.0f")
 	} else {
 		c.JTok, c.Power = "—", "—"
 	}

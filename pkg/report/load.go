@@ -2,9 +2,8 @@
 // summary and a CSV, and derives each cell's CAP numbers (S-MBU, S-MFU, floors) for the
 // manifest.
 //
-// The report reads manifest.json through its own view of the JSON contract of DESIGN.md
-// rather than through pkg/cell's types: it has to read manifests written by older and newer
-// moecapd versions alike, and a field it does not know must not stop a night's report.
+// The report reads manifest.json as pkg/cell writes it; JSON decoding ignores fields it
+// does not know, so a manifest of a newer moecapd does not stop a night's report.
 package report
 
 import (
@@ -21,110 +20,14 @@ import (
 	"sync"
 
 	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // ExtraKey is the key of the CAP numbers in manifest.json "extra".
 const ExtraKey = "cap"
-
-// metricsView is the part of manifest "metrics" the report uses (milliseconds, tokens/s).
-type metricsView struct {
-	Source                     string   `json:"source"`
-	LatencyKind                string   `json:"latency_kind"`
-	Completed                  int      `json:"completed"`
-	Failed                     int      `json:"failed"`
-	TotalInputTokens           int      `json:"total_input_tokens"`
-	TotalOutputTokens          int      `json:"total_output_tokens"`
-	DurationS                  float64  `json:"duration_s"`
-	RequestThroughput          float64  `json:"request_throughput"`
-	OutputThroughput           float64  `json:"output_throughput"`
-	TotalTokenThroughput       float64  `json:"total_token_throughput"`
-	MeanTTFTMs                 float64  `json:"mean_ttft_ms"`
-	MedianTTFTMs               float64  `json:"median_ttft_ms"`
-	P99TTFTMs                  float64  `json:"p99_ttft_ms"`
-	MeanTPOTMs                 float64  `json:"mean_tpot_ms"`
-	MedianTPOTMs               float64  `json:"median_tpot_ms"`
-	P99TPOTMs                  float64  `json:"p99_tpot_ms"`
-	MeanITLMs                  float64  `json:"mean_itl_ms"`
-	P99ITLMs                   float64  `json:"p99_itl_ms"`
-	MeanE2ELMs                 float64  `json:"mean_e2el_ms"`
-	Partial                    bool     `json:"partial"`
-	AvgExpertActivationPrefill *float64 `json:"avg_expert_activation_prefill"`
-	AvgExpertActivationDecode  *float64 `json:"avg_expert_activation_decode"`
-	AvgDecodeBatchSize         *float64 `json:"avg_decode_batch_size"`
-}
-
-// costView is telemetry "cost"; older drafts of the contract had its two totals at the top
-// level of telemetry, so both places are read.
-type costView struct {
-	GPUHourUSD                    float64  `json:"gpu_hour_usd"`
-	ElectricityUSDPerKWh          float64  `json:"electricity_usd_per_kwh"`
-	CostUSD                       *float64 `json:"cost_usd"`
-	CostPerMillionOutputTokensUSD *float64 `json:"cost_per_million_output_tokens_usd"`
-}
-
-// telemetryView is manifest "telemetry". Every measured quantity is a pointer: nil is
-// "absent" (no NVML, not supported), which the report must never show as 0.
-type telemetryView struct {
-	Available                     bool      `json:"available"`
-	Reason                        string    `json:"reason"`
-	GPUs                          int       `json:"gpus"`
-	Samples                       int       `json:"samples"`
-	Missed                        int       `json:"missed"`
-	BenchWindowS                  *float64  `json:"bench_window_s"`
-	EnergyJ                       *float64  `json:"energy_j"`
-	EnergyIntegratedJ             *float64  `json:"energy_integrated_j"`
-	AvgPowerW                     *float64  `json:"avg_power_w"`
-	PeakPowerW                    *float64  `json:"peak_power_w"`
-	MeanUtilPct                   *float64  `json:"mean_util_pct"`
-	P95UtilPct                    *float64  `json:"p95_util_pct"`
-	PeakMemoryBytes               *float64  `json:"peak_memory_bytes"`
-	ServerPeakMemoryBytes         *float64  `json:"server_peak_memory_bytes"`
-	ThrottleReasonsSeen           []string  `json:"throttle_reasons_seen"`
-	JPerOutputToken               *float64  `json:"j_per_output_token"`
-	OutputTokensPerJ              *float64  `json:"output_tokens_per_j"`
-	CostUSD                       *float64  `json:"cost_usd"`
-	CostPerMillionOutputTokensUSD *float64  `json:"cost_per_million_output_tokens_usd"`
-	Cost                          *costView `json:"cost"`
-}
-
-type manifestView struct {
-	SchemaVersion int `json:"schema_version"`
-	Cell          struct {
-		ID           string `json:"id"`
-		Model        string `json:"model"`
-		ModelID      string `json:"model_id"`
-		Hardware     string `json:"hardware"`
-		GPUName      string `json:"gpu_name"`
-		GPUCount     int    `json:"gpu_count"`
-		Task         string `json:"task"`
-		InputTokens  int    `json:"input_tokens"`
-		OutputTokens int    `json:"output_tokens"`
-		NumSamples   int    `json:"num_samples"`
-		BatchSize    int    `json:"batch_size"`
-		Backend      string `json:"backend"`
-		TP           int    `json:"tp"`
-	} `json:"cell"`
-	Status  string `json:"status"`
-	Failure *struct {
-		Phase   string `json:"phase"`
-		Kind    string `json:"kind"`
-		Message string `json:"message"`
-	} `json:"failure"`
-	StartedAt string `json:"started_at"`
-	Timings   struct {
-		Bench float64 `json:"bench"`
-		Total float64 `json:"total"`
-	} `json:"timings_s"`
-	Metrics   *metricsView   `json:"metrics"`
-	Telemetry *telemetryView `json:"telemetry"`
-	Versions  struct {
-		Moecapd string `json:"moecapd"`
-		Backend string `json:"backend"`
-		Driver  string `json:"driver"`
-	} `json:"versions"`
-	Extra map[string]json.RawMessage `json:"extra"`
-}
 
 // Row is one cell as the report shows it.
 type Row struct {
@@ -145,10 +48,9 @@ type Row struct {
 	BackendVersion string
 	Driver         string
 	Moecapd        string
-	StartedAt      string
 
-	Metrics   *metricsView
-	Telemetry *telemetryView
+	Metrics   *profile.Metrics
+	Telemetry *gpu.Summary
 	// Cap is the derived CAP numbers (from manifest extra "cap", else computed here); nil
 	// when the model or hardware is not in the tables.
 	Cap *capmath.Derived
@@ -271,19 +173,19 @@ func ParseHardware(label string) (int, string) {
 }
 
 func rowFromJSON(b []byte, dir string, tables *config.Tables) (*Row, error) {
-	var m manifestView
+	var m cell.Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("manifest.json: %w", err)
 	}
 	if m.Cell.ID == "" {
 		return nil, fmt.Errorf("manifest.json has no cell.id")
 	}
-	r := rowFromView(&m)
+	r := rowFromManifest(&m)
 	r.Cap, r.CapNote = capFor(&m, r, dir, tables)
 	return r, nil
 }
 
-func rowFromView(m *manifestView) *Row {
+func rowFromManifest(m *cell.Manifest) *Row {
 	n, fam := ParseHardware(m.Cell.Hardware)
 	if m.Cell.GPUCount > 0 {
 		n = m.Cell.GPUCount
@@ -292,8 +194,8 @@ func rowFromView(m *manifestView) *Row {
 		ID: m.Cell.ID, Model: m.Cell.Model, ModelID: m.Cell.ModelID, Hardware: m.Cell.Hardware,
 		Family: fam, GPUName: m.Cell.GPUName, GPUs: n, Task: m.Cell.Task,
 		In: m.Cell.InputTokens, Out: m.Cell.OutputTokens, BatchSize: m.Cell.BatchSize,
-		Backend: m.Cell.Backend, Status: m.Status, BackendVersion: m.Versions.Backend,
-		Driver: m.Versions.Driver, Moecapd: m.Versions.Moecapd, StartedAt: m.StartedAt,
+		Backend: m.Cell.Backend, Status: string(m.Status), BackendVersion: m.Versions.Backend,
+		Driver: m.Versions.Driver, Moecapd: m.Versions.Moecapd,
 		Metrics: m.Metrics, Telemetry: m.Telemetry,
 	}
 	if r.Status == "" {
@@ -304,20 +206,12 @@ func rowFromView(m *manifestView) *Row {
 	} else if r.Status != "ok" {
 		r.Reason = "no failure recorded (status " + r.Status + ")"
 	}
-	if t := r.Telemetry; t != nil && t.Cost != nil {
-		if t.CostUSD == nil {
-			t.CostUSD = t.Cost.CostUSD
-		}
-		if t.CostPerMillionOutputTokensUSD == nil {
-			t.CostPerMillionOutputTokensUSD = t.Cost.CostPerMillionOutputTokensUSD
-		}
-	}
 	return r
 }
 
 // capFor takes the CAP numbers the pipeline stored, or derives them now (older manifests,
 // failed cells: the floor and the memory verdict still say something about those).
-func capFor(m *manifestView, r *Row, dir string, tables *config.Tables) (*capmath.Derived, string) {
+func capFor(m *cell.Manifest, r *Row, dir string, tables *config.Tables) (*capmath.Derived, string) {
 	if raw, ok := m.Extra[ExtraKey]; ok {
 		var d capmath.Derived
 		if err := json.Unmarshal(raw, &d); err == nil && d.Version == capmath.DerivedVersion {
@@ -332,7 +226,7 @@ func capFor(m *manifestView, r *Row, dir string, tables *config.Tables) (*capmat
 		return nil, err.Error()
 	}
 	var recs *capmath.Records
-	if m.Status == "ok" && dir != "" {
+	if m.Status == cell.StatusOK && dir != "" {
 		recs, err = capmath.ReadRecords(filepath.Join(dir, "records"))
 		if err != nil {
 			return nil, "records: " + err.Error()
@@ -345,7 +239,7 @@ func capFor(m *manifestView, r *Row, dir string, tables *config.Tables) (*capmat
 	return &d, "derived by report"
 }
 
-func cellInput(m *manifestView, r *Row, tables *config.Tables) (capmath.Cell, error) {
+func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, error) {
 	model, ok := tables.ModelByID(m.Cell.Model)
 	if !ok {
 		if model, ok = tables.ModelByID(m.Cell.ModelID); !ok {
@@ -362,7 +256,7 @@ func cellInput(m *manifestView, r *Row, tables *config.Tables) (capmath.Cell, er
 	}
 	c := capmath.Cell{Model: model, Hardware: hw, GPUs: gpus, BatchSize: m.Cell.BatchSize,
 		InputTokens: m.Cell.InputTokens, OutputTokens: m.Cell.OutputTokens}
-	if mt := m.Metrics; mt != nil && m.Status == "ok" {
+	if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
 		if mt.MeanTPOTMs > 0 {
 			c.MeanTPOTMs = &mt.MeanTPOTMs
 		}

@@ -7,6 +7,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // Absent is how the markdown and HTML show a quantity that was not measured. In the CSV it
@@ -17,7 +20,7 @@ func f64(v float64) *float64 { return &v }
 
 func (r *Row) ok() bool { return r.Status == "ok" && r.Metrics != nil }
 
-func (r *Row) metric(f func(*metricsView) float64) *float64 {
+func (r *Row) metric(f func(*profile.Metrics) float64) *float64 {
 	if !r.ok() {
 		return nil
 	}
@@ -30,17 +33,17 @@ func (r *Row) metric(f func(*metricsView) float64) *float64 {
 
 // TPOTMs is the mean TPOT in ms; nil when the cell has no metrics.
 func (r *Row) TPOTMs() *float64 {
-	return r.metric(func(m *metricsView) float64 { return m.MeanTPOTMs })
+	return r.metric(func(m *profile.Metrics) float64 { return m.MeanTPOTMs })
 }
 
 // TTFTMs is the mean TTFT in ms.
 func (r *Row) TTFTMs() *float64 {
-	return r.metric(func(m *metricsView) float64 { return m.MeanTTFTMs })
+	return r.metric(func(m *profile.Metrics) float64 { return m.MeanTTFTMs })
 }
 
 // OutputThroughput is output tokens per second over the bench.
 func (r *Row) OutputThroughput() *float64 {
-	return r.metric(func(m *metricsView) float64 { return m.OutputThroughput })
+	return r.metric(func(m *profile.Metrics) float64 { return m.OutputThroughput })
 }
 
 // ThroughputPerGPU is output tokens per second per GPU.
@@ -61,7 +64,7 @@ func (r *Row) Interactivity() *float64 {
 	return f64(1000 / *t)
 }
 
-func (r *Row) tel(f func(*telemetryView) *float64) *float64 {
+func (r *Row) tel(f func(*gpu.Summary) *float64) *float64 {
 	if r.Telemetry == nil {
 		return nil
 	}
@@ -70,14 +73,19 @@ func (r *Row) tel(f func(*telemetryView) *float64) *float64 {
 
 // JPerOutputToken is measured energy per output token (NVML); nil when absent.
 func (r *Row) JPerOutputToken() *float64 {
-	return r.tel(func(t *telemetryView) *float64 { return t.JPerOutputToken })
+	return r.tel(func(t *gpu.Summary) *float64 { return t.JPerOutputToken })
 }
 
 // CostPerMTok is the cost per million output tokens and where it came from: "measured"
 // (GPU rental + metered electricity, from telemetry) or "rental" (GPU-hours only, from the
 // hardware table's price and the bench duration).
 func (r *Row) CostPerMTok() (*float64, string) {
-	if v := r.tel(func(t *telemetryView) *float64 { return t.CostPerMillionOutputTokensUSD }); v != nil {
+	if v := r.tel(func(t *gpu.Summary) *float64 {
+		if t.Cost == nil {
+			return nil
+		}
+		return t.Cost.CostPerMillionOutputTokensUSD
+	}); v != nil {
 		return v, "measured"
 	}
 	if r.ok() && r.Cap != nil && r.Cap.RentalCostPerMOutputTokensUSD != nil {
@@ -124,6 +132,14 @@ func num(p *float64) string {
 	return strconv.FormatFloat(*p, 'g', 6, 64)
 }
 
+// u64f widens a measured byte count for arithmetic; absent stays absent.
+func u64f(p *uint64) *float64 {
+	if p == nil {
+		return nil
+	}
+	return f64(float64(*p))
+}
+
 func gb(p *float64) *float64 {
 	if p == nil {
 		return nil
@@ -154,11 +170,11 @@ var csvColumns = []column{
 	{"failed_requests", func(r *Row) string { return intOK(r, r.metricsOr().Failed) }},
 	{"latency_kind", func(r *Row) string { return r.metricsOr().LatencyKind }},
 	{"ttft_mean_ms", func(r *Row) string { return num(r.TTFTMs()) }},
-	{"ttft_p99_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.P99TTFTMs })) }},
+	{"ttft_p99_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.P99TTFTMs })) }},
 	{"tpot_mean_ms", func(r *Row) string { return num(r.TPOTMs()) }},
-	{"tpot_p99_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.P99TPOTMs })) }},
-	{"itl_mean_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.MeanITLMs })) }},
-	{"e2el_mean_ms", func(r *Row) string { return num(r.metric(func(m *metricsView) float64 { return m.MeanE2ELMs })) }},
+	{"tpot_p99_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.P99TPOTMs })) }},
+	{"itl_mean_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.MeanITLMs })) }},
+	{"e2el_mean_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.MeanE2ELMs })) }},
 	{"output_throughput_tok_s", func(r *Row) string { return num(r.OutputThroughput()) }},
 	{"output_throughput_per_gpu_tok_s", func(r *Row) string { return num(r.ThroughputPerGPU()) }},
 	{"interactivity_tok_s_per_user", func(r *Row) string { return num(r.Interactivity()) }},
@@ -188,13 +204,13 @@ var csvColumns = []column{
 	{"memory_usable_gb", func(r *Row) string {
 		return num(r.capVal(func(r *Row) *float64 { return f64(r.Cap.MemHaveBytes / 1e9) }))
 	}},
-	{"energy_j", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.EnergyJ })) }},
+	{"energy_j", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.EnergyJ })) }},
 	{"j_per_output_token", func(r *Row) string { return num(r.JPerOutputToken()) }},
-	{"avg_power_w", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.AvgPowerW })) }},
-	{"peak_power_w", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.PeakPowerW })) }},
-	{"mean_util_pct", func(r *Row) string { return num(r.tel(func(t *telemetryView) *float64 { return t.MeanUtilPct })) }},
+	{"avg_power_w", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.AvgPowerW })) }},
+	{"peak_power_w", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.PeakPowerW })) }},
+	{"mean_util_pct", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.MeanUtilPct })) }},
 	{"peak_memory_gb", func(r *Row) string {
-		return num(gb(r.tel(func(t *telemetryView) *float64 { return t.PeakMemoryBytes })))
+		return num(gb(r.tel(func(t *gpu.Summary) *float64 { return u64f(t.PeakMemoryBytes) })))
 	}},
 	{"cost_per_million_output_tokens_usd", func(r *Row) string { v, _ := r.CostPerMTok(); return num(v) }},
 	{"cost_source", func(r *Row) string { _, s := r.CostPerMTok(); return s }},
@@ -210,9 +226,9 @@ func nonZero(v float64) *float64 {
 	return &v
 }
 
-var emptyMetrics metricsView
+var emptyMetrics profile.Metrics
 
-func (r *Row) metricsOr() *metricsView {
+func (r *Row) metricsOr() *profile.Metrics {
 	if r.Metrics == nil {
 		return &emptyMetrics
 	}
