@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
+	"strings"
 )
 
 // Backends moecapd can launch.
@@ -114,13 +115,7 @@ func ServerEnv(s ServerSpec) map[string]string {
 func MergeEnv(base []string, added map[string]string) []string {
 	out := make([]string, 0, len(base)+len(added))
 	for _, kv := range base {
-		k := kv
-		for i := 0; i < len(kv); i++ {
-			if kv[i] == '=' {
-				k = kv[:i]
-				break
-			}
-		}
+		k, _, _ := strings.Cut(kv, "=")
 		if _, ok := added[k]; ok {
 			continue
 		}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
+	"strings"
 	"syscall"
 	"time"
 
@@ -94,42 +96,25 @@ func Start(spec Spec) (*Process, error) {
 // lookPath resolves name against the PATH of env (not ours): a conda env's PATH decides
 // which python runs.
 func lookPath(name string, env []string) (string, error) {
-	for _, c := range name {
-		if c == '/' {
-			return name, nil
-		}
+	if strings.ContainsRune(name, '/') {
+		return name, nil
 	}
 	path := ""
 	for _, kv := range env {
-		if len(kv) > 5 && kv[:5] == "PATH=" {
-			path = kv[5:]
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
 		}
 	}
-	old := os.Getenv("PATH")
-	if path == "" || path == old {
+	if path == "" || path == os.Getenv("PATH") {
 		return exec.LookPath(name)
 	}
-	for _, dir := range splitList(path) {
-		p := dir + "/" + name
+	for _, dir := range filepath.SplitList(path) {
+		p := filepath.Join(dir, name)
 		if st, err := os.Stat(p); err == nil && !st.IsDir() && st.Mode()&0o111 != 0 {
 			return p, nil
 		}
 	}
 	return "", exec.ErrNotFound
-}
-
-func splitList(p string) []string {
-	var out []string
-	start := 0
-	for i := 0; i <= len(p); i++ {
-		if i == len(p) || p[i] == ':' {
-			if i > start {
-				out = append(out, p[start:i])
-			}
-			start = i + 1
-		}
-	}
-	return out
 }
 
 // PID of the process (and its process group id).

@@ -56,15 +56,18 @@ func WaitReady(ctx context.Context, p *Process, act Activity, s ReadySpec) error
 	defer tick.Stop()
 	probe := make(chan error, 1)
 	var lastErr error
+	exited := func() error {
+		return &ReadyError{Exited: true, Msg: "server exited during start-up: " + p.ExitDescription()}
+	}
 	for {
 		go func() { probe <- probeOnce(ctx, client, s) }()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-p.Done():
-			return &ReadyError{Exited: true, Msg: "server exited during start-up: " + p.ExitDescription()}
+			return exited()
 		case <-hard.C:
-			return &ReadyError{Timeout: true, Msg: fmt.Sprintf("server not ready after the hard deadline of %s (last probe: %v); raise --ready-timeout if the model is that slow to load", s.Hard, lastErr)}
+			return &ReadyError{Timeout: true, Msg: fmt.Sprintf("server not ready after the hard deadline of %s (last probe: %v); raise --ready-hard-timeout if the model is that slow to load", s.Hard, lastErr)}
 		case err := <-probe:
 			if err == nil {
 				return nil
@@ -84,7 +87,7 @@ func WaitReady(ctx context.Context, p *Process, act Activity, s ReadySpec) error
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-p.Done():
-			return &ReadyError{Exited: true, Msg: "server exited during start-up: " + p.ExitDescription()}
+			return exited()
 		case <-tick.C:
 		}
 	}

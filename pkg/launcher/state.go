@@ -123,13 +123,8 @@ func cmdlineMatches(got, argv, serverArgv []string) bool {
 			return false
 		}
 		for i := range a {
-			if a[i] != b[i] {
-				if i == 0 && filepath.Base(a[i]) == filepath.Base(b[i]) {
-					continue
-				}
-				if i == 0 && strings.HasPrefix(filepath.Base(a[i]), filepath.Base(b[i])) {
-					continue // python → python3.10
-				}
+			// argv[0] may show up resolved: /env/bin/python3.10 for "python".
+			if a[i] != b[i] && (i > 0 || !strings.HasPrefix(filepath.Base(a[i]), filepath.Base(b[i]))) {
 				return false
 			}
 		}
