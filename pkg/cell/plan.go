@@ -77,6 +77,7 @@ type Plan struct {
 	LaunchArgv   []string // what is exec'd: the activation wrapper around ServerArgv, or ServerArgv
 	EnvAdded     map[string]string
 	CondaRoot    string
+	CondaErr     error // why no conda root was found; CondaRoot is then the first candidate
 	CondaEnv     string
 	ClientArgv   []string // moe-cap runner argv (inside the env), empty for native
 	ClientLaunch []string
@@ -229,8 +230,7 @@ func MakePlan(c *Config) (*Plan, error) {
 		// The root may be missing; dry-run still shows the argv with the root it would use.
 		root, rerr := launcher.ResolveCondaRoot(c.Conda)
 		if rerr != nil {
-			cands := c.Conda.Candidates()
-			root = cands[0]
+			root, p.CondaErr = c.Conda.Candidates()[0], rerr
 		}
 		p.CondaRoot = root
 		p.LaunchArgv = launcher.ActivationArgv(root, p.CondaEnv, p.ServerArgv)

@@ -220,12 +220,11 @@ func (r *runner) preflight(ctx context.Context) bool {
 		return false
 	}
 	if c.Backend != launcher.BackendSim {
-		root, err := launcher.ResolveCondaRoot(c.Conda)
-		if err != nil {
-			r.fail(PhasePreflight, KindEnvMissing, err.Error())
+		if p.CondaErr != nil {
+			r.fail(PhasePreflight, KindEnvMissing, p.CondaErr.Error())
 			return false
 		}
-		if _, err := launcher.ResolveEnv(root, p.CondaEnv, c.Backend); err != nil {
+		if _, err := launcher.ResolveEnv(p.CondaRoot, p.CondaEnv, c.Backend); err != nil {
 			r.fail(PhasePreflight, KindEnvMissing, err.Error())
 			return false
 		}
