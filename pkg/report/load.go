@@ -181,7 +181,7 @@ func rowFromJSON(b []byte, dir string, tables *config.Tables) (*Row, error) {
 		return nil, fmt.Errorf("manifest.json has no cell.id")
 	}
 	r := rowFromManifest(&m)
-	r.Cap, r.CapNote = capFor(&m, r, dir, tables)
+	r.Cap, r.CapNote = capFor(&m, dir, tables)
 	return r, nil
 }
 
@@ -211,7 +211,7 @@ func rowFromManifest(m *cell.Manifest) *Row {
 
 // capFor takes the CAP numbers the pipeline stored, or derives them now (older manifests,
 // failed cells: the floor and the memory verdict still say something about those).
-func capFor(m *cell.Manifest, r *Row, dir string, tables *config.Tables) (*capmath.Derived, string) {
+func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Derived, string) {
 	if raw, ok := m.Extra[ExtraKey]; ok {
 		var d capmath.Derived
 		if err := json.Unmarshal(raw, &d); err == nil && d.Version == capmath.DerivedVersion {
@@ -221,18 +221,13 @@ func capFor(m *cell.Manifest, r *Row, dir string, tables *config.Tables) (*capma
 	if tables == nil {
 		return nil, "no model/hardware tables"
 	}
-	c, err := cellInput(m, r, tables)
-	if err != nil {
-		return nil, err.Error()
-	}
-	var recs *capmath.Records
+	// Records are read for ok cells only: a failed cell's floor and memory verdict still say
+	// something, its partial records do not.
+	recordsDir := ""
 	if m.Status == cell.StatusOK && dir != "" {
-		recs, err = capmath.ReadRecords(filepath.Join(dir, "records"))
-		if err != nil {
-			return nil, "records: " + err.Error()
-		}
+		recordsDir = filepath.Join(dir, "records")
 	}
-	d, err := capmath.Derive(c, recs)
+	d, err := Derive(m, tables, recordsDir)
 	if err != nil {
 		return nil, err.Error()
 	}
