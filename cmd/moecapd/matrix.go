@@ -350,7 +350,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 		return withCode(exitUsage, err)
 	}
 	defer lock.Release()
-	endOrphans(results, v.GetDuration("grace"), log)
+	cell.EndOrphans(results, v.GetDuration("grace"), log)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -431,30 +431,6 @@ func matrixCellConfig(v *viper.Viper, gb gpu.Backend, log *zap.Logger, c *matrix
 	cfg.GPUs, cfg.Log = gb, log
 	setPrices(cfg, &cell.Plan{}, v)
 	return cfg, nil
-}
-
-// endOrphans ends servers whose supervisor was killed (kill -9, machine lost) before the
-// run starts, so their GPUs and ports are free, and marks their cells interrupted.
-func endOrphans(results string, grace time.Duration, log *zap.Logger) {
-	orphans, err := launcher.FindOrphans(results)
-	if err != nil {
-		log.Warn("orphan scan failed", zap.Error(err))
-		return
-	}
-	for _, o := range orphans {
-		log.Warn("ending a server left behind by a killed run", zap.String("dir", o.Dir), zap.Int("pid", o.State.PID))
-		if _, err := launcher.EndOrphan(o, grace); err != nil {
-			log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
-			continue
-		}
-		if m, err := cell.ReadManifest(o.Dir); err == nil && m.Status == cell.StatusRunning {
-			now := time.Now().UTC()
-			m.Status, m.FinishedAt = cell.StatusInterrupted, &now
-			m.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: cell.KindInterrupted,
-				Message: "the supervisor died (killed or machine lost) while this cell ran; its server was ended by the next run"}
-			_ = cell.WriteManifest(o.Dir, m)
-		}
-	}
 }
 
 func runMatrixStatus(cmd *cobra.Command, _ []string) error {

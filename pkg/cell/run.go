@@ -77,7 +77,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	r := &runner{c: c, p: p, log: log.With(zap.String("cell", p.ID)), t0: time.Now()}
 	// A server of an earlier, killed supervisor on this results root may still hold the
 	// GPUs or the port: end it first.
-	r.endOrphans()
+	EndOrphans(filepath.Dir(p.Dir), c.Grace, r.log)
 	if err := archive(p.Dir); err != nil {
 		return nil, fmt.Errorf("move the earlier attempt of %s aside: %w", p.ID, err)
 	}
@@ -180,28 +180,30 @@ func (r *runner) run(ctx context.Context) {
 	r.m.Timings.Bench = since(t)
 }
 
-func (r *runner) endOrphans() {
-	orphans, err := launcher.FindOrphans(filepath.Dir(r.p.Dir))
+// EndOrphans ends every server under the results root whose supervisor died (kill -9,
+// machine lost), found through their state files, and marks those cells interrupted, so a
+// later run gets the GPUs and ports back and nobody mistakes the old cell for live.
+func EndOrphans(root string, grace time.Duration, log *zap.Logger) {
+	orphans, err := launcher.FindOrphans(root)
 	if err != nil {
-		r.log.Warn("orphan scan failed", zap.Error(err))
+		log.Warn("orphan scan failed", zap.Error(err))
 		return
 	}
 	for _, o := range orphans {
-		r.log.Warn("ending a server left behind by a killed supervisor",
+		log.Warn("ending a server left behind by a killed run (its supervisor died)",
 			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Ints("pids", o.PIDs))
-		rep, err := launcher.EndOrphan(o, r.c.Grace)
+		rep, err := launcher.EndOrphan(o, grace)
 		if err != nil {
-			r.log.Error("could not end orphaned server", zap.Error(err))
+			log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
 			continue
 		}
-		r.log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
-		r.markInterrupted(o.Dir)
+		log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
+		markInterrupted(o.Dir)
 	}
 }
 
-// markInterrupted rewrites a "running" manifest of a cell whose supervisor died, so nobody
-// mistakes it for live.
-func (r *runner) markInterrupted(dir string) {
+// markInterrupted rewrites a "running" manifest of a cell whose supervisor died.
+func markInterrupted(dir string) {
 	m, err := ReadManifest(dir)
 	if err != nil || m.Status != StatusRunning {
 		return
