@@ -74,7 +74,8 @@ left something behind, 130 interrupted.`,
 }
 
 // cellFromFlags builds a cell config from the flags; shared by launch-and-bench and matrix.
-func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string) (*cell.Config, func(), error) {
+// gb is an open GPU backend to use; nil opens one, which the returned cleanup closes.
+func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backend) (*cell.Config, func(), error) {
 	backend := v.GetString("backend")
 	if backend == "" {
 		return nil, nil, usageErrorf("--backend is required: sglang, vllm or sim")
@@ -105,9 +106,12 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string) (*cell.Confi
 	if err != nil {
 		return nil, nil, err
 	}
-	gb, err := gpu.Open(log, v.GetBool("require-gpu"))
-	if err != nil {
-		return nil, nil, withCode(exitUsage, err)
+	cleanup := func() {}
+	if gb == nil {
+		if gb, err = gpu.Open(log, v.GetBool("require-gpu")); err != nil {
+			return nil, nil, withCode(exitUsage, err)
+		}
+		cleanup = func() { gb.Close() }
 	}
 	c := &cell.Config{
 		Backend: backend, SimFlavor: v.GetString("sim-flavor"), SimHW: v.GetString("sim-hardware"),
@@ -136,7 +140,6 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string) (*cell.Confi
 	c.Derive = report.Hook(tables, func(err error) {
 		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
 	})
-	cleanup := func() { gb.Close() }
 	return c, cleanup, nil
 }
 
@@ -156,7 +159,7 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 	} else if n < 0 && len(args) > 0 {
 		return usageErrorf("unexpected arguments %q; extra server flags go after --", args)
 	}
-	c, cleanup, err := cellFromFlags(v, log, extra)
+	c, cleanup, err := cellFromFlags(v, log, extra, nil)
 	if err != nil {
 		return err
 	}

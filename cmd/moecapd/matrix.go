@@ -422,13 +422,11 @@ func matrixCellConfig(v *viper.Viper, gb gpu.Backend, log *zap.Logger, c *matrix
 		"num-samples": c.NumSamples, "port": 0, "hardware": c.Hardware, "sim-hardware": c.Family, "env": ""} {
 		v.Set(k, val)
 	}
-	// cellFromFlags opens NVML for itself; the matrix keeps one handle for the whole run.
-	cfg, cleanup, err := cellFromFlags(v, zap.NewNop(), append(append([]string{}, c.ServerArgs...), extra...))
+	// The matrix keeps one NVML handle for the whole run.
+	cfg, _, err := cellFromFlags(v, log, append(append([]string{}, c.ServerArgs...), extra...), gb)
 	if err != nil {
 		return nil, err
 	}
-	cleanup()
-	cfg.GPUs, cfg.Log = gb, log
 	setPrices(cfg, &cell.Plan{}, v)
 	return cfg, nil
 }
