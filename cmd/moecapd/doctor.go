@@ -65,9 +65,9 @@ func runDoctor(cmd *cobra.Command, _ []string) error {
 		d.bad("conda root", err.Error(), "install Miniforge (https://conda-forge.org/download) or pass --conda-root DIR")
 	} else {
 		d.ok("conda root", root)
-		for _, b := range []struct{ backend, env, module string }{
-			{launcher.BackendSGLang, v.GetString("sglang-env"), "sglang"},
-			{launcher.BackendVLLM, v.GetString("vllm-env"), "vllm"},
+		for _, b := range []struct{ backend, env, module, pin string }{
+			{launcher.BackendSGLang, v.GetString("sglang-env"), "sglang", "sglang==0.5.8"},
+			{launcher.BackendVLLM, v.GetString("vllm-env"), "vllm", "vllm==0.11.0"},
 		} {
 			fmt.Fprintf(d.w, "%s\n", b.backend)
 			prefix, err := launcher.ResolveEnv(root, b.env, b.backend)
@@ -88,7 +88,7 @@ func runDoctor(cmd *cobra.Command, _ []string) error {
 				d.ok("moe_cap", out)
 			}
 			if out, err := launcher.RunInEnv(ctx, root, b.env, []string{"python", "-c", "import " + b.module + "; print(" + b.module + ".__version__)"}, to); err != nil {
-				d.bad(b.module, "does not import: "+lastLine(out), fmt.Sprintf("conda activate %s && pip install %s", b.env, map[string]string{"sglang": "sglang==0.5.8", "vllm": "vllm==0.11.0"}[b.module]))
+				d.bad(b.module, "does not import: "+lastLine(out), fmt.Sprintf("conda activate %s && pip install %s", b.env, b.pin))
 			} else {
 				d.ok(b.module+" version", out)
 			}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"syscall"
@@ -211,7 +212,7 @@ func setPrices(c *cell.Config, p *cell.Plan, v *viper.Viper) {
 	}
 }
 
-func printCellSummary(w *os.File, dir string, m *cell.Manifest) {
+func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 	fmt.Fprintf(w, "cell     %s\nstatus   %s\nresults  %s\n", m.Cell.ID, m.Status, dir)
 	if m.Failure != nil {
 		fmt.Fprintf(w, "failure  %s/%s: %s\n", m.Failure.Phase, m.Failure.Kind, m.Failure.Message)
