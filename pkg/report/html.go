@@ -1,7 +1,6 @@
 package report
 
 import (
-	"encoding/base64"
 	"fmt"
 	"html/template"
 	"io"
@@ -9,31 +8,35 @@ import (
 	"strings"
 
 	"github.com/moecapd/moecapd/pkg/config"
-	"github.com/moecapd/moecapd/pkg/gpu"
 )
 
 type htmlCell struct {
-	ID, Hardware, Backend, Status, Reason                                 string
-	Batch                                                                 int
-	TTFT, TPOT, Floor, Over, TTFTFloor, TTFTOver, Tput, TputGPU, Interact string
-	SMBUDec, SMFUDec, SMBUPre, SMFUPre, JTok, Power, Cost, CapSource      string
-	OK                                                                    bool
+	ID, Page, Hardware, Backend, Status, Reason string
+	Batch                                       int
+	V                                           cellView
+	OK                                          bool
 }
 
 type htmlPlot struct {
-	Title, Absent string
-	// Src is the whole src="data:…" attribute: as a template.URL the base64 '+' would be
-	// escaped to &#43;, five bytes for one on a page that is mostly images.
-	Src template.HTMLAttr
+	Title, Note, Src, Name string
+}
+
+type htmlPair struct {
+	Hardware string
+	Batch    int
+	Cells    []string
 }
 
 type htmlGroup struct {
-	Anchor, Model, Task string
-	Plots               []htmlPlot
-	Cells               []htmlCell
+	Anchor, Name, Task string
+	Plots              []htmlPlot
+	Cells              []htmlCell
+	PairBackends       []string
+	Pairs              []htmlPair
+	NoPlots            string
 }
 
-type htmlBad struct{ ID, Status, Reason, Memory string }
+type htmlBad struct{ ID, Page, Status, Reason, Memory string }
 
 type htmlHW struct {
 	Family, Name, BW, BF16, FP8, Mem, TDP, Price, SeenAs string
@@ -44,80 +47,74 @@ type htmlVersion struct {
 	Cells                                    int
 }
 
+type htmlCount struct {
+	Status string
+	N      int
+}
+
 type htmlPage struct {
 	Title, Generated, Results string
 	Total                     int
-	Counts                    []struct {
-		Status string
-		N      int
-	}
-	Groups      []htmlGroup
-	Bad         []htmlBad
-	Hardware    []htmlHW
-	Versions    []htmlVersion
-	Definitions []Definition
-	NPlots      int
+	Counts                    []htmlCount
+	Groups                    []htmlGroup
+	Bad                       []htmlBad
+	Hardware                  []htmlHW
+	Versions                  []htmlVersion
+	Definitions               []Definition
+	NPlots                    int
+	// Single is the one cell of a one-cell report: its page is the report.
+	Single *cellPage
 }
 
 func anchor(s string) string {
 	return strings.Map(func(r rune) rune {
-		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
 			return r
 		}
 		return '-'
 	}, s)
 }
 
-func srcAttr(png []byte) template.HTMLAttr {
-	// Base64 has no quote, '<' or '&', and the bytes are our own PNG encoding, so the
-	// attribute is safe as written.
-	return template.HTMLAttr(`src="data:image/png;base64,` + base64.StdEncoding.EncodeToString(png) + `"`)
-}
+// cellPagePath is a cell page's path relative to the report directory.
+func cellPagePath(id string) string { return "cells/" + anchor(id) + ".html" }
 
 func toHTMLCell(r *Row) htmlCell {
-	c := htmlCell{ID: r.ID, Hardware: r.Hardware, Backend: r.Backend, Status: r.Status, Reason: r.Reason,
-		Batch: r.BatchSize, OK: r.ok()}
-	var floor, over, tfloor, tover *float64
-	if r.Cap != nil {
-		floor, over = nonZero(r.Cap.TPOTFloorMs), r.Cap.TPOTOverFloor
-		tfloor, tover = nonZero(r.Cap.TTFTFloorMs), r.Cap.TTFTOverFloor
-		c.CapSource = r.Cap.Source
-	}
-	c.Floor, c.TTFTFloor = showNA(floor, "%.2f"), showNA(tfloor, "%.1f")
-	c.TTFT, c.TPOT = showNA(r.TTFTMs(), "%.1f"), showNA(r.TPOTMs(), "%.2f")
-	c.Over, c.TTFTOver = showNA(over, "%.2f×"), showNA(tover, "%.2f×")
-	c.Tput, c.TputGPU, c.Interact = showNA(r.OutputThroughput(), "%.1f"), showNA(r.ThroughputPerGPU(), "%.1f"), showNA(r.Interactivity(), "%.1f")
-	c.SMBUDec, c.SMFUDec = showNA(pct(r.util(false, true)), "%.1f%%"), showNA(pct(r.util(false, false)), "%.2f%%")
-	c.SMBUPre, c.SMFUPre = showNA(pct(r.util(true, true)), "%.1f%%"), showNA(pct(r.util(true, false)), "%.1f%%")
-	if r.ok() {
-		c.JTok = show(r.JPerOutputToken(), "%.3f")
-		c.Power = show(r.tel(func(t *gpu.Summary) *float64 { return t.AvgPowerW }), "%.0f")
-	} else {
-		c.JTok, c.Power = "—", "—"
-	}
-	cost, src := r.CostPerMTok()
-	c.Cost = showNA(cost, "%.2f")
-	if src == "rental" {
-		c.Cost += " (rental)"
-	}
-	return c
+	return htmlCell{ID: r.ID, Page: cellPagePath(r.ID), Hardware: r.Hardware, Backend: r.Backend, Status: r.Status,
+		Reason: r.Reason, Batch: r.BatchSize, V: viewOf(r), OK: r.ok()}
 }
 
-func buildPage(title, generated, results string, rows []Row, probs []Problem, groups []Group, plots [][]Plot, tables *config.Tables) htmlPage {
-	pg := htmlPage{Title: title, Generated: generated, Results: results, Total: len(rows),
-		Counts: statusCounts(rows), Definitions: definitions}
+func buildPage(title, generated, results string, rows []Row, probs []Problem, groups []Group, plots [][]*Plot, tables *config.Tables) htmlPage {
+	pg := htmlPage{Title: title, Generated: generated, Results: results, Total: len(rows), Definitions: definitions}
+	for _, c := range statusCounts(rows) {
+		pg.Counts = append(pg.Counts, htmlCount(c))
+	}
 	for gi, g := range groups {
-		hg := htmlGroup{Anchor: anchor(g.Model + "-" + g.Task), Model: g.Model, Task: g.Task}
+		name := g.Rows[0].ModelName
+		hg := htmlGroup{Anchor: anchor(g.Model + "-" + g.Task), Name: name, Task: g.Task}
 		for _, p := range plots[gi] {
-			hp := htmlPlot{Title: p.Title, Absent: p.Absent}
-			if len(p.PNG) > 0 {
-				hp.Src = srcAttr(p.PNG)
-				pg.NPlots++
+			hg.Plots = append(hg.Plots, htmlPlot{Title: p.Title, Note: p.Note, Src: "plots/" + p.Name, Name: p.Name})
+			pg.NPlots++
+		}
+		if len(hg.Plots) == 0 {
+			n := 0
+			for _, r := range g.Rows {
+				if r.ok() {
+					n++
+				}
 			}
-			hg.Plots = append(hg.Plots, hp)
+			hg.NoPlots = fmt.Sprintf("No figures: %d completed cell(s) in this group; a figure needs two points at least. Each cell's page has its own timelines and distributions.", n)
 		}
 		for _, r := range g.Rows {
 			hg.Cells = append(hg.Cells, toHTMLCell(r))
+		}
+		pairs := backendPairs(g.Rows)
+		hg.PairBackends = pairBackends(pairs)
+		for _, p := range pairs {
+			hp := htmlPair{Hardware: p.Hardware, Batch: p.Batch}
+			for _, b := range hg.PairBackends {
+				hp.Cells = append(hp.Cells, p.cellText(b))
+			}
+			hg.Pairs = append(hg.Pairs, hp)
 		}
 		pg.Groups = append(pg.Groups, hg)
 	}
@@ -126,11 +123,7 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 	for i := range rows {
 		r := &rows[i]
 		if r.Status != "ok" {
-			mem := "—"
-			if r.Cap != nil {
-				mem = r.Cap.FeasibleReason
-			}
-			pg.Bad = append(pg.Bad, htmlBad{ID: r.ID, Status: r.Status, Reason: r.Reason, Memory: mem})
+			pg.Bad = append(pg.Bad, htmlBad{ID: r.ID, Page: cellPagePath(r.ID), Status: r.Status, Reason: r.Reason, Memory: memoryVerdict(r)})
 		}
 		if seenName[r.Family] == nil {
 			seenName[r.Family] = map[string]bool{}
@@ -159,7 +152,7 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 				if hw.FP8FLOPs > 0 {
 					h.FP8 = fmt.Sprintf("%.0f TFLOP/s", hw.FP8FLOPs/1e12)
 				}
-				h.Mem = fmt.Sprintf("%.1f GB", hw.MemoryBytes/1e9)
+				h.Mem = fmt.Sprintf("%.0f GiB", GiB(hw.MemoryBytes))
 				h.TDP = fmt.Sprintf("%.0f W", hw.TDPWatts)
 				h.Price = fmt.Sprintf("$%.2f/GPU-h, $%.2f/kWh", hw.GPUHourUSD, hw.ElectricityUSDPerKWh)
 			}
@@ -191,51 +184,102 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 	return pg
 }
 
-func writeHTML(w io.Writer, pg htmlPage) error { return pageTmpl.Execute(w, pg) }
+func writeHTML(w io.Writer, pg htmlPage) error { return pageTmpl.ExecuteTemplate(w, "page", pg) }
 
-var pageTmpl = template.Must(template.New("page").Parse(`<!DOCTYPE html>
+// css is shared by the report and the cell pages.
+const css = `
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Liberation Sans",Arial,sans-serif;margin:0 auto;max-width:1400px;padding:0 1.5em 3em;color:#1b1f24}
+h1{margin:.8em 0 .2em;font-size:1.7em}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
+.meta{color:#57606a}.counts span{display:inline-block;margin-right:.6em;padding:.1em .7em;border-radius:1em;background:#eaeef2}
+.counts .ok{background:#dafbe1}.counts .failed,.counts .unreadable{background:#ffebe9}.counts .infeasible{background:#fff8c5}
+nav a{margin-right:1.1em;white-space:nowrap}
+.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:1.2em;margin:1em 0}
+figure{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:.6em;background:#fff}
+figure img{width:100%;height:auto;display:block}
+figcaption{font-weight:600;margin-bottom:.3em}.note{font-size:13px;color:#8a5a00;margin-top:.3em}
+.scroll{overflow-x:auto}
+table{border-collapse:collapse;margin:.8em 0;font-size:14px}
+th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:right;white-space:nowrap}
+th{background:#f6f8fa}
+td.l,th.l{text-align:left}td.reason{white-space:normal;text-align:left;max-width:48em}
+.flag{color:#9a3412;font-style:italic;font-size:13px}
+tr.failed td,tr.unreadable td{background:#fff5f5}tr.infeasible td{background:#fffbe6}tr.interrupted td{background:#f6f0ff}
+code,pre{font-size:13px}pre{background:#f6f8fa;padding:.7em;border-radius:6px;overflow-x:auto;white-space:pre-wrap}
+dt{font-weight:600;margin-top:.5em}dd{margin-left:1.5em}
+table.kv th{text-align:left;font-weight:600}table.kv td{text-align:left;white-space:normal}
+`
+
+const renderCheck = `<p class="meta" id="render-check">figures loaded: checking…</p>
+<script>
+// Says on the page (and to the headless-browser test) whether every figure loaded.
+window.addEventListener("load", function () {
+  var imgs = document.querySelectorAll("img.plot"), ok = 0;
+  imgs.forEach(function (i) { if (i.complete && i.naturalWidth > 0 && i.naturalHeight > 0) ok++; });
+  document.body.setAttribute("data-plots-ok", ok + "/" + imgs.length);
+  document.getElementById("render-check").textContent = "figures loaded: " + ok + " of " + imgs.length;
+});
+</script>`
+
+// val shows a table value; a flagged one in the flag style, its reason cut to fit a table
+// cell (the whole reason is its tooltip and on the cell page).
+func val(s string) template.HTML {
+	esc := template.HTMLEscapeString(s)
+	if !strings.HasPrefix(s, "flagged: ") {
+		return template.HTML(esc)
+	}
+	short := s
+	if r := []rune(s); len(r) > 48 {
+		short = string(r[:46]) + "…"
+	}
+	return template.HTML(`<span class="flag" title="` + esc + `">` + template.HTMLEscapeString(short) + `</span>`)
+}
+
+// full shows a value with its whole reason (cell pages).
+func full(s string) template.HTML {
+	esc := template.HTMLEscapeString(s)
+	if strings.HasPrefix(s, "flagged: ") {
+		return template.HTML(`<span class="flag">` + esc + `</span>`)
+	}
+	return template.HTML(esc)
+}
+
+var funcs = template.FuncMap{"val": val, "full": full}
+
+var pageTmpl = mustTemplates()
+
+const mainTmpl = `<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{{.Title}}</title>
-<style>
-body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0 auto;max-width:1500px;padding:0 1.5em 3em;color:#1b1f24}
-h1{margin:.8em 0 .2em}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-top:2em}
-.meta{color:#57606a}.counts span{display:inline-block;margin-right:1em;padding:.1em .6em;border-radius:1em;background:#eaeef2}
-.counts .ok{background:#dafbe1}.counts .failed,.counts .unreadable{background:#ffebe9}.counts .infeasible{background:#fff8c5}
-nav a{margin-right:1em}
-.plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:1em;margin:1em 0}
-figure{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:.4em;background:#fff}
-figure img{width:100%;height:auto;display:block}
-.absent{min-height:120px;display:flex;align-items:center;justify-content:center;color:#57606a;font-style:italic;background:#f6f8fa;text-align:center;padding:1em}
-.scroll{overflow-x:auto}
-table{border-collapse:collapse;margin:.8em 0;font-size:13px}
-th,td{border:1px solid #d0d7de;padding:.25em .5em;text-align:right;white-space:nowrap}
-th{background:#f6f8fa;position:sticky;top:0}
-td.l,th.l{text-align:left}td.reason{white-space:normal;text-align:left;max-width:48em}
-tr.failed td,tr.unreadable td{background:#fff5f5}tr.infeasible td{background:#fffbe6}tr.interrupted td{background:#f6f0ff}
-code{font-size:12px}dt{font-weight:600;margin-top:.5em}dd{margin-left:1.5em}
-</style></head>
+<style>{{template "css"}}</style></head>
 <body>
 <h1>{{.Title}}</h1>
-<p class="meta">Generated {{.Generated}} from <code>{{.Results}}</code> · {{.Total}} cells · {{.NPlots}} plots</p>
+<p class="meta">Generated {{.Generated}} from <code>{{.Results}}</code> · {{.Total}} cell{{if ne .Total 1}}s{{end}} · {{.NPlots}} figures · every number per cell in <a href="cells.csv">cells.csv</a> · <a href="summary.md">summary.md</a></p>
 <p class="counts">{{range .Counts}}<span class="{{.Status}}">{{.N}} {{.Status}}</span>{{end}}</p>
-<p class="meta"><em>absent</em> = not measured (no NVML, or the GPU does not report it), never shown as 0; — = does not apply (the cell did not complete).</p>
-<nav>{{range .Groups}}<a href="#{{.Anchor}}">{{.Model}} · {{.Task}}</a>{{end}}<a href="#problems">did not complete</a><a href="#hardware">hardware</a><a href="#software">software</a><a href="#definitions">definitions</a></nav>
+<p class="meta">Latencies in ms as <b>p50 / p99</b> over requests (native client); <em>absent</em> = not measured, never shown as 0; — = does not apply (the cell did not complete); <span class="flag">flagged: …</span> = a value that is no result, with the reason.</p>
+{{if .Single}}{{with .Single}}{{template "cellbody" .}}{{end}}{{else}}
+<nav>{{range .Groups}}<a href="#{{.Anchor}}">{{.Name}} · {{.Task}}</a>{{end}}<a href="#problems">did not complete</a><a href="#hardware">hardware</a><a href="#software">software</a><a href="#definitions">definitions</a></nav>
 {{range .Groups}}
 <section id="{{.Anchor}}">
-<h2>{{.Model}} · {{.Task}}</h2>
-<div class="plots">{{range .Plots}}
-<figure>{{if .Src}}<img class="plot" alt="{{.Title}}" title="{{.Title}}" {{.Src}}>{{else}}<div class="absent">{{.Title}}<br>{{.Absent}}</div>{{end}}</figure>{{end}}
-</div>
+<h2>{{.Name}} · {{.Task}}</h2>
 <div class="scroll"><table>
-<tr><th class="l">cell</th><th class="l">hardware</th><th class="l">backend</th><th>batch</th><th>TTFT ms</th><th>TTFT floor ms</th><th>TTFT ×floor</th><th>TPOT ms</th><th>TPOT floor ms</th><th>TPOT ×floor</th><th>out tok/s</th><th>tok/s/GPU</th><th>tok/s/user</th><th>S-MBU dec</th><th>S-MFU dec</th><th>S-MBU pre</th><th>S-MFU pre</th><th>J/tok</th><th>avg W</th><th>$/M tok</th><th class="l">CAP from</th><th class="l">status</th></tr>
-{{range .Cells}}<tr class="{{.Status}}"><td class="l"><code>{{.ID}}</code></td><td class="l">{{.Hardware}}</td><td class="l">{{.Backend}}</td><td>{{.Batch}}</td><td>{{.TTFT}}</td><td>{{.TTFTFloor}}</td><td>{{.TTFTOver}}</td><td>{{.TPOT}}</td><td>{{.Floor}}</td><td>{{.Over}}</td><td>{{.Tput}}</td><td>{{.TputGPU}}</td><td>{{.Interact}}</td><td>{{.SMBUDec}}</td><td>{{.SMFUDec}}</td><td>{{.SMBUPre}}</td><td>{{.SMFUPre}}</td><td>{{.JTok}}</td><td>{{.Power}}</td><td>{{.Cost}}</td><td class="l">{{.CapSource}}</td><td class="l">{{.Status}}</td></tr>
+<tr><th class="l">cell</th><th class="l">hardware</th><th class="l">backend</th><th>batch</th><th>TTFT ms<br>p50 / p99</th><th>TPOT ms<br>p50 / p99</th><th>TPOT<br>×floor</th><th>tok/s<br>per GPU</th><th>tok/s<br>per user</th><th>S-MBU<br>decode</th><th>J/tok</th><th class="l">status</th></tr>
+{{range .Cells}}<tr class="{{.Status}}"><td class="l"><a href="{{.Page}}"><code>{{.ID}}</code></a></td><td class="l">{{.Hardware}}</td><td class="l">{{.Backend}}</td><td>{{.Batch}}</td><td>{{val .V.TTFT}}</td><td>{{val .V.TPOT}}</td><td>{{val .V.Over}}</td><td>{{val .V.TputGPU}}</td><td>{{val .V.Interact}}</td><td>{{val .V.SMBU}}</td><td>{{val .V.JTok}}</td><td class="l">{{.Status}}{{if .V.Flagged}} · <a class="flag" href="{{.Page}}">flagged values</a>{{end}}</td></tr>
 {{end}}</table></div>
+{{if .Pairs}}<h3>Same cell on each backend</h3>
+<p class="meta">TPOT p50 ms · output tokens/s per GPU</p>
+<table><tr><th class="l">hardware</th><th>batch</th>{{range .PairBackends}}<th>{{.}}</th>{{end}}</tr>
+{{range .Pairs}}<tr><td class="l">{{.Hardware}}</td><td>{{.Batch}}</td>{{range .Cells}}<td>{{val .}}</td>{{end}}</tr>
+{{end}}</table>{{end}}
+{{if .NoPlots}}<p class="meta">{{.NoPlots}}</p>{{end}}
+<div class="plots">{{range .Plots}}
+<figure><figcaption>{{.Title}}</figcaption><a href="{{.Src}}"><img class="plot" alt="{{.Title}}" src="{{.Src}}"></a>{{if .Note}}<div class="note">{{.Note}}</div>{{end}}</figure>{{end}}
+</div>
 </section>{{end}}
 <section id="problems">
 <h2>Cells that did not complete</h2>
 {{if .Bad}}<table><tr><th class="l">cell</th><th class="l">status</th><th class="l">reason</th><th class="l">predicted memory</th></tr>
-{{range .Bad}}<tr class="{{.Status}}"><td class="l"><code>{{.ID}}</code></td><td class="l">{{.Status}}</td><td class="reason">{{.Reason}}</td><td class="reason">{{.Memory}}</td></tr>
+{{range .Bad}}<tr class="{{.Status}}"><td class="l">{{if .Page}}<a href="{{.Page}}"><code>{{.ID}}</code></a>{{else}}<code>{{.ID}}</code>{{end}}</td><td class="l">{{.Status}}</td><td class="reason">{{.Reason}}</td><td class="reason">{{.Memory}}</td></tr>
 {{end}}</table>{{else}}<p>None: every cell completed.</p>{{end}}
 </section>
 <section id="hardware">
@@ -250,19 +294,20 @@ code{font-size:12px}dt{font-weight:600;margin-top:.5em}dd{margin-left:1.5em}
 {{range .Versions}}<tr><td class="l">{{.Backend}}</td><td class="l">{{.BackendVersion}}</td><td class="l">{{.Driver}}</td><td class="l">{{.Moecapd}}</td><td>{{.Cells}}</td></tr>
 {{end}}</table>
 </section>
+{{end}}
 <section id="definitions">
 <h2>Definitions and units</h2>
 <dl>{{range .Definitions}}<dt>{{.Name}} ({{.Unit}})</dt><dd>{{.Text}}</dd>{{end}}</dl>
 </section>
-<p class="meta" id="render-check">plots rendered: checking…</p>
-<script>
-// Says on the page (and to the headless-browser test) whether every plot decoded.
-window.addEventListener("load", function () {
-  var imgs = document.querySelectorAll("img.plot"), ok = 0;
-  imgs.forEach(function (i) { if (i.complete && i.naturalWidth > 0 && i.naturalHeight > 0) ok++; });
-  document.body.setAttribute("data-plots-ok", ok + "/" + imgs.length);
-  document.getElementById("render-check").textContent = "plots rendered: " + ok + " of " + imgs.length;
-});
-</script>
+{{template "check"}}
 </body></html>
-`))
+`
+
+func mustTemplates() *template.Template {
+	t := template.New("root").Funcs(funcs)
+	for _, p := range []struct{ name, text string }{{"page", mainTmpl}, {"css", css}, {"check", renderCheck},
+		{"cellbody", cellBodyTmpl}, {"cellpage", cellPageTmpl}} {
+		template.Must(t.New(p.name).Funcs(funcs).Parse(p.text))
+	}
+	return t
+}

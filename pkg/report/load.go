@@ -33,6 +33,7 @@ const ExtraKey = "cap"
 type Row struct {
 	ID        string
 	Model     string
+	ModelName string // display name ("Qwen1.5-MoE"); the key when none is known
 	ModelID   string
 	Hardware  string // label, e.g. 8xH100
 	Family    string // H100, H200, A100…
@@ -56,6 +57,15 @@ type Row struct {
 	Cap *capmath.Derived
 	// CapNote says why Cap is nil or where it came from.
 	CapNote string
+	// Flags mark values of this cell that are not results (see Flag).
+	Flags []Flag
+	// Data is what the cell's side files say (per-request latencies, timelines); nil when
+	// it has none.
+	Data *CellData
+	// Manifest is the cell's manifest as read, for its page.
+	Manifest *cell.Manifest
+	// Dir is the cell directory.
+	Dir string
 }
 
 // Problem is a cell directory that could not be read as a cell.
@@ -182,6 +192,11 @@ func rowFromJSON(b []byte, dir string, tables *config.Tables) (*Row, error) {
 	}
 	r := rowFromManifest(&m)
 	r.Cap, r.CapNote = capFor(&m, dir, tables)
+	r.Flags = flagsOf(&m)
+	r.Manifest, r.Dir = &m, dir
+	if dir != "" {
+		r.Data = readCellData(dir)
+	}
 	return r, nil
 }
 
@@ -191,7 +206,7 @@ func rowFromManifest(m *cell.Manifest) *Row {
 		n = m.Cell.GPUCount
 	}
 	r := &Row{
-		ID: m.Cell.ID, Model: m.Cell.Model, ModelID: m.Cell.ModelID, Hardware: m.Cell.Hardware,
+		ID: m.Cell.ID, Model: m.Cell.Model, ModelName: m.Cell.Model, ModelID: m.Cell.ModelID, Hardware: m.Cell.Hardware,
 		Family: fam, GPUName: m.Cell.GPUName, GPUs: n, Task: m.Cell.Task,
 		In: m.Cell.InputTokens, Out: m.Cell.OutputTokens, BatchSize: m.Cell.BatchSize,
 		Backend: m.Cell.Backend, Status: string(m.Status), BackendVersion: m.Versions.Backend,

@@ -8,51 +8,65 @@ import (
 	"runtime"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
-	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/vg"
+	"gonum.org/v1/plot/vg/draw"
+	"gonum.org/v1/plot/vg/vgsvg"
 )
 
-// Plot is one figure of the report: a PNG, or the reason there is none (no cell of the
-// group measured the quantity), which the page shows in its place.
+// Plot is one figure of the report: an SVG file beside the page.
 type Plot struct {
-	Name   string // file-safe, unique: <model>.<task>.<kind>
-	Title  string
-	PNG    []byte
-	Absent string
+	Name    string // file name inside plots/, unique: <model>.<task>.<kind>.svg
+	Title   string // the caption the page shows
+	Note    string // what the figure leaves out (flagged values), shown under it
+	SVG     []byte
+	spec    *plotSpec
+	ySpread bool
 }
 
+// series is one line of a figure.
 type series struct {
-	name     string
-	pts      plotter.XYs
-	colorIdx int
-	dashed   bool // floors
-	frontier bool // the Pareto frontier
+	name   string
+	pts    plotter.XYs
+	color  color.Color
+	style  backendStyle
+	floor  bool      // a physical floor or ceiling: dotted, no markers
+	labels []string  // per point, drawn beside it (batch sizes on the Pareto view)
+	hi     []float64 // per point, a whisker up to this value (p99)
+	plain  bool      // a timeline or CDF: a line, no markers
 }
 
 type plotSpec struct {
-	name, title, xlabel, ylabel string
-	batchX                      bool // x is batch size: log scale, ticks at the sizes present
-	// legendLeft puts the legend top left, where curves that rise with batch size leave
-	// room; falling curves and the Pareto view leave the top right free.
-	legendLeft bool
-	series     []series
-	absent     string
+	xlabel, ylabel string
+	batchX         bool // x is batch size: log scale, ticks at the sizes present
+	legendLeft     bool
+	series         []series
+	boxes          []box // a box plot instead of lines
+	w, h           vg.Length
+	yMax           float64 // fixed top of the y axis (a CDF's 1); 0: the data's, with headroom
+	xFromData      bool    // x axis spans the data (timelines, CDFs), not from 0
 }
 
-// seriesKey is one line of a plot: hardware × backend.
-func seriesKey(r *Row) string { return r.Hardware + " " + r.Backend }
+// box is one box of a distribution figure.
+type box struct {
+	name   string
+	values []float64
+	color  color.Color
+}
 
-// groupPlots builds the figure specs of one model × task group.
-func groupPlots(g Group) []plotSpec {
+// seriesName is how a hardware × backend line is named in legends.
+func seriesName(hw, backend string) string { return hw + " · " + backend }
+
+// lineKeys are a group's hardware × backend combinations in a fixed order.
+func lineKeys(rows []*Row) ([]string, map[string][]*Row) {
 	var keys []string
 	byKey := map[string][]*Row{}
-	hwColor := map[string]int{}
-	for _, r := range g.Rows {
-		k := seriesKey(r)
+	for _, r := range rows {
+		k := seriesName(r.Hardware, r.Backend)
 		if _, ok := byKey[k]; !ok {
 			keys = append(keys, k)
 		}
@@ -65,65 +79,123 @@ func groupPlots(g Group) []plotSpec {
 		}
 		return a.Backend < b.Backend
 	})
-	for i, k := range keys {
-		hw := byKey[k][0].Hardware
-		if _, ok := hwColor[hw]; !ok {
-			hwColor[hw] = i
-		}
+	for _, k := range keys {
+		rs := byKey[k]
+		sort.SliceStable(rs, func(i, j int) bool { return rs[i].BatchSize < rs[j].BatchSize })
 	}
-	var batches []float64
-	seenB := map[int]bool{}
-	for _, r := range g.Rows {
-		if !seenB[r.BatchSize] && r.BatchSize > 0 {
-			seenB[r.BatchSize] = true
-			batches = append(batches, float64(r.BatchSize))
-		}
-	}
-	sort.Float64s(batches)
+	return keys, byKey
+}
 
-	vsBatch := func(get func(*Row) *float64, suffix func([]*Row) string) []series {
-		var out []series
-		for i, k := range keys {
-			s := series{name: k, colorIdx: i}
-			var used []*Row
-			for _, r := range byKey[k] {
-				if v := get(r); v != nil && r.BatchSize > 0 {
-					s.pts = append(s.pts, plotter.XY{X: float64(r.BatchSize), Y: *v})
-					used = append(used, r)
-				}
-			}
-			if len(s.pts) == 0 {
-				continue
-			}
-			if suffix != nil {
-				s.name += suffix(used)
-			}
-			sort.Slice(s.pts, func(a, b int) bool { return s.pts[a].X < s.pts[b].X })
-			out = append(out, s)
-		}
-		return out
+// valueFn reads one number of a completed cell; nil when absent. metric names the CSV
+// column, so a flag on it keeps the value out of every figure.
+type valueFn struct {
+	metric string
+	get    func(*Row) *float64
+}
+
+func (v valueFn) of(r *Row) (*float64, string) {
+	if !r.ok() {
+		return nil, ""
 	}
-	// floors are a property of model × hardware × batch, not of the backend: one dashed
-	// line per hardware, in the colour of its first backend's line.
-	floors := func(get func(*Row) *float64) []series {
-		var hws []string
-		pts := map[string]map[int]float64{}
+	if why := r.FlagFor(v.metric); why != "" {
+		return nil, why
+	}
+	return v.get(r), ""
+}
+
+// groupPlots builds the figures of one model × task group. A figure that would show a
+// single point, or nothing, is left out: the table says it better.
+func groupPlots(g Group, base, what string) []Plot {
+	var ok []*Row
+	batches := map[int]bool{}
+	for _, r := range g.Rows {
+		if r.ok() {
+			ok = append(ok, r)
+			batches[r.BatchSize] = true
+		}
+	}
+	if len(ok) < 2 {
+		return nil
+	}
+	keys, byKey := lineKeys(ok)
+	var out []Plot
+	add := func(kind, title string, s *plotSpec, flagged []string) {
+		// A figure needs a line: some series with two points (dots of one cell each say
+		// nothing the table does not).
+		n := 0
+		for _, se := range s.series {
+			if !se.floor && len(se.pts) >= 2 {
+				n += len(se.pts)
+			}
+		}
+		for _, b := range s.boxes {
+			if len(b.values) > 0 {
+				n += 2
+			}
+		}
+		if n < 2 {
+			return
+		}
+		p := Plot{Name: base + kind + ".svg", Title: title + " — " + what, spec: s}
+		if len(flagged) > 0 {
+			p.Note = "left out, flagged: " + strings.Join(dedupe(flagged), "; ")
+		}
+		out = append(out, p)
+	}
+	vsBatch := func(v valueFn, hi func(*Row) *float64) ([]series, []string) {
+		var ss []series
+		var flagged []string
 		for _, k := range keys {
-			for _, r := range byKey[k] {
-				v := get(r)
-				if v == nil || r.BatchSize <= 0 {
+			rs := byKey[k]
+			s := series{name: k, color: HardwareColor(rs[0].Hardware), style: styleOfBackend(rs[0].Backend)}
+			for _, r := range rs {
+				y, why := v.of(r)
+				if why != "" {
+					flagged = append(flagged, r.ID+": "+why)
+				}
+				if y == nil {
 					continue
 				}
-				if pts[r.Hardware] == nil {
-					pts[r.Hardware] = map[int]float64{}
-					hws = append(hws, r.Hardware)
+				s.pts = append(s.pts, plotter.XY{X: float64(r.BatchSize), Y: *y})
+				if hi != nil {
+					h := hi(r)
+					if h == nil {
+						s.hi = append(s.hi, math.NaN())
+					} else {
+						s.hi = append(s.hi, *h)
+					}
 				}
-				pts[r.Hardware][r.BatchSize] = *v
+			}
+			if len(s.pts) > 0 {
+				ss = append(ss, s)
 			}
 		}
+		return ss, flagged
+	}
+	// Floors are a property of model × hardware × batch: one dotted line per hardware, at
+	// the batch sizes a cell of that hardware completed, never for cells that did not run.
+	floors := func(name string, get func(*Row) *float64) []series {
+		var hws []string
+		pts := map[string]map[int]float64{}
+		for _, r := range ok {
+			// Where the comparison with the floor is flagged, no floor invites it.
+			if r.FlagFor("tpot_over_floor") != "" {
+				continue
+			}
+			v := get(r)
+			if v == nil || r.BatchSize <= 0 {
+				continue
+			}
+			if pts[r.Hardware] == nil {
+				pts[r.Hardware] = map[int]float64{}
+				hws = append(hws, r.Hardware)
+			}
+			pts[r.Hardware][r.BatchSize] = *v
+		}
+		sort.SliceStable(hws, func(i, j int) bool { return hwLess(hws[i], hws[j]) })
 		var out []series
 		for _, hw := range hws {
-			s := series{name: "floor " + hw, colorIdx: hwColor[hw], dashed: true}
+			s := series{name: name + " " + hw, color: HardwareColor(hw), floor: true}
 			for b, v := range pts[hw] {
 				s.pts = append(s.pts, plotter.XY{X: float64(b), Y: v})
 			}
@@ -132,7 +204,7 @@ func groupPlots(g Group) []plotSpec {
 		}
 		return out
 	}
-	capField := func(f func(*Row) *float64) func(*Row) *float64 {
+	capOf := func(f func(*Row) *float64) func(*Row) *float64 {
 		return func(r *Row) *float64 {
 			if r.Cap == nil {
 				return nil
@@ -140,70 +212,132 @@ func groupPlots(g Group) []plotSpec {
 			return f(r)
 		}
 	}
-	base := g.Model + "." + g.Task + "."
-	what := g.Model + " · " + g.Task
-	specs := []plotSpec{
-		{name: base + "tpot", title: "TPOT vs batch size — " + what, xlabel: "batch size", ylabel: "mean TPOT (ms)", batchX: true, legendLeft: true,
-			series: append(vsBatch((*Row).TPOTMs, nil), floors(capField(func(r *Row) *float64 { return nonZero(r.Cap.TPOTFloorMs) }))...)},
-		{name: base + "throughput", title: "Output throughput vs batch size — " + what, xlabel: "batch size", ylabel: "output tokens/s", batchX: true, legendLeft: true,
-			series: append(vsBatch((*Row).OutputThroughput, nil), floors(capField(func(r *Row) *float64 {
-				// The throughput ceiling is batch / TPOT floor.
-				if r.Cap.TPOTFloorMs <= 0 {
-					return nil
-				}
-				return f64(float64(r.BatchSize) * 1000 / r.Cap.TPOTFloorMs)
-			}))...)},
-		{name: base + "ttft", title: "TTFT vs batch size — " + what, xlabel: "batch size", ylabel: "mean TTFT (ms)", batchX: true, legendLeft: true,
-			series: append(vsBatch((*Row).TTFTMs, nil), floors(capField(func(r *Row) *float64 { return nonZero(r.Cap.TTFTFloorMs) }))...)},
-		{name: base + "energy", title: "Energy per output token — " + what, xlabel: "batch size", ylabel: "J per output token", batchX: true,
-			series: vsBatch((*Row).JPerOutputToken, nil),
-			absent: "absent: no cell of this group has GPU energy telemetry (NVML)"},
-		{name: base + "cost", title: "Cost per million output tokens — " + what, xlabel: "batch size", ylabel: "USD per 1M output tokens", batchX: true,
-			series: vsBatch(func(r *Row) *float64 { v, _ := r.CostPerMTok(); return v }, func(rs []*Row) string {
-				for _, r := range rs {
-					if _, src := r.CostPerMTok(); src == "rental" {
-						return " (rental only)"
-					}
-				}
-				return ""
-			}),
-			absent: "absent: no cell of this group has a cost (no telemetry and no GPU price)"},
-		{name: base + "smbu", title: "Decode S-MBU vs batch size — " + what, xlabel: "batch size", ylabel: "S-MBU (% of peak HBM bandwidth)", batchX: true, legendLeft: true,
-			series: vsBatch(func(r *Row) *float64 { return pct(r.util(false, true)) }, nil),
-			absent: "absent: no cell of this group has S-MBU (no records and no client latencies)"},
-		paretoSpec(base+"pareto", "Throughput per GPU vs interactivity — "+what, keys, byKey),
+	if len(batches) >= 2 {
+		tp, fl := vsBatch(valueFn{"tpot_mean_ms", (*Row).TPOTMs}, (*Row).TPOTP99Ms)
+		tp = append(tp, floors("floor", capOf(func(r *Row) *float64 { return nonZero(r.Cap.TPOTFloorMs) }))...)
+		add("tpot", "Mean TPOT (whisker to p99) vs batch size, with the physical floor",
+			&plotSpec{xlabel: "batch size", ylabel: "TPOT (ms)", batchX: true, legendLeft: true, series: tp}, fl)
+		tt, fl := vsBatch(valueFn{"ttft_mean_ms", (*Row).TTFTMs}, (*Row).TTFTP99Ms)
+		tt = append(tt, floors("floor", capOf(func(r *Row) *float64 { return nonZero(r.Cap.TTFTFloorMs) }))...)
+		add("ttft", "Mean TTFT (whisker to p99) vs batch size, with the physical floor",
+			&plotSpec{xlabel: "batch size", ylabel: "TTFT (ms)", batchX: true, legendLeft: true, series: tt}, fl)
+		th, fl := vsBatch(valueFn{"output_throughput_per_gpu_tok_s", (*Row).ThroughputPerGPU}, nil)
+		th = append(th, floors("ceiling", capOf(func(r *Row) *float64 {
+			if r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 {
+				return nil
+			}
+			return f64(float64(r.BatchSize) * 1000 / r.Cap.TPOTFloorMs / float64(r.GPUs))
+		}))...)
+		add("throughput", "Output throughput per GPU vs batch size, with the ceiling batch / TPOT floor",
+			&plotSpec{xlabel: "batch size", ylabel: "output tokens/s per GPU", batchX: true, legendLeft: true, series: th}, fl)
+		sm, fl := vsBatch(valueFn{"s_mbu_decode", func(r *Row) *float64 { return pct(r.util(false, true)) }}, nil)
+		add("smbu", "Decode S-MBU vs batch size",
+			&plotSpec{xlabel: "batch size", ylabel: "S-MBU (% of peak HBM bandwidth)", batchX: true, legendLeft: true, series: sm}, fl)
+		// The energy panel only where cells have telemetry: vsBatch drops cells without it,
+		// and add drops a figure with fewer than two points.
+		en, fl := vsBatch(valueFn{"j_per_output_token", (*Row).JPerOutputToken}, nil)
+		add("energy", "GPU energy per output token vs batch size (NVML)",
+			&plotSpec{xlabel: "batch size", ylabel: "J per output token", batchX: true, series: en}, fl)
 	}
-	for i := range specs {
-		if specs[i].absent == "" {
-			specs[i].absent = "absent: no completed cell in this group"
+	pa, fl := paretoSeries(keys, byKey, ok)
+	add("pareto", "Throughput per GPU vs per-user decode speed, labelled by batch size, with the floor's bound",
+		&plotSpec{xlabel: "per-user decode speed: 1000 / TPOT (tokens/s)", ylabel: "output tokens/s per GPU", series: pa}, fl)
+	// Distributions of the cells that kept per-request rows (the native client's bench.json).
+	for _, d := range []struct {
+		kind, title string
+		get         func(*CellData) []float64
+		unit        string
+	}{
+		{"tpot-dist", "TPOT per request, one box per cell (box: p25–p75, line: median)", func(c *CellData) []float64 { return c.TPOT }, "TPOT per request (ms)"},
+		{"ttft-dist", "TTFT per request, one box per cell", func(c *CellData) []float64 { return c.TTFT }, "TTFT per request (ms)"},
+	} {
+		var bs []box
+		for _, k := range keys {
+			for _, r := range byKey[k] {
+				if r.Data == nil || len(d.get(r.Data)) == 0 {
+					continue
+				}
+				bs = append(bs, box{name: fmt.Sprintf("%s bs%d", k, r.BatchSize), values: d.get(r.Data), color: HardwareColor(r.Hardware)})
+			}
+		}
+		if len(bs) >= 2 {
+			add(d.kind, d.title, &plotSpec{xlabel: d.unit, boxes: bs, h: vg.Points(float64(70 + 20*len(bs)))}, nil)
 		}
 	}
-	return specs
+	return out
 }
 
-func paretoSpec(name, title string, keys []string, byKey map[string][]*Row) plotSpec {
-	s := plotSpec{name: name, title: title, xlabel: "interactivity: 1000 / TPOT (tokens/s per user)", ylabel: "output tokens/s per GPU"}
+func dedupe(xs []string) []string {
+	seen := map[string]bool{}
+	var out []string
+	for _, x := range xs {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// paretoSeries: one line per hardware × backend through its batch sizes, each point
+// labelled "bs<N>"; the frontier over all of them; and per hardware the floor's bound (the
+// point each batch size would reach at its TPOT floor).
+func paretoSeries(keys []string, byKey map[string][]*Row, ok []*Row) ([]series, []string) {
+	var out []series
 	var all plotter.XYs
-	for i, k := range keys {
-		ser := series{name: k, colorIdx: i}
-		rows := append([]*Row(nil), byKey[k]...)
-		sort.Slice(rows, func(a, b int) bool { return rows[a].BatchSize < rows[b].BatchSize })
-		for _, r := range rows {
+	var flagged []string
+	for _, k := range keys {
+		rs := byKey[k]
+		s := series{name: k, color: HardwareColor(rs[0].Hardware), style: styleOfBackend(rs[0].Backend)}
+		for _, r := range rs {
+			if why := r.FlagFor("tpot_mean_ms"); why != "" {
+				flagged = append(flagged, r.ID+": "+why)
+				continue
+			}
 			x, y := r.Interactivity(), r.ThroughputPerGPU()
 			if x == nil || y == nil {
 				continue
 			}
-			ser.pts = append(ser.pts, plotter.XY{X: *x, Y: *y})
+			s.pts = append(s.pts, plotter.XY{X: *x, Y: *y})
+			s.labels = append(s.labels, "bs"+strconv.Itoa(r.BatchSize))
 		}
-		if len(ser.pts) > 0 {
-			all = append(all, ser.pts...)
-			s.series = append(s.series, ser)
+		if len(s.pts) > 0 {
+			all = append(all, s.pts...)
+			out = append(out, s)
 		}
 	}
 	if f := paretoFrontier(all); len(f) > 1 {
-		s.series = append([]series{{name: "Pareto frontier", pts: f, frontier: true}}, s.series...)
+		out = append([]series{{name: "Pareto frontier", pts: f, color: color.Gray{Y: 110}, floor: true}}, out...)
 	}
-	return s
+	hws := map[string][]*Row{}
+	var order []string
+	for _, r := range ok {
+		if r.Cap == nil || r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 {
+			continue
+		}
+		if hws[r.Hardware] == nil {
+			order = append(order, r.Hardware)
+		}
+		hws[r.Hardware] = append(hws[r.Hardware], r)
+	}
+	sort.SliceStable(order, func(i, j int) bool { return hwLess(order[i], order[j]) })
+	for _, hw := range order {
+		s := series{name: "floor " + hw, color: HardwareColor(hw), floor: true}
+		seen := map[int]bool{}
+		for _, r := range hws[hw] {
+			if seen[r.BatchSize] {
+				continue
+			}
+			seen[r.BatchSize] = true
+			fl := r.Cap.TPOTFloorMs
+			s.pts = append(s.pts, plotter.XY{X: 1000 / fl, Y: float64(r.BatchSize) * 1000 / fl / float64(r.GPUs)})
+		}
+		sort.Slice(s.pts, func(a, b int) bool { return s.pts[a].X < s.pts[b].X })
+		if len(s.pts) > 1 {
+			out = append(out, s)
+		}
+	}
+	return out, flagged
 }
 
 // paretoFrontier is the points no other point beats on both axes (higher is better on
@@ -228,36 +362,62 @@ func paretoFrontier(pts plotter.XYs) plotter.XYs {
 	return f
 }
 
-// renderPlot draws one spec to PNG. A spec without points comes back with Absent set.
-func renderPlot(s plotSpec) (Plot, error) {
-	out := Plot{Name: s.name, Title: s.title}
-	n := 0
-	for _, se := range s.series {
-		if !se.dashed && !se.frontier {
-			n += len(se.pts)
-		}
+// fontStack replaces the one family gonum writes with a stack a browser resolves: Liberation
+// Sans has Arial's metrics, so text measured for it fits in either.
+var fontStack = []byte("font-family:'Liberation Sans',Arimo,Arial,Helvetica,sans-serif;")
+
+func setFonts(p *plot.Plot) {
+	p.Title.TextStyle.Font.Size = vg.Points(12)
+	for _, a := range []*plot.Axis{&p.X, &p.Y} {
+		a.Label.TextStyle.Font.Size = vg.Points(11)
+		a.Tick.Label.Font.Size = vg.Points(10)
+		a.Padding = vg.Points(4)
 	}
-	if n == 0 {
-		out.Absent = s.absent
-		return out, nil
-	}
+	p.Legend.TextStyle.Font.Size = vg.Points(9.5)
+}
+
+// renderPlot draws one figure to SVG.
+func renderPlot(s *plotSpec) ([]byte, error) {
 	p := plot.New()
-	p.Title.Text = s.title
+	setFonts(p)
 	p.X.Label.Text = s.xlabel
 	p.Y.Label.Text = s.ylabel
+	w, h := s.w, s.h
+	if w == 0 {
+		w = 16 * vg.Centimeter
+	}
+	if h == 0 {
+		h = 10 * vg.Centimeter
+	}
+	if len(s.boxes) > 0 {
+		if err := drawBoxes(p, s.boxes); err != nil {
+			return nil, err
+		}
+		return toSVG(p, w, h)
+	}
 	p.Y.Min = 0
-	// Headroom over the highest point so neither the frame nor the legend hides it.
-	ymax := 0.0
+	ymax, xmax := 0.0, 0.0
 	for _, se := range s.series {
-		for _, q := range se.pts {
+		for i, q := range se.pts {
 			ymax = math.Max(ymax, q.Y)
+			xmax = math.Max(xmax, q.X)
+			if i < len(se.hi) && !math.IsNaN(se.hi[i]) {
+				ymax = math.Max(ymax, se.hi[i])
+			}
 		}
 	}
-	if ymax > 0 {
-		p.Y.Max = ymax * 1.3
+	switch {
+	case s.yMax > 0:
+		p.Y.Max = s.yMax
+	case ymax > 0:
+		// Headroom over the highest point so the legend hides none.
+		p.Y.Max = ymax * 1.35
 	}
 	p.Y.Tick.Marker = plainTicks{}
-	p.Add(plotter.NewGrid())
+	p.X.Tick.Marker = plainTicks{}
+	grid := plotter.NewGrid()
+	grid.Vertical.Color, grid.Horizontal.Color = color.Gray{Y: 225}, color.Gray{Y: 225}
+	p.Add(grid)
 	if s.batchX {
 		p.X.Scale = plot.LogScale{}
 		var ticks []plot.Tick
@@ -272,112 +432,164 @@ func renderPlot(s plotSpec) (Plot, error) {
 		}
 		sort.Slice(ticks, func(i, j int) bool { return ticks[i].Value < ticks[j].Value })
 		p.X.Tick.Marker = plot.ConstantTicks(ticks)
-		// Room either side so the first and last points are not on the frame.
-		p.X.Min, p.X.Max = ticks[0].Value/1.3, ticks[len(ticks)-1].Value*1.3
-	} else {
-		// The Pareto view reads against the origin: how far from zero, not from each other.
-		p.X.Min = 0
-		xmax := 0.0
-		for _, se := range s.series {
-			for _, q := range se.pts {
-				xmax = math.Max(xmax, q.X)
-			}
-		}
-		p.X.Max = xmax * 1.15
+		p.X.Min, p.X.Max = ticks[0].Value/1.4, ticks[len(ticks)-1].Value*1.4
+	} else if !s.xFromData {
+		p.X.Min, p.X.Max = 0, xmax*1.15
 	}
 	for _, se := range s.series {
-		c := plotutil.Color(se.colorIdx)
-		if se.frontier {
+		if se.plain {
 			l, err := plotter.NewLine(se.pts)
 			if err != nil {
-				return out, fmt.Errorf("%s: %w", s.name, err)
+				return nil, err
 			}
-			l.Color = color.Gray{Y: 190}
-			l.Width = vg.Points(6)
+			l.Color, l.Width = se.color, vg.Points(1.6)
 			p.Add(l)
-			p.Legend.Add(se.name, l)
+			if len(s.series) > 1 {
+				p.Legend.Add(se.name, l)
+			}
 			continue
 		}
-		if se.dashed {
+		if se.floor {
 			l, err := plotter.NewLine(se.pts)
 			if err != nil {
-				return out, fmt.Errorf("%s: %w", s.name, err)
+				return nil, err
 			}
-			l.Color = c
-			l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-			l.Width = vg.Points(1)
+			l.Color, l.Dashes, l.Width = se.color, floorDashes, vg.Points(1.3)
 			p.Add(l)
 			p.Legend.Add(se.name, l)
 			continue
 		}
 		l, sc, err := plotter.NewLinePoints(se.pts)
 		if err != nil {
-			return out, fmt.Errorf("%s: %w", s.name, err)
+			return nil, err
 		}
-		l.Color, l.Width = c, vg.Points(1.5)
-		sc.Color, sc.Shape, sc.Radius = c, plotutil.Shape(se.colorIdx), vg.Points(3)
+		l.Color, l.Width, l.Dashes = se.color, vg.Points(1.8), se.style.dashes
+		sc.Color, sc.Shape, sc.Radius = se.color, se.style.shape, vg.Points(3.5)
 		p.Add(l, sc)
+		if len(se.hi) == len(se.pts) {
+			var eb errPts
+			for i, q := range se.pts {
+				hi := se.hi[i]
+				if math.IsNaN(hi) || hi < q.Y {
+					hi = q.Y
+				}
+				eb = append(eb, errPt{q.X, q.Y, hi - q.Y})
+			}
+			bars, err := plotter.NewYErrorBars(eb)
+			if err != nil {
+				return nil, err
+			}
+			bars.Color, bars.Width, bars.CapWidth = se.color, vg.Points(1), vg.Points(5)
+			p.Add(bars)
+		}
+		if len(se.labels) == len(se.pts) {
+			lb, err := plotter.NewLabels(plotter.XYLabels{XYs: se.pts, Labels: se.labels})
+			if err != nil {
+				return nil, err
+			}
+			for i := range lb.TextStyle {
+				lb.TextStyle[i].Font.Size = vg.Points(8.5)
+				lb.TextStyle[i].Color = color.Gray{Y: 60}
+			}
+			lb.Offset = vg.Point{X: vg.Points(5), Y: vg.Points(3)}
+			p.Add(lb)
+		}
 		p.Legend.Add(se.name, l, sc)
 	}
 	p.Legend.Top = true
 	p.Legend.Left = s.legendLeft
-	p.Legend.TextStyle.Font.Size = vg.Points(8)
 	p.Legend.Padding = vg.Points(2)
-	w, err := p.WriterTo(16*vg.Centimeter, 10*vg.Centimeter, "png")
-	if err != nil {
-		return out, fmt.Errorf("%s: %w", s.name, err)
+	p.Legend.XOffs = vg.Points(6)
+	if !s.legendLeft {
+		p.Legend.XOffs = -vg.Points(6)
 	}
-	var buf bytes.Buffer
-	if _, err := w.WriteTo(&buf); err != nil {
-		return out, fmt.Errorf("%s: %w", s.name, err)
-	}
-	out.PNG = buf.Bytes()
-	return out, nil
+	return toSVG(p, w, h)
 }
 
-// RenderPlots draws every figure of every group, in parallel (gonum/plot rasterising is
-// the slow part of a report), and returns them in group order.
-func RenderPlots(groups []Group) ([][]Plot, error) {
-	type job struct{ g, i int }
-	specs := make([][]plotSpec, len(groups))
-	out := make([][]Plot, len(groups))
-	var jobs []job
-	for gi, g := range groups {
-		specs[gi] = groupPlots(g)
-		out[gi] = make([]Plot, len(specs[gi]))
-		for i := range specs[gi] {
-			jobs = append(jobs, job{gi, i})
+type errPt struct{ x, y, hi float64 }
+type errPts []errPt
+
+func (e errPts) Len() int                        { return len(e) }
+func (e errPts) XY(i int) (float64, float64)     { return e[i].x, e[i].y }
+func (e errPts) YError(i int) (float64, float64) { return 0, e[i].hi }
+
+// drawBoxes draws horizontal boxes, one per cell, named on the y axis.
+func drawBoxes(p *plot.Plot, bs []box) error {
+	names := make([]string, len(bs))
+	for i, b := range bs {
+		// NominalY puts the first name at the bottom; list top-down as the legend reads.
+		j := len(bs) - 1 - i
+		bp, err := plotter.NewBoxPlot(vg.Points(11), float64(j), plotter.Values(b.values))
+		if err != nil {
+			return err
 		}
+		bp.Horizontal = true
+		bp.FillColor = withAlpha(b.color, 90)
+		bp.BoxStyle.Color, bp.MedianStyle.Color = b.color, color.Black
+		bp.MedianStyle.Width = vg.Points(1.6)
+		bp.GlyphStyle.Color = b.color
+		bp.GlyphStyle.Radius = vg.Points(1.5)
+		p.Add(bp)
+		names[j] = b.name
 	}
+	p.NominalY(names...)
+	p.X.Min = 0
+	p.X.Tick.Marker = plainTicks{}
+	grid := plotter.NewGrid()
+	grid.Horizontal.Color = color.Transparent
+	grid.Vertical.Color = color.Gray{Y: 225}
+	p.Add(grid)
+	return nil
+}
+
+func withAlpha(c color.Color, a uint8) color.Color {
+	r, g, b, _ := c.RGBA()
+	return color.NRGBA{R: uint8(r >> 8), G: uint8(g >> 8), B: uint8(b >> 8), A: a}
+}
+
+func toSVG(p *plot.Plot, w, h vg.Length) ([]byte, error) {
+	c := vgsvg.NewWith(vgsvg.UseWH(w, h))
+	p.Draw(draw.New(c))
+	var buf bytes.Buffer
+	if _, err := c.WriteTo(&buf); err != nil {
+		return nil, err
+	}
+	b := buf.Bytes()
+	for _, fam := range []string{"font-family:Liberation Sans;", "font-family:Liberation Sans Narrow;"} {
+		b = bytes.ReplaceAll(b, []byte(fam), fontStack)
+	}
+	return b, nil
+}
+
+// renderAll draws every figure in parallel, in place.
+func renderAll(plots []*Plot) error {
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
 		first error
-		next  = make(chan job)
+		next  = make(chan *Plot)
 	)
 	for range runtime.GOMAXPROCS(0) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for j := range next {
-				pl, err := renderPlot(specs[j.g][j.i])
-				if err != nil {
-					mu.Lock()
-					if first == nil {
-						first = err
-					}
-					mu.Unlock()
+			for pl := range next {
+				b, err := renderPlot(pl.spec)
+				mu.Lock()
+				if err != nil && first == nil {
+					first = fmt.Errorf("%s: %w", pl.Name, err)
 				}
-				out[j.g][j.i] = pl
+				mu.Unlock()
+				pl.SVG = b
 			}
 		}()
 	}
-	for _, j := range jobs {
-		next <- j
+	for _, p := range plots {
+		next <- p
 	}
 	close(next)
 	wg.Wait()
-	return out, first
+	return first
 }
 
 // plainTicks are gonum's default tick positions with labels as short as the value allows

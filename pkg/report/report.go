@@ -2,11 +2,14 @@ package report
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
-	"github.com/google/renameio/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"github.com/google/renameio/v2"
 
 	"github.com/moecapd/moecapd/pkg/config"
 )
@@ -16,7 +19,13 @@ const (
 	IndexFile    = "index.html"
 	MarkdownFile = "summary.md"
 	CSVFile      = "cells.csv"
+	PlotsDir     = "plots"
+	CellsDir     = "cells"
 )
+
+// ErrNoCells is returned by Write for a results directory that holds no cell: a usage
+// problem (wrong --results), not an internal one.
+var ErrNoCells = errors.New("no cell")
 
 // Options of Write.
 type Options struct {
@@ -25,6 +34,9 @@ type Options struct {
 	// Tables are the model and hardware tables; without them cells without stored CAP
 	// numbers get none.
 	Tables *config.Tables
+	// ModelNames are display names by model key ("qwen1_5" → "Qwen1.5-MoE"); keys
+	// without one show as the key.
+	ModelNames map[string]string
 	// Title of the page; default "moecapd report".
 	Title string
 	// Now stamps the page (not the markdown or CSV); default time.Now.
@@ -36,15 +48,16 @@ type Result struct {
 	Cells    int
 	OK       int
 	Problems int
-	Plots    int // images drawn
+	Plots    int // figures drawn, report and cell pages together
 	Index    string
 	Markdown string
 	CSV      string
 }
 
-// Write reads every cell under ResultsDir and writes index.html (self-contained: plots are
-// PNG data URIs, no script or style from the network), summary.md and cells.csv to OutDir.
-// Each file is replaced atomically, so a browser or a concurrent reader never sees half.
+// Write reads every cell under ResultsDir and writes to OutDir: index.html (no script or
+// style from the network; figures are SVG files in plots/), one page per cell in cells/,
+// summary.md and cells.csv. Each file is replaced atomically, so a browser or a concurrent
+// reader never sees half of one.
 func Write(o Options) (*Result, error) {
 	if o.ResultsDir == "" || o.OutDir == "" {
 		return nil, fmt.Errorf("report needs a results directory and an output directory")
@@ -54,10 +67,15 @@ func Write(o Options) (*Result, error) {
 		return nil, err
 	}
 	if len(rows) == 0 && len(probs) == 0 {
-		return nil, fmt.Errorf("%s holds no cell (no <cell-id>/manifest.json): nothing to report", o.ResultsDir)
+		return nil, fmt.Errorf("%s holds %w (no <cell-id>/manifest.json): nothing to report; point --results at the directory the cells were written to", o.ResultsDir, ErrNoCells)
 	}
-	if err := os.MkdirAll(o.OutDir, 0o755); err != nil {
-		return nil, fmt.Errorf("report directory: %w", err)
+	for i := range rows {
+		rows[i].ModelName = DisplayName(o.ModelNames, rows[i].Model)
+	}
+	for _, d := range []string{o.OutDir, filepath.Join(o.OutDir, PlotsDir), filepath.Join(o.OutDir, CellsDir)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, fmt.Errorf("report directory: %w", err)
+		}
 	}
 	res := &Result{Cells: len(rows), Problems: len(probs),
 		Index: filepath.Join(o.OutDir, IndexFile), Markdown: filepath.Join(o.OutDir, MarkdownFile), CSV: filepath.Join(o.OutDir, CSVFile)}
@@ -75,10 +93,33 @@ func Write(o Options) (*Result, error) {
 		return nil, err
 	}
 	groups := Groups(rows)
-	plots, err := RenderPlots(groups)
-	if err != nil {
-		return nil, fmt.Errorf("drawing plots: %w", err)
+	gplots := make([][]*Plot, len(groups))
+	var all []*Plot
+	for gi, g := range groups {
+		for _, p := range groupPlots(g, anchor(g.Model+"."+g.Task)+".", g.Rows[0].ModelName+" · "+g.Task) {
+			p := p
+			gplots[gi] = append(gplots[gi], &p)
+		}
+		all = append(all, gplots[gi]...)
 	}
+	cplots := make([][]*Plot, len(rows))
+	for i := range rows {
+		cplots[i] = cellPlots(&rows[i])
+		all = append(all, cplots[i]...)
+	}
+	if err := renderAll(all); err != nil {
+		return nil, fmt.Errorf("drawing figures: %w", err)
+	}
+	res.Plots = len(all)
+	keep := map[string]bool{}
+	for _, p := range all {
+		keep[p.Name] = true
+		if err := writeAtomic(filepath.Join(o.OutDir, PlotsDir, p.Name), p.SVG); err != nil {
+			return nil, err
+		}
+	}
+	removeStale(filepath.Join(o.OutDir, PlotsDir), ".svg", keep)
+
 	now := time.Now
 	if o.Now != nil {
 		now = o.Now
@@ -88,11 +129,29 @@ func Write(o Options) (*Result, error) {
 		title = "moecapd report"
 	}
 	abs, _ := filepath.Abs(o.ResultsDir)
-	pg := buildPage(title, now().UTC().Format(time.RFC3339), abs, rows, probs, groups, plots, o.Tables)
-	res.Plots = pg.NPlots
+	pg := buildPage(title, now().UTC().Format(time.RFC3339), abs, rows, probs, groups, gplots, o.Tables)
+	pg.NPlots = res.Plots
+	if len(rows) == 1 && len(probs) == 0 {
+		// One cell: its page is the report (six one-dot figures say nothing).
+		pg.Single = buildCellPage(&rows[0], cplots[0], IndexFile, PlotsDir+"/")
+	}
 	if err := writeHTML(&htmlBuf, pg); err != nil {
 		return nil, fmt.Errorf("rendering %s: %w", IndexFile, err)
 	}
+	pages := map[string]bool{}
+	for i := range rows {
+		cp := buildCellPage(&rows[i], cplots[i], "../"+IndexFile, "../"+PlotsDir+"/")
+		var b bytes.Buffer
+		if err := pageTmpl.ExecuteTemplate(&b, "cellpage", cp); err != nil {
+			return nil, fmt.Errorf("rendering the page of %s: %w", rows[i].ID, err)
+		}
+		p := cellPagePath(rows[i].ID)
+		pages[filepath.Base(p)] = true
+		if err := writeAtomic(filepath.Join(o.OutDir, filepath.FromSlash(p)), b.Bytes()); err != nil {
+			return nil, err
+		}
+	}
+	removeStale(filepath.Join(o.OutDir, CellsDir), ".html", pages)
 	for _, f := range []struct {
 		path string
 		b    []byte
@@ -102,6 +161,20 @@ func Write(o Options) (*Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// removeStale deletes files of an earlier report that this one did not write (a cell
+// archived since), leaving anything that is not ours.
+func removeStale(dir, suffix string, keep map[string]bool) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if !e.IsDir() && strings.HasSuffix(e.Name(), suffix) && !keep[e.Name()] {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 func writeAtomic(path string, data []byte) error {

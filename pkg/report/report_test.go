@@ -3,8 +3,10 @@ package report
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
+	"encoding/xml"
 	"flag"
+	"fmt"
+	"io"
 	"image"
 	"image/png"
 	"os"
@@ -152,7 +154,7 @@ func TestWriteErrors(t *testing.T) {
 	}
 }
 
-var dataURIRe = regexp.MustCompile(`src="data:image/png;base64,([A-Za-z0-9+/=]+)"`)
+var imgSrcRe = regexp.MustCompile(`<img class="plot" alt="[^"]*" src="([^"]+)"`)
 
 func findChromium() string {
 	for _, n := range []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable"} {
@@ -178,80 +180,72 @@ func nonBlank(img image.Image) bool {
 	return false
 }
 
-func TestHTMLInChromium(t *testing.T) {
-	out := t.TempDir()
-	res, err := Write(Options{ResultsDir: fixtures, OutDir: out, Tables: loadTables(t),
-		Now: func() time.Time { return time.Date(2026, 8, 14, 6, 0, 0, 0, time.UTC) }})
+// checkSVGs checks that every figure a page names exists beside it and is well-formed SVG
+// with drawn content and the sans font stack; it returns how many the page names.
+func checkSVGs(t *testing.T, page string) int {
+	t.Helper()
+	b, err := os.ReadFile(page)
 	if err != nil {
 		t.Fatal(err)
 	}
-	html, err := os.ReadFile(res.Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	page := string(html)
-	// Self-contained: nothing fetched from anywhere.
-	for _, bad := range []string{"http://", "https://", "<link ", "src=\"/", "src=\"http"} {
-		if strings.Contains(page, bad) {
-			t.Errorf("index.html contains %q: the page must not need the network", bad)
-		}
-	}
-	rows, probs, _ := Load(fixtures, loadTables(t))
-	for _, r := range rows {
-		if !strings.Contains(page, r.ID) {
-			t.Errorf("cell %s not in index.html", r.ID)
-		}
-	}
-	for _, p := range probs {
-		if !strings.Contains(page, p.Dir) {
-			t.Errorf("unreadable cell %s not in index.html", p.Dir)
-		}
-	}
-	for _, s := range []string{"absent", "CUDA out of memory", "context window of 8192", "570.133.20", "0.5.8", "0.11.0", "NVIDIA H100 80GB HBM3", "3.35 TB/s", "S-MBU"} {
-		if !strings.Contains(page, s) {
-			t.Errorf("index.html lacks %q", s)
-		}
-	}
-	// Every plot is a PNG that decodes to something with content. qwen1_5·4k-1k has all 7;
-	// dsv2_lite·4k-1k 7 (one ok cell); qwen1_5·13k-1k none (no completed cell).
-	imgs := dataURIRe.FindAllStringSubmatch(page, -1)
-	if len(imgs) != res.Plots || res.Plots != 14 {
-		t.Fatalf("%d images in the page, %d drawn; want 14", len(imgs), res.Plots)
-	}
-	for i, m := range imgs {
-		b, err := base64.StdEncoding.DecodeString(m[1])
+	srcs := imgSrcRe.FindAllStringSubmatch(string(b), -1)
+	for _, m := range srcs {
+		p := filepath.Join(filepath.Dir(page), filepath.FromSlash(m[1]))
+		svg, err := os.ReadFile(p)
 		if err != nil {
-			t.Fatalf("image %d: %v", i, err)
+			t.Errorf("%s names %s: %v", filepath.Base(page), m[1], err)
+			continue
 		}
-		img, err := png.Decode(bytes.NewReader(b))
-		if err != nil {
-			t.Fatalf("image %d: %v", i, err)
+		dec := xml.NewDecoder(bytes.NewReader(svg))
+		root := ""
+		paths := 0
+		for {
+			tok, err := dec.Token()
+			if err != nil {
+				if err != io.EOF {
+					t.Errorf("%s: not well-formed XML: %v", m[1], err)
+				}
+				break
+			}
+			if se, ok := tok.(xml.StartElement); ok {
+				if root == "" {
+					root = se.Name.Local
+				}
+				if se.Name.Local == "path" {
+					paths++
+				}
+			}
 		}
-		if img.Bounds().Dx() < 300 || img.Bounds().Dy() < 200 || !nonBlank(img) {
-			t.Errorf("image %d is %v and blank=%v; want a drawn plot", i, img.Bounds(), !nonBlank(img))
+		if root != "svg" || paths < 5 {
+			t.Errorf("%s: root <%s>, %d paths; want an <svg> with a drawn figure", m[1], root, paths)
+		}
+		if bytes.Contains(svg, []byte("Serif")) || !bytes.Contains(svg, []byte("'Liberation Sans',Arimo,Arial")) {
+			t.Errorf("%s: text not in the sans font stack", m[1])
 		}
 	}
+	return len(srcs)
+}
 
-	chrome := findChromium()
-	if chrome == "" {
-		t.Skip("chromium not installed (apt-get install -y chromium): skipping the headless-browser check; the HTML and PNG checks above ran")
-	}
+// chromiumCheck loads a page in headless Chromium: every figure must load (the page's own
+// check says so in the DOM), and a screenshot must have content.
+func chromiumCheck(t *testing.T, chrome, page string, figures int, shotTo string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	url := "file://" + res.Index
+	url := "file://" + page
 	common := []string{"--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--hide-scrollbars",
-		"--no-first-run", "--disable-extensions", "--user-data-dir=" + t.TempDir()}
+		"--no-first-run", "--disable-extensions", "--allow-file-access-from-files", "--user-data-dir=" + t.TempDir()}
 	dom, err := exec.CommandContext(ctx, chrome, append(common, "--virtual-time-budget=10000", "--dump-dom", url)...).Output()
 	if err != nil {
-		t.Fatalf("chromium --dump-dom: %v", err)
+		t.Fatalf("chromium --dump-dom %s: %v", page, err)
 	}
-	want := `data-plots-ok="14/14"`
+	want := fmt.Sprintf(`data-plots-ok="%d/%d"`, figures, figures)
 	if !strings.Contains(string(dom), want) {
 		m := regexp.MustCompile(`data-plots-ok="[^"]*"`).FindString(string(dom))
-		t.Errorf("chromium says %q, want %s (every plot decoded by the browser)", m, want)
+		t.Errorf("%s: chromium says %q, want %s (every SVG loaded by the browser)", filepath.Base(page), m, want)
 	}
-	shot := filepath.Join(t.TempDir(), "report.png")
-	cmd := exec.CommandContext(ctx, chrome, append(common, "--window-size=1500,3000", "--screenshot="+shot, url)...)
+	shot := filepath.Join(t.TempDir(), "shot.png")
+	cmd := exec.CommandContext(ctx, chrome, append(common, "--window-size=1400,2400", "--screenshot="+shot, url)...)
 	if outp, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("chromium --screenshot: %v\n%s", err, outp)
 	}
@@ -264,13 +258,93 @@ func TestHTMLInChromium(t *testing.T) {
 	if err != nil {
 		t.Fatalf("screenshot: %v", err)
 	}
-	if img.Bounds().Dx() != 1500 || !nonBlank(img) {
-		t.Errorf("screenshot %v blank=%v, want 1500 px wide with content", img.Bounds(), !nonBlank(img))
+	if img.Bounds().Dx() != 1400 || !nonBlank(img) {
+		t.Errorf("screenshot %v blank=%v, want 1400 px wide with content", img.Bounds(), !nonBlank(img))
 	}
-	if *screenshot != "" {
+	if shotTo != "" {
 		b, _ := os.ReadFile(shot)
-		if err := os.WriteFile(*screenshot, b, 0o644); err != nil {
+		if err := os.WriteFile(shotTo, b, 0o644); err != nil {
 			t.Error(err)
 		}
 	}
+}
+
+func TestHTMLInChromium(t *testing.T) {
+	out := t.TempDir()
+	res, err := Write(Options{ResultsDir: fixtures, OutDir: out, Tables: loadTables(t),
+		ModelNames: map[string]string{"qwen1_5": "Qwen1.5-MoE", "dsv2_lite": "DeepSeek-V2-Lite"},
+		Now:        func() time.Time { return time.Date(2026, 8, 14, 6, 0, 0, 0, time.UTC) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	html, err := os.ReadFile(res.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(html)
+	// Nothing fetched from the network.
+	for _, bad := range []string{"http://", "https://", "<link ", "src=\"/", "src=\"http"} {
+		if strings.Contains(page, bad) {
+			t.Errorf("index.html contains %q: the page must not need the network", bad)
+		}
+	}
+	rows, probs, _ := Load(fixtures, loadTables(t))
+	for _, r := range rows {
+		if !strings.Contains(page, r.ID) {
+			t.Errorf("cell %s not in index.html", r.ID)
+		}
+		if _, err := os.Stat(filepath.Join(out, cellPagePath(r.ID))); err != nil {
+			t.Errorf("no page for cell %s: %v", r.ID, err)
+		}
+	}
+	for _, p := range probs {
+		if !strings.Contains(page, p.Dir) {
+			t.Errorf("unreadable cell %s not in index.html", p.Dir)
+		}
+	}
+	// Display names, binary units, percentiles, reasons, versions.
+	for _, s := range []string{"Qwen1.5-MoE · 4k-1k", "DeepSeek-V2-Lite · 4k-1k", "80 GiB", "p50 / p99", "42.8 / 72.0",
+		"CUDA out of memory", "context window of 8192", "570.133.20", "0.5.8", "0.11.0", "NVIDIA H100 80GB HBM3", "3.35 TB/s", "S-MBU"} {
+		if !strings.Contains(page, s) {
+			t.Errorf("index.html lacks %q", s)
+		}
+	}
+	for _, s := range []string{"85.9 GB", "dsv2_lite · 4k-1k", ">qwen1_5 · "} {
+		if strings.Contains(page, s) {
+			t.Errorf("index.html has %q (decimal units or a key where a display name belongs)", s)
+		}
+	}
+	// qwen1_5·4k-1k has four completed cells at batch 1 and 32 on two hardware: TPOT, TTFT,
+	// throughput, S-MBU and Pareto; no energy panel (the two cells with NVML are one per
+	// hardware, no line). dsv2_lite has one
+	// completed cell and qwen1_5·13k-1k none: no figures, a sentence instead.
+	n := checkSVGs(t, res.Index)
+	if n != 5 {
+		t.Errorf("index.html shows %d figures, want 5", n)
+	}
+	if c := strings.Count(page, "a figure needs two points at least"); c != 2 {
+		t.Errorf("%d groups say they have no figures, want 2 (dsv2_lite and qwen1_5·13k-1k)", c)
+	}
+	// The cell with per-request rows and telemetry has its timelines and CDFs.
+	cellPage := filepath.Join(out, cellPagePath("qwen1_5.1xH100.4k-1k.bs1.sglang"))
+	cn := checkSVGs(t, cellPage)
+	if cn != 8 { // tokens/s, decode batch, power, util, memory, TTFT/TPOT/E2EL CDFs
+		t.Errorf("cell page shows %d figures, want 8", cn)
+	}
+	cb, _ := os.ReadFile(cellPage)
+	for _, s := range []string{"Latency (ms)", "p90", "moe_cap.systems.sglang", "GPU power (NVML)", "records", "← report"} {
+		if !strings.Contains(string(cb), s) {
+			t.Errorf("cell page lacks %q", s)
+		}
+	}
+
+	chrome := findChromium()
+	if chrome == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("chromium not installed in CI (.ci/run installs it)")
+		}
+		t.Skip("chromium not installed (apt-get install -y chromium): skipping the headless-browser check; the HTML and SVG checks above ran")
+	}
+	chromiumCheck(t, chrome, res.Index, n, *screenshot)
+	chromiumCheck(t, chrome, cellPage, cn, "")
 }

@@ -60,6 +60,20 @@ func (r *Row) TTFTMs() *float64 {
 	})
 }
 
+// pctl reads a client latency percentile; absent for the runner, which measures none.
+func (r *Row) pctl(f func(*profile.Metrics) *float64) *float64 {
+	if !r.ok() {
+		return nil
+	}
+	return r.metricP(f)
+}
+
+// TPOTP99Ms and the others below are the client-side percentiles (native client only).
+func (r *Row) TPOTP99Ms() *float64 { return r.pctl(func(m *profile.Metrics) *float64 { return m.P99TPOTMs }) }
+
+// TTFTP99Ms is the client-side p99 TTFT.
+func (r *Row) TTFTP99Ms() *float64 { return r.pctl(func(m *profile.Metrics) *float64 { return m.P99TTFTMs }) }
+
 // OutputThroughput is output tokens per second over the bench.
 func (r *Row) OutputThroughput() *float64 {
 	return r.metric(func(m *profile.Metrics) float64 { return m.OutputThroughput })
@@ -159,11 +173,16 @@ func u64f(p *uint64) *float64 {
 	return f64(float64(*p))
 }
 
-func gb(p *float64) *float64 {
+func gib(p *float64) *float64 {
 	if p == nil {
 		return nil
 	}
-	return f64(*p / 1e9)
+	return f64(GiB(*p))
+}
+
+// pcol is a CSV column of a client latency percentile.
+func pcol(f func(*profile.Metrics) *float64) func(*Row) string {
+	return func(r *Row) string { return num(r.pctl(f)) }
 }
 
 func intOK(r *Row, v int) string {
@@ -176,6 +195,7 @@ func intOK(r *Row, v int) string {
 var csvColumns = []column{
 	{"cell_id", func(r *Row) string { return r.ID }},
 	{"model", func(r *Row) string { return r.Model }},
+	{"model_name", func(r *Row) string { return r.ModelName }},
 	{"hardware", func(r *Row) string { return r.Hardware }},
 	{"gpus", func(r *Row) string { return strconv.Itoa(r.GPUs) }},
 	{"task", func(r *Row) string { return r.Task }},
@@ -189,11 +209,21 @@ var csvColumns = []column{
 	{"failed_requests", func(r *Row) string { return intOK(r, r.metricsOr().Failed) }},
 	{"latency_kind", func(r *Row) string { return r.metricsOr().LatencyKind }},
 	{"ttft_mean_ms", func(r *Row) string { return num(r.TTFTMs()) }},
-	{"ttft_p99_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.P99TTFTMs })) }},
+	{"ttft_p50_ms", pcol(func(m *profile.Metrics) *float64 { return m.MedianTTFTMs })},
+	{"ttft_p90_ms", pcol(func(m *profile.Metrics) *float64 { return m.P90TTFTMs })},
+	{"ttft_p99_ms", pcol(func(m *profile.Metrics) *float64 { return m.P99TTFTMs })},
 	{"tpot_mean_ms", func(r *Row) string { return num(r.TPOTMs()) }},
-	{"tpot_p99_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.P99TPOTMs })) }},
-	{"itl_mean_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.MeanITLMs })) }},
-	{"e2el_mean_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.MeanE2ELMs })) }},
+	{"tpot_p50_ms", pcol(func(m *profile.Metrics) *float64 { return m.MedianTPOTMs })},
+	{"tpot_p90_ms", pcol(func(m *profile.Metrics) *float64 { return m.P90TPOTMs })},
+	{"tpot_p99_ms", pcol(func(m *profile.Metrics) *float64 { return m.P99TPOTMs })},
+	{"itl_mean_ms", pcol(func(m *profile.Metrics) *float64 { return m.MeanITLMs })},
+	{"itl_p50_ms", pcol(func(m *profile.Metrics) *float64 { return m.MedianITLMs })},
+	{"itl_p90_ms", pcol(func(m *profile.Metrics) *float64 { return m.P90ITLMs })},
+	{"itl_p99_ms", pcol(func(m *profile.Metrics) *float64 { return m.P99ITLMs })},
+	{"e2el_mean_ms", pcol(func(m *profile.Metrics) *float64 { return m.MeanE2ELMs })},
+	{"e2el_p50_ms", pcol(func(m *profile.Metrics) *float64 { return m.MedianE2ELMs })},
+	{"e2el_p90_ms", pcol(func(m *profile.Metrics) *float64 { return m.P90E2ELMs })},
+	{"e2el_p99_ms", pcol(func(m *profile.Metrics) *float64 { return m.P99E2ELMs })},
 	{"output_throughput_tok_s", func(r *Row) string { return num(r.OutputThroughput()) }},
 	{"output_throughput_per_gpu_tok_s", func(r *Row) string { return num(r.ThroughputPerGPU()) }},
 	{"interactivity_tok_s_per_user", func(r *Row) string { return num(r.Interactivity()) }},
@@ -217,22 +247,33 @@ var csvColumns = []column{
 		}
 		return strconv.FormatBool(r.Cap.Feasible)
 	}},
-	{"memory_need_gb", func(r *Row) string {
-		return num(r.capVal(func(r *Row) *float64 { return f64(r.Cap.MemNeedBytes / 1e9) }))
+	{"memory_need_gib", func(r *Row) string {
+		return num(r.capVal(func(r *Row) *float64 { return f64(GiB(r.Cap.MemNeedBytes)) }))
 	}},
-	{"memory_usable_gb", func(r *Row) string {
-		return num(r.capVal(func(r *Row) *float64 { return f64(r.Cap.MemHaveBytes / 1e9) }))
+	{"memory_usable_gib", func(r *Row) string {
+		return num(r.capVal(func(r *Row) *float64 { return f64(GiB(r.Cap.MemHaveBytes)) }))
 	}},
 	{"energy_j", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.EnergyJ })) }},
 	{"j_per_output_token", func(r *Row) string { return num(r.JPerOutputToken()) }},
 	{"avg_power_w", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.AvgPowerW })) }},
 	{"peak_power_w", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.PeakPowerW })) }},
 	{"mean_util_pct", func(r *Row) string { return num(r.tel(func(t *gpu.Summary) *float64 { return t.MeanUtilPct })) }},
-	{"peak_memory_gb", func(r *Row) string {
-		return num(gb(r.tel(func(t *gpu.Summary) *float64 { return u64f(t.PeakMemoryBytes) })))
+	{"peak_memory_gib", func(r *Row) string {
+		return num(gib(r.tel(func(t *gpu.Summary) *float64 { return u64f(t.PeakMemoryBytes) })))
 	}},
 	{"cost_per_million_output_tokens_usd", func(r *Row) string { v, _ := r.CostPerMTok(); return num(v) }},
 	{"cost_source", func(r *Row) string { _, s := r.CostPerMTok(); return s }},
+	{"flags", func(r *Row) string {
+		var fs []string
+		for _, f := range r.Flags {
+			if f.Metric != "" {
+				fs = append(fs, f.Metric+": "+f.Reason)
+			} else {
+				fs = append(fs, f.Reason)
+			}
+		}
+		return strings.Join(fs, "; ")
+	}},
 	{"backend_version", func(r *Row) string { return r.BackendVersion }},
 	{"driver", func(r *Row) string { return r.Driver }},
 	{"moecapd", func(r *Row) string { return r.Moecapd }},
@@ -268,6 +309,11 @@ func WriteCSV(w io.Writer, rows []Row) error {
 	rec := make([]string, len(csvColumns))
 	for i := range rows {
 		for j, c := range csvColumns {
+			// A flagged value is no result: its field stays empty and "flags" says why.
+			if rows[i].FlagFor(c.name) != "" {
+				rec[j] = ""
+				continue
+			}
 			rec[j] = c.get(&rows[i])
 		}
 		if err := cw.Write(rec); err != nil {
@@ -387,33 +433,32 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 	b.WriteString("\n\n`absent` = not measured (no NVML, or the GPU does not report it); `—` = does not apply (the cell did not complete).\n")
 
 	for _, g := range Groups(rows) {
-		fmt.Fprintf(&b, "\n## %s · %s\n\n", g.Model, g.Task)
-		b.WriteString("| cell | hardware | backend | bs | TTFT ms | TPOT ms | TPOT floor ms | ×floor | out tok/s | tok/s/GPU | S-MBU dec | S-MFU dec | S-MBU pre | J/tok | $/M tok | status |\n")
-		b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
+		fmt.Fprintf(&b, "\n## %s · %s\n\n", mdEscape(g.Rows[0].ModelName), g.Task)
+		b.WriteString("| cell | hardware | backend | batch | TTFT p50 / p99 ms | TPOT p50 / p99 ms | TPOT ×floor | tok/s/GPU | tok/s/user | S-MBU decode | J/tok | status |\n")
+		b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 		for _, r := range g.Rows {
-			var floor, over *float64
-			if r.Cap != nil {
-				floor, over = nonZero(r.Cap.TPOTFloorMs), r.Cap.TPOTOverFloor
+			v := viewOf(r)
+			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
+				mdEscape(r.ID), r.Hardware, r.Backend, r.BatchSize, mdEscape(v.TTFT), mdEscape(v.TPOT), mdEscape(v.Over),
+				mdEscape(v.TputGPU), mdEscape(v.Interact), mdEscape(v.SMBU), mdEscape(v.JTok), mdEscape(v.StatusText))
+		}
+		if cmp := backendPairs(g.Rows); len(cmp) > 0 {
+			b.WriteString("\nSame cell, different backend (TPOT p50 ms · output tok/s per GPU):\n\n| hardware | batch |")
+			bk := pairBackends(cmp)
+			for _, x := range bk {
+				fmt.Fprintf(&b, " %s |", x)
 			}
-			cost, src := r.CostPerMTok()
-			costS := showNA(cost, "%.2f")
-			if src == "rental" {
-				costS += " (rental)"
+			b.WriteString("\n|---|--:|" + strings.Repeat("--:|", len(bk)) + "\n")
+			for _, c := range cmp {
+				fmt.Fprintf(&b, "| %s | %d |", c.Hardware, c.Batch)
+				for _, x := range bk {
+					fmt.Fprintf(&b, " %s |", mdEscape(c.cellText(x)))
+				}
+				b.WriteString("\n")
 			}
-			jt := Absent
-			if r.ok() {
-				jt = show(r.JPerOutputToken(), "%.3f")
-			} else {
-				jt = "—"
-			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-				mdEscape(r.ID), r.Hardware, r.Backend, r.BatchSize,
-				showNA(r.TTFTMs(), "%.1f"), showNA(r.TPOTMs(), "%.2f"), showNA(floor, "%.2f"), showNA(over, "%.2f"),
-				showNA(r.OutputThroughput(), "%.1f"), showNA(r.ThroughputPerGPU(), "%.1f"),
-				showNA(pct(r.util(false, true)), "%.1f%%"), showNA(pct(r.util(false, false)), "%.2f%%"),
-				showNA(pct(r.util(true, true)), "%.1f%%"), jt, costS, r.Status)
 		}
 	}
+	b.WriteString("\nEvery percentile (TTFT, TPOT, ITL, E2EL p50/p90/p99), S-MFU, floors, energy and cost per cell are in cells.csv.\n")
 
 	var bad []*Row
 	for i := range rows {
@@ -426,7 +471,7 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 		for _, r := range bad {
 			mem := "—"
 			if r.Cap != nil {
-				mem = mdEscape(r.Cap.FeasibleReason)
+				mem = mdEscape(memoryVerdict(r))
 			}
 			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", mdEscape(r.ID), r.Status, mdEscape(r.Reason), mem)
 		}

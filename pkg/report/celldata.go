@@ -1,0 +1,278 @@
+package report
+
+import (
+	"bufio"
+	"encoding/csv"
+	"encoding/json"
+	"errors"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"gonum.org/v1/plot/plotter"
+
+	"github.com/moecapd/moecapd/pkg/profile"
+)
+
+// CellData is what a cell's files say beyond its manifest: the per-request latencies the
+// native client wrote (client/**/bench.json), and timelines of the run from the client,
+// the server's pass records and telemetry.csv. Each part is nil when its file is absent.
+type CellData struct {
+	// Per-request latencies (ms) of the successful requests.
+	TTFT, TPOT, E2EL []float64
+	// TokensPerS is output tokens/s over the bench (seconds since the bench started),
+	// from the client's token arrival times.
+	TokensPerS plotter.XYs
+	// DecodeBatch is the running decode batch over cumulative server pass time (s).
+	DecodeBatch plotter.XYs
+	// GPU timelines from telemetry.csv, one series per GPU index, seconds since the first
+	// sample: power (W), utilisation (%), memory used (GiB).
+	Power, Util, MemGiB map[int]plotter.XYs
+}
+
+// timelineBins is how many points a timeline keeps: enough for a page, small for 1000 cells.
+const timelineBins = 60
+
+// readCellData reads what there is; a file that cannot be parsed is skipped (the manifest
+// stays the record; a half-written side file must not stop a report).
+func readCellData(dir string) *CellData {
+	d := &CellData{}
+	any := false
+	if p := findFile(filepath.Join(dir, "client"), "bench.json"); p != "" {
+		any = readBench(p, d) || any
+	}
+	if p := findFile(filepath.Join(dir, "records"), ".jsonl"); p != "" {
+		any = readPassRecords(p, d) || any
+	}
+	any = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || any
+	if !any {
+		return nil
+	}
+	return d
+}
+
+// findFile is the first file under root whose name ends in suffix (walk order).
+func findFile(root, suffix string) string {
+	var found string
+	_ = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		if !e.IsDir() && strings.HasSuffix(e.Name(), suffix) {
+			found = p
+			return fs.SkipAll
+		}
+		return nil
+	})
+	return found
+}
+
+func readBench(path string, d *CellData) bool {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return false
+	}
+	var bf struct {
+		Requests []profile.RequestResult `json:"requests"`
+	}
+	if json.Unmarshal(b, &bf) != nil || len(bf.Requests) == 0 {
+		return false
+	}
+	// Token arrivals: the first chunk at start+TTFT, each later chunk one ITL after the
+	// last; a chunk carries output_tokens/chunks tokens.
+	type ev struct{ t, n float64 }
+	var evs []ev
+	end := 0.0
+	for _, r := range bf.Requests {
+		if !r.Success {
+			continue
+		}
+		d.TTFT = append(d.TTFT, r.TTFTMs)
+		if r.OutputTokens > 1 {
+			d.TPOT = append(d.TPOT, r.TPOTMs)
+		}
+		d.E2EL = append(d.E2EL, r.E2ELMs)
+		chunks := max(len(r.ITLMs)+1, 1)
+		per := float64(r.OutputTokens) / float64(chunks)
+		t := r.StartS + r.TTFTMs/1e3
+		evs = append(evs, ev{t, per})
+		for _, g := range r.ITLMs {
+			t += g / 1e3
+			evs = append(evs, ev{t, per})
+		}
+		end = max(end, r.StartS+r.E2ELMs/1e3)
+	}
+	if end > 0 && len(evs) > 0 {
+		w := end / timelineBins
+		bins := make([]float64, timelineBins)
+		for _, e := range evs {
+			i := min(int(e.t/w), timelineBins-1)
+			bins[i] += e.n
+		}
+		for i, n := range bins {
+			d.TokensPerS = append(d.TokensPerS, plotter.XY{X: (float64(i) + 0.5) * w, Y: n / w})
+		}
+	}
+	return len(d.TTFT) > 0
+}
+
+// readPassRecords reads the decode passes of a records file (one JSON object per line, the
+// wrappers' format) into the decode batch timeline.
+func readPassRecords(path string, d *CellData) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	type pass struct{ t, b float64 }
+	var ps []pass
+	t := 0.0
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var p struct {
+			BatchSize   float64 `json:"batch_size"`
+			Latency     float64 `json:"latency"`
+			ForwardMode string  `json:"forward_mode"`
+		}
+		if json.Unmarshal(sc.Bytes(), &p) != nil || p.Latency <= 0 {
+			continue
+		}
+		t += p.Latency
+		if p.ForwardMode == "decode" {
+			ps = append(ps, pass{t, p.BatchSize})
+		}
+	}
+	if len(ps) == 0 {
+		return false
+	}
+	// Mean batch per bin of pass time.
+	w := t / timelineBins
+	sum := make([]float64, timelineBins)
+	n := make([]float64, timelineBins)
+	for _, p := range ps {
+		i := min(int(p.t/w), timelineBins-1)
+		sum[i] += p.b
+		n[i]++
+	}
+	for i := range sum {
+		if n[i] > 0 {
+			d.DecodeBatch = append(d.DecodeBatch, plotter.XY{X: (float64(i) + 0.5) * w, Y: sum[i] / n[i]})
+		}
+	}
+	return true
+}
+
+func readTelemetryCSV(path string, d *CellData) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	r := csv.NewReader(bufio.NewReader(f))
+	r.FieldsPerRecord = -1
+	head, err := r.Read()
+	if err != nil {
+		return false
+	}
+	col := map[string]int{}
+	for i, h := range head {
+		col[h] = i
+	}
+	need := []string{"timestamp", "gpu_index"}
+	for _, n := range need {
+		if _, ok := col[n]; !ok {
+			return false
+		}
+	}
+	type sample struct {
+		t          time.Time
+		gpu        int
+		p, u, m    float64
+		hp, hu, hm bool
+	}
+	var ss []sample
+	for {
+		rec, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			break
+		}
+		get := func(name string) (float64, bool) {
+			i, ok := col[name]
+			if !ok || i >= len(rec) || rec[i] == "" {
+				return 0, false
+			}
+			v, err := strconv.ParseFloat(rec[i], 64)
+			return v, err == nil
+		}
+		ts, err := time.Parse(time.RFC3339Nano, rec[col["timestamp"]])
+		if err != nil {
+			continue
+		}
+		g, ok := get("gpu_index")
+		if !ok {
+			continue
+		}
+		s := sample{t: ts, gpu: int(g)}
+		s.p, s.hp = get("power_mw")
+		s.u, s.hu = get("util_gpu_pct")
+		s.m, s.hm = get("mem_used_bytes")
+		ss = append(ss, s)
+	}
+	if len(ss) == 0 {
+		return false
+	}
+	sort.SliceStable(ss, func(i, j int) bool { return ss[i].t.Before(ss[j].t) })
+	t0 := ss[0].t
+	add := func(m *map[int]plotter.XYs, g int, x, y float64) {
+		if *m == nil {
+			*m = map[int]plotter.XYs{}
+		}
+		(*m)[g] = append((*m)[g], plotter.XY{X: x, Y: y})
+	}
+	for _, s := range ss {
+		x := s.t.Sub(t0).Seconds()
+		if s.hp {
+			add(&d.Power, s.gpu, x, s.p/1e3)
+		}
+		if s.hu {
+			add(&d.Util, s.gpu, x, s.u)
+		}
+		if s.hm {
+			add(&d.MemGiB, s.gpu, x, GiB(s.m))
+		}
+	}
+	for _, m := range []map[int]plotter.XYs{d.Power, d.Util, d.MemGiB} {
+		for g, xy := range m {
+			m[g] = downsample(xy, 4*timelineBins)
+		}
+	}
+	return d.Power != nil || d.Util != nil || d.MemGiB != nil
+}
+
+// downsample keeps at most n points by averaging runs of neighbours.
+func downsample(xy plotter.XYs, n int) plotter.XYs {
+	if len(xy) <= n {
+		return xy
+	}
+	k := (len(xy) + n - 1) / n
+	var out plotter.XYs
+	for i := 0; i < len(xy); i += k {
+		j := min(i+k, len(xy))
+		var sx, sy float64
+		for _, p := range xy[i:j] {
+			sx += p.X
+			sy += p.Y
+		}
+		out = append(out, plotter.XY{X: sx / float64(j-i), Y: sy / float64(j-i)})
+	}
+	return out
+}
