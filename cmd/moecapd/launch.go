@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
+	"golang.org/x/term"
 
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
@@ -57,6 +58,7 @@ left something behind, 130 interrupted.`,
 	f.Duration("ready-hard-timeout", 2*time.Hour, "absolute cap on start-up time")
 	f.String("client", "", "moe-cap (the MoE-CAP runner in the conda env; default for sglang/vllm) or native (built-in Go client; default for sim)")
 	f.Bool("dry-run", false, "print the exact argv and added environment of server and client, start nothing")
+	f.String("progress", "auto", "bench progress: tty (a live line: requests done / total, tok/s, ETA), log (a log line every 10 s), auto (tty when stderr is a terminal)")
 	f.String("hardware", "", "hardware label for the cell id (default from NVML, e.g. 1xH100)")
 	f.String("sim-flavor", "sglang", "sim backend: which wrapper's API to imitate (sglang or vllm)")
 	f.String("sim-hardware", "H100", "sim backend: hardware family to simulate (H100, H200, A100)")
@@ -180,6 +182,14 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	switch pm := v.GetString("progress"); {
+	case pm != "auto" && pm != "tty" && pm != "log":
+		return usageErrorf("--progress %q: want auto, tty or log", pm)
+	case pm == "tty" || (pm == "auto" && term.IsTerminal(int(os.Stderr.Fd()))):
+		// A live line on the terminal during the bench: requests done / total, tok/s, ETA.
+		// Otherwise (a log file, nohup) a plain progress log line every 10 s.
+		c.Native.Progress = os.Stderr
+	}
 	m, err := cell.Run(ctx, c, plan)
 	if err != nil {
 		return withCode(exitInternal, err)

@@ -136,22 +136,19 @@ func newLogger(v *viper.Viper) (*zap.Logger, error) {
 			format = "console"
 		}
 	}
-	var cfg zap.Config
 	switch format {
 	case "console":
-		cfg = zap.NewDevelopmentConfig()
-		cfg.DisableStacktrace = true
-		cfg.EncoderConfig.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05.000")
+		return zap.New(zapcore.NewCore(newHumanEncoder(), zapcore.Lock(os.Stderr), lvl)), nil
 	case "json":
-		cfg = zap.NewProductionConfig()
+		cfg := zap.NewProductionConfig()
 		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 		cfg.Sampling = nil
+		cfg.Level = zap.NewAtomicLevelAt(lvl)
+		cfg.OutputPaths = []string{"stderr"}
+		return cfg.Build()
 	default:
 		return nil, usageErrorf("--log-format %q: want auto, console or json", format)
 	}
-	cfg.Level = zap.NewAtomicLevelAt(lvl)
-	cfg.OutputPaths = []string{"stderr"}
-	return cfg.Build()
 }
 
 func main() {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -47,7 +48,7 @@ Completed/Pending tables from the results.`,
 
 // launchOnly are launch-and-bench flags that the matrix sets per cell.
 var launchOnly = map[string]bool{"backend": true, "config": true, "batch-size": true, "tp": true,
-	"num-samples": true, "port": true, "dry-run": true, "hardware": true, "sim-hardware": true, "env": true}
+	"num-samples": true, "port": true, "dry-run": true, "progress": true, "hardware": true, "sim-hardware": true, "env": true}
 
 // addSelectFlags adds what plan and run share: the matrix, the node, which cells.
 func addSelectFlags(f *pflag.FlagSet) {
@@ -112,6 +113,7 @@ failed (moecapd matrix status lists them), 130 interrupted, 1 internal error.`,
 	f.String("progress", "auto", "tty (live line on the terminal), log (log lines only, for nohup/systemd), auto (tty when stderr is a terminal)")
 	f.Duration("heartbeat", time.Minute, "log mode: how often to log the progress line")
 	f.String("metrics-addr", "", "serve Prometheus metrics on this address (e.g. 127.0.0.1:9400)")
+	f.Duration("metrics-linger", 0, "with --metrics-addr: keep serving metrics this long after the run ends (e.g. 2m), so a scraper sees the final state")
 	f.String("lock-dir", filepath.Join(os.TempDir(), "moecapd-locks"), "directory of the per-GPU lock files (shared by every run on the node)")
 	return cmd
 }
@@ -250,7 +252,7 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 			total += it.Estimate
 			est = it.Estimate.Round(time.Second).String()
 		}
-		mem := fmt.Sprintf("%.0f/%.0f GB", it.Need/1e9, it.Have/1e9)
+		mem := fmt.Sprintf("%.0f/%.0f GiB", it.Need/(1<<30), it.Have/(1<<30))
 		why := it.Why
 		if !it.Feasible {
 			mem += " ✗"
@@ -298,9 +300,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 	if mode == "tty" {
 		// Log lines go through the display so they print above the live line, not into it.
 		display = matrix.NewTerminal(os.Stderr, prog, 500*time.Millisecond)
-		enc := zap.NewDevelopmentEncoderConfig()
-		enc.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05")
-		log = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), display, log.Level()))
+		log = zap.New(zapcore.NewCore(newHumanEncoder(), display, log.Level()))
 	}
 	defer log.Sync()
 	s, err := setupMatrix(cmd, log)
@@ -357,7 +357,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 	mctx, mstop := context.WithCancel(context.Background())
 	defer mstop()
 	if addr := v.GetString("metrics-addr"); addr != "" {
-		got, _, err := matrix.ServeMetrics(mctx, addr, &matrix.Collector{P: prog, GPUs: s.gb, Devs: s.devs})
+		got, _, err := matrix.ServeMetrics(mctx, addr, &matrix.Collector{P: prog, GPUs: s.gb, Devs: s.devs, Version: version})
 		if err != nil {
 			if display != nil {
 				display.Close()
@@ -401,13 +401,23 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 	if display != nil {
 		display.Close()
 	}
+	interrupted := ctx.Err() != nil || out.Interrupted > 0
+	if linger := v.GetDuration("metrics-linger"); linger > 0 && v.GetString("metrics-addr") != "" && !interrupted {
+		// Keep /metrics up so a scraper sees the final state; Ctrl-C ends the wait.
+		log.Info("run finished; metrics stay up", zap.String("addr", v.GetString("metrics-addr")), zap.Duration("for", linger))
+		select {
+		case <-ctx.Done():
+		case <-time.After(linger):
+		}
+	}
 	mstop()
+	printMatrixSummary(os.Stdout, results, s.items)
 	fmt.Printf("matrix: %d ok, %d failed, %d infeasible, %d skipped-infeasible, %d interrupted; moecapd matrix status --results %s\n",
 		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, v.GetString("results"))
 	switch {
 	case err != nil:
 		return withCode(exitInternal, err)
-	case ctx.Err() != nil || out.Interrupted > 0:
+	case interrupted:
 		return withCode(exitInterrupted, fmt.Errorf("interrupted; run the same command again to resume"))
 	case out.Failed > 0:
 		return withCode(exitCellsFailed, fmt.Errorf("%d cell(s) failed; see moecapd matrix status", out.Failed))
@@ -428,7 +438,68 @@ func matrixCellConfig(v *viper.Viper, gb gpu.Backend, log *zap.Logger, c *matrix
 		return nil, err
 	}
 	setPrices(cfg, &cell.Plan{}, v)
+	// The matrix logs two lines a cell (starting, finished); the pipeline's own steps are
+	// for --log-level debug. Warnings and errors still come through.
+	if cfg.Log != nil && !cfg.Log.Core().Enabled(zapcore.DebugLevel) {
+		cfg.Log = cfg.Log.WithOptions(zap.IncreaseLevel(zapcore.WarnLevel))
+	}
 	return cfg, nil
+}
+
+// printMatrixSummary prints one line per cell this run took on: status, latency,
+// throughput, energy and time, or why it did not complete.
+func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CELL\tSTATUS\tTPOT ms\tTTFT ms\tTOK/S\tJ/TOK\tTOOK\tWHY")
+	n := 0
+	for _, it := range items {
+		if it.Action != matrix.ActRun {
+			continue
+		}
+		n++
+		m, err := cell.ReadManifest(filepath.Join(results, it.Cell.ID))
+		if err != nil {
+			fmt.Fprintf(tw, "%s\tnot run\t\t\t\t\t\t\n", it.Cell.ID)
+			continue
+		}
+		num := func(p *float64, prec int) string {
+			if p == nil {
+				return "–"
+			}
+			return strconv.FormatFloat(roundHuman(*p), 'f', -1, 64)
+		}
+		var tpot, ttft, tput, jtok string = "–", "–", "–", "–"
+		if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
+			tp, tt := mt.MeanTPOTMs, mt.MeanTTFTMs
+			if tp == nil && mt.ServerPass != nil {
+				tp, tt = mt.ServerPass.TPOTMoECAPMs, mt.ServerPass.TTFTMoECAPMs
+			}
+			tpot, ttft = num(tp, 2), num(tt, 1)
+			tput = strconv.FormatFloat(mt.OutputThroughput, 'f', 0, 64)
+			if m.Telemetry != nil {
+				jtok = num(m.Telemetry.JPerOutputToken, 3)
+			}
+		}
+		why := ""
+		if f := m.Failure; f != nil {
+			why = fmt.Sprintf("%s in %s: %s", f.Kind, f.Phase, firstLineOf(f.Message))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", it.Cell.ID, m.Status, tpot, ttft, tput, jtok,
+			humanDuration(time.Duration(m.Timings.Total*float64(time.Second))), why)
+	}
+	if n > 0 {
+		tw.Flush()
+	}
+}
+
+func firstLineOf(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		s = s[:i]
+	}
+	if len(s) > 100 {
+		s = s[:97] + "..."
+	}
+	return s
 }
 
 func runMatrixStatus(cmd *cobra.Command, _ []string) error {

@@ -193,6 +193,9 @@ func TestMatrixFaultsKillResume(t *testing.T) {
 func TestMatrixMetricsScrape(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
 	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("promtool not installed in CI (.ci/run installs the prometheus package)")
+		}
 		t.Skip("promtool not installed (Debian package prometheus: apt-get install -y prometheus); CI installs it")
 	}
 	ln, err := netListen()
@@ -202,7 +205,7 @@ func TestMatrixMetricsScrape(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	results := t.TempDir()
-	c, out := startMoecapd(t, matrixRunArgs(results, t.TempDir(), "--only", `^dsv2_lite\.1xA100`, "--metrics-addr", addr)...)
+	c, out := startMoecapd(t, matrixRunArgs(results, t.TempDir(), "--only", `^dsv2_lite\.1xA100`, "--metrics-addr", addr, "--metrics-linger", "4s")...)
 	waitCellBench(t, filepath.Join(results, "dsv2_lite.1xA100.32-8.bs4.sim"))
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -211,8 +214,10 @@ func TestMatrixMetricsScrape(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	for _, want := range []string{
-		`moecapd_matrix_cells{state="planned"} 1`,
+		`moecapd_matrix_cells_planned 1`,
 		`moecapd_matrix_cells{state="running"} 1`,
+		`moecapd_matrix_cells{state="pending"} 0`,
+		`moecapd_build_info{goversion="go`,
 		`moecapd_matrix_cell_running{cell="dsv2_lite.1xA100.32-8.bs4.sim",phase="bench",slot="0"} 1`,
 		`moecapd_matrix_eta_seconds `,
 		`moecapd_matrix_retries_total 0`,
@@ -221,13 +226,61 @@ func TestMatrixMetricsScrape(t *testing.T) {
 			t.Errorf("scrape lacks %q:\n%s", want, body)
 		}
 	}
+	if bytes.Contains(body, []byte(`state="planned"`)) {
+		t.Error(`a "planned" total among the states: summing over state double-counts`)
+	}
+	promcheck(t, promtool, body)
+	// After the run the endpoint lingers with the final state and the cell's results.
+	var final []byte
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if bytes.Contains(b, []byte(`moecapd_matrix_cells{state="ok"} 1`)) {
+			final = b
+			break
+		}
+	}
+	if final == nil {
+		t.Fatalf("no scrape after the cell finished (--metrics-linger)\n%s", out)
+	}
+	for _, want := range []string{`moecapd_matrix_cells{state="running"} 0`,
+		`moecapd_cell_tpot_seconds{backend="sim",batch="4",cell="dsv2_lite.1xA100.32-8.bs4.sim",hardware="1xA100",model="dsv2_lite",task="32-8"} 0.04`,
+		`moecapd_cell_output_tokens_per_second{backend="sim",batch="4",cell="dsv2_lite.1xA100.32-8.bs4.sim"`} {
+		if !bytes.Contains(final, []byte(want)) {
+			t.Errorf("final scrape lacks %q:\n%s", want, final)
+		}
+	}
+	if bytes.Contains(final, []byte("moecapd_cell_joules_per_output_token")) {
+		t.Error("J/token exported for a cell without telemetry")
+	}
+	// The per-state counts sum to the planned total.
+	sum := 0.0
+	for _, l := range strings.Split(string(final), "\n") {
+		if strings.HasPrefix(l, "moecapd_matrix_cells{") {
+			f := strings.Fields(l)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			sum += v
+		}
+	}
+	if sum != 1 {
+		t.Errorf("states sum to %v, want the planned 1", sum)
+	}
+	promcheck(t, promtool, final)
+	if err := c.Wait(); err != nil {
+		t.Fatalf("matrix run: %v\n%s", err, out)
+	}
+}
+
+func promcheck(t *testing.T, promtool string, body []byte) {
+	t.Helper()
 	check := exec.Command(promtool, "check", "metrics")
 	check.Stdin = bytes.NewReader(body)
 	if o, err := check.CombinedOutput(); err != nil {
 		t.Errorf("promtool check metrics: %v\n%s", err, o)
-	}
-	if err := c.Wait(); err != nil {
-		t.Fatalf("matrix run: %v\n%s", err, out)
 	}
 }
 

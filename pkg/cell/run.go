@@ -114,7 +114,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 }
 
 func (r *runner) phase(ph Phase) {
-	r.log.Info("phase", zap.String("phase", string(ph)))
+	r.log.Debug("phase", zap.String("phase", string(ph)))
 	if r.c.OnPhase != nil {
 		r.c.OnPhase(r.p.ID, ph)
 	}
@@ -384,7 +384,9 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 		defer cl.Close()
 		core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(cl), zap.InfoLevel)
 		o.Log = zap.New(zapcore.NewTee(r.log.Core(), core))
-		o.ProgressInterval = 10 * time.Second
+		if o.Progress == nil {
+			o.ProgressInterval = 10 * time.Second
+		}
 	}
 	res, err := profile.Run(ctx, o)
 	if res != nil {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -28,10 +29,18 @@ type Collector struct {
 	P    *Progress
 	GPUs GPUReader
 	Devs []gpu.Device
+	// Version is moecapd's, for moecapd_build_info.
+	Version string
 }
 
 var (
-	descCells   = prometheus.NewDesc("moecapd_matrix_cells", "Cells of this run by state (planned = all the run takes on).", []string{"state"}, nil)
+	descCells   = prometheus.NewDesc("moecapd_matrix_cells", "Cells of this run by state; the states sum to moecapd_matrix_cells_planned.", []string{"state"}, nil)
+	descPlanned = prometheus.NewDesc("moecapd_matrix_cells_planned", "Cells this run takes on (ok + failed + infeasible + skipped + interrupted + running + pending).", nil, nil)
+	descBuild   = prometheus.NewDesc("moecapd_build_info", "moecapd's version and Go version; always 1.", []string{"version", "goversion"}, nil)
+	resLabels   = []string{"cell", "model", "hardware", "task", "batch", "backend"}
+	descResTPOT = prometheus.NewDesc("moecapd_cell_tpot_seconds", "Mean time per output token of a cell that finished ok in this run (client-side, or the runner's server-pass TPOT).", resLabels, nil)
+	descResTput = prometheus.NewDesc("moecapd_cell_output_tokens_per_second", "Output throughput of a cell that finished ok in this run.", resLabels, nil)
+	descResJTok = prometheus.NewDesc("moecapd_cell_joules_per_output_token", "Measured GPU energy per output token of a cell that finished ok in this run (NVML).", resLabels, nil)
 	descRetries = prometheus.NewDesc("moecapd_matrix_retries_total", "Attempts repeated after a transient failure (crash, health timeout).", nil, nil)
 	descETA     = prometheus.NewDesc("moecapd_matrix_eta_seconds", "Estimated time until every cell of this run has finished.", nil, nil)
 	descElapsed = prometheus.NewDesc("moecapd_matrix_elapsed_seconds", "Time since this run started.", nil, nil)
@@ -47,7 +56,7 @@ var (
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descCells, descRetries, descETA, descElapsed, descCurrent, descCellEl, descPower, descEnergy, descUtil, descMem, descTemp, descSM} {
+	for _, d := range []*prometheus.Desc{descCells, descPlanned, descBuild, descResTPOT, descResTput, descResJTok, descRetries, descETA, descElapsed, descCurrent, descCellEl, descPower, descEnergy, descUtil, descMem, descTemp, descSM} {
 		ch <- d
 	}
 }
@@ -58,9 +67,27 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	g := func(d *prometheus.Desc, v float64, l ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, l...)
 	}
-	for state, n := range map[string]int{"planned": s.Total, "ok": s.OK, "failed": s.Failed, "infeasible": s.Infeasible,
+	for state, n := range map[string]int{"ok": s.OK, "failed": s.Failed, "infeasible": s.Infeasible,
 		"skipped": s.Skipped, "interrupted": s.Interrupted, "running": len(s.Running), "pending": s.Pending()} {
 		g(descCells, float64(n), state)
+	}
+	g(descPlanned, float64(s.Total))
+	v := c.Version
+	if v == "" {
+		v = "unknown"
+	}
+	g(descBuild, 1, v, runtime.Version())
+	for _, r := range s.Results {
+		l := []string{r.Cell, r.Model, r.Hardware, r.Task, strconv.Itoa(r.Batch), r.Backend}
+		if r.TPOTSeconds != nil {
+			g(descResTPOT, *r.TPOTSeconds, l...)
+		}
+		if r.OutputTokensPerS != nil {
+			g(descResTput, *r.OutputTokensPerS, l...)
+		}
+		if r.JPerTok != nil {
+			g(descResJTok, *r.JPerTok, l...)
+		}
 	}
 	ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.Retry))
 	if !s.Start.IsZero() {

@@ -20,6 +20,14 @@ type Current struct {
 	Estimate time.Duration
 }
 
+// Result is what a finished ok cell measured, for the metrics; a nil field was not measured.
+type Result struct {
+	Cell                                   string
+	Model, Hardware, Task, Backend         string
+	Batch                                  int
+	TPOTSeconds, OutputTokensPerS, JPerTok *float64
+}
+
 // Snapshot is the state of a run at one instant; displays and metrics read it.
 type Snapshot struct {
 	Start                                                      time.Time
@@ -27,6 +35,8 @@ type Snapshot struct {
 	Total, OK, Failed, Infeasible, Skipped, Interrupted, Retry int
 	Slots                                                      int
 	Ended                                                      bool
+	// Results of the cells that finished ok in this run, in finishing order.
+	Results []Result
 	pendingEst                                                 time.Duration
 	ratio                                                      float64
 }
@@ -60,6 +70,7 @@ type Progress struct {
 	s       Snapshot
 	est     map[string]time.Duration // pending cell → estimate
 	running map[int]*Current
+	results []Result
 	actual  time.Duration // of cells finished this run
 	planned time.Duration // their estimates
 }
@@ -112,7 +123,33 @@ func (p *Progress) finished(slot int, it *Item, m *cell.Manifest, took time.Dura
 		p.actual += took
 		p.planned += it.Estimate
 	}
+	if m.Status == cell.StatusOK {
+		p.results = append(p.results, resultOf(it, m))
+	}
 }
+
+func resultOf(it *Item, m *cell.Manifest) Result {
+	r := Result{Cell: it.Cell.ID, Model: m.Cell.Model, Hardware: m.Cell.Hardware, Task: m.Cell.Task,
+		Backend: m.Cell.Backend, Batch: m.Cell.BatchSize}
+	if mt := m.Metrics; mt != nil {
+		tpot := mt.MeanTPOTMs
+		if tpot == nil && mt.ServerPass != nil {
+			tpot = mt.ServerPass.TPOTMoECAPMs
+		}
+		if tpot != nil {
+			r.TPOTSeconds = ptr(*tpot / 1e3)
+		}
+		if mt.OutputThroughput > 0 {
+			r.OutputTokensPerS = ptr(mt.OutputThroughput)
+		}
+	}
+	if t := m.Telemetry; t != nil && t.JPerOutputToken != nil {
+		r.JPerTok = ptr(*t.JPerOutputToken)
+	}
+	return r
+}
+
+func ptr(v float64) *float64 { return &v }
 
 func (p *Progress) skipped(it *Item) {
 	p.mu.Lock()
@@ -138,6 +175,7 @@ func (p *Progress) Snapshot() Snapshot {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	s := p.s
+	s.Results = append([]Result(nil), p.results...)
 	s.Running = nil
 	for _, c := range p.running {
 		s.Running = append(s.Running, *c)

@@ -63,13 +63,22 @@ func (p *progress) report(final bool) {
 	if el > 0 {
 		rate = float64(chunks) / el.Seconds()
 	}
+	// ETA from the pace of finished requests so far; unknown until one has finished.
+	eta := "ETA –"
+	var etaD time.Duration
+	if n := done + failed; n > 0 && int(n) < p.total {
+		etaD = time.Duration(float64(el) / float64(n) * float64(int64(p.total)-n)).Round(time.Second)
+		eta = "ETA " + etaD.String()
+	} else if int(n) >= p.total {
+		eta = "done"
+	}
 	if w := p.o.Progress; w != nil {
 		end := ""
 		if final {
 			end = "\n"
 		}
-		fmt.Fprintf(w, "\r\x1b[K%d/%d done (%d failed), %d in flight, %.0f tok/s, %s%s",
-			done+failed, p.total, failed, inflight, rate, el.Round(time.Second), end)
+		fmt.Fprintf(w, "\r\x1b[Kbench: %d/%d requests done (%d failed), %d in flight, %.0f tok/s, %s elapsed, %s%s",
+			done+failed, p.total, failed, inflight, rate, el.Round(time.Second), eta, end)
 		return
 	}
 	if final {
@@ -77,5 +86,5 @@ func (p *progress) report(final bool) {
 	}
 	p.o.log().Info("bench progress", zap.Int64("done", done+failed), zap.Int("total", p.total),
 		zap.Int64("failed", failed), zap.Int64("in_flight", inflight), zap.Float64("tok_s", rate),
-		zap.Duration("elapsed", el.Round(time.Second)))
+		zap.Duration("elapsed", el.Round(time.Second)), zap.Duration("eta", etaD))
 }
