@@ -122,7 +122,7 @@ func runDoctor(cmd *cobra.Command, _ []string) error {
 		}
 	}
 	if d.problems > 0 {
-		return withCode(exitInternal, fmt.Errorf("%d problem(s) found; fixes are listed above", d.problems))
+		return withCode(exitUsage, fmt.Errorf("%d problem(s) found; fixes are listed above", d.problems)) // problems of the setup, not of moecapd
 	}
 	fmt.Fprintln(d.w, "all checks passed")
 	return nil

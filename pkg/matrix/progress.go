@@ -36,9 +36,9 @@ type Snapshot struct {
 	Slots                                                      int
 	Ended                                                      bool
 	// Results of the cells that finished ok in this run, in finishing order.
-	Results []Result
-	pendingEst                                                 time.Duration
-	ratio                                                      float64
+	Results    []Result
+	pendingEst time.Duration
+	ratio      float64
 }
 
 // Finished counts cells with an outcome (skipped ones included).

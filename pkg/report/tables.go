@@ -69,10 +69,14 @@ func (r *Row) pctl(f func(*profile.Metrics) *float64) *float64 {
 }
 
 // TPOTP99Ms and the others below are the client-side percentiles (native client only).
-func (r *Row) TPOTP99Ms() *float64 { return r.pctl(func(m *profile.Metrics) *float64 { return m.P99TPOTMs }) }
+func (r *Row) TPOTP99Ms() *float64 {
+	return r.pctl(func(m *profile.Metrics) *float64 { return m.P99TPOTMs })
+}
 
 // TTFTP99Ms is the client-side p99 TTFT.
-func (r *Row) TTFTP99Ms() *float64 { return r.pctl(func(m *profile.Metrics) *float64 { return m.P99TTFTMs }) }
+func (r *Row) TTFTP99Ms() *float64 {
+	return r.pctl(func(m *profile.Metrics) *float64 { return m.P99TTFTMs })
+}
 
 // OutputThroughput is output tokens per second over the bench.
 func (r *Row) OutputThroughput() *float64 {
