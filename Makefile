@@ -17,9 +17,18 @@ test:
 	go vet ./...
 	go test -race -count=1 -timeout 20m ./...
 
-lint:
+# golangci-lint (depguard: the architecture rules of .golangci.yml; staticcheck), installed
+# into bin/ through the Go module proxy when missing.
+GOLANGCI_LINT_VERSION := v2.15.0
+GOLANGCI_LINT := bin/golangci-lint
+
+$(GOLANGCI_LINT):
+	GOBIN=$(CURDIR)/bin go install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
+
+lint: $(GOLANGCI_LINT)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	$(GOLANGCI_LINT) run ./...
 
 # One cell on the built-in simulated backend (no GPU, no conda): Qwen1.5-MoE on a simulated
 # 1xH100, 4k-1k, batch 32, then the report of the results.
@@ -40,4 +49,4 @@ gpu-e2e: build
 	bash tools/gpu-e2e.sh
 
 clean:
-	rm -rf bin results-demo
+	rm -rf bin/moecapd results-demo

@@ -142,9 +142,7 @@ func resolveVisible(all []Device, spec string) ([]Device, error) {
 }
 
 func isInt(s string) bool {
-	if strings.HasPrefix(s, "-") {
-		s = s[1:]
-	}
+	s = strings.TrimPrefix(s, "-")
 	if s == "" {
 		return false
 	}

@@ -20,12 +20,11 @@ import (
 
 // Plot is one figure of the report: an SVG file beside the page.
 type Plot struct {
-	Name    string // file name inside plots/, unique: <model>.<task>.<kind>.svg
-	Title   string // the caption the page shows
-	Note    string // what the figure leaves out (flagged values), shown under it
-	SVG     []byte
-	spec    *plotSpec
-	ySpread bool
+	Name  string // file name inside plots/, unique: <model>.<task>.<kind>.svg
+	Title string // the caption the page shows
+	Note  string // what the figure leaves out (flagged values), shown under it
+	SVG   []byte
+	spec  *plotSpec
 }
 
 // series is one line of a figure.

@@ -336,14 +336,6 @@ func show(p *float64, format string) string {
 	return fmt.Sprintf(format, *p)
 }
 
-// showNA is show for values that do not apply (a failed cell has no TPOT): a dash.
-func showNA(p *float64, format string) string {
-	if p == nil {
-		return "—"
-	}
-	return fmt.Sprintf(format, *p)
-}
-
 func pct(p *float64) *float64 {
 	if p == nil {
 		return nil

@@ -142,7 +142,8 @@ func TestBackendPairsAndPalette(t *testing.T) {
 	if HardwareColor("1xH100") != rgb(0x4c8fd6) || HardwareColor("8xH200") != rgb(0x0f4a28) {
 		t.Error("guide hardware colours changed")
 	}
-	if HardwareColor("4xL40S") != HardwareColor("4xL40S") || HardwareColor("4xL40S") == HardwareColor("1xH100") {
+	first := HardwareColor("4xL40S")
+	if HardwareColor("4xL40S") != first || first == HardwareColor("1xH100") {
 		t.Error("colour of an unknown label is not stable or collides with a known one")
 	}
 }
