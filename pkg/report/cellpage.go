@@ -10,6 +10,8 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/cell"
+
 	"github.com/moecapd/moecapd/pkg/gpu"
 )
 
@@ -129,6 +131,9 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	m := r.Manifest
 	cp := &cellPage{ID: r.ID, Status: r.Status, Reason: r.Reason, Up: up,
 		Title: fmt.Sprintf("%s · %s · %s · batch %d · %s", r.ModelName, r.Task, r.Hardware, r.BatchSize, r.Backend)}
+	if s := simTimeScale(m0(r)); s != 0 && s != 1 {
+		cp.Flags = append(cp.Flags, "the simulator ran time-scaled: its pass latencies, and so TPOT and TTFT, are the roofline's times the scale, so S-MBU, S-MFU and measured ÷ floor are no results")
+	}
 	for _, f := range r.Flags {
 		what := "the cell"
 		if f.Metric != "" {
@@ -250,6 +255,13 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	cp.ClientArgv = shellQuote(m.Client.Argv)
 	cp.Vers = []kv{{"moecapd", orAbsent(m.Versions.Moecapd)}, {"backend", orAbsent(m.Versions.Backend)}, {"NVIDIA driver", orAbsent(m.Versions.Driver)}}
 	return cp
+}
+
+func m0(r *Row) *cell.Manifest {
+	if r.Manifest == nil {
+		return &cell.Manifest{}
+	}
+	return r.Manifest
 }
 
 func orAbsent(s string) string {

@@ -60,7 +60,7 @@ func flagsOf(m *cell.Manifest) []Flag {
 		out = append(out, capFlags(raw)...)
 	}
 	if s := simTimeScale(m); s != 0 && s != 1 {
-		out = append(out, Flag{Metric: "cap", Reason: fmt.Sprintf("time-scaled sim (×%g): latencies are not physical", s)})
+		out = append(out, Flag{Metric: "cap", Reason: fmt.Sprintf("time-scaled sim ×%g", s)})
 	}
 	return out
 }

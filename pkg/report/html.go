@@ -202,7 +202,7 @@ table{border-collapse:collapse;margin:.8em 0;font-size:14px}
 th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:right;white-space:nowrap}
 th{background:#f6f8fa}
 td.l,th.l{text-align:left}td.reason{white-space:normal;text-align:left;max-width:48em}
-.flag{color:#9a3412;font-style:italic;font-size:13px}
+.flag{color:#9a3412;font-style:italic;font-size:13px}td .flag{white-space:normal;display:inline-block;max-width:11em;text-align:right}
 tr.failed td,tr.unreadable td{background:#fff5f5}tr.infeasible td{background:#fffbe6}tr.interrupted td{background:#f6f0ff}
 code,pre{font-size:13px}pre{background:#f6f8fa;padding:.7em;border-radius:6px;overflow-x:auto;white-space:pre-wrap}
 dt{font-weight:600;margin-top:.5em}dd{margin-left:1.5em}
@@ -228,8 +228,8 @@ func val(s string) template.HTML {
 		return template.HTML(esc)
 	}
 	short := s
-	if r := []rune(s); len(r) > 48 {
-		short = string(r[:46]) + "…"
+	if r := []rune(s); len(r) > 40 {
+		short = string(r[:38]) + "…"
 	}
 	return template.HTML(`<span class="flag" title="` + esc + `">` + template.HTMLEscapeString(short) + `</span>`)
 }
