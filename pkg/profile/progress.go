@@ -84,7 +84,11 @@ func (p *progress) report(final bool) {
 	if final {
 		return // Run logs the outcome itself
 	}
+	etaF := zap.Skip()
+	if etaD > 0 {
+		etaF = zap.Duration("eta", etaD)
+	}
 	p.o.log().Info("bench progress", zap.Int64("done", done+failed), zap.Int("total", p.total),
 		zap.Int64("failed", failed), zap.Int64("in_flight", inflight), zap.Float64("tok_s", rate),
-		zap.Duration("elapsed", el.Round(time.Second)), zap.Duration("eta", etaD))
+		zap.Duration("elapsed", el.Round(time.Second)), etaF)
 }

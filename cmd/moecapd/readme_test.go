@@ -1,0 +1,115 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// readmeCommands are the `bin/moecapd …` lines of README.md's code blocks, with the exit
+// code a trailing "# exit N" comment promises (0 without one).
+func readmeCommands(t *testing.T) []struct {
+	line string
+	exit int
+} {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	exitRe := regexp.MustCompile(`#\s*exit (\d+)`)
+	var out []struct {
+		line string
+		exit int
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(l, "    ") {
+			continue // code blocks are indented
+		}
+		l = strings.TrimSpace(l)
+		l = strings.TrimPrefix(l, "make build && ")
+		if !strings.HasPrefix(l, "bin/moecapd ") {
+			continue
+		}
+		code := 0
+		if m := exitRe.FindStringSubmatch(l); m != nil {
+			code, _ = strconv.Atoi(m[1])
+		}
+		out = append(out, struct {
+			line string
+			exit int
+		}{l, code})
+	}
+	return out
+}
+
+// needsGPU says whether a README command needs a GPU node or conda: a real backend that is
+// not a dry run, or doctor (it checks conda envs).
+func needsGPU(l string) bool {
+	if strings.Contains(l, " doctor") {
+		return true
+	}
+	real := strings.Contains(l, "--backend sglang") || strings.Contains(l, "--backend vllm")
+	return real && !strings.Contains(l, "--dry-run")
+}
+
+// TestReadmeCommands runs every GPU-free command README.md shows, as shown (bash, from a
+// directory laid out like the repository root), in order, and checks the exit code the
+// README promises. A README change that breaks a command breaks this test.
+func TestReadmeCommands(t *testing.T) {
+	cmds := readmeCommands(t)
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(bin, filepath.Join(root, "bin", "moecapd")); err != nil {
+		t.Fatal(err)
+	}
+	configs, _ := filepath.Abs("../../configs")
+	if err := os.Symlink(configs, filepath.Join(root, "configs")); err != nil {
+		t.Fatal(err)
+	}
+	ran := 0
+	for _, c := range cmds {
+		if needsGPU(c.line) {
+			continue
+		}
+		ran++
+		t.Run(c.line, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 8*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "bash", "-c", c.line)
+			cmd.Dir = root
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			err := cmd.Run()
+			code := 0
+			if ee, ok := err.(*exec.ExitError); ok {
+				code = ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			if code != c.exit {
+				tail := out.String()
+				if len(tail) > 3000 {
+					tail = tail[len(tail)-3000:]
+				}
+				t.Errorf("exit %d, README promises %d\n%s", code, c.exit, tail)
+			}
+		})
+	}
+	// The sim matrix, its status and report, and the dry run at least.
+	if ran < 5 {
+		t.Errorf("ran %d README commands; the README lost its GPU-free examples?", ran)
+	}
+	if _, err := os.Stat(filepath.Join(root, "results-sim", "report", "index.html")); err != nil {
+		t.Errorf("the README's report command wrote no report: %v", err)
+	}
+}
