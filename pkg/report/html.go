@@ -14,7 +14,33 @@ type htmlCell struct {
 	ID, Page, Hardware, Backend, Status, Reason string
 	Batch                                       int
 	V                                           cellView
-	OK                                          bool
+	// The table values, flagged ones as "flagged" with a footnote mark.
+	TTFT, TPOT, Over, TputGPU, Interact, SMBU, JTok template.HTML
+	OK                                              bool
+}
+
+// footnotes number the flag reasons of one table, so a flagged value reads "flagged¹" and
+// the note under the table says "¹ flagged: <reason>" once, not in every row.
+type footnotes struct {
+	idx   map[string]int
+	Notes []string
+}
+
+func (f *footnotes) html(s string) template.HTML {
+	why, ok := strings.CutPrefix(s, "flagged: ")
+	if !ok {
+		return template.HTML(template.HTMLEscapeString(s))
+	}
+	if f.idx == nil {
+		f.idx = map[string]int{}
+	}
+	n, seen := f.idx[why]
+	if !seen {
+		f.Notes = append(f.Notes, why)
+		n = len(f.Notes)
+		f.idx[why] = n
+	}
+	return template.HTML(fmt.Sprintf(`<span class="flag" title="flagged: %s">flagged<sup>%d</sup></span>`, template.HTMLEscapeString(why), n))
 }
 
 type htmlPlot struct {
@@ -34,6 +60,7 @@ type htmlGroup struct {
 	PairBackends       []string
 	Pairs              []htmlPair
 	NoPlots            string
+	Notes              []string
 }
 
 type htmlBad struct{ ID, Page, Status, Reason, Memory string }
@@ -104,9 +131,14 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 			}
 			hg.NoPlots = fmt.Sprintf("No figures: %d completed cell(s) in this group; a figure needs two points at least. Each cell's page has its own timelines and distributions.", n)
 		}
+		var fn footnotes
 		for _, r := range g.Rows {
-			hg.Cells = append(hg.Cells, toHTMLCell(r))
+			c := toHTMLCell(r)
+			c.TTFT, c.TPOT, c.Over, c.TputGPU = fn.html(c.V.TTFT), fn.html(c.V.TPOT), fn.html(c.V.Over), fn.html(c.V.TputGPU)
+			c.Interact, c.SMBU, c.JTok = fn.html(c.V.Interact), fn.html(c.V.SMBU), fn.html(c.V.JTok)
+			hg.Cells = append(hg.Cells, c)
 		}
+		hg.Notes = fn.Notes
 		pairs := backendPairs(g.Rows)
 		hg.PairBackends = pairBackends(pairs)
 		for _, p := range pairs {
@@ -243,7 +275,7 @@ func full(s string) template.HTML {
 	return template.HTML(esc)
 }
 
-var funcs = template.FuncMap{"val": val, "full": full}
+var funcs = template.FuncMap{"val": val, "full": full, "inc": func(i int) int { return i + 1 }}
 
 var pageTmpl = mustTemplates()
 
@@ -264,8 +296,9 @@ const mainTmpl = `<!DOCTYPE html>
 <h2>{{.Name}} · {{.Task}}</h2>
 <div class="scroll"><table>
 <tr><th class="l">cell</th><th class="l">hardware</th><th class="l">backend</th><th>batch</th><th>TTFT ms<br>p50 / p99</th><th>TPOT ms<br>p50 / p99</th><th>TPOT<br>×floor</th><th>tok/s<br>per GPU</th><th>tok/s<br>per user</th><th>S-MBU<br>decode</th><th>J/tok</th><th class="l">status</th></tr>
-{{range .Cells}}<tr class="{{.Status}}"><td class="l"><a href="{{.Page}}"><code>{{.ID}}</code></a></td><td class="l">{{.Hardware}}</td><td class="l">{{.Backend}}</td><td>{{.Batch}}</td><td>{{val .V.TTFT}}</td><td>{{val .V.TPOT}}</td><td>{{val .V.Over}}</td><td>{{val .V.TputGPU}}</td><td>{{val .V.Interact}}</td><td>{{val .V.SMBU}}</td><td>{{val .V.JTok}}</td><td class="l">{{.Status}}{{if .V.Flagged}} · <a class="flag" href="{{.Page}}">flagged values</a>{{end}}</td></tr>
+{{range .Cells}}<tr class="{{.Status}}"><td class="l"><a href="{{.Page}}"><code>{{.ID}}</code></a></td><td class="l">{{.Hardware}}</td><td class="l">{{.Backend}}</td><td>{{.Batch}}</td><td>{{.TTFT}}</td><td>{{.TPOT}}</td><td>{{.Over}}</td><td>{{.TputGPU}}</td><td>{{.Interact}}</td><td>{{.SMBU}}</td><td>{{.JTok}}</td><td class="l">{{.Status}}</td></tr>
 {{end}}</table></div>
+{{range $i, $n := .Notes}}<p class="flag"><sup>{{inc $i}}</sup> flagged: {{$n}} (the value is no result; the cell's page says more)</p>{{end}}
 {{if .Pairs}}<h3>Same cell on each backend</h3>
 <p class="meta">TPOT p50 ms · output tokens/s per GPU</p>
 <table><tr><th class="l">hardware</th><th>batch</th>{{range .PairBackends}}<th>{{.}}</th>{{end}}</tr>
