@@ -141,7 +141,7 @@ func TestProgressLineAndLogLines(t *testing.T) {
 		t.Fatal(err)
 	}
 	out := buf.String()
-	if !strings.Contains(out, "\r\x1b[K") || !strings.Contains(out, "12/12 done (0 failed), 0 in flight") || !strings.HasSuffix(out, "\n") {
+	if !strings.Contains(out, "\r\x1b[K") || !strings.Contains(out, "bench: 12/12 requests done (0 failed), 0 in flight") || !strings.Contains(out, ", done\n") || !strings.HasSuffix(out, "\n") {
 		t.Errorf("progress output %q", out)
 	}
 

@@ -63,14 +63,21 @@ func (p *progress) report(final bool) {
 	if el > 0 {
 		rate = float64(chunks) / el.Seconds()
 	}
-	// ETA from the pace of finished requests so far; unknown until one has finished.
+	// ETA from the token rate so far against the tokens the bench will stream (every
+	// request's target output); without a target, from the pace of finished requests.
 	eta := "ETA –"
 	var etaD time.Duration
-	if n := done + failed; n > 0 && int(n) < p.total {
-		etaD = time.Duration(float64(el) / float64(n) * float64(int64(p.total)-n)).Round(time.Second)
-		eta = "ETA " + etaD.String()
-	} else if int(n) >= p.total {
+	n := done + failed
+	switch want := float64(p.total) * float64(p.o.OutputTokens); {
+	case int(n) >= p.total:
 		eta = "done"
+	case want > 0 && rate > 0 && float64(chunks) < want:
+		etaD = time.Duration((want - float64(chunks)) / rate * float64(time.Second)).Round(time.Second)
+	case n > 0:
+		etaD = time.Duration(float64(el) / float64(n) * float64(int64(p.total)-n)).Round(time.Second)
+	}
+	if etaD > 0 {
+		eta = "ETA " + etaD.String()
 	}
 	if w := p.o.Progress; w != nil {
 		end := ""
