@@ -350,7 +350,7 @@ func printProblems(w io.Writer, probs []cell.Problem) {
 	if len(probs) == 0 {
 		return
 	}
-	fmt.Fprintf(w, "\n%d director(ies) of the results root not counted as cells:\n", len(probs))
+	fmt.Fprintf(w, "\nnot counted as cells (%d directories of the results root):\n", len(probs))
 	for _, p := range probs {
 		kind := "unreadable"
 		if p.Mismatch {
