@@ -132,7 +132,7 @@ func TestCopiedCellDirNotTrusted(t *testing.T) {
 		t.Fatalf("status: exit %d\n%s", st.code, st.stderr)
 	}
 	for _, want := range []string{
-		"| Qwen1.5-MoE | 1xH100 | 32-8 | sim | 2 | ✅ Done |",   // from its own directory
+		"| Qwen1.5-MoE | 1xH100 | 32-8 | sim | 2 | ✅ Done |",            // from its own directory
 		"| Qwen1.5-MoE | 1xH100 | 32-8 | sim | 32, 64, 128 | pending |", // the copy under bs32 is no result
 		"mismatched  " + ok + ".bak: directory " + ok + ".bak holds the manifest of cell " + ok,
 		"mismatched  " + never + ": directory " + never + " holds the manifest of cell " + ok,
