@@ -463,3 +463,65 @@ func TestStatusReport(t *testing.T) {
 		}
 	}
 }
+
+// A cell another runner holds (its lock taken elsewhere) is neither run nor archived nor
+// written; the run goes on with the others and reports it. The exit code's source,
+// FailedInResults, sees failures of the results root that this run did not make.
+func TestRunnerHeldCellAndFailedInResults(t *testing.T) {
+	tb := tables(t)
+	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
+		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1, 2]}}\n  h: {models: [dsv2_lite], hardware: [1xH100], tasks: {32-8: [1]}}\n")
+	mx, err := Load(p, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	const held, failed = "qwen1_5.1xH100.32-8.bs2.sglang", "dsv2_lite.1xH100.32-8.bs1.sglang"
+	// An earlier run failed dsv2; another runner is running qwen bs2 right now.
+	lay, _ := cell.OpenLayout(results)
+	for _, id := range []string{held, failed} {
+		st := cell.StatusRunning
+		if id == failed {
+			st = cell.StatusFailed
+		}
+		unlock, err := lay.Lock(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := lay.Create(id)
+		cell.WriteManifest(d.Path, manifest(id, st, cell.KindCrash))
+		unlock()
+	}
+	unlockHeld, err := lay.Lock(held)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlockHeld()
+
+	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
+	r := runner(t, mx, tb, results, f)
+	out, err := r.Run(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.OK != 1 || len(out.Held) != 1 || !errors.Is(out.Held[0], cell.ErrLocked) || !strings.Contains(out.Held[0].Error(), "cell "+held+" is in use by PID") {
+		t.Errorf("outcome %+v; want 1 ok and %s held, naming its holder", out, held)
+	}
+	if f.calls[held] != 0 || f.calls[failed] != 0 {
+		t.Errorf("calls %v; the held cell and the kept failed cell must not run", f.calls)
+	}
+	if m, _ := cell.ReadManifest(filepath.Join(results, held)); m == nil || m.Status != cell.StatusRunning {
+		t.Errorf("held cell's manifest %+v; want it untouched (running)", m)
+	}
+	if a, _ := filepath.Glob(filepath.Join(results, cell.AttemptsDir, held+".*")); len(a) != 0 {
+		t.Errorf("held cell archived: %v", a)
+	}
+	res, probs, err := Results(results)
+	if err != nil || len(probs) != 0 {
+		t.Fatal(err, probs)
+	}
+	got := FailedInResults(r.Items, res)
+	if len(got) != 1 || got[0] != failed {
+		t.Errorf("FailedInResults = %v; want [%s] (failed by an earlier run, kept by this one)", got, failed)
+	}
+}
