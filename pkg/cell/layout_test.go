@@ -157,9 +157,9 @@ func TestCellsKeyedByDirectoryAndID(t *testing.T) {
 	write("a.1xH100.t.bs1.sim.bak", "a.1xH100.t.bs1.sim", StatusFailed) // a copy
 	write("b.1xH100.t.bs1.sim", "a.1xH100.t.bs1.sim", StatusOK)         // a copy under b's name
 	write("c.1xH100.t.bs1.sim", "", StatusOK)
-	os.MkdirAll(filepath.Join(lay.Root, "report"), 0o755)                            // not a cell
+	os.MkdirAll(filepath.Join(lay.Root, "report"), 0o755)                                         // not a cell
 	write(filepath.Join(AttemptsDir, "a.1xH100.t.bs1.sim.x"), "a.1xH100.t.bs1.sim", StatusFailed) // archived
-	os.WriteFile(filepath.Join(lay.Root, "d.1xH100.t.bs1.sim"), nil, 0o644)                    // a file
+	os.WriteFile(filepath.Join(lay.Root, "d.1xH100.t.bs1.sim"), nil, 0o644)                       // a file
 	os.MkdirAll(filepath.Join(lay.Root, "e.1xH100.t.bs1.sim"), 0o755)
 	os.WriteFile(filepath.Join(lay.Root, "e.1xH100.t.bs1.sim", ManifestFile), []byte("{"), 0o644)
 
