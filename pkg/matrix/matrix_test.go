@@ -525,3 +525,24 @@ func TestRunnerHeldCellAndFailedInResults(t *testing.T) {
 		t.Errorf("FailedInResults = %v; want [%s] (failed by an earlier run, kept by this one)", got, failed)
 	}
 }
+
+// Out-of-range numbers and duplicate keys in a matrix file are errors naming the key; none
+// reaches a panic (a GPU count that overflows used to become tp 0, a division by zero).
+func TestMatrixFileBounds(t *testing.T) {
+	tb := tables(t)
+	head := "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sim]}\ngroups:\n"
+	for _, c := range []struct{ body, want string }{
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [5000]}}\n", "batch size 5000; expected 1 to 4096"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, num_samples: 2000000}\n", `"groups.g.num_samples": got 2000000`},
+		{"  g: {models: [qwen1_5], hardware: [99999999999999999999xH100], tasks: {32-8: [1]}}\n", "expected 1 to 64 GPUs"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, tp: 100}\n", `"groups.g.tp": got 100`},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, timeout: 600}\n", "a duration with a unit"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, sim: {time_scale: .nan}}\n", "time_scale 0 to 1000"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}}\n  g: {models: [dsv2_lite], hardware: [1xH100], tasks: {32-8: [1]}}\n", `"groups.g": duplicate key`},
+	} {
+		_, err := Load(writeMatrix(t, head+c.body), tb)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want an error containing %q", strings.TrimSpace(c.body), err, c.want)
+		}
+	}
+}
