@@ -70,6 +70,9 @@ func mergeSettings(cmd *cobra.Command, withFile bool) error {
 	flags := map[string]*pflag.Flag{}
 	cli := map[string]bool{}
 	add := func(f *pflag.Flag) {
+		if f.Name == "help" || f.Name == "version" {
+			return // cobra's own; never a setting
+		}
 		flags[f.Name] = f
 		if f.Changed {
 			cli[f.Name] = true
@@ -84,6 +87,9 @@ func mergeSettings(cmd *cobra.Command, withFile bool) error {
 		path := ""
 		if f := flags["settings"]; f != nil {
 			path = f.Value.String()
+			if v, ok := os.LookupEnv(envName("settings")); ok && !f.Changed {
+				path = v
+			}
 		}
 		if path == "" {
 			if _, err := os.Stat("moecapd.yaml"); err == nil {
