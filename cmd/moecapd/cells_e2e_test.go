@@ -74,6 +74,11 @@ func TestLaunchNextToMatrixRefused(t *testing.T) {
 	if r.code != exitUsage || !strings.Contains(r.stderr, "cell dsv2_lite.1xA100.32-8.bs4.sim is in use by PID "+strconv.Itoa(c.Process.Pid)) {
 		t.Fatalf("launch-and-bench next to the matrix: exit %d\n%s\nwant 2 naming the matrix (PID %d) as holder", r.code, r.stderr, c.Process.Pid)
 	}
+	// A plan made meanwhile says who holds the cell.
+	pl := moecapd(t, nil, "matrix", "plan", "--matrix", faultsMatrix, "--results", results)
+	if pl.code != 0 || !strings.Contains(pl.stdout, "held now by PID "+strconv.Itoa(c.Process.Pid)) {
+		t.Errorf("plan during the run: exit %d\n%s\nwant the slow cell shown held by PID %d", pl.code, pl.stdout, c.Process.Pid)
+	}
 	if err := c.Wait(); err != nil {
 		t.Fatalf("matrix run: %v\n%s", err, out)
 	}

@@ -304,6 +304,10 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 	if node == "" {
 		node = "no GPUs (sim cells only)"
 	}
+	lay, err := cell.OpenLayout(o.ResultsFlag)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
 	fmt.Printf("matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, o.ResultsFlag)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tCELL\tACTION\tSAMPLES\tESTIMATE\tMEMORY\tWHY")
@@ -325,6 +329,9 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 		}
 		mem := fmt.Sprintf("%.0f/%.0f GB", it.Need/1e9, it.Have/1e9)
 		why := it.Why
+		if h := lay.Holder(it.Cell.ID); h != nil && it.Action == matrix.ActRun {
+			why += fmt.Sprintf("; held now by PID %d on %s since %s (a run leaves it alone)", h.PID, h.Host, h.StartedAt.Format(time.RFC3339))
+		}
 		if !it.Feasible {
 			mem += " ✗"
 			why += "; predicted infeasible: " + it.FeasWhy

@@ -136,3 +136,21 @@ func readHolder(lock string) *Holder {
 	}
 	return last
 }
+
+// Holder reads who holds cell id's lock now, without taking it (taking it, even for a
+// moment, could refuse a real runner). Advisory, for plans and status: nil when no live
+// holder is recorded. The flock stays the only lock.
+func (l *Layout) Holder(id string) *Holder {
+	b, err := os.ReadFile(holderPath(l.lockPath(id)))
+	if err != nil {
+		return nil
+	}
+	var h Holder
+	if json.Unmarshal(b, &h) != nil || h.PID <= 0 {
+		return nil
+	}
+	if host, _ := os.Hostname(); h.Host == host && syscall.Kill(h.PID, 0) == syscall.ESRCH {
+		return nil // left by a holder killed with SIGKILL
+	}
+	return &h
+}
