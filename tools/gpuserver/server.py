@@ -69,6 +69,9 @@ def parse_args(argv):
     p.add_argument("--max-model-len", type=int, default=16384)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oom-at-start-rank", type=int, default=-1,
+                   help="this rank asks CUDA for more memory than its GPU has right after loading "
+                        "(a real torch.cuda.OutOfMemoryError, for the OOM classification test)")
     p.add_argument("--worker-processes", action="store_true",
                    help="run each replica in a child process (like SGLang/vLLM workers)")
     args, unknown = p.parse_known_args(argv)
@@ -239,6 +242,10 @@ class Replica:
 def worker_main(args, rank, inq, outq):
     try:
         rep = Replica(args, rank)
+        if rank == args.oom_at_start_rank:
+            free, total = rep.torch.cuda.mem_get_info(rep.device)
+            log(f"replica {rank}: allocating {2 * total / 2**30:.0f} GiB on purpose (--oom-at-start-rank)")
+            rep.torch.empty(2 * total, dtype=rep.torch.uint8, device=rep.device)
         rep.warmup()
         rep.verbose = True
         mem = rep.torch.cuda.memory_allocated(rep.device)
