@@ -91,6 +91,11 @@ func TryLock(path, what string) (*FileLock, error) {
 		if errors.Is(err, unix.EWOULDBLOCK) {
 			return nil, &LockedError{What: what, Path: path, Holder: readHolder(path)}
 		}
+		if errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.ENOLCK) {
+			// Shared filesystems: NFS supports flock through its lock manager; Lustre only
+			// when mounted with -o flock.
+			return nil, fmt.Errorf("lock %s: %w; the results root's filesystem does not support flock(2): put --results on a local or flock-capable filesystem (Lustre: mount -o flock)", path, err)
+		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}
 	host, _ := os.Hostname()
