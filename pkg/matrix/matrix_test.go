@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -492,11 +494,8 @@ func TestRunnerHeldCellAndFailedInResults(t *testing.T) {
 		cell.WriteManifest(d.Path, manifest(id, st, cell.KindCrash))
 		unlock()
 	}
-	unlockHeld, err := lay.Lock(held)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unlockHeld()
+	// The other runner is another process: this one holding the lock would be the runner.
+	holdInChild(t, results, held)
 
 	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
 	r := runner(t, mx, tb, results, f)
@@ -544,5 +543,70 @@ func TestMatrixFileBounds(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v; want an error containing %q", strings.TrimSpace(c.body), err, c.want)
 		}
+	}
+}
+
+// A caller holding a cell's lock (the Slurm task) runs it through the Runner: the lock this
+// process holds is its own, not another runner's.
+func TestRunnerKeepsCallersLock(t *testing.T) {
+	tb := tables(t)
+	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
+		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}}\n")
+	mx, err := Load(p, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	lay, _ := cell.OpenLayout(results)
+	unlock, err := lay.Lock("qwen1_5.1xH100.32-8.bs1.sglang")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
+	out, err := runner(t, mx, tb, results, f).Run(t.Context())
+	if err != nil || out.OK != 1 || len(out.Held) != 0 {
+		t.Errorf("outcome %+v err %v; want the cell run under the caller's lock", out, err)
+	}
+	if !lay.Held("qwen1_5.1xH100.32-8.bs1.sglang") {
+		t.Error("the Runner released a lock it did not take")
+	}
+	unlock()
+}
+
+const holdEnv = "MOECAPD_TEST_HOLD_CELL"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(holdEnv); spec != "" {
+		root, id, _ := strings.Cut(spec, "|")
+		lay, err := cell.OpenLayout(root)
+		if err == nil {
+			_, err = lay.Lock(id)
+		}
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(3)
+		}
+		fmt.Println("locked")
+		time.Sleep(time.Hour)
+	}
+	os.Exit(m.Run())
+}
+
+// holdInChild holds cell id's lock in another process until the test ends.
+func holdInChild(t *testing.T, root, id string) {
+	t.Helper()
+	c := exec.Command(os.Args[0], "-test.run=^$")
+	c.Env = append(os.Environ(), holdEnv+"="+root+"|"+id)
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	buf := make([]byte, 64)
+	if n, _ := out.Read(buf); !strings.HasPrefix(string(buf[:n]), "locked") {
+		t.Fatalf("child: %q", buf[:n])
 	}
 }

@@ -117,7 +117,12 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 	// archived nor written. It reports false for such a cell.
 	start := func(it *Item, slot int, gpus []string) bool {
 		c := it.Cell
-		unlock, err := lay.Lock(c.ID)
+		// A caller that holds the cell's lock already (a Slurm task, which also writes the
+		// manifest after the run) keeps it: this process is the one runner.
+		unlock, err := func() {}, error(nil)
+		if !lay.Held(c.ID) {
+			unlock, err = lay.Lock(c.ID)
+		}
 		if err != nil {
 			if errors.Is(err, cell.ErrLocked) {
 				out.Held = append(out.Held, err)
