@@ -325,6 +325,8 @@ func TestBoundsRefusedBeforeServer(t *testing.T) {
 		{"--gpu-hour-usd NaN", la(good, "--gpu-hour-usd", "NaN"), []string{`"--gpu-hour-usd"`, "got NaN"}},
 		{"matrix --retries", []string{"matrix", "run", "--matrix", faultsMatrix, "--results", results, "--retries", "1000"}, []string{`"--retries"`, "0 to 10"}},
 		{"matrix --cell-timeout", []string{"matrix", "run", "--matrix", faultsMatrix, "--results", results, "--cell-timeout", "1000h"}, []string{`"--cell-timeout"`, "0s to 168h0m0s"}},
+		{"sim-server --sim-workers", []string{"sim-server", "--flavor", "sglang", "--model-path", qwen, "--port", "0", "--sim-workers", "100000"}, []string{"--sim-workers 100000: expected at most 64"}},
+		{"sim-server --sim-time-scale NaN", []string{"sim-server", "--flavor", "sglang", "--model-path", qwen, "--port", "0", "--sim-time-scale", "NaN"}, []string{"--sim-time-scale at most 1000"}},
 		{"matrix --port + --slots", []string{"matrix", "run", "--matrix", faultsMatrix, "--results", results, "--port", "65530", "--slots", "10"}, []string{"slot ports run past 65535"}},
 	}
 	for _, c := range cases {
