@@ -77,6 +77,10 @@ func holderPath(lock string) string { return lock + ".holder" }
 // *LockedError.
 func TryLock(path, what string) (*FileLock, error) {
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o666)
+	if errors.Is(err, os.ErrPermission) {
+		// Another user's lock file (a shared --lock-dir): flock needs no write access.
+		f, err = os.Open(path)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open lock %s: %w", path, err)
 	}

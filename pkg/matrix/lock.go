@@ -29,8 +29,12 @@ func Acquire(results, gpuDir string, gpus []string) (*Lock, error) {
 	type lk struct{ path, what string }
 	locks := []lk{{filepath.Join(results, LockFile), "results root " + results}}
 	if len(gpus) > 0 {
-		if err := os.MkdirAll(gpuDir, 0o777); err != nil {
-			return nil, fmt.Errorf("create the GPU lock directory %s: %w (pass --lock-dir)", gpuDir, err)
+		if _, err := os.Stat(gpuDir); os.IsNotExist(err) {
+			if err := os.MkdirAll(gpuDir, 0o777); err != nil {
+				return nil, fmt.Errorf("create the GPU lock directory %s: %w (pass --lock-dir)", gpuDir, err)
+			}
+			// Every user's runs on the node share it, whatever our umask; sticky like /tmp.
+			_ = os.Chmod(gpuDir, 0o777|os.ModeSticky)
 		}
 		for _, g := range gpus {
 			locks = append(locks, lk{filepath.Join(gpuDir, "gpu-"+sanitizeID(g)+".lock"), "GPU " + g})
@@ -44,6 +48,11 @@ func Acquire(results, gpuDir string, gpus []string) (*Lock, error) {
 		if err != nil {
 			l.Release()
 			return nil, err
+		}
+		if k.path != locks[0].path {
+			// A GPU's lock serves every user of the node: openable by the next one,
+			// whatever our umask (only the owner can change it; others need not).
+			_ = os.Chmod(k.path, 0o666)
 		}
 		l.held = append(l.held, fl)
 	}
