@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/config"
 )
 
 // The child mode of this test binary: take a cell's lock, say so, and hold it until killed.
@@ -229,5 +231,28 @@ func TestCellIDParts(t *testing.T) {
 		if _, err := lay.Lock(id); err == nil {
 			t.Errorf("Lock(%q) accepted", id)
 		}
+	}
+}
+
+// A model key from models.yaml is a cell-id part too: one that could climb out of the
+// results root is a config error before anything is written.
+func TestMakePlanRejectsBadModelKey(t *testing.T) {
+	tb, err := config.LoadTables("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := tb.Models["qwen1_5"]
+	m.Key, m.HFID = "../x", "acme/escape"
+	tb.Models[m.Key] = m
+	results := filepath.Join(t.TempDir(), "r")
+	c := &Config{Backend: "sim", Client: ClientNative, Tables: tb, BatchSize: 1, TP: 1, Host: "127.0.0.1", Port: 1,
+		Results: results, Grace: time.Second, ReadyStall: time.Minute, ReadyHard: time.Minute, GPUInterval: 100 * time.Millisecond,
+		Bench: &config.Bench{Path: "b.yaml", ModelID: "acme/escape", DatasetNames: []string{"random"}, TargetInputTokens: 32, TargetOutputTokens: 8, NumSamples: 4}}
+	_, err = MakePlan(c)
+	if !config.IsConfigError(err) || !strings.Contains(err.Error(), `model key "../x" cannot be part of a cell id`) {
+		t.Fatalf("MakePlan with model key ../x: %v; want a config error naming it", err)
+	}
+	if _, err := os.Stat(results); !os.IsNotExist(err) {
+		t.Error("results root created")
 	}
 }
