@@ -34,8 +34,11 @@ python -m moe_cap.systems.sglang|vllm with the guide's flags (or the built-in si
 with --backend sim), waits until it really serves, runs the profiling client, samples the GPUs,
 tears the server down, proves nothing is left, and writes results/<cell-id>/.
 
-Exit codes: 0 ok, 1 internal error, 2 usage or config error, 3 server failed to launch or
-become ready, 4 infeasible (out of GPU memory), 5 bench failed or result invalid, 6 teardown
+One runner per cell: the cell is locked while it runs (the lock matrix run and Slurm tasks
+take too); a second runner of it is refused at once, naming the holder.
+
+Exit codes: 0 ok, 1 internal error, 2 usage or config error (also: the cell is held by
+another runner), 3 server failed to launch or become ready, 4 infeasible (out of GPU memory), 5 bench failed or result invalid, 6 teardown
 left something behind, 130 interrupted.`,
 		Example: `  moecapd launch-and-bench --backend sim --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 32
   moecapd launch-and-bench --backend sglang --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 1

@@ -95,8 +95,14 @@ whose manifest says ok or infeasible are kept, interrupted ones are redone, and 
 left by a killed run is ended first. A lock in the results root and one per GPU stop two
 runs from sharing results or GPUs.
 
-Exit codes: 0 every cell ran (ok or infeasible), 2 usage, config or lock held, 8 some cells
-failed (moecapd matrix status lists them), 130 interrupted, 1 internal error.`,
+Each cell is locked while it runs, the lock launch-and-bench and Slurm tasks take too: a
+cell another runner holds is left alone and reported.
+
+Exit codes: 0 no cell of the matrix (on this node, through --only) is failed in the results,
+2 usage, config, a lock held (the results root, a GPU, or some cell, which was not run),
+8 the results root holds failed cells of this matrix, whether this run or an earlier one
+failed them (moecapd matrix status lists them; --redo-failed reruns them), 130 interrupted,
+1 internal error.`,
 		Example: `  moecapd matrix run --results /data/results
   nohup moecapd matrix run --progress log --metrics-addr 127.0.0.1:9400 &
   moecapd matrix run --pack                         # TP=1 cells side by side on an 8-GPU node
