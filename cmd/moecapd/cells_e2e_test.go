@@ -327,6 +327,8 @@ func TestBoundsRefusedBeforeServer(t *testing.T) {
 		{"matrix --cell-timeout", []string{"matrix", "run", "--matrix", faultsMatrix, "--results", results, "--cell-timeout", "1000h"}, []string{`"--cell-timeout"`, "0s to 168h0m0s"}},
 		{"sim-server --sim-workers", []string{"sim-server", "--flavor", "sglang", "--model-path", qwen, "--port", "0", "--sim-workers", "100000"}, []string{"--sim-workers 100000: expected at most 64"}},
 		{"sim-server --sim-time-scale NaN", []string{"sim-server", "--flavor", "sglang", "--model-path", qwen, "--port", "0", "--sim-time-scale", "NaN"}, []string{"--sim-time-scale at most 1000"}},
+		{"bench --num-samples", []string{"bench", "--api-url", "http://127.0.0.1:1/v1/completions", "--model_name", qwen, "--datasets", "random",
+			"--target-input-tokens", "32", "--target-output-tokens", "8", "--num-samples", "1000000000"}, []string{`"num_samples"`, "1 to 1000000"}},
 		{"matrix --port + --slots", []string{"matrix", "run", "--matrix", faultsMatrix, "--results", results, "--port", "65530", "--slots", "10"}, []string{"slot ports run past 65535"}},
 	}
 	for _, c := range cases {
