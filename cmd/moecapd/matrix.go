@@ -566,6 +566,7 @@ func matrixCellConfig(base launchOpts, gb gpu.Backend, log *zap.Logger, c *matri
 	}
 	return cfg, nil
 }
+
 // printMatrixSummary prints one line per cell this run took on: status, latency,
 // throughput, energy and time, or why it did not complete.
 func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
@@ -621,7 +622,6 @@ func firstLineOf(s string) string {
 	}
 	return s
 }
-
 
 func runMatrixStatus(cmd *cobra.Command, _ []string) error {
 	if _, err := settings(cmd); err != nil {
