@@ -113,3 +113,26 @@ func TestReadmeCommands(t *testing.T) {
 		t.Errorf("the README's report command wrote no report: %v", err)
 	}
 }
+
+// TestUserProblemsExit2: problems of the user's setup or input are exit 2 (usage/config),
+// never 1 (internal), and say what to do.
+func TestUserProblemsExit2(t *testing.T) {
+	empty := t.TempDir()
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"report on a directory without cells", []string{"report", "--results", empty}, "no cell"},
+		{"doctor finds problems", []string{"doctor", "--conda-root", filepath.Join(empty, "no-conda")}, "problem(s) found"},
+		{"launch-and-bench with a bad --progress", []string{"launch-and-bench", "--backend", "sim", "--config", "../../configs/fixed_4k_1k_qwen1_5.yaml",
+			"--batch-size", "1", "--results", empty, "--progress", "sometimes"}, "--progress"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := moecapd(t, nil, c.args...)
+			if r.code != exitUsage || !strings.Contains(r.stderr+r.stdout, c.want) {
+				t.Errorf("exit %d, want 2 with %q\nstdout: %s\nstderr: %s", r.code, c.want, r.stdout, r.stderr)
+			}
+		})
+	}
+}

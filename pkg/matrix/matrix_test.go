@@ -453,11 +453,11 @@ func TestStatusReport(t *testing.T) {
 	Report(&b, mx, Status(mx, res), true)
 	s := b.String()
 	for _, want := range []string{
-		"| Qwen1.5-MoE | 1xH100 | 4K-1K | sglang | 1, 32 | ✅ Done (per matrix, no result here) |",
-		"| Qwen1.5-MoE | 1xH200 | 4K-1K | sglang | 1 | ✅ Done |",
-		"| Qwen1.5-MoE | 1xH200 | 4K-1K | sglang | 32, 128 | pending |",
+		"| Qwen1.5-MoE | 1xH100 | 4k-1k | sglang | 1, 32 | ✅ Done (per matrix, no result here) |",
+		"| Qwen1.5-MoE | 1xH200 | 4k-1k | sglang | 1 | ✅ Done |",
+		"| Qwen1.5-MoE | 1xH200 | 4k-1k | sglang | 32, 128 | pending |",
 		"| qwen1_5.1xH200.4k-1k.bs64.sglang | infeasible | ready/oom | oom happened |",
-		"| DeepSeek-R1 | 8xH200 | 13K-1K | vllm | 1, 32, 64, 128 | pending |",
+		"| DeepSeek-R1 | 8xH200 | 13k-1k | vllm | 1, 32, 64, 128 | pending |",
 		"- qwen1_5.1xH200.4k-1k.bs1.sglang: no metrics recorded",
 	} {
 		if !strings.Contains(s, want) {

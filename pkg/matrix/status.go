@@ -127,7 +127,8 @@ func Report(w io.Writer, mx *Matrix, es []*Entry, markdown bool) {
 		}
 		return k
 	}
-	task := func(t string) string { return strings.ToUpper(t) }
+	// The task label as cell ids, file names and the report spell it (4k-1k), one spelling.
+	task := func(t string) string { return t }
 	tb := newTable(w, markdown)
 
 	tb.heading(fmt.Sprintf("%d cells: %d done (%d measured here, %d per the matrix), %d pending, %d running, %d failed, %d infeasible",
