@@ -236,7 +236,10 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	}
 	s := m.Server
 	cp.ServerArgv = shellQuote(s.Argv)
-	cp.Server = []kv{{"listen", fmt.Sprintf("%s:%d", orAbsent(s.Host), s.Port)}, {"pid", strconv.Itoa(s.PID)}}
+	cp.Server = []kv{{"listen", fmt.Sprintf("%s:%d", orAbsent(s.Host), s.Port)}}
+	if s.PID > 0 {
+		cp.Server = append(cp.Server, kv{"pid", strconv.Itoa(s.PID)})
+	}
 	if s.ExitCode != nil {
 		cp.Server = append(cp.Server, kv{"exit code", strconv.Itoa(*s.ExitCode)})
 	}
@@ -272,7 +275,7 @@ func orAbsent(s string) string {
 }
 
 const cellBodyTmpl = `<h2>{{.Title}}</h2>
-<p><code>{{.ID}}</code> · status <b>{{.Status}}</b>{{if .Reason}} · {{.Reason}}{{end}}</p>
+<p><code>{{.ID}}</code> · status <b>{{.Status}}</b>{{if and .Reason (not .Failure)}} · {{.Reason}}{{end}}</p>
 {{range .Flags}}<p class="flag">flagged: {{.}}</p>{{end}}
 {{if .Failure}}<h3>Failure</h3><p><b>{{.Failure.K}}</b>: {{.Failure.V}}</p>{{if .LogTail}}<pre>{{.LogTail}}</pre>{{end}}{{end}}
 {{if .Latency}}<h3>Latency (ms)</h3><p class="meta">{{.LatencyNote}}</p>
@@ -287,7 +290,7 @@ const cellBodyTmpl = `<h2>{{.Title}}</h2>
 {{if .Telemetry}}<h3>GPU telemetry (bench window)</h3><table class="kv">{{range .Telemetry}}<tr><th>{{.K}}</th><td>{{.V}}</td></tr>{{end}}</table>{{end}}
 <h3>Cell</h3><table class="kv">{{range .Identity}}<tr><th>{{.K}}</th><td>{{.V}}</td></tr>{{end}}{{range .Run}}<tr><th>{{.K}}</th><td>{{.V}}</td></tr>{{end}}</table>
 <h3>Server</h3><p class="meta">argv, shown shell-quoted for reading (moecapd passes it as a list, never through a shell):</p><pre>{{.ServerArgv}}</pre>
-<table class="kv">{{range .Server}}<tr><th>{{.K}}</th><td><pre>{{.V}}</pre></td></tr>{{end}}</table>
+<table class="kv">{{range .Server}}<tr><th>{{.K}}</th><td>{{.V}}</td></tr>{{end}}</table>
 <h3>Client</h3><table class="kv">{{range .Client}}<tr><th>{{.K}}</th><td>{{.V}}</td></tr>{{end}}</table>{{if .ClientArgv}}<pre>{{.ClientArgv}}</pre>{{end}}
 <h3>Versions</h3><table class="kv">{{range .Vers}}<tr><th>{{.K}}</th><td>{{.V}}</td></tr>{{end}}</table>
 `

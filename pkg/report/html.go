@@ -238,7 +238,7 @@ td.l,th.l{text-align:left}td.reason{white-space:normal;text-align:left;max-width
 tr.failed td,tr.unreadable td{background:#fff5f5}tr.infeasible td{background:#fffbe6}tr.interrupted td{background:#f6f0ff}
 code,pre{font-size:13px}pre{background:#f6f8fa;padding:.7em;border-radius:6px;overflow-x:auto;white-space:pre-wrap}
 dt{font-weight:600;margin-top:.5em}dd{margin-left:1.5em}
-table.kv th{text-align:left;font-weight:600}table.kv td{text-align:left;white-space:normal}
+table.kv th{text-align:left;font-weight:600}table.kv td{text-align:left;white-space:pre-wrap}
 `
 
 const renderCheck = `<p class="meta" id="render-check">figures loaded: checking…</p>
