@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -318,11 +319,18 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		fmt.Fprintf(w, "failure  %s/%s: %s\n", m.Failure.Phase, m.Failure.Kind, m.Failure.Message)
 	}
 	t := m.Timings
-	fmt.Fprintf(w, "timings  preflight %.2fs  launch→ready %.2fs  bench %.2fs  teardown %.2fs  total %.2fs\n",
-		t.Preflight, t.LaunchToReady, t.Bench, t.Teardown, t.Total)
+	sec := func(s float64) string { return humanDuration(time.Duration(s * float64(time.Second))) }
+	// Three significant digits: what a reader compares (16.2 ms, 463 ms, 0.0334 ms).
+	f := func(p *float64) string {
+		if p == nil {
+			return profile.FormatMs(p, 0)
+		}
+		return strconv.FormatFloat(roundHuman(*p), 'f', -1, 64)
+	}
+	fmt.Fprintf(w, "timings  preflight %s  launch→ready %s  bench %s  teardown %s  total %s\n",
+		sec(t.Preflight), sec(t.LaunchToReady), sec(t.Bench), sec(t.Teardown), sec(t.Total))
 	if x := m.Metrics; x != nil {
 		fmt.Fprintf(w, "requests %d completed, %d failed  (%s latencies)\n", x.Completed, x.Failed, x.LatencyKind)
-		f := func(p *float64) string { return profile.FormatMs(p, 2) }
 		if sp := x.ServerPass; sp != nil {
 			// Server forward-pass times (GPU time, no queueing), under their own names.
 			fmt.Fprintf(w, "server passes  TTFT (MoE-CAP) %s ms  TPOT (MoE-CAP) %s ms\n", f(sp.TTFTMoECAPMs), f(sp.TPOTMoECAPMs))
@@ -333,7 +341,7 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 			fmt.Fprintf(w, "ITL ms   mean %s  median %s  p90 %s  p99 %s\n", f(x.MeanITLMs), f(x.MedianITLMs), f(x.P90ITLMs), f(x.P99ITLMs))
 		}
 		fmt.Fprintf(w, "E2EL ms  mean %s  median %s  p90 %s  p99 %s\n", f(x.MeanE2ELMs), f(x.MedianE2ELMs), f(x.P90E2ELMs), f(x.P99E2ELMs))
-		fmt.Fprintf(w, "throughput  %.1f output tok/s  %.1f total tok/s  %.3f req/s over %.2fs\n", x.OutputThroughput, x.TotalTokenThroughput, x.RequestThroughput, x.DurationS)
+		fmt.Fprintf(w, "throughput  %s output tok/s  %s total tok/s  %s req/s over %s\n", f(&x.OutputThroughput), f(&x.TotalTokenThroughput), f(&x.RequestThroughput), sec(x.DurationS))
 	}
 	if tm := m.Telemetry; tm != nil {
 		if !tm.Available {
@@ -341,10 +349,10 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		} else {
 			fmt.Fprintf(w, "gpus     %d sampled, %d samples, %d missed", tm.GPUs, tm.Samples, tm.Missed)
 			if tm.EnergyJ != nil {
-				fmt.Fprintf(w, "; energy %.1f J", *tm.EnergyJ)
+				fmt.Fprintf(w, "; energy %.0f J", *tm.EnergyJ)
 			}
 			if tm.JPerOutputToken != nil {
-				fmt.Fprintf(w, ", %.4f J/output token", *tm.JPerOutputToken)
+				fmt.Fprintf(w, ", %s J/output token", f(tm.JPerOutputToken))
 			}
 			if tm.AvgPowerW != nil {
 				fmt.Fprintf(w, ", avg power %.0f W", *tm.AvgPowerW)
