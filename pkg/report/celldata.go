@@ -42,15 +42,15 @@ const timelineBins = 60
 // stays the record; a half-written side file must not stop a report).
 func readCellData(dir string) *CellData {
 	d := &CellData{}
-	any := false
+	found := false
 	if p := findFile(filepath.Join(dir, "client"), "bench.json"); p != "" {
-		any = readBench(p, d) || any
+		found = readBench(p, d) || found
 	}
 	if p := findFile(filepath.Join(dir, "records"), ".jsonl"); p != "" {
-		any = readPassRecords(p, d) || any
+		found = readPassRecords(p, d) || found
 	}
-	any = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || any
-	if !any {
+	found = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || found
+	if !found {
 		return nil
 	}
 	return d

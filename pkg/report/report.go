@@ -97,7 +97,6 @@ func Write(o Options) (*Result, error) {
 	var all []*Plot
 	for gi, g := range groups {
 		for _, p := range groupPlots(g, anchor(g.Model+"."+g.Task)+".", g.Rows[0].ModelName+" · "+g.Task) {
-			p := p
 			gplots[gi] = append(gplots[gi], &p)
 		}
 		all = append(all, gplots[gi]...)

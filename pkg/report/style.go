@@ -110,7 +110,7 @@ func round3(v float64) string {
 	}
 }
 
-// thousands writes an integer with thin separators: 12 345.
+// thousands writes an integer with comma separators: 12,345.
 func thousands(v float64) string {
 	s := strconv.FormatFloat(math.Abs(v), 'f', 0, 64)
 	var b strings.Builder

@@ -50,11 +50,9 @@ func latencyText(r *Row, metric string, p50, p99 *float64, mean *float64) string
 }
 
 func viewOf(r *Row) cellView {
-	m := r.metricsOr()
 	v := cellView{StatusText: r.Status}
 	v.TTFT = latencyText(r, "ttft_p50_ms", r.pctl(func(m *profile.Metrics) *float64 { return m.MedianTTFTMs }), r.TTFTP99Ms(), r.TTFTMs())
 	v.TPOT = latencyText(r, "tpot_p50_ms", r.pctl(func(m *profile.Metrics) *float64 { return m.MedianTPOTMs }), r.TPOTP99Ms(), r.TPOTMs())
-	_ = m
 	var over *float64
 	if r.Cap != nil && r.ok() {
 		over = r.Cap.TPOTOverFloor
