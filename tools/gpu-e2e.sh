@@ -104,12 +104,21 @@ kill -9 "$sup" 2>/dev/null || true
 wait "$sup" 2>/dev/null || true
 echo "GPU processes right after kill -9:"
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader || true
+# Everything the killed supervisor started (server, workers, the runner client) names the
+# cell directory in its command line or environment; all of it must be gone after the rerun.
+left_before=$(for p in /proc/[0-9]*; do
+  if grep -qsF "$kres" "$p/cmdline" "$p/environ" 2>/dev/null; then echo "${p#/proc/}"; fi
+done | tr '\n' ' ')
+echo "processes of the killed run: ${left_before:-none}"
 krc=0
 CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((kill_tp - 1))) "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
   --batch-size "${BATCH:-16}" --tp "$kill_tp" --conda-root "$root" --env "$env" --port 0 --results "$kres" \
   --require-gpu --grace 20s --log-format console -- --worker-processes >"$out/kill9-rerun.log" 2>&1 || krc=$?
 tail -25 "$out/kill9-rerun.log"
 echo "kill9-rerun exit $krc"
+survivors=""
+for p in $left_before; do [ -d "/proc/$p" ] && survivors="$survivors $p($(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-80))"; done
+if [ -n "$survivors" ]; then echo "FAIL processes of the killed run still alive after the rerun:$survivors"; krc=66; else echo "ok   no process of the killed run is left"; fi
 
 # A real CUDA out-of-memory at start on one rank (the last) of a TP cell: classified oom
 # (infeasible, exit 4), nothing left on any GPU.
