@@ -1,12 +1,9 @@
 package main
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,7 +30,7 @@ tears the server down, proves nothing is left, and writes results/<cell-id>/.
 
 Exit codes: 0 ok, 1 internal error, 2 usage or config error, 3 server failed to launch or
 become ready, 4 infeasible (out of GPU memory), 5 bench failed or result invalid, 6 teardown
-left something behind, 130 interrupted.`,
+left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is torn down first).`,
 		Example: `  moecapd launch-and-bench --backend sim --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 32
   moecapd launch-and-bench --backend sglang --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 1
   moecapd launch-and-bench --backend vllm --config configs/fixed_13k_1k_dsv2_lite.yaml --batch-size 64 --tp 8
@@ -62,6 +59,7 @@ left something behind, 130 interrupted.`,
 	f.String("configs-dir", "configs", "directory of models.yaml and hardware.yaml (built-in copies when absent)")
 	f.Bool("require-gpu", false, "fail (exit 2) when NVML is unavailable instead of running without telemetry")
 	f.Duration("gpu-wait", 0, "how long to wait for busy GPUs to become idle before failing")
+	f.Int("gpu-idle-mib", 512, "MiB a GPU may use above its own baseline and still count as idle: before launch over the driver's reservation (NVML v2 leaves it out; v1-only drivers count it), after teardown over the pre-launch reading")
 	f.Duration("gpu-interval", 100*time.Millisecond, "GPU telemetry sampling interval")
 	f.Float64("gpu-hour-usd", 0, "price of one GPU-hour for the cost figures (default from configs/hardware.yaml)")
 	f.Float64("electricity-usd-per-kwh", 0, "electricity price for the cost figures (default from configs/hardware.yaml)")
@@ -107,6 +105,10 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backe
 	if err != nil {
 		return nil, nil, err
 	}
+	idleMiB := v.GetInt("gpu-idle-mib")
+	if idleMiB < 0 || idleMiB > 1<<20 {
+		return nil, nil, usageErrorf("--gpu-idle-mib %d: want 0 to %d MiB", idleMiB, 1<<20)
+	}
 	cleanup := func() {}
 	if gb == nil {
 		if gb, err = gpu.Open(log, v.GetBool("require-gpu")); err != nil {
@@ -126,7 +128,7 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backe
 		CondaEnv: v.GetString("env"), BaseEnv: os.Environ(), SelfExe: self,
 		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: v.GetString("hardware"),
 		GPUs: gb, GPUWait: v.GetDuration("gpu-wait"), GPUInterval: v.GetDuration("gpu-interval"),
-		MemSlackBytes: 512 << 20, Version: version, Log: log,
+		MemSlackBytes: uint64(idleMiB) << 20, Version: version, Log: log,
 	}
 	c.Native.Warmup = v.GetInt("warmup")
 	c.Native.Seed = v.GetInt64("seed")
@@ -177,7 +179,9 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 		fmt.Print(plan.Describe())
 		return nil
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	warnExposed(log, "--host", "the inference server", c.Host)
+	becomeSubreaper(log)
+	ctx, stop := signalContext(log)
 	defer stop()
 	m, err := cell.Run(ctx, c, plan)
 	if err != nil {

@@ -4,12 +4,10 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -350,10 +348,12 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 		return withCode(exitUsage, err)
 	}
 	defer lock.Release()
-	cell.EndOrphans(results, v.GetDuration("grace"), log)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	becomeSubreaper(log)
+	ctx, stop := signalContext(log)
 	defer stop()
+	warnExposed(log, "--host", "each cell's inference server", v.GetString("host"))
+	cell.EndOrphans(ctx, results, cell.SweepConfig{Grace: v.GetDuration("grace"), GPUs: s.gb,
+		SlackBytes: uint64(max(v.GetInt("gpu-idle-mib"), 0)) << 20, Log: log})
 	mctx, mstop := context.WithCancel(context.Background())
 	defer mstop()
 	if addr := v.GetString("metrics-addr"); addr != "" {
@@ -365,6 +365,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 			return usageErrorf("--metrics-addr %s: %v; pick a free address", addr, err)
 		}
 		log.Info("serving Prometheus metrics", zap.String("addr", "http://"+got+"/metrics"))
+		warnExposed(log, "--metrics-addr", "the Prometheus metrics endpoint", addr)
 	}
 	if mode == "log" && v.GetDuration("heartbeat") > 0 {
 		go func() {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -64,6 +65,8 @@ type runner struct {
 	smp  *gpu.Sampler
 	csv  *os.File
 	base map[int]uint64
+	// cur is the phase the cell is in; an interruption is recorded against it.
+	cur Phase
 }
 
 // Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
@@ -76,8 +79,8 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	}
 	r := &runner{c: c, p: p, log: log.With(zap.String("cell", p.ID)), t0: time.Now()}
 	// A server of an earlier, killed supervisor on this results root may still hold the
-	// GPUs or the port: end it first.
-	EndOrphans(filepath.Dir(p.Dir), c.Grace, r.log)
+	// GPUs or the port: end it first (and wait until its GPUs are back to baseline).
+	EndOrphans(ctx, filepath.Dir(p.Dir), SweepConfig{Grace: c.Grace, GPUs: c.GPUs, SlackBytes: c.MemSlackBytes, Log: r.log})
 	if err := archive(p.Dir); err != nil {
 		return nil, fmt.Errorf("move the earlier attempt of %s aside: %w", p.ID, err)
 	}
@@ -89,10 +92,12 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	if err := WriteFileAtomic(filepath.Join(p.Dir, BenchFile), c.Bench.Raw); err != nil {
 		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
 	}
+	self := launcher.Self()
 	r.m = &Manifest{
-		SchemaVersion: SchemaVersion, Cell: p.Identity, Status: StatusRunning,
+		SchemaVersion: SchemaVersion, Cell: p.Identity, Status: StatusRunning, Phase: PhasePreflight, Supervisor: &self,
 		StartedAt: time.Now().UTC(),
-		Server:    Server{Argv: p.LaunchArgv, EnvAdded: p.EnvAdded, Port: p.Spec.Port, Host: p.Spec.Host, CondaEnv: p.CondaEnv},
+		Server: Server{Argv: p.LaunchArgv, EnvAdded: p.EnvAdded, Port: p.Spec.Port, Host: p.Spec.Host, CondaEnv: p.CondaEnv,
+			Tracking: launcher.Tracking()},
 		Client:    Client{Kind: c.Client, Argv: p.ClientLaunch},
 		Versions:  Versions{Moecapd: c.Version},
 	}
@@ -115,6 +120,14 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 
 func (r *runner) phase(ph Phase) {
 	r.log.Info("phase", zap.String("phase", string(ph)))
+	r.cur = ph
+	if r.m.Phase != ph {
+		// Kept current on disk: a supervisor killed now leaves the phase it was in.
+		r.m.Phase = ph
+		if err := WriteManifest(r.p.Dir, r.m); err != nil {
+			r.log.Warn("cannot update manifest.json with the current phase", zap.Error(err))
+		}
+	}
 	if r.c.OnPhase != nil {
 		r.c.OnPhase(r.p.ID, ph)
 	}
@@ -140,7 +153,7 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 }
 
 func (r *runner) interrupted(ph Phase) {
-	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s (SIGINT/SIGTERM); the server was torn down", ph))
+	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s by a signal (SIGINT, SIGTERM or SIGHUP); the server was torn down", ph))
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
@@ -156,9 +169,18 @@ func (r *runner) run(ctx context.Context) {
 		return
 	}
 
+	if ctx.Err() != nil {
+		r.interrupted(PhasePreflight)
+		return
+	}
+
 	r.phase(PhaseLaunch)
 	t = time.Now()
 	if !r.launch() {
+		return
+	}
+	if ctx.Err() != nil {
+		r.interrupted(PhaseLaunch)
 		return
 	}
 	r.phase(PhaseReady)
@@ -180,39 +202,182 @@ func (r *runner) run(ctx context.Context) {
 	r.m.Timings.Bench = since(t)
 }
 
+// OrphanGPUWait bounds how long ending an orphaned server waits for its GPUs to release
+// its memory (a CUDA context takes seconds to go after the process dies).
+const OrphanGPUWait = 2 * time.Minute
+
+// SweepConfig is what EndOrphans needs.
+type SweepConfig struct {
+	Grace time.Duration
+	// GPUs (may be nil or unavailable) is used to wait for an ended server's GPUs to return
+	// to baseline, within SlackBytes, for at most OrphanGPUWait.
+	GPUs       gpu.Backend
+	SlackBytes uint64
+	Log        *zap.Logger
+}
+
 // EndOrphans ends every server under the results root whose supervisor died (kill -9,
-// machine lost), found through their state files, and marks those cells interrupted, so a
-// later run gets the GPUs and ports back and nobody mistakes the old cell for live.
-func EndOrphans(root string, grace time.Duration, log *zap.Logger) {
-	orphans, err := launcher.FindOrphans(root)
-	if err != nil {
-		log.Warn("orphan scan failed", zap.Error(err))
-		return
+// machine lost), found through their state files, waits until its GPUs are back to
+// baseline, and marks those cells interrupted with the phase they were in, so a later run
+// gets the GPUs and ports back and nobody mistakes the old cell for live. A running cell
+// whose supervisor is gone and whose server is gone too (it died, or the machine
+// rebooted) is marked interrupted as well. Unreadable state files are reported.
+func EndOrphans(ctx context.Context, root string, sc SweepConfig) {
+	log := sc.Log
+	if log == nil {
+		log = zap.NewNop()
 	}
-	for _, o := range orphans {
+	sw, err := launcher.FindOrphans(root)
+	if err != nil {
+		log.Warn("orphan scan failed; a server of a killed run may still hold GPUs or ports", zap.String("results", root), zap.Error(err))
+	}
+	for _, p := range sw.Problems {
+		log.Warn("unreadable server state file", zap.Error(p))
+	}
+	for _, o := range sw.Orphans {
 		log.Warn("ending a server left behind by a killed run (its supervisor died)",
-			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Ints("pids", o.PIDs))
-		rep, err := launcher.EndOrphan(o, grace)
+			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Bool("leader_verified", o.LeaderVerified), zap.Ints("pids", o.PIDs))
+		warnUnverified(log, o.Dir, o.Unverified)
+		devs := orphanGPUs(sc.GPUs, o.State, o.PIDs)
+		rep, err := launcher.EndOrphan(o, sc.Grace)
 		if err != nil {
 			log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
 			continue
 		}
 		log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
-		markInterrupted(o.Dir)
+		waitOrphanGPUs(ctx, sc, o.State, devs, log)
+		markInterrupted(o.Dir, "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run")
 	}
+	for _, g := range sw.Gone {
+		log.Warn("a killed run's server is already gone; marking its cell interrupted", zap.String("dir", g.Dir), zap.String("why", g.Why))
+		warnUnverified(log, g.Dir, g.Unverified)
+		if !strings.Contains(g.Why, "rebooted") {
+			waitOrphanGPUs(ctx, sc, g.State, orphanGPUs(sc.GPUs, g.State, nil), log)
+		}
+		markInterrupted(g.Dir, "the supervisor died (killed or machine lost) while this cell ran, and "+g.Why)
+	}
+	sweepDeadCells(root, log)
 }
 
-// markInterrupted rewrites a "running" manifest of a cell whose supervisor died.
-func markInterrupted(dir string) {
+func warnUnverified(log *zap.Logger, dir string, pids []int) {
+	if len(pids) == 0 {
+		return
+	}
+	var cmds []string
+	for _, pid := range pids {
+		cmds = append(cmds, fmt.Sprintf("%d %q", pid, strings.Join(launcher.Cmdline(pid), " ")))
+	}
+	log.Warn("processes in the recorded server's old process group cannot be proven to be ours (PID reused, or they dropped the server's token): left alone; end them by hand if they are",
+		zap.String("dir", dir), zap.Strings("processes", cmds))
+}
+
+// orphanGPUs is the GPUs a recorded server used: those in its state file, plus any on which
+// one of pids holds memory now.
+func orphanGPUs(b gpu.Backend, s launcher.State, pids []int) []gpu.Device {
+	if b == nil || !b.Available() {
+		return nil
+	}
+	var out []gpu.Device
+	have := map[int]bool{}
+	for _, g := range s.GPUs {
+		out = append(out, gpu.Device{Index: g.Index, UUID: g.UUID})
+		have[g.Index] = true
+	}
+	if len(pids) > 0 {
+		all, err := b.Devices()
+		if err != nil {
+			return out
+		}
+		procs, err := b.ComputeProcesses(all)
+		if err != nil {
+			return out
+		}
+		for _, pr := range procs {
+			if slices.Contains(pids, pr.PID) && !have[pr.GPUIndex] {
+				for _, d := range all {
+					if d.Index == pr.GPUIndex {
+						out = append(out, d)
+					}
+				}
+				have[pr.GPUIndex] = true
+			}
+		}
+	}
+	return out
+}
+
+// waitOrphanGPUs waits, bounded, until the GPUs of an ended server are back to the baseline
+// recorded before it launched (or, unrecorded, hold no more than the slack), so that the
+// preflight that follows does not find them busy with a dead server's memory.
+func waitOrphanGPUs(ctx context.Context, sc SweepConfig, s launcher.State, devs []gpu.Device, log *zap.Logger) {
+	if len(devs) == 0 || sc.GPUs == nil || !sc.GPUs.Available() {
+		return
+	}
+	base := map[int]uint64{}
+	for _, g := range s.GPUs {
+		if g.BaselineBytes != nil {
+			base[g.Index] = *g.BaselineBytes
+		}
+	}
+	var idx []int
+	for _, d := range devs {
+		idx = append(idx, d.Index)
+	}
+	t0 := time.Now()
+	log.Info("waiting for the ended server's GPUs to return to baseline before preflight",
+		zap.Ints("gpus", idx), zap.Duration("at_most", OrphanGPUWait))
+	if _, err := gpu.WaitMemoryBaseline(ctx, sc.GPUs, devs, base, sc.SlackBytes, OrphanGPUWait); err != nil {
+		log.Error("the ended server's GPUs are not back to baseline; the next preflight will likely find them busy", zap.Ints("gpus", idx), zap.Error(err))
+		return
+	}
+	log.Info("GPUs back to baseline", zap.Ints("gpus", idx), zap.Duration("took", time.Since(t0)))
+}
+
+// markInterrupted rewrites a "running" manifest of a cell whose supervisor died, recording
+// the phase it was in.
+func markInterrupted(dir, why string) {
 	m, err := ReadManifest(dir)
 	if err != nil || m.Status != StatusRunning {
 		return
 	}
+	ph := m.Phase
+	if ph == "" {
+		ph = PhaseBench // a manifest from before phases were recorded
+		why += " (its phase was not recorded; bench assumed)"
+	}
 	m.Status = StatusInterrupted
+	m.Phase = ""
 	now := time.Now().UTC()
 	m.FinishedAt = &now
-	m.Failure = &Failure{Phase: PhaseBench, Kind: KindInterrupted, Message: "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run"}
+	m.Failure = &Failure{Phase: ph, Kind: KindInterrupted, Message: fmt.Sprintf("interrupted during %s: %s", ph, why)}
 	_ = WriteManifest(dir, m)
+}
+
+// sweepDeadCells marks interrupted every "running" cell under root (and its archived
+// attempts) whose recorded supervisor no longer runs: it was killed before it had a server
+// to leave behind (during preflight), or its server already died, or the machine rebooted.
+func sweepDeadCells(root string, log *zap.Logger) {
+	for _, d := range []string{root, filepath.Join(root, ".attempts")} {
+		ents, err := os.ReadDir(d)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if !e.IsDir() || e.Name() == ".attempts" {
+				continue
+			}
+			dir := filepath.Join(d, e.Name())
+			m, err := ReadManifest(dir)
+			if err != nil || m.Status != StatusRunning || m.Supervisor == nil || launcher.Alive(*m.Supervisor) {
+				continue
+			}
+			if _, err := os.Stat(filepath.Join(dir, launcher.StateFile)); err == nil {
+				continue // its server is recorded (FindOrphans reported why it was left)
+			}
+			log.Warn("a cell still says running but its supervisor is gone; marking it interrupted", zap.String("dir", dir), zap.String("phase", string(m.Phase)))
+			markInterrupted(dir, "the supervisor died (killed or machine lost) while this cell ran")
+		}
+	}
 }
 
 func (r *runner) preflight(ctx context.Context) bool {
@@ -232,7 +397,10 @@ func (r *runner) preflight(ctx context.Context) bool {
 		}
 	}
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
-		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait); err != nil {
+		note := func(b *gpu.BusyError) {
+			r.log.Warn("GPUs busy; waiting for them to become idle (--gpu-wait)", zap.Duration("at_most", c.GPUWait), zap.String("busy", b.Error()))
+		}
+		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait, note); err != nil {
 			if ctx.Err() != nil {
 				r.interrupted(PhasePreflight)
 				return false
@@ -252,10 +420,26 @@ func (r *runner) launch() bool {
 	c, p := r.c, r.p
 	logPath := filepath.Join(p.Dir, "server.log")
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
-	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath})
+	// The state file is written while the server waits in the launcher's gate, before it runs
+	// any code of its own: a supervisor killed at any moment leaves a state file or nothing.
+	record := func(proc *launcher.Process) error {
+		st := launcher.NewState(proc, p.ServerArgv, p.Spec.Port)
+		for _, d := range p.Devices {
+			g := launcher.StateGPU{Index: d.Index, UUID: d.UUID}
+			if b, ok := r.base[d.Index]; ok {
+				g.BaselineBytes = &b
+			}
+			st.GPUs = append(st.GPUs, g)
+		}
+		if err := launcher.WriteState(p.Dir, st); err != nil {
+			return fmt.Errorf("cannot record the server in %s (%w); it was not started, as a crash now would orphan it: check the disk and permissions of --results", launcher.StateFile, err)
+		}
+		return nil
+	}
+	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath, BeforeRun: record})
 	if err != nil {
 		kind := KindCrash
-		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
+		if !strings.Contains(err.Error(), launcher.StateFile) && (errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found")) {
 			kind = KindEnvMissing
 		}
 		r.fail(PhaseLaunch, kind, fmt.Sprintf("could not start the server: %v", err))
@@ -263,19 +447,16 @@ func (r *runner) launch() bool {
 	}
 	r.proc = proc
 	r.m.Server.PID = proc.PID()
-	if err := launcher.WriteState(p.Dir, launcher.NewState(proc, p.ServerArgv, p.Spec.Port)); err != nil {
-		r.log.Error("cannot record the server's PID; a crash of moecapd now would orphan it", zap.Error(err))
-	}
 	_ = WriteManifest(p.Dir, r.m)
 	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
-	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath))
+	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath),
+		zap.String("tracking", r.m.Server.Tracking))
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
 		f, err := os.Create(filepath.Join(p.Dir, "telemetry.csv"))
 		if err == nil {
 			r.csv = f
-			pid := proc.PID()
 			r.smp = c.GPUs.NewSampler(gpu.SamplerConfig{Devices: p.Devices, Interval: c.GPUInterval,
-				PIDs: func() []int { return launcher.Tree(pid, pid) }, CSV: f})
+				PIDs: proc.Members, CSV: f})
 			r.smp.Start(context.Background())
 		}
 	}
@@ -470,6 +651,7 @@ func (r *runner) finish() {
 	now := time.Now().UTC()
 	r.m.FinishedAt = &now
 	r.m.Timings.Total = since(r.t0)
+	r.m.Phase = "" // finished: the failure (if any) says where it stopped
 	if r.m.Status == StatusRunning {
 		r.m.Status = StatusOK
 	}

@@ -142,4 +142,3 @@ func TestWaitIdleV2BusyThenFree(t *testing.T) {
 		t.Errorf("told about the wait %d times, want once", notes)
 	}
 }
-

@@ -20,15 +20,15 @@ type fakeGPU struct {
 	// memReserved is the driver's reservation: v2 reports it apart, v1 counts it as used
 	// (R510+ drivers).
 	memReserved uint64
-	util     uint32
-	utilMem  uint32
-	powerMW  uint32
-	energyMJ uint64
-	sm       uint32
-	memClk   uint32
-	temp     uint32
-	reasons  uint64
-	procs    []nvml.ProcessInfo
+	util        uint32
+	utilMem     uint32
+	powerMW     uint32
+	energyMJ    uint64
+	sm          uint32
+	memClk      uint32
+	temp        uint32
+	reasons     uint64
+	procs       []nvml.ProcessInfo
 	// unsupported metrics answer ERROR_NOT_SUPPORTED: "util", "power", "energy", "clocks",
 	// "temp", "reasons", "procs", "memv2".
 	unsupported map[string]bool

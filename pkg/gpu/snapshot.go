@@ -25,8 +25,8 @@ type GPUStatus struct {
 	// Memory holds both NVML readings (v1 used; v2 used and reserved), to compare with
 	// nvidia-smi; metrics.mem_used_bytes is its used_bytes.
 	Memory    *MemoryInfo `json:"memory,omitempty"`
-	Processes []Process `json:"processes"`
-	Error     string    `json:"error,omitempty"`
+	Processes []Process   `json:"processes"`
+	Error     string      `json:"error,omitempty"`
 }
 
 // TakeSnapshot reads every GPU of the node once. Without NVML it returns a snapshot that

@@ -215,3 +215,30 @@ func Tracking() string {
 	}
 	return "token"
 }
+
+// ProcessID names a process across time: PID, start ticks and the boot they belong to.
+type ProcessID struct {
+	PID        int    `json:"pid"`
+	StartTicks uint64 `json:"start_ticks"`
+	BootID     string `json:"boot_id,omitempty"`
+}
+
+// Self is this process's ProcessID.
+func Self() ProcessID {
+	id := ProcessID{PID: os.Getpid(), BootID: BootID()}
+	if p, ok := readProc(id.PID); ok {
+		id.StartTicks = p.StartTicks
+	}
+	return id
+}
+
+// Alive reports whether id still names a live process: same boot, same PID, same start.
+func Alive(id ProcessID) bool {
+	if id.PID <= 0 {
+		return false
+	}
+	if b := BootID(); id.BootID != "" && b != "" && id.BootID != b {
+		return false
+	}
+	return aliveAs(id.PID, id.StartTicks)
+}
