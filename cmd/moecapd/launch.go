@@ -175,11 +175,11 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	setPrices(c, plan, v)
+	warnExposed(log, "--host", "the inference server", c.Host)
 	if v.GetBool("dry-run") {
 		fmt.Print(plan.Describe())
 		return nil
 	}
-	warnExposed(log, "--host", "the inference server", c.Host)
 	becomeSubreaper(log)
 	ctx, stop := signalContext(log)
 	defer stop()
