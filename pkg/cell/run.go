@@ -98,8 +98,8 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 		StartedAt: time.Now().UTC(),
 		Server: Server{Argv: p.LaunchArgv, EnvAdded: p.EnvAdded, Port: p.Spec.Port, Host: p.Spec.Host, CondaEnv: p.CondaEnv,
 			Tracking: launcher.Tracking()},
-		Client:    Client{Kind: c.Client, Argv: p.ClientLaunch},
-		Versions:  Versions{Moecapd: c.Version},
+		Client:   Client{Kind: c.Client, Argv: p.ClientLaunch},
+		Versions: Versions{Moecapd: c.Version},
 	}
 	if c.GPUs != nil {
 		r.m.Versions.Driver = c.GPUs.DriverVersion()
@@ -213,6 +213,8 @@ type SweepConfig struct {
 	// to baseline, within SlackBytes, for at most OrphanGPUWait.
 	GPUs       gpu.Backend
 	SlackBytes uint64
+	// GPUWaitMax bounds that wait (0: OrphanGPUWait).
+	GPUWaitMax time.Duration
 	Log        *zap.Logger
 }
 
@@ -323,10 +325,14 @@ func waitOrphanGPUs(ctx context.Context, sc SweepConfig, s launcher.State, devs 
 	for _, d := range devs {
 		idx = append(idx, d.Index)
 	}
+	limit := sc.GPUWaitMax
+	if limit <= 0 {
+		limit = OrphanGPUWait
+	}
 	t0 := time.Now()
 	log.Info("waiting for the ended server's GPUs to return to baseline before preflight",
-		zap.Ints("gpus", idx), zap.Duration("at_most", OrphanGPUWait))
-	if _, err := gpu.WaitMemoryBaseline(ctx, sc.GPUs, devs, base, sc.SlackBytes, OrphanGPUWait); err != nil {
+		zap.Ints("gpus", idx), zap.Duration("at_most", limit))
+	if _, err := gpu.WaitMemoryBaseline(ctx, sc.GPUs, devs, base, sc.SlackBytes, limit); err != nil {
 		log.Error("the ended server's GPUs are not back to baseline; the next preflight will likely find them busy", zap.Ints("gpus", idx), zap.Error(err))
 		return
 	}
