@@ -32,7 +32,7 @@ func waitManifest(t *testing.T, results string, what string, ok func(dir string,
 				return dir, m
 			}
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(2 * time.Millisecond)
 	}
 	t.Fatalf("never saw %s under %s", what, results)
 	return "", nil
@@ -279,4 +279,48 @@ func TestExposedHostWarns(t *testing.T) {
 			t.Errorf("--host %s: warned %v, want %v\n%s", c.host, got, c.warn, r.stderr)
 		}
 	}
+}
+
+var simStarted = regexp.MustCompile(`sim: started \{.*"pid":(\d+)\}`)
+
+// launch-and-bench SIGKILLed at assorted moments right after it spawns the server: wherever
+// the server got to run its own code (the sim announces itself first thing), the state file
+// exists, and the next run ends the server.
+func TestSIGKILLRightAfterSpawn(t *testing.T) {
+	cfg := tinyConfig(t, qwen, 32, 8, 4)
+	ran := 0
+	for i := range 12 {
+		results := t.TempDir()
+		c, _ := startMoecapd(t, simArgs(results, cfg, 2, "--", "--sim-startup", "30s")...)
+		// The launch phase lasts milliseconds: poll for it or the one after.
+		waitManifest(t, results, "the launch phase", func(_ string, m *cell.Manifest) bool {
+			return m.Phase == cell.PhaseLaunch || m.Phase == cell.PhaseReady
+		})
+		time.Sleep(time.Duration(i) * time.Millisecond)
+		c.Process.Kill()
+		c.Wait()
+		time.Sleep(150 * time.Millisecond)
+		dir, _ := waitManifest(t, results, "the manifest", func(string, *cell.Manifest) bool { return true })
+		log, _ := os.ReadFile(filepath.Join(dir, "server.log"))
+		_, stateErr := os.Stat(filepath.Join(dir, launcher.StateFile))
+		server := 0
+		if m := simStarted.FindSubmatch(log); m != nil {
+			server, _ = strconv.Atoi(string(m[1]))
+			ran++
+			if stateErr != nil {
+				t.Errorf("kill after %d ms: the server (pid %d) ran but there is no state file", i, server)
+			}
+		}
+		if stateErr == nil {
+			r := moecapd(t, nil, simArgs(results, cfg, 2, "--grace", "300ms")...)
+			if r.code != 0 {
+				t.Errorf("kill after %d ms: rerun exit %d\n%s", i, r.code, r.stderr)
+			}
+		}
+		if server > 0 && pidAlive(server) {
+			t.Errorf("kill after %d ms: server %d still alive", i, server)
+			syscall.Kill(server, syscall.SIGKILL)
+		}
+	}
+	t.Logf("%d of 12 servers ran before the kill; every one had its state file", ran)
 }
