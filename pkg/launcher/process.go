@@ -96,6 +96,7 @@ func Start(spec Spec) (*Process, error) {
 	}
 	token := newToken()
 	env := append(append([]string{}, spec.Env...), TokenEnv+"="+token)
+	childGate := gateR // read by go-cmd's goroutine; gateR itself is closed and cleared here
 	c := gocmd.NewCmdOptions(gocmd.Options{
 		BeforeExec: []func(*exec.Cmd){func(ec *exec.Cmd) {
 			// go-cmd already asked for a new process group; keep its SysProcAttr and add to it.
@@ -108,8 +109,8 @@ func Start(spec Spec) (*Process, error) {
 			ec.Stdout = logf
 			ec.Stderr = logf
 			ec.Stdin = nil
-			if gateR != nil {
-				ec.ExtraFiles = []*os.File{gateR} // fd 3 in the child; the write end stays ours
+			if childGate != nil {
+				ec.ExtraFiles = []*os.File{childGate} // fd 3 in the child; the write end stays ours
 			}
 			if lerr == nil {
 				ec.Path = lp
