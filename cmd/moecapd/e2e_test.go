@@ -290,6 +290,8 @@ func TestSignalMidBench(t *testing.T) {
 			_, m := onlyCell(t, results)
 			if m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Kind != cell.KindInterrupted || m.Failure.Phase != cell.PhaseBench {
 				t.Errorf("status %s failure %+v, want interrupted in bench", m.Status, m.Failure)
+			} else if name := "SIG" + map[syscall.Signal]string{syscall.SIGINT: "INT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP"}[sig]; !strings.Contains(m.Failure.Message, name) {
+				t.Errorf("failure message %q does not name %s", m.Failure.Message, name)
 			}
 			for _, p := range tree {
 				if pidAlive(p) {

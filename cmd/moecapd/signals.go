@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"os/signal"
@@ -9,6 +10,7 @@ import (
 	"syscall"
 
 	"go.uber.org/zap"
+	"golang.org/x/sys/unix"
 
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
@@ -25,7 +27,7 @@ var interruptSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGH
 // `| tee` that died with the ssh session) returns an error instead of killing moecapd
 // before it tears down. Caught signals are reset to default in the children we exec.
 func signalContext(log *zap.Logger) (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, interruptSignals...)
 	pipe := make(chan os.Signal, 1)
@@ -40,7 +42,7 @@ func signalContext(log *zap.Logger) (context.Context, context.CancelFunc) {
 					first = false
 					log.Warn("signal received: tearing the server down, then exiting 130 (further signals are ignored until teardown ends)",
 						zap.String("signal", s.String()))
-					cancel()
+					cancel(fmt.Errorf("%s (%s)", unix.SignalName(s.(syscall.Signal)), s))
 				} else {
 					log.Warn("signal ignored: teardown in progress (it is bounded by --grace, then SIGKILL)", zap.String("signal", s.String()))
 				}
@@ -54,7 +56,7 @@ func signalContext(log *zap.Logger) (context.Context, context.CancelFunc) {
 		signal.Stop(sigs)
 		signal.Stop(pipe)
 		close(done)
-		cancel()
+		cancel(nil)
 	}
 }
 

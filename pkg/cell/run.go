@@ -152,8 +152,14 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 	r.log.Error("cell failed", zap.String("phase", string(ph)), zap.String("kind", string(kind)), zap.String("why", msg))
 }
 
-func (r *runner) interrupted(ph Phase) {
-	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s by a signal (SIGINT, SIGTERM or SIGHUP); the server was torn down", ph))
+// interrupted records the cell as interrupted in phase ph; ctx's cause (the signal, when
+// cmd/moecapd cancelled it for one) goes into the message.
+func (r *runner) interrupted(ctx context.Context, ph Phase) {
+	why := "a signal (SIGINT, SIGTERM or SIGHUP)"
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		why = c.Error()
+	}
+	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
@@ -170,7 +176,7 @@ func (r *runner) run(ctx context.Context) {
 	}
 
 	if ctx.Err() != nil {
-		r.interrupted(PhasePreflight)
+		r.interrupted(ctx, PhasePreflight)
 		return
 	}
 
@@ -180,7 +186,7 @@ func (r *runner) run(ctx context.Context) {
 		return
 	}
 	if ctx.Err() != nil {
-		r.interrupted(PhaseLaunch)
+		r.interrupted(ctx, PhaseLaunch)
 		return
 	}
 	r.phase(PhaseReady)
@@ -333,6 +339,10 @@ func waitOrphanGPUs(ctx context.Context, sc SweepConfig, s launcher.State, devs 
 	log.Info("waiting for the ended server's GPUs to return to baseline before preflight",
 		zap.Ints("gpus", idx), zap.Duration("at_most", limit))
 	if _, err := gpu.WaitMemoryBaseline(ctx, sc.GPUs, devs, base, sc.SlackBytes, limit); err != nil {
+		if ctx.Err() != nil {
+			log.Warn("interrupted while waiting for the ended server's GPUs to return to baseline", zap.Ints("gpus", idx))
+			return
+		}
 		log.Error("the ended server's GPUs are not back to baseline; the next preflight will likely find them busy", zap.Ints("gpus", idx), zap.Error(err))
 		return
 	}
@@ -408,7 +418,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 		}
 		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait, note); err != nil {
 			if ctx.Err() != nil {
-				r.interrupted(PhasePreflight)
+				r.interrupted(ctx, PhasePreflight)
 				return false
 			}
 			r.fail(PhasePreflight, KindGPUBusy, err.Error())
@@ -479,7 +489,7 @@ func (r *runner) ready(ctx context.Context) bool {
 		return true
 	}
 	if ctx.Err() != nil {
-		r.interrupted(PhaseReady)
+		r.interrupted(ctx, PhaseReady)
 		return false
 	}
 	var re *launcher.ReadyError
@@ -530,7 +540,7 @@ func (r *runner) bench(ctx context.Context) {
 	}
 	switch {
 	case ctx.Err() != nil:
-		r.interrupted(PhaseBench)
+		r.interrupted(ctx, PhaseBench)
 	case r.proc.Exited():
 		r.logw.Poll()
 		kind, line := r.logw.Diagnosis()
