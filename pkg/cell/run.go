@@ -67,6 +67,8 @@ type runner struct {
 	base map[int]uint64
 	// cur is the phase the cell is in; an interruption is recorded against it.
 	cur Phase
+	// stopRecord ends the refreshing of the state file's member list (nil before launch).
+	stopRecord func()
 }
 
 // Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
@@ -438,8 +440,9 @@ func (r *runner) launch() bool {
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
 	// The state file is written while the server waits in the launcher's gate, before it runs
 	// any code of its own: a supervisor killed at any moment leaves a state file or nothing.
+	var st launcher.State
 	record := func(proc *launcher.Process) error {
-		st := launcher.NewState(proc, p.ServerArgv, p.Spec.Port)
+		st = launcher.NewState(proc, p.ServerArgv, p.Spec.Port)
 		for _, d := range p.Devices {
 			g := launcher.StateGPU{Index: d.Index, UUID: d.UUID}
 			if b, ok := r.base[d.Index]; ok {
@@ -462,6 +465,7 @@ func (r *runner) launch() bool {
 		return false
 	}
 	r.proc = proc
+	r.stopRecord = proc.Record(p.Dir, st, 2*time.Second)
 	r.m.Server.PID = proc.PID()
 	_ = WriteManifest(p.Dir, r.m)
 	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
@@ -621,6 +625,7 @@ func (r *runner) teardown() {
 	}
 	r.phase(PhaseTeardown)
 	t := time.Now()
+	r.stopRecord()
 	rep := r.proc.Stop(r.c.Grace)
 	if r.logw != nil {
 		r.logw.Close()

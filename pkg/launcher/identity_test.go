@@ -338,3 +338,59 @@ func TestSIGKILLAfterSpawnLeavesStateOrNothing(t *testing.T) {
 	}
 	t.Logf("%d of 30 servers got to run before the kill; each had its state file", ranCount)
 }
+
+// Workers that lost the token (setproctitle overwrites /proc/PID/environ) and whose server
+// died are still ended by a later sweep: the state file kept their PIDs and start times.
+func TestRecordedMembersOutliveTheirToken(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "cell")
+	os.MkdirAll(dir, 0o755)
+	pidfile := filepath.Join(t.TempDir(), "pids")
+	p, err := Start(childSpec(t, "fork", "LAUNCHER_TEST_WORKERS=2", "LAUNCHER_TEST_PIDFILE="+pidfile, "LAUNCHER_TEST_CLEARENV=1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var workers []int
+	for _, f := range strings.Fields(waitFile(t, pidfile)) {
+		pid, _ := strconv.Atoi(f)
+		workers = append(workers, pid)
+	}
+	st := NewState(p, nil, 0)
+	st.Supervisor, st.SupStart = deadPID(t), 1
+	WriteState(dir, st)
+	stop := p.Record(dir, st, 20*time.Millisecond)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, _ := os.ReadFile(filepath.Join(dir, StateFile))
+		if strings.Count(string(b), `"start_ticks"`) >= 4 { // the server's own + 3 members
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state file never listed the members:\n%s", b)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	stop()
+	syscall.Kill(p.PID(), syscall.SIGKILL) // the server dies; its workers live on, tokenless
+	<-p.Done()
+	sw, err := FindOrphans(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sw.Orphans) != 1 {
+		t.Fatalf("sweep %+v, want the workers as one orphan", sw)
+	}
+	got := sw.Orphans[0].PIDs
+	slices.Sort(workers)
+	if !slices.Equal(got, workers) {
+		t.Fatalf("orphan PIDs %v, want the workers %v", got, workers)
+	}
+	if _, err := EndOrphan(sw.Orphans[0], 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	for _, w := range workers {
+		if alive(w) {
+			t.Errorf("worker %d survived", w)
+		}
+	}
+}

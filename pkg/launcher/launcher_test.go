@@ -38,6 +38,10 @@ func TestMain(m *testing.M) {
 		for i := 0; i < n; i++ {
 			c := exec.Command(os.Args[0])
 			c.Env = append(os.Environ(), "LAUNCHER_TEST_CHILD=sleep")
+			if os.Getenv("LAUNCHER_TEST_CLEARENV") == "1" {
+				// As setproctitle does to /proc/PID/environ: the token is gone.
+				c.Env = []string{"LAUNCHER_TEST_CHILD=sleep"}
+			}
 			if os.Getenv("LAUNCHER_TEST_SETSID") == "1" {
 				// A worker that leaves the process group: only the descendant walk finds it.
 				c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

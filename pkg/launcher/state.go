@@ -6,8 +6,10 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -38,6 +40,10 @@ type State struct {
 	// GPUs the server was given, with their memory before launch, so a later run that ends
 	// this server can wait until they are back to baseline.
 	GPUs []StateGPU `json:"gpus,omitempty"`
+	// Members are the server's processes as verified while it ran (kept current by
+	// Process.Record): a later sweep still knows a worker whose parent died and whose
+	// environment (and token) was overwritten by setproctitle, by PID and start time.
+	Members []ProcessID `json:"members,omitempty"`
 }
 
 // StateGPU is one GPU of a recorded server.
@@ -177,7 +183,13 @@ func FindOrphans(root string) (Sweep, error) {
 			continue
 		}
 		o := Orphan{Dir: dir, State: s, LeaderVerified: sameProcess(s)}
-		o.members = family(familyScan{Root: ident{s.PID, s.StartTicks}, RootOK: o.LeaderVerified, Token: s.Token, MinStart: s.StartTicks})
+		known := map[int]uint64{}
+		for _, m := range s.Members {
+			if m.StartTicks != 0 && (m.BootID == "" || m.BootID == s.BootID) {
+				known[m.PID] = m.StartTicks
+			}
+		}
+		o.members = family(familyScan{Root: ident{s.PID, s.StartTicks}, RootOK: o.LeaderVerified, Token: s.Token, MinStart: s.StartTicks, Known: known})
 		for pid := range o.members {
 			o.PIDs = append(o.PIDs, pid)
 		}
@@ -255,4 +267,42 @@ func EndOrphan(o Orphan, grace time.Duration) (StopReport, error) {
 		return r, fmt.Errorf("orphaned server of %s: PIDs %v survived SIGKILL", o.Dir, r.Left)
 	}
 	return r, RemoveState(o.Dir)
+}
+
+// Record keeps dir's state file current with the server's verified members (checked every
+// interval, rewritten when they change) until the returned stop is called; stop waits for
+// the last write, so a later RemoveState cannot be undone by it.
+func (p *Process) Record(dir string, st State, interval time.Duration) (stop func()) {
+	quit, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		var last []int
+		for {
+			select {
+			case <-quit:
+				return
+			case <-p.Done():
+				return
+			case <-t.C:
+			}
+			pids := p.Members()
+			if slices.Equal(pids, last) {
+				continue
+			}
+			last = pids
+			p.mu.Lock()
+			st.Members = st.Members[:0]
+			for _, pid := range pids {
+				if start, ok := p.known[pid]; ok {
+					st.Members = append(st.Members, ProcessID{PID: pid, StartTicks: start, BootID: st.BootID})
+				}
+			}
+			p.mu.Unlock()
+			_ = WriteState(dir, st)
+		}
+	}()
+	var once sync.Once
+	return func() { once.Do(func() { close(quit); <-done }) }
 }
