@@ -255,14 +255,14 @@ func EndOrphans(ctx context.Context, root string, sc SweepConfig) {
 			continue
 		}
 		log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
-		waitOrphanGPUs(ctx, sc, o.State, devs, log)
+		waitOrphanGPUs(ctx, sc, o.State, devs, o.PIDs, log)
 		markInterrupted(o.Dir, "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run")
 	}
 	for _, g := range sw.Gone {
 		log.Warn("a killed run's server is already gone; marking its cell interrupted", zap.String("dir", g.Dir), zap.String("why", g.Why))
 		warnUnverified(log, g.Dir, g.Unverified)
 		if !strings.Contains(g.Why, "rebooted") {
-			waitOrphanGPUs(ctx, sc, g.State, orphanGPUs(sc.GPUs, g.State, nil), log)
+			waitOrphanGPUs(ctx, sc, g.State, orphanGPUs(sc.GPUs, g.State, nil), nil, log)
 		}
 		markInterrupted(g.Dir, "the supervisor died (killed or machine lost) while this cell ran, and "+g.Why)
 	}
@@ -319,7 +319,7 @@ func orphanGPUs(b gpu.Backend, s launcher.State, pids []int) []gpu.Device {
 // waitOrphanGPUs waits, bounded, until the GPUs of an ended server are back to the baseline
 // recorded before it launched (or, unrecorded, hold no more than the slack), so that the
 // preflight that follows does not find them busy with a dead server's memory.
-func waitOrphanGPUs(ctx context.Context, sc SweepConfig, s launcher.State, devs []gpu.Device, log *zap.Logger) {
+func waitOrphanGPUs(ctx context.Context, sc SweepConfig, s launcher.State, devs []gpu.Device, pids []int, log *zap.Logger) {
 	if len(devs) == 0 || sc.GPUs == nil || !sc.GPUs.Available() {
 		return
 	}
@@ -347,6 +347,14 @@ func waitOrphanGPUs(ctx context.Context, sc SweepConfig, s launcher.State, devs 
 		}
 		log.Error("the ended server's GPUs are not back to baseline; the next preflight will likely find them busy", zap.Ints("gpus", idx), zap.Error(err))
 		return
+	}
+	// The driver may list a dead process for a moment after its memory is counted free.
+	for time.Since(t0) < limit && ctx.Err() == nil {
+		procs, err := sc.GPUs.ComputeProcesses(devs)
+		if err != nil || !slices.ContainsFunc(procs, func(p gpu.Process) bool { return slices.Contains(pids, p.PID) }) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 	log.Info("GPUs back to baseline", zap.Ints("gpus", idx), zap.Duration("took", time.Since(t0)))
 }
