@@ -140,7 +140,7 @@ func signalVerified(pid int, start uint64, sig syscall.Signal) bool {
 	fd, err := unix.PidfdOpen(pid, 0)
 	if err == nil {
 		defer unix.Close(fd)
-		if p, ok := readProc(pid); !ok || p.StartTicks != start {
+		if p, ok := readStat(pid); !ok || p.StartTicks != start {
 			return false
 		}
 		return unix.PidfdSendSignal(fd, sig, nil, 0) == nil
@@ -148,7 +148,7 @@ func signalVerified(pid int, start uint64, sig syscall.Signal) bool {
 	if !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EPERM) {
 		return false // ESRCH: gone
 	}
-	if p, ok := readProc(pid); !ok || p.StartTicks != start {
+	if p, ok := readStat(pid); !ok || p.StartTicks != start {
 		return false
 	}
 	return syscall.Kill(pid, sig) == nil
@@ -157,7 +157,7 @@ func signalVerified(pid int, start uint64, sig syscall.Signal) bool {
 // aliveAs reports whether pid still names the process that started at start (zombies count
 // as gone).
 func aliveAs(pid int, start uint64) bool {
-	p, ok := readProc(pid)
+	p, ok := readStat(pid)
 	return ok && p.StartTicks == start && live(p)
 }
 
@@ -173,7 +173,7 @@ func reapStrays(set map[int]uint64) {
 		if _, ours := spawned.Load(pid); ours {
 			continue
 		}
-		p, ok := readProc(pid)
+		p, ok := readStat(pid)
 		if !ok || p.StartTicks != st || p.PPID != self || live(p) {
 			continue
 		}
@@ -226,7 +226,7 @@ type ProcessID struct {
 // Self is this process's ProcessID.
 func Self() ProcessID {
 	id := ProcessID{PID: os.Getpid(), BootID: BootID()}
-	if p, ok := readProc(id.PID); ok {
+	if p, ok := readStat(id.PID); ok {
 		id.StartTicks = p.StartTicks
 	}
 	return id

@@ -129,7 +129,7 @@ func Start(spec Spec) (*Process, error) {
 			spawned.Store(st.PID, true)
 			go func(pid int) { <-c.Done(); spawned.Delete(pid) }(st.PID)
 			p := &Process{cmd: c, pid: st.PID, argv: spec.Argv, token: token, logFile: logf, known: map[int]uint64{}}
-			if info, ok := readProc(st.PID); ok {
+			if info, ok := readStat(st.PID); ok {
 				p.start = info.StartTicks
 			}
 			if gateR != nil {

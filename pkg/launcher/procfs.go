@@ -18,6 +18,20 @@ type procInfo struct {
 }
 
 func readProc(pid int) (procInfo, bool) {
+	p, ok := readStat(pid)
+	if ok {
+		if c, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline")); err == nil {
+			c = bytes.TrimRight(c, "\x00")
+			if len(c) > 0 {
+				p.Cmdline = strings.Split(string(c), "\x00")
+			}
+		}
+	}
+	return p, ok
+}
+
+// readStat is readProc without the command line (half the reads, for whole-/proc scans).
+func readStat(pid int) (procInfo, bool) {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return procInfo{}, false
@@ -35,12 +49,6 @@ func readProc(pid int) (procInfo, bool) {
 	p.PPID, _ = strconv.Atoi(f[1])
 	p.PGID, _ = strconv.Atoi(f[2])
 	p.StartTicks, _ = strconv.ParseUint(f[19], 10, 64)
-	if c, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline")); err == nil {
-		c = bytes.TrimRight(c, "\x00")
-		if len(c) > 0 {
-			p.Cmdline = strings.Split(string(c), "\x00")
-		}
-	}
 	return p, true
 }
 
@@ -55,7 +63,7 @@ func allProcs() []procInfo {
 		if err != nil {
 			continue
 		}
-		if p, ok := readProc(pid); ok {
+		if p, ok := readStat(pid); ok {
 			out = append(out, p)
 		}
 	}
@@ -71,7 +79,7 @@ func alive(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil && err != syscall.EPERM {
 		return false
 	}
-	p, ok := readProc(pid)
+	p, ok := readStat(pid)
 	if !ok {
 		return false
 	}

@@ -58,7 +58,7 @@ type StateGPU struct {
 func NewState(p *Process, serverArgv []string, port int) State {
 	self := os.Getpid()
 	var selfStart uint64
-	if info, ok := readProc(self); ok {
+	if info, ok := readStat(self); ok {
 		selfStart = info.StartTicks
 	}
 	return State{PID: p.pid, PGID: p.pid, StartTicks: p.start, BootID: BootID(), Token: p.token, Argv: p.argv,
@@ -213,7 +213,7 @@ func supervisorAlive(s State) bool {
 	if s.Supervisor <= 0 {
 		return false
 	}
-	sup, ok := readProc(s.Supervisor)
+	sup, ok := readStat(s.Supervisor)
 	return ok && sup.StartTicks == s.SupStart && live(sup)
 }
 
