@@ -237,6 +237,17 @@ func TestSweepMarksDeadCells(t *testing.T) {
 	rebooted := mk("c.launch", cell.PhaseLaunch, rebootSup, &launcher.State{PID: os.Getpid(), PGID: os.Getpid(), StartTicks: 1,
 		BootID: rebootSup.BootID, Supervisor: os.Getpid(), SupStart: 1})
 	liveSup := mk("d.live", cell.PhaseBench, launcher.Self(), nil)
+	// A stranger now holds the recorded server's PID (and leads a process group of that
+	// number): another start time, no token of ours. It must survive the sweep.
+	stranger := exec.Command("sleep", "3600")
+	stranger.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := stranger.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stranger.Process.Kill(); stranger.Wait() })
+	sp := stranger.Process.Pid
+	reused := mk("f.bench", cell.PhaseBench, deadSup, &launcher.State{PID: sp, PGID: sp, StartTicks: 1, BootID: launcher.BootID(),
+		Supervisor: deadSup.PID, SupStart: 1, Token: "not-the-strangers", Argv: []string{"sleep", "3600"}})
 	corrupt := filepath.Join(results, "e.corrupt")
 	os.MkdirAll(corrupt, 0o755)
 	os.WriteFile(filepath.Join(corrupt, launcher.StateFile), []byte("{not json"), 0o644)
@@ -246,7 +257,13 @@ func TestSweepMarksDeadCells(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
-	for dir, ph := range map[string]cell.Phase{preflight: cell.PhasePreflight, serverDied: cell.PhaseReady, rebooted: cell.PhaseLaunch} {
+	if !pidAlive(sp) {
+		t.Errorf("the sweep killed pid %d, a stranger that reused a recorded server's PID", sp)
+	}
+	if !strings.Contains(r.stderr, "cannot be proven to be ours") {
+		t.Errorf("the stranger in the recorded group was not named as left alone:\n%s", r.stderr)
+	}
+	for dir, ph := range map[string]cell.Phase{preflight: cell.PhasePreflight, serverDied: cell.PhaseReady, rebooted: cell.PhaseLaunch, reused: cell.PhaseBench} {
 		m, err := cell.ReadManifest(dir)
 		if err != nil || m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Phase != ph || m.Failure.Kind != cell.KindInterrupted {
 			b, _ := json.Marshal(m)
