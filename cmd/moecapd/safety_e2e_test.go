@@ -346,7 +346,7 @@ func TestSIGKILLRightAfterSpawn(t *testing.T) {
 func TestGPUIdleLimitSetting(t *testing.T) {
 	cfg := tinyConfig(t, qwen, 32, 8, 4)
 	args := []string{"launch-and-bench", "--backend", "sim", "--config", cfg, "--batch-size", "1", "--results", t.TempDir(), "--dry-run"}
-	if r := moecapd(t, []string{"MOECAP_GPU_IDLE_MIB=-5"}, args...); r.code != 2 || !strings.Contains(r.stderr, "--gpu-idle-mib -5") {
+	if r := moecapd(t, []string{"MOECAP_GPU_IDLE_MIB=-5"}, args...); r.code != 2 || !strings.Contains(r.stderr, "--gpu-idle-mib") || !strings.Contains(r.stderr, "got -5") {
 		t.Errorf("MOECAP_GPU_IDLE_MIB=-5: exit %d, want 2 naming the setting\n%s", r.code, r.stderr)
 	}
 	if r := moecapd(t, nil, append(args, "--gpu-idle-mib", "1024")...); r.code != 0 {

@@ -85,11 +85,3 @@ func exposed(addr string) bool {
 	ip := net.ParseIP(host)
 	return ip == nil || !ip.IsLoopback()
 }
-
-// warnExposed warns when what listens on addr (given by flag) is reachable from the network.
-func warnExposed(log *zap.Logger, flag, what, addr string) {
-	if exposed(addr) {
-		log.Warn(what+" listens on a non-loopback address and has no authentication: anyone who can reach this node can use it; bind 127.0.0.1 unless that is intended",
-			zap.String("flag", flag), zap.String("addr", addr))
-	}
-}

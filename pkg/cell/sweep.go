@@ -5,6 +5,7 @@ package cell
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -52,29 +53,65 @@ func EndOrphans(ctx context.Context, root string, sc SweepConfig) {
 	for _, p := range sw.Problems {
 		log.Warn("unreadable server state file", zap.Error(p))
 	}
+	lay, _ := OpenLayout(root)
 	for _, o := range sw.Orphans {
-		log.Warn("ending a server left behind by a killed run (its supervisor died)",
-			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Bool("leader_verified", o.LeaderVerified), zap.Ints("pids", o.PIDs))
-		warnUnverified(log, o.Dir, o.Unverified)
-		devs := orphanGPUs(sc.GPUs, o.State, o.PIDs)
-		rep, err := launcher.EndOrphan(o, sc.Grace)
-		if err != nil {
-			log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
+		unlock, ok := lockForSweep(lay, root, o.Dir, log)
+		if !ok {
 			continue
 		}
-		log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
-		waitOrphanGPUs(ctx, sc, o.State, devs, o.PIDs, log)
-		markInterrupted(o.Dir, "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run")
+		endOrphan(ctx, sc, o, log)
+		unlock()
 	}
 	for _, g := range sw.Gone {
+		unlock, ok := lockForSweep(lay, root, g.Dir, log)
+		if !ok {
+			continue
+		}
 		log.Warn("a killed run's server is already gone; marking its cell interrupted", zap.String("dir", g.Dir), zap.String("why", g.Why))
 		warnUnverified(log, g.Dir, g.Unverified)
 		if !strings.Contains(g.Why, "rebooted") {
 			waitOrphanGPUs(ctx, sc, g.State, orphanGPUs(sc.GPUs, g.State, nil), nil, log)
 		}
 		markInterrupted(g.Dir, "the supervisor died (killed or machine lost) while this cell ran, and "+g.Why)
+		unlock()
 	}
-	sweepDeadCells(root, log)
+	sweepDeadCells(lay, root, log)
+}
+
+// lockForSweep takes the lock of the cell at dir while the sweep ends or marks it, so two
+// runners starting at once do not both handle it, and a runner that already took the cell
+// over (it holds the lock) is left to it (ok false). Archived attempts and cells whose lock
+// this process holds already need none.
+func lockForSweep(lay *Layout, root, dir string, log *zap.Logger) (unlock func(), ok bool) {
+	id := filepath.Base(dir)
+	if lay == nil || filepath.Dir(dir) != filepath.Clean(root) || !ValidID(id) || lay.Held(id) {
+		return func() {}, true
+	}
+	unlock, err := lay.Lock(id)
+	if errors.Is(err, ErrLocked) {
+		log.Info("a cell left behind by a killed run is being handled by another runner", zap.String("dir", dir), zap.Error(err))
+		return nil, false
+	}
+	if err != nil {
+		return func() {}, true
+	}
+	return unlock, true
+}
+
+// endOrphan ends one orphaned server, waits for its GPUs and marks its cell.
+func endOrphan(ctx context.Context, sc SweepConfig, o launcher.Orphan, log *zap.Logger) {
+	log.Warn("ending a server left behind by a killed run (its supervisor died)",
+		zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Bool("leader_verified", o.LeaderVerified), zap.Ints("pids", o.PIDs))
+	warnUnverified(log, o.Dir, o.Unverified)
+	devs := orphanGPUs(sc.GPUs, o.State, o.PIDs)
+	rep, err := launcher.EndOrphan(o, sc.Grace)
+	if err != nil {
+		log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
+		return
+	}
+	log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
+	waitOrphanGPUs(ctx, sc, o.State, devs, o.PIDs, log)
+	markInterrupted(o.Dir, "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run")
 }
 
 func warnUnverified(log *zap.Logger, dir string, pids []int) {
@@ -190,7 +227,7 @@ func markInterrupted(dir, why string) {
 // sweepDeadCells marks interrupted every "running" cell under root (and its archived
 // attempts) whose recorded supervisor no longer runs: it was killed before it had a server
 // to leave behind (during preflight), or its server already died, or the machine rebooted.
-func sweepDeadCells(root string, log *zap.Logger) {
+func sweepDeadCells(lay *Layout, root string, log *zap.Logger) {
 	for _, d := range []string{root, filepath.Join(root, ".attempts")} {
 		ents, err := os.ReadDir(d)
 		if err != nil {
@@ -208,8 +245,13 @@ func sweepDeadCells(root string, log *zap.Logger) {
 			if _, err := os.Stat(filepath.Join(dir, launcher.StateFile)); err == nil {
 				continue // its server is recorded (FindOrphans reported why it was left)
 			}
+			unlock, ok := lockForSweep(lay, root, dir, log)
+			if !ok {
+				continue
+			}
 			log.Warn("a cell still says running but its supervisor is gone; marking it interrupted", zap.String("dir", dir), zap.String("phase", string(m.Phase)))
 			markInterrupted(dir, "the supervisor died (killed or machine lost) while this cell ran")
+			unlock()
 		}
 	}
 }
