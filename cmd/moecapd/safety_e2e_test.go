@@ -248,6 +248,10 @@ func TestSweepMarksDeadCells(t *testing.T) {
 	sp := stranger.Process.Pid
 	reused := mk("f.bench", cell.PhaseBench, deadSup, &launcher.State{PID: sp, PGID: sp, StartTicks: 1, BootID: launcher.BootID(),
 		Supervisor: deadSup.PID, SupStart: 1, Token: "not-the-strangers", Argv: []string{"sleep", "3600"}})
+	// A manifest of an older moecapd: no supervisor, no phase recorded; nobody holds its lock.
+	oldDir := filepath.Join(results, "g.old")
+	os.MkdirAll(oldDir, 0o755)
+	cell.WriteManifest(oldDir, &cell.Manifest{SchemaVersion: cell.SchemaVersion, Cell: cell.Identity{ID: "g.old"}, Status: cell.StatusRunning})
 	corrupt := filepath.Join(results, "e.corrupt")
 	os.MkdirAll(corrupt, 0o755)
 	os.WriteFile(filepath.Join(corrupt, launcher.StateFile), []byte("{not json"), 0o644)
@@ -269,6 +273,9 @@ func TestSweepMarksDeadCells(t *testing.T) {
 			b, _ := json.Marshal(m)
 			t.Errorf("%s: %s (%v), want interrupted during %s", filepath.Base(dir), b, err, ph)
 		}
+	}
+	if m, _ := cell.ReadManifest(oldDir); m == nil || m.Status != cell.StatusInterrupted || !strings.Contains(m.Failure.Message, "bench assumed") {
+		t.Errorf("an older moecapd's dead running cell: %+v, want interrupted (bench assumed)", m)
 	}
 	if m, _ := cell.ReadManifest(liveSup); m.Status != cell.StatusRunning {
 		t.Errorf("a live supervisor's cell was changed to %s", m.Status)

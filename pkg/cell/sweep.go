@@ -225,8 +225,10 @@ func markInterrupted(dir, why string) {
 }
 
 // sweepDeadCells marks interrupted every "running" cell under root (and its archived
-// attempts) whose recorded supervisor no longer runs: it was killed before it had a server
-// to leave behind (during preflight), or its server already died, or the machine rebooted.
+// attempts) whose runner is gone: it was killed before it had a server to leave behind
+// (during preflight), or its server already died, or the machine rebooted. A runner is gone
+// when its recorded supervisor no longer runs; for a manifest without that record (an older
+// moecapd), when nobody holds the cell's lock.
 func sweepDeadCells(lay *Layout, root string, log *zap.Logger) {
 	for _, d := range []string{root, filepath.Join(root, ".attempts")} {
 		ents, err := os.ReadDir(d)
@@ -239,7 +241,10 @@ func sweepDeadCells(lay *Layout, root string, log *zap.Logger) {
 			}
 			dir := filepath.Join(d, e.Name())
 			m, err := ReadManifest(dir)
-			if err != nil || m.Status != StatusRunning || m.Supervisor == nil || launcher.Alive(*m.Supervisor) {
+			if err != nil || m.Status != StatusRunning {
+				continue
+			}
+			if m.Supervisor != nil && launcher.Alive(*m.Supervisor) {
 				continue
 			}
 			if _, err := os.Stat(filepath.Join(dir, launcher.StateFile)); err == nil {
@@ -247,9 +252,13 @@ func sweepDeadCells(lay *Layout, root string, log *zap.Logger) {
 			}
 			unlock, ok := lockForSweep(lay, root, dir, log)
 			if !ok {
-				continue
+				continue // a live runner holds it
 			}
-			log.Warn("a cell still says running but its supervisor is gone; marking it interrupted", zap.String("dir", dir), zap.String("phase", string(m.Phase)))
+			if m.Supervisor == nil && (d != root || lay == nil || !lay.Held(e.Name())) {
+				unlock()
+				continue // no record and no lock of ours to prove its runner gone
+			}
+			log.Warn("a cell still says running but its runner is gone; marking it interrupted", zap.String("dir", dir), zap.String("phase", string(m.Phase)))
 			markInterrupted(dir, "the supervisor died (killed or machine lost) while this cell ran")
 			unlock()
 		}
