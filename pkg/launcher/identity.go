@@ -64,6 +64,9 @@ type familyScan struct {
 	// earlier than MinStart (reads every process's environment: not for every sampler tick).
 	Token    string
 	MinStart uint64
+	// StrayToken, when Token is empty, checks the token only on our own children that we did
+	// not spawn (descendants reparented to us as subreaper): cheap enough for every tick.
+	StrayToken string
 	// Known are members verified before (PID → start ticks); kept while the same process lives.
 	Known map[int]uint64
 }
@@ -103,6 +106,13 @@ func family(s familyScan) map[int]uint64 {
 		kv := TokenEnv + "=" + s.Token
 		for _, p := range procs {
 			if live(p) && p.StartTicks >= s.MinStart && environHas(p.PID, kv) {
+				add(p)
+			}
+		}
+	} else if s.StrayToken != "" {
+		kv := TokenEnv + "=" + s.StrayToken
+		for _, p := range procs {
+			if _, ours := spawned.Load(p.PID); !ours && p.PPID == self && live(p) && p.StartTicks >= s.MinStart && environHas(p.PID, kv) {
 				add(p)
 			}
 		}

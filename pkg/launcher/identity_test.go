@@ -38,6 +38,10 @@ func testChild(mode string) {
 	case "leaf":
 		signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 		writeAtomic(os.Getenv("LAUNCHER_TEST_PIDFILE"), strconv.Itoa(os.Getpid()))
+		if d, err := time.ParseDuration(os.Getenv("LAUNCHER_TEST_LEAF_LIFE")); err == nil {
+			time.Sleep(d)
+			os.Exit(0)
+		}
 		time.Sleep(time.Hour)
 	case "marker":
 		// The server's first own code: proof that it ran.
@@ -392,5 +396,36 @@ func TestRecordedMembersOutliveTheirToken(t *testing.T) {
 		if alive(w) {
 			t.Errorf("worker %d survived", w)
 		}
+	}
+}
+
+// A daemonized worker reparented to us is seen by Members (the sampler's view), and when it
+// exits on its own it is reaped, not left as our zombie.
+func TestStrayWorkerSeenAndReaped(t *testing.T) {
+	if Tracking() != "subreaper+token" {
+		t.Skip("needs the subreaper")
+	}
+	pidfile := filepath.Join(t.TempDir(), "leaf")
+	p, err := Start(childSpec(t, "daemonize", "LAUNCHER_TEST_PIDFILE="+pidfile, "LAUNCHER_TEST_LEAF_LIFE=400ms"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Stop(time.Second)
+	leaf, _ := strconv.Atoi(waitFile(t, pidfile))
+	waitOrphaned(t, leaf, p.PID())
+	if !slices.Contains(p.Members(), leaf) {
+		t.Fatalf("Members() = %v, want the reparented leaf %d", p.Members(), leaf)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.Members()
+		if _, err := os.Stat(fmt.Sprintf("/proc/%d", leaf)); os.IsNotExist(err) {
+			return // exited and reaped
+		}
+		if time.Now().After(deadline) {
+			st, _ := os.ReadFile(fmt.Sprintf("/proc/%d/stat", leaf))
+			t.Fatalf("leaf %d not reaped after it exited: %s", leaf, st)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -206,7 +206,7 @@ func (p *Process) scan(withToken bool) map[int]uint64 {
 	p.mu.Lock()
 	known := maps.Clone(p.known)
 	p.mu.Unlock()
-	sc := familyScan{Root: ident{p.pid, p.start}, RootOK: p.start != 0, Known: known, MinStart: p.start}
+	sc := familyScan{Root: ident{p.pid, p.start}, RootOK: p.start != 0, Known: known, MinStart: p.start, StrayToken: p.token}
 	if withToken {
 		sc.Token = p.token
 	}
@@ -217,10 +217,13 @@ func (p *Process) scan(withToken bool) map[int]uint64 {
 	return f
 }
 
-// Members returns the server's live processes: itself, its descendants by parent PID and
-// every member seen before that still lives (a worker whose parent died stays known).
-// Cheap enough for every sampler tick: it reads no environments.
+// Members returns the server's live processes: itself, its descendants by parent PID, the
+// descendants reparented to us (subreaper) that carry its token, and every member seen
+// before that still lives (a worker whose parent died stays known). Cheap enough for every
+// sampler tick: it reads no environment but those of our own stray children. Members of
+// the server that died as our children are reaped.
 func (p *Process) Members() []int {
+	p.reapKnown()
 	f := p.scan(false)
 	out := make([]int, 0, len(f))
 	for pid := range f {
@@ -268,6 +271,24 @@ type StopReport struct {
 	ExitState string
 }
 
+// reapKnown waits for members that died as our children (reparented to us as subreaper):
+// nobody else will, and each would stay a zombie.
+func (p *Process) reapKnown() {
+	p.mu.Lock()
+	known := maps.Clone(p.known)
+	p.mu.Unlock()
+	reapStrays(known)
+	p.mu.Lock()
+	self := os.Getpid()
+	for pid, st := range p.known {
+		// Gone, or a zombie someone else reaps: forget it. Our own zombie stays to be reaped.
+		if q, ok := readStat(pid); !ok || q.StartTicks != st || !live(q) && q.PPID != self {
+			delete(p.known, pid)
+		}
+	}
+	p.mu.Unlock()
+}
+
 // Stop ends the server and everything provably its own: SIGTERM to each verified member
 // (the server, its descendants by parent PID, every process carrying its token), wait up to
 // grace while signalling late children too, SIGKILL what is left, wait (bounded) for the
@@ -276,6 +297,7 @@ type StopReport struct {
 func (p *Process) Stop(grace time.Duration) StopReport {
 	t0 := time.Now()
 	r := stopFamily(func() map[int]uint64 { return p.scan(true) }, grace, p.cmd.Done())
+	p.reapKnown()
 	select {
 	case <-p.cmd.Done():
 	case <-time.After(5 * time.Second):
