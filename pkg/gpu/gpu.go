@@ -50,7 +50,7 @@ type Reading struct {
 	UUID     string    `json:"uuid"`
 	UtilGPU  *uint32   `json:"util_gpu_pct,omitempty"`
 	UtilMem  *uint32   `json:"util_mem_pct,omitempty"`
-	MemUsed  *uint64   `json:"mem_used_bytes,omitempty"`
+	MemUsed  *uint64   `json:"mem_used_bytes,omitempty"` // MemoryInfo.Used: v2's where the driver has it
 	MemTotal *uint64   `json:"mem_total_bytes,omitempty"`
 	PowerMW  *uint32   `json:"power_mw,omitempty"`
 	EnergyMJ *uint64   `json:"energy_mj,omitempty"`
