@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
@@ -358,5 +360,78 @@ func TestGPUIdleLimitSetting(t *testing.T) {
 	}
 	if r := moecapd(t, nil, append(args, "--gpu-idle-mib", "1024")...); r.code != 0 {
 		t.Errorf("--gpu-idle-mib 1024: exit %d\n%s", r.code, r.stderr)
+	}
+}
+
+// openPTY opens a pseudo-terminal pair: what an ssh session gives a login shell.
+func openPTY(t *testing.T) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		m.Close()
+		t.Skipf("unlockpt: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		m.Close()
+		t.Skipf("ptsname: %v", err)
+	}
+	s, err := os.OpenFile("/dev/pts/"+strconv.Itoa(n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		m.Close()
+		t.Skipf("open pts: %v", err)
+	}
+	return m, s
+}
+
+// The terminal goes away under a running cell, as when an ssh session drops: the kernel
+// sends SIGHUP, and every later write to the terminal fails. The server is still torn down
+// and the cell recorded interrupted.
+func TestTerminalHangup(t *testing.T) {
+	master, slave := openPTY(t)
+	results := t.TempDir()
+	cfg := tinyConfig(t, qwen, 32, 200, 50)
+	c := exec.Command(bin, simArgs(results, cfg, 2, "--log-format", "console", "--", "--sim-tpot", "20ms", "--sim-workers", "1")...)
+	c.Stdin, c.Stdout, c.Stderr = slave, slave, slave
+	// moecapd leads a session whose controlling terminal is the pty, like a login shell's job.
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	slave.Close()
+	go func() { // drain the terminal until it is gone, as sshd does
+		b := make([]byte, 4096)
+		for {
+			if _, err := master.Read(b); err != nil {
+				return
+			}
+		}
+	}()
+	dir, pid := waitBench(t, results)
+	tree := descendants(pid)
+	master.Close() // the session drops: SIGHUP to the controlling process, EIO on writes
+	done := make(chan error, 1)
+	go func() { done <- c.Wait() }()
+	select {
+	case err := <-done:
+		if code := exitCode(err); code != 130 {
+			t.Errorf("exit %d, want 130", code)
+		}
+	case <-time.After(60 * time.Second):
+		c.Process.Kill()
+		t.Fatal("moecapd did not finish after its terminal went away")
+	}
+	m, _ := cell.ReadManifest(dir)
+	if m == nil || m.Status != cell.StatusInterrupted || m.Failure == nil || !strings.Contains(m.Failure.Message, "SIGHUP") {
+		t.Errorf("manifest %+v, want interrupted by SIGHUP", m)
+	}
+	for _, p := range tree {
+		if pidAlive(p) {
+			t.Errorf("pid %d alive after the terminal hung up", p)
+			syscall.Kill(p, syscall.SIGKILL)
+		}
 	}
 }
