@@ -240,7 +240,8 @@ func (r *runner) preflight(ctx context.Context) bool {
 	}
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
 		note := func(b *gpu.BusyError) {
-			r.log.Warn("GPUs busy; waiting for them to become idle (--gpu-wait)", zap.Duration("at_most", c.GPUWait), zap.String("busy", b.Error()))
+			r.log.Warn("GPUs busy; waiting for them to become idle (--gpu-wait)", zap.Duration("waited", b.Waited.Round(time.Second)),
+				zap.Duration("at_most", c.GPUWait), zap.String("busy", b.Error()))
 		}
 		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait, note); err != nil {
 			if ctx.Err() != nil {

@@ -139,6 +139,18 @@ func TestWaitIdleV2BusyThenFree(t *testing.T) {
 		t.Fatalf("WaitIdle with a wait = %v, want idle once the process left", err)
 	}
 	if notes != 1 {
-		t.Errorf("told about the wait %d times, want once", notes)
+		t.Errorf("told about the wait %d times, want once (a 50 ms wait)", notes)
+	}
+	// A long wait is told again every noteEvery.
+	old := noteEvery
+	noteEvery = 20 * time.Millisecond
+	defer func() { noteEvery = old }()
+	g.set(func(f *fakeGPU) { f.memUsed = 70 << 30 })
+	notes = 0
+	if err := WaitIdle(t.Context(), b, devs, 512*MiB, 200*time.Millisecond, func(*BusyError) { notes++ }); err == nil {
+		t.Fatal("WaitIdle = nil, want busy after the wait")
+	}
+	if notes < 3 {
+		t.Errorf("told %d times over a 200 ms wait, want about every 20 ms", notes)
 	}
 }

@@ -12,6 +12,9 @@ import (
 // moment after a process exits, so a tight loop buys nothing.
 var pollInterval = 500 * time.Millisecond
 
+// noteEvery is how often a long wait for busy GPUs is told again.
+var noteEvery = time.Minute
+
 // BusyError says which GPUs were not idle and who was using them.
 type BusyError struct {
 	Waited      time.Duration
@@ -85,8 +88,8 @@ func describeProcesses(ps []Process) string {
 // its own baseline, polling for up to wait. The baseline of an idle GPU is the memory its
 // driver reserves; Backend.MemoryUsed excludes it where the driver has NVML v2 memory info
 // (R510+: an idle H200 reads used 0, reserved 615 MiB) and includes it on older drivers
-// (v1 only). When the first look finds a GPU busy and wait > 0, note (may be nil) is told
-// once, so the user knows why nothing happens. It returns a *BusyError naming the PIDs and
+// (v1 only). When a look finds a GPU busy and wait > 0, note (may be nil) is told at once
+// and then every noteEvery, so the user knows why nothing happens. It returns a *BusyError naming the PIDs and
 // command lines when they stay busy. Without NVML it checks nothing and returns nil;
 // b.Available() tells the caller so.
 func WaitIdle(ctx context.Context, b Backend, devs []Device, maxMemBytes uint64, wait time.Duration, note func(*BusyError)) error {
@@ -95,7 +98,7 @@ func WaitIdle(ctx context.Context, b Backend, devs []Device, maxMemBytes uint64,
 	}
 	start := time.Now()
 	deadline := start.Add(wait)
-	noted := false
+	var noted time.Time
 	for {
 		mem, err := b.Memory(devs)
 		if err != nil {
@@ -117,10 +120,10 @@ func WaitIdle(ctx context.Context, b Backend, devs []Device, maxMemBytes uint64,
 		if !time.Now().Before(deadline) {
 			return busy
 		}
-		if !noted && note != nil {
+		if note != nil && (noted.IsZero() || time.Since(noted) >= noteEvery) {
 			note(busy)
+			noted = time.Now()
 		}
-		noted = true
 		if err := sleepCtx(ctx, min(pollInterval, time.Until(deadline))); err != nil {
 			return fmt.Errorf("waiting for idle GPUs: %w", err)
 		}
