@@ -59,7 +59,7 @@ func TestSignalDuringStartup(t *testing.T) {
 			c, out := startMoecapd(t, simArgs(results, cfg, 2, "--", "--sim-startup", "20s", "--sim-workers", "1")...)
 			dir, _ := waitManifest(t, results, "a started server", func(dir string, m *cell.Manifest) bool {
 				_, err := os.Stat(filepath.Join(dir, launcher.StateFile))
-				return m.Server.PID > 0 && err == nil
+				return m.Server.PID > 0 && err == nil && m.Phase == cell.PhaseReady
 			})
 			_, m0 := onlyCell(t, results)
 			tree := descendants(m0.Server.PID)
