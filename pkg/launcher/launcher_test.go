@@ -114,10 +114,10 @@ func TestStopGracefulAndForcedAndWorkers(t *testing.T) {
 					pid, _ := strconv.Atoi(f)
 					workers = append(workers, pid)
 				}
-				tree := Tree(p.PID(), p.PID())
+				tree := p.Members()
 				for _, w := range workers {
 					if !slices.Contains(tree, w) {
-						t.Fatalf("Tree(%d) = %v, missing worker %d", p.PID(), tree, w)
+						t.Fatalf("Members() of %d = %v, missing worker %d", p.PID(), tree, w)
 					}
 				}
 			} else {

@@ -86,55 +86,6 @@ func alive(pid int) bool {
 	return p.State != 'Z' && p.State != 'X'
 }
 
-// Tree returns the live processes that belong to a server: every member of process group
-// pgid and every descendant of root (including those that left the group with setsid).
-func Tree(root, pgid int) []int {
-	procs := allProcs()
-	children := map[int][]int{}
-	in := map[int]bool{}
-	for _, p := range procs {
-		if p.State == 'Z' || p.State == 'X' {
-			continue
-		}
-		children[p.PPID] = append(children[p.PPID], p.PID)
-		if pgid > 1 && p.PGID == pgid {
-			in[p.PID] = true
-		}
-	}
-	if root <= 1 {
-		return nil
-	}
-	stack := []int{root}
-	for len(stack) > 0 {
-		pid := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if alive(pid) {
-			in[pid] = true
-		}
-		stack = append(stack, children[pid]...)
-	}
-	// Members found through the group may have descendants of their own outside it.
-	for pid := range in {
-		stack = append(stack, children[pid]...)
-	}
-	for len(stack) > 0 {
-		pid := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if in[pid] {
-			continue
-		}
-		in[pid] = true
-		stack = append(stack, children[pid]...)
-	}
-	out := make([]int, 0, len(in))
-	for pid := range in {
-		if alive(pid) {
-			out = append(out, pid)
-		}
-	}
-	return out
-}
-
 // Cmdline returns a process's command line, or nil when it is gone.
 func Cmdline(pid int) []string {
 	p, ok := readProc(pid)
