@@ -220,11 +220,11 @@ func writeHTML(w io.Writer, pg htmlPage) error { return pageTmpl.ExecuteTemplate
 
 // css is shared by the report and the cell pages.
 const css = `
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Liberation Sans",Arial,sans-serif;margin:0 auto;max-width:1400px;padding:0 1.5em 3em;color:#1b1f24}
+*{box-sizing:border-box}body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Liberation Sans",Arial,sans-serif;margin:0 auto;max-width:1400px;padding:0 1.5em 3em;color:#1b1f24}
 h1{margin:.8em 0 .2em;font-size:1.7em}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
 .meta{color:#57606a}.counts span{display:inline-block;margin-right:.6em;padding:.1em .7em;border-radius:1em;background:#eaeef2}
 .counts .ok{background:#dafbe1}.counts .failed,.counts .unreadable{background:#ffebe9}.counts .infeasible{background:#fff8c5}
-nav a{margin-right:1.1em;white-space:nowrap}
+nav{line-height:1.9}nav a{margin-right:1.1em;white-space:nowrap;display:inline-block}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:1.2em;margin:1em 0}
 figure{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:.6em;background:#fff}
 figure img{width:100%;height:auto;display:block}

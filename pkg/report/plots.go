@@ -118,6 +118,8 @@ func groupPlots(g Group, base, what string) []Plot {
 	}
 	keys, byKey := lineKeys(ok)
 	var out []Plot
+	// Why floors were left out of the figure being built (its note says so).
+	var floorFlags []string
 	add := func(kind, title string, s *plotSpec, flagged []string) {
 		// A figure needs a line: some series with two points (dots of one cell each say
 		// nothing the table does not).
@@ -136,9 +138,15 @@ func groupPlots(g Group, base, what string) []Plot {
 			return
 		}
 		p := Plot{Name: base + kind + ".svg", Title: title + " — " + what, spec: s}
+		var notes []string
 		if len(flagged) > 0 {
-			p.Note = "left out, flagged: " + strings.Join(dedupe(flagged), "; ")
+			notes = append(notes, "left out, flagged: "+strings.Join(dedupe(flagged), "; "))
 		}
+		if len(floorFlags) > 0 {
+			notes = append(notes, strings.Join(dedupe(floorFlags), "; "))
+		}
+		p.Note = strings.Join(notes, " · ")
+		floorFlags = nil
 		out = append(out, p)
 	}
 	vsBatch := func(v valueFn, hi func(*Row) *float64) ([]series, []string) {
@@ -178,7 +186,8 @@ func groupPlots(g Group, base, what string) []Plot {
 		pts := map[string]map[int]float64{}
 		for _, r := range ok {
 			// Where the comparison with the floor is flagged, no floor invites it.
-			if r.FlagFor("tpot_over_floor") != "" {
+			if why := r.FlagFor("tpot_over_floor"); why != "" {
+				floorFlags = append(floorFlags, name+"s left out: "+why)
 				continue
 			}
 			v := get(r)
@@ -311,7 +320,7 @@ func paretoSeries(keys []string, byKey map[string][]*Row, ok []*Row) ([]series, 
 	hws := map[string][]*Row{}
 	var order []string
 	for _, r := range ok {
-		if r.Cap == nil || r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 {
+		if r.Cap == nil || r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 || r.FlagFor("tpot_over_floor") != "" {
 			continue
 		}
 		if hws[r.Hardware] == nil {
