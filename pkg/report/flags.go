@@ -51,36 +51,68 @@ func isCapMetric(m string) bool {
 	return false
 }
 
-// flagsOf collects a cell's flags from every place that sets them: the derived CAP
-// block's "flags" list (written by the CAP physics check) and what the report itself can
-// see in the manifest (a time-scaled simulator).
-func flagsOf(m *cell.Manifest) []Flag {
+// flagsOf collects a cell's flags from every place that sets them: the derived CAP block
+// (capJSON: the cell's CAP numbers as JSON, stored or derived by the report; its "flags" or
+// "errors" list, written by the CAP physics check) and what the report itself can see in
+// the manifest (a time-scaled simulator, unless the CAP block says it accounted for it).
+func flagsOf(m *cell.Manifest, capJSON json.RawMessage) []Flag {
 	var out []Flag
-	if raw, ok := m.Extra[ExtraKey]; ok {
-		out = append(out, capFlags(raw)...)
+	stored := m.Extra[ExtraKey]
+	seen := map[Flag]bool{}
+	for _, raw := range []json.RawMessage{stored, capJSON} {
+		for _, f := range capFlags(raw) {
+			if !seen[f] {
+				seen[f] = true
+				out = append(out, f)
+			}
+		}
 	}
-	if s := simTimeScale(m); s != 0 && s != 1 {
+	if s := simTimeScale(m); s != 0 && s != 1 && !capKnowsTimeScale(capJSON) && !capKnowsTimeScale(stored) {
 		out = append(out, Flag{Metric: "cap", Reason: fmt.Sprintf("time-scaled sim ×%g", s)})
 	}
 	return out
+}
+
+// capKnowsTimeScale says whether the CAP block recorded the sim's time scale (and so
+// compared only what the scale leaves physical).
+func capKnowsTimeScale(raw json.RawMessage) bool {
+	var blk struct {
+		Inputs struct {
+			SimTimeScale float64 `json:"sim_time_scale"`
+		} `json:"inputs"`
+	}
+	return raw != nil && json.Unmarshal(raw, &blk) == nil && blk.Inputs.SimTimeScale > 0
+}
+
+// metricName maps a CAP block's field name ("decode.s_mbu") to the report's column name
+// ("s_mbu_decode"); other names pass through.
+func metricName(f string) string {
+	if phase, name, ok := strings.Cut(f, "."); ok && (phase == "decode" || phase == "prefill") {
+		return name + "_" + phase
+	}
+	return f
 }
 
 // capFlags reads the "flags" of the CAP block. Its entries may be plain reasons, "metric:
 // reason" strings, or objects naming the metric and the reason; anything else is a flag on
 // the whole cell with its JSON as the reason, so no flag is lost to a format change.
 func capFlags(raw json.RawMessage) []Flag {
+	if raw == nil {
+		return nil
+	}
 	var blk struct {
-		Flags []json.RawMessage `json:"flags"`
+		Flags  []json.RawMessage `json:"flags"`
+		Errors []json.RawMessage `json:"errors"`
 	}
 	if json.Unmarshal(raw, &blk) != nil {
 		return nil
 	}
 	var out []Flag
-	for _, f := range blk.Flags {
+	for _, f := range append(blk.Flags, blk.Errors...) {
 		var s string
 		if json.Unmarshal(f, &s) == nil {
 			if k, why, ok := strings.Cut(s, ":"); ok && !strings.ContainsAny(k, " \t") {
-				out = append(out, Flag{Metric: k, Reason: strings.TrimSpace(why)})
+				out = append(out, Flag{Metric: metricName(k), Reason: strings.TrimSpace(why)})
 			} else {
 				out = append(out, Flag{Reason: s})
 			}
@@ -88,9 +120,14 @@ func capFlags(raw json.RawMessage) []Flag {
 		}
 		var o map[string]any
 		if json.Unmarshal(f, &o) == nil {
-			fl := Flag{Metric: firstString(o, "metric", "field", "name", "value"), Reason: firstString(o, "reason", "why", "message")}
+			fl := Flag{Metric: metricName(firstString(o, "metric", "field", "name")), Reason: firstString(o, "reason", "cause", "why", "message")}
 			if fl.Reason == "" {
 				fl.Reason = string(f)
+			}
+			if v, ok := o["value"].(float64); ok {
+				if l, ok := o["limit"].(float64); ok {
+					fl.Reason = fmt.Sprintf("%s %s > %s: %s", strings.ReplaceAll(fl.Metric, "_", " "), round3(v), round3(l), fl.Reason)
+				}
 			}
 			out = append(out, fl)
 			continue

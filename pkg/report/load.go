@@ -102,7 +102,11 @@ func Load(resultsDir string, tables *config.Tables) ([]Row, []Problem, error) {
 			defer func() { <-sem }()
 			r := rowFromManifest(e.Manifest)
 			r.Cap, r.CapNote = capFor(e.Manifest, e.Dir.Path, tables)
-			r.Flags = flagsOf(e.Manifest)
+			var capJSON json.RawMessage
+			if r.Cap != nil {
+				capJSON, _ = json.Marshal(r.Cap)
+			}
+			r.Flags = flagsOf(e.Manifest, capJSON)
 			r.Manifest, r.Dir = e.Manifest, e.Dir.Path
 			if r.Dir != "" {
 				r.Data = readCellData(r.Dir)

@@ -56,7 +56,8 @@ func TestFlaggedValuesShowAsFlagged(t *testing.T) {
 	editManifest(t, filepath.Join(root, "qwen1_5.1xH100.4k-1k.bs32.sglang"), func(m *cell.Manifest) {
 		m.Extra = map[string]json.RawMessage{ExtraKey: json.RawMessage(`{"flags":[
 			{"metric":"s_mbu_decode","reason":"S-MBU 1.7 exceeds 1: faster than the HBM allows"},
-			"tpot_over_floor: below the physical floor"]}`)}
+			"tpot_over_floor: below the physical floor"],
+			"errors":[{"field":"decode.s_mfu","value":1.3,"limit":1,"cause":"passes shorter than the work needs"}]}`)}
 	})
 	out := t.TempDir()
 	if _, err := Write(Options{ResultsDir: root, OutDir: out, Tables: loadTables(t)}); err != nil {
@@ -67,6 +68,11 @@ func TestFlaggedValuesShowAsFlagged(t *testing.T) {
 		if !strings.Contains(string(page), want) {
 			t.Errorf("index.html lacks %q", want)
 		}
+	}
+	// The physics check's errors list (field, value, limit, cause) on the cell's page.
+	cp, _ := os.ReadFile(filepath.Join(out, cellPagePath("qwen1_5.1xH100.4k-1k.bs32.sglang")))
+	if want := "flagged: s mfu decode 1.30 &gt; 1.00: passes shorter"; !strings.Contains(string(cp), want) {
+		t.Errorf("cell page lacks %q", want)
 	}
 	// The unflagged cell's 75.3% would show for the flagged one; it must not.
 	if strings.Contains(string(page), "75.3%") {
@@ -95,13 +101,18 @@ func TestFlaggedValuesShowAsFlagged(t *testing.T) {
 
 func TestTimeScaledSimIsFlagged(t *testing.T) {
 	m := &cell.Manifest{Server: cell.Server{Argv: []string{"moecapd", "sim-server", "--sim-time-scale", "0.02"}}}
-	fs := flagsOf(m)
+	fs := flagsOf(m, nil)
 	if len(fs) != 1 || fs[0].Metric != "cap" || !strings.Contains(fs[0].Reason, "×0.02") {
 		t.Fatalf("flags %+v, want one cap flag naming ×0.02", fs)
 	}
 	r := &Row{Flags: fs}
 	if r.FlagFor("s_mbu_decode") == "" || r.FlagFor("tpot_over_floor") == "" || r.FlagFor("output_throughput_tok_s") != "" {
 		t.Errorf("a cap flag covers S-MBU and ×floor, not throughput")
+	}
+	// A CAP block that recorded the time scale compared only what stays physical: no flag
+	// of the report's own then.
+	if fs := flagsOf(m, json.RawMessage(`{"inputs":{"sim_time_scale":0.02}}`)); len(fs) != 0 {
+		t.Errorf("flags %+v, want none when the CAP block accounts for the scale", fs)
 	}
 }
 
