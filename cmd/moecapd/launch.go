@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -13,6 +14,7 @@ import (
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
 
+	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/gpu"
@@ -61,6 +63,7 @@ left something behind, 130 interrupted.`,
 	f.String("sim-flavor", "sglang", "sim backend: which wrapper's API to imitate (sglang or vllm)")
 	f.String("sim-hardware", "H100", "sim backend: hardware family to simulate (H100, H200, A100)")
 	f.String("configs-dir", "configs", "directory of models.yaml and hardware.yaml (built-in copies when absent)")
+	f.String("model-config", "", "the model's config.json, for a model neither in a local model directory, the Hugging Face cache nor the built-in table")
 	f.Bool("require-gpu", false, "fail (exit 2) when NVML is unavailable instead of running without telemetry")
 	f.Duration("gpu-wait", 0, "how long to wait for busy GPUs to become idle before failing")
 	f.Duration("gpu-interval", 100*time.Millisecond, "GPU telemetry sampling interval")
@@ -89,9 +92,9 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backe
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
-	tables, err := config.LoadTables(v.GetString("configs-dir"))
+	tables, err := loadTables(v)
 	if err != nil {
-		return nil, nil, withCode(exitUsage, err)
+		return nil, nil, err
 	}
 	client := v.GetString("client")
 	if client == "" {
@@ -139,7 +142,7 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backe
 	c.Native.DatasetFile = v.GetString("dataset-file")
 	c.Native.DatasetCacheDir = v.GetString("dataset-cache-dir")
 	c.Native.Offline = v.GetBool("offline")
-	c.Derive = report.Hook(tables, func(err error) {
+	c.Derive = report.Hook(tables, &c.Prices, func(err error) {
 		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
 	})
 	return c, cleanup, nil
@@ -204,12 +207,12 @@ func setPrices(c *cell.Config, p *cell.Plan, v *viper.Viper) {
 		fam = "H100"
 	}
 	hw, _ := c.Tables.HardwareFamily(fam)
-	c.Prices = gpu.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh}
+	c.Prices = capmath.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
 	if v.IsSet("gpu-hour-usd") {
-		c.Prices.GPUHourUSD = v.GetFloat64("gpu-hour-usd")
+		c.Prices.GPUHourUSD, c.Prices.Source = v.GetFloat64("gpu-hour-usd"), "flags"
 	}
 	if v.IsSet("electricity-usd-per-kwh") {
-		c.Prices.ElectricityUSDPerKWh = v.GetFloat64("electricity-usd-per-kwh")
+		c.Prices.ElectricityUSDPerKWh, c.Prices.Source = v.GetFloat64("electricity-usd-per-kwh"), "flags"
 	}
 }
 
@@ -255,10 +258,89 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 			}
 			fmt.Fprintln(w)
 		}
-		if c := tm.Cost; c != nil && c.CostPerMillionOutputTokensUSD != nil {
-			fmt.Fprintf(w, "cost     $%.2f per million output tokens ($%.2f/GPU-hour, $%.2f/kWh)\n", *c.CostPerMillionOutputTokensUSD, c.GPUHourUSD, c.ElectricityUSDPerKWh)
-		} else if c != nil {
-			fmt.Fprintf(w, "cost     $%.4f GPU rental for the bench (no energy measured)\n", c.GPUUSD)
+	}
+	printCAP(w, m)
+}
+
+// printCellSummary's CAP part: physical utilisations (an impossible one is an ERROR line
+// with its likely cause, never a number), MoE-CAP's values under their own name, floors,
+// the memory verdict and the cost, all from manifest extra.cap.
+func printCAP(w io.Writer, m *cell.Manifest) {
+	raw, ok := m.Extra[report.ExtraKey]
+	if !ok {
+		return
+	}
+	var d capmath.Derived
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return
+	}
+	if d.Absent != "" {
+		fmt.Fprintf(w, "CAP      absent: %s\n", d.Absent)
+		return
+	}
+	pct := func(p *float64) string {
+		if p == nil {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.1f%%", *p*100)
+	}
+	for _, ph := range []struct {
+		name string
+		u    *capmath.Util
+	}{{"prefill", d.Prefill}, {"decode", d.Decode}} {
+		if ph.u == nil {
+			continue
+		}
+		fmt.Fprintf(w, "%-8s S-MBU %s  S-MFU %s (physical, %s-bound)  MoE-CAP: S-MBU %s  S-MFU %s\n",
+			ph.name, pct(ph.u.SMBU), pct(ph.u.SMFU), ph.u.Bound, pct(ph.u.SMBUMoECAP), pct(ph.u.SMFUMoECAP))
+	}
+	for _, e := range d.Errors {
+		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (physical limit %.2f): %s\n", e.Field, e.Value, e.Limit, e.Cause)
+	}
+	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
+	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil {
+		fmt.Fprintf(w, "floors   TPOT %s ms (× %s)  TTFT %s ms (× %s), from %s\n", ms(d.TPOTFloorMs), ratio(d.TPOTOverFloor),
+			ms(d.TTFTFloorMs), ratio(d.TTFTOverFloor), d.Inputs.FloorSource)
+	} else if p := d.Prediction; p != nil && p.Batch > 0 {
+		fmt.Fprintf(w, "predicted TPOT %.2f ms  TTFT %.2f ms at batch %d (the cell did not run: no floors)\n", p.TPOTMs, p.TTFTMs, p.Batch)
+	}
+	if d.FitVerdict != "" && d.FitVerdict != "fits" {
+		fmt.Fprintf(w, "memory   %s\n", d.FeasibleReason)
+	}
+	if c := d.Cost; c != nil {
+		switch {
+		case c.PerMillionOutputTokensUSD != nil && c.EnergyJ != nil:
+			fmt.Fprintf(w, "cost     $%.2f per million output tokens ($%.2f/GPU-hour, $%.2f/kWh, %s)\n", *c.PerMillionOutputTokensUSD, c.Prices.GPUHourUSD, c.Prices.ElectricityUSDPerKWh, c.Window)
+		case c.RentalPerMillionOutputTokensUSD != nil:
+			fmt.Fprintf(w, "cost     $%.2f per million output tokens, GPU rental only (no energy measured; $%.2f/GPU-hour, %s)\n", *c.RentalPerMillionOutputTokensUSD, c.Prices.GPUHourUSD, c.Window)
 		}
 	}
+}
+
+func ratio(p *float64) string {
+	if p == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", *p)
+}
+
+// loadTables reads the model and hardware tables and where models outside them are
+// described from: --model-config, and the Hugging Face hub cache ($HF_HUB_CACHE,
+// $HF_HOME/hub, ~/.cache/huggingface/hub; read offline).
+func loadTables(v *viper.Viper) (*config.Tables, error) {
+	tables, err := config.LoadTables(v.GetString("configs-dir"))
+	if err != nil {
+		return nil, withCode(exitUsage, err)
+	}
+	home, _ := os.UserHomeDir()
+	tables.Sources = config.ModelSource{
+		ConfigFile: v.GetString("model-config"),
+		HubCache:   config.HubCacheDir(os.Getenv("HF_HUB_CACHE"), os.Getenv("HF_HOME"), home),
+	}
+	if f := tables.Sources.ConfigFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return nil, usageErrorf("--model-config %s: %v; pass the model's config.json", f, err)
+		}
+	}
+	return tables, nil
 }

@@ -146,7 +146,7 @@ type matrixSetup struct {
 }
 
 func loadMatrix(v *viper.Viper) (*config.Tables, *matrix.Matrix, error) {
-	tables, err := config.LoadTables(v.GetString("configs-dir"))
+	tables, err := loadTables(v)
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}

@@ -85,6 +85,7 @@ wrappers.`,
 	f.String("sim-hardware", "H100", "GPU to simulate: H100, H200 or A100 (a family of hardware.yaml)")
 	f.String("sim-model", "", "model table key (default: looked up from the model path)")
 	f.String("sim-configs", "", "directory with models.yaml and hardware.yaml (default: the built-in tables)")
+	f.String("model-config", "", "the served model's config.json (default: the model path's config.json, the Hugging Face cache, then the built-in table)")
 	f.String("sim-fault", "", "inject a fault: "+strings.Join(sim.Faults, ", "))
 	f.Int("sim-workers", 0, "start N worker processes in the server's process group, as vLLM/SGLang do")
 	f.Duration("sim-startup", 0, "time spent \"loading weights\" before listening, with progress lines")
@@ -242,6 +243,9 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 	if err != nil {
 		return cfg, usageErrorf("sim-server: model tables: %v", err)
 	}
+	home, _ := os.UserHomeDir()
+	tables.Sources = config.ModelSource{ConfigFile: str("model-config"),
+		HubCache: config.HubCacheDir(os.Getenv("HF_HUB_CACHE"), os.Getenv("HF_HOME"), home)}
 	if key := str("sim-model"); key != "" {
 		m, ok := tables.Models[key]
 		if !ok {
@@ -249,10 +253,9 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 		}
 		cfg.Model = m
 	} else {
-		m, ok := tables.ModelByID(cfg.ServedModel)
-		if !ok {
-			return cfg, usageErrorf("sim-server: no model in the table matches %q; pass --sim-model with one of: %s",
-				cfg.ServedModel, strings.Join(tables.ModelKeys(), ", "))
+		m, err := tables.Describe(cfg.ServedModel)
+		if err != nil {
+			return cfg, usageErrorf("sim-server: %v; or pass --sim-model with one of: %s", err, strings.Join(tables.ModelKeys(), ", "))
 		}
 		cfg.Model = m
 	}

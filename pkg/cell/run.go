@@ -486,7 +486,7 @@ func (r *runner) finish() {
 		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount, BenchWindowS: &w}
 	}
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
-		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens, r.c.Prices)
+		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens)
 	}
 	if r.c.Derive != nil && r.m.Metrics != nil {
 		r.c.Derive(r.m, r.p.Dir)

@@ -79,8 +79,8 @@ func toHTMLCell(r *Row) htmlCell {
 		Batch: r.BatchSize, OK: r.ok()}
 	var floor, over, tfloor, tover *float64
 	if r.Cap != nil {
-		floor, over = nonZero(r.Cap.TPOTFloorMs), r.Cap.TPOTOverFloor
-		tfloor, tover = nonZero(r.Cap.TTFTFloorMs), r.Cap.TTFTOverFloor
+		floor, over = r.Cap.TPOTFloorMs, r.Cap.TPOTOverFloor
+		tfloor, tover = r.Cap.TTFTFloorMs, r.Cap.TTFTOverFloor
 		c.CapSource = r.Cap.Source
 	}
 	c.Floor, c.TTFTFloor = showNA(floor, "%.2f"), showNA(tfloor, "%.1f")

@@ -99,16 +99,17 @@ func (r *Row) JPerOutputToken() *float64 {
 // (GPU rental + metered electricity, from telemetry) or "rental" (GPU-hours only, from the
 // hardware table's price and the bench duration).
 func (r *Row) CostPerMTok() (*float64, string) {
-	if v := r.tel(func(t *gpu.Summary) *float64 {
-		if t.Cost == nil {
-			return nil
-		}
-		return t.Cost.CostPerMillionOutputTokensUSD
-	}); v != nil {
-		return v, "measured"
+	// One cost computation (capmath.ComputeCost, extra.cap.cost): the total when energy was
+	// measured (or electricity is unpriced), else the rental part alone.
+	if !r.ok() || r.Cap == nil || r.Cap.Cost == nil {
+		return nil, ""
 	}
-	if r.ok() && r.Cap != nil && r.Cap.RentalCostPerMOutputTokensUSD != nil {
-		return r.Cap.RentalCostPerMOutputTokensUSD, "rental"
+	c := r.Cap.Cost
+	if c.PerMillionOutputTokensUSD != nil && c.EnergyJ != nil {
+		return c.PerMillionOutputTokensUSD, "measured"
+	}
+	if c.RentalPerMillionOutputTokensUSD != nil {
+		return c.RentalPerMillionOutputTokensUSD, "rental"
 	}
 	return nil, ""
 }
@@ -133,9 +134,9 @@ func (r *Row) util(pre bool, mbu bool) *float64 {
 		return nil
 	}
 	if mbu {
-		return &u.SMBU
+		return u.SMBU
 	}
-	return &u.SMFU
+	return u.SMFU
 }
 
 // column is one field of the CSV.
@@ -197,9 +198,9 @@ var csvColumns = []column{
 	{"output_throughput_tok_s", func(r *Row) string { return num(r.OutputThroughput()) }},
 	{"output_throughput_per_gpu_tok_s", func(r *Row) string { return num(r.ThroughputPerGPU()) }},
 	{"interactivity_tok_s_per_user", func(r *Row) string { return num(r.Interactivity()) }},
-	{"tpot_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return nonZero(r.Cap.TPOTFloorMs) })) }},
+	{"tpot_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TPOTFloorMs })) }},
 	{"tpot_over_floor", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TPOTOverFloor })) }},
-	{"ttft_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return nonZero(r.Cap.TTFTFloorMs) })) }},
+	{"ttft_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TTFTFloorMs })) }},
 	{"ttft_over_floor", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TTFTOverFloor })) }},
 	{"s_mbu_decode", func(r *Row) string { return num(r.util(false, true)) }},
 	{"s_mfu_decode", func(r *Row) string { return num(r.util(false, false)) }},
@@ -393,7 +394,7 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 		for _, r := range g.Rows {
 			var floor, over *float64
 			if r.Cap != nil {
-				floor, over = nonZero(r.Cap.TPOTFloorMs), r.Cap.TPOTOverFloor
+				floor, over = r.Cap.TPOTFloorMs, r.Cap.TPOTOverFloor
 			}
 			cost, src := r.CostPerMTok()
 			costS := showNA(cost, "%.2f")
