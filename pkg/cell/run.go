@@ -358,6 +358,15 @@ func (r *runner) bench(ctx context.Context) {
 		if errors.As(err, &bad) {
 			kind = KindBadResult
 		}
+		// Requests refused because not even one fits in GPU memory (the server logged it,
+		// as vLLM and the sim do): the cell is infeasible, not failed.
+		if r.logw != nil && kind == KindClientError {
+			r.logw.Poll()
+			if k, line := r.logw.Diagnosis(); Kind(k) == KindOOM {
+				r.fail(PhaseBench, KindOOM, err.Error()+": "+launcher.Explain(k, line))
+				return
+			}
+		}
 		r.fail(PhaseBench, kind, err.Error())
 	}
 }
