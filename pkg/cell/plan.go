@@ -55,9 +55,9 @@ type Config struct {
 	GPUInterval        time.Duration
 	MemSlackBytes      uint64 // teardown: memory within this of the baseline counts as clean
 	// Prices are the cost inputs the cell ran with (capmath.ComputeCost prices the bench).
-	Prices capmath.Prices
-	Version            string
-	Log                *zap.Logger
+	Prices  capmath.Prices
+	Version string
+	Log     *zap.Logger
 	// Native tunes the built-in client (warm-up, seed, timeouts…); the pipeline fills the
 	// fields that come from the cell.
 	Native profile.Options

@@ -1,13 +1,13 @@
 package report
 
 import (
-	"math"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"flag"
 	"image"
 	"image/png"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"

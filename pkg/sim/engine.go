@@ -138,7 +138,7 @@ func (e *engine) run(ctx context.Context) {
 		pf               *prefillPass
 		decoding         bool
 		passEnd          time.Time
-		lastEnd          time.Time // planned end of the previous pass; zero when idle
+		lastEnd          time.Time     // planned end of the previous pass; zero when idle
 		decodeCtx        int           // context positions of the decode pass in flight
 		decodeModel      time.Duration // its model duration (recorded)
 	)
