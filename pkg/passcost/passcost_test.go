@@ -4,6 +4,8 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/moecapd/moecapd/pkg/config"
@@ -77,5 +79,60 @@ func TestPublishedParameterCountsBeyondTheTable(t *testing.T) {
 		if tot := TotalParams(m); math.Abs(tot/c.total-1) > 0.03 || math.Abs(act/c.activated-1) > 0.03 {
 			t.Errorf("%s: total %.4g activated %.4g, published %.4g / %.4g", c.file, tot, act, c.total, c.activated)
 		}
+	}
+}
+
+// TestDesignFloorsTable recomputes the hand-checkable floors of docs/DESIGN.md.
+func TestDesignFloorsTable(t *testing.T) {
+	tb := tables(t)
+	b, err := os.ReadFile(filepath.Join("..", "..", "docs", "DESIGN.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc := string(b)
+	begin, end := strings.Index(doc, "<!-- floors:begin -->"), strings.Index(doc, "<!-- floors:end -->")
+	if begin < 0 || end < begin {
+		t.Fatal("docs/DESIGN.md has no floors table")
+	}
+	rows := 0
+	for _, line := range strings.Split(doc[begin:end], "\n") {
+		f := strings.Split(line, "|")
+		if len(f) < 9 || strings.TrimSpace(f[1]) == "model" || strings.HasPrefix(strings.TrimSpace(f[1]), "---") {
+			continue
+		}
+		cell := func(i int) string { return strings.TrimSpace(f[i]) }
+		m, ok := tb.Models[cell(1)]
+		n, fam, _ := strings.Cut(cell(2), "x")
+		hw, ok2 := tb.Hardware[fam]
+		gpus, _ := strconv.Atoi(n)
+		batch, _ := strconv.Atoi(cell(4))
+		tokens, _ := strconv.Atoi(cell(5))
+		want, _ := strconv.ParseFloat(cell(6), 64)
+		if !ok || !ok2 || gpus == 0 || batch == 0 || tokens == 0 || want == 0 {
+			t.Fatalf("bad row %q", line)
+		}
+		var w Work
+		if cell(3) == "decode" {
+			w = Decode(m, gpus, float64(batch), float64(batch*tokens), TouchedExperts(m.Experts, m.TopK, float64(batch)))
+		} else {
+			lens := make([]int, batch)
+			for i := range lens {
+				lens[i] = tokens
+			}
+			w = Prefill(m, gpus, Prompts(lens...), TouchedExperts(m.Experts, m.TopK, float64(batch*tokens)))
+		}
+		got := TimeOf(w, PeaksOf(m, hw))
+		if math.Abs(got.Seconds*1000/want-1) > 0.001 || got.Bound != cell(7) {
+			t.Errorf("%s: %.5g ms %s-bound, DESIGN.md says %v ms %s", line, got.Seconds*1000, got.Bound, want, cell(7))
+		}
+		rows++
+	}
+	if rows < 5 {
+		t.Errorf("%d rows checked, want the whole table", rows)
+	}
+	// The memory sentence under the table.
+	f := Feasibility(tb.Models["deepseek_r1"], tb.Hardware["H200"], 8, 64, 13000, 1000)
+	if f.Verdict != UnderBatched || f.Concurrent != 52 || math.Abs(f.NeedPerGPU/1e9-146.8) > 0.05 {
+		t.Errorf("R1 8xH200 13k bs64: %+v; DESIGN.md says 146.8 GB per GPU, 52 at once", f)
 	}
 }
