@@ -1,0 +1,107 @@
+package main
+
+import (
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/cell"
+)
+
+func capOf(t *testing.T, m *cell.Manifest) capmath.Derived {
+	t.Helper()
+	var d capmath.Derived
+	if err := json.Unmarshal(m.Extra["cap"], &d); err != nil {
+		t.Fatalf("extra.cap: %v (%s)", err, m.Extra["cap"])
+	}
+	return d
+}
+
+// checkAtFloor: the sim's decode passes equal the floor of what ran and the binding
+// resource is used at 1 in both phases, with nothing flagged.
+func checkAtFloor(t *testing.T, d capmath.Derived) {
+	t.Helper()
+	if len(d.Errors) > 0 || d.Absent != "" {
+		t.Fatalf("cap errors %+v absent %q", d.Errors, d.Absent)
+	}
+	if d.DecodePassOverFloor == nil || math.Abs(*d.DecodePassOverFloor-1) > 0.02 {
+		t.Errorf("decode pass ÷ floor %v, want 1 within 2%%", d.DecodePassOverFloor)
+	}
+	for name, u := range map[string]*capmath.Util{"prefill": d.Prefill, "decode": d.Decode} {
+		if u == nil || u.SMBU == nil || u.SMFU == nil {
+			t.Fatalf("%s utilisation absent: %+v", name, u)
+		}
+		bind := *u.SMBU
+		if u.Bound == "compute" {
+			bind = *u.SMFU
+		}
+		if math.Abs(bind-1) > 0.05 {
+			t.Errorf("%s %s-bound utilisation %.4f, want 1 within 5%%", name, u.Bound, bind)
+		}
+		if u.SMBUMoECAP == nil || u.SMFUMoECAP == nil {
+			t.Errorf("%s: MoE-CAP values absent", name)
+		}
+	}
+}
+
+// TestSimModelFromHFCache: a model known only from a config.json in a Hugging Face cache
+// (HF_HOME) runs on the sim, under a key derived from its id, at its floor.
+func TestSimModelFromHFCache(t *testing.T) {
+	home := t.TempDir()
+	snap := filepath.Join(home, "hub", "models--acme--Tiny-MoE-1B", "snapshots", "0123abc")
+	if err := os.MkdirAll(snap, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(filepath.Join("..", "..", "pkg", "config", "testdata", "olmoe_1b_7b.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(snap, "config.json"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	cfg := tinyConfig(t, "acme/Tiny-MoE-1B", 512, 16, 8)
+	r := moecapd(t, []string{"HF_HOME=" + home, "HF_HUB_CACHE="}, simArgs(results, cfg, 4, "--", "--sim-time-scale", "0.1")...)
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	_, m := onlyCell(t, results)
+	if m.Cell.Model != "tiny-moe-1b" || m.Status != cell.StatusOK {
+		t.Fatalf("cell %s status %s", m.Cell.ID, m.Status)
+	}
+	d := capOf(t, m)
+	if d.Inputs.ModelFamily != "olmoe" || !strings.Contains(d.Inputs.ModelSource, snap) {
+		t.Errorf("model %q from %q, want olmoe from the cache snapshot", d.Inputs.ModelFamily, d.Inputs.ModelSource)
+	}
+	checkAtFloor(t, d)
+	if d.TPOTOverFloor != nil && d.Inputs.TPOTMeasured == "client" {
+		t.Errorf("a scaled run's client TPOT compared with the floor: %v", *d.TPOTOverFloor)
+	}
+	if !strings.Contains(r.stdout, "S-MBU") || !strings.Contains(r.stdout, "MoE-CAP") || !strings.Contains(r.stdout, "floors") {
+		t.Errorf("summary lacks the CAP lines:\n%s", r.stdout)
+	}
+}
+
+// TestSimQwen13k: Qwen1.5-MoE's 13k-1k cell runs (its Chat checkpoint's window is 32768)
+// and its records carry real pass latencies although the clock ran 100× fast.
+func TestSimQwen13k(t *testing.T) {
+	results := t.TempDir()
+	r := moecapd(t, nil, simArgs(results, "../../configs/fixed_13k_1k_qwen1_5.yaml", 2, "--num-samples", "2", "--", "--sim-time-scale", "0.01")...)
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	_, m := onlyCell(t, results)
+	d := capOf(t, m)
+	checkAtFloor(t, d)
+	if d.Cost != nil || d.Inputs.SimTimeScale != 0.01 {
+		t.Errorf("scaled run: cost %+v, time scale %v; want no cost and the scale recorded", d.Cost, d.Inputs.SimTimeScale)
+	}
+	// TPOT floor of what ran: 2 sequences near 13,500 positions each on one H100.
+	if d.TPOTFloorMs == nil || *d.TPOTFloorMs < 2 || *d.TPOTFloorMs > 5 {
+		t.Errorf("TPOT floor %v ms", d.TPOTFloorMs)
+	}
+}
