@@ -190,17 +190,23 @@ func (e *engine) run(ctx context.Context) {
 			timer.Stop()
 			return
 		case r := <-e.submit:
-			// A prefill whose first token is not out yet takes late arrivals and times
-			// each from its own arrival. A real engine would make them wait for the next
-			// pass, but then client send jitter at batch 32 would show up as up to twice
-			// the TTFT, and this server is meant to show the floor.
+			// A prefill whose first token is not out yet takes late arrivals: the pass is
+			// planned again as if it had started with all of them now, and every member gets
+			// its first token when the whole wave is prefilled (a request waits for the
+			// others of its pass, as the TTFT floor says). A real engine would make a late
+			// arrival wait for the next pass, but then client send jitter at batch 32 would
+			// show up as up to twice the TTFT, and this server is meant to show the floor.
 			if pf != nil && pf.out == 0 && len(waiting) == 0 && len(running)+len(pf.members) < e.cfg.MaxRunning && e.fits(r) {
 				e.reserve(r)
 				pf.members = append(pf.members, r)
 				pf.prompts = append(pf.prompts, r.prompt)
 				pf.model = e.tm.prefill(pf.prompts)
 				pf.dur = e.tm.wall(pf.model)
-				r.deadline = time.Now().Add(pf.dur)
+				pf.start = time.Now()
+				for _, m := range pf.members {
+					m.deadline = pf.start.Add(pf.dur)
+				}
+				timer.Reset(time.Until(pf.start.Add(pf.dur)))
 			} else {
 				waiting = append(waiting, r)
 			}
