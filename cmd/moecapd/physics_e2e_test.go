@@ -105,3 +105,38 @@ func TestSimQwen13k(t *testing.T) {
 		t.Errorf("TPOT floor %v ms", d.TPOTFloorMs)
 	}
 }
+
+// TestUndescribedModelStillRuns: a real backend serves a model moecapd cannot describe (the
+// plan goes ahead; its CAP numbers will be absent with the reason), the sim refuses it.
+func TestUndescribedModelStillRuns(t *testing.T) {
+	cfg := tinyConfig(t, "acme/dense-llm", 64, 8, 2)
+	empty := t.TempDir()
+	r := moecapd(t, []string{"HF_HOME=" + empty, "HF_HUB_CACHE="}, "launch-and-bench", "--backend", "sglang", "--config", cfg, "--batch-size", "2", "--dry-run", "--conda-root", empty)
+	if r.code != 0 || !strings.Contains(r.stdout, "acme/dense-llm") || !strings.Contains(r.stdout, "dense-llm.") {
+		t.Errorf("sglang dry run of an undescribed model: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	r = moecapd(t, []string{"HF_HOME=" + empty, "HF_HUB_CACHE="}, simArgs(t.TempDir(), cfg, 2)...)
+	if r.code != 2 || !strings.Contains(r.stderr, "cannot be described") || !strings.Contains(r.stderr, "--model-config") {
+		t.Errorf("sim of an undescribed model: exit %d, want 2 naming --model-config\n%s", r.code, r.stderr)
+	}
+}
+
+// TestSimWeightsDoNotFit: DeepSeek-R1 on one H100 is infeasible exactly as predicted: the
+// sim dies of out-of-memory loading the weights, the cell is infeasible (exit 4) with a
+// prediction and no floors.
+func TestSimWeightsDoNotFit(t *testing.T) {
+	results := t.TempDir()
+	cfg := tinyConfig(t, "deepseek-ai/DeepSeek-R1", 64, 8, 2)
+	r := moecapd(t, nil, simArgs(results, cfg, 2)...)
+	if r.code != 4 {
+		t.Fatalf("exit %d, want 4 (infeasible)\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	_, m := onlyCell(t, results)
+	if m.Status != cell.StatusInfeasible || m.Failure == nil || m.Failure.Kind != cell.KindOOM {
+		t.Fatalf("status %s failure %+v", m.Status, m.Failure)
+	}
+	d := capOf(t, m)
+	if d.TPOTFloorMs != nil || d.FitVerdict != "does-not-fit" || d.Prediction == nil || !strings.Contains(d.FeasibleReason, "weights alone") {
+		t.Errorf("cap %+v: want the does-not-fit prediction (weights) and no floors", d)
+	}
+}

@@ -497,7 +497,9 @@ func (r *runner) finish() {
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
 		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens)
 	}
-	if r.c.Derive != nil && r.m.Metrics != nil {
+	// Every cell gets its CAP block: one that ran its floors, one that did not its
+	// prediction (memory verdict, expected TPOT/TTFT).
+	if r.c.Derive != nil {
 		r.c.Derive(r.m, r.p.Dir)
 	}
 }
