@@ -53,7 +53,7 @@ func runReport(cmd *cobra.Command, _ []string) error {
 	if out == "" {
 		out = results + string(os.PathSeparator) + "report"
 	}
-	tables, err := loadTables(v)
+	tables, err := loadTables(v.GetString("configs-dir"), "")
 	if err != nil {
 		return usageErrorf("model/hardware tables: %v", err)
 	}
