@@ -1,6 +1,7 @@
 package capmath
 
 import (
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -114,6 +115,30 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 		t.Fatalf("cost %+v, want rental only", d.Cost)
 	}
 	near(t, "rental per Mtok", d.Cost.RentalPerMillionOutputTokensUSD, 250)
+}
+
+// TestRecordCopiesCountOnce: the same passes in a second file (vLLM's own log beside the
+// client's dump, re-encoded) are read once.
+func TestRecordCopiesCountOnce(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "batch_records.jsonl"), []byte(toyRecords), 0o644)
+	var reenc strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(toyRecords), "\n") {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(v) // keys sorted: another writer's byte order
+		reenc.Write(append(b, '\n'))
+	}
+	os.WriteFile(filepath.Join(dir, "vllm_batch_records.jsonl"), []byte(reenc.String()), 0o644)
+	recs, err := ReadRecords(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs.Passes) != 3 || len(recs.Copies) != 1 || recs.Copies[0] != "vllm_batch_records.jsonl" {
+		t.Errorf("passes %d, copies %v; want 3 passes and the second file a copy", len(recs.Passes), recs.Copies)
+	}
 }
 
 // TestMoECAPPerPassPath: without per_req_info upstream takes each prefill pass whole, and

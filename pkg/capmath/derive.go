@@ -248,6 +248,9 @@ func Derive(c Cell, recs *Records) (Derived, error) {
 		if len(recs.Skipped) > 0 {
 			d.Notes = append(d.Notes, "pass records skipped: "+countList(recs.Skipped))
 		}
+		if len(recs.Copies) > 0 {
+			d.Notes = append(d.Notes, "record files holding only passes already read elsewhere, counted once: "+strings.Join(recs.Copies, ", "))
+		}
 	}
 	if len(passes) > 0 {
 		var notes []string

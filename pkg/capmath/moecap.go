@@ -60,8 +60,17 @@ func newMoECAPModel(m config.Model, hw config.Hardware) moecapModel {
 	case strings.Contains(name, "DeepSeek"):
 		mm.fam = famDeepSeek
 	}
-	if m.Precision == "fp8" && hw.FP8FLOPs > 0 {
-		mm.peakFLOPs = hw.FP8FLOPs
+	// Upstream's peak: its table's value for the served precision, halved.
+	if hw.MoECAPBF16FLOPs > 0 {
+		mm.peakFLOPs = hw.MoECAPBF16FLOPs
+	}
+	if m.Precision == "fp8" {
+		switch {
+		case hw.MoECAPFP8FLOPs > 0:
+			mm.peakFLOPs = hw.MoECAPFP8FLOPs
+		case hw.FP8FLOPs > 0:
+			mm.peakFLOPs = hw.FP8FLOPs
+		}
 	}
 	d, h, hd, kv := float64(m.DModel), float64(m.Heads), float64(m.HeadDim), float64(m.KVHeads)
 	l := float64(m.Layers)

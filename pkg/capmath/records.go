@@ -44,6 +44,7 @@ type ReqInfo struct {
 // rawPass is a pass record as the wrappers write it. Numbers that one version writes as
 // ints and another as floats, or as null, are read leniently.
 type rawPass struct {
+	ForwardPassID    json.RawMessage `json:"forward_pass_id,omitempty"`
 	BatchSize        json.RawMessage `json:"batch_size"`
 	Latency          json.RawMessage `json:"latency"`
 	SeqLensSum       json.RawMessage `json:"seq_lens_sum"`
@@ -102,6 +103,12 @@ type Records struct {
 	// Skipped counts records left out, by reason, the way MoE-CAP skips them (no or negative
 	// expert_activation, no latency, unknown forward_mode).
 	Skipped map[string]int
+	// Copies are record files left out because every record in them was already read from
+	// another file (the vLLM wrapper's own log next to the client's dump): each pass counts
+	// once.
+	Copies []string
+
+	keys []string // canonical form of each record of one file, while reading it
 }
 
 // ReadRecords reads every pass record under dir: SGLang's
@@ -111,6 +118,7 @@ type Records struct {
 // error: the result is empty.
 func ReadRecords(dir string) (*Records, error) {
 	recs := &Records{Skipped: map[string]int{}}
+	seen := map[string]bool{}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && path == dir {
@@ -129,14 +137,34 @@ func ReadRecords(dir string) (*Records, error) {
 		if err != nil {
 			return err
 		}
-		n, err := decodeRecords(b, recs)
+		file := &Records{Skipped: map[string]int{}}
+		n, err := decodeRecords(b, file)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
-		if n > 0 {
-			rel, _ := filepath.Rel(dir, path)
-			recs.Files = append(recs.Files, rel)
+		if n == 0 {
+			return nil
 		}
+		rel, _ := filepath.Rel(dir, path)
+		copyOf := true
+		for _, k := range file.keys {
+			if !seen[k] {
+				copyOf = false
+				break
+			}
+		}
+		if copyOf {
+			recs.Copies = append(recs.Copies, rel)
+			return nil
+		}
+		for _, k := range file.keys {
+			seen[k] = true
+		}
+		recs.Passes = append(recs.Passes, file.Passes...)
+		for k, v := range file.Skipped {
+			recs.Skipped[k] += v
+		}
+		recs.Files = append(recs.Files, rel)
 		return nil
 	})
 	if err != nil {
@@ -200,9 +228,13 @@ func addValue(v json.RawMessage, recs *Records) int {
 		}
 		var r rawPass
 		if json.Unmarshal(v, &r) != nil {
+			recs.keys = append(recs.keys, string(v))
 			recs.Skipped["malformed record"]++
 			return 1
 		}
+		// The same pass re-encoded by another writer has the same canonical form.
+		k, _ := json.Marshal(r)
+		recs.keys = append(recs.keys, string(k))
 		addPass(r, recs)
 		return 1
 	}
