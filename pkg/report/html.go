@@ -53,10 +53,10 @@ type htmlPage struct {
 		Status string
 		N      int
 	}
-	Groups      []htmlGroup
-	Bad         []htmlBad
+	Groups []htmlGroup
+	Bad    []htmlBad
 	// CAPErrors are impossible CAP values (capmath moved them out of the results).
-	CAPErrors []htmlCAPError
+	CAPErrors   []htmlCAPError
 	Hardware    []htmlHW
 	Versions    []htmlVersion
 	Definitions []Definition
