@@ -388,6 +388,13 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (physical limit %.2f): %s\n", e.Field, e.Value, e.Limit, e.Cause)
 	}
 	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
+	if sc := d.Inputs.SimTimeScale; sc != 0 {
+		fmt.Fprintf(w, "note     the sim ran at --sim-time-scale %g: the client latencies above are wall time of a scaled run; pass records and CAP numbers are in model time\n", sc)
+	}
+	if d.FitVerdict == "under-batched" && d.Inputs.DecodeBatchMax != nil {
+		fmt.Fprintf(w, "batch    under-batched: memory holds %d of %d requests at once; the server ran at most %.0f (mean %.1f)\n",
+			d.MaxConcurrent, m.Cell.BatchSize, *d.Inputs.DecodeBatchMax, *d.Inputs.DecodeBatch)
+	}
 	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil {
 		fmt.Fprintf(w, "floors   TPOT %s ms (× %s; decode passes × %s)  TTFT %s ms (× %s), from %s\n", ms(d.TPOTFloorMs), ratio(d.TPOTOverFloor),
 			ratio(d.DecodePassOverFloor), ms(d.TTFTFloorMs), ratio(d.TTFTOverFloor), d.Inputs.FloorSource)

@@ -112,6 +112,7 @@ type Inputs struct {
 	// What ran: the records' mean decode batch, mean context per sequence and mean
 	// activation the TPOT floor uses.
 	DecodeBatch      *float64 `json:"decode_batch_mean,omitempty"`
+	DecodeBatchMax   *float64 `json:"decode_batch_max,omitempty"`
 	DecodeContext    *float64 `json:"decode_context_mean,omitempty"`
 	DecodeActivation *float64 `json:"decode_activation_mean,omitempty"`
 	DecodeLatencyS   *float64 `json:"decode_latency_s_mean,omitempty"`
@@ -361,6 +362,15 @@ func derivedFloors(d *Derived, in *Inputs, c Cell, m config.Model, hw config.Har
 		d.TPOTFloor = &t
 		in.DecodeBatch, in.DecodeContext, in.DecodeActivation = ptr(b), ptr(ctx), ptr(act)
 		in.FloorSource = "records"
+		peak := 0.0
+		for _, p := range dec {
+			peak = max(peak, p.batch)
+		}
+		in.DecodeBatchMax = ptr(peak)
+		if pr.Fit.Verdict == passcost.UnderBatched {
+			d.Notes = append(d.Notes, fmt.Sprintf("under-batched as predicted (memory holds %d of %d requests at once): the server ran at most %.0f at once, %.1f on average; the floors use what ran",
+				pr.Fit.Concurrent, c.BatchSize, peak, b))
+		}
 	} else if pr.Batch > 0 {
 		b := float64(pr.Batch)
 		if c.AvgDecodeBatchSize != nil && *c.AvgDecodeBatchSize > 0 {
