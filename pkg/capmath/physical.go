@@ -50,6 +50,10 @@ func physicalPasses(m config.Model, gpus int, passes []Pass, nominalCtx float64)
 		rp := recordedPass{p: p, gpus: n, batch: p.BatchSize, act: p.Activation}
 		switch p.Mode {
 		case "decode":
+			if p.BatchSize <= 0 {
+				src["decode pass without batch_size, left out"]++
+				continue
+			}
 			known := len(p.ReqIDs) > 0 && float64(len(p.ReqIDs)) == p.BatchSize
 			sum := 0.0
 			for _, id := range p.ReqIDs {
