@@ -140,3 +140,22 @@ func TestSimWeightsDoNotFit(t *testing.T) {
 		t.Errorf("cap %+v: want the does-not-fit prediction (weights) and no floors", d)
 	}
 }
+
+// TestSimModelConfigFlag: --model-config describes the cell's model; the sim gets the same
+// file and serves it.
+func TestSimModelConfigFlag(t *testing.T) {
+	results := t.TempDir()
+	empty := t.TempDir()
+	cfg := tinyConfig(t, "acme/qwen3-moe-test", 256, 8, 4)
+	fixture, _ := filepath.Abs(filepath.Join("..", "..", "pkg", "config", "testdata", "qwen3_30b_a3b.json"))
+	r := moecapd(t, []string{"HF_HOME=" + empty, "HF_HUB_CACHE="}, simArgs(results, cfg, 4, "--model-config", fixture, "--", "--sim-time-scale", "0.1")...)
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	_, m := onlyCell(t, results)
+	d := capOf(t, m)
+	if m.Cell.Model != "qwen3-moe-test" || d.Inputs.ModelFamily != "qwen3_moe" || d.Inputs.ModelSource != fixture {
+		t.Errorf("cell %s: model %q from %q", m.Cell.ID, d.Inputs.ModelFamily, d.Inputs.ModelSource)
+	}
+	checkAtFloor(t, d)
+}
