@@ -27,7 +27,7 @@ func TestSimAtTheFloor(t *testing.T) {
 	ids, _ := json.Marshal(make([]int, prompt))
 	for _, key := range tb.ModelKeys() {
 		for _, fam := range []string{"H100", "H200", "A100"} {
-			for _, tp := range []int{1, 8} {
+			for _, tp := range []int{1, 2, 4, 8} {
 				m, hw := tb.Models[key], tb.Hardware[fam]
 				fit := passcost.Feasibility(m, hw, tp, batch, prompt, out)
 				if fit.Verdict == passcost.DoesNotFit {
