@@ -159,3 +159,20 @@ func TestSimModelConfigFlag(t *testing.T) {
 	}
 	checkAtFloor(t, d)
 }
+
+// TestSummaryFlagsImpossibleValues: the summary prints a flagged physical value as an ERROR
+// line with its cause, and never as a percentage.
+func TestSummaryFlagsImpossibleValues(t *testing.T) {
+	u := 0.5
+	d := capmath.Derived{Version: capmath.DerivedVersion, Source: "records",
+		Decode: &capmath.Util{SMFU: &u, Bound: "memory"},
+		Errors: []capmath.Flag{{Field: "decode.s_mbu", Value: 9.1, Limit: capmath.PhysicalLimit, Cause: "records of a scaled sim"}}}
+	raw, _ := json.Marshal(d)
+	m := &cell.Manifest{Cell: cell.Identity{ID: "x"}, Status: cell.StatusOK, Extra: map[string]json.RawMessage{"cap": raw}}
+	var b strings.Builder
+	printCellSummary(&b, "/tmp/x", m)
+	out := b.String()
+	if !strings.Contains(out, "ERROR    decode.s_mbu = 9.1 is impossible") || !strings.Contains(out, "records of a scaled sim") || strings.Contains(out, "910") {
+		t.Errorf("summary:\n%s\nwant an ERROR line with the cause and no 910%%", out)
+	}
+}
