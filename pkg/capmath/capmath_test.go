@@ -2,6 +2,7 @@ package capmath
 
 import (
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -138,6 +139,25 @@ func TestRecordCopiesCountOnce(t *testing.T) {
 	}
 	if len(recs.Passes) != 3 || len(recs.Copies) != 1 || recs.Copies[0] != "vllm_batch_records.jsonl" {
 		t.Errorf("passes %d, copies %v; want 3 passes and the second file a copy", len(recs.Passes), recs.Copies)
+	}
+}
+
+// TestChunkedPrefillPrefix: a 23-token prompt prefilled in chunks of 12 and 11 attends
+// 12·13/2 = 78 then 11·12 + 11·12/2 = 198 keys, whether total_len is the running total
+// (SGLang) or the prompt length (vLLM).
+func TestChunkedPrefillPrefix(t *testing.T) {
+	for name, totals := range map[string][2]int{"sglang": {12, 23}, "vllm": {23, 23}} {
+		recs := writeRecords(t, fmt.Sprintf(`{"batch_size":1,"latency":0.1,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":12,"total_len":%d,"prompt_len":23,"is_last_chunk":false}]}
+{"batch_size":1,"latency":0.1,"seq_lens_sum":11,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":11,"total_len":%d,"prompt_len":23,"is_last_chunk":true}]}
+`, totals[0], totals[1]))
+		pre, _, _ := physicalPasses(toy, 1, recs.Passes, 0)
+		if len(pre) != 2 {
+			t.Fatalf("%s: %d passes", name, len(pre))
+		}
+		// attention FLOPs = 32 per (query, key) pair
+		if a, b := pre[0].work.AttnFLOPs, pre[1].work.AttnFLOPs; a != 32*78 || b != 32*198 {
+			t.Errorf("%s: attention FLOPs %v, %v; want %v, %v", name, a, b, 32*78, 32*198)
+		}
 	}
 }
 

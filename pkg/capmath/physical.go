@@ -40,6 +40,7 @@ func physicalPasses(m config.Model, gpus int, passes []Pass, nominalCtx float64)
 		}
 	}
 	steps := map[string]float64{}
+	done := map[string]float64{} // prefill tokens of each request so far
 	src := map[string]int{}
 	uniform := 0
 	for _, p := range passes {
@@ -86,7 +87,15 @@ func physicalPasses(m config.Model, gpus int, passes []Pass, nominalCtx float64)
 				continue // warm-up and readiness probes, as MoE-CAP drops them
 			}
 			for _, ri := range p.PerReqInfo {
-				prefix := max(ri.TotalLen-ri.ExtendLen, 0)
+				// Tokens already in the request's KV cache: SGLang's total_len is the
+				// running total (prefix cache hits included), vLLM's the prompt length,
+				// so total_len − extend_len is the prefix on the last chunk and on any
+				// chunk whose total_len is below the prompt; otherwise the chunks read so far.
+				prefix := done[ri.ReqID]
+				if t := ri.TotalLen - ri.ExtendLen; t >= 0 && (ri.IsLastChunk || ri.PromptLen == 0 || ri.TotalLen < ri.PromptLen) {
+					prefix = t
+				}
+				done[ri.ReqID] = prefix + ri.ExtendLen
 				rp.chunks = append(rp.chunks, passcost.Chunk{Extend: int(ri.ExtendLen), Prefix: int(prefix), Last: ri.IsLastChunk})
 				rp.ids = append(rp.ids, ri.ReqID)
 				rp.last = append(rp.last, ri.IsLastChunk)
