@@ -53,7 +53,7 @@ func (t timing) wall(model time.Duration) time.Duration {
 	return time.Duration(float64(model) * t.cfg.TimeScale)
 }
 
-// prefillActivation is the routed experts per MoE layer a prefill of tokens touches.
+// activation is the routed experts per MoE layer a pass over tokens touches (uniform routing).
 func (t timing) activation(tokens float64) float64 {
 	return passcost.TouchedExperts(t.cfg.Model.Experts, t.cfg.Model.TopK, tokens)
 }

@@ -59,7 +59,7 @@ type Config struct {
 	Startup       time.Duration // loading time before listening (wall time, not scaled)
 	TPOT          time.Duration // decode pass duration; 0 = roofline
 	TTFT          time.Duration // prefill pass duration; 0 = roofline
-	TimeScale     float64       // multiplies every pass duration; 0 means 1
+	TimeScale     float64       // multiplies every pass's wall duration (records keep the model's); 0 means 1
 	Out           io.Writer     // log lines; nil discards
 }
 
