@@ -92,7 +92,7 @@ wrappers.`,
 	f.Duration("sim-startup", 0, "time spent \"loading weights\" before listening, with progress lines")
 	f.Duration("sim-tpot", 0, "fixed decode pass duration (default: roofline)")
 	f.Duration("sim-ttft", 0, "fixed prefill pass duration (default: roofline)")
-	f.Float64("sim-time-scale", 1, "multiply every pass duration (0.05 runs 20x faster than the hardware)")
+	f.Float64("sim-time-scale", 1, "multiply how long every pass waits (0.05 runs 20x faster than the hardware); the records keep the model's real pass latencies")
 	f.Bool("sim-worker", false, "run as a worker process (internal)")
 	f.Int("sim-worker-rank", 0, "worker rank (internal)")
 	f.MarkHidden("sim-worker")
