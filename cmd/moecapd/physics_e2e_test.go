@@ -176,3 +176,20 @@ func TestSummaryFlagsImpossibleValues(t *testing.T) {
 		t.Errorf("summary:\n%s\nwant an ERROR line with the cause and no 910%%", out)
 	}
 }
+
+// TestSimFP8KVCache: a server told --kv-cache-dtype fp8 keeps one byte per KV element; the
+// sim and the CAP numbers agree on it.
+func TestSimFP8KVCache(t *testing.T) {
+	results := t.TempDir()
+	r := moecapd(t, nil, simArgs(results, "../../configs/fixed_13k_1k_qwen1_5.yaml", 2, "--num-samples", "2", "--", "--sim-time-scale", "0.01", "--kv-cache-dtype", "fp8")...)
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	_, m := onlyCell(t, results)
+	d := capOf(t, m)
+	// 2·24 layers·16 KV heads·128·1 byte
+	if d.Inputs.KVBytesPerToken != 98304 {
+		t.Errorf("kv bytes per token %v, want 98304 (fp8)", d.Inputs.KVBytesPerToken)
+	}
+	checkAtFloor(t, d)
+}

@@ -86,6 +86,7 @@ wrappers.`,
 	f.String("sim-hardware", "H100", "GPU to simulate: H100, H200 or A100 (a family of hardware.yaml)")
 	f.String("sim-model", "", "model table key (default: looked up from the model path)")
 	f.String("sim-configs", "", "directory with models.yaml and hardware.yaml (default: the built-in tables)")
+	f.String("kv-cache-dtype", "auto", "KV cache element type: auto (bf16) or fp8 (one byte per element)")
 	f.String("model-config", "", "the served model's config.json (default: the model path's config.json, the Hugging Face cache, then the built-in table)")
 	f.String("sim-fault", "", "inject a fault: "+strings.Join(sim.Faults, ", "))
 	f.Int("sim-workers", 0, "start N worker processes in the server's process group, as vLLM/SGLang do")
@@ -259,6 +260,9 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 			return cfg, usageErrorf("sim-server: %v; or pass --sim-model with one of: %s", err, strings.Join(tables.ModelKeys(), ", "))
 		}
 		cfg.Model = m
+	}
+	if b, ok := config.KVCacheBytes([]string{"--kv-cache-dtype", str("kv-cache-dtype")}); ok {
+		cfg.Model.KVElemBytes = b
 	}
 	fam := strings.ToUpper(str("sim-hardware"))
 	hw, ok := tables.HardwareFamily(fam)

@@ -430,3 +430,25 @@ func ModelKey(id string) string {
 	}
 	return k
 }
+
+// KVCacheBytes reads a server argv's --kv-cache-dtype (SGLang and vLLM both take it):
+// fp8 variants store one byte per KV element, auto/bf16/fp16 two. ok is false when the argv
+// does not set it (the KV cache is then bf16, also for fp8 checkpoints).
+func KVCacheBytes(argv []string) (bytes float64, ok bool) {
+	for i, a := range argv {
+		name, val, has := strings.Cut(a, "=")
+		if name != "--kv-cache-dtype" {
+			continue
+		}
+		if !has && i+1 < len(argv) {
+			val = argv[i+1]
+		}
+		switch v := strings.ToLower(val); {
+		case strings.HasPrefix(v, "fp8"):
+			bytes, ok = 1, true
+		case v == "auto" || v == "bfloat16" || v == "bf16" || v == "float16" || v == "fp16" || v == "half":
+			bytes, ok = 2, true
+		}
+	}
+	return bytes, ok
+}

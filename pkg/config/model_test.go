@@ -140,3 +140,20 @@ func TestModelKey(t *testing.T) {
 		}
 	}
 }
+
+func TestKVCacheBytes(t *testing.T) {
+	for _, c := range []struct {
+		argv []string
+		want float64
+		ok   bool
+	}{
+		{[]string{"python", "-m", "x", "--kv-cache-dtype", "fp8_e5m2"}, 1, true},
+		{[]string{"--kv-cache-dtype=fp8"}, 1, true},
+		{[]string{"--kv-cache-dtype", "auto"}, 2, true},
+		{[]string{"--tp-size", "8"}, 0, false},
+	} {
+		if b, ok := KVCacheBytes(c.argv); b != c.want || ok != c.ok {
+			t.Errorf("KVCacheBytes(%q) = %v, %v; want %v, %v", c.argv, b, ok, c.want, c.ok)
+		}
+	}
+}

@@ -238,6 +238,9 @@ func predict(c *Cell, t *config.Tables) (capmath.Prediction, bool) {
 	if !ok || !ok2 {
 		return capmath.Prediction{}, false
 	}
+	if b, ok := config.KVCacheBytes(c.ServerArgs); ok {
+		m.KVElemBytes = b
+	}
 	return capmath.Predict(m, hw, c.TP, c.Batch, c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens, c.NumSamples), true
 }
 

@@ -230,6 +230,10 @@ func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, e
 		c.ModelErr = err.Error()
 		return c, nil
 	}
+	// A server told to keep an fp8 KV cache reads half the KV bytes.
+	if b, ok := config.KVCacheBytes(m.Server.Argv); ok {
+		model.KVElemBytes = b
+	}
 	c.Model = model
 	c.SimTimeScale, c.SimOverrides = capmath.SimSettings(m.Server.Argv)
 	if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
