@@ -106,8 +106,9 @@ func TestSimQwen13k(t *testing.T) {
 	}
 }
 
-// TestUndescribedModelStillRuns: a real backend serves a model moecapd cannot describe (the
-// plan goes ahead; its CAP numbers will be absent with the reason), the sim refuses it.
+// TestUndescribedModelStillRuns: a model moecapd cannot describe runs, on a real backend
+// (the plan goes ahead) and on the sim (fixed pass times, said loudly); its CAP numbers are
+// absent with the reason.
 func TestUndescribedModelStillRuns(t *testing.T) {
 	cfg := tinyConfig(t, "acme/dense-llm", 64, 8, 2)
 	empty := t.TempDir()
@@ -115,9 +116,21 @@ func TestUndescribedModelStillRuns(t *testing.T) {
 	if r.code != 0 || !strings.Contains(r.stdout, "acme/dense-llm") || !strings.Contains(r.stdout, "dense-llm.") {
 		t.Errorf("sglang dry run of an undescribed model: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	r = moecapd(t, []string{"HF_HOME=" + empty, "HF_HUB_CACHE="}, simArgs(t.TempDir(), cfg, 2)...)
-	if r.code != 2 || !strings.Contains(r.stderr, "cannot be described") || !strings.Contains(r.stderr, "--model-config") {
-		t.Errorf("sim of an undescribed model: exit %d, want 2 naming --model-config\n%s", r.code, r.stderr)
+	results := t.TempDir()
+	r = moecapd(t, []string{"HF_HOME=" + empty, "HF_HUB_CACHE="}, simArgs(results, cfg, 2, "--", "--sim-tpot", "1ms", "--sim-ttft", "2ms")...)
+	if r.code != 0 {
+		t.Fatalf("sim of an undescribed model: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	dir, m := onlyCell(t, results)
+	d := capOf(t, m)
+	if m.Status != cell.StatusOK || !strings.Contains(d.Absent, "cannot be described") || !strings.Contains(d.Absent, "--model-config") || d.Decode != nil {
+		t.Errorf("status %s, cap %+v; want ok with the CAP numbers absent and the reason", m.Status, d)
+	}
+	if !strings.Contains(r.stdout, "CAP      absent: ") {
+		t.Errorf("summary does not say the CAP numbers are absent:\n%s", r.stdout)
+	}
+	if log, _ := os.ReadFile(filepath.Join(dir, "server.log")); !strings.Contains(string(log), "cannot be described") {
+		t.Errorf("server.log does not warn about the undescribed model")
 	}
 }
 

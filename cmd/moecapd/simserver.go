@@ -257,7 +257,10 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 	} else {
 		m, err := tables.Describe(cfg.ServedModel)
 		if err != nil {
-			return cfg, usageErrorf("sim-server: %v; or pass --sim-model with one of: %s", err, strings.Join(tables.ModelKeys(), ", "))
+			// A model nobody can describe still runs, with fixed pass times and no memory
+			// model; its CAP numbers are absent (the cell's derivation says why).
+			cfg.Undescribed = err.Error() + "; or pass --sim-model with one of: " + strings.Join(tables.ModelKeys(), ", ")
+			m = config.Model{Key: config.ModelKey(cfg.ServedModel), HFID: cfg.ServedModel}
 		}
 		cfg.Model = m
 	}

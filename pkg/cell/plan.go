@@ -129,14 +129,11 @@ func (c *Config) Validate() (config.Model, error) {
 		return config.Model{}, cfgErr("--config", "missing; pass a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
 	}
 	// The model's description (config.json: --model-config, a local model directory, the
-	// Hugging Face cache, or the built-in table). A real server runs a model moecapd cannot
-	// describe (its CAP numbers are then absent with the reason); the sim cannot time one.
+	// Hugging Face cache, or the built-in table). A model moecapd cannot describe still runs
+	// (the sim then times it with fixed pass times); its CAP numbers are absent with the
+	// reason.
 	m, derr := c.Tables.Describe(c.Bench.ModelID)
 	if derr != nil {
-		if c.Backend == launcher.BackendSim {
-			return config.Model{}, &config.Error{File: c.Bench.Path, Key: "model_id",
-				Msg: fmt.Sprintf("%v; the sim needs the model's architecture (known: %s)", derr, strings.Join(c.knownModels(), ", "))}
-		}
 		m = config.Model{Key: config.ModelKey(c.Bench.ModelID), HFID: c.Bench.ModelID, ExpertPatching: true,
 			Source: "not described: " + derr.Error()}
 	} else if m.Heads%c.TP != 0 {

@@ -3,6 +3,7 @@ package sim
 import (
 	"context"
 	"fmt"
+	"math"
 	"sync/atomic"
 	"time"
 
@@ -124,7 +125,7 @@ func newEngine(cfg Config, rec *recorder) *engine {
 		cfg:    cfg,
 		tm:     newTiming(cfg),
 		rec:    rec,
-		kvCap:  passcost.MemoryOf(cfg.Model, cfg.Hardware, cfg.TP).KVCapacityTokens,
+		kvCap:  kvCapacity(cfg),
 		gpuRaw: GPURawType(cfg.Hardware),
 		submit: make(chan *request, 256),
 	}
@@ -319,6 +320,14 @@ func (e *engine) recordPrefill(pf *prefillPass) {
 		ScheduledTokens:  tokens,
 		PerReqInfo:       info,
 	})
+}
+
+// kvCapacity is the KV cache in tokens; a model without a description has no memory model.
+func kvCapacity(cfg Config) int64 {
+	if cfg.Undescribed != "" {
+		return math.MaxInt64 / 2
+	}
+	return passcost.MemoryOf(cfg.Model, cfg.Hardware, cfg.TP).KVCapacityTokens
 }
 
 // fits reports whether r's KV cache (prompt + max_tokens) fits beside what admitted
