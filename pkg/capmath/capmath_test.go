@@ -118,6 +118,18 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 	near(t, "rental per Mtok", d.Cost.RentalPerMillionOutputTokensUSD, 250)
 }
 
+// TestVLLMDecodeContext: vLLM's decode seq_lens_sum counts scheduled tokens, not context;
+// the context comes from the requests' prompt lengths and decode steps, as for SGLang.
+func TestVLLMDecodeContext(t *testing.T) {
+	vllm := strings.Replace(toyRecords, `"seq_lens_sum":14,"forward_mode":"decode","expert_activation":3`, `"seq_lens_sum":2,"forward_mode":"decode","expert_activation":3`, 1)
+	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true}, writeRecords(t, vllm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	near(t, "decode s_mbu", d.Decode.SMBU, 0.856) // the same 14 positions as from SGLang's seq_lens_sum
+	near(t, "decode context", d.Inputs.DecodeContext, 7)
+}
+
 // TestRecordCopiesCountOnce: the same passes in a second file (vLLM's own log beside the
 // client's dump, re-encoded) are read once.
 func TestRecordCopiesCountOnce(t *testing.T) {
