@@ -52,6 +52,9 @@ type moecapModel struct {
 func newMoECAPModel(m config.Model, hw config.Hardware) moecapModel {
 	name := m.HFID
 	mm := moecapModel{layers: float64(m.Layers), bytes: m.WeightBytes, peakBW: hw.HBMBandwidth, peakFLOPs: hw.BF16FLOPs}
+	if m.Precision == "mxfp4" {
+		mm.bytes = 0.5 // upstream: 4-bit precisions are half a byte for every weight and the KV
+	}
 	switch {
 	case strings.Contains(name, "Qwen3"):
 		mm.fam = famQwen3
@@ -63,6 +66,9 @@ func newMoECAPModel(m config.Model, hw config.Hardware) moecapModel {
 	// Upstream's peak: its table's value for the served precision, halved.
 	if hw.MoECAPBF16FLOPs > 0 {
 		mm.peakFLOPs = hw.MoECAPBF16FLOPs
+	}
+	if m.Precision == "mxfp4" && hw.MoECAPFP4FLOPs > 0 {
+		mm.peakFLOPs = hw.MoECAPFP4FLOPs
 	}
 	if m.Precision == "fp8" {
 		switch {

@@ -59,6 +59,13 @@ type Model struct {
 	// embedding and LM head count at the same width (a small under-count for fp8
 	// checkpoints that keep them in bf16, so floors stay lower bounds).
 	WeightBytes float64
+	// ExpertWeightBytes is the width of a routed expert's weight when the checkpoint
+	// quantizes the experts apart (MXFP4: 4.25 bits); 0: WeightBytes.
+	ExpertWeightBytes float64
+	// SlidingLayers of the layers attend only to the last SlidingWindow positions (GPT-OSS);
+	// their KV cache holds at most that many tokens per sequence.
+	SlidingLayers int
+	SlidingWindow int
 	// KVElemBytes is the width of one KV-cache element: bf16 (2) unless the server is told
 	// otherwise, also for fp8 checkpoints.
 	KVElemBytes float64
@@ -137,7 +144,7 @@ type hfConfig struct {
 }
 
 // Families ParseHFConfig understands (config.json model_type).
-var Families = []string{"qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3", "olmoe"}
+var Families = []string{"qwen2_moe", "qwen3_moe", "mixtral", "deepseek_v2", "deepseek_v3", "olmoe", "gpt_oss"}
 
 // ParseHFConfig describes a model from its config.json. source names the file for errors.
 // It fails, naming the missing or unsupported fields, for a model it cannot describe (not
@@ -164,7 +171,9 @@ func ParseHFConfig(data []byte, source string) (Model, error) {
 		}
 		return *p
 	}
-	sliding := fam == "gpt_oss" || c.UseSlidingWindow != nil && *c.UseSlidingWindow || slices.Contains(c.LayerTypes, "sliding_attention")
+	// Sliding-window attention is described for GPT-OSS (layer_types says which layers);
+	// a window in any other family is refused rather than guessed at.
+	sliding := fam != "gpt_oss" && (c.UseSlidingWindow != nil && *c.UseSlidingWindow || slices.Contains(c.LayerTypes, "sliding_attention"))
 	if fam == "mixtral" && c.SlidingWindow != nil && *c.SlidingWindow > 0 && *c.SlidingWindow < opt(c.MaxPositions, 0) {
 		sliding = true // Mixtral has no use_sliding_window switch: a window set is a window used
 	}
@@ -229,6 +238,15 @@ func ParseHFConfig(data []byte, source string) (Model, error) {
 			m.SharedExperts, m.SharedFFN = 1, *c.SharedExpertInter
 		}
 	case "mixtral", "olmoe":
+	case "gpt_oss":
+		for _, lt := range c.LayerTypes {
+			if lt == "sliding_attention" {
+				m.SlidingLayers++
+			}
+		}
+		if m.SlidingLayers > 0 {
+			m.SlidingWindow = need("sliding_window", c.SlidingWindow)
+		}
 	default:
 		if c.KVLoraRank != nil {
 			return Model{}, fmt.Errorf("%s: model_type %q has latent attention but is not a DeepSeek family moecapd knows (%s)", source, fam, strings.Join(Families, ", "))
@@ -267,6 +285,11 @@ func ParseHFConfig(data []byte, source string) (Model, error) {
 		switch qm := strings.ToLower(q.QuantMethod); qm {
 		case "fp8":
 			m.Precision, m.WeightBytes, m.FP8Linear = "fp8", 1, true
+		case "mxfp4":
+			// GPT-OSS: the routed experts in MXFP4 (4-bit values, one 8-bit scale per 32:
+			// 4.25 bits); attention, router, embedding and LM head stay at torch_dtype. No
+			// fp4 tensor cores on H100/H200/A100: the compute runs in bf16.
+			m.Precision, m.ExpertWeightBytes = "mxfp4", 4.25/8
 		default:
 			return Model{}, fmt.Errorf("%s: quantization %q is not described by the pass-cost model (fp8 and unquantized checkpoints are)", source, qm)
 		}
@@ -283,6 +306,14 @@ func dtypeBytes(dtype string) float64 {
 	default:
 		return 2
 	}
+}
+
+// ExpertBytes is the width of one routed-expert weight.
+func (m Model) ExpertBytes() float64 {
+	if m.ExpertWeightBytes > 0 {
+		return m.ExpertWeightBytes
+	}
+	return m.WeightBytes
 }
 
 // ModelSource says where model descriptions are looked up besides the built-in table.

@@ -42,6 +42,12 @@ func TestParseFamilies(t *testing.T) {
 			}
 			return ""
 		}},
+		{"gpt_oss_20b.json", func(m Model) string {
+			if m.Family != "gpt_oss" || m.SlidingLayers != 12 || m.SlidingWindow != 128 || m.Precision != "mxfp4" || m.ExpertBytes() != 4.25/8 || m.WeightBytes != 2 || m.FP8Linear || m.HeadDim != 64 || m.ExpertFFN != 2880 {
+				return "gpt_oss: 12 of 24 layers sliding over 128, MXFP4 experts (4.25 bits) and bf16 elsewhere, head_dim 64, expert ffn 2880"
+			}
+			return ""
+		}},
 		{"olmoe_1b_7b.json", func(m Model) string {
 			if m.Family != "olmoe" || m.Experts != 64 || m.TopK != 8 || m.ExpertFFN != 1024 || m.DenseLayers != 0 {
 				return "olmoe: 64 experts top 8 of 1024, every layer MoE"
@@ -65,13 +71,16 @@ func TestParseFamilies(t *testing.T) {
 // TestParseRefuses: a model the pass-cost model cannot describe is an error that says why.
 func TestParseRefuses(t *testing.T) {
 	for file, want := range map[string]string{
-		"gpt_oss_20b.json": "sliding-window attention",
 		"llama_dense.json": "not a mixture-of-experts model",
 	} {
 		_, err := ParseHFConfig(readFixture(t, file), file)
 		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), file) {
 			t.Errorf("%s: got %v, want an error naming the file and %q", file, err, want)
 		}
+	}
+	// Sliding windows outside GPT-OSS are refused, not guessed at.
+	if _, err := ParseHFConfig([]byte(`{"model_type":"qwen2_moe","num_experts":8,"num_experts_per_tok":2,"hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,"vocab_size":10,"moe_intermediate_size":8,"use_sliding_window":true,"sliding_window":16}`), "swa.json"); err == nil || !strings.Contains(err.Error(), "sliding-window attention") {
+		t.Errorf("qwen2 with a sliding window: %v; want refused", err)
 	}
 	_, err := ParseHFConfig([]byte(`{"model_type":"mixtral","num_local_experts":8,"num_experts_per_tok":2,"hidden_size":4096}`), "partial.json")
 	if err == nil || !strings.Contains(err.Error(), "missing num_hidden_layers, num_attention_heads, vocab_size") {

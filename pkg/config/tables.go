@@ -22,10 +22,11 @@ type Hardware struct {
 	FP8FLOPs     float64 `yaml:"fp8_flops"`
 	MemoryBytes  float64 `yaml:"memory_bytes"`
 	TDPWatts     float64 `yaml:"tdp_watts"`
-	// MoECAPBF16FLOPs and MoECAPFP8FLOPs are the dense peaks upstream MoE-CAP divides by
+	// MoECAPBF16FLOPs, MoECAPFP8FLOPs and MoECAPFP4FLOPs are the dense peaks upstream MoE-CAP divides by
 	// (its table's value / 2), for the *_moecap utilisations only; 0: the ones above.
 	MoECAPBF16FLOPs      float64 `yaml:"moecap_bf16_flops"`
 	MoECAPFP8FLOPs       float64 `yaml:"moecap_fp8_flops"`
+	MoECAPFP4FLOPs       float64 `yaml:"moecap_fp4_flops"`
 	GPUHourUSD           float64 `yaml:"gpu_hour_usd"`
 	ElectricityUSDPerKWh float64 `yaml:"electricity_usd_per_kwh"`
 }

@@ -84,8 +84,21 @@ func ActivatedParamsWithEmbedding(m config.Model) float64 {
 	return ActivatedParams(m) + LMHeadParams(m)
 }
 
+// weightBytes is the bytes of the layer weights with act routed experts plus the LM head:
+// routed experts at their own width (MXFP4 for GPT-OSS), the rest at the checkpoint's.
+func weightBytes(m config.Model, act float64) float64 {
+	experts := float64(m.MoELayers()) * act * ExpertParams(m)
+	return (layerParams(m, act)-experts+LMHeadParams(m))*m.WeightBytes + experts*m.ExpertBytes()
+}
+
 // WeightBytes is the checkpoint's size in memory.
-func WeightBytes(m config.Model) float64 { return TotalParams(m) * m.WeightBytes }
+func WeightBytes(m config.Model) float64 {
+	emb := 0.0
+	if !m.TiedEmbeddings {
+		emb = LMHeadParams(m) * m.WeightBytes // the input embedding besides the LM head
+	}
+	return weightBytes(m, float64(m.Experts)) + emb
+}
 
 // KVBytesPerToken is one token's KV cache over all layers, whole model (kv):
 // MLA L·(kv_lora+rope)·e, GQA 2·L·KV·hd·e, with e the KV element width.
@@ -105,6 +118,44 @@ func KVBytesPerTokenPerGPU(m config.Model, n int) float64 {
 	}
 	per := math.Ceil(float64(m.KVHeads) / float64(n))
 	return 2 * float64(m.Layers) * per * float64(m.HeadDim) * m.KVElemBytes
+}
+
+// fullShare and slideShare split the layers into full-attention and sliding-window ones.
+func fullShare(m config.Model) float64 {
+	if m.SlidingLayers <= 0 || m.SlidingWindow <= 0 || m.Layers <= 0 {
+		return 1
+	}
+	return float64(m.Layers-m.SlidingLayers) / float64(m.Layers)
+}
+
+// kvTokens is how many positions' KV (all layers' worth) a batch of sequences with
+// contexts summing to ctxSum holds and reads: every position in full-attention layers, at
+// most the window per sequence in sliding-window ones (exact when the contexts are equal or
+// all at least the window).
+func kvTokens(m config.Model, batch, ctxSum float64) float64 {
+	f := fullShare(m)
+	if f == 1 || batch <= 0 {
+		return ctxSum
+	}
+	return f*ctxSum + (1-f)*batch*math.Min(ctxSum/batch, float64(m.SlidingWindow))
+}
+
+// KVBytesPerSeqPerGPU is the KV cache of one sequence of seqLen tokens on one GPU.
+func KVBytesPerSeqPerGPU(m config.Model, n, seqLen int) float64 {
+	return kvTokens(m, 1, float64(seqLen)) * KVBytesPerTokenPerGPU(m, n)
+}
+
+// windowPairs is Σ over queries at positions p+1..p+e of min(position, w): the keys a
+// sliding-window layer's queries attend to.
+func windowPairs(e, p, w float64) float64 {
+	lo, hi := p+1, p+e
+	if hi <= w {
+		return (lo + hi) * e / 2
+	}
+	if lo > w {
+		return e * w
+	}
+	return (lo+w)*(w-lo+1)/2 + (hi-w)*w
 }
 
 // TouchedExperts is how many of E experts tokens routed top-k touch in one MoE layer, in
@@ -150,12 +201,13 @@ func (w Work) Bytes() float64 { return w.WeightBytes + w.KVBytes }
 func Decode(m config.Model, n int, batch, ctxSum, act float64) Work {
 	n = max(n, 1)
 	g := float64(n)
+	kv := kvTokens(m, batch, ctxSum)
 	return Work{
 		GPUs:        n,
-		WeightBytes: (layerParams(m, act) + LMHeadParams(m)) * m.WeightBytes / g,
-		KVBytes:     ctxSum * KVBytesPerTokenPerGPU(m, n),
+		WeightBytes: weightBytes(m, act) / g,
+		KVBytes:     kv * KVBytesPerTokenPerGPU(m, n),
 		LinearFLOPs: 2 * batch * (layerParams(m, float64(m.TopK)) + LMHeadParams(m)) / g,
-		AttnFLOPs:   attnFLOPsPerPair(m) * ctxSum / g,
+		AttnFLOPs:   attnFLOPsPerPair(m) * kv / g,
 	}
 }
 
@@ -187,12 +239,22 @@ func Prompts(lens ...int) []Chunk {
 func Prefill(m config.Model, n int, chunks []Chunk, act float64) Work {
 	n = max(n, 1)
 	g := float64(n)
+	f := fullShare(m)
+	w := float64(m.SlidingWindow)
 	var tokens, prefix, pairs, last float64
 	for _, c := range chunks {
 		e, p := float64(c.Extend), float64(c.Prefix)
 		tokens += e
-		prefix += p
-		pairs += e*p + e*(e+1)/2
+		full := e*p + e*(e+1)/2
+		if f == 1 {
+			prefix += p
+			pairs += full
+		} else {
+			// Sliding-window layers read at most the window of the prefix and attend to at
+			// most the window per query.
+			prefix += f*p + (1-f)*math.Min(p, w)
+			pairs += f*full + (1-f)*windowPairs(e, p, w)
+		}
 		if c.Last {
 			last++
 		}
@@ -202,7 +264,7 @@ func Prefill(m config.Model, n int, chunks []Chunk, act float64) Work {
 	}
 	return Work{
 		GPUs:        n,
-		WeightBytes: (layerParams(m, act) + LMHeadParams(m)) * m.WeightBytes / g,
+		WeightBytes: weightBytes(m, act) / g,
 		KVBytes:     (tokens + prefix) * KVBytesPerTokenPerGPU(m, n),
 		LinearFLOPs: (2*tokens*layerParams(m, float64(m.TopK)) + 2*last*LMHeadParams(m)) / g,
 		AttnFLOPs:   attnFLOPsPerPair(m) * pairs / g,
@@ -267,9 +329,11 @@ type Memory struct {
 	WeightsPerGPU    float64 `json:"weights_bytes_per_gpu"`
 	KVPerTokenPerGPU float64 `json:"kv_bytes_per_token_per_gpu"`
 	UsablePerGPU     float64 `json:"usable_bytes_per_gpu"`
-	// KVCapacityTokens is how many tokens of KV cache fit beside the weights (0 when the
-	// weights alone do not fit).
-	KVCapacityTokens int64 `json:"kv_capacity_tokens"`
+	// KVFreeBytes is what is left for the KV cache beside the weights, per GPU (≤ 0 when
+	// the weights alone do not fit); KVCapacityTokens the tokens of full-attention KV that
+	// fills it.
+	KVFreeBytes      float64 `json:"kv_free_bytes_per_gpu"`
+	KVCapacityTokens int64   `json:"kv_capacity_tokens"`
 }
 
 // MemoryOf plans m on n GPUs of hw: weights / n + KV per token per GPU · tokens ≤
@@ -278,8 +342,9 @@ func MemoryOf(m config.Model, hw config.Hardware, n int) Memory {
 	n = max(n, 1)
 	mem := Memory{GPUs: n, WeightsPerGPU: WeightBytes(m) / float64(n), KVPerTokenPerGPU: KVBytesPerTokenPerGPU(m, n),
 		UsablePerGPU: UsableMemoryFraction * hw.MemoryBytes}
-	if free := mem.UsablePerGPU - mem.WeightsPerGPU; free > 0 && mem.KVPerTokenPerGPU > 0 {
-		mem.KVCapacityTokens = int64(free / mem.KVPerTokenPerGPU)
+	mem.KVFreeBytes = mem.UsablePerGPU - mem.WeightsPerGPU
+	if mem.KVFreeBytes > 0 && mem.KVPerTokenPerGPU > 0 {
+		mem.KVCapacityTokens = int64(mem.KVFreeBytes / mem.KVPerTokenPerGPU)
 	}
 	return mem
 }
@@ -309,10 +374,11 @@ type Fit struct {
 func Feasibility(m config.Model, hw config.Hardware, n, batch, in, out int) Fit {
 	mem := MemoryOf(m, hw, n)
 	seq := in + out
-	f := Fit{Memory: mem, NeedPerGPU: mem.WeightsPerGPU + float64(batch)*float64(seq)*mem.KVPerTokenPerGPU}
+	perSeq := KVBytesPerSeqPerGPU(m, n, seq)
+	f := Fit{Memory: mem, NeedPerGPU: mem.WeightsPerGPU + float64(batch)*perSeq}
 	gb := func(b float64) string { return fmt.Sprintf("%.1f GB", b/1e9) }
 	detail := fmt.Sprintf("per GPU: weights %s + KV %s for %d × %d tokens = %s vs %s usable (%.0f%% of %s) on %d GPU(s)",
-		gb(mem.WeightsPerGPU), gb(float64(batch)*float64(seq)*mem.KVPerTokenPerGPU), batch, seq, gb(f.NeedPerGPU),
+		gb(mem.WeightsPerGPU), gb(float64(batch)*perSeq), batch, seq, gb(f.NeedPerGPU),
 		gb(mem.UsablePerGPU), UsableMemoryFraction*100, gb(hw.MemoryBytes), mem.GPUs)
 	switch {
 	case batch <= 0 || n <= 0:
@@ -321,10 +387,10 @@ func Feasibility(m config.Model, hw config.Hardware, n, batch, in, out int) Fit 
 		f.Verdict, f.Reason = DoesNotFit, fmt.Sprintf("does not fit: %d input + %d output tokens exceed the model's context window of %d", in, out, m.MaxPositions)
 	case mem.WeightsPerGPU > mem.UsablePerGPU:
 		f.Verdict, f.Reason = DoesNotFit, fmt.Sprintf("does not fit at all: the weights alone need %s per GPU, %s usable; use more GPUs (--tp) or a larger GPU", gb(mem.WeightsPerGPU), gb(mem.UsablePerGPU))
-	case mem.KVCapacityTokens < int64(seq):
-		f.Verdict, f.Reason = DoesNotFit, fmt.Sprintf("does not fit at all: one request of %d tokens needs %s of KV cache per GPU, %s left beside the weights", seq, gb(float64(seq)*mem.KVPerTokenPerGPU), gb(mem.UsablePerGPU-mem.WeightsPerGPU))
+	case perSeq > mem.KVFreeBytes:
+		f.Verdict, f.Reason = DoesNotFit, fmt.Sprintf("does not fit at all: one request of %d tokens needs %s of KV cache per GPU, %s left beside the weights", seq, gb(perSeq), gb(mem.KVFreeBytes))
 	default:
-		k := int(min(mem.KVCapacityTokens/int64(seq), int64(batch)))
+		k := int(min(math.Floor(mem.KVFreeBytes/perSeq), float64(batch)))
 		f.Concurrent = k
 		if k < batch {
 			f.Verdict, f.Reason = UnderBatched, fmt.Sprintf("fits only %d of %d requests at once: the server will run under-batched (at most %d in flight); %s", k, batch, k, detail)

@@ -63,6 +63,7 @@ func TestPublishedParameterCountsBeyondTheTable(t *testing.T) {
 		{"qwen2_57b_a14b.json", 57.4e9, 14.2e9, true},
 		{"olmoe_1b_7b.json", 6.9e9, 1.3e9, true},
 		{"deepseek_v3.json", 671e9, 37e9, false},
+		{"gpt_oss_20b.json", 21e9, 3.6e9, false},
 	} {
 		b, err := os.ReadFile(filepath.Join("..", "config", "testdata", c.file))
 		if err != nil {
@@ -134,5 +135,41 @@ func TestDesignFloorsTable(t *testing.T) {
 	f := Feasibility(tb.Models["deepseek_r1"], tb.Hardware["H200"], 8, 64, 13000, 1000)
 	if f.Verdict != UnderBatched || f.Concurrent != 52 || math.Abs(f.NeedPerGPU/1e9-146.8) > 0.05 {
 		t.Errorf("R1 8xH200 13k bs64: %+v; DESIGN.md says 146.8 GB per GPU, 52 at once", f)
+	}
+}
+
+// TestSlidingWindow: GPT-OSS's sliding-window layers hold and read at most the window per
+// sequence and attend to at most the window per query.
+func TestSlidingWindow(t *testing.T) {
+	for _, c := range []struct{ e, p, w, want float64 }{
+		{5, 0, 3, 1 + 2 + 3 + 3 + 3},
+		{2, 5, 3, 3 + 3},
+		{3, 0, 10, 1 + 2 + 3},
+		{3, 2, 4, 3 + 4 + 4},
+	} {
+		if got := windowPairs(c.e, c.p, c.w); got != c.want {
+			t.Errorf("windowPairs(%v, %v, %v) = %v, want %v", c.e, c.p, c.w, got, c.want)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join("..", "config", "testdata", "gpt_oss_20b.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := config.ParseHFConfig(b, "gpt_oss_20b.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Two sequences of 4500 positions: 12 full layers hold 9000, 12 sliding ones 2 × 128.
+	if got := kvTokens(m, 2, 9000); got != 0.5*9000+0.5*256 {
+		t.Errorf("kvTokens = %v, want %v", got, 0.5*9000+0.5*256)
+	}
+	// KV per token: 2 · 24 layers · 8 heads · 64 · 2 B = 49,152 B (all layers' worth).
+	if got := KVBytesPerSeqPerGPU(m, 1, 4500); got != (0.5*4500+0.5*128)*49152 {
+		t.Errorf("KV of one 4500-token sequence = %v", got)
+	}
+	// Weights: the experts at 4.25 bits, the rest at bf16.
+	experts := float64(m.MoELayers()) * float64(m.Experts) * ExpertParams(m)
+	if got, want := WeightBytes(m), (TotalParams(m)-experts)*2+experts*4.25/8; math.Abs(got/want-1) > 1e-12 {
+		t.Errorf("weight bytes %v, want %v", got, want)
 	}
 }

@@ -112,12 +112,13 @@ type engine struct {
 	gpuRaw string
 	submit chan *request
 	passID int
-	// kvCap is how many tokens of KV cache fit beside the weights (passcost.MemoryOf);
+	// kvCap is the KV cache that fits beside the weights (passcost.MemoryOf), per GPU;
 	// reserved is what admitted requests hold: prompt + max_tokens each, as a server that
 	// never preempts must reserve. A request is admitted only while it fits, so a batch
 	// the memory cannot hold runs under-batched, exactly as passcost.Feasibility predicts.
-	kvCap    int64
-	reserved int64
+	kvCap    float64 // bytes per GPU
+	reserved float64
+	admitted int // requests holding a reservation
 }
 
 func newEngine(cfg Config, rec *recorder) *engine {
@@ -322,29 +323,42 @@ func (e *engine) recordPrefill(pf *prefillPass) {
 	})
 }
 
-// kvCapacity is the KV cache in tokens; a model without a description has no memory model.
-func kvCapacity(cfg Config) int64 {
+// kvCapacity is the KV cache's bytes per GPU; a model without a description has no memory
+// model.
+func kvCapacity(cfg Config) float64 {
 	if cfg.Undescribed != "" {
-		return math.MaxInt64 / 2
+		return math.Inf(1)
 	}
-	return passcost.MemoryOf(cfg.Model, cfg.Hardware, cfg.TP).KVCapacityTokens
+	return passcost.MemoryOf(cfg.Model, cfg.Hardware, cfg.TP).KVFreeBytes
+}
+
+// kvNeed is the KV cache a request holds at its longest: prompt + max_tokens positions.
+func (e *engine) kvNeed(prompt, maxTokens int) float64 {
+	if e.cfg.Undescribed != "" {
+		return 0
+	}
+	return passcost.KVBytesPerSeqPerGPU(e.cfg.Model, e.cfg.TP, prompt+maxTokens)
 }
 
 // fits reports whether r's KV cache (prompt + max_tokens) fits beside what admitted
 // requests hold.
 func (e *engine) fits(r *request) bool {
-	return e.reserved+int64(r.prompt+r.maxTokens) <= e.kvCap
+	return e.reserved+e.kvNeed(r.prompt, r.maxTokens) <= e.kvCap
 }
 
 func (e *engine) reserve(r *request) {
-	e.reserved += int64(r.prompt + r.maxTokens)
+	e.reserved += e.kvNeed(r.prompt, r.maxTokens)
+	e.admitted++
 	r.admitted = true
 }
 
 func (e *engine) release(r *request) {
 	if r.admitted {
-		e.reserved -= int64(r.prompt + r.maxTokens)
+		e.reserved -= e.kvNeed(r.prompt, r.maxTokens)
 		r.admitted = false
+		if e.admitted--; e.admitted == 0 {
+			e.reserved = 0 // no drift from float sums once nothing is admitted
+		}
 	}
 }
 
@@ -353,9 +367,9 @@ func (e *engine) release(r *request) {
 // fit at all"). The message carries vLLM's wording, which log watchers read as
 // out-of-memory.
 func (e *engine) admissible(prompt, maxTokens int) error {
-	if need := int64(prompt + maxTokens); need > e.kvCap {
-		return fmt.Errorf("the request needs %d tokens of KV cache, which is larger than the maximum number of tokens that can be stored in KV cache (%d) beside the weights of %s on %d×%s: not enough GPU memory for one request",
-			need, e.kvCap, e.cfg.Model.Key, e.cfg.TP, e.cfg.Hardware.Family)
+	if need := e.kvNeed(prompt, maxTokens); need > e.kvCap {
+		return fmt.Errorf("the request needs %d tokens of KV cache (%.2f GB per GPU), which is larger than the maximum number of tokens that can be stored in KV cache (%.2f GB per GPU beside the weights of %s on %d×%s): not enough GPU memory for one request",
+			prompt+maxTokens, need/1e9, max(e.kvCap, 0)/1e9, e.cfg.Model.Key, e.cfg.TP, e.cfg.Hardware.Family)
 	}
 	return nil
 }

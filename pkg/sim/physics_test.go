@@ -4,11 +4,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 
 	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/passcost"
 )
 
@@ -25,10 +28,30 @@ func TestSimAtTheFloor(t *testing.T) {
 		out    = 6
 	)
 	ids, _ := json.Marshal(make([]int, prompt))
+	models := map[string]config.Model{}
 	for _, key := range tb.ModelKeys() {
+		models[key] = tb.Models[key]
+	}
+	// Models known only from a config.json, GPT-OSS's sliding window and MXFP4 experts too.
+	for _, f := range []string{"qwen3_30b_a3b", "olmoe_1b_7b", "gpt_oss_20b", "qwen2_57b_a14b"} {
+		b, err := os.ReadFile(filepath.Join("..", "config", "testdata", f+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := config.ParseHFConfig(b, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Key, m.HFID = f, "test/"+f
+		models[f] = m
+	}
+	for key, m := range models {
 		for _, fam := range []string{"H100", "H200", "A100"} {
 			for _, tp := range []int{1, 2, 4, 8} {
-				m, hw := tb.Models[key], tb.Hardware[fam]
+				hw := tb.Hardware[fam]
+				if m.Heads%tp != 0 {
+					continue
+				}
 				fit := passcost.Feasibility(m, hw, tp, batch, prompt, out)
 				if fit.Verdict == passcost.DoesNotFit {
 					continue
