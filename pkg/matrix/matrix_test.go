@@ -210,7 +210,9 @@ func TestPlanActions(t *testing.T) {
 	}
 	// DeepSeek-R1 13k-1k at batch 128 on 8xH200 needs 210 GB per GPU: under-batched, not
 	// infeasible.
-	if it := items["deepseek_r1.8xH200.13k-1k.bs128.sglang"]; it != nil && (!it.Feasible || it.Verdict != "under-batched" || it.Concurrent != 52) {
+	if it := items["deepseek_r1.8xH200.13k-1k.bs128.sglang"]; it == nil {
+		t.Error("no deepseek_r1.8xH200.13k-1k.bs128.sglang in the guide's matrix")
+	} else if !it.Feasible || it.Verdict != "under-batched" || it.Concurrent != 52 {
 		t.Errorf("r1 13k-1k bs128: %v %s %d (%s); want under-batched to 52", it.Feasible, it.Verdict, it.Concurrent, it.FeasWhy)
 	}
 	if it := items["qwen1_5.1xH200.4k-1k.bs1.vllm"]; it.Estimate <= 0 {
