@@ -45,6 +45,12 @@ func TestSimAtTheFloor(t *testing.T) {
 		m.Key, m.HFID = f, "test/"+f
 		models[f] = m
 	}
+	swept := 0
+	defer func() {
+		if swept < 80 {
+			t.Errorf("swept %d model × hardware × TP combinations, want the ≥ 80 that fit", swept)
+		}
+	}()
 	for key, m := range models {
 		for _, fam := range []string{"H100", "H200", "A100"} {
 			for _, tp := range []int{1, 2, 4, 8} {
@@ -56,6 +62,7 @@ func TestSimAtTheFloor(t *testing.T) {
 				if fit.Verdict == passcost.DoesNotFit {
 					continue
 				}
+				swept++
 				t.Run(fmt.Sprintf("%s.%dx%s", key, tp, fam), func(t *testing.T) {
 					srv, url := newTestServer(t, FlavorSGLang, func(c *Config) {
 						c.ServedModel, c.Model, c.Hardware, c.TP, c.MaxRunning, c.TimeScale = m.HFID, m, hw, tp, batch, 1e-4
