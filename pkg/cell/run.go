@@ -422,7 +422,10 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	c, p := r.c, r.p
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
-	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: p.Files.ClientLog()})
+	// The runner carries the server's token: a supervisor killed mid-bench leaves it recorded
+	// among the server's processes, so the next run's sweep ends it too instead of leaving it
+	// to write into a directory that a rerun has since recreated.
+	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: p.Files.ClientLog(), Token: r.proc.Token()})
 	if err != nil {
 		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
 	}
