@@ -217,7 +217,9 @@ func TestSIGKILLMidBenchEndsOrphanedRunner(t *testing.T) {
 	var ended []int
 	for _, line := range strings.Split(r.stderr, "\n") {
 		if strings.Contains(line, "ending a server left behind") {
-			var l struct{ PIDs []int `json:"pids"` }
+			var l struct {
+				PIDs []int `json:"pids"`
+			}
 			json.Unmarshal([]byte(line), &l)
 			ended = l.PIDs
 		}
