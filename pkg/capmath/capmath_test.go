@@ -237,10 +237,14 @@ func TestScaledAndOverriddenSim(t *testing.T) {
 	tpot := 10.0
 	d, _ := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true,
 		MeanTPOTMs: &tpot, SimTimeScale: 0.05, WindowS: 1}, recs)
-	if d.TPOTOverFloor != nil || d.Cost != nil || d.DecodePassOverFloor == nil || d.Decode.SMBU == nil {
-		t.Errorf("scaled: over floor %v, cost %v, pass over floor %v, s_mbu %v; want no client ratio, no cost, the records' ratio and utilisation",
-			d.TPOTOverFloor, d.Cost, d.DecodePassOverFloor, d.Decode.SMBU)
+	// The client's 10 ms is wall time of a scaled run: the ratio comes from the records'
+	// passes (model time) instead, 200 ms / 171.2 ms.
+	if d.Inputs.TPOTMeasured != "server_pass" || d.Cost != nil || d.Decode.SMBU == nil {
+		t.Errorf("scaled: tpot measured %q, cost %v, s_mbu %v; want the server's passes, no cost, the utilisation",
+			d.Inputs.TPOTMeasured, d.Cost, d.Decode.SMBU)
 	}
+	near(t, "scaled tpot over floor", d.TPOTOverFloor, 200/171.2)
+	near(t, "scaled ttft over floor", d.TTFTOverFloor, 250/206.4)
 	d, _ = Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true,
 		MeanTPOTMs: &tpot, SimOverrides: []string{"--sim-tpot"}}, recs)
 	if d.Decode.SMBU != nil || d.Decode.SMBUMoECAP == nil || d.TPOTOverFloor != nil {

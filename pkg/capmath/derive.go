@@ -119,7 +119,8 @@ type Inputs struct {
 	// FloorSource says where the floors' batch and context came from: "records" or
 	// "nominal" (the cell's batch, capped by memory, and lengths).
 	FloorSource string `json:"floor_source,omitempty"`
-	// TPOTMeasured says which TPOT tpot_over_floor divides: "client" or "server_pass".
+	// TPOTMeasured says which TPOT tpot_over_floor divides: "client" or "server_pass" (the
+	// MoE-CAP runner's, else the records' mean decode pass).
 	TPOTMeasured string  `json:"tpot_measured,omitempty"`
 	SimTimeScale float64 `json:"sim_time_scale,omitempty"`
 }
@@ -412,13 +413,25 @@ func derivedFloors(d *Derived, in *Inputs, c Cell, m config.Model, hw config.Har
 	if len(c.SimOverrides) > 0 {
 		return
 	}
+	// The measured TPOT/TTFT: the client's; the server's passes when the client measured
+	// none or the sim's clock was scaled (the runner's numbers, else the records' own: mean
+	// decode pass, per-request prefill latency, as MoE-CAP measures them).
 	scaled := c.SimTimeScale > 0 && c.SimTimeScale != 1
+	srvTPOT, srvTTFT := c.ServerTPOTMs, c.ServerTTFTMs
+	if srvTPOT == nil && in.DecodeLatencyS != nil {
+		srvTPOT = ptr(*in.DecodeLatencyS * 1000)
+	}
+	if srvTTFT == nil {
+		if s, n := ttftFromRecords(pre); n > 0 {
+			srvTTFT = ptr(s * 1000)
+		}
+	}
 	tpot, ttft, kind := c.MeanTPOTMs, c.MeanTTFTMs, "client"
 	if scaled || tpot == nil {
-		tpot, kind = c.ServerTPOTMs, "server_pass"
+		tpot, kind = srvTPOT, "server_pass"
 	}
 	if scaled || ttft == nil {
-		ttft = c.ServerTTFTMs
+		ttft = srvTTFT
 	}
 	if d.TPOTFloorMs != nil && tpot != nil && *tpot > 0 {
 		d.TPOTOverFloor = ptr(*tpot / *d.TPOTFloorMs)

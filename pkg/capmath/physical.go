@@ -167,11 +167,23 @@ func decodeFloorFromRecords(m config.Model, hw config.Hardware, dec []recordedPa
 // per-request info count once each.
 func ttftFloorFromRecords(m config.Model, hw config.Hardware, pre []recordedPass) (float64, int) {
 	peaks := passcost.PeaksOf(m, hw)
+	return perRequestPrefill(pre, func(p recordedPass) float64 { return passcost.TimeOf(p.work, peaks).Seconds })
+}
+
+// ttftFromRecords is the server-side TTFT of what ran, the way MoE-CAP measures it: per
+// request, the latencies of the prefill passes it took part in, averaged over requests.
+func ttftFromRecords(pre []recordedPass) (float64, int) {
+	return perRequestPrefill(pre, func(p recordedPass) float64 { return p.p.LatencyS })
+}
+
+// perRequestPrefill sums f over the prefill passes of each request up to its first token
+// and averages over requests (passes without per-request info count once each).
+func perRequestPrefill(pre []recordedPass, f func(recordedPass) float64) (float64, int) {
 	acc := map[string]float64{}
 	var done []float64
 	var plain []float64
 	for _, p := range pre {
-		f := passcost.TimeOf(p.work, peaks).Seconds
+		f := f(p)
 		if len(p.ids) == 0 {
 			plain = append(plain, f)
 			continue
