@@ -47,7 +47,12 @@ func Derive(m *cell.Manifest, tables *config.Tables, recordsDir string, prices *
 // Annotate derives the cell's CAP numbers from cellDir/records and stores them in
 // m.Extra["cap"].
 func Annotate(m *cell.Manifest, tables *config.Tables, cellDir string, prices *capmath.Prices) error {
-	d, err := Derive(m, tables, filepath.Join(cellDir, "records"), prices)
+	// A cell that did not finish gets its prediction; its partial records say nothing.
+	records := ""
+	if m.Status == cell.StatusOK {
+		records = filepath.Join(cellDir, "records")
+	}
+	d, err := Derive(m, tables, records, prices)
 	if err != nil {
 		return err
 	}
