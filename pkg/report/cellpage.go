@@ -214,8 +214,8 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 			cp.CAP = append(cp.CAP,
 				kv{"S-MBU decode / prefill", fmtVal(r, "s_mbu_decode", pct(r.util(false, true)), "%") + " / " + fmtVal(r, "s_mbu_prefill", pct(r.util(true, true)), "%")},
 				kv{"S-MFU decode / prefill", fmtVal(r, "s_mfu_decode", pct(r.util(false, false)), "%") + " / " + fmtVal(r, "s_mfu_prefill", pct(r.util(true, false)), "%")},
-				kv{"TPOT floor · measured ÷ floor", fmtVal(r, "tpot_floor_ms", nonZero(c.TPOTFloorMs), " ms") + " · " + fmtVal(r, "tpot_over_floor", c.TPOTOverFloor, "×")},
-				kv{"TTFT floor · measured ÷ floor", fmtVal(r, "ttft_floor_ms", nonZero(c.TTFTFloorMs), " ms") + " · " + fmtVal(r, "ttft_over_floor", c.TTFTOverFloor, "×")})
+				kv{"TPOT floor · measured ÷ floor", fmtVal(r, "tpot_floor_ms", c.TPOTFloorMs, " ms") + " · " + fmtVal(r, "tpot_over_floor", c.TPOTOverFloor, "×")},
+				kv{"TTFT floor · measured ÷ floor", fmtVal(r, "ttft_floor_ms", c.TTFTFloorMs, " ms") + " · " + fmtVal(r, "ttft_over_floor", c.TTFTOverFloor, "×")})
 		}
 		cp.CAP = append(cp.CAP, kv{"predicted memory", memoryVerdict(r)})
 		if v, src := r.CostPerMTok(); v != nil {

@@ -74,6 +74,8 @@ type htmlVersion struct {
 	Cells                                    int
 }
 
+type htmlCAPError struct{ ID, Page, Field, Value, Cause string }
+
 type htmlCount struct {
 	Status string
 	N      int
@@ -85,10 +87,12 @@ type htmlPage struct {
 	Counts                    []htmlCount
 	Groups                    []htmlGroup
 	Bad                       []htmlBad
-	Hardware                  []htmlHW
-	Versions                  []htmlVersion
-	Definitions               []Definition
-	NPlots                    int
+	// CAPErrors are impossible CAP values (capmath moved them out of the results).
+	CAPErrors   []htmlCAPError
+	Hardware    []htmlHW
+	Versions    []htmlVersion
+	Definitions []Definition
+	NPlots      int
 	// Single is the one cell of a one-cell report: its page is the report.
 	Single *cellPage
 }
@@ -154,6 +158,12 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 	vers := map[htmlVersion]int{}
 	for i := range rows {
 		r := &rows[i]
+		if r.Cap != nil {
+			for _, e := range r.Cap.Errors {
+				pg.CAPErrors = append(pg.CAPErrors, htmlCAPError{ID: r.ID, Page: cellPagePath(r.ID), Field: e.Field,
+					Value: fmt.Sprintf("%s (limit %s)", round3(e.Value), round3(e.Limit)), Cause: e.Cause})
+			}
+		}
 		if r.Status != "ok" {
 			pg.Bad = append(pg.Bad, htmlBad{ID: r.ID, Page: cellPagePath(r.ID), Status: r.Status, Reason: r.Reason, Memory: memoryVerdict(r)})
 		}
@@ -328,6 +338,12 @@ const mainTmpl = `<!DOCTYPE html>
 {{end}}</table>
 </section>
 {{end}}
+{{if .CAPErrors}}<section id="cap-errors">
+<h2>ERROR: impossible CAP values (not shown as results)</h2>
+<table><tr><th class="l">cell</th><th class="l">field</th><th>value</th><th class="l">likely cause</th></tr>
+{{range .CAPErrors}}<tr class="failed"><td class="l"><a href="{{.Page}}"><code>{{.ID}}</code></a></td><td class="l">{{.Field}}</td><td>{{.Value}}</td><td class="reason">{{.Cause}}</td></tr>
+{{end}}</table>
+</section>{{end}}
 <section id="definitions">
 <h2>Definitions and units</h2>
 <dl>{{range .Definitions}}<dt>{{.Name}} ({{.Unit}})</dt><dd>{{.Text}}</dd>{{end}}</dl>

@@ -222,19 +222,19 @@ func groupPlots(g Group, base, what string) []Plot {
 	}
 	if len(batches) >= 2 {
 		tp, fl := vsBatch(valueFn{"tpot_mean_ms", (*Row).TPOTMs}, (*Row).TPOTP99Ms)
-		tp = append(tp, floors("floor", capOf(func(r *Row) *float64 { return nonZero(r.Cap.TPOTFloorMs) }))...)
+		tp = append(tp, floors("floor", capOf(func(r *Row) *float64 { return r.Cap.TPOTFloorMs }))...)
 		add("tpot", "Mean TPOT (whisker to p99) vs batch size, with the physical floor",
 			&plotSpec{xlabel: "batch size", ylabel: "TPOT (ms)", batchX: true, legendLeft: true, series: tp}, fl)
 		tt, fl := vsBatch(valueFn{"ttft_mean_ms", (*Row).TTFTMs}, (*Row).TTFTP99Ms)
-		tt = append(tt, floors("floor", capOf(func(r *Row) *float64 { return nonZero(r.Cap.TTFTFloorMs) }))...)
+		tt = append(tt, floors("floor", capOf(func(r *Row) *float64 { return r.Cap.TTFTFloorMs }))...)
 		add("ttft", "Mean TTFT (whisker to p99) vs batch size, with the physical floor",
 			&plotSpec{xlabel: "batch size", ylabel: "TTFT (ms)", batchX: true, legendLeft: true, series: tt}, fl)
 		th, fl := vsBatch(valueFn{"output_throughput_per_gpu_tok_s", (*Row).ThroughputPerGPU}, nil)
 		th = append(th, floors("ceiling", capOf(func(r *Row) *float64 {
-			if r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 {
+			if r.Cap.TPOTFloorMs == nil || *r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 {
 				return nil
 			}
-			return f64(float64(r.BatchSize) * 1000 / r.Cap.TPOTFloorMs / float64(r.GPUs))
+			return f64(float64(r.BatchSize) * 1000 / *r.Cap.TPOTFloorMs / float64(r.GPUs))
 		}))...)
 		add("throughput", "Output throughput per GPU vs batch size, with the ceiling batch / TPOT floor",
 			&plotSpec{xlabel: "batch size", ylabel: "output tokens/s per GPU", batchX: true, legendLeft: true, series: th}, fl)
@@ -320,7 +320,7 @@ func paretoSeries(keys []string, byKey map[string][]*Row, ok []*Row) ([]series, 
 	hws := map[string][]*Row{}
 	var order []string
 	for _, r := range ok {
-		if r.Cap == nil || r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 || r.FlagFor("tpot_over_floor") != "" {
+		if r.Cap == nil || r.Cap.TPOTFloorMs == nil || *r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 || r.FlagFor("tpot_over_floor") != "" {
 			continue
 		}
 		if hws[r.Hardware] == nil {
@@ -337,7 +337,7 @@ func paretoSeries(keys []string, byKey map[string][]*Row, ok []*Row) ([]series, 
 				continue
 			}
 			seen[r.BatchSize] = true
-			fl := r.Cap.TPOTFloorMs
+			fl := *r.Cap.TPOTFloorMs
 			s.pts = append(s.pts, plotter.XY{X: 1000 / fl, Y: float64(r.BatchSize) * 1000 / fl / float64(r.GPUs)})
 		}
 		sort.Slice(s.pts, func(a, b int) bool { return s.pts[a].X < s.pts[b].X })

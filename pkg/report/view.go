@@ -96,11 +96,17 @@ func memoryVerdict(r *Row) string {
 	if c.MemNeedBytes <= 0 || strings.Contains(c.FeasibleReason, "context window") || strings.Contains(c.FeasibleReason, "at least") {
 		return c.FeasibleReason
 	}
-	verdict := "fits"
-	if !c.Feasible {
-		verdict = "does not fit"
+	verdict := c.FitVerdict
+	if verdict == "" {
+		verdict = "fits"
+		if !c.Feasible {
+			verdict = "does not fit"
+		}
 	}
-	return fmt.Sprintf("needs %s (weights + KV cache) of %s usable: %s", showGiB(c.MemNeedBytes), showGiB(c.MemHaveBytes), verdict)
+	if c.MaxConcurrent > 0 && c.MaxConcurrent < r.BatchSize {
+		verdict += fmt.Sprintf(" (%d requests at once)", c.MaxConcurrent)
+	}
+	return fmt.Sprintf("needs %s per GPU (weights + KV cache) of %s usable: %s", showGiB(c.MemNeedBytes), showGiB(c.MemHaveBytes), verdict)
 }
 
 // backendPair is one (hardware, batch) of a group that ran on more than one backend.
