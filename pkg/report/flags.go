@@ -146,6 +146,17 @@ func firstString(o map[string]any, keys ...string) string {
 	return ""
 }
 
+// timeScale is the sim's time scale when the cell ran scaled (not 0 or 1), else 0.
+func (r *Row) timeScale() float64 {
+	if r.Manifest == nil {
+		return 0
+	}
+	if s := simTimeScale(r.Manifest); s != 0 && s != 1 {
+		return s
+	}
+	return 0
+}
+
 // simTimeScale is the --sim-time-scale the cell's simulated server ran with (0: none).
 func simTimeScale(m *cell.Manifest) float64 {
 	a := m.Server.Argv

@@ -190,6 +190,12 @@ func groupPlots(g Group, base, what string) []Plot {
 				floorFlags = append(floorFlags, name+"s left out: "+why)
 				continue
 			}
+			// A time-scaled sim's client latencies are the roofline's times the scale: a
+			// floor beside them would read as a result.
+			if sc := r.timeScale(); sc != 0 {
+				floorFlags = append(floorFlags, fmt.Sprintf("%ss left out: time-scaled sim ×%g, its client latencies are not physical", name, sc))
+				continue
+			}
 			v := get(r)
 			if v == nil || r.BatchSize <= 0 {
 				continue
@@ -320,7 +326,7 @@ func paretoSeries(keys []string, byKey map[string][]*Row, ok []*Row) ([]series, 
 	hws := map[string][]*Row{}
 	var order []string
 	for _, r := range ok {
-		if r.Cap == nil || r.Cap.TPOTFloorMs == nil || *r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 || r.FlagFor("tpot_over_floor") != "" {
+		if r.Cap == nil || r.Cap.TPOTFloorMs == nil || *r.Cap.TPOTFloorMs <= 0 || r.GPUs <= 0 || r.FlagFor("tpot_over_floor") != "" || r.timeScale() != 0 {
 			continue
 		}
 		if hws[r.Hardware] == nil {
