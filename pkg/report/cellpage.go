@@ -22,7 +22,7 @@ type latRow struct{ Name, Mean, P50, P90, P99, Std string }
 // cellPage is one cell's page: its manifest in readable form and its timelines.
 type cellPage struct {
 	ID, Title, Status, Reason, Up, CSS string
-	Flags                              []string
+	Flags, Notes                       []string
 	Identity, Run, Throughput, CAP     []kv
 	Telemetry, Server, Client, Vers    []kv
 	Latency                            []latRow
@@ -131,8 +131,11 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	m := r.Manifest
 	cp := &cellPage{ID: r.ID, Status: r.Status, Reason: r.Reason, Up: up,
 		Title: fmt.Sprintf("%s · %s · %s · batch %d · %s", r.ModelName, r.Task, r.Hardware, r.BatchSize, r.Backend)}
-	if s := simTimeScale(m0(r)); s != 0 && s != 1 {
-		cp.Flags = append(cp.Flags, "the simulator ran time-scaled: its pass latencies, and so TPOT and TTFT, are the roofline's times the scale, so S-MBU, S-MFU and measured ÷ floor are no results")
+	if r.Cap != nil {
+		cp.Notes = append(cp.Notes, r.Cap.Notes...)
+	}
+	if sc := r.timeScale(); sc != 0 && !strings.Contains(strings.Join(cp.Notes, " "), "time-scale") {
+		cp.Notes = append(cp.Notes, fmt.Sprintf("The simulator ran time-scaled ×%g: the client's latencies and throughput are the roofline's times the scale, not physical.", sc))
 	}
 	for _, f := range r.Flags {
 		what := "the cell"
@@ -277,6 +280,7 @@ func orAbsent(s string) string {
 const cellBodyTmpl = `<h2>{{.Title}}</h2>
 <p><code>{{.ID}}</code> · status <b>{{.Status}}</b>{{if and .Reason (not .Failure)}} · {{.Reason}}{{end}}</p>
 {{range .Flags}}<p class="flag">flagged: {{.}}</p>{{end}}
+{{range .Notes}}<p class="meta">{{.}}</p>{{end}}
 {{if .Failure}}<h3>Failure</h3><p><b>{{.Failure.K}}</b>: {{.Failure.V}}</p>{{if .LogTail}}<pre>{{.LogTail}}</pre>{{end}}{{end}}
 {{if .Latency}}<h3>Latency (ms)</h3><p class="meta">{{.LatencyNote}}</p>
 <table><tr><th class="l">metric</th><th>mean</th><th>p50</th><th>p90</th><th>p99</th><th>std</th></tr>
