@@ -72,6 +72,9 @@ left something behind, 130 interrupted.`,
 	f.String("dataset-file", "", "native client: local JSONL of prompt texts instead of fetching the dataset from the hub")
 	f.String("dataset-cache-dir", defaultCacheDir(), "native client: cache of dataset rows fetched from the hub")
 	f.Bool("offline", false, "native client: never fetch dataset rows from the network")
+	// moecap helper (issue 9 / 11.3): the native client's prompt style and result tolerance.
+	f.String("prompt-style", profile.PromptExactIDs, "native client: exact-ids (exact token ids, streaming: client TTFT/TPOT/ITL) or upstream (the MoE-CAP runner's chat-templated text, non-streaming)")
+	f.Int("allow-bad-requests", 0, "native client: requests that may fail or come back invalid (usage/stream mismatch, short output) before the cell is bad_result; recorded in the manifest")
 	return cmd
 }
 
@@ -139,6 +142,17 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backe
 	c.Native.DatasetFile = v.GetString("dataset-file")
 	c.Native.DatasetCacheDir = v.GetString("dataset-cache-dir")
 	c.Native.Offline = v.GetBool("offline")
+	c.Native.PromptStyle = v.GetString("prompt-style")
+	if c.Native.PromptStyle == "" { // commands that do not register the flag (matrix)
+		c.Native.PromptStyle = profile.PromptExactIDs
+	}
+	c.Native.AllowedBadRequests = v.GetInt("allow-bad-requests")
+	if ps := c.Native.PromptStyle; ps != profile.PromptExactIDs && ps != profile.PromptUpstream {
+		return nil, nil, usageErrorf("--prompt-style %q: want exact-ids or upstream", ps)
+	}
+	if c.Native.AllowedBadRequests < 0 {
+		return nil, nil, usageErrorf("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
+	}
 	c.Derive = report.Hook(tables, func(err error) {
 		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
 	})

@@ -13,6 +13,9 @@ import (
 	"strings"
 )
 
+// windowFile is profile.WindowFile (capmath does not import profile).
+const windowFile = "moecapd_window.jsonl"
+
 // rawPass is a pass record as the wrappers write it. Numbers that one version writes as
 // ints and another as floats, or as null, are read leniently.
 type rawPass struct {
@@ -22,6 +25,9 @@ type rawPass struct {
 	ForwardMode      string          `json:"forward_mode"`
 	ExpertActivation json.RawMessage `json:"expert_activation"`
 	GPUNum           json.RawMessage `json:"gpu_num"`
+	// ContextTokens is moecapd's decode-batch context in the window file (vLLM's
+	// seq_lens_sum is scheduled tokens, not context); preferred for decode when present.
+	ContextTokens json.RawMessage `json:"context_tokens"`
 }
 
 // number reads a JSON number; ok is false for null, absent or anything else (a list, a
@@ -55,6 +61,17 @@ type Records struct {
 // error: the result is empty.
 func ReadRecords(dir string) (*Records, error) {
 	recs := &Records{Skipped: map[string]int{}}
+	// moecap helper (issue 9): moecapd writes the recording window, each pass once, to
+	// moecapd_window.jsonl (profile.WindowFile). The wrappers' own files beside it hold more
+	// (SGLang: every pass since start-up; vLLM: its expert log of every pass), so when the
+	// window file exists it is the only one read.
+	if b, err := os.ReadFile(filepath.Join(dir, windowFile)); err == nil {
+		if _, err := decodeRecords(b, recs); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, windowFile), err)
+		}
+		recs.Files = []string{windowFile}
+		return recs, nil
+	}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if errors.Is(err, fs.ErrNotExist) && path == dir {
@@ -171,6 +188,9 @@ func addPass(r rawPass, recs *Records) {
 	}
 	bs, _ := number(r.BatchSize)
 	sl, _ := number(r.SeqLensSum)
+	if c, ok := number(r.ContextTokens); ok && mode == "decode" {
+		sl = c // Pass.SeqLensSum is read as the batch's context for decode passes
+	}
 	g, _ := number(r.GPUNum)
 	recs.Passes = append(recs.Passes, Pass{Mode: mode, BatchSize: bs, LatencyS: lat,
 		SeqLensSum: sl, Activation: act, GPUs: int(g)})

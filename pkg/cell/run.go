@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -387,6 +388,11 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 		o.ProgressInterval = 10 * time.Second
 	}
 	res, err := profile.Run(ctx, o)
+	// A run whose requests failed or whose counts do not hold up is an invalid result
+	// (bad_result, exit 5); its numbers are kept in the manifest all the same.
+	if err != nil && ctx.Err() == nil && (errors.Is(err, profile.ErrInvalidResult) || errors.Is(err, profile.ErrNoSuccess)) {
+		err = badResult{err}
+	}
 	if res != nil {
 		return &res.Metrics, err
 	}
@@ -395,27 +401,88 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 
 func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	c, p := r.c, r.p
+	// Unbuffered prints put the runner's request-phase markers into client.log when they
+	// happen, so moecapd can time that phase itself (profile.PhaseClock).
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
-	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: filepath.Join(p.Dir, "client.log")})
+	env = launcher.MergeEnv(env, map[string]string{"PYTHONUNBUFFERED": "1"})
+	recordsDir := filepath.Join(p.Dir, "records")
+	flavor := p.Spec.APIFlavor()
+	var mark *profile.SGLangMark
+	if flavor == "sglang" {
+		// The SGLang dump holds every pass since start-up: note where this run's begin.
+		hc := &http.Client{Timeout: 5 * time.Minute}
+		if m, err := profile.MarkSGLang(ctx, hc, p.BaseURL, "", recordsDir, p.Spec.Model); err != nil {
+			r.log.Warn("could not mark the start of the recording window; moecapd's server-pass figures will come from the whole dump (probes filtered)", zap.Error(err))
+		} else {
+			mark = &m
+		}
+	}
+	logPath := filepath.Join(p.Dir, "client.log")
+	clock := profile.WatchRunnerLog(logPath, 20*time.Millisecond)
+	t0 := time.Now()
+	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: logPath})
 	if err != nil {
+		clock.Stop()
 		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
 	}
 	select {
 	case <-proc.Done():
 	case <-ctx.Done():
 		proc.Stop(5 * time.Second)
+		clock.Stop()
 		return nil, ctx.Err()
 	}
+	rc := profile.RunnerClock{Process: time.Since(t0), RequestPhase: clock.Stop()}
 	code := proc.ExitCode()
 	r.m.Client.ExitCode = &code
 	if code != 0 {
-		return nil, fmt.Errorf("the MoE-CAP runner failed (%s); see client.log in %s", proc.ExitDescription(), p.Dir)
+		return nil, fmt.Errorf("the MoE-CAP runner failed (%s): %s; see client.log in %s", proc.ExitDescription(), lastLogLine(logPath), p.Dir)
 	}
-	met, err := profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples())
+	met, err := profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples(), rc)
+	if met != nil {
+		r.windowStats(met, recordsDir, flavor, mark)
+	}
 	if err != nil {
 		return met, badResult{err}
 	}
 	return met, nil
+}
+
+// windowStats recomputes the server-pass figures from the recording window in records/
+// (each pass once, probes dropped, vLLM decode context rebuilt) and keeps the window in
+// records/moecapd_window.jsonl; the runner's own figures stay in metrics.moe_cap.
+func (r *runner) windowStats(met *profile.Metrics, recordsDir, flavor string, mark *profile.SGLangMark) {
+	passes, file, err := profile.ReadRunnerWindow(recordsDir, flavor, r.p.Spec.Model, mark)
+	if err != nil || len(passes) == 0 {
+		r.log.Info("no pass records in the recording window; server-pass figures are the runner's", zap.String("file", file), zap.Error(err))
+		return
+	}
+	profile.DecodeContexts(passes, flavor)
+	st := profile.StatsOf(passes, met.Completed+met.Failed)
+	profile.ApplyStats(met, &st)
+	met.Records = fmt.Sprintf("%d passes (%d prefill, %d decode) in the recording window, from %s", st.Passes, st.PrefillPasses, st.DecodePasses, file)
+	if _, err := profile.WriteWindow(recordsDir, passes); err != nil {
+		r.log.Warn("could not write the recording window file", zap.Error(err))
+	}
+}
+
+// lastLogLine is the last non-empty line of a log (a Python traceback's last line names the
+// exception).
+func lastLogLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "no client.log"
+	}
+	if len(b) > 64<<10 {
+		b = b[len(b)-64<<10:]
+	}
+	lines := strings.FieldsFunc(string(b), func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" {
+			return l
+		}
+	}
+	return "client.log is empty"
 }
 
 func (r *runner) teardown() {

@@ -15,10 +15,14 @@ type ServerPass struct {
 	TTFTMoECAPMs *float64 `json:"ttft_moecap_ms,omitempty"`
 	// TPOTMoECAPMs is upstream MoE-CAP's "tpot": the mean decode pass latency.
 	TPOTMoECAPMs *float64 `json:"tpot_moecap_ms,omitempty"`
-	// MeanPrefillPassMs and MeanDecodePassMs are plain means over the passes in the recording
-	// window.
+	// MeanPrefillPassMs is the mean latency of one prefill pass (one chunk) over the
+	// client's prefill passes (MoE-CAP's prefill_pass_latency_s); MeanDecodePassMs the mean
+	// decode pass (equal to TPOTMoECAPMs: MoE-CAP defines TPOT as that mean).
 	MeanPrefillPassMs *float64 `json:"mean_prefill_pass_ms,omitempty"`
 	MeanDecodePassMs  *float64 `json:"mean_decode_pass_ms,omitempty"`
+	// Source says where these came from: "recording window: N passes" (moecapd computed
+	// them from the server's pass records) or "runner metrics file".
+	Source string `json:"source,omitempty"`
 }
 
 // Dist is one latency metric's distribution as the manifest stores it; all nil when there
@@ -50,7 +54,10 @@ type Metrics struct {
 	// Source is "native" (client-side latencies) or "moe-cap" (the MoE-CAP runner: TTFT/TPOT
 	// are server forward-pass latencies, not what a user sees; see LatencyKind).
 	Source      string `json:"source"`
-	LatencyKind string `json:"latency_kind"` // "client" or "server_pass"
+	LatencyKind string `json:"latency_kind"` // "client", "client_e2e" (non-streaming: E2EL only) or "server_pass"
+	// PromptStyle is "upstream" (the runner's chat-templated text, non-streaming) or
+	// "exact-ids" (exact token ids, streaming).
+	PromptStyle string `json:"prompt_style,omitempty"`
 
 	Completed            int     `json:"completed"`
 	Failed               int     `json:"failed"`
@@ -110,9 +117,31 @@ type Metrics struct {
 	// LengthMismatches counts successful requests whose usage token counts differ from the
 	// targets (prompt ≠ target_input_tokens or completion ≠ target_output_tokens).
 	LengthMismatches int `json:"length_mismatches,omitempty"`
-	// UsageMissing counts successful requests whose stream carried no usage chunk; their
-	// output count is the number of non-empty chunks instead.
+	// UsageMissing counts successful requests whose reply carried no usage; their output count
+	// is the number of non-empty chunks instead.
 	UsageMissing int `json:"usage_missing,omitempty"`
+	// UsageStreamMismatches counts successful requests whose usage claims more tokens than
+	// chunks were streamed, or fewer than chunks carried text.
+	UsageStreamMismatches int `json:"usage_stream_mismatches,omitempty"`
+	// ShortOutputs counts successful requests that generated fewer tokens than asked for
+	// although ignore_eos was set.
+	ShortOutputs int `json:"short_outputs,omitempty"`
+	// BadRequests = Failed + successful requests with any of the three problems above;
+	// AllowedBadRequests is the tolerance the run was held to (native client; 0 unless
+	// --allow-bad-requests). InvalidReasons is set when BadRequests > AllowedBadRequests: the
+	// result is invalid (exit 5, bad_result).
+	BadRequests        int      `json:"bad_requests,omitempty"`
+	AllowedBadRequests *int     `json:"allowed_bad_requests,omitempty"`
+	InvalidReasons     []string `json:"invalid_reasons,omitempty"`
+
+	// AvgDecodeContextTokens is the mean total context (prompt + generated so far, over the
+	// batch) of the decode passes in the recording window. SGLang's seq_lens_sum; rebuilt
+	// from per_req_info and req_ids for vLLM, whose seq_lens_sum is scheduled tokens.
+	AvgDecodeContextTokens *float64 `json:"avg_decode_context_tokens,omitempty"`
+
+	// ClockCheck (MoE-CAP runner only) compares moecapd's clock of the run with the
+	// runner's e2e_s × N and N ÷ request/s; DurationS is moecapd's clock.
+	ClockCheck *ClockCheck `json:"clock_check,omitempty"`
 
 	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
 	MoECAP json.RawMessage `json:"moe_cap,omitempty"`

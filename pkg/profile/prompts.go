@@ -148,7 +148,10 @@ func (t *tokenizer) detokenize(ctx context.Context, ids []int) (string, error) {
 // prompts are the token ids to send, one slice per request, warm-up requests first.
 type prompts struct {
 	ids   [][]int
-	texts []string // chat API only: the same prompts as text
+	texts []string // exact-ids + chat API: the ids as text; upstream: the templated text
+	// upstream style only: the chat messages and the runner's prompt_lengths.
+	msgs    [][]chatMessage
+	lengths []int
 }
 
 // buildPrompts makes n fixed-length prompts (warm-up ones included). Dataset text is
@@ -179,6 +182,12 @@ func buildPrompts(ctx context.Context, o *Options, tk *tokenizer, n int) (*promp
 			}
 			p.ids = append(p.ids, ids)
 		}
+	}
+	if o.PromptStyle == PromptUpstream {
+		if err := upstreamPrompts(ctx, o, tk, &p); err != nil {
+			return nil, err
+		}
+		return &p, nil
 	}
 	if o.UseChatAPI {
 		cache := map[*int]string{}

@@ -6,11 +6,14 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
+	"strings"
 	"sync"
+	"time"
 )
 
-// Record is one forward pass as the MoE-CAP wrappers write it (sglang.py's record_dict,
-// vllm.py's rec_dict): the runner computes TTFT, TPOT, S-MBU and S-MFU from these.
+// Record is one forward pass as the engine reports it (seq_lens_sum: the batch's context);
+// the recorder writes it in the flavor's wrapper shape (recorder.wrapperRecord).
 type Record struct {
 	ForwardPassID    int     `json:"forward_pass_id"`
 	BatchSize        int     `json:"batch_size"`
@@ -37,42 +40,183 @@ type ReqInfo struct {
 	IsLastChunk bool   `json:"is_last_chunk"`
 }
 
-// recorder keeps the passes between a start and a stop call.
+// recorder keeps the passes the way the flavor's MoE-CAP wrapper does, and writes them in
+// that wrapper's shapes (wrapperRecord):
+//
+//   - sglang: every pass since start-up is kept, recording or not (the wrapper never clears
+//     its list), beginning with the server's own warm-up request; start/stop only toggle the
+//     expert gatherer; a dump writes the whole list. Records carry forward_pass_id,
+//     per_req_info with pool-slot ids, decode req_ids as pool slots, scheduled_tokens, and
+//     seq_lens_sum is the batch's context.
+//   - vllm: passes are kept between start (which clears) and stop, appended to
+//     vllm_batch_records.jsonl in the recorder dir as they happen; seq_lens_sum (and
+//     scheduled_tokens) is the tokens scheduled in the pass, decode req_ids are request ids.
+//     With --enable-expert-distribution-metrics every pass since start-up is also appended,
+//     with forward_pass_id, to logs/expert_distribution/<model>_<time>/expert_distribution_record.jsonl.
 type recorder struct {
 	mu        sync.Mutex
+	flavor    string
+	dir       string // recorder dir; "" keeps nothing on disk
+	model     string
+	expertLog string // vllm expert log file, "" when off
 	recording bool
-	records   []Record
+	records   []map[string]any
+	passID    int
+	slots     map[string]int // sglang: request id → pool slot
+	dataFile  *os.File       // vllm: the open batch data file while recording
+	logFile   *os.File
 }
 
-// on reports whether passes are being kept; the scheduler asks before building a record so
+// newRecorder sets up the flavor's recorder; sglang's list starts with the warm-up pass the
+// real server runs before it reports ready.
+func newRecorder(flavor, dir, model string, expertLog bool, gpuNum int, gpuRaw string) *recorder {
+	r := &recorder{flavor: flavor, dir: dir, model: model, slots: map[string]int{}}
+	if flavor == FlavorVLLM && expertLog && dir != "" {
+		r.expertLog = filepath.Join(dir, "logs", "expert_distribution",
+			strings.ReplaceAll(model, "/", "_")+"_"+time.Now().Format("20060102_150405"), "expert_distribution_record.jsonl")
+	}
+	if flavor == FlavorSGLang {
+		// SGLang's warm-up: one short generate request ("The capital city of France is", a
+		// handful of tokens) before /health answers; its first pass is slow (graph warm-up).
+		r.add(Record{BatchSize: 1, Latency: 0.35, SeqLensSum: 7, ForwardMode: "prefill", ExpertActivation: 1, GPUNum: gpuNum, GPURawType: gpuRaw,
+			ScheduledTokens: 7, PerReqInfo: []ReqInfo{{ReqID: "warmup", ExtendLen: 7, TotalLen: 7, PromptLen: 7, IsLastChunk: true}}})
+		for k := range 7 {
+			r.add(Record{BatchSize: 1, Latency: 0.004, SeqLensSum: 8 + k, ForwardMode: "decode", ExpertActivation: 1, GPUNum: gpuNum, GPURawType: gpuRaw,
+				ScheduledTokens: 1, ReqIDs: []string{"warmup"}})
+		}
+	}
+	return r
+}
+
+// on reports whether passes are kept at all; the scheduler asks before building a record so
 // that an idle recorder costs nothing per pass.
 func (r *recorder) on() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.recording
+	return r.flavor == FlavorSGLang || r.recording || r.expertLog != ""
+}
+
+func (r *recorder) slot(id string) int {
+	s, ok := r.slots[id]
+	if !ok {
+		s = len(r.slots)
+		r.slots[id] = s
+	}
+	return s
+}
+
+// wrapperRecord is rec in the flavor's wrapper shape.
+func (r *recorder) wrapperRecord(rec Record, withID bool) map[string]any {
+	m := map[string]any{
+		"batch_size": rec.BatchSize, "latency": rec.Latency, "forward_mode": rec.ForwardMode,
+		"expert_activation": rec.ExpertActivation, "gpu_num": rec.GPUNum, "gpu_raw_type": rec.GPURawType,
+	}
+	if withID {
+		m["forward_pass_id"] = r.passID
+	}
+	if r.flavor == FlavorSGLang {
+		m["seq_lens_sum"] = rec.SeqLensSum // the running context sum
+		if rec.ForwardMode == "prefill" {
+			info := make([]map[string]any, len(rec.PerReqInfo))
+			ext := 0
+			for i, q := range rec.PerReqInfo {
+				sl := r.slot(q.ReqID)
+				info[i] = map[string]any{"req_pool_idx": sl, "req_id": fmt.Sprintf("%d_0", sl), "extend_len": q.ExtendLen,
+					"total_len": q.TotalLen, "is_last_chunk": q.IsLastChunk, "orig_len": q.PromptLen, "prompt_len": q.PromptLen}
+				ext += q.ExtendLen
+			}
+			m["per_req_info"] = info
+			m["scheduled_tokens"] = ext
+		} else {
+			ids := make([]int, len(rec.ReqIDs))
+			for i, id := range rec.ReqIDs {
+				ids[i] = r.slot(id)
+			}
+			if len(ids) > 0 {
+				m["req_ids"] = ids
+			}
+			m["scheduled_tokens"] = rec.BatchSize
+		}
+		return m
+	}
+	// vLLM: seq_lens_sum is the tokens scheduled in this pass, republished as scheduled_tokens.
+	m["seq_lens_sum"] = rec.ScheduledTokens
+	m["scheduled_tokens"] = rec.ScheduledTokens
+	if rec.ForwardMode == "prefill" {
+		info := make([]map[string]any, len(rec.PerReqInfo))
+		for i, q := range rec.PerReqInfo {
+			info[i] = map[string]any{"req_id": q.ReqID, "extend_len": q.ExtendLen, "total_len": q.PromptLen,
+				"prompt_len": q.PromptLen, "is_last_chunk": q.IsLastChunk}
+		}
+		if len(info) > 0 {
+			m["per_req_info"] = info
+		}
+	} else if len(rec.ReqIDs) > 0 {
+		ids := append([]string(nil), rec.ReqIDs...)
+		sort.Strings(ids)
+		m["req_ids"] = ids
+	}
+	return m
 }
 
 func (r *recorder) add(rec Record) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.passID++
+	if r.flavor == FlavorSGLang {
+		r.records = append(r.records, r.wrapperRecord(rec, true))
+		return
+	}
+	if r.expertLog != "" {
+		if r.logFile == nil {
+			if err := os.MkdirAll(filepath.Dir(r.expertLog), 0o755); err == nil {
+				r.logFile, _ = os.OpenFile(r.expertLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+			}
+		}
+		if r.logFile != nil {
+			b, _ := json.Marshal(r.wrapperRecord(rec, true))
+			r.logFile.Write(append(b, '\n'))
+		}
+	}
 	if r.recording {
-		r.records = append(r.records, rec)
+		m := r.wrapperRecord(rec, false)
+		r.records = append(r.records, m)
+		if r.dataFile != nil {
+			b, _ := json.Marshal(m)
+			r.dataFile.Write(append(b, '\n'))
+		}
 	}
 }
 
-// start begins a fresh recording. Unlike the real sglang wrapper, records of an earlier
-// start/stop cycle do not leak into the next dump.
+// start begins recording. vLLM's wrapper clears its data file; SGLang's keeps every pass.
 func (r *recorder) start() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recording = true
-	r.records = nil
+	if r.flavor == FlavorVLLM {
+		r.records = nil
+		if r.dir != "" {
+			os.MkdirAll(r.dir, 0o755)
+			os.WriteFile(filepath.Join(r.dir, "vllm_batch_recording.flag"), []byte("1"), 0o644)
+			if r.dataFile != nil {
+				r.dataFile.Close()
+			}
+			r.dataFile, _ = os.Create(filepath.Join(r.dir, "vllm_batch_records.jsonl"))
+		}
+	}
 }
 
 func (r *recorder) stop() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recording = false
+	if r.flavor == FlavorVLLM && r.dir != "" {
+		os.Remove(filepath.Join(r.dir, "vllm_batch_recording.flag"))
+		if r.dataFile != nil {
+			r.dataFile.Close()
+			r.dataFile = nil
+		}
+	}
 	return len(r.records)
 }
 
@@ -81,13 +225,28 @@ func (r *recorder) clear() int {
 	defer r.mu.Unlock()
 	n := len(r.records)
 	r.records = nil
+	if r.flavor == FlavorVLLM && r.dir != "" {
+		os.Remove(filepath.Join(r.dir, "vllm_batch_records.jsonl"))
+	}
 	return n
 }
 
-func (r *recorder) snapshot() ([]Record, bool) {
+func (r *recorder) snapshot() ([]map[string]any, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]Record(nil), r.records...), r.recording
+	return append([]map[string]any(nil), r.records...), r.recording
+}
+
+// close releases the files a vLLM recorder keeps open.
+func (r *recorder) close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, f := range []*os.File{r.dataFile, r.logFile} {
+		if f != nil {
+			f.Close()
+		}
+	}
+	r.dataFile, r.logFile = nil, nil
 }
 
 // SGLangRecordPath is where the sglang wrapper dumps its records:
@@ -98,7 +257,7 @@ func SGLangRecordPath(dir, modelPath string) string {
 
 // writeJSONL writes records one JSON object per line, through a temp file and a rename so
 // that a reader never sees half a dump.
-func writeJSONL(path string, recs []Record) error {
+func writeJSONL(path string, recs []map[string]any) error {
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)
 	for i := range recs {

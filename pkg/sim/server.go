@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -51,6 +50,9 @@ type Config struct {
 	Host        string
 	Port        int
 	RecordsDir  string // SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR
+	// ExpertDistributionMetrics is vLLM's --enable-expert-distribution-metrics: the wrapper
+	// then also logs every pass since start-up under <RecordsDir>/logs/expert_distribution/.
+	ExpertDistributionMetrics bool
 	Fault       string
 	Workers     int
 	// WorkerCommand is the argv that starts one worker process; cmd/moecapd passes its own
@@ -116,7 +118,7 @@ type Server struct {
 	cfg     Config
 	tok     Tokenizer
 	eng     *engine
-	rec     recorder
+	rec     *recorder
 	ready   atomic.Bool
 	seq     atomic.Uint64
 	created int64
@@ -145,7 +147,8 @@ func NewServer(cfg Config) (*Server, error) {
 		stopping: make(chan struct{}),
 		crashed:  make(chan struct{}),
 	}
-	s.eng = newEngine(cfg, &s.rec)
+	s.rec = newRecorder(cfg.Flavor, cfg.RecordsDir, cfg.ServedModel, cfg.ExpertDistributionMetrics, cfg.TP, GPURawType(cfg.Hardware))
+	s.eng = newEngine(cfg, s.rec)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go s.eng.run(ctx)
@@ -160,6 +163,7 @@ func (s *Server) Close() {
 	s.stopOnce.Do(func() {
 		close(s.stopping)
 		s.cancel()
+		s.rec.close()
 	})
 }
 
@@ -197,6 +201,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.handleDetokenize(w, r)
 	case path == "/v1/completions":
 		s.handleCompletions(w, r)
+	case path == "/v1/chat/completions":
+		s.handleChat(w, r)
 	case sg && (path == "/start_expert_distribution_record" || path == "/stop_expert_distribution_record" || path == "/dump_expert_distribution_record"):
 		s.handleSGLangRecord(w, r)
 	case !sg && (path == "/start_batch_recording" || path == "/stop_batch_recording" || path == "/dump_batch_recording" || path == "/clear_batch_recording"):
@@ -275,17 +281,11 @@ func (s *Server) handleVLLMRecord(w http.ResponseWriter, r *http.Request) {
 		n := s.rec.stop()
 		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": "Stopped recording batch statistics", "total_records": n})
 	case "/dump_batch_recording":
+		// The wrapper appends each pass to vllm_batch_records.jsonl in the recorder dir as it
+		// happens (recorder.add); the dump returns the same records.
 		recs, _ := s.rec.snapshot()
 		if recs == nil {
-			recs = []Record{}
-		}
-		if s.cfg.RecordsDir != "" {
-			// The wrapper keeps its data file in the recorder dir; leave a copy there too
-			// so the cell's records/ directory holds what the runner saw.
-			path := filepath.Join(s.cfg.RecordsDir, "vllm_batch_records.jsonl")
-			if err := writeJSONL(path, recs); err != nil {
-				s.logf("WARNING: could not write %s: %v", path, err)
-			}
+			recs = []map[string]any{}
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "records": recs, "total_records": len(recs)})
 	case "/clear_batch_recording":
