@@ -81,7 +81,7 @@ func newRecorder(flavor, dir, model string, expertLog bool, gpuNum int, gpuRaw s
 		r.add(Record{BatchSize: 1, Latency: 0.35, SeqLensSum: 7, ForwardMode: "prefill", ExpertActivation: 1, GPUNum: gpuNum, GPURawType: gpuRaw,
 			ScheduledTokens: 7, PerReqInfo: []ReqInfo{{ReqID: "warmup", ExtendLen: 7, TotalLen: 7, PromptLen: 7, IsLastChunk: true}}})
 		for k := range 7 {
-			r.add(Record{BatchSize: 1, Latency: 0.004, SeqLensSum: 8 + k, ForwardMode: "decode", ExpertActivation: 1, GPUNum: gpuNum, GPURawType: gpuRaw,
+			r.add(Record{BatchSize: 1, Latency: 0.004, SeqLensSum: 9 + k, ForwardMode: "decode", ExpertActivation: 1, GPUNum: gpuNum, GPURawType: gpuRaw,
 				ScheduledTokens: 1, ReqIDs: []string{"warmup"}})
 		}
 	}
