@@ -107,14 +107,14 @@ type Result struct {
 	Requests []RequestResult `json:"requests"`
 	Backend  string          `json:"backend"`
 	// Records summarises the server's pass records; nil when there were none.
-	RecordsFile string         `json:"records_file,omitempty"`
+	RecordsFile string `json:"records_file,omitempty"`
 	// Passes are the recording window's passes (each once); nil without records.
-	Passes      []Pass      `json:"-"`
-	Stats       *PassStats  `json:"-"`
-	Files       RunnerPaths `json:"runner_files"`
-	BenchJSON   string         `json:"-"`
-	Started     time.Time      `json:"started"`
-	Finished    time.Time      `json:"finished"`
+	Passes    []Pass      `json:"-"`
+	Stats     *PassStats  `json:"-"`
+	Files     RunnerPaths `json:"runner_files"`
+	BenchJSON string      `json:"-"`
+	Started   time.Time   `json:"started"`
+	Finished  time.Time   `json:"finished"`
 }
 
 func (o *Options) log() *zap.Logger {

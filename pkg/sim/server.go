@@ -53,8 +53,8 @@ type Config struct {
 	// ExpertDistributionMetrics is vLLM's --enable-expert-distribution-metrics: the wrapper
 	// then also logs every pass since start-up under <RecordsDir>/logs/expert_distribution/.
 	ExpertDistributionMetrics bool
-	Fault       string
-	Workers     int
+	Fault                     string
+	Workers                   int
 	// WorkerCommand is the argv that starts one worker process; cmd/moecapd passes its own
 	// executable with the hidden worker flag.
 	WorkerCommand []string
