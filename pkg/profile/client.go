@@ -106,6 +106,9 @@ type Result struct {
 	Metrics  Metrics         `json:"metrics"`
 	Requests []RequestResult `json:"requests"`
 	Backend  string          `json:"backend"`
+	// EngineVersion is what the server says its version is (SGLang's /get_server_info,
+	// vLLM's /version); "unknown" when it does not say.
+	EngineVersion string `json:"engine_version"`
 	// Records summarises the server's pass records; nil when there were none.
 	RecordsFile string `json:"records_file,omitempty"`
 	// Passes are the recording window's passes (each once); nil without records.
@@ -243,6 +246,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		log.Info("detected backend", zap.String("backend", b), zap.String("url", base))
 	}
 
+	res.EngineVersion = engineVersion(ctx, hc, base, res.Backend)
 	tk := &tokenizer{hc: hc, base: base, model: o.Model, apiKey: o.APIKey}
 	pr, err := buildPrompts(ctx, &o, tk, o.Warmup+o.NumSamples)
 	if err != nil {
@@ -831,7 +835,10 @@ func runnerFiles(o *Options, res *Result) *RunnerFiles {
 	}
 	md.ModelConfig.ModelName, md.ModelConfig.Precision = o.Model, o.Precision
 	se := &md.SystemEnvironment
-	se.InferenceEngine, se.InferenceEngineVersion = res.Backend, "unknown"
+	se.InferenceEngine, se.InferenceEngineVersion = res.Backend, res.EngineVersion
+	if se.InferenceEngineVersion == "" {
+		se.InferenceEngineVersion = "unknown"
+	}
 	se.BatchSize = o.ServerBatchSize
 	if se.BatchSize == nil && o.BatchSize < o.NumSamples {
 		bs := o.BatchSize

@@ -272,3 +272,30 @@ func detectBackend(ctx context.Context, hc *http.Client, base string) (string, e
 	}
 	return "vllm", nil
 }
+
+// engineVersion asks the server for its version, as the runner writes it into the metadata
+// (it imports the engine; this client asks SGLang's /get_server_info or vLLM's /version).
+func engineVersion(ctx context.Context, hc *http.Client, base, backend string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	path := "/version"
+	if backend == "sglang" {
+		path = "/get_server_info"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+	if err != nil {
+		return "unknown"
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "unknown"
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Version string `json:"version"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v) != nil || v.Version == "" {
+		return "unknown"
+	}
+	return v.Version
+}

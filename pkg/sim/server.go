@@ -195,6 +195,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.handleModels(w, r)
 	case path == "/get_model_info" && sg:
 		s.handleModelInfo(w, r)
+	case path == "/get_server_info" && sg:
+		writeJSON(w, http.StatusOK, map[string]any{"version": "0.5.8 (moecapd sim)", "model_path": s.cfg.ServedModel, "tp_size": s.cfg.TP})
+	case path == "/version" && !sg:
+		writeJSON(w, http.StatusOK, map[string]any{"version": "0.11.0 (moecapd sim)"})
 	case path == "/tokenize":
 		s.handleTokenize(w, r)
 	case path == "/detokenize":
