@@ -284,7 +284,7 @@ func benchOptions(cmd *cobra.Command, v *viper.Viper, log *zap.Logger) ([]profil
 			DatasetCacheDir: v.GetString("dataset-cache-dir"), HubURL: v.GetString("hub-url"), Offline: v.GetBool("offline"),
 			OutputDir: outDir, RecordsDir: recordsDir, SGLangRecorderDir: sgDir, NoRecords: v.GetBool("no-records"),
 			RequestTimeout: v.GetDuration("request-timeout"), DrainTimeout: v.GetDuration("drain-timeout"),
-			Progress: progress, Log: log, Precision: b.Precision,
+			Progress: progress, Log: log, Precision: b.Precision, Markers: cmd.OutOrStdout(),
 		})
 	}
 	return runs, nil

@@ -112,6 +112,24 @@ func TestCondaPathHostileNames(t *testing.T) {
 			if backend == "vllm" && seen.Env["MOE_CAP_ENABLE_EXPERT_PATCHING"] != "1" {
 				t.Errorf("vllm expert patching env %q, want 1", seen.Env["MOE_CAP_ENABLE_EXPERT_PATCHING"])
 			}
+			// The cell's duration is moecapd's own clock of the runner's request phase, compared
+			// with the runner's e2e_s × N; the server-pass figures come from the recording window.
+			mt := m.Metrics
+			if cc := mt.ClockCheck; cc == nil || cc.MoecapdRequestPhaseS == nil || cc.RunnerE2ETimesNS == nil || mt.DurationS != *cc.MoecapdRequestPhaseS {
+				t.Errorf("clock check %+v, duration %v: want moecapd's request-phase clock next to the runner's", cc, mt.DurationS)
+			}
+			if sp := mt.ServerPass; sp == nil || sp.TTFTMoECAPMs == nil || sp.TPOTMoECAPMs == nil || !strings.HasPrefix(sp.Source, "recording window") {
+				t.Errorf("server pass %+v, want MoE-CAP TTFT/TPOT from the recording window", sp)
+			}
+			if mt.MeanTTFTMs != nil || mt.MeanTPOTMs != nil {
+				t.Errorf("client TTFT/TPOT present for a runner cell (non-streaming: it measures none)")
+			}
+			if backend == "vllm" && mt.AvgDecodeContextTokens == nil {
+				t.Errorf("vLLM decode context not rebuilt from the trace")
+			}
+			if _, err := os.Stat(filepath.Join(dir, "records", "moecapd_window.jsonl")); err != nil {
+				t.Errorf("recording window file: %v", err)
+			}
 			ms, _ := filepath.Glob(filepath.Join(dir, "client", "*", "*", "metrics_*.json"))
 			if len(ms) != 1 {
 				t.Errorf("runner metrics files %v, want one under client/<org>/<model>/", ms)

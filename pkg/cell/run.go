@@ -418,7 +418,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 		}
 	}
 	logPath := filepath.Join(p.Dir, "client.log")
-	clock := profile.WatchRunnerLog(logPath, 20*time.Millisecond)
+	clock := profile.WatchRunnerLog(logPath, 5*time.Millisecond)
 	t0 := time.Now()
 	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: logPath})
 	if err != nil {

@@ -98,6 +98,10 @@ type Options struct {
 	ProgressInterval time.Duration
 	Log              *zap.Logger
 	HTTPClient       *http.Client // default: a client sized for BatchSize connections
+	// Markers, when set, gets the runner's two progress lines around the measured requests
+	// ("Sending N requests to URL", then "Stopped … recording on server"), so a supervisor
+	// timing client.log (PhaseClock) times this client exactly as it times the runner.
+	Markers io.Writer
 	Precision        string       // written to the metadata file; default bfloat16
 }
 
@@ -331,9 +335,19 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	chunks.Store(0)
 	prog := startProgress(&o, &chunks)
+	if o.Markers != nil {
+		fmt.Fprintf(o.Markers, "Sending %d requests to %s\n", o.NumSamples, o.APIURL)
+	}
 	res.Started = time.Now()
 	sent := schedule(ctx, &o, st, bodies[o.Warmup:], reqs, prog)
 	res.Finished = time.Now()
+	if o.Markers != nil {
+		what := "batch"
+		if res.Backend == "sglang" {
+			what = "expert distribution"
+		}
+		fmt.Fprintf(o.Markers, "Stopped %s recording on server\n", what)
+	}
 	prog.stop()
 	interrupted := ctx.Err() != nil
 

@@ -62,8 +62,16 @@ func (r *recorder) names() (start, stop, dump string) {
 }
 
 // sglangFile is where the SGLang wrapper dumps: <recorder dir>/<model path>/….
-func (r *recorder) sglangFile() string {
-	return filepath.Join(r.serverDir, r.model, "expert_distribution_record.jsonl")
+func (r *recorder) sglangFile() string { return SGLangRecordFile(r.serverDir, r.model) }
+
+// SGLangRecordFile is where the SGLang wrapper dumps: <recorder dir>/<model path>/
+// expert_distribution_record.jsonl, joined as Python's os.path.join joins (an absolute
+// model path replaces the recorder dir).
+func SGLangRecordFile(recorderDir, model string) string {
+	if filepath.IsAbs(model) {
+		return filepath.Join(model, "expert_distribution_record.jsonl")
+	}
+	return filepath.Join(recorderDir, model, "expert_distribution_record.jsonl")
 }
 
 // ErrRecordsUnavailable means the SGLang server acknowledged a dump but no (or an empty)
@@ -206,7 +214,7 @@ func (r *recorder) dump(ctx context.Context) ([]Pass, string, error) {
 func ReadRunnerWindow(recorderDir, flavor, model string, mark *SGLangMark) ([]Pass, string, error) {
 	f := filepath.Join(recorderDir, "vllm_batch_records.jsonl")
 	if flavor == "sglang" {
-		f = filepath.Join(recorderDir, model, "expert_distribution_record.jsonl")
+		f = SGLangRecordFile(recorderDir, model)
 	}
 	raws, err := readRawJSONL(f)
 	if err != nil {

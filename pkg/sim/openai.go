@@ -219,6 +219,14 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		writeError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf("max_tokens must be at least 1, got %d", maxTokens))
 		return
 	}
+	lie := false
+	if (s.cfg.Fault == FaultHTTP500Some || s.cfg.Fault == FaultUsageLie) && maxTokens > 1 && s.faultN.Add(1)%4 == 0 {
+		if s.cfg.Fault == FaultHTTP500Some {
+			writeError(w, http.StatusInternalServerError, "InternalServerError", "simulated fault: the scheduler dropped this request")
+			return
+		}
+		lie = true
+	}
 	seq := s.seq.Add(1)
 	id := "cmpl-" + strconv.FormatUint(seq, 16) + "-" + strconv.FormatInt(time.Now().UnixNano()&0xffffff, 16)
 	notify := make(chan struct{}, 1)
@@ -252,6 +260,10 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		}
 	}
 	u := usage{PromptTokens: promptTotal, CompletionTokens: maxTokens * len(reqs), TotalTokens: promptTotal + maxTokens*len(reqs)}
+	if lie {
+		u.CompletionTokens *= 10
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	}
 	if req.Stream {
 		s.stream(w, r, id, reqs, req.StreamOptions != nil && req.StreamOptions.IncludeUsage, u, chat)
 		return

@@ -250,8 +250,12 @@ func (r *recorder) close() {
 }
 
 // SGLangRecordPath is where the sglang wrapper dumps its records:
-// <dir>/<model path as passed to --model-path>/expert_distribution_record.jsonl.
+// <dir>/<model path as passed to --model-path>/expert_distribution_record.jsonl, joined as
+// Python's os.path.join does (an absolute model path replaces dir).
 func SGLangRecordPath(dir, modelPath string) string {
+	if filepath.IsAbs(modelPath) {
+		return filepath.Join(modelPath, "expert_distribution_record.jsonl")
+	}
 	return filepath.Join(dir, modelPath, "expert_distribution_record.jsonl")
 }
 

@@ -33,10 +33,15 @@ const (
 	FaultIgnoreSIGTERM = "ignore-sigterm"
 	FaultOOMOnStart    = "oom-on-start"
 	FaultCrashMidRun   = "crash-mid-run"
+	// FaultHTTP500Some answers every 4th completion (of more than one token) with HTTP 500,
+	// as an overloaded server does; FaultUsageLie makes every 4th one's usage claim ten times
+	// the tokens streamed. Both exist for the native client's validity checks.
+	FaultHTTP500Some = "http-500-some"
+	FaultUsageLie    = "usage-lie"
 )
 
 // Faults lists the valid Config.Fault values.
-var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun}
+var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie}
 
 // Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
 type Config struct {
@@ -121,6 +126,7 @@ type Server struct {
 	rec     *recorder
 	ready   atomic.Bool
 	seq     atomic.Uint64
+	faultN  atomic.Uint64 // completions of more than one token, for the every-4th faults
 	created int64
 
 	cancel   context.CancelFunc
