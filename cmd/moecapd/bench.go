@@ -361,14 +361,23 @@ var runnerListFlags = map[string]bool{"--datasets": true, "--metrics": false}
 // space-separated lists. Other commands' argv is returned unchanged. A list ends at the next
 // token that starts with "-" (as argparse ends it).
 func expandRunnerLists(args []string) []string {
+	// The subcommand is the first token that is neither a flag nor a flag's value.
 	i := 0
-	for i < len(args) && args[i] != "bench" {
-		if args[i] == "--" {
+	for i < len(args) {
+		a := args[i]
+		if a == "--" {
 			return args
 		}
-		i++
+		if strings.HasPrefix(a, "-") {
+			if !strings.Contains(a, "=") && i+1 < len(args) && !strings.HasPrefix(args[i+1], "-") && args[i+1] != "bench" {
+				i++ // its value
+			}
+			i++
+			continue
+		}
+		break
 	}
-	if i == len(args) {
+	if i == len(args) || args[i] != "bench" {
 		return args
 	}
 	out := append([]string{}, args[:i+1]...)

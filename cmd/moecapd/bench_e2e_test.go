@@ -147,7 +147,9 @@ func TestNativeCellValidity(t *testing.T) {
 		check func(m *cell.Manifest) string
 	}{
 		{"http-500-some", 0, 5, func(m *cell.Manifest) string { return fmt.Sprint(m.Metrics.Failed, m.Metrics.Errors["http 500"]) }},
-		{"usage-lie", 0, 5, func(m *cell.Manifest) string { return fmt.Sprint(m.Metrics.UsageStreamMismatches, m.Metrics.BadRequests) }},
+		{"usage-lie", 0, 5, func(m *cell.Manifest) string {
+			return fmt.Sprint(m.Metrics.UsageStreamMismatches, m.Metrics.BadRequests)
+		}},
 		{"http-500-some", 2, 0, func(m *cell.Manifest) string { return fmt.Sprint(m.Metrics.Failed, *m.Metrics.AllowedBadRequests) }},
 	}
 	for _, tt := range tests {
@@ -183,6 +185,7 @@ func TestExpandRunnerLists(t *testing.T) {
 		{"--log-level debug bench --datasets a", "--log-level debug bench --datasets=a"},
 		{"launch-and-bench --datasets a b", "launch-and-bench --datasets a b"},
 		{"bench --datasets", "bench --datasets"},
+		{"launch-and-bench --config bench --datasets a b", "launch-and-bench --config bench --datasets a b"},
 	}
 	for _, tt := range tests {
 		if got := strings.Join(expandRunnerLists(strings.Fields(tt.in)), " "); got != tt.want {

@@ -101,8 +101,8 @@ type Options struct {
 	// Markers, when set, gets the runner's two progress lines around the measured requests
 	// ("Sending N requests to URL", then "Stopped … recording on server"), so a supervisor
 	// timing client.log (PhaseClock) times this client exactly as it times the runner.
-	Markers io.Writer
-	Precision        string       // written to the metadata file; default bfloat16
+	Markers   io.Writer
+	Precision string // written to the metadata file; default bfloat16
 }
 
 // Result is a finished (or interrupted) run.
