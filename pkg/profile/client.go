@@ -694,7 +694,8 @@ func computeMetrics(reqs []RequestResult, o *Options, dur time.Duration) Metrics
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// benchFile is bench.json: the full metric set and every request.
+// benchFile is moecapd's own result file (<output_dir>/.moecapd/bench_<ds>_<ts>.json): the
+// full metric set and every request.
 type benchFile struct {
 	SchemaVersion int             `json:"schema_version"`
 	Client        string          `json:"client"`

@@ -307,7 +307,7 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 	if err != nil {
 		return nil, err
 	}
-	m := &Metrics{Source: "moe-cap", LatencyKind: "server_pass", PromptStyle: PromptUpstream, MoECAP: json.RawMessage(raw)}
+	m := &Metrics{Source: "moe-cap", LatencyKind: "server_pass", PromptStyle: runnerPromptStyle(outputDir), MoECAP: json.RawMessage(raw)}
 	var failed []runnerRequestIn
 	var e2el []float64
 	for _, r := range reqs {
@@ -378,6 +378,22 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 		return m, fmt.Errorf("%s: %d requests recorded, want %d samples", dataPath, n, wantSamples)
 	}
 	return m, nil
+}
+
+// runnerPromptStyle is the runner's prompt style (upstream), unless the "runner" was
+// moecapd bench, whose own file in <output_dir>/.moecapd/ names the style it used.
+func runnerPromptStyle(outputDir string) string {
+	files, _ := filepath.Glob(filepath.Join(outputDir, BenchDir, "bench_*.json"))
+	sort.Strings(files)
+	if len(files) > 0 {
+		var bf struct {
+			PromptStyle string `json:"prompt_style"`
+		}
+		if b, err := os.ReadFile(files[len(files)-1]); err == nil && json.Unmarshal(b, &bf) == nil && bf.PromptStyle != "" {
+			return bf.PromptStyle
+		}
+	}
+	return PromptUpstream
 }
 
 // checkClock builds the ClockCheck of a runner run of n requests.

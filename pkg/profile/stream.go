@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-// RequestResult is one measured request, a row of bench.json.
+// RequestResult is one measured request, a row of moecapd's bench file.
 type RequestResult struct {
 	Index   int    `json:"index"`
 	Success bool   `json:"success"`
@@ -40,7 +40,7 @@ type RequestResult struct {
 	UsageStreamMismatch bool `json:"usage_stream_mismatch,omitempty"`
 	// ShortOutput: fewer tokens generated than requested although ignore_eos was set.
 	ShortOutput bool `json:"short_output,omitempty"`
-	// OutputText is the generated text (output_data's output_tokens); not in bench json.
+	// OutputText is the generated text (output_data's output_tokens); not in the bench file.
 	OutputText string `json:"-"`
 
 	StartS float64   `json:"start_s"` // send time, seconds after the bench started
