@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -237,6 +238,16 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		t.Preflight, t.LaunchToReady, t.Bench, t.Teardown, t.Total)
 	if x := m.Metrics; x != nil {
 		fmt.Fprintf(w, "requests %d completed, %d failed  (%s latencies)\n", x.Completed, x.Failed, x.LatencyKind)
+		// moecap helper: how the prompts were built, and any doubt about the result.
+		if x.PromptStyle != "" {
+			fmt.Fprintf(w, "prompts  %s\n", x.PromptStyle)
+		}
+		if len(x.InvalidReasons) > 0 {
+			fmt.Fprintf(w, "INVALID  %s\n", strings.Join(x.InvalidReasons, "; "))
+		}
+		if cc := x.ClockCheck; cc != nil && cc.Note != "" {
+			fmt.Fprintf(w, "clock    %s\n", cc.Note)
+		}
 		f := func(p *float64) string { return profile.FormatMs(p, 2) }
 		if sp := x.ServerPass; sp != nil {
 			// Server forward-pass times (GPU time, no queueing), under their own names.

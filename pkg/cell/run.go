@@ -171,9 +171,9 @@ func (r *runner) run(ctx context.Context) {
 
 	r.phase(PhaseBench)
 	t = time.Now()
-	if r.smp != nil {
-		r.smp.MarkBenchStart()
-	}
+	// The telemetry window opens when the client sends its first measured request (native:
+	// profile's hook; runner: its "Sending" line), not at the client's start-up; the mark
+	// after the bench closes it if the client did not.
 	r.bench(ctx)
 	if r.smp != nil {
 		r.smp.MarkBenchEnd()
@@ -379,6 +379,11 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 	}
 	o.OutputDir = filepath.Join(p.Dir, "client")
 	o.RecordsDir = filepath.Join(p.Dir, "records")
+	bs := c.BatchSize
+	o.ServerBatchSize = &bs
+	if r.smp != nil {
+		o.OnMeasureStart, o.OnMeasureEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
+	}
 	o.Log = r.log
 	// client.log gets the client's own log lines (JSON), not a terminal progress bar.
 	if cl, err := os.Create(filepath.Join(p.Dir, "client.log")); err == nil {
@@ -418,7 +423,11 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 		}
 	}
 	logPath := filepath.Join(p.Dir, "client.log")
-	clock := profile.WatchRunnerLog(logPath, 5*time.Millisecond)
+	var onStart, onEnd func()
+	if r.smp != nil {
+		onStart, onEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
+	}
+	clock := profile.WatchRunnerLog(logPath, 5*time.Millisecond, onStart, onEnd)
 	t0 := time.Now()
 	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: logPath})
 	if err != nil {
@@ -550,6 +559,9 @@ func (r *runner) finish() {
 			reason = "simulated backend: no GPU to measure"
 		}
 		w := r.m.Timings.Bench
+		if r.m.Metrics != nil && r.m.Metrics.DurationS > 0 {
+			w = r.m.Metrics.DurationS // the measured requests, not the client's start-up
+		}
 		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount, BenchWindowS: &w}
 	}
 	if r.m.Telemetry != nil && r.m.Metrics != nil {

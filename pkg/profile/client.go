@@ -101,8 +101,12 @@ type Options struct {
 	// Markers, when set, gets the runner's two progress lines around the measured requests
 	// ("Sending N requests to URL", then "Stopped … recording on server"), so a supervisor
 	// timing client.log (PhaseClock) times this client exactly as it times the runner.
-	Markers   io.Writer
-	Precision string // written to the metadata file; default bfloat16
+	Markers io.Writer
+	// OnMeasureStart and OnMeasureEnd, when set, are called right before the first measured
+	// request is sent and right after the last one finished: the cell pipeline opens and
+	// closes the GPU telemetry window there, so energy and cost cover the measured requests.
+	OnMeasureStart, OnMeasureEnd func()
+	Precision                    string // written to the metadata file; default bfloat16
 }
 
 // Result is a finished (or interrupted) run.
@@ -338,9 +342,15 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Markers != nil {
 		fmt.Fprintf(o.Markers, "Sending %d requests to %s\n", o.NumSamples, o.APIURL)
 	}
+	if o.OnMeasureStart != nil {
+		o.OnMeasureStart()
+	}
 	res.Started = time.Now()
 	sent := schedule(ctx, &o, st, bodies[o.Warmup:], reqs, prog)
 	res.Finished = time.Now()
+	if o.OnMeasureEnd != nil {
+		o.OnMeasureEnd()
+	}
 	if o.Markers != nil {
 		what := "batch"
 		if res.Backend == "sglang" {

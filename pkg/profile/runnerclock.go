@@ -24,15 +24,18 @@ type PhaseClock struct {
 	stop     chan struct{}
 	done     chan struct{}
 
+	onStart, onEnd func()
+
 	mu         sync.Mutex
 	start, end time.Time
 	off        int64
 	partial    []byte
 }
 
-// WatchRunnerLog starts watching path (which may not exist yet) every interval.
-func WatchRunnerLog(path string, interval time.Duration) *PhaseClock {
-	c := &PhaseClock{path: path, interval: interval, stop: make(chan struct{}), done: make(chan struct{})}
+// WatchRunnerLog starts watching path (which may not exist yet) every interval. onStart
+// and onEnd (either may be nil) are called when the markers appear.
+func WatchRunnerLog(path string, interval time.Duration, onStart, onEnd func()) *PhaseClock {
+	c := &PhaseClock{path: path, interval: interval, stop: make(chan struct{}), done: make(chan struct{}), onStart: onStart, onEnd: onEnd}
 	go c.loop()
 	return c
 }
@@ -76,20 +79,27 @@ func (c *PhaseClock) poll() {
 	}
 	lines, rest := data[:last+1], data[last+1:]
 	c.partial = append([]byte(nil), rest...)
+	var started, ended bool
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	for _, l := range bytes.FieldsFunc(lines, func(r rune) bool { return r == '\n' || r == '\r' }) {
 		if c.start.IsZero() && bytes.HasPrefix(bytes.TrimSpace(l), runnerStartMarker) {
-			c.start = now
+			c.start, started = now, true
 			continue
 		}
 		if !c.start.IsZero() && c.end.IsZero() {
 			for _, m := range runnerEndMarkers {
 				if bytes.Contains(l, m) {
-					c.end = now
+					c.end, ended = now, true
 				}
 			}
 		}
+	}
+	c.mu.Unlock()
+	if started && c.onStart != nil {
+		c.onStart()
+	}
+	if ended && c.onEnd != nil {
+		c.onEnd()
 	}
 }
 
