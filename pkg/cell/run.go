@@ -444,10 +444,14 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	rc := profile.RunnerClock{Process: time.Since(t0), RequestPhase: clock.Stop()}
 	code := proc.ExitCode()
 	r.m.Client.ExitCode = &code
-	if code != 0 {
-		return nil, fmt.Errorf("the MoE-CAP runner failed (%s): %s; see client.log in %s", proc.ExitDescription(), lastLogLine(logPath), p.Dir)
-	}
 	met, err := profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples(), rc)
+	if code != 0 {
+		// Whatever the runner wrote before failing is kept (nothing measured is lost).
+		if met != nil {
+			r.windowStats(met, recordsDir, flavor, mark)
+		}
+		return met, fmt.Errorf("the MoE-CAP runner failed (%s): %s; see client.log in %s", proc.ExitDescription(), lastLogLine(logPath), p.Dir)
+	}
 	if met != nil {
 		r.windowStats(met, recordsDir, flavor, mark)
 	}
