@@ -120,8 +120,8 @@ type Metrics struct {
 	// UsageMissing counts successful requests whose reply carried no usage; their output count
 	// is the number of non-empty chunks instead.
 	UsageMissing int `json:"usage_missing,omitempty"`
-	// UsageStreamMismatches counts successful requests whose usage claims more tokens than
-	// chunks were streamed, or fewer than chunks carried text.
+	// UsageStreamMismatches counts successful requests whose usage claims more than 10% (+1)
+	// more tokens than chunks were streamed, or fewer than chunks carried text.
 	UsageStreamMismatches int `json:"usage_stream_mismatches,omitempty"`
 	// ShortOutputs counts successful requests that generated fewer tokens than asked for
 	// although ignore_eos was set.

@@ -227,10 +227,11 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 		r.PromptTokens = r.InputTokens
 		return nil
 	}
-	// One chunk per generated token is how both engines stream (stream interval 1); a usage
-	// above the chunks sent, or below the chunks that carried text, is a server whose counts
-	// cannot be trusted (or a stream that lost chunks).
-	if r.OutputTokens > choice || r.OutputTokens < nonEmpty {
+	// Both engines stream one chunk per generated token (stream interval 1), though a
+	// detokenizer may hold back a token that ends inside a multi-byte character. A usage
+	// below the chunks that carried text, or more than 10% (+1) above the chunks sent, is a
+	// server whose counts cannot be trusted or a stream that lost chunks.
+	if r.OutputTokens < nonEmpty || r.OutputTokens > choice+choice/10+1 {
 		r.UsageStreamMismatch = true
 	}
 	return nil

@@ -341,9 +341,6 @@ func TestUpstreamReaderSameRun(t *testing.T) {
 	if len(ours.detailed) != len(up.detailed)-1 {
 		t.Errorf("moecapd detailed_results %d rows, want the runner's %d minus the pre-window probe", len(ours.detailed), len(up.detailed))
 	}
-	for _, s := range []string{"metadata.system_environment.inference_engine_version"} {
-		_ = s
-	}
 	if v := ours.metadata["system_environment"].(map[string]any)["inference_engine_version"]; v != "0.5.8" {
 		t.Errorf("engine version %v, want the server's 0.5.8", v)
 	}
