@@ -76,18 +76,34 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 		log = zap.NewNop()
 	}
 	r := &runner{c: c, p: p, log: log.With(zap.String("cell", p.ID)), t0: time.Now()}
-	// A server of an earlier, killed supervisor on this results root may still hold the
-	// GPUs or the port: end it first.
-	EndOrphans(filepath.Dir(p.Dir), c.Grace, r.log)
-	if err := archive(p.Dir); err != nil {
-		return nil, fmt.Errorf("move the earlier attempt of %s aside: %w", p.ID, err)
-	}
-	for _, d := range []string{p.Dir, filepath.Join(p.Dir, "client"), filepath.Join(p.Dir, "records")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("create %s: %w (check --results)", d, err)
+	lay := p.Layout
+	if lay == nil {
+		// A Plan built by hand (tests): the layout follows from its directory.
+		var err error
+		if lay, err = OpenLayout(filepath.Dir(p.Dir)); err != nil {
+			return nil, err
+		}
+		if p.Files, err = lay.Cell(p.ID); err != nil {
+			return nil, err
 		}
 	}
-	if err := WriteFileAtomic(filepath.Join(p.Dir, BenchFile), c.Bench.Raw); err != nil {
+	// One runner per cell: the caller (the matrix, which also writes the manifest after
+	// Run) may hold the cell's lock already; otherwise Run holds it while it runs. A held
+	// lock is a *LockedError naming the holder, and nothing of the cell is touched.
+	if !lay.Held(p.ID) {
+		unlock, err := lay.Lock(p.ID)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
+	// A server of an earlier, killed supervisor on this results root may still hold the
+	// GPUs or the port: end it first.
+	EndOrphans(lay.Root, c.Grace, r.log)
+	if _, err := lay.Create(p.ID); err != nil {
+		return nil, err
+	}
+	if err := WriteFileAtomic(p.Files.Bench(), c.Bench.Raw); err != nil {
 		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
 	}
 	r.m = &Manifest{
@@ -190,7 +206,21 @@ func EndOrphans(root string, grace time.Duration, log *zap.Logger) {
 		log.Warn("orphan scan failed", zap.Error(err))
 		return
 	}
+	lay, _ := OpenLayout(root)
 	for _, o := range orphans {
+		// The orphan's cell is locked while it is ended and marked, so two runners starting
+		// at once do not both end it, and a runner that already took the cell over (it
+		// holds the lock and is ending it itself) is left to it.
+		if id := filepath.Base(o.Dir); lay != nil && ValidID(id) && !lay.Held(id) {
+			unlock, err := lay.Lock(id)
+			if errors.Is(err, ErrLocked) {
+				log.Info("a server left behind by a killed run is being handled by another runner", zap.String("dir", o.Dir), zap.Error(err))
+				continue
+			}
+			if err == nil {
+				defer unlock()
+			}
+		}
 		log.Warn("ending a server left behind by a killed run (its supervisor died)",
 			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Ints("pids", o.PIDs))
 		rep, err := launcher.EndOrphan(o, grace)
@@ -251,7 +281,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 
 func (r *runner) launch() bool {
 	c, p := r.c, r.p
-	logPath := filepath.Join(p.Dir, "server.log")
+	logPath := p.Files.ServerLog()
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
 	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath})
 	if err != nil {
@@ -271,7 +301,7 @@ func (r *runner) launch() bool {
 	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
 	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath))
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
-		f, err := os.Create(filepath.Join(p.Dir, "telemetry.csv"))
+		f, err := os.Create(p.Files.Telemetry())
 		if err == nil {
 			r.csv = f
 			pid := proc.PID()
@@ -377,8 +407,8 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 	if o.Dataset == "" {
 		o.Dataset = c.Bench.Dataset()
 	}
-	o.OutputDir = filepath.Join(p.Dir, "client")
-	o.RecordsDir = filepath.Join(p.Dir, "records")
+	o.OutputDir = p.Files.Client()
+	o.RecordsDir = p.Files.Records()
 	bs := c.BatchSize
 	o.ServerBatchSize = &bs
 	if r.smp != nil {
@@ -386,7 +416,7 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 	}
 	o.Log = r.log
 	// client.log gets the client's own log lines (JSON), not a terminal progress bar.
-	if cl, err := os.Create(filepath.Join(p.Dir, "client.log")); err == nil {
+	if cl, err := os.Create(p.Files.ClientLog()); err == nil {
 		defer cl.Close()
 		core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(cl), zap.InfoLevel)
 		o.Log = zap.New(zapcore.NewTee(r.log.Core(), core))
@@ -410,7 +440,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	// happen, so moecapd can time that phase itself (profile.PhaseClock).
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
 	env = launcher.MergeEnv(env, map[string]string{"PYTHONUNBUFFERED": "1"})
-	recordsDir := filepath.Join(p.Dir, "records")
+	recordsDir := p.Files.Records()
 	flavor := p.Spec.APIFlavor()
 	var mark *profile.SGLangMark
 	if flavor == "sglang" {
@@ -422,7 +452,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 			mark = &m
 		}
 	}
-	logPath := filepath.Join(p.Dir, "client.log")
+	logPath := p.Files.ClientLog()
 	var onStart, onEnd func()
 	if r.smp != nil {
 		onStart, onEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
@@ -444,7 +474,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	rc := profile.RunnerClock{Process: time.Since(t0), RequestPhase: clock.Stop()}
 	code := proc.ExitCode()
 	r.m.Client.ExitCode = &code
-	met, err := profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples(), rc)
+	met, err := profile.ReadMoECAPOutput(p.Files.Client(), c.numSamples(), rc)
 	if code != 0 {
 		// Whatever the runner wrote before failing is kept (nothing measured is lost).
 		if met != nil {

@@ -76,14 +76,13 @@ func newRecorder(flavor, dir, model string, expertLog bool, gpuNum int, gpuRaw s
 			strings.ReplaceAll(model, "/", "_")+"_"+time.Now().Format("20060102_150405"), "expert_distribution_record.jsonl")
 	}
 	if flavor == FlavorSGLang {
-		// SGLang's warm-up: one short generate request ("The capital city of France is", a
-		// handful of tokens) before /health answers; its first pass is slow (graph warm-up).
+		// A start-up probe the wrapper records before /health answers: a prefill of a few
+		// tokens, slow as first passes are (graph warm-up). The real server's own warm-up
+		// request also decodes a few tokens; the simulated one does not, so a runner's
+		// decode means over the whole dump equal moecapd's over the recording window here
+		// (on a real SGLang server they differ by those few warm-up decode passes).
 		r.add(Record{BatchSize: 1, Latency: 0.35, SeqLensSum: 7, ForwardMode: "prefill", ExpertActivation: 1, GPUNum: gpuNum, GPURawType: gpuRaw,
 			ScheduledTokens: 7, PerReqInfo: []ReqInfo{{ReqID: "warmup", ExtendLen: 7, TotalLen: 7, PromptLen: 7, IsLastChunk: true}}})
-		for k := range 7 {
-			r.add(Record{BatchSize: 1, Latency: 0.004, SeqLensSum: 9 + k, ForwardMode: "decode", ExpertActivation: 1, GPUNum: gpuNum, GPURawType: gpuRaw,
-				ScheduledTokens: 1, ReqIDs: []string{"warmup"}})
-		}
 	}
 	return r
 }
