@@ -257,7 +257,8 @@ type RunnerClock struct {
 
 // ClockCheck compares moecapd's clock of a runner run with what the runner's files imply.
 type ClockCheck struct {
-	// DurationSource names the clock metrics.duration_s and the throughputs use.
+	// DurationSource names the clock metrics.duration_s and the throughputs use: the runner's
+	// wall time when moecapd's clock confirms it, else moecapd's clock.
 	DurationSource string `json:"duration_source"`
 	// MoecapdRequestPhaseS and MoecapdProcessS are moecapd's clocks (RunnerClock).
 	MoecapdRequestPhaseS *float64 `json:"moecapd_request_phase_s,omitempty"`
@@ -271,6 +272,8 @@ type ClockCheck struct {
 	MaxDisagreement *float64 `json:"max_disagreement,omitempty"`
 	Agree           bool     `json:"agree"`
 	Note            string   `json:"note,omitempty"`
+
+	durationS float64
 }
 
 // ClockTolerance is the relative disagreement between moecapd's clock and the runner's
@@ -323,12 +326,7 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 	m.Failed = len(failed)
 	n := len(reqs)
 	m.ClockCheck = checkClock(clock, rm.Performance.E2ES, rm.Performance.RequestsPerS, n)
-	m.DurationS = 0
-	if clock.RequestPhase > 0 {
-		m.DurationS = clock.RequestPhase.Seconds()
-	} else if v := m.ClockCheck.RunnerE2ETimesNS; v != nil {
-		m.DurationS = *v
-	}
+	m.DurationS = m.ClockCheck.durationS
 	if m.DurationS > 0 {
 		m.RequestThroughput = float64(m.Completed) / m.DurationS
 		m.OutputThroughput = float64(m.TotalOutputTokens) / m.DurationS
@@ -396,13 +394,18 @@ func runnerPromptStyle(outputDir string) string {
 	return PromptUpstream
 }
 
-// checkClock builds the ClockCheck of a runner run of n requests.
+// checkClock builds the ClockCheck of a runner run of n requests and picks the duration.
+// moecapd's clock runs from the runner's "Sending" line to its stop-recording line, so it
+// holds the runner's request phase plus what the runner does between printing and its first
+// request (its first torch.cuda.synchronize initialises CUDA: up to seconds on a GPU). The
+// runner's own wall time (e2e_s × N) is the request phase itself; it is the duration when
+// moecapd's clock confirms it (not longer than moecapd's window by more than 2% + 50 ms, and
+// equal to N ÷ request/s). Otherwise moecapd's clock is the duration and the note says why.
 func checkClock(c RunnerClock, e2e, rate float64, n int) *ClockCheck {
 	cc := &ClockCheck{}
 	f := func(v float64) *float64 { return &v }
 	if c.RequestPhase > 0 {
 		cc.MoecapdRequestPhaseS = f(c.RequestPhase.Seconds())
-		cc.DurationSource = "moecapd clock of the runner's request phase (client.log markers)"
 	}
 	if c.Process > 0 {
 		cc.MoecapdProcessS = f(c.Process.Seconds())
@@ -413,33 +416,51 @@ func checkClock(c RunnerClock, e2e, rate float64, n int) *ClockCheck {
 	if rate > 0 && n > 0 {
 		cc.RunnerNOverRateS = f(float64(n) / rate)
 	}
-	if cc.MoecapdRequestPhaseS == nil {
-		cc.DurationSource = "runner e2e_s × requests (moecapd saw no request-phase markers in client.log)"
-		cc.Note = "moecapd could not time the request phase itself; the whole runner process took " + fmtS(cc.MoecapdProcessS)
-		return cc
-	}
-	ref := *cc.MoecapdRequestPhaseS
-	worst := 0.0
-	seen := false
-	for _, v := range []*float64{cc.RunnerE2ETimesNS, cc.RunnerNOverRateS} {
-		if v == nil || ref <= 0 {
-			continue
-		}
-		seen = true
-		d := (*v - ref) / ref
+	rel := func(a, b float64) float64 {
+		d := (a - b) / b
 		if d < 0 {
-			d = -d
+			return -d
 		}
-		worst = max(worst, d)
+		return d
 	}
-	if !seen {
-		cc.Note = "the runner's files give no wall time to compare with"
+	runner := cc.RunnerE2ETimesNS
+	if runner != nil && cc.RunnerNOverRateS != nil && rel(*cc.RunnerNOverRateS, *runner) > ClockTolerance {
+		cc.Note = fmt.Sprintf("the runner's e2e_s × N (%.3f s) and N ÷ request/s (%.3f s) disagree; ", *runner, *cc.RunnerNOverRateS)
+		runner = nil
+	}
+	switch {
+	case cc.MoecapdRequestPhaseS == nil && runner == nil:
+		cc.DurationSource = "none: no request-phase markers in client.log and no usable wall time in the runner's files"
+		cc.Note += "the run's duration is unknown"
+		return cc
+	case cc.MoecapdRequestPhaseS == nil:
+		cc.durationS = *runner
+		cc.DurationSource = "runner e2e_s × requests (moecapd saw no request-phase markers in client.log)"
+		cc.Note += "moecapd could not time the request phase itself; the whole runner process took " + fmtS(cc.MoecapdProcessS)
 		return cc
 	}
+	mine := *cc.MoecapdRequestPhaseS
+	if runner == nil {
+		cc.durationS = mine
+		cc.DurationSource = "moecapd clock of the runner's request phase (client.log markers)"
+		return cc
+	}
+	worst := rel(*runner, mine)
 	cc.MaxDisagreement = &worst
 	cc.Agree = worst <= ClockTolerance
+	// The slack covers how late moecapd sees each marker (its poll interval, the runner's
+	// print): on a run of a few hundred milliseconds that alone is more than 2%.
+	const markerSlackS = 0.05
+	if *runner > mine*(1+ClockTolerance)+markerSlackS {
+		cc.durationS = mine
+		cc.DurationSource = "moecapd clock of the runner's request phase (client.log markers)"
+		cc.Note += fmt.Sprintf("the runner's wall time e2e_s × N (%.3f s) exceeds moecapd's clock of its request phase (%.3f s) by %.1f%%: the runner's figure cannot be right; durations and throughputs use moecapd's", *runner, mine, worst*100)
+		return cc
+	}
+	cc.durationS = *runner
+	cc.DurationSource = "runner e2e_s × requests, confirmed by moecapd's clock of the request phase"
 	if !cc.Agree {
-		cc.Note = fmt.Sprintf("moecapd's clock and the runner's disagree by %.1f%% (more than %.0f%%): durations and throughputs use moecapd's", worst*100, ClockTolerance*100)
+		cc.Note += fmt.Sprintf("moecapd's clock (%.3f s, 'Sending' line to stop-recording line) is %.1f%% longer than the runner's wall time (%.3f s): it also holds what the runner does before its first request (CUDA initialisation on its first synchronize)", mine, worst*100, *runner)
 	}
 	return cc
 }

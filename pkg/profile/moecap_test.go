@@ -30,11 +30,12 @@ func TestReadMoECAPOutputMapsRunnerNumbers(t *testing.T) {
 		{"completed", float64(m.Completed), 4},
 		{"input tokens", float64(m.TotalInputTokens), 4 * 4021},
 		{"output tokens", float64(m.TotalOutputTokens), 4000},
-		{"duration (moecapd's clock)", m.DurationS, 21.6},
-		{"request throughput", m.RequestThroughput, 4 / 21.6},
-		{"output throughput", m.OutputThroughput, 4000 / 21.6},
+		{"duration (the runner's wall, confirmed)", m.DurationS, 21.5},
+		{"request throughput", m.RequestThroughput, 4 / 21.5},
+		{"output throughput", m.OutputThroughput, 4000 / 21.5},
 		{"runner e2e_s × N", *m.ClockCheck.RunnerE2ETimesNS, 21.5},
 		{"runner N / request/s", *m.ClockCheck.RunnerNOverRateS, 21.5},
+		{"moecapd's clock", *m.ClockCheck.MoecapdRequestPhaseS, 21.6},
 		{"disagreement", *m.ClockCheck.MaxDisagreement, 0.1 / 21.6},
 		{"server-pass ttft ms", *m.ServerPass.TTFTMoECAPMs, 412},
 		{"server-pass tpot ms", *m.ServerPass.TPOTMoECAPMs, 18.3},
@@ -76,7 +77,10 @@ func TestReadMoECAPOutputClockDisagreement(t *testing.T) {
 		agree    bool
 		note     string
 	}{
-		{"moecapd saw 30 s", RunnerClock{RequestPhase: 30 * time.Second}, 30, false, "disagree by 28.3%"},
+		// moecapd's window also holds the runner's CUDA start-up: the runner's wall stands.
+		{"moecapd saw 30 s", RunnerClock{RequestPhase: 30 * time.Second}, 21.5, false, "28.3% longer than the runner's"},
+		// A runner wall longer than moecapd's window is wrong (an e2e_s not divided by N).
+		{"moecapd saw 20 s", RunnerClock{RequestPhase: 20 * time.Second}, 20, false, "cannot be right"},
 		{"no markers in client.log", RunnerClock{Process: 50 * time.Second}, 21.5, false, "could not time the request phase"},
 	}
 	for _, tt := range tests {
