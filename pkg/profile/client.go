@@ -318,7 +318,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if dir == "" {
 			dir = o.RecordsDir
 		}
-		rec = &recorder{hc: hc, base: base, backend: res.Backend, model: o.Model, serverDir: dir, recordsDir: o.RecordsDir, apiKey: o.APIKey}
+		rec = &recorder{hc: hc, base: base, backend: res.Backend, model: o.Model, serverDir: dir, apiKey: o.APIKey}
 		if err := rec.start(ctx); errors.Is(err, ErrRecordsUnavailable) {
 			// The runner refuses to publish unmeasured timings when server and client
 			// disagree on the record dir; so does this client, before sending anything.

@@ -19,14 +19,13 @@ import (
 // dumps to a file in the server's recorder dir) or the vLLM wrapper's batch recording (which
 // returns the records in the dump reply).
 type recorder struct {
-	hc         *http.Client
-	base       string
-	backend    string // "sglang" or "vllm"
-	model      string
-	serverDir  string // sglang: $SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR of the server
-	recordsDir string // where the records are kept for the cell
-	apiKey     string
-	sgMark     SGLangMark
+	hc        *http.Client
+	base      string
+	backend   string // "sglang" or "vllm"
+	model     string
+	serverDir string // sglang: $SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR of the server
+	apiKey    string
+	sgMark    SGLangMark
 }
 
 func (r *recorder) post(ctx context.Context, path string) ([]byte, error) {
