@@ -125,7 +125,7 @@ func TestCondaPathHostileNames(t *testing.T) {
 			if cc := mt.ClockCheck; cc == nil || cc.MoecapdRequestPhaseS == nil || cc.RunnerE2ETimesNS == nil || mt.DurationS != *cc.RunnerE2ETimesNS {
 				t.Errorf("clock check %+v, duration %v: want the runner's wall time, confirmed by moecapd's request-phase clock", cc, mt.DurationS)
 			}
-			if sp := mt.ServerPass; sp == nil || sp.TTFTMoECAPMs == nil || sp.TPOTMoECAPMs == nil || !strings.HasPrefix(sp.Source, "recording window") {
+			if sp := mt.ServerPass; sp == nil || sp.TTFTMoECAPMs == nil || sp.TPOTMoECAPMs == nil || sp.RunnerTTFTMs == nil || !strings.HasPrefix(sp.Source, "recording window") {
 				t.Errorf("server pass %+v, want MoE-CAP TTFT/TPOT from the recording window", sp)
 			}
 			if mt.MeanTTFTMs != nil || mt.MeanTPOTMs != nil {

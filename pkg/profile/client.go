@@ -438,11 +438,15 @@ func ApplyStats(m *Metrics, s *PassStats) {
 		v := *p * 1000
 		return &v
 	}
-	m.ServerPass = &ServerPass{
+	sp := &ServerPass{
 		TTFTMoECAPMs: ms(s.TTFTS), TPOTMoECAPMs: ms(s.TPOTS),
 		MeanPrefillPassMs: ms(s.PrefillPassLatencyS), MeanDecodePassMs: ms(s.TPOTS),
 		Source: fmt.Sprintf("recording window: %d passes", s.Passes),
 	}
+	if old := m.ServerPass; old != nil { // a runner cell: keep the runner's own figures beside
+		sp.RunnerTTFTMs, sp.RunnerTPOTMs = old.RunnerTTFTMs, old.RunnerTPOTMs
+	}
+	m.ServerPass = sp
 	m.AvgExpertActivationPrefill, m.AvgExpertActivationDecode = s.ActivationPrefill, s.ActivationDecode
 	m.AvgPrefillBatchSize, m.AvgDecodeBatchSize = s.PrefillBatch, s.DecodeBatch
 	m.AvgDecodeContextTokens = s.DecodeContextMean

@@ -23,6 +23,12 @@ type ServerPass struct {
 	// Source says where these came from: "recording window: N passes" (moecapd computed
 	// them from the server's pass records) or "runner metrics file".
 	Source string `json:"source,omitempty"`
+	// RunnerTTFTMs and RunnerTPOTMs are the MoE-CAP runner's own performance.ttft and .tpot
+	// (runner cells only). The runner applies the same definitions to every record the server
+	// returned: for SGLang that includes the passes before its recording window (the server's
+	// warm-up), so they can differ from the window figures above.
+	RunnerTTFTMs *float64 `json:"runner_ttft_ms,omitempty"`
+	RunnerTPOTMs *float64 `json:"runner_tpot_ms,omitempty"`
 }
 
 // Dist is one latency metric's distribution as the manifest stores it; all nil when there
