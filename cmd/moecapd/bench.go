@@ -88,7 +88,7 @@ output not writable); 130 interrupted (what was measured is still written, marke
 	f.Int("allow-bad-requests", 0, "requests that may fail or come back invalid (usage/stream mismatch, short output, no usage) before the result is invalid (exit 5); recorded in the files")
 	// Our own.
 	f.Int("warmup", 0, "unmeasured warm-up requests before the run (distinct prompts, no prefix-cache hits)")
-	f.String("schedule", profile.ScheduleClosedLoop, "closed-loop (exactly --server-batch-size in flight) or waves (the runner's send N, wait for half)")
+	f.String("schedule", "", "closed-loop (exactly --server-batch-size in flight) or waves (the runner's send N, wait for half); default: waves with --prompt-style upstream, closed-loop with exact-ids")
 	f.Float64("request-rate", 0, "mean request rate of Poisson arrivals per second (0: send as fast as the schedule allows)")
 	f.Int64("seed", 0, "seed of random prompts and arrival times")
 	f.String("records-dir", "", "where the recording window's passes are kept (default <output_dir>/.moecapd/records)")
@@ -223,7 +223,7 @@ func benchOptions(cmd *cobra.Command, v *viper.Viper, log *zap.Logger) ([]profil
 		ignoreEOS = false
 	}
 	schedule := v.GetString("schedule")
-	if schedule != profile.ScheduleClosedLoop && schedule != profile.ScheduleWaves {
+	if schedule != "" && schedule != profile.ScheduleClosedLoop && schedule != profile.ScheduleWaves {
 		return nil, usageErrorf("--schedule %q: want closed-loop or waves", schedule)
 	}
 	backend := v.GetString("backend")
@@ -261,6 +261,13 @@ func benchOptions(cmd *cobra.Command, v *viper.Viper, log *zap.Logger) ([]profil
 	style := v.GetString("prompt-style")
 	if style != profile.PromptUpstream && style != profile.PromptExactIDs {
 		return nil, usageErrorf("--prompt-style %q: want upstream or exact-ids", style)
+	}
+	if schedule == "" {
+		// A drop-in sends what the runner sends the way it sends it.
+		schedule = profile.ScheduleClosedLoop
+		if style == profile.PromptUpstream {
+			schedule = profile.ScheduleWaves
+		}
 	}
 	allowBad := v.GetInt("allow-bad-requests")
 	if allowBad < 0 {
