@@ -151,11 +151,18 @@ func (f *fakeServer) complete(w http.ResponseWriter, r *http.Request) {
 	f.bodies = append(f.bodies, body)
 	f.starts = append(f.starts, time.Now())
 	f.mu.Unlock()
-	defer func() {
+	// A request stops counting as in flight before its last bytes go out: the client frees
+	// its slot (and may send the next request) the moment it reads [DONE].
+	left := false
+	leave := func() {
 		f.mu.Lock()
-		f.inflight--
+		if !left {
+			f.inflight--
+			left = true
+		}
 		f.mu.Unlock()
-	}()
+	}
+	defer leave()
 	fault := ""
 	if f.fault != nil {
 		fault = f.fault(n)
@@ -236,6 +243,7 @@ func (f *fakeServer) complete(w http.ResponseWriter, r *http.Request) {
 	if fault != "nousage" {
 		fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", promptLen, claimed, promptLen+claimed)
 	}
+	leave()
 	fmt.Fprint(w, "data: [DONE]\n\n")
 	fl.Flush()
 }
