@@ -228,10 +228,13 @@ func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, e
 		// Client latencies when the native client measured them; the runner's server-pass
 		// latencies otherwise (LatencyKind says which).
 		c.MeanTPOTMs, c.MeanTTFTMs = mt.MeanTPOTMs, mt.MeanTTFTMs
+		c.LatencyKind = mt.LatencyKind
 		if sp := mt.ServerPass; sp != nil && c.MeanTPOTMs == nil && c.MeanTTFTMs == nil {
 			c.MeanTPOTMs, c.MeanTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
+			// moecap helper: a non-streaming native cell (latency_kind client_e2e) has no
+			// client TTFT/TPOT either; what stands in is a server-pass latency, so say that.
+			c.LatencyKind = "server_pass"
 		}
-		c.LatencyKind = mt.LatencyKind
 		c.AvgActivationDecode = mt.AvgExpertActivationDecode
 		c.AvgActivationPrefill = mt.AvgExpertActivationPrefill
 		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
