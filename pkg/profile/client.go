@@ -810,6 +810,7 @@ func runnerFiles(o *Options, res *Result) *RunnerFiles {
 			}
 		} else {
 			row.Error = truncate(r.ErrorKind+": "+r.Error, 500)
+			row.LatencyS = 0 // the runner records no latency for a failed request
 		}
 		f.Requests = append(f.Requests, row)
 	}
