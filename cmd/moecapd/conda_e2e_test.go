@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -125,8 +126,14 @@ func TestCondaPathHostileNames(t *testing.T) {
 			if cc := mt.ClockCheck; cc == nil || cc.MoecapdRequestPhaseS == nil || cc.RunnerE2ETimesNS == nil || mt.DurationS != *cc.RunnerE2ETimesNS {
 				t.Errorf("clock check %+v, duration %v: want the runner's wall time, confirmed by moecapd's request-phase clock", cc, mt.DurationS)
 			}
-			if sp := mt.ServerPass; sp == nil || sp.TTFTMoECAPMs == nil || sp.TPOTMoECAPMs == nil || sp.RunnerTTFTMs == nil || !strings.HasPrefix(sp.Source, "recording window") {
-				t.Errorf("server pass %+v, want MoE-CAP TTFT/TPOT from the recording window", sp)
+			// server_pass carries the runner's own ttft/tpot, and moecapd's over the window.
+			var rf struct {
+				Performance struct{ TTFT, TPOT float64 } `json:"performance"`
+			}
+			json.Unmarshal(mt.MoECAP, &rf)
+			if sp := mt.ServerPass; sp == nil || sp.TTFTMoECAPMs == nil || *sp.TTFTMoECAPMs != rf.Performance.TTFT*1000 ||
+				sp.TPOTMoECAPMs == nil || sp.WindowTTFTMs == nil || sp.WindowTPOTMs == nil || !strings.Contains(sp.Source, "recording window") {
+				t.Errorf("server pass %+v, want the runner's TTFT/TPOT and moecapd's window ones", sp)
 			}
 			if mt.MeanTTFTMs != nil || mt.MeanTPOTMs != nil {
 				t.Errorf("client TTFT/TPOT present for a runner cell (non-streaming: it measures none)")

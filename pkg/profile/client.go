@@ -428,8 +428,10 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	return res, nil
 }
 
-// ApplyStats puts what the recording window says into m: server-pass latencies under
-// server_pass (MoE-CAP's definitions), expert activation and server batch sizes.
+// ApplyStats puts what the recording window says into m: MoE-CAP's TTFT/TPOT over the
+// window (server_pass.window_*; for a native cell also the file figures, which moecapd
+// computes from the same window), expert activation, server batch sizes, decode context.
+// A runner cell keeps the runner's own file figures in server_pass.
 func ApplyStats(m *Metrics, s *PassStats) {
 	ms := func(p *float64) *float64 {
 		if p == nil {
@@ -438,15 +440,18 @@ func ApplyStats(m *Metrics, s *PassStats) {
 		v := *p * 1000
 		return &v
 	}
-	sp := &ServerPass{
-		TTFTMoECAPMs: ms(s.TTFTS), TPOTMoECAPMs: ms(s.TPOTS),
-		MeanPrefillPassMs: ms(s.PrefillPassLatencyS), MeanDecodePassMs: ms(s.TPOTS),
-		Source: fmt.Sprintf("recording window: %d passes", s.Passes),
+	win := fmt.Sprintf("recording window: %d passes", s.Passes)
+	if sp := m.ServerPass; sp != nil { // a runner cell: its file's figures stay
+		sp.WindowTTFTMs, sp.WindowTPOTMs = ms(s.TTFTS), ms(s.TPOTS)
+		sp.Source += "; window_*: " + win
+	} else {
+		m.ServerPass = &ServerPass{
+			TTFTMoECAPMs: ms(s.TTFTS), TPOTMoECAPMs: ms(s.TPOTS),
+			MeanPrefillPassMs: ms(s.PrefillPassLatencyS), MeanDecodePassMs: ms(s.TPOTS),
+			WindowTTFTMs: ms(s.TTFTS), WindowTPOTMs: ms(s.TPOTS),
+			Source: win,
+		}
 	}
-	if old := m.ServerPass; old != nil { // a runner cell: keep the runner's own figures beside
-		sp.RunnerTTFTMs, sp.RunnerTPOTMs = old.RunnerTTFTMs, old.RunnerTPOTMs
-	}
-	m.ServerPass = sp
 	m.AvgExpertActivationPrefill, m.AvgExpertActivationDecode = s.ActivationPrefill, s.ActivationDecode
 	m.AvgPrefillBatchSize, m.AvgDecodeBatchSize = s.PrefillBatch, s.DecodeBatch
 	m.AvgDecodeContextTokens = s.DecodeContextMean

@@ -8,27 +8,28 @@ import (
 	"strconv"
 )
 
-// ServerPass is what the server's pass records say about latency (milliseconds).
+// ServerPass is what the server's pass records say about latency (milliseconds), never
+// under the client-latency keys.
 type ServerPass struct {
-	// TTFTMoECAPMs is upstream MoE-CAP's "ttft": per request, the sum of its prefill chunk pass
-	// latencies (warm-up passes with seq_lens_sum <= 10 dropped), averaged over requests.
-	TTFTMoECAPMs *float64 `json:"ttft_moecap_ms,omitempty"`
-	// TPOTMoECAPMs is upstream MoE-CAP's "tpot": the mean decode pass latency.
-	TPOTMoECAPMs *float64 `json:"tpot_moecap_ms,omitempty"`
-	// MeanPrefillPassMs is the mean latency of one prefill pass (one chunk) over the
-	// client's prefill passes (MoE-CAP's prefill_pass_latency_s); MeanDecodePassMs the mean
-	// decode pass (equal to TPOTMoECAPMs: MoE-CAP defines TPOT as that mean).
+	// TTFTMoECAPMs, TPOTMoECAPMs, MeanPrefillPassMs and MeanDecodePassMs are what the cell's
+	// MoE-CAP-format metrics file says (performance.ttft, .tpot, .prefill_pass_latency_s):
+	// the runner's own figures for a runner cell, which apply MoE-CAP's definitions to every
+	// record the server returned (for SGLang that includes passes before the run); moecapd's
+	// for a native cell, computed from the recording window. TTFT: per request, the sum of
+	// its prefill chunk pass latencies (warm-up passes with seq_lens_sum <= 10 dropped),
+	// averaged over requests. TPOT: the mean decode pass latency. MeanPrefillPassMs: the mean
+	// latency of one prefill pass (one chunk). MeanDecodePassMs equals TPOTMoECAPMs.
+	TTFTMoECAPMs      *float64 `json:"ttft_moecap_ms,omitempty"`
+	TPOTMoECAPMs      *float64 `json:"tpot_moecap_ms,omitempty"`
 	MeanPrefillPassMs *float64 `json:"mean_prefill_pass_ms,omitempty"`
 	MeanDecodePassMs  *float64 `json:"mean_decode_pass_ms,omitempty"`
-	// Source says where these came from: "recording window: N passes" (moecapd computed
-	// them from the server's pass records) or "runner metrics file".
+	// WindowTTFTMs and WindowTPOTMs are the same definitions applied by moecapd to the passes
+	// of the recording window only (each pass once), for every cell that has records.
+	WindowTTFTMs *float64 `json:"window_ttft_ms,omitempty"`
+	WindowTPOTMs *float64 `json:"window_tpot_ms,omitempty"`
+	// Source says where the figures came from ("runner metrics file", "recording window: N
+	// passes", or both).
 	Source string `json:"source,omitempty"`
-	// RunnerTTFTMs and RunnerTPOTMs are the MoE-CAP runner's own performance.ttft and .tpot
-	// (runner cells only). The runner applies the same definitions to every record the server
-	// returned: for SGLang that includes the passes before its recording window (the server's
-	// warm-up), so they can differ from the window figures above.
-	RunnerTTFTMs *float64 `json:"runner_ttft_ms,omitempty"`
-	RunnerTPOTMs *float64 `json:"runner_tpot_ms,omitempty"`
 }
 
 // Dist is one latency metric's distribution as the manifest stores it; all nil when there

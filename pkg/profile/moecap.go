@@ -343,7 +343,6 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 	}
 	m.ServerPass.TPOTMoECAPMs = positive(rm.Performance.TPOT * 1000)
 	m.ServerPass.MeanDecodePassMs = m.ServerPass.TPOTMoECAPMs
-	m.ServerPass.RunnerTTFTMs, m.ServerPass.RunnerTPOTMs = m.ServerPass.TTFTMoECAPMs, m.ServerPass.TPOTMoECAPMs
 	e := DistOf(e2el)
 	m.MeanE2ELMs, m.MedianE2ELMs, m.P90E2ELMs, m.P99E2ELMs, m.StdE2ELMs = e.Mean, e.Median, e.P90, e.P99, e.Std
 	if ea := rm.ExpertActivation; ea != nil {
