@@ -15,7 +15,7 @@ import (
 // Record is one forward pass as the engine reports it (seq_lens_sum: the batch's context);
 // the recorder writes it in the flavor's wrapper shape (recorder.wrapperRecord).
 type Record struct {
-	ForwardPassID    int     `json:"forward_pass_id"`
+	ForwardPassID    int     `json:"forward_pass_id"` // assigned by the recorder
 	BatchSize        int     `json:"batch_size"`
 	Latency          float64 `json:"latency"`
 	SeqLensSum       int     `json:"seq_lens_sum"`
@@ -44,15 +44,19 @@ type ReqInfo struct {
 // that wrapper's shapes (wrapperRecord):
 //
 //   - sglang: every pass since start-up is kept, recording or not (the wrapper never clears
-//     its list), beginning with the server's own warm-up request; start/stop only toggle the
-//     expert gatherer; a dump writes the whole list. Records carry forward_pass_id,
-//     per_req_info with pool-slot ids, decode req_ids as pool slots, scheduled_tokens, and
-//     seq_lens_sum is the batch's context.
-//   - vllm: passes are kept between start (which clears) and stop, appended to
-//     vllm_batch_records.jsonl in the recorder dir as they happen; seq_lens_sum (and
-//     scheduled_tokens) is the tokens scheduled in the pass, decode req_ids are request ids.
-//     With --enable-expert-distribution-metrics every pass since start-up is also appended,
-//     with forward_pass_id, to logs/expert_distribution/<model>_<time>/expert_distribution_record.jsonl.
+//     its list), beginning with a start-up probe; start/stop only toggle recording; a dump
+//     writes the whole list. Records carry forward_pass_id, per_req_info with pool-slot ids,
+//     decode req_ids as pool slots, scheduled_tokens, and seq_lens_sum is the batch's context.
+//   - vllm: passes are kept between start (which clears) and stop, in
+//     vllm_batch_records.jsonl in the recorder dir (written at stop and dump; the wrapper
+//     appends per pass, the content is the same); seq_lens_sum (and scheduled_tokens) is the
+//     tokens scheduled in the pass, decode req_ids are request ids. With
+//     --enable-expert-distribution-metrics every pass since start-up is also logged, with
+//     forward_pass_id, to logs/expert_distribution/<model>_<time>/expert_distribution_record.jsonl
+//     (written at dump and at close).
+//
+// Passes are kept as the engine hands them over and converted to the wrapper's shape only
+// when written: the engine's pass loop pays an append, not a JSON map, per pass.
 type recorder struct {
 	mu        sync.Mutex
 	flavor    string
@@ -60,17 +64,15 @@ type recorder struct {
 	model     string
 	expertLog string // vllm expert log file, "" when off
 	recording bool
-	records   []map[string]any
+	all       []Record // sglang: every pass; vllm with the expert log: every pass
+	window    []Record // vllm: the passes since start
 	passID    int
-	slots     map[string]int // sglang: request id → pool slot
-	dataFile  *os.File       // vllm: the open batch data file while recording
-	logFile   *os.File
 }
 
-// newRecorder sets up the flavor's recorder; sglang's list starts with the warm-up pass the
-// real server runs before it reports ready.
+// newRecorder sets up the flavor's recorder; sglang's list starts with the probe pass the
+// real server records before it reports ready.
 func newRecorder(flavor, dir, model string, expertLog bool, gpuNum int, gpuRaw string) *recorder {
-	r := &recorder{flavor: flavor, dir: dir, model: model, slots: map[string]int{}}
+	r := &recorder{flavor: flavor, dir: dir, model: model}
 	if flavor == FlavorVLLM && expertLog && dir != "" {
 		r.expertLog = filepath.Join(dir, "logs", "expert_distribution",
 			strings.ReplaceAll(model, "/", "_")+"_"+time.Now().Format("20060102_150405"), "expert_distribution_record.jsonl")
@@ -95,96 +97,87 @@ func (r *recorder) on() bool {
 	return r.flavor == FlavorSGLang || r.recording || r.expertLog != ""
 }
 
-func (r *recorder) slot(id string) int {
-	s, ok := r.slots[id]
-	if !ok {
-		s = len(r.slots)
-		r.slots[id] = s
+func (r *recorder) add(rec Record) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.passID++
+	rec.ForwardPassID = r.passID
+	if r.flavor == FlavorSGLang || r.expertLog != "" {
+		r.all = append(r.all, rec)
 	}
-	return s
+	if r.flavor == FlavorVLLM && r.recording {
+		r.window = append(r.window, rec)
+	}
 }
 
-// wrapperRecord is rec in the flavor's wrapper shape.
-func (r *recorder) wrapperRecord(rec Record, withID bool) map[string]any {
-	m := map[string]any{
-		"batch_size": rec.BatchSize, "latency": rec.Latency, "forward_mode": rec.ForwardMode,
-		"expert_activation": rec.ExpertActivation, "gpu_num": rec.GPUNum, "gpu_raw_type": rec.GPURawType,
+// wrapperRecords converts recs to the flavor's wrapper shape. SGLang's request ids are pool
+// slots, numbered in order of first appearance (so a conversion of the same passes always
+// gives the same ids).
+func (r *recorder) wrapperRecords(recs []Record, withID bool) []map[string]any {
+	slots := map[string]int{}
+	slot := func(id string) int {
+		s, ok := slots[id]
+		if !ok {
+			s = len(slots)
+			slots[id] = s
+		}
+		return s
 	}
-	if withID {
-		m["forward_pass_id"] = r.passID
-	}
-	if r.flavor == FlavorSGLang {
-		m["seq_lens_sum"] = rec.SeqLensSum // the running context sum
-		if rec.ForwardMode == "prefill" {
+	out := make([]map[string]any, len(recs))
+	for i, rec := range recs {
+		m := map[string]any{
+			"batch_size": rec.BatchSize, "latency": rec.Latency, "forward_mode": rec.ForwardMode,
+			"expert_activation": rec.ExpertActivation, "gpu_num": rec.GPUNum, "gpu_raw_type": rec.GPURawType,
+		}
+		if withID {
+			m["forward_pass_id"] = rec.ForwardPassID
+		}
+		switch {
+		case r.flavor == FlavorSGLang && rec.ForwardMode == "prefill":
+			m["seq_lens_sum"] = rec.SeqLensSum // the running context sum
 			info := make([]map[string]any, len(rec.PerReqInfo))
 			ext := 0
-			for i, q := range rec.PerReqInfo {
-				sl := r.slot(q.ReqID)
-				info[i] = map[string]any{"req_pool_idx": sl, "req_id": fmt.Sprintf("%d_0", sl), "extend_len": q.ExtendLen,
+			for j, q := range rec.PerReqInfo {
+				sl := slot(q.ReqID)
+				info[j] = map[string]any{"req_pool_idx": sl, "req_id": fmt.Sprintf("%d_0", sl), "extend_len": q.ExtendLen,
 					"total_len": q.TotalLen, "is_last_chunk": q.IsLastChunk, "orig_len": q.PromptLen, "prompt_len": q.PromptLen}
 				ext += q.ExtendLen
 			}
 			m["per_req_info"] = info
 			m["scheduled_tokens"] = ext
-		} else {
-			ids := make([]int, len(rec.ReqIDs))
-			for i, id := range rec.ReqIDs {
-				ids[i] = r.slot(id)
-			}
-			if len(ids) > 0 {
+		case r.flavor == FlavorSGLang:
+			m["seq_lens_sum"] = rec.SeqLensSum
+			if len(rec.ReqIDs) > 0 {
+				ids := make([]int, len(rec.ReqIDs))
+				for j, id := range rec.ReqIDs {
+					ids[j] = slot(id)
+				}
 				m["req_ids"] = ids
 			}
 			m["scheduled_tokens"] = rec.BatchSize
-		}
-		return m
-	}
-	// vLLM: seq_lens_sum is the tokens scheduled in this pass, republished as scheduled_tokens.
-	m["seq_lens_sum"] = rec.ScheduledTokens
-	m["scheduled_tokens"] = rec.ScheduledTokens
-	if rec.ForwardMode == "prefill" {
-		info := make([]map[string]any, len(rec.PerReqInfo))
-		for i, q := range rec.PerReqInfo {
-			info[i] = map[string]any{"req_id": q.ReqID, "extend_len": q.ExtendLen, "total_len": q.PromptLen,
-				"prompt_len": q.PromptLen, "is_last_chunk": q.IsLastChunk}
-		}
-		if len(info) > 0 {
-			m["per_req_info"] = info
-		}
-	} else if len(rec.ReqIDs) > 0 {
-		ids := append([]string(nil), rec.ReqIDs...)
-		sort.Strings(ids)
-		m["req_ids"] = ids
-	}
-	return m
-}
-
-func (r *recorder) add(rec Record) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.passID++
-	if r.flavor == FlavorSGLang {
-		r.records = append(r.records, r.wrapperRecord(rec, true))
-		return
-	}
-	if r.expertLog != "" {
-		if r.logFile == nil {
-			if err := os.MkdirAll(filepath.Dir(r.expertLog), 0o755); err == nil {
-				r.logFile, _ = os.OpenFile(r.expertLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		default:
+			// vLLM: seq_lens_sum is the tokens scheduled in this pass, republished as
+			// scheduled_tokens.
+			m["seq_lens_sum"] = rec.ScheduledTokens
+			m["scheduled_tokens"] = rec.ScheduledTokens
+			if rec.ForwardMode == "prefill" {
+				if len(rec.PerReqInfo) > 0 {
+					info := make([]map[string]any, len(rec.PerReqInfo))
+					for j, q := range rec.PerReqInfo {
+						info[j] = map[string]any{"req_id": q.ReqID, "extend_len": q.ExtendLen, "total_len": q.PromptLen,
+							"prompt_len": q.PromptLen, "is_last_chunk": q.IsLastChunk}
+					}
+					m["per_req_info"] = info
+				}
+			} else if len(rec.ReqIDs) > 0 {
+				ids := append([]string(nil), rec.ReqIDs...)
+				sort.Strings(ids)
+				m["req_ids"] = ids
 			}
 		}
-		if r.logFile != nil {
-			b, _ := json.Marshal(r.wrapperRecord(rec, true))
-			r.logFile.Write(append(b, '\n'))
-		}
+		out[i] = m
 	}
-	if r.recording {
-		m := r.wrapperRecord(rec, false)
-		r.records = append(r.records, m)
-		if r.dataFile != nil {
-			b, _ := json.Marshal(m)
-			r.dataFile.Write(append(b, '\n'))
-		}
-	}
+	return out
 }
 
 // start begins recording. vLLM's wrapper clears its data file; SGLang's keeps every pass.
@@ -193,14 +186,11 @@ func (r *recorder) start() {
 	defer r.mu.Unlock()
 	r.recording = true
 	if r.flavor == FlavorVLLM {
-		r.records = nil
+		r.window = nil
 		if r.dir != "" {
 			os.MkdirAll(r.dir, 0o755)
 			os.WriteFile(filepath.Join(r.dir, "vllm_batch_recording.flag"), []byte("1"), 0o644)
-			if r.dataFile != nil {
-				r.dataFile.Close()
-			}
-			r.dataFile, _ = os.Create(filepath.Join(r.dir, "vllm_batch_records.jsonl"))
+			os.Remove(filepath.Join(r.dir, "vllm_batch_records.jsonl"))
 		}
 	}
 }
@@ -209,43 +199,72 @@ func (r *recorder) stop() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.recording = false
-	if r.flavor == FlavorVLLM && r.dir != "" {
-		os.Remove(filepath.Join(r.dir, "vllm_batch_recording.flag"))
-		if r.dataFile != nil {
-			r.dataFile.Close()
-			r.dataFile = nil
+	if r.flavor == FlavorVLLM {
+		if r.dir != "" {
+			os.Remove(filepath.Join(r.dir, "vllm_batch_recording.flag"))
 		}
+		r.writeDataFile()
+		return len(r.window)
 	}
-	return len(r.records)
+	return len(r.all)
+}
+
+// writeDataFile writes vLLM's batch data file; the caller holds mu.
+func (r *recorder) writeDataFile() {
+	if r.dir == "" {
+		return
+	}
+	writeJSONL(filepath.Join(r.dir, "vllm_batch_records.jsonl"), r.wrapperRecords(r.window, false))
+}
+
+// writeExpertLog writes vLLM's expert log; the caller holds mu.
+func (r *recorder) writeExpertLog() {
+	if r.expertLog != "" && len(r.all) > 0 {
+		writeJSONL(r.expertLog, r.wrapperRecords(r.all, true))
+	}
 }
 
 func (r *recorder) clear() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	n := len(r.records)
-	r.records = nil
+	n := len(r.window)
+	r.window = nil
 	if r.flavor == FlavorVLLM && r.dir != "" {
 		os.Remove(filepath.Join(r.dir, "vllm_batch_records.jsonl"))
 	}
 	return n
 }
 
+// snapshot is what a dump returns, in the wrapper's shape: SGLang every pass since
+// start-up, vLLM the passes since start (also written to its data file and expert log).
 func (r *recorder) snapshot() ([]map[string]any, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return append([]map[string]any(nil), r.records...), r.recording
+	if r.flavor == FlavorSGLang {
+		return r.wrapperRecords(r.all, true), r.recording
+	}
+	if !r.recording {
+		r.writeDataFile()
+	}
+	r.writeExpertLog()
+	return r.wrapperRecords(r.window, false), r.recording
 }
 
-// close releases the files a vLLM recorder keeps open.
+// count is how many passes a dump would return, without converting them.
+func (r *recorder) count() (int, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.flavor == FlavorSGLang {
+		return len(r.all), r.recording
+	}
+	return len(r.window), r.recording
+}
+
+// close writes the vLLM expert log one last time.
 func (r *recorder) close() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	for _, f := range []*os.File{r.dataFile, r.logFile} {
-		if f != nil {
-			f.Close()
-		}
-	}
-	r.dataFile, r.logFile = nil, nil
+	r.writeExpertLog()
 }
 
 // SGLangRecordPath is where the sglang wrapper dumps its records:

@@ -221,8 +221,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.handleVLLMRecord(w, r)
 	case !sg && path == "/batch_recording_status":
-		recs, on := s.rec.snapshot()
-		writeJSON(w, http.StatusOK, map[string]any{"is_recording": on, "total_records": len(recs)})
+		n, on := s.rec.count()
+		writeJSON(w, http.StatusOK, map[string]any{"is_recording": on, "total_records": n})
 	default:
 		writeError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("%s %s: no such endpoint on the simulated %s server", r.Method, path, s.cfg.Flavor))
 	}
