@@ -260,19 +260,20 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	bodies := make([][]byte, len(pr.ids))
-	promptLen := func(i int) int { return len(pr.ids[i]) }
+	// Request i's body is made when it is sent, so memory follows the requests in flight,
+	// not num_samples (a 13k-token body is about 80 kB of JSON).
+	promptLen := func(int) int { return o.InputTokens } // fitLength made every prompt exactly this long
 	if o.PromptStyle == PromptUpstream {
 		promptLen = func(i int) int { return pr.lengths[i] }
 	}
-	for i, ids := range pr.ids {
+	body := func(i int) []byte {
 		switch {
 		case o.PromptStyle == PromptUpstream:
-			bodies[i] = upstreamBody(&o, pr.texts[i], pr.msgs[i])
+			return upstreamBody(&o, pr.texts[i], pr.msgs[i])
 		case pr.texts != nil:
-			bodies[i] = requestBody(&o, ids, pr.texts[i])
+			return requestBody(&o, pr.ids(i), pr.texts[i])
 		default:
-			bodies[i] = requestBody(&o, ids, "")
+			return requestBody(&o, pr.ids(i), "")
 		}
 	}
 
@@ -293,7 +294,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		}
 		wo := o
 		wo.RequestRate = 0
-		schedule(ctx, &wo, st, bodies[:o.Warmup], wu, nil)
+		schedule(ctx, &wo, st, body, wu, nil)
 		bad := 0
 		for i := range wu {
 			if !wu[i].Success {
@@ -346,7 +347,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		o.OnMeasureStart()
 	}
 	res.Started = time.Now()
-	sent := schedule(ctx, &o, st, bodies[o.Warmup:], reqs, prog)
+	sent := schedule(ctx, &o, st, func(i int) []byte { return body(o.Warmup + i) }, reqs, prog)
 	res.Finished = time.Now()
 	if o.OnMeasureEnd != nil {
 		o.OnMeasureEnd()
@@ -494,9 +495,11 @@ func prewarm(ctx context.Context, hc *http.Client, base string, n int) {
 	wg.Wait()
 }
 
-// schedule sends bodies[i] into reqs[i] under o.Schedule and returns how many were sent.
-// Sending stops when ctx is cancelled; requests already in flight get DrainTimeout more.
-func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, reqs []RequestResult, prog *progress) int {
+// schedule sends body(i) into reqs[i], for every i of reqs, under o.Schedule and returns how
+// many were sent. Sending stops when ctx is cancelled; requests already in flight get
+// DrainTimeout more.
+func schedule(ctx context.Context, o *Options, st *streamer, body func(i int) []byte, reqs []RequestResult, prog *progress) int {
+	n := len(reqs)
 	// In-flight requests must outlive ctx by the drain grace, so they hang off a context
 	// that ctx's cancellation reaches only after DrainTimeout.
 	reqBase, cancelReqs := context.WithCancel(context.WithoutCancel(ctx))
@@ -517,7 +520,7 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 		// Poisson arrivals, as vLLM's `bench serve --request-rate` draws them.
 		rng := rand.New(rand.NewPCG(uint64(o.Seed), 0x61727269))
 		var t float64
-		arrivals = make([]time.Duration, len(bodies))
+		arrivals = make([]time.Duration, n)
 		for i := range arrivals {
 			arrivals[i] = time.Duration(t * float64(time.Second))
 			t += rng.ExpFloat64() / o.RequestRate
@@ -533,7 +536,7 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 		go func() {
 			defer wg.Done()
 			rctx, cancel := context.WithTimeout(reqBase, o.RequestTimeout)
-			st.do(rctx, bodies[i], &reqs[i])
+			st.do(rctx, body(i), &reqs[i])
 			cancel()
 			reqs[i].StartS = reqs[i].start.Sub(begin).Seconds()
 			if prog != nil {
@@ -570,8 +573,8 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 	switch o.Schedule {
 	case ScheduleWaves:
 	waves:
-		for start := 0; start < len(bodies); start += o.BatchSize {
-			end := min(start+o.BatchSize, len(bodies))
+		for start := 0; start < n; start += o.BatchSize {
+			end := min(start+o.BatchSize, n)
 			finished := make(chan struct{}, end-start)
 			for i := start; i < end; i++ {
 				if !waitArrival(i) {
@@ -592,7 +595,7 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 	default:
 		slots := make(chan struct{}, o.BatchSize)
 	loop:
-		for i := range bodies {
+		for i := range n {
 			if !waitArrival(i) {
 				break
 			}

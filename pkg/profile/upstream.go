@@ -79,10 +79,11 @@ func upstreamPrompts(ctx context.Context, o *Options, tk *tokenizer, p *prompts)
 		n    int
 	}
 	cache := map[*int]built{}
-	p.texts = make([]string, len(p.ids))
-	p.msgs = make([][]chatMessage, len(p.ids))
-	p.lengths = make([]int, len(p.ids))
-	for i, ids := range p.ids {
+	p.texts = make([]string, p.n)
+	p.msgs = make([][]chatMessage, p.n)
+	p.lengths = make([]int, p.n)
+	for i := range p.n {
+		ids := p.ids(i)
 		key := &ids[0]
 		b, ok := cache[key]
 		if !ok {
