@@ -1,0 +1,741 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.uber.org/zap"
+
+	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/matrix"
+	"github.com/moecapd/moecapd/pkg/slurm"
+)
+
+func init() { register(newSlurmCmd) }
+
+func newSlurmCmd() *cobra.Command {
+	s := &cobra.Command{
+		Use:   "slurm",
+		Short: "Run the matrix on a Slurm cluster as job arrays (submit, status, cancel)",
+		Long: `The experiment matrix as Slurm job arrays on a shared results root: one array per GPU
+count (--gpus=N per task), each task running exactly one cell through the same pipeline as
+"matrix run". Submit is idempotent: cells the results root holds as ok, and cells queued or
+running in Slurm, are not submitted again. The manifest in the results root is the truth of
+a cell; Slurm's view (queued, running, cancelled, timed out) is shown next to it.
+
+Submissions are recorded in <results>/.slurm/ (jobs.json, one task spec per array, the
+batch script, per-task logs, per-cell locks).
+
+Exit codes: 0 ok, 2 usage or config error, or the Slurm commands missing or the controller
+not answering, 1 internal error.`,
+	}
+	s.AddCommand(newSlurmSubmitCmd(), newSlurmStatusCmd(), newSlurmCancelCmd(), newSlurmTaskCmd())
+	return s
+}
+
+// addSlurmCellFlags adds the flags that decide how a cell runs: the matrix, the pipeline's
+// flags (launch-and-bench's, as matrix run takes them) and matrix run's retry and timeout
+// flags. Submit and task both have them; submit hands the ones set to every task.
+func addSlurmCellFlags(f *pflag.FlagSet) {
+	f.String("matrix", "configs/matrix.yaml", "matrix file (built-in copy when absent)")
+	f.Int("retries", 2, "extra attempts for a cell that crashed or never became ready")
+	f.Duration("retry-backoff", 30*time.Second, "wait before the first retry; doubles each time")
+	f.Duration("cell-timeout", 6*time.Hour, "stop a cell that runs longer (a group's timeout wins); 0: none")
+	newLaunchCmd().Flags().VisitAll(func(fl *pflag.Flag) {
+		if !launchOnly[fl.Name] {
+			f.AddFlag(fl)
+		}
+	})
+}
+
+func newSlurmSubmitCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "submit [flags]",
+		Short: "Submit the matrix's cells that the results root does not hold as ok, one job array per GPU count",
+		Long: `Submits every cell of the matrix that the results root does not already hold as ok (or
+infeasible) and that is not queued or running in Slurm, one array per GPU count: every task
+of an array asks for --gpus=N and runs one cell with "moecapd slurm task". A second submit of
+a complete or fully queued matrix submits nothing; a deleted or failed result is what gets
+resubmitted. --dry-run prints the sbatch commands and the cells of each array and submits
+nothing.
+
+The results root must be on a file system every node sees, and so must the moecapd binary
+(--moecapd) and the matrix. Flags that set how a cell runs (--grace, --ready-timeout,
+--retries…) are recorded and applied to every task; the submit's environment is exported to
+the tasks as sbatch does by default.`,
+		Example: `  moecapd slurm submit --matrix configs/matrix.yaml --results /shared/results --hardware 8xH200 \
+      --partition h200 --account myproj --time 8h --max-parallel 4 --sbatch-arg=--exclusive
+  moecapd slurm submit --results /shared/results --only 'qwen1_5\..*\.1xH100' --dry-run`,
+		Args: cobra.NoArgs,
+		RunE: runSlurmSubmit,
+	}
+	f := cmd.Flags()
+	addSlurmCellFlags(f)
+	f.StringSlice("hardware", nil, "submit only cells of these hardware labels, e.g. 8xH200 (repeat or comma-separate; default: every cell)")
+	f.String("only", "", "submit only cells whose id matches this regular expression")
+	f.Bool("include-done", false, "also submit cells the matrix marks done")
+	f.Bool("no-skip", false, "submit larger batch sizes even when a smaller one of the same chain is infeasible in the results")
+	f.String("partition", "", "sbatch --partition")
+	f.String("account", "", "sbatch --account")
+	f.String("qos", "", "sbatch --qos")
+	f.String("time", "", "time limit per task: a duration such as 8h or 90m, or Slurm's own format (D-HH:MM:SS)")
+	f.Int("max-parallel", 0, "tasks of one array running at once (--array=0-K%N; 0: no limit)")
+	f.StringArray("sbatch-arg", nil, "extra sbatch option, passed as one argument (repeat): --sbatch-arg=--exclusive --sbatch-arg=--container-image=IMG")
+	f.Bool("dry-run", false, "print the sbatch commands and the cells of each array; submit nothing")
+	f.String("moecapd", "", "moecapd binary the tasks run (default: this binary; must be reachable from the nodes)")
+	return cmd
+}
+
+func newSlurmStatusCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "status [flags]",
+		Short: "Each submitted cell: its manifest status and Slurm's view (queued, running, finished, cancelled)",
+		Args:  cobra.NoArgs,
+		RunE:  runSlurmStatus,
+	}
+	cmd.Flags().String("results", "results", "results root")
+	cmd.Flags().Bool("json", false, "print JSON (one object per cell)")
+	return cmd
+}
+
+func newSlurmCancelCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "cancel [flags]",
+		Short: "Cancel this results root's queued and running tasks (scancel); cancelled cells end interrupted",
+		Args:  cobra.NoArgs,
+		RunE:  runSlurmCancel,
+	}
+	cmd.Flags().String("results", "results", "results root")
+	cmd.Flags().String("only", "", "cancel only cells whose id matches this regular expression")
+	return cmd
+}
+
+func newSlurmTaskCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:    "task --spec FILE",
+		Short:  "Run the cell of one array task (what each Slurm task runs; picks its cell by SLURM_ARRAY_TASK_ID)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE:   runSlurmTask,
+	}
+	cmd.Flags().String("spec", "", "the array's task spec (<results>/.slurm/arrays/*.json)")
+	addSlurmCellFlags(cmd.Flags())
+	return cmd
+}
+
+// slurmErr gives errors of the Slurm commands the usage/config exit code: a missing client
+// or an unreachable controller is fixed in the environment, not by rerunning.
+func slurmErr(err error) error {
+	if errors.Is(err, slurm.ErrNoSlurm) || errors.Is(err, slurm.ErrController) {
+		return withCode(exitUsage, err)
+	}
+	return withCode(exitInternal, err)
+}
+
+// slurmTime turns --time into Slurm's format: a Go duration becomes H:MM:SS, Slurm's own
+// formats pass as they are.
+func slurmTime(s string) (string, error) {
+	if s == "" {
+		return "", nil
+	}
+	if d, err := time.ParseDuration(s); err == nil {
+		if d <= 0 {
+			return "", fmt.Errorf("--time %q: expected a positive duration", s)
+		}
+		sec := int64((d + time.Second - 1) / time.Second)
+		return fmt.Sprintf("%d:%02d:%02d", sec/3600, sec/60%60, sec%60), nil
+	}
+	if regexp.MustCompile(`^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$`).MatchString(s) {
+		return s, nil
+	}
+	return "", fmt.Errorf("--time %q: expected a duration such as 8h or 90m, or Slurm's D-HH:MM:SS", s)
+}
+
+func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
+	v, err := settings(cmd)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(v)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	tables, mx, err := loadMatrix(v)
+	if err != nil {
+		return err
+	}
+	root, err := filepath.Abs(v.GetString("results"))
+	if err != nil {
+		return err
+	}
+	matrixPath := v.GetString("matrix")
+	if _, err := os.Stat(matrixPath); err == nil {
+		matrixPath, _ = filepath.Abs(matrixPath)
+	}
+	tlimit, err := slurmTime(v.GetString("time"))
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	if v.GetInt("max-parallel") < 0 {
+		return usageErrorf("--max-parallel %d: expected 0 (no limit) or a positive number of tasks", v.GetInt("max-parallel"))
+	}
+	self := v.GetString("moecapd")
+	if self == "" {
+		if self, err = os.Executable(); err != nil {
+			return err
+		}
+	}
+	labels := map[string]bool{}
+	for _, l := range v.GetStringSlice("hardware") {
+		if _, _, err := matrix.ParseHardware(l); err != nil {
+			return usageErrorf("--hardware: %v", err)
+		}
+		labels[l] = true
+	}
+	opts := matrix.Options{IncludeDone: v.GetBool("include-done"), NoSkip: v.GetBool("no-skip"),
+		// A failed result is resubmitted: the cluster is where the matrix is redone.
+		RedoFailed: true}
+	if re := v.GetString("only"); re != "" {
+		rx, err := regexp.Compile(re)
+		if err != nil {
+			return usageErrorf("--only %q: %v", re, err)
+		}
+		opts.Only = rx.MatchString
+	}
+	results, problems, err := matrix.Results(root)
+	if err != nil {
+		return withCode(exitUsage, fmt.Errorf("read results root %s: %w", root, err))
+	}
+	for _, p := range problems {
+		log.Warn("unreadable manifest; its cell counts as not run", zap.String("problem", p))
+	}
+	// Every cell is planned as on a node of its own hardware: that is the node Slurm gives it.
+	items := map[string]*matrix.Item{}
+	planned := map[string]bool{}
+	for _, c := range mx.Cells {
+		if planned[c.Hardware] {
+			continue
+		}
+		planned[c.Hardware] = true
+		node, _ := matrix.ParseNode(c.Hardware)
+		for _, it := range matrix.Plan(mx, tables, node, results, opts) {
+			if it.Cell.Hardware == c.Hardware {
+				items[it.Cell.ID] = it
+			}
+		}
+	}
+
+	ctx := cmd.Context()
+	cli := &slurm.CLI{}
+	var lock *slurm.Lock
+	if !v.GetBool("dry-run") {
+		// One submit at a time per results root: two would both see a cell unqueued.
+		if lock, err = slurm.TryLock(slurm.Path(root, slurm.SubmitLock), fmt.Sprintf("moecapd slurm submit, PID %d", os.Getpid())); err != nil {
+			return usageErrorf("another submit is running on %s: %v; wait for it and submit again", root, err)
+		}
+		defer lock.Release()
+	}
+	rec, err := slurm.ReadRecord(root)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	latest := rec.Latest()
+	queue, err := cli.Queue(ctx, rec.JobIDs())
+	if err != nil {
+		return slurmErr(fmt.Errorf("ask Slurm which of this root's tasks are queued: %w", err))
+	}
+
+	byGPUs := map[int][]*matrix.Cell{}
+	var kept, queued, other int
+	for _, c := range mx.Cells {
+		it := items[c.ID]
+		if len(labels) > 0 && !labels[c.Hardware] {
+			continue
+		}
+		if it.Action != matrix.ActRun {
+			if it.Action == matrix.ActKeep {
+				kept++
+			} else if it.Action != matrix.ActFiltered {
+				other++
+			}
+			continue
+		}
+		if a, ok := latest[c.ID]; ok {
+			if t, ok := queue[a.Key()]; ok && t.Active() {
+				queued++
+				log.Debug("already queued", zap.String("cell", c.ID), zap.String("task", a.Key()), zap.String("state", t.State))
+				continue
+			}
+		}
+		byGPUs[c.GPUs] = append(byGPUs[c.GPUs], c)
+	}
+	if len(byGPUs) == 0 {
+		fmt.Printf("nothing to submit: %d cell(s) kept from results (ok or infeasible), %d queued or running in Slurm, %d done per matrix or skipped\n", kept, queued, other)
+		return nil
+	}
+
+	var killWait time.Duration
+	if !v.GetBool("dry-run") {
+		if killWait, err = cli.KillWait(ctx); err != nil {
+			return slurmErr(fmt.Errorf("read the cluster's KillWait: %w", err))
+		}
+	}
+	// Flags that decide how a cell runs, as given to submit, go to every task.
+	forward := map[string]string{}
+	task := pflag.NewFlagSet("task", pflag.ContinueOnError)
+	addSlurmCellFlags(task)
+	cmd.Flags().Visit(func(fl *pflag.Flag) {
+		if task.Lookup(fl.Name) != nil && fl.Name != "matrix" && fl.Name != "results" {
+			forward[fl.Name] = fl.Value.String()
+		}
+	})
+	script := slurm.Path(root, slurm.ScriptFile)
+	if !v.GetBool("dry-run") {
+		if script, err = slurm.WriteScript(root); err != nil {
+			return withCode(exitUsage, fmt.Errorf("write the batch script under %s: %w (the results root must be writable)", root, err))
+		}
+	}
+	counts := make([]int, 0, len(byGPUs))
+	for n := range byGPUs {
+		counts = append(counts, n)
+	}
+	sort.Ints(counts)
+	stamp := time.Now().UTC().Format("20060102T150405.000")
+	cwd, _ := os.Getwd()
+	for i, n := range counts {
+		cells := byGPUs[n]
+		ids := make([]string, len(cells))
+		for j, c := range cells {
+			ids[j] = c.ID
+		}
+		specPath := slurm.Path(root, slurm.ArraysDir, fmt.Sprintf("%s-%dgpu.json", stamp, n))
+		spec := &slurm.Spec{SchemaVersion: slurm.SpecVersion, Matrix: matrixPath, Results: root, GPUs: n,
+			Cells: ids, KillWaitS: killWait.Seconds(), Flags: forward}
+		sub := slurm.SubmitSpec{Name: fmt.Sprintf("moecapd-%dgpu", n), GPUs: n, Tasks: len(ids),
+			MaxParallel: v.GetInt("max-parallel"), Partition: v.GetString("partition"), Account: v.GetString("account"),
+			QOS: v.GetString("qos"), Time: tlimit, Output: slurm.Path(root, slurm.LogsDir, "%A_%a.out"), Chdir: cwd,
+			Extra: v.GetStringSlice("sbatch-arg"), Script: script,
+			Args: []string{self, "slurm", "task", "--spec", specPath}}
+		if v.GetBool("dry-run") {
+			fmt.Printf("array %d of %d: %d cell(s), %d GPU(s) per task\n  sbatch %s\n", i+1, len(counts), len(ids), n, shellWords(sub.Argv()))
+			if len(forward) > 0 {
+				var set []string
+				for k, val := range forward {
+					set = append(set, "--"+k+"="+val)
+				}
+				sort.Strings(set)
+				fmt.Printf("  settings for every task: %s\n", shellWords(set))
+			}
+			for j, id := range ids {
+				fmt.Printf("  task %d  %s\n", j, id)
+			}
+			continue
+		}
+		if err := os.MkdirAll(slurm.Path(root, slurm.LogsDir), 0o755); err != nil {
+			return withCode(exitUsage, err)
+		}
+		if err := slurm.WriteSpec(specPath, spec); err != nil {
+			return withCode(exitUsage, fmt.Errorf("write the task spec: %w", err))
+		}
+		id, err := cli.Submit(ctx, sub)
+		if err != nil {
+			_ = os.Remove(specPath)
+			return slurmErr(fmt.Errorf("submit the %d-GPU array (%d cells): %w", n, len(ids), err))
+		}
+		rec.Arrays = append(rec.Arrays, slurm.Array{JobID: id, Name: sub.Name, GPUs: n, Cells: ids, Spec: specPath,
+			SbatchArgv: append([]string{"sbatch"}, sub.Argv()...), SubmittedAt: time.Now().UTC()})
+		// Recorded at once: a failure submitting the next array must not lose this one.
+		if err := slurm.WriteRecord(root, rec); err != nil {
+			return withCode(exitInternal, fmt.Errorf("array %s was submitted but could not be recorded (cancel it with scancel %s): %w", id, id, err))
+		}
+		fmt.Printf("submitted array %s: %d cell(s), %d GPU(s) per task\n", id, len(ids), n)
+		log.Info("array submitted", zap.String("job", id), zap.Int("gpus", n), zap.Strings("cells", ids))
+	}
+	if v.GetBool("dry-run") {
+		fmt.Printf("dry run: nothing submitted; kept %d cell(s) from results, %d already queued or running\n", kept, queued)
+		return nil
+	}
+	fmt.Printf("kept %d cell(s) from results, %d already queued or running; moecapd slurm status --results %s\n", kept, queued, v.GetString("results"))
+	return nil
+}
+
+// shellWords renders an argv for display, quoted so it can be pasted into a shell.
+func shellWords(argv []string) string {
+	out := make([]string, len(argv))
+	for i, a := range argv {
+		if a != "" && !strings.ContainsFunc(a, func(r rune) bool {
+			return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_=/.,:%@+", r))
+		}) {
+			out[i] = a
+			continue
+		}
+		out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+	}
+	return strings.Join(out, " ")
+}
+
+// cellRow is one line of slurm status.
+type cellRow struct {
+	Cell    string      `json:"cell"`
+	Status  cell.Status `json:"status,omitempty"` // the manifest's; absent: no result yet
+	Failure string      `json:"failure,omitempty"`
+	Slurm   *slurmView  `json:"slurm,omitempty"`
+}
+
+type slurmView struct {
+	JobID      string `json:"job_id,omitempty"`
+	ArrayJobID string `json:"array_job_id"`
+	TaskID     int    `json:"array_task_id"`
+	State      string `json:"state,omitempty"` // Slurm's job state; absent once the controller forgot the job
+	Reason     string `json:"reason,omitempty"`
+	Node       string `json:"node,omitempty"`
+	Elapsed    string `json:"elapsed,omitempty"`
+	ExitCode   string `json:"exit_code,omitempty"`
+	Source     string `json:"source,omitempty"` // squeue or sacct
+	View       string `json:"view"`
+	Log        string `json:"log"`
+}
+
+func describeTask(t slurm.Task) string {
+	switch t.State {
+	case "PENDING":
+		return "queued (" + t.Reason + ")"
+	case "RUNNING":
+		return "running on " + t.Node + " for " + t.Elapsed
+	case "COMPLETING":
+		return "finishing on " + t.Node
+	case "COMPLETED":
+		return "finished"
+	case "CANCELLED":
+		return "cancelled"
+	case "TIMEOUT":
+		return "timed out"
+	case "FAILED":
+		if t.ExitCode != "" {
+			return "failed (exit " + t.ExitCode + ")"
+		}
+		return "failed"
+	case "NODE_FAIL":
+		return "node failed"
+	case "PREEMPTED":
+		return "preempted"
+	case "OUT_OF_MEMORY":
+		return "out of host memory"
+	case "REQUEUED", "REQUEUE_HOLD":
+		return "requeued"
+	}
+	return strings.ToLower(t.State)
+}
+
+func runSlurmStatus(cmd *cobra.Command, _ []string) error {
+	v, err := settings(cmd)
+	if err != nil {
+		return err
+	}
+	root, err := filepath.Abs(v.GetString("results"))
+	if err != nil {
+		return err
+	}
+	rec, err := slurm.ReadRecord(root)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	results, problems, err := matrix.Results(root)
+	if err != nil {
+		return withCode(exitUsage, fmt.Errorf("read results root %s: %w", root, err))
+	}
+	for _, p := range problems {
+		fmt.Fprintln(os.Stderr, "moecapd: unreadable manifest (counted as no result):", p)
+	}
+	ctx := cmd.Context()
+	cli := &slurm.CLI{}
+	ids := rec.JobIDs()
+	queue, err := cli.Queue(ctx, ids)
+	if err != nil {
+		return slurmErr(fmt.Errorf("squeue: %w", err))
+	}
+	acct, err := cli.Acct(ctx, ids)
+	noAcct := errors.Is(err, slurm.ErrNoAccounting)
+	if err != nil && !noAcct {
+		return slurmErr(fmt.Errorf("sacct: %w", err))
+	}
+	latest := rec.Latest()
+	var names []string
+	for id := range latest {
+		names = append(names, id)
+	}
+	for id := range results {
+		if _, ok := latest[id]; !ok {
+			names = append(names, id)
+		}
+	}
+	sort.Strings(names)
+	rows := make([]cellRow, 0, len(names))
+	for _, id := range names {
+		r := cellRow{Cell: id}
+		if m := results[id]; m != nil {
+			r.Status = m.Status
+			if m.Failure != nil {
+				r.Failure = fmt.Sprintf("%s/%s: %s", m.Failure.Phase, m.Failure.Kind, firstLineOf(m.Failure.Message))
+			}
+		}
+		if a, ok := latest[id]; ok {
+			sv := &slurmView{ArrayJobID: a.Array.JobID, TaskID: a.Index,
+				Log: slurm.Path(root, slurm.LogsDir, fmt.Sprintf("%s_%d.out", a.Array.JobID, a.Index))}
+			t, ok := queue[a.Key()]
+			if !ok {
+				t, ok = acct[a.Key()]
+			}
+			if ok {
+				sv.JobID, sv.State, sv.Reason, sv.Node, sv.Elapsed, sv.ExitCode, sv.Source = t.JobID, t.State, t.Reason, t.Node, t.Elapsed, t.ExitCode, t.Source
+				sv.View = describeTask(t)
+			} else if noAcct {
+				sv.View = "no longer in the queue (finished; the cluster keeps no accounting)"
+			} else {
+				sv.View = "unknown to squeue and sacct"
+			}
+			r.Slurm = sv
+		}
+		rows = append(rows, r)
+	}
+	if v.GetBool("json") {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rows)
+	}
+	printSlurmStatus(os.Stdout, root, rows)
+	return nil
+}
+
+func firstLineOf(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 160 {
+		s = s[:157] + "..."
+	}
+	return s
+}
+
+func printSlurmStatus(w io.Writer, root string, rows []cellRow) {
+	fmt.Fprintf(w, "results  %s\n\n", root)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "CELL\tMANIFEST\tSLURM\tTASK\tFAILURE")
+	counts := map[string]int{}
+	for _, r := range rows {
+		st := string(r.Status)
+		if st == "" {
+			st = "-"
+		}
+		counts[st]++
+		view, task := "not submitted", "-"
+		if r.Slurm != nil {
+			view, task = r.Slurm.View, fmt.Sprintf("%s_%d", r.Slurm.ArrayJobID, r.Slurm.TaskID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.Cell, st, view, task, r.Failure)
+	}
+	tw.Flush()
+	var parts []string
+	for _, k := range []string{"ok", "running", "failed", "infeasible", "interrupted", "-"} {
+		if counts[k] > 0 {
+			name := k
+			if k == "-" {
+				name = "no result yet"
+			}
+			parts = append(parts, fmt.Sprintf("%d %s", counts[k], name))
+		}
+	}
+	fmt.Fprintf(w, "\n%d cell(s): %s\n", len(rows), strings.Join(parts, ", "))
+}
+
+func runSlurmCancel(cmd *cobra.Command, _ []string) error {
+	v, err := settings(cmd)
+	if err != nil {
+		return err
+	}
+	root, err := filepath.Abs(v.GetString("results"))
+	if err != nil {
+		return err
+	}
+	only := func(string) bool { return true }
+	if re := v.GetString("only"); re != "" {
+		rx, err := regexp.Compile(re)
+		if err != nil {
+			return usageErrorf("--only %q: %v", re, err)
+		}
+		only = rx.MatchString
+	}
+	rec, err := slurm.ReadRecord(root)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	ctx := cmd.Context()
+	cli := &slurm.CLI{}
+	queue, err := cli.Queue(ctx, rec.JobIDs())
+	if err != nil {
+		return slurmErr(fmt.Errorf("squeue: %w", err))
+	}
+	var ids, cells []string
+	for id, a := range rec.Latest() {
+		if t, ok := queue[a.Key()]; ok && t.Active() && only(id) {
+			ids = append(ids, a.Key())
+			cells = append(cells, id)
+		}
+	}
+	if len(ids) == 0 {
+		fmt.Println("nothing to cancel: no task of this results root is queued or running")
+		return nil
+	}
+	slices.Sort(ids)
+	if err := cli.Cancel(ctx, ids); err != nil {
+		return slurmErr(fmt.Errorf("scancel: %w", err))
+	}
+	sort.Strings(cells)
+	fmt.Printf("cancelled %d task(s) (%s); running cells end interrupted with their servers torn down:\n", len(ids), strings.Join(ids, " "))
+	for _, c := range cells {
+		fmt.Printf("  %s\n", c)
+	}
+	return nil
+}
+
+// lockCell takes the per-cell lock a Slurm task holds while it runs its cell, so two tasks
+// (a duplicate submission, a requeue racing its predecessor) never write one cell. It is
+// the task's only lock: none on the whole results root. The one place to swap for pkg/cell's
+// per-cell lock.
+func lockCell(root, id string) (release func(), err error) {
+	l, err := slurm.TryLock(slurm.Path(root, slurm.LocksDir, id+".lock"),
+		fmt.Sprintf("moecapd slurm task, PID %d, job %s", os.Getpid(), os.Getenv("SLURM_JOB_ID")))
+	if err != nil {
+		return nil, err
+	}
+	return l.Release, nil
+}
+
+func runSlurmTask(cmd *cobra.Command, _ []string) error {
+	specPath, _ := cmd.Flags().GetString("spec")
+	if specPath == "" {
+		return usageErrorf("--spec is required (moecapd slurm submit writes it; this command is what each Slurm task runs)")
+	}
+	spec, err := slurm.ReadSpec(specPath)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	// The settings the cell was submitted with; flags on this command line still win.
+	for name, val := range spec.Flags {
+		if fl := cmd.Flags().Lookup(name); fl != nil && !fl.Changed {
+			if err := cmd.Flags().Set(name, val); err != nil {
+				return usageErrorf("%s: flag --%s=%q: %v", specPath, name, val, err)
+			}
+		}
+	}
+	for name, val := range map[string]string{"matrix": spec.Matrix, "results": spec.Results} {
+		if err := cmd.Flags().Set(name, val); err != nil {
+			return usageErrorf("%s: %v", specPath, err)
+		}
+	}
+	v, err := settings(cmd)
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(v)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	env, ok, err := slurm.ReadTaskEnv(os.Getenv)
+	if err != nil {
+		return usageErrorf("%v", err)
+	}
+	if !ok {
+		return usageErrorf("SLURM_ARRAY_TASK_ID is not set: moecapd slurm task runs inside a Slurm array task (submit with moecapd slurm submit)")
+	}
+	id, err := spec.CellAt(env.TaskID)
+	if err != nil {
+		return usageErrorf("%s: %v", specPath, err)
+	}
+	log = log.With(zap.String("job", env.ArrayJobID+"_"+strconv.Itoa(env.TaskID)))
+	_, mx, err := loadMatrix(v)
+	if err != nil {
+		return err
+	}
+	c := mx.Cell(id)
+	if c == nil {
+		return usageErrorf("cell %s is no longer in %s (the matrix changed after submit); submit again", id, mx.Path)
+	}
+	root := spec.Results
+	release, err := lockCell(root, id)
+	if err != nil {
+		return usageErrorf("cell %s: its lock is %v; another run is on it, so this task leaves it alone", id, err)
+	}
+	defer release()
+	dir := filepath.Join(root, id)
+	if prev, err := cell.ReadManifest(dir); err == nil && prev.Status == cell.StatusOK && env.RestartCount == 0 {
+		log.Info("cell already ok in the results root; nothing to do")
+		return nil
+	}
+	if env.RestartCount > 0 {
+		log.Warn("requeued task: redoing its cell from the start", zap.Int("restart_count", env.RestartCount))
+	}
+	// Teardown must end inside KillWait: after it Slurm kills every process of the job,
+	// moecapd included, and the cell would stay "running".
+	if spec.KillWaitS > 0 {
+		limit := time.Duration(spec.KillWaitS * float64(time.Second) / 2)
+		if g := v.GetDuration("grace"); g > limit {
+			log.Info("grace shortened to half the cluster's KillWait", zap.Duration("grace", limit), zap.Duration("asked", g))
+			v.Set("grace", limit)
+		}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	gb, err := gpu.Open(log, v.GetBool("require-gpu"))
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	defer gb.Close()
+	log.Info("slurm task starting", zap.Strings("gpus", env.GPUs), zap.String("node", env.Node),
+		zap.String("cuda_visible_devices", env.CUDAVisibleDevices), zap.Int("restart_count", env.RestartCount))
+	r := &matrix.Runner{
+		Results: root, Items: []*matrix.Item{{Cell: c, Action: matrix.ActRun}}, Slots: 1,
+		Host: v.GetString("host"), NoSkip: true, Retries: v.GetInt("retries"),
+		Backoff: v.GetDuration("retry-backoff"), CellTimeout: v.GetDuration("cell-timeout"), Log: log,
+		// GPUs left empty: the cell runs on the caller's CUDA_VISIBLE_DEVICES, Slurm's.
+		Build: func(c *matrix.Cell) (*cell.Config, error) { return matrixCellConfig(v, gb, log, c, nil) },
+	}
+	_, runErr := r.Run(ctx)
+	m, err := cell.ReadManifest(dir)
+	if err != nil {
+		return withCode(exitInternal, errors.Join(runErr, fmt.Errorf("read the cell's manifest: %w", err)))
+	}
+	b, _ := json.Marshal(env)
+	if m.Extra == nil {
+		m.Extra = map[string]json.RawMessage{}
+	}
+	m.Extra[slurm.ExtraKey] = b
+	if err := cell.WriteManifest(dir, m); err != nil {
+		return withCode(exitInternal, err)
+	}
+	if runErr != nil {
+		return withCode(exitInternal, runErr)
+	}
+	log.Info("slurm task finished", zap.String("status", string(m.Status)))
+	if code := cell.ExitCode(m); code != 0 {
+		return withCode(code, fmt.Errorf("cell %s %s", id, m.Status))
+	}
+	return nil
+}
