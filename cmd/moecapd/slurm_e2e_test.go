@@ -443,3 +443,26 @@ func TestSlurmUnavailable(t *testing.T) {
 		t.Errorf("controller down: exit %d, stderr %s; want 2 and what to check", r.code, r.stderr)
 	}
 }
+
+func TestSlurmTime(t *testing.T) {
+	tests := []struct {
+		in, want string
+		err      bool
+	}{
+		{"", "", false},
+		{"8h", "8:00:00", false},
+		{"90m", "1:30:00", false},
+		{"36h30m5s", "36:30:05", false},
+		{"1500ms", "0:00:02", false}, // rounded up: a limit never shrinks
+		{"2-12:00:00", "2-12:00:00", false},
+		{"30", "30", false},
+		{"-1h", "", true},
+		{"soon", "", true},
+	}
+	for _, tc := range tests {
+		got, err := slurmTime(tc.in)
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("slurmTime(%q) = %q, %v; want %q (error %v)", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
