@@ -24,6 +24,15 @@ type State struct {
 	Supervisor int       `json:"supervisor_pid"`
 	SupStart   uint64    `json:"supervisor_start_ticks"`
 	StartedAt  time.Time `json:"started_at"`
+	// Host is the machine the server runs on. On a results root shared by many nodes (Slurm)
+	// a state file of another host names PIDs of that host: never ours to judge or end.
+	Host string `json:"host,omitempty"`
+}
+
+// hostname is this machine's name as state files record it ("" when unknown).
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
 }
 
 // NewState describes p, started by this process.
@@ -34,7 +43,7 @@ func NewState(p *Process, serverArgv []string, port int) State {
 		selfStart = info.StartTicks
 	}
 	return State{PID: p.pid, PGID: p.pid, StartTicks: p.start, Argv: p.argv, ServerArgv: serverArgv,
-		Port: port, Supervisor: self, SupStart: selfStart, StartedAt: time.Now().UTC()}
+		Port: port, Supervisor: self, SupStart: selfStart, StartedAt: time.Now().UTC(), Host: hostname()}
 }
 
 // WriteState writes the state file of a cell directory atomically.
@@ -82,6 +91,9 @@ func FindOrphans(root string) ([]Orphan, error) {
 			continue
 		}
 		dir := filepath.Dir(f)
+		if h := hostname(); s.Host != "" && h != "" && s.Host != h {
+			continue // another node's server (shared results root): that node's runs see to it
+		}
 		if s.Supervisor > 0 {
 			if sup, ok := readProc(s.Supervisor); ok && sup.StartTicks == s.SupStart && alive(s.Supervisor) {
 				continue
