@@ -473,7 +473,8 @@ func runSlurmStatus(cmd *cobra.Command, _ []string) error {
 		return slurmErr(fmt.Errorf("squeue: %w", err))
 	}
 	acct, err := cli.Acct(ctx, ids)
-	noAcct := errors.Is(err, slurm.ErrNoAccounting)
+	// No slurmdbd, or no sacct at all: squeue's view is all there is.
+	noAcct := errors.Is(err, slurm.ErrNoAccounting) || errors.Is(err, slurm.ErrNoSlurm)
 	if err != nil && !noAcct {
 		return slurmErr(fmt.Errorf("sacct: %w", err))
 	}
@@ -692,14 +693,17 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 	if env.RestartCount > 0 {
 		log.Warn("requeued task: redoing its cell from the start", zap.Int("restart_count", env.RestartCount))
 	}
-	// Teardown must end inside KillWait: after it Slurm kills every process of the job,
-	// moecapd included, and the cell would stay "running".
+	// Stopping must end inside KillWait: after it Slurm kills every process of the job,
+	// moecapd included, and the cell would stay "running". The bench's drain of in-flight
+	// requests gets a fifth of it, the server's grace half.
+	var drain time.Duration
 	if spec.KillWaitS > 0 {
-		limit := time.Duration(spec.KillWaitS * float64(time.Second) / 2)
-		if g := v.GetDuration("grace"); g > limit {
-			log.Info("grace shortened to half the cluster's KillWait", zap.Duration("grace", limit), zap.Duration("asked", g))
-			v.Set("grace", limit)
+		kw := time.Duration(spec.KillWaitS * float64(time.Second))
+		if g := v.GetDuration("grace"); g > kw/2 {
+			log.Info("grace shortened to half the cluster's KillWait", zap.Duration("grace", kw/2), zap.Duration("asked", g))
+			v.Set("grace", kw/2)
 		}
+		drain = min(5*time.Second, kw/5)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -715,7 +719,13 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 		Host: v.GetString("host"), NoSkip: true, Retries: v.GetInt("retries"),
 		Backoff: v.GetDuration("retry-backoff"), CellTimeout: v.GetDuration("cell-timeout"), Log: log,
 		// GPUs left empty: the cell runs on the caller's CUDA_VISIBLE_DEVICES, Slurm's.
-		Build: func(c *matrix.Cell) (*cell.Config, error) { return matrixCellConfig(v, gb, log, c, nil) },
+		Build: func(c *matrix.Cell) (*cell.Config, error) {
+			cfg, err := matrixCellConfig(v, gb, log, c, nil)
+			if err == nil && drain > 0 {
+				cfg.Native.DrainTimeout = drain
+			}
+			return cfg, err
+		},
 	}
 	_, runErr := r.Run(ctx)
 	m, err := cell.ReadManifest(dir)

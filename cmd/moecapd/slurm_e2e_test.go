@@ -321,8 +321,12 @@ func TestSlurmCancelTearsDown(t *testing.T) {
 		t.Fatalf("status while running: %+v", rows)
 	}
 
+	r = moecapd(t, env, "slurm", "cancel", "--results", root, "--only", "no-such-cell")
+	if r.code != 0 || !strings.Contains(r.stdout, "nothing to cancel") {
+		t.Fatalf("cancel --only matching nothing: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
 	t0 := time.Now()
-	r = moecapd(t, env, "slurm", "cancel", "--results", root)
+	r = moecapd(t, env, "slurm", "cancel", "--results", root, "--only", `dsv2_lite\.1xH200`)
 	if r.code != 0 || !strings.Contains(r.stdout, "cancelled 1 task") {
 		t.Fatalf("cancel: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -416,7 +420,15 @@ func TestSlurmRequeueRedoesCell(t *testing.T) {
 // The Slurm commands missing or the controller not answering: a clear error, exit 2.
 func TestSlurmUnavailable(t *testing.T) {
 	root := t.TempDir()
-	r := moecapd(t, []string{"PATH=" + t.TempDir()}, submitArgs(root, "--only", `xH100\.`)...)
+	// A dry run on a root never submitted needs no Slurm at all.
+	r := moecapd(t, []string{"PATH=" + t.TempDir()}, submitArgs(root, "--only", `xH100\.`, "--dry-run")...)
+	if r.code != 0 || strings.Count(r.stdout, "sbatch --parsable") != 4 || !strings.Contains(r.stdout, "--grace=2s") {
+		t.Errorf("dry run without Slurm: exit %d\n%s\n%s; want 4 sbatch lines and the forwarded settings", r.code, r.stdout, r.stderr)
+	}
+	if _, err := os.Stat(slurm.Path(root, slurm.JobsFile)); err == nil {
+		t.Errorf("a dry run recorded a submission")
+	}
+	r = moecapd(t, []string{"PATH=" + t.TempDir()}, submitArgs(root, "--only", `xH100\.`)...)
 	if r.code != exitUsage || !strings.Contains(r.stderr, "not on PATH") || !strings.Contains(r.stderr, "slurm-client") {
 		t.Errorf("no Slurm on PATH: exit %d, stderr %s; want 2 naming the missing command and the package", r.code, r.stderr)
 	}
