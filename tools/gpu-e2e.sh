@@ -77,16 +77,57 @@ run_cell() { # tp extra-server-flags...
 status=0
 run_cell 1 || status=$?
 if [ "$ngpu" -ge 2 ]; then
-  CUDA_VISIBLE_DEVICES=0,1 run_cell 2 --worker-processes || status=$?
+  all=$(seq -s, 0 $((ngpu - 1)))
+  CUDA_VISIBLE_DEVICES=$all run_cell "$ngpu" --worker-processes || status=$?
 else
-  echo "== only $ngpu GPU: TP=2 skipped"
+  echo "== only $ngpu GPU: TP=$ngpu only (multi-GPU TP needs a machine with several GPUs)"
 fi
 [ $status -eq 0 ] || { echo "gpu-e2e: launch-and-bench exited $status" >&2; }
 
+# kill -9 of the supervisor in the middle of the bench, then a rerun of the same cell: the
+# rerun must end the orphaned server (every rank), wait until the GPUs are back to baseline,
+# and succeed.
+kill_tp=$ngpu
+echo "== kill -9 mid-bench (TP=$kill_tp), then rerun"
+kres=$out/results-kill9
+(CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((kill_tp - 1))) SAMPLES=400 exec "$moecapd" launch-and-bench --backend sglang \
+  --config "$cfg" --num-samples 400 --batch-size "${BATCH:-16}" --tp "$kill_tp" --conda-root "$root" --env "$env" --port 0 \
+  --results "$kres" --require-gpu --grace 20s --log-format console -- --worker-processes) >"$out/kill9-first.log" 2>&1 &
+sup=$!
+for _ in $(seq 1 240); do
+  grep -q '"phase": *"bench"\|phase=bench\|bench started\|starting bench' "$out/kill9-first.log" 2>/dev/null && break
+  ls "$kres"/*/client.log >/dev/null 2>&1 && [ -s "$(ls "$kres"/*/client.log | head -1)" ] && break
+  sleep 0.5
+done
+sleep 3
+echo "kill -9 supervisor $sup"
+kill -9 "$sup" 2>/dev/null || true
+wait "$sup" 2>/dev/null || true
+echo "GPU processes right after kill -9:"
+nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader || true
+krc=0
+CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((kill_tp - 1))) "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
+  --batch-size "${BATCH:-16}" --tp "$kill_tp" --conda-root "$root" --env "$env" --port 0 --results "$kres" \
+  --require-gpu --grace 20s --log-format console -- --worker-processes >"$out/kill9-rerun.log" 2>&1 || krc=$?
+tail -25 "$out/kill9-rerun.log"
+echo "kill9-rerun exit $krc"
+
+# A real CUDA out-of-memory at start on one rank (the last) of a TP cell: classified oom
+# (infeasible, exit 4), nothing left on any GPU.
+echo "== CUDA OOM at start on rank $((ngpu - 1)) of TP=$ngpu"
+ores=$out/results-oom
+orc=0
+CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((ngpu - 1))) "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
+  --batch-size "${BATCH:-16}" --tp "$ngpu" --conda-root "$root" --env "$env" --port 0 --results "$ores" \
+  --require-gpu --grace 20s --log-format console -- --worker-processes --oom-at-start-rank $((ngpu - 1)) \
+  >"$out/oom.log" 2>&1 || orc=$?
+tail -15 "$out/oom.log"
+echo "oom exit $orc"
+
 echo "== checks"
-python3 - "$out/results" <<'EOF'
-import csv, glob, json, os, sys
-root = sys.argv[1]
+python3 - "$out/results" "$out" "$krc" "$orc" "$ngpu" <<'EOF'
+import csv, glob, json, os, subprocess, sys
+root, out, krc, orc, ngpu = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 bad = []
 cells = sorted(glob.glob(os.path.join(root, "*", "manifest.json")))
 if not cells:
@@ -112,6 +153,21 @@ for mf in cells:
           "telemetry rows per GPU %s for GPUs %s" % (seen, idx))
     sp = t.get("server_peak_memory_bytes") or 0
     check(sp > 100 << 20, "server PIDs seen holding %.0f MiB" % (sp / 2**20))
+    # Per GPU, from telemetry.csv: the server's PIDs seen on every GPU, and the energy
+    # counter's delta against the trapezoid integral of power over the same rows (2%).
+    per = {}
+    for r in rows:
+        per.setdefault(int(r["gpu_index"]), []).append(r)
+    for g, rs in sorted(per.items()):
+        held = max(int(r["server_mem_bytes"] or 0) for r in rs)
+        check(held > 100 << 20, "GPU %d: server PIDs seen holding %.0f MiB" % (g, held / 2**20))
+        pts = [(float(r["timestamp"]), float(r["power_mw"]) / 1e3, float(r["energy_mj"]) / 1e3)
+               for r in rs if r["power_mw"] and r["energy_mj"]]
+        if len(pts) > 10:
+            integ = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(pts, pts[1:]))
+            ctr = pts[-1][2] - pts[0][2]
+            check(ctr > 0 and abs(ctr - integ) / ctr < 0.02,
+                  "GPU %d: energy counter %.1f J vs integrated power %.1f J (%.2f%%)" % (g, ctr, integ, 100 * abs(ctr - integ) / max(ctr, 1e-9)))
     e, p, w = t.get("energy_j") or 0, t.get("avg_power_w") or 0, t.get("bench_window_s") or 0
     check(e > 0, "energy %.1f J over %.1f s" % (e, w))
     if e > 0 and p > 0 and w > 0:
@@ -121,9 +177,51 @@ for mf in cells:
         print("info %s: counter %.1f J, integrated power %.1f J, disagreement %s%%" % (cid, e, ei, t.get("energy_disagreement_pct")))
     check(m.get("failure") is None, "teardown: no orphans, memory back to baseline")
     met = m.get("metrics") or {}
-    print("info %s: %d completed, TTFT %.1f ms, TPOT %.2f ms, %.0f out tok/s, %.4f J/token" % (
-        cid, met.get("completed", 0), met.get("mean_ttft_ms", 0), met.get("mean_tpot_ms", 0),
-        met.get("output_throughput", 0), t.get("j_per_output_token") or 0))
+    na = lambda v, f: "n/a" if v is None else f % v
+    print("info %s: %s completed, TTFT %s ms, TPOT %s ms, %s out tok/s, %s J/token" % (
+        cid, met.get("completed"), na(met.get("mean_ttft_ms"), "%.1f"), na(met.get("mean_tpot_ms"), "%.2f"),
+        na(met.get("output_throughput"), "%.0f"), na(t.get("j_per_output_token"), "%.4f")))
+
+def check2(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        bad.append(what)
+
+def gpu_apps():
+    q = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader"],
+                       capture_output=True, text=True).stdout.strip()
+    return q
+
+# kill -9 then rerun
+check2(krc == 0, "kill -9 then rerun: rerun exit %d (want 0)" % krc)
+km = sorted(glob.glob(os.path.join(out, "results-kill9", "*", "manifest.json")))
+for mf in km:
+    m = json.load(open(mf))
+    check2(m["status"] == "ok", "kill -9 then rerun: %s %s" % (m["cell"]["id"], m["status"]))
+att = glob.glob(os.path.join(out, "results-kill9", ".attempts", "*", "manifest.json"))
+for mf in att:
+    m = json.load(open(mf))
+    f = m.get("failure") or {}
+    check2(m["status"] == "interrupted", "kill -9: the killed attempt is %s (phase %s)" % (m["status"], f.get("phase")))
+check2(len(att) >= 1, "kill -9: the killed attempt archived (%d)" % len(att))
+# oom
+check2(orc == 4, "CUDA OOM at start: exit %d (want 4)" % orc)
+for mf in glob.glob(os.path.join(out, "results-oom", "*", "manifest.json")):
+    m = json.load(open(mf))
+    f = m.get("failure") or {}
+    check2(m["status"] == "infeasible" and f.get("kind") == "oom",
+           "CUDA OOM at start: status %s kind %s: %s" % (m["status"], f.get("kind"), (f.get("message") or "")[:120]))
+left = gpu_apps()
+check2(left == "", "no GPU process left after all runs (%s)" % (left or "none"))
+# idle readings: what moecapd reads vs what nvidia-smi shows
+smi = subprocess.run(["nvidia-smi", "--query-gpu=index,memory.used,memory.reserved,memory.total", "--format=csv,noheader,nounits"],
+                     capture_output=True, text=True).stdout.strip()
+print("info nvidia-smi index, used MiB, reserved MiB, total MiB:", smi.replace("\n", " | "))
+try:
+    g = json.load(open(os.path.join(out, "gpus.json")))
+    print("info moecapd gpus --json:", json.dumps(g)[:1500])
+except Exception as e:  # noqa
+    print("info gpus.json unreadable:", e)
 sys.exit(1 if bad else 0)
 EOF
 echo "== GPU processes after the run (want none)"

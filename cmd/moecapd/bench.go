@@ -272,14 +272,15 @@ func printBenchSummary(w io.Writer, o *profile.Options, res *profile.Result) {
 	row("Total token throughput (tok/s):", "%.2f", m.TotalTokenThroughput)
 	for _, l := range []struct {
 		name                     string
-		mean, med, p90, p99, std float64
+		mean, med, p90, p99, std *float64
 	}{
 		{"TTFT", m.MeanTTFTMs, m.MedianTTFTMs, m.P90TTFTMs, m.P99TTFTMs, m.StdTTFTMs},
 		{"TPOT", m.MeanTPOTMs, m.MedianTPOTMs, m.P90TPOTMs, m.P99TPOTMs, m.StdTPOTMs},
 		{"ITL", m.MeanITLMs, m.MedianITLMs, m.P90ITLMs, m.P99ITLMs, m.StdITLMs},
 		{"E2EL", m.MeanE2ELMs, m.MedianE2ELMs, m.P90E2ELMs, m.P99E2ELMs, m.StdE2ELMs},
 	} {
-		row(l.name+" (ms) mean/median/p90/p99/std:", "%.2f / %.2f / %.2f / %.2f / %.2f", l.mean, l.med, l.p90, l.p99, l.std)
+		f := func(p *float64) string { return profile.FormatMs(p, 2) }
+		row(l.name+" (ms) mean/median/p90/p99/std:", "%s / %s / %s / %s / %s", f(l.mean), f(l.med), f(l.p90), f(l.p99), f(l.std))
 	}
 	opt := func(p *float64) string {
 		if p == nil {

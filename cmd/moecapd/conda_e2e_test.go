@@ -145,3 +145,28 @@ func TestMissingCondaEnv(t *testing.T) {
 		t.Errorf("error does not say how to create the env:\n%s", r.stderr)
 	}
 }
+
+// The sim server with the MoE-CAP runner as the client: the server runs without conda, the
+// runner inside the activated env (here `moecapd bench`, through the fake env's python).
+func TestSimWithRunnerClient(t *testing.T) {
+	root, _ := fakeCondaRoot(t, "sglang")
+	cfg := tinyConfig(t, qwen, 32, 8, 4)
+	results := t.TempDir()
+	r := moecapd(t, []string{"MOECAPD_TEST_BIN=" + bin}, "launch-and-bench", "--backend", "sim", "--client", "moe-cap",
+		"--config", cfg, "--batch-size", "2", "--port", "0", "--conda-root", root, "--results", results,
+		"--grace", "2s", "--log-format", "json", "--", "--sim-tpot", "2ms")
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	dir, m := onlyCell(t, results)
+	if m.Status != cell.StatusOK || m.Client.Kind != "moe-cap" || m.Metrics == nil || m.Metrics.Source != "moe-cap" || m.Metrics.Completed != 4 {
+		t.Fatalf("manifest %+v metrics %+v", m, m.Metrics)
+	}
+	if slices.Contains(m.Server.Argv, "conda") || len(m.Server.Argv) == 0 || m.Server.Argv[0] != bin && !strings.HasSuffix(m.Server.Argv[0], "moecapd") {
+		t.Errorf("sim server argv %q: want the moecapd binary itself, not a conda activation", m.Server.Argv)
+	}
+	ms, _ := filepath.Glob(filepath.Join(dir, "client", "*", "*", "metrics_*.json"))
+	if len(ms) != 1 {
+		t.Errorf("runner metrics files %v, want one under client/<org>/<model>/", ms)
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/profile"
 	"github.com/moecapd/moecapd/pkg/report"
 )
 
@@ -222,15 +223,17 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		t.Preflight, t.LaunchToReady, t.Bench, t.Teardown, t.Total)
 	if x := m.Metrics; x != nil {
 		fmt.Fprintf(w, "requests %d completed, %d failed  (%s latencies)\n", x.Completed, x.Failed, x.LatencyKind)
-		if x.Source == "moe-cap" {
-			// The runner reports only means of server forward-pass times; no ITL.
-			fmt.Fprintf(w, "TTFT ms  mean %.2f (server prefill passes)\nTPOT ms  mean %.2f (server decode passes)\n", x.MeanTTFTMs, x.MeanTPOTMs)
-		} else {
-			fmt.Fprintf(w, "TTFT ms  mean %.2f  median %.2f  p90 %.2f  p99 %.2f\n", x.MeanTTFTMs, x.MedianTTFTMs, x.P90TTFTMs, x.P99TTFTMs)
-			fmt.Fprintf(w, "TPOT ms  mean %.2f  median %.2f  p90 %.2f  p99 %.2f\n", x.MeanTPOTMs, x.MedianTPOTMs, x.P90TPOTMs, x.P99TPOTMs)
-			fmt.Fprintf(w, "ITL ms   mean %.2f  median %.2f  p90 %.2f  p99 %.2f\n", x.MeanITLMs, x.MedianITLMs, x.P90ITLMs, x.P99ITLMs)
+		f := func(p *float64) string { return profile.FormatMs(p, 2) }
+		if sp := x.ServerPass; sp != nil {
+			// Server forward-pass times (GPU time, no queueing), under their own names.
+			fmt.Fprintf(w, "server passes  TTFT (MoE-CAP) %s ms  TPOT (MoE-CAP) %s ms\n", f(sp.TTFTMoECAPMs), f(sp.TPOTMoECAPMs))
 		}
-		fmt.Fprintf(w, "E2EL ms  mean %.2f  median %.2f  p90 %.2f  p99 %.2f\n", x.MeanE2ELMs, x.MedianE2ELMs, x.P90E2ELMs, x.P99E2ELMs)
+		if x.MeanTTFTMs != nil || x.MeanTPOTMs != nil {
+			fmt.Fprintf(w, "TTFT ms  mean %s  median %s  p90 %s  p99 %s\n", f(x.MeanTTFTMs), f(x.MedianTTFTMs), f(x.P90TTFTMs), f(x.P99TTFTMs))
+			fmt.Fprintf(w, "TPOT ms  mean %s  median %s  p90 %s  p99 %s\n", f(x.MeanTPOTMs), f(x.MedianTPOTMs), f(x.P90TPOTMs), f(x.P99TPOTMs))
+			fmt.Fprintf(w, "ITL ms   mean %s  median %s  p90 %s  p99 %s\n", f(x.MeanITLMs), f(x.MedianITLMs), f(x.P90ITLMs), f(x.P99ITLMs))
+		}
+		fmt.Fprintf(w, "E2EL ms  mean %s  median %s  p90 %s  p99 %s\n", f(x.MeanE2ELMs), f(x.MedianE2ELMs), f(x.P90E2ELMs), f(x.P99E2ELMs))
 		fmt.Fprintf(w, "throughput  %.1f output tok/s  %.1f total tok/s  %.3f req/s over %.2fs\n", x.OutputThroughput, x.TotalTokenThroughput, x.RequestThroughput, x.DurationS)
 	}
 	if tm := m.Telemetry; tm != nil {

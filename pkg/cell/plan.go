@@ -116,9 +116,6 @@ func (c *Config) Validate() (config.Model, error) {
 	if c.Client != ClientMoECAP && c.Client != ClientNative {
 		return config.Model{}, cfgErr("--client", fmt.Sprintf("got %q, expected moe-cap or native", c.Client))
 	}
-	if c.Backend == launcher.BackendSim && c.Client == ClientMoECAP {
-		return config.Model{}, cfgErr("--client", "the MoE-CAP runner needs a conda env and CUDA; use --client native with --backend sim")
-	}
 	if c.Bench == nil {
 		return config.Model{}, cfgErr("--config", "missing; pass a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
 	}
@@ -222,10 +219,15 @@ func MakePlan(c *Config) (*Plan, error) {
 	}
 	p.BaseURL = "http://" + joinHostPort(clientHost, port)
 	p.APIURL = p.BaseURL + "/v1/completions"
-	if c.Backend != launcher.BackendSim {
+	// The conda env runs the server, and the MoE-CAP runner when it is the client; the sim
+	// server itself needs none, but the upstream runner against the sim does.
+	if c.Backend != launcher.BackendSim || c.Client == ClientMoECAP {
 		p.CondaEnv = c.CondaEnv
 		if p.CondaEnv == "" {
 			p.CondaEnv = c.Backend
+			if c.Backend == launcher.BackendSim {
+				p.CondaEnv = p.Spec.APIFlavor()
+			}
 		}
 		// The root may be missing; dry-run still shows the argv with the root it would use.
 		root, rerr := launcher.ResolveCondaRoot(c.Conda)
@@ -233,7 +235,9 @@ func MakePlan(c *Config) (*Plan, error) {
 			root, p.CondaErr = c.Conda.Candidates()[0], rerr
 		}
 		p.CondaRoot = root
-		p.LaunchArgv = launcher.ActivationArgv(root, p.CondaEnv, p.ServerArgv)
+		if c.Backend != launcher.BackendSim {
+			p.LaunchArgv = launcher.ActivationArgv(root, p.CondaEnv, p.ServerArgv)
+		}
 	}
 	if c.Client == ClientMoECAP {
 		// The runner reads the cell's own copy of the benchmark file: the original may be

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // State of a cell in the status report.
@@ -203,7 +204,11 @@ func Summary(m *cell.Manifest) string {
 	if x == nil {
 		return s + " no metrics recorded"
 	}
-	s += fmt.Sprintf(" TTFT %.1f ms, TPOT %.2f ms, %.1f output tok/s, %d samples", x.MeanTTFTMs, x.MeanTPOTMs, x.OutputThroughput, m.Cell.NumSamples)
+	ttft, tpot := x.MeanTTFTMs, x.MeanTPOTMs
+	if sp := x.ServerPass; sp != nil && ttft == nil && tpot == nil {
+		ttft, tpot = sp.TTFTMoECAPMs, sp.TPOTMoECAPMs // the runner's server-pass latencies
+	}
+	s += fmt.Sprintf(" TTFT %s ms, TPOT %s ms, %.1f output tok/s, %d samples", profile.FormatMs(ttft, 1), profile.FormatMs(tpot, 2), x.OutputThroughput, m.Cell.NumSamples)
 	if t := m.Telemetry; t != nil && t.JPerOutputToken != nil {
 		s += fmt.Sprintf(", %.3f J/token", *t.JPerOutputToken)
 	} else {

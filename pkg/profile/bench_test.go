@@ -126,9 +126,9 @@ func measure(b *testing.B, batch, out int, ttft, tpot time.Duration) benchRow {
 		batch: batch, ttft: ttft, tpot: tpot, m: m, tokens: m.TotalOutputTokens,
 		cpuPerToken:      cpu / time.Duration(max(m.TotalOutputTokens, 1)),
 		streamedPerS:     m.OutputThroughput,
-		tpotErrPct:       (m.MeanTPOTMs - imposed) / imposed * 100,
-		ttftErrMs:        m.MeanTTFTMs - float64(ttft)/float64(time.Millisecond),
-		itlP99OverTPOTMs: m.P99ITLMs - imposed,
+		tpotErrPct:       (deref(m.MeanTPOTMs) - imposed) / imposed * 100,
+		ttftErrMs:        deref(m.MeanTTFTMs) - float64(ttft)/float64(time.Millisecond),
+		itlP99OverTPOTMs: deref(m.P99ITLMs) - imposed,
 	}
 }
 
@@ -152,7 +152,7 @@ func BenchmarkClientAccuracy(b *testing.B) {
 	fmt.Fprintln(tw, "batch\timposed TTFT ms\timposed TPOT ms\tmeasured TTFT ms\tTTFT err ms\tmeasured TPOT ms\tTPOT err %\tITL p99 ms\tclient CPU µs/token\tstreamed tok/s\t")
 	for _, r := range rows {
 		fmt.Fprintf(tw, "%d\t%.0f\t%.1f\t%.2f\t%+.2f\t%.4f\t%+.3f\t%.3f\t%.2f\t%.0f\t\n", r.batch, ms(r.ttft), ms(r.tpot),
-			r.m.MeanTTFTMs, r.ttftErrMs, r.m.MeanTPOTMs, r.tpotErrPct, r.m.P99ITLMs, float64(r.cpuPerToken)/1e3, r.streamedPerS)
+			deref(r.m.MeanTTFTMs), r.ttftErrMs, deref(r.m.MeanTPOTMs), r.tpotErrPct, deref(r.m.P99ITLMs), float64(r.cpuPerToken)/1e3, r.streamedPerS)
 	}
 	tw.Flush()
 	b.ReportMetric(rows[len(rows)-1].tpotErrPct, "tpot_err_%_bs128")
@@ -180,7 +180,7 @@ func BenchmarkClientMaxStreamRate(b *testing.B) {
 				best = max(best, r.streamedPerS)
 			}
 			fmt.Fprintf(tw, "%d\t%.1f\t%.0f\t%.0f\t%+.3f\t%.3f\t%.3f\t%+.3f\t%.2f\t%v\t\n", batch, ms(tpot), float64(batch)/tpot.Seconds(),
-				r.streamedPerS, r.tpotErrPct, r.m.MedianITLMs, r.m.P99ITLMs, r.itlP99OverTPOTMs, float64(r.cpuPerToken)/1e3, ok)
+				r.streamedPerS, r.tpotErrPct, deref(r.m.MedianITLMs), deref(r.m.P99ITLMs), r.itlP99OverTPOTMs, float64(r.cpuPerToken)/1e3, ok)
 		}
 	}
 	tw.Flush()

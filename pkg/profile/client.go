@@ -325,8 +325,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 	m := &res.Metrics
 	log.Info("bench finished", zap.Int("completed", m.Completed), zap.Int("failed", m.Failed),
-		zap.Float64("output_tok_s", m.OutputThroughput), zap.Float64("mean_ttft_ms", m.MeanTTFTMs),
-		zap.Float64("mean_tpot_ms", m.MeanTPOTMs), zap.Bool("partial", m.Partial), zap.Any("errors", m.Errors))
+		zap.Float64("output_tok_s", m.OutputThroughput), zap.Any("mean_ttft_ms", m.MeanTTFTMs),
+		zap.Any("mean_tpot_ms", m.MeanTPOTMs), zap.Bool("partial", m.Partial), zap.Any("errors", m.Errors))
 	if interrupted {
 		return res, fmt.Errorf("bench interrupted after %d of %d requests (results marked partial): %w", sent, o.NumSamples, ctx.Err())
 	}
@@ -535,14 +535,14 @@ func computeMetrics(reqs []RequestResult, targetIn, targetOut int, dur time.Dura
 		m.OutputThroughput = float64(m.TotalOutputTokens) / m.DurationS
 		m.TotalTokenThroughput = float64(m.TotalInputTokens+m.TotalOutputTokens) / m.DurationS
 	}
-	s := Summarize(ttft)
-	m.MeanTTFTMs, m.MedianTTFTMs, m.P90TTFTMs, m.P99TTFTMs, m.StdTTFTMs = s.Mean, s.Median, s.P90, s.P99, s.Std
-	s = Summarize(tpot)
-	m.MeanTPOTMs, m.MedianTPOTMs, m.P90TPOTMs, m.P99TPOTMs, m.StdTPOTMs = s.Mean, s.Median, s.P90, s.P99, s.Std
-	s = Summarize(itl)
-	m.MeanITLMs, m.MedianITLMs, m.P90ITLMs, m.P99ITLMs, m.StdITLMs = s.Mean, s.Median, s.P90, s.P99, s.Std
-	s = Summarize(e2el)
-	m.MeanE2ELMs, m.MedianE2ELMs, m.P90E2ELMs, m.P99E2ELMs, m.StdE2ELMs = s.Mean, s.Median, s.P90, s.P99, s.Std
+	d := DistOf(ttft)
+	m.MeanTTFTMs, m.MedianTTFTMs, m.P90TTFTMs, m.P99TTFTMs, m.StdTTFTMs = d.Mean, d.Median, d.P90, d.P99, d.Std
+	d = DistOf(tpot)
+	m.MeanTPOTMs, m.MedianTPOTMs, m.P90TPOTMs, m.P99TPOTMs, m.StdTPOTMs = d.Mean, d.Median, d.P90, d.P99, d.Std
+	d = DistOf(itl)
+	m.MeanITLMs, m.MedianITLMs, m.P90ITLMs, m.P99ITLMs, m.StdITLMs = d.Mean, d.Median, d.P90, d.P99, d.Std
+	d = DistOf(e2el)
+	m.MeanE2ELMs, m.MedianE2ELMs, m.P90E2ELMs, m.P99E2ELMs, m.StdE2ELMs = d.Mean, d.Median, d.P90, d.P99, d.Std
 	return m
 }
 
@@ -619,7 +619,7 @@ func runnerFiles(o *Options, res *Result) *RunnerFiles {
 	perf := &f.Metrics.Performance
 	perf.E2ES = m.DurationS
 	perf.RequestsPerS = m.RequestThroughput
-	perf.TTFT, perf.TPOT, perf.TTFTSource = m.MeanTTFTMs/1000, m.MeanTPOTMs/1000, "client_stream"
+	perf.TTFT, perf.TPOT, perf.TTFTSource = deref(m.MeanTTFTMs)/1000, deref(m.MeanTPOTMs)/1000, "client_stream"
 	var bp RunnerBatchTokenProfile
 	n := max(len(res.Requests), 1)
 	bp.PrefillTokens = m.TotalInputTokens

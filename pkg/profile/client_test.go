@@ -52,13 +52,16 @@ func TestRunClosedLoopMetricsAndFiles(t *testing.T) {
 	if m.TotalInputTokens != 12*32 || m.TotalOutputTokens != 12*10 || m.LengthMismatches != 0 {
 		t.Errorf("tokens in/out/mismatch = %d/%d/%d, want 384/120/0", m.TotalInputTokens, m.TotalOutputTokens, m.LengthMismatches)
 	}
-	if m.MeanTTFTMs < 30 || m.MeanTTFTMs > 80 {
-		t.Errorf("mean TTFT = %.2f ms, want about 30", m.MeanTTFTMs)
+	if m.MeanTTFTMs == nil || m.MeanTPOTMs == nil || m.MeanITLMs == nil || m.P99ITLMs == nil || m.MedianITLMs == nil || m.MeanE2ELMs == nil {
+		t.Fatalf("client latencies absent: %+v", m)
 	}
-	if math.Abs(m.MeanTPOTMs-5) > 1.5 {
-		t.Errorf("mean TPOT = %.2f ms, want about 5", m.MeanTPOTMs)
+	if *m.MeanTTFTMs < 30 || *m.MeanTTFTMs > 80 {
+		t.Errorf("mean TTFT = %.2f ms, want about 30", *m.MeanTTFTMs)
 	}
-	if m.MeanITLMs <= 0 || m.P99ITLMs < m.MedianITLMs || m.MeanE2ELMs < m.MeanTTFTMs {
+	if math.Abs(*m.MeanTPOTMs-5) > 1.5 {
+		t.Errorf("mean TPOT = %.2f ms, want about 5", *m.MeanTPOTMs)
+	}
+	if *m.MeanITLMs <= 0 || *m.P99ITLMs < *m.MedianITLMs || *m.MeanE2ELMs < *m.MeanTTFTMs {
 		t.Errorf("inconsistent latencies: %+v", m)
 	}
 	if m.OutputThroughput <= 0 || m.RequestThroughput <= 0 || m.DurationS <= 0 {

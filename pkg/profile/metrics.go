@@ -3,7 +3,44 @@
 // compare across tools.
 package profile
 
-import "encoding/json"
+import (
+	"encoding/json"
+	"strconv"
+)
+
+// ServerPass is what the server's pass records say about latency (milliseconds).
+type ServerPass struct {
+	// TTFTMoECAPMs is upstream MoE-CAP's "ttft": per request, the sum of its prefill chunk pass
+	// latencies (warm-up passes with seq_lens_sum <= 10 dropped), averaged over requests.
+	TTFTMoECAPMs *float64 `json:"ttft_moecap_ms,omitempty"`
+	// TPOTMoECAPMs is upstream MoE-CAP's "tpot": the mean decode pass latency.
+	TPOTMoECAPMs *float64 `json:"tpot_moecap_ms,omitempty"`
+	// MeanPrefillPassMs and MeanDecodePassMs are plain means over the passes in the recording
+	// window.
+	MeanPrefillPassMs *float64 `json:"mean_prefill_pass_ms,omitempty"`
+	MeanDecodePassMs  *float64 `json:"mean_decode_pass_ms,omitempty"`
+}
+
+// Dist is one latency metric's distribution as the manifest stores it; all nil when there
+// were no samples.
+type Dist struct{ Mean, Median, P90, P99, Std *float64 }
+
+// FormatMs prints an optional value with prec decimals, "n/a" when absent.
+func FormatMs(p *float64, prec int) string {
+	if p == nil {
+		return "n/a"
+	}
+	return strconv.FormatFloat(*p, 'f', prec, 64)
+}
+
+// DistOf summarises xs (milliseconds); an empty xs gives the absent Dist.
+func DistOf(xs []float64) Dist {
+	if len(xs) == 0 {
+		return Dist{}
+	}
+	s := Summarize(xs)
+	return Dist{&s.Mean, &s.Median, &s.P90, &s.P99, &s.Std}
+}
 
 // Metrics is a cell's benchmark result, stored under "metrics" in manifest.json.
 // Latencies are in milliseconds. TTFT = send → first non-empty streamed chunk; E2EL = send →
@@ -24,29 +61,37 @@ type Metrics struct {
 	OutputThroughput     float64 `json:"output_throughput"`
 	TotalTokenThroughput float64 `json:"total_token_throughput"`
 
-	MeanTTFTMs   float64 `json:"mean_ttft_ms"`
-	MedianTTFTMs float64 `json:"median_ttft_ms"`
-	P90TTFTMs    float64 `json:"p90_ttft_ms"`
-	P99TTFTMs    float64 `json:"p99_ttft_ms"`
-	StdTTFTMs    float64 `json:"std_ttft_ms"`
+	// Client-side latency distributions (native client only). Absent (nil, omitted) when the
+	// source did not measure them: a runner that reports only server pass times leaves them out,
+	// and a metric with no samples is absent, never 0.
+	MeanTTFTMs   *float64 `json:"mean_ttft_ms,omitempty"`
+	MedianTTFTMs *float64 `json:"median_ttft_ms,omitempty"`
+	P90TTFTMs    *float64 `json:"p90_ttft_ms,omitempty"`
+	P99TTFTMs    *float64 `json:"p99_ttft_ms,omitempty"`
+	StdTTFTMs    *float64 `json:"std_ttft_ms,omitempty"`
 
-	MeanTPOTMs   float64 `json:"mean_tpot_ms"`
-	MedianTPOTMs float64 `json:"median_tpot_ms"`
-	P90TPOTMs    float64 `json:"p90_tpot_ms"`
-	P99TPOTMs    float64 `json:"p99_tpot_ms"`
-	StdTPOTMs    float64 `json:"std_tpot_ms"`
+	MeanTPOTMs   *float64 `json:"mean_tpot_ms,omitempty"`
+	MedianTPOTMs *float64 `json:"median_tpot_ms,omitempty"`
+	P90TPOTMs    *float64 `json:"p90_tpot_ms,omitempty"`
+	P99TPOTMs    *float64 `json:"p99_tpot_ms,omitempty"`
+	StdTPOTMs    *float64 `json:"std_tpot_ms,omitempty"`
 
-	MeanITLMs   float64 `json:"mean_itl_ms"`
-	MedianITLMs float64 `json:"median_itl_ms"`
-	P90ITLMs    float64 `json:"p90_itl_ms"`
-	P99ITLMs    float64 `json:"p99_itl_ms"`
-	StdITLMs    float64 `json:"std_itl_ms"`
+	MeanITLMs   *float64 `json:"mean_itl_ms,omitempty"`
+	MedianITLMs *float64 `json:"median_itl_ms,omitempty"`
+	P90ITLMs    *float64 `json:"p90_itl_ms,omitempty"`
+	P99ITLMs    *float64 `json:"p99_itl_ms,omitempty"`
+	StdITLMs    *float64 `json:"std_itl_ms,omitempty"`
 
-	MeanE2ELMs   float64 `json:"mean_e2el_ms"`
-	MedianE2ELMs float64 `json:"median_e2el_ms"`
-	P90E2ELMs    float64 `json:"p90_e2el_ms"`
-	P99E2ELMs    float64 `json:"p99_e2el_ms"`
-	StdE2ELMs    float64 `json:"std_e2el_ms"`
+	MeanE2ELMs   *float64 `json:"mean_e2el_ms,omitempty"`
+	MedianE2ELMs *float64 `json:"median_e2el_ms,omitempty"`
+	P90E2ELMs    *float64 `json:"p90_e2el_ms,omitempty"`
+	P99E2ELMs    *float64 `json:"p99_e2el_ms,omitempty"`
+	StdE2ELMs    *float64 `json:"std_e2el_ms,omitempty"`
+
+	// ServerPass holds latencies of the server's own forward passes (GPU time, no queueing),
+	// from the MoE-CAP runner or the pass records. They never share a key with the client-side
+	// latencies above.
+	ServerPass *ServerPass `json:"server_pass,omitempty"`
 
 	// Errors counts failed requests by reason ("http 500", "timeout", "connection reset"…).
 	Errors map[string]int `json:"errors,omitempty"`

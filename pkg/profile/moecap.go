@@ -270,10 +270,10 @@ func ReadMoECAPOutput(outputDir string, wantSamples int) (*Metrics, error) {
 		m.OutputThroughput = float64(m.TotalOutputTokens) / m.DurationS
 		m.TotalTokenThroughput = float64(m.TotalInputTokens+m.TotalOutputTokens) / m.DurationS
 	}
-	// The runner publishes only means of its server-side pass latencies.
-	m.MeanTTFTMs = rm.Performance.TTFT * 1000
-	m.MeanTPOTMs = rm.Performance.TPOT * 1000
-	e := Summarize(e2el)
+	// The runner publishes only means of its server-side pass latencies: they go under
+	// server_pass, never under the client-latency keys.
+	m.ServerPass = &ServerPass{TTFTMoECAPMs: positive(rm.Performance.TTFT * 1000), TPOTMoECAPMs: positive(rm.Performance.TPOT * 1000)}
+	e := DistOf(e2el)
 	m.MeanE2ELMs, m.MedianE2ELMs, m.P90E2ELMs, m.P99E2ELMs, m.StdE2ELMs = e.Mean, e.Median, e.P90, e.P99, e.Std
 	if ea := rm.ExpertActivation; ea != nil {
 		m.AvgExpertActivationPrefill = positive(ea.Prefill)

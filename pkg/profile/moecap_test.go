@@ -30,9 +30,9 @@ func TestReadMoECAPOutputMapsRunnerNumbers(t *testing.T) {
 		{"output tokens", float64(m.TotalOutputTokens), 4000},
 		{"duration", m.DurationS, 62.5},
 		{"output throughput", m.OutputThroughput, 4000 / 62.5},
-		{"mean ttft ms", m.MeanTTFTMs, 412},
-		{"mean tpot ms", m.MeanTPOTMs, 18.3},
-		{"median e2el ms", m.MedianE2ELMs, 20750}, // latencies 20.0, 20.5, 21.0, 21.5 s
+		{"server-pass ttft ms", *m.ServerPass.TTFTMoECAPMs, 412},
+		{"server-pass tpot ms", *m.ServerPass.TPOTMoECAPMs, 18.3},
+		{"median e2el ms", *m.MedianE2ELMs, 20750}, // latencies 20.0, 20.5, 21.0, 21.5 s
 		{"activation prefill", *m.AvgExpertActivationPrefill, 3.7},
 		{"activation decode", *m.AvgExpertActivationDecode, 2.9},
 		{"decode batch", *m.AvgDecodeBatchSize, 28.5},

@@ -34,7 +34,7 @@ func TestAnnotateRoundTrip(t *testing.T) {
 		Cell: cell.Identity{ID: id, Model: "qwen1_5", ModelID: "Qwen/Qwen1.5-MoE-A2.7B-Chat", Hardware: "1xH100", GPUCount: 1,
 			Task: "4k-1k", InputTokens: 4000, OutputTokens: 1000, BatchSize: 1, Backend: "sglang", TP: 1},
 		Metrics: &profile.Metrics{Source: "native", LatencyKind: "client", Completed: 10, TotalOutputTokens: 10000,
-			DurationS: 100, OutputThroughput: 100, MeanTTFTMs: 40, MeanTPOTMs: 10}}
+			DurationS: 100, OutputThroughput: 100, MeanTTFTMs: f64(40), MeanTPOTMs: f64(10)}}
 	var hookErr error
 	Hook(tables, func(err error) { hookErr = err })(m, dir)
 	if hookErr != nil {

@@ -252,11 +252,11 @@ func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, e
 	c := capmath.Cell{Model: model, Hardware: hw, GPUs: gpus, BatchSize: m.Cell.BatchSize,
 		InputTokens: m.Cell.InputTokens, OutputTokens: m.Cell.OutputTokens}
 	if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
-		if mt.MeanTPOTMs > 0 {
-			c.MeanTPOTMs = &mt.MeanTPOTMs
-		}
-		if mt.MeanTTFTMs > 0 {
-			c.MeanTTFTMs = &mt.MeanTTFTMs
+		// Client latencies when the native client measured them; the runner's server-pass
+		// latencies otherwise (LatencyKind says which).
+		c.MeanTPOTMs, c.MeanTTFTMs = mt.MeanTPOTMs, mt.MeanTTFTMs
+		if sp := mt.ServerPass; sp != nil && c.MeanTPOTMs == nil && c.MeanTTFTMs == nil {
+			c.MeanTPOTMs, c.MeanTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
 		}
 		c.LatencyKind = mt.LatencyKind
 		c.AvgActivationDecode = mt.AvgExpertActivationDecode

@@ -31,14 +31,33 @@ func (r *Row) metric(f func(*profile.Metrics) float64) *float64 {
 	return &v
 }
 
-// TPOTMs is the mean TPOT in ms; nil when the cell has no metrics.
-func (r *Row) TPOTMs() *float64 {
-	return r.metric(func(m *profile.Metrics) float64 { return m.MeanTPOTMs })
+// metricP reads a metric that may be absent.
+func (r *Row) metricP(f func(*profile.Metrics) *float64) *float64 {
+	if r.Metrics == nil {
+		return nil
+	}
+	return f(r.Metrics)
 }
 
-// TTFTMs is the mean TTFT in ms.
+// TPOTMs is the mean TPOT in ms: the client's, or the runner's server-pass TPOT when only
+// that exists; nil when the cell has neither.
+func (r *Row) TPOTMs() *float64 {
+	return r.metricP(func(m *profile.Metrics) *float64 {
+		if m.MeanTPOTMs == nil && m.ServerPass != nil {
+			return m.ServerPass.TPOTMoECAPMs
+		}
+		return m.MeanTPOTMs
+	})
+}
+
+// TTFTMs is the mean TTFT in ms, chosen as TPOTMs is.
 func (r *Row) TTFTMs() *float64 {
-	return r.metric(func(m *profile.Metrics) float64 { return m.MeanTTFTMs })
+	return r.metricP(func(m *profile.Metrics) *float64 {
+		if m.MeanTTFTMs == nil && m.ServerPass != nil {
+			return m.ServerPass.TTFTMoECAPMs
+		}
+		return m.MeanTTFTMs
+	})
 }
 
 // OutputThroughput is output tokens per second over the bench.
@@ -170,11 +189,11 @@ var csvColumns = []column{
 	{"failed_requests", func(r *Row) string { return intOK(r, r.metricsOr().Failed) }},
 	{"latency_kind", func(r *Row) string { return r.metricsOr().LatencyKind }},
 	{"ttft_mean_ms", func(r *Row) string { return num(r.TTFTMs()) }},
-	{"ttft_p99_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.P99TTFTMs })) }},
+	{"ttft_p99_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.P99TTFTMs })) }},
 	{"tpot_mean_ms", func(r *Row) string { return num(r.TPOTMs()) }},
-	{"tpot_p99_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.P99TPOTMs })) }},
-	{"itl_mean_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.MeanITLMs })) }},
-	{"e2el_mean_ms", func(r *Row) string { return num(r.metric(func(m *profile.Metrics) float64 { return m.MeanE2ELMs })) }},
+	{"tpot_p99_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.P99TPOTMs })) }},
+	{"itl_mean_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.MeanITLMs })) }},
+	{"e2el_mean_ms", func(r *Row) string { return num(r.metricP(func(m *profile.Metrics) *float64 { return m.MeanE2ELMs })) }},
 	{"output_throughput_tok_s", func(r *Row) string { return num(r.OutputThroughput()) }},
 	{"output_throughput_per_gpu_tok_s", func(r *Row) string { return num(r.ThroughputPerGPU()) }},
 	{"interactivity_tok_s_per_user", func(r *Row) string { return num(r.Interactivity()) }},

@@ -12,7 +12,15 @@ memory and teardown can be checked on real hardware without SGLang or vLLM.
 It accepts the sglang wrapper's flags (unknown ones are ignored, so the launcher's full
 argv works) and vLLM's names for the same things. Endpoints: GET /health, GET /v1/models,
 GET /get_model_info, POST /v1/completions (streaming SSE and not, with usage, ignore_eos,
-prompt as text or token ids), and no-op expert-distribution endpoints.
+prompt as text or token ids), and the SGLang wrapper's expert-distribution endpoints with its
+record semantics: every forward pass since start-up is kept (warm-up and readiness probes
+included, never cleared), and /dump_expert_distribution_record writes them as JSON lines to
+$SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR/<model path>/expert_distribution_record.jsonl
+(~/expert_records when unset) with the wrapper's fields: forward_pass_id, batch_size, latency,
+seq_lens_sum (the batch's running context), forward_mode, expert_activation (distinct experts
+the router picked per MoE layer, measured with hooks), gpu_num, gpu_raw_type, per_req_info
+(prefill) or req_ids (decode), scheduled_tokens. That lets the upstream MoE-CAP runner run
+against this server unchanged.
 
 --tp-size N puts one full replica on each of N GPUs and spreads requests over them: every
 GPU holds memory and does work, which is what the test checks. It is not tensor parallelism
@@ -69,6 +77,9 @@ def parse_args(argv):
     p.add_argument("--max-model-len", type=int, default=16384)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oom-at-start-rank", type=int, default=-1,
+                   help="this rank asks CUDA for more memory than its GPU has right after loading "
+                        "(a real torch.cuda.OutOfMemoryError, for the OOM classification test)")
     p.add_argument("--worker-processes", action="store_true",
                    help="run each replica in a child process (like SGLang/vLLM workers)")
     args, unknown = p.parse_known_args(argv)
@@ -158,6 +169,20 @@ class Replica:
             torch.backends.cuda.enable_cudnn_sdp(False)
         self.model = build_model(args, self.device)
         self.params = sum(p.numel() for p in self.model.parameters())
+        # Expert activation, as the wrapper records it: distinct experts the router picked in
+        # each MoE layer during one pass, averaged over layers. Summed on the GPU and read once
+        # per pass (no extra synchronisation per layer).
+        self.gates = [m for n, m in self.model.named_modules() if n.endswith("mlp.gate")]
+        self.active = torch.zeros((), dtype=torch.float32, device=self.device)
+        k, e = args.top_k, args.experts
+
+        def hook(_mod, _inp, out):
+            logits = out[0] if isinstance(out, tuple) else out
+            idx = logits.reshape(-1, logits.shape[-1]).topk(k, dim=-1).indices.flatten()
+            self.active += (torch.bincount(idx, minlength=e) > 0).sum()
+        for g in self.gates:
+            g.register_forward_hook(hook)
+        self.gpu_name = torch.cuda.get_device_name(self.device)
         self.verbose = False  # the warm-up batch is not worth a line
 
     def forward(self, input_ids, attn, pos, past):
@@ -178,8 +203,26 @@ class Replica:
         use = torch.tensor([x > 0 for x in temps], device=logits.device)
         return torch.where(use, sampled, greedy)
 
-    def run_batch(self, reqs, emit):
-        """Static batch: left-padded prefill, then decode until every request finished."""
+    def pass_record(self, mode, reqs, ctx_lens, latency, done):
+        act = float(self.active.item()) / max(1, len(self.gates))
+        self.active.zero_()
+        live = [i for i in range(len(reqs)) if not done[i]]
+        rec = {"batch_size": len(live), "latency": latency,
+               "seq_lens_sum": int(sum(ctx_lens[i] for i in live)), "forward_mode": mode,
+               "expert_activation": act, "gpu_num": self.args.tp_size, "gpu_raw_type": self.gpu_name}
+        if mode == "prefill":
+            rec["per_req_info"] = [{"req_id": reqs[i]["rid"], "extend_len": ctx_lens[i], "total_len": ctx_lens[i],
+                                    "prompt_len": ctx_lens[i], "orig_len": ctx_lens[i], "is_last_chunk": True}
+                                   for i in live]
+            rec["scheduled_tokens"] = int(sum(ctx_lens[i] for i in live))
+        else:
+            rec["req_ids"] = [reqs[i]["rid"] for i in live]
+            rec["scheduled_tokens"] = len(live)
+        return rec
+
+    def run_batch(self, reqs, emit, record=None):
+        """Static batch: left-padded prefill, then decode until every request finished.
+        record(rec) gets one wrapper-shaped record per forward pass."""
         torch = self.torch
         dev = self.device
         b = len(reqs)
@@ -195,16 +238,24 @@ class Replica:
         temps = [float(r.get("temperature") or 0.0) for r in reqs]
         done = [False] * b
         produced = [0] * b
+        ctx = [len(r["ids"]) for r in reqs]
         t0 = time.perf_counter()
         steps = 0
         with torch.inference_mode():
+            self.active.zero_()
             logits, past = self.forward(input_ids, attn, pos, None)
             t_prefill = None
+            t_pass = t0
             while True:
                 nxt = self.pick(logits, temps)
                 toks = nxt.tolist()  # one sync per step; streaming needs the tokens anyway
+                now = time.perf_counter()
+                if record is not None:
+                    record(self.pass_record("prefill" if t_prefill is None else "decode", reqs, ctx, now - t_pass, done))
                 if t_prefill is None:
-                    t_prefill = time.perf_counter() - t0
+                    t_prefill = now - t0
+                else:
+                    ctx = [c + 1 for c in ctx]
                 steps += 1
                 events = []
                 for i, r in enumerate(reqs):
@@ -228,17 +279,23 @@ class Replica:
                     return
                 attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=dev)], dim=1)
                 pos = pos[:, -1:] + 1
+                t_pass = time.perf_counter()
                 logits, past = self.forward(nxt.unsqueeze(1), attn, pos, past)
 
     def warmup(self):
-        self.run_batch([{"id": "warmup", "ids": list(range(BYTE_OFFSET, BYTE_OFFSET + 16)),
-                         "max_tokens": 2, "ignore_eos": True}], lambda ev: None)
+        self.run_batch([{"id": "warmup", "rid": -1, "ids": list(range(BYTE_OFFSET, BYTE_OFFSET + 16)),
+                         "max_tokens": 2, "ignore_eos": True}], lambda ev: None, self.warm_record)
         self.torch.cuda.synchronize(self.device)
 
 
 def worker_main(args, rank, inq, outq):
     try:
         rep = Replica(args, rank)
+        rep.warm_record = lambda rec: outq.put(("pass", rank, rec))
+        if rank == args.oom_at_start_rank:
+            free, total = rep.torch.cuda.mem_get_info(rep.device)
+            log(f"replica {rank}: allocating {2 * total / 2**30:.0f} GiB on purpose (--oom-at-start-rank)")
+            rep.torch.empty(2 * total, dtype=rep.torch.uint8, device=rep.device)
         rep.warmup()
         rep.verbose = True
         mem = rep.torch.cuda.memory_allocated(rep.device)
@@ -267,7 +324,7 @@ def worker_main(args, rank, inq, outq):
                 break
             batch.append(it)
         try:
-            rep.run_batch(batch, lambda ev: outq.put(("step", rank, ev)))
+            rep.run_batch(batch, lambda ev: outq.put(("step", rank, ev)), lambda rec: outq.put(("pass", rank, rec)))
         except Exception as e:  # noqa: BLE001 - fail these requests, keep serving
             msg = f"{type(e).__name__}: {e}"
             log(f"replica {rank}: batch of {len(batch)} failed: {msg}")
@@ -296,6 +353,9 @@ class Server:
     def __init__(self, args):
         self.args = args
         self.streams = {}  # request id → asyncio.Queue of (tok, finish)
+        self.records = []  # every forward pass since start-up, as the SGLang wrapper keeps them
+        self.records_lock = threading.Lock()
+        self.next_rid = 0
         self.next_replica = 0
         self.loop = None
         self.created = int(time.time())
@@ -332,6 +392,9 @@ class Server:
                 continue
             if kind == "error":
                 raise RuntimeError(f"replica {rank} failed to load:\n{info}")
+            if kind == "pass":
+                self.keep_record(info)
+                continue
             if kind == "ready":
                 ready += 1
                 log(f"replica {rank} ready on {info['device']} ({info['name']}, pid {info['pid']}): "
@@ -346,6 +409,8 @@ class Server:
             kind, _rank, payload = msg
             if kind == "step":
                 self.loop.call_soon_threadsafe(self.deliver, payload)
+            elif kind == "pass":
+                self.keep_record(payload)
             elif kind == "error":
                 log(f"replica {_rank} error: {payload}")
 
@@ -355,7 +420,28 @@ class Server:
             if q is not None:  # the client may have gone away
                 q.put_nowait((tok, finish))
 
+    def keep_record(self, rec):
+        with self.records_lock:
+            rec["forward_pass_id"] = len(self.records)
+            self.records.append(rec)
+
+    async def dump_records(self, request):
+        from aiohttp import web
+        base = os.environ.get("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR") or os.path.join(os.path.expanduser("~"), "expert_records")
+        path = os.path.join(os.path.abspath(base), self.args.model_path, "expert_distribution_record.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with self.records_lock:
+            lines = [json.dumps(r) + "\n" for r in self.records]
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(lines)
+        os.replace(tmp, path)
+        log(f"dumped {len(lines)} pass records to {path}")
+        return web.json_response({"success": True, "path": path, "records": len(lines)})
+
     def submit(self, req):
+        req["rid"] = self.next_rid
+        self.next_rid += 1
         q = asyncio.Queue()
         self.streams[req["id"]] = q
         r = self.next_replica
@@ -480,9 +566,9 @@ class Server:
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/get_model_info", self.model_info)
         app.router.add_post("/v1/completions", self.completions)
-        for path in ("/start_expert_distribution_record", "/stop_expert_distribution_record",
-                     "/dump_expert_distribution_record", "/flush_cache"):
+        for path in ("/start_expert_distribution_record", "/stop_expert_distribution_record", "/flush_cache"):
             app.router.add_route("*", path, self.noop)
+        app.router.add_route("*", "/dump_expert_distribution_record", self.dump_records)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, self.args.host, self.args.port)
