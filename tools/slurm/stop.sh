@@ -49,8 +49,11 @@ cluster_pids() {
 daemons=$(cat "$dir"/run/*.pid.keep 2>/dev/null | tr '\n' ' ')
 
 # Give jobs a moment to end after scancel (their SIGTERM handlers tear servers down).
+# (slurmscriptd is slurmctld's own helper: it goes with slurmctld.)
 for _ in $(seq 1 50); do
-  left=$(cluster_pids)
+  left=$(cluster_pids | while read -r p; do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = slurmscriptd ] || echo "$p"
+  done)
   [ -z "$left" ] && break
   sleep 0.2
 done
