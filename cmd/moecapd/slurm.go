@@ -468,15 +468,22 @@ func runSlurmStatus(cmd *cobra.Command, _ []string) error {
 	ctx := cmd.Context()
 	cli := &slurm.CLI{}
 	ids := rec.JobIDs()
+	// The manifests are the truth and are shown whatever Slurm says; a Slurm that cannot be
+	// asked is reported after the table (and in the exit code).
+	var unreachable error
 	queue, err := cli.Queue(ctx, ids)
 	if err != nil {
-		return slurmErr(fmt.Errorf("squeue: %w", err))
+		unreachable = fmt.Errorf("squeue: %w", err)
 	}
-	acct, err := cli.Acct(ctx, ids)
-	// No slurmdbd, or no sacct at all: squeue's view is all there is.
-	noAcct := errors.Is(err, slurm.ErrNoAccounting) || errors.Is(err, slurm.ErrNoSlurm)
-	if err != nil && !noAcct {
-		return slurmErr(fmt.Errorf("sacct: %w", err))
+	var acct map[string]slurm.Task
+	noAcct := true
+	if unreachable == nil {
+		acct, err = cli.Acct(ctx, ids)
+		// No slurmdbd, or no sacct at all: squeue's view is all there is.
+		noAcct = errors.Is(err, slurm.ErrNoAccounting) || errors.Is(err, slurm.ErrNoSlurm)
+		if err != nil && !noAcct {
+			unreachable = fmt.Errorf("sacct: %w", err)
+		}
 	}
 	latest := rec.Latest()
 	var names []string
@@ -505,9 +512,14 @@ func runSlurmStatus(cmd *cobra.Command, _ []string) error {
 			if !ok {
 				t, ok = acct[a.Key()]
 			}
+			if unreachable != nil {
+				ok = false
+			}
 			if ok {
 				sv.JobID, sv.State, sv.Reason, sv.Node, sv.Elapsed, sv.ExitCode, sv.Source = t.JobID, t.State, t.Reason, t.Node, t.Elapsed, t.ExitCode, t.Source
 				sv.View = describeTask(t)
+			} else if unreachable != nil {
+				sv.View = "unknown (Slurm not reachable)"
 			} else if noAcct {
 				sv.View = "no longer in the queue (finished; the cluster keeps no accounting)"
 			} else {
@@ -520,9 +532,15 @@ func runSlurmStatus(cmd *cobra.Command, _ []string) error {
 	if v.GetBool("json") {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		if err := enc.Encode(rows); err != nil {
+			return err
+		}
+	} else {
+		printSlurmStatus(os.Stdout, root, rows)
 	}
-	printSlurmStatus(os.Stdout, root, rows)
+	if unreachable != nil {
+		return slurmErr(fmt.Errorf("manifests shown without Slurm's view: %w", unreachable))
+	}
 	return nil
 }
 

@@ -454,6 +454,15 @@ func TestSlurmUnavailable(t *testing.T) {
 	if r.code != exitUsage || !strings.Contains(r.stderr, "Unable to contact slurm controller") || !strings.Contains(r.stderr, "SLURM_CONF") {
 		t.Errorf("controller down: exit %d, stderr %s; want 2 and what to check", r.code, r.stderr)
 	}
+	// Status still shows the manifests (the truth) when Slurm cannot be asked, then says why.
+	if err := slurm.WriteRecord(root, &slurm.Record{Arrays: []slurm.Array{{JobID: "77", GPUs: 1, Cells: []string{"a.1xH100.32-8.bs1.sim"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	r = moecapd(t, []string{"SLURM_CONF=" + conf}, "slurm", "status", "--results", root)
+	if r.code != exitUsage || !strings.Contains(r.stdout, "a.1xH100.32-8.bs1.sim") || !strings.Contains(r.stdout, "Slurm not reachable") ||
+		!strings.Contains(r.stderr, "manifests shown without Slurm's view") {
+		t.Errorf("status, controller down: exit %d\nstdout %s\nstderr %s; want the table, then exit 2", r.code, r.stdout, r.stderr)
+	}
 }
 
 func TestSlurmTime(t *testing.T) {
