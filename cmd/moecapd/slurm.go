@@ -124,6 +124,7 @@ func newSlurmCancelCmd() *cobra.Command {
 	}
 	cmd.Flags().String("results", "results", "results root")
 	cmd.Flags().String("only", "", "cancel only cells whose id matches this regular expression")
+	cmd.Flags().Duration("wait", 2*time.Minute, "wait this long for the cancelled tasks to end (their servers torn down); 0: return at once")
 	return cmd
 }
 
@@ -626,9 +627,37 @@ func runSlurmCancel(cmd *cobra.Command, _ []string) error {
 		return slurmErr(fmt.Errorf("scancel: %w", err))
 	}
 	sort.Strings(cells)
-	fmt.Printf("cancelled %d task(s) (%s); running cells end interrupted with their servers torn down:\n", len(ids), strings.Join(ids, " "))
+	fmt.Printf("cancelled %d task(s) (%s); running cells end interrupted with their servers torn down\n", len(ids), strings.Join(ids, " "))
+	if wait := v.GetDuration("wait"); wait > 0 {
+		// A task has ended once Slurm no longer counts it active: its processes are gone
+		// (the server was torn down by the task, or killed with the job after KillWait).
+		deadline := time.Now().Add(wait)
+		for {
+			q, err := cli.Queue(ctx, rec.JobIDs())
+			if err != nil {
+				return slurmErr(fmt.Errorf("squeue after scancel: %w", err))
+			}
+			var left []string
+			for _, k := range ids {
+				if t, ok := q[k]; ok && t.Active() {
+					left = append(left, k)
+				}
+			}
+			if len(left) == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				return withCode(exitInternal, fmt.Errorf("tasks %s still active %s after scancel; see squeue -j and their logs under %s", strings.Join(left, " "), wait, slurm.Path(root, slurm.LogsDir)))
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
 	for _, c := range cells {
-		fmt.Printf("  %s\n", c)
+		st := "no result"
+		if m, err := cell.ReadManifest(filepath.Join(root, c)); err == nil {
+			st = string(m.Status)
+		}
+		fmt.Printf("  %s  %s\n", c, st)
 	}
 	return nil
 }

@@ -176,7 +176,8 @@ func TestSlurmMatrix(t *testing.T) {
 	}
 	only := []string{"--only", `\.[0-9]xH100\.`}
 
-	r := moecapd(t, env, submitArgs(root, only...)...)
+	// --max-parallel 1: the tasks of one array run one after another.
+	r := moecapd(t, env, submitArgs(root, append(only, "--max-parallel", "1")...)...)
 	if r.code != 0 || strings.Count(r.stdout, "submitted array") != 4 {
 		t.Fatalf("submit: exit %d, want 4 arrays (1, 2, 4, 8 GPUs)\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
 	}
@@ -185,8 +186,8 @@ func TestSlurmMatrix(t *testing.T) {
 		t.Fatalf("record: %v, %+v; want 4 arrays", err, rec)
 	}
 	for _, a := range rec.Arrays {
-		if !slices.Contains(a.SbatchArgv, "--gpus="+strconv.Itoa(a.GPUs)) || !slices.Contains(a.SbatchArgv, fmt.Sprintf("--array=0-%d", len(a.Cells)-1)) {
-			t.Errorf("array %s: sbatch argv %q, want --gpus=%d and --array=0-%d", a.JobID, a.SbatchArgv, a.GPUs, len(a.Cells)-1)
+		if !slices.Contains(a.SbatchArgv, "--gpus="+strconv.Itoa(a.GPUs)) || !slices.Contains(a.SbatchArgv, fmt.Sprintf("--array=0-%d%%1", len(a.Cells)-1)) {
+			t.Errorf("array %s: sbatch argv %q, want --gpus=%d and --array=0-%d%%1", a.JobID, a.SbatchArgv, a.GPUs, len(a.Cells)-1)
 		}
 		for _, id := range a.Cells {
 			if cells[id] != a.GPUs {
@@ -237,6 +238,9 @@ func TestSlurmMatrix(t *testing.T) {
 		for j := i + 1; j < len(runs); j++ {
 			a, b := runs[i], runs[j]
 			if a.start.Before(b.end) && b.start.Before(a.end) {
+				if cells[a.id] == cells[b.id] {
+					t.Errorf("%s and %s, tasks of one array, overlapped despite --max-parallel 1", a.id, b.id)
+				}
 				overlaps++
 				for _, g := range a.gpus {
 					if slices.Contains(b.gpus, g) {
@@ -327,13 +331,16 @@ func TestSlurmCancelTearsDown(t *testing.T) {
 	}
 	t0 := time.Now()
 	r = moecapd(t, env, "slurm", "cancel", "--results", root, "--only", `dsv2_lite\.1xH200`)
-	if r.code != 0 || !strings.Contains(r.stdout, "cancelled 1 task") {
+	// cancel waits for the task to end: when it returns, the cell is interrupted and the
+	// server gone.
+	if r.code != 0 || !strings.Contains(r.stdout, "cancelled 1 task") || !strings.Contains(r.stdout, id+"  interrupted") {
 		t.Fatalf("cancel: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
-	rows = waitStatus(t, env, root, 3*testKillWait, "the cancelled cell interrupted and its task gone", func(rows []cellRow) bool {
-		return len(rows) == 1 && rows[0].Status == cell.StatusInterrupted && rows[0].Slurm != nil && rows[0].Slurm.State == "CANCELLED"
-	})
 	took := time.Since(t0)
+	rows = slurmStatus(t, env, root)
+	if len(rows) != 1 || rows[0].Status != cell.StatusInterrupted || rows[0].Slurm == nil || rows[0].Slurm.State != "CANCELLED" {
+		t.Fatalf("status after cancel: %+v; want interrupted and CANCELLED", rows)
+	}
 	if rows[0].Slurm.View != "cancelled" {
 		t.Errorf("slurm view %q, want cancelled", rows[0].Slurm.View)
 	}
@@ -484,6 +491,26 @@ func TestSlurmTime(t *testing.T) {
 		got, err := slurmTime(tc.in)
 		if (err != nil) != tc.err || got != tc.want {
 			t.Errorf("slurmTime(%q) = %q, %v; want %q (error %v)", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestDescribeTask(t *testing.T) {
+	for _, tc := range []struct {
+		t    slurm.Task
+		want string
+	}{
+		{slurm.Task{State: "PENDING", Reason: "Resources"}, "queued (Resources)"},
+		{slurm.Task{State: "RUNNING", Node: "gpu12", Elapsed: "1:02:03"}, "running on gpu12 for 1:02:03"},
+		{slurm.Task{State: "COMPLETED"}, "finished"},
+		{slurm.Task{State: "CANCELLED"}, "cancelled"},
+		{slurm.Task{State: "TIMEOUT"}, "timed out"},
+		{slurm.Task{State: "FAILED", ExitCode: "5:0"}, "failed (exit 5:0)"},
+		{slurm.Task{State: "NODE_FAIL"}, "node failed"},
+		{slurm.Task{State: "BOOT_FAIL"}, "boot_fail"},
+	} {
+		if got := describeTask(tc.t); got != tc.want {
+			t.Errorf("describeTask(%+v) = %q, want %q", tc.t, got, tc.want)
 		}
 	}
 }
