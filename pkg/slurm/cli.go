@@ -3,20 +3,20 @@
 // every value passed as its own argv element (no shell), and keeps the record of what was
 // submitted for a results root in <root>/.slurm/.
 //
-// The commands are short-lived clients of the controller, so they are run here with
-// os/exec rather than through pkg/launcher, which supervises long-lived servers.
+// The commands are short-lived clients of the controller; pkg/launcher starts them
+// (launcher.Command), as it starts every process.
 package slurm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 // ErrNoSlurm is wrapped by errors for Slurm commands that are not installed.
@@ -67,37 +67,29 @@ var controllerDown = regexp.MustCompile(`(?i)unable to contact slurm controller|
 
 // Run runs one Slurm command and returns its standard output.
 func (c *CLI) Run(ctx context.Context, name string, args ...string) (string, error) {
-	path, err := exec.LookPath(name)
-	if err != nil {
-		return "", fmt.Errorf("%w: %s is not on PATH; install the Slurm client tools (Debian: apt-get install slurm-client) or run moecapd slurm on a login node of the cluster", ErrNoSlurm, name)
-	}
 	to := c.Timeout
 	if to <= 0 {
 		to = 60 * time.Second
 	}
 	ctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, path, args...)
-	cmd.Env = c.Env
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err = cmd.Run()
 	argv := append([]string{name}, args...)
-	if ctx.Err() != nil && !errors.Is(ctx.Err(), context.Canceled) {
+	out, err := launcher.Command(ctx, argv, c.Env)
+	switch {
+	case errors.Is(err, launcher.ErrNotFound):
+		return "", fmt.Errorf("%w: %s is not on PATH; install the Slurm client tools (Debian: apt-get install slurm-client) or run moecapd slurm on a login node of the cluster", ErrNoSlurm, name)
+	case errors.Is(err, context.DeadlineExceeded):
 		return "", &CommandError{Argv: argv, Code: -1, Stderr: fmt.Sprintf("no answer within %s", to), kind: ErrController}
-	}
-	if err != nil {
-		var ee *exec.ExitError
-		if !errors.As(err, &ee) {
-			return "", fmt.Errorf("run %s: %w", name, err)
-		}
-		ce := &CommandError{Argv: argv, Code: ee.ExitCode(), Stderr: errb.String()}
+	case err != nil:
+		return "", err
+	case out.ExitCode != 0:
+		ce := &CommandError{Argv: argv, Code: out.ExitCode, Stderr: out.Stderr}
 		if controllerDown.MatchString(ce.Stderr) {
 			ce.kind = ErrController
 		}
-		return out.String(), ce
+		return out.Stdout, ce
 	}
-	return out.String(), nil
+	return out.Stdout, nil
 }
 
 // SubmitSpec is one sbatch call: a job array whose every task gets GPUs GPUs and runs
