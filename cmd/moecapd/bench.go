@@ -182,6 +182,18 @@ func benchOptions(cmd *cobra.Command, v *viper.Viper, log *zap.Logger) ([]profil
 	case b.NumSamples <= 0:
 		return nil, usageErrorf("--num-samples (or num_samples in the config) must be ≥ 1")
 	}
+	// Upper bounds (issue 11, item 7; pkg/config/strict.go): refused before any request,
+	// so no number a user gives makes the client allocate or wait without limit.
+	for _, err := range []error{
+		config.CheckWorkload("bench", b.NumSamples, v.GetInt("warmup"), b.TargetInputTokens, b.TargetOutputTokens),
+		config.CheckInt("bench", "--server-batch-size", int64(v.GetInt("server-batch-size")), 0, config.MaxBatchSize, "concurrent requests; 0: all at once"),
+		config.CheckDuration("bench", "--request-timeout", v.GetDuration("request-timeout"), time.Millisecond, 24*time.Hour),
+		config.CheckDuration("bench", "--drain-timeout", v.GetDuration("drain-timeout"), 0, time.Hour),
+	} {
+		if err != nil {
+			return nil, withCode(exitUsage, err)
+		}
+	}
 	if v.GetBool("ignore-eos") && v.GetBool("no-ignore-eos") {
 		return nil, usageErrorf("--ignore-eos and --no-ignore-eos contradict each other; pass one")
 	}

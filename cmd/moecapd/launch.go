@@ -2,15 +2,17 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/viper"
+	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
 	"github.com/moecapd/moecapd/pkg/cell"
@@ -32,8 +34,11 @@ python -m moe_cap.systems.sglang|vllm with the guide's flags (or the built-in si
 with --backend sim), waits until it really serves, runs the profiling client, samples the GPUs,
 tears the server down, proves nothing is left, and writes results/<cell-id>/.
 
-Exit codes: 0 ok, 1 internal error, 2 usage or config error, 3 server failed to launch or
-become ready, 4 infeasible (out of GPU memory), 5 bench failed or result invalid, 6 teardown
+One runner per cell: the cell is locked while it runs (the lock matrix run and Slurm tasks
+take too); a second runner of it is refused at once, naming the holder.
+
+Exit codes: 0 ok, 1 internal error, 2 usage or config error (also: the cell is held by
+another runner), 3 server failed to launch or become ready, 4 infeasible (out of GPU memory), 5 bench failed or result invalid, 6 teardown
 left something behind, 130 interrupted.`,
 		Example: `  moecapd launch-and-bench --backend sim --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 32
   moecapd launch-and-bench --backend sglang --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 1
@@ -75,33 +80,107 @@ left something behind, 130 interrupted.`,
 	return cmd
 }
 
-// cellFromFlags builds a cell config from the flags; shared by launch-and-bench and matrix.
-// gb is an open GPU backend to use; nil opens one, which the returned cleanup closes.
-func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backend) (*cell.Config, func(), error) {
-	backend := v.GetString("backend")
+// launchOpts is launch-and-bench's settings, merged once (flag > MOECAP_* > moecapd.yaml >
+// default) and typed: the per-cell configuration is built from a value of it, once per
+// cell. The matrix copies its own and sets the per-cell fields; nothing writes back into
+// flags or viper, so nothing shared is written while goroutines read.
+type launchOpts struct {
+	Backend, Config           string
+	BatchSize, TP, NumSamples int
+	CondaRoot, Env            string
+	Port                      int
+	PortSet                   bool // --port given: 0 then means "pick a free one"
+	Host, Results             string
+	Grace                     time.Duration
+	ReadyTimeout              time.Duration
+	ReadyHardTimeout          time.Duration
+	Client                    string
+	DryRun                    bool
+	Hardware                  string
+	SimFlavor, SimHardware    string
+	ConfigsDir                string
+	RequireGPU                bool
+	GPUWait, GPUInterval      time.Duration
+	// Prices are nil unless given: the hardware table's then.
+	GPUHourUSD, ElectricityUSDPerKWh *float64
+	Warmup                           int
+	Seed                             int64
+	Dataset, DatasetFile             string
+	DatasetCacheDir                  string
+	Offline                          bool
+}
+
+// readLaunchOpts reads launch-and-bench's flags (merged by settings) into launchOpts. The
+// matrix's flag set lacks the per-cell flags; they read as zero and the matrix sets them.
+func readLaunchOpts(fs *pflag.FlagSet) (launchOpts, error) {
+	r := &flagReader{fs: fs}
+	o := launchOpts{
+		Backend: r.str("backend"), Config: r.str("config"), BatchSize: r.int("batch-size"), TP: r.int("tp"),
+		NumSamples: r.int("num-samples"), CondaRoot: r.str("conda-root"), Env: r.str("env"),
+		Port: r.int("port"), PortSet: r.changed("port"), Host: r.str("host"), Results: r.str("results"),
+		Grace: r.dur("grace"), ReadyTimeout: r.dur("ready-timeout"), ReadyHardTimeout: r.dur("ready-hard-timeout"),
+		Client: r.str("client"), DryRun: r.bool("dry-run"), Hardware: r.str("hardware"),
+		SimFlavor: r.str("sim-flavor"), SimHardware: r.str("sim-hardware"), ConfigsDir: r.str("configs-dir"),
+		RequireGPU: r.bool("require-gpu"), GPUWait: r.dur("gpu-wait"), GPUInterval: r.dur("gpu-interval"),
+		GPUHourUSD: r.optFloat("gpu-hour-usd"), ElectricityUSDPerKWh: r.optFloat("electricity-usd-per-kwh"),
+		Warmup: r.int("warmup"), Seed: r.int64("seed"), Dataset: r.str("dataset"), DatasetFile: r.str("dataset-file"),
+		DatasetCacheDir: r.str("dataset-cache-dir"), Offline: r.bool("offline"),
+	}
+	if r.err != nil {
+		return o, r.err
+	}
+	for _, p := range []struct {
+		key string
+		v   *float64
+		max float64
+	}{{"--gpu-hour-usd", o.GPUHourUSD, config.MaxUSD}, {"--electricity-usd-per-kwh", o.ElectricityUSDPerKWh, config.MaxUSD}} {
+		if p.v != nil {
+			if err := config.CheckFloat("settings", p.key, *p.v, 0, p.max); err != nil {
+				return o, withCode(exitUsage, err)
+			}
+		}
+	}
+	return o, nil
+}
+
+// warnExposed warns when an address binds every interface: what listens there (an
+// inference server, the metrics endpoint) has no authentication.
+func warnExposed(log *zap.Logger, what, host string) {
+	switch strings.Trim(host, "[]") {
+	case "", "0.0.0.0", "::":
+		log.Warn(what+" binds all network interfaces and has no authentication: anyone who can reach this node can use it; bind 127.0.0.1 unless that is intended",
+			zap.String("host", host))
+	}
+}
+
+// cellConfig builds one cell's pipeline config from typed settings; shared by
+// launch-and-bench and the matrix. gb is an open GPU backend to use; nil opens one, which
+// the returned cleanup closes.
+func cellConfig(o launchOpts, log *zap.Logger, extra []string, gb gpu.Backend) (*cell.Config, func(), error) {
+	backend := o.Backend
 	if backend == "" {
 		return nil, nil, usageErrorf("--backend is required: sglang, vllm or sim")
 	}
-	if v.GetString("config") == "" {
+	if o.Config == "" {
 		return nil, nil, usageErrorf("--config is required: a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
 	}
-	bench, err := config.LoadBench(v.GetString("config"))
+	bench, err := config.LoadBench(o.Config)
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
-	tables, err := config.LoadTables(v.GetString("configs-dir"))
+	tables, err := config.LoadTables(o.ConfigsDir)
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
-	client := v.GetString("client")
+	client := o.Client
 	if client == "" {
 		client = cell.ClientMoECAP
 		if backend == launcher.BackendSim {
 			client = cell.ClientNative
 		}
 	}
-	port := v.GetInt("port")
-	if !v.IsSet("port") {
+	port := o.Port
+	if !o.PortSet {
 		port = launcher.DefaultPort(backend)
 	}
 	self, err := os.Executable()
@@ -110,35 +189,35 @@ func cellFromFlags(v *viper.Viper, log *zap.Logger, extra []string, gb gpu.Backe
 	}
 	cleanup := func() {}
 	if gb == nil {
-		if gb, err = gpu.Open(log, v.GetBool("require-gpu")); err != nil {
+		if gb, err = gpu.Open(log, o.RequireGPU); err != nil {
 			return nil, nil, withCode(exitUsage, err)
 		}
 		cleanup = func() { gb.Close() }
 	}
 	c := &cell.Config{
-		Backend: backend, SimFlavor: v.GetString("sim-flavor"), SimHW: v.GetString("sim-hardware"),
-		Bench: bench, Tables: tables, BatchSize: v.GetInt("batch-size"), TP: v.GetInt("tp"),
-		NumSamples: v.GetInt("num-samples"), Host: v.GetString("host"), Port: port,
-		Results: v.GetString("results"), Grace: v.GetDuration("grace"),
-		ReadyStall: v.GetDuration("ready-timeout"), ReadyHard: v.GetDuration("ready-hard-timeout"),
+		Backend: backend, SimFlavor: o.SimFlavor, SimHW: o.SimHardware,
+		Bench: bench, Tables: tables, BatchSize: o.BatchSize, TP: o.TP,
+		NumSamples: o.NumSamples, Host: o.Host, Port: port,
+		Results: o.Results, Grace: o.Grace,
+		ReadyStall: o.ReadyTimeout, ReadyHard: o.ReadyHardTimeout,
 		Client: client, ServerArgs: extra,
-		Conda: launcher.CondaSearch{Flag: v.GetString("conda-root"), CondaExe: os.Getenv("CONDA_EXE"),
+		Conda: launcher.CondaSearch{Flag: o.CondaRoot, CondaExe: os.Getenv("CONDA_EXE"),
 			MambaRootPrefix: os.Getenv("MAMBA_ROOT_PREFIX"), Home: os.Getenv("HOME")},
-		CondaEnv: v.GetString("env"), BaseEnv: os.Environ(), SelfExe: self,
-		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: v.GetString("hardware"),
-		GPUs: gb, GPUWait: v.GetDuration("gpu-wait"), GPUInterval: v.GetDuration("gpu-interval"),
+		CondaEnv: o.Env, BaseEnv: os.Environ(), SelfExe: self,
+		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: o.Hardware,
+		GPUs: gb, GPUWait: o.GPUWait, GPUInterval: o.GPUInterval,
 		MemSlackBytes: 512 << 20, Version: version, Log: log,
 	}
-	c.Native.Warmup = v.GetInt("warmup")
-	c.Native.Seed = v.GetInt64("seed")
-	c.Native.Dataset = v.GetString("dataset")
-	if c.Native.Dataset == "" && backend == launcher.BackendSim && v.GetString("dataset-file") == "" {
+	c.Native.Warmup = o.Warmup
+	c.Native.Seed = o.Seed
+	c.Native.Dataset = o.Dataset
+	if c.Native.Dataset == "" && backend == launcher.BackendSim && o.DatasetFile == "" {
 		// The sim's toy tokenizer gives dataset text no meaning; seeded ids need no network.
 		c.Native.Dataset = "random"
 	}
-	c.Native.DatasetFile = v.GetString("dataset-file")
-	c.Native.DatasetCacheDir = v.GetString("dataset-cache-dir")
-	c.Native.Offline = v.GetBool("offline")
+	c.Native.DatasetFile = o.DatasetFile
+	c.Native.DatasetCacheDir = o.DatasetCacheDir
+	c.Native.Offline = o.Offline
 	c.Derive = report.Hook(tables, func(err error) {
 		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
 	})
@@ -161,7 +240,11 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 	} else if n < 0 && len(args) > 0 {
 		return usageErrorf("unexpected arguments %q; extra server flags go after --", args)
 	}
-	c, cleanup, err := cellFromFlags(v, log, extra, nil)
+	o, err := readLaunchOpts(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	c, cleanup, err := cellConfig(o, log, extra, nil)
 	if err != nil {
 		return err
 	}
@@ -173,15 +256,21 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 		}
 		return err
 	}
-	setPrices(c, plan, v)
-	if v.GetBool("dry-run") {
+	setPrices(c, plan, o)
+	if o.DryRun {
 		fmt.Print(plan.Describe())
 		return nil
 	}
+	warnExposed(log, "the inference server (--host)", o.Host)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	m, err := cell.Run(ctx, c, plan)
 	if err != nil {
+		if errors.Is(err, cell.ErrLocked) || config.IsConfigError(err) {
+			// Another runner has this cell (launch-and-bench, a matrix, a Slurm task): its
+			// directory was not touched.
+			return withCode(exitUsage, err)
+		}
 		return withCode(exitInternal, err)
 	}
 	printCellSummary(os.Stdout, plan.Dir, m)
@@ -195,7 +284,7 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 	return nil
 }
 
-func setPrices(c *cell.Config, p *cell.Plan, v *viper.Viper) {
+func setPrices(c *cell.Config, p *cell.Plan, o launchOpts) {
 	fam := c.SimHW
 	if len(p.Devices) > 0 {
 		fam = p.Devices[0].Family
@@ -205,11 +294,11 @@ func setPrices(c *cell.Config, p *cell.Plan, v *viper.Viper) {
 	}
 	hw, _ := c.Tables.HardwareFamily(fam)
 	c.Prices = gpu.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh}
-	if v.IsSet("gpu-hour-usd") {
-		c.Prices.GPUHourUSD = v.GetFloat64("gpu-hour-usd")
+	if o.GPUHourUSD != nil {
+		c.Prices.GPUHourUSD = *o.GPUHourUSD
 	}
-	if v.IsSet("electricity-usd-per-kwh") {
-		c.Prices.ElectricityUSDPerKWh = v.GetFloat64("electricity-usd-per-kwh")
+	if o.ElectricityUSDPerKWh != nil {
+		c.Prices.ElectricityUSDPerKWh = *o.ElectricityUSDPerKWh
 	}
 }
 

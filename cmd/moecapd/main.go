@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -78,51 +77,8 @@ func newRootCmd() *cobra.Command {
 	return root
 }
 
-// settings binds a command's flags to viper: flag > MOECAP_* env > moecapd.yaml > default.
-func settings(cmd *cobra.Command) (*viper.Viper, error) {
-	v, err := bindFlags(cmd)
-	if err != nil {
-		return nil, err
-	}
-	file := v.GetString("settings")
-	if file == "" {
-		if _, err := os.Stat("moecapd.yaml"); err == nil {
-			file = "moecapd.yaml"
-		}
-	}
-	if file != "" {
-		v.SetConfigFile(file)
-		if err := v.ReadInConfig(); err != nil {
-			return nil, usageErrorf("%s: %v; fix the file or pass --settings", file, err)
-		}
-		// A key in the file that is no flag of this command is a typo, not a setting.
-		known := map[string]bool{}
-		cmd.Flags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
-		cmd.InheritedFlags().VisitAll(func(f *pflag.Flag) { known[f.Name] = true })
-		for _, k := range v.AllKeys() {
-			top := strings.SplitN(k, ".", 2)[0]
-			if !known[top] && !strings.Contains(k, ".") {
-				return nil, usageErrorf("%s: unknown key %q for %q; keys are the command's flag names (see moecapd %s --help)", file, k, cmd.Name(), cmd.Name())
-			}
-		}
-	}
-	return v, nil
-}
-
-// bindFlags binds a command's flags and MOECAP_* variables (no settings file).
-func bindFlags(cmd *cobra.Command) (*viper.Viper, error) {
-	v := viper.New()
-	v.SetEnvPrefix("MOECAP")
-	v.SetEnvKeyReplacer(strings.NewReplacer("-", "_"))
-	v.AutomaticEnv()
-	if err := v.BindPFlags(cmd.Flags()); err != nil {
-		return nil, err
-	}
-	if err := v.BindPFlags(cmd.InheritedFlags()); err != nil {
-		return nil, err
-	}
-	return v, nil
-}
+// settings and bindFlags (flag > MOECAP_* env > moecapd.yaml > default, strictly typed)
+// live in settings.go.
 
 func newLogger(v *viper.Viper) (*zap.Logger, error) {
 	var lvl zapcore.Level

@@ -2,7 +2,10 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -15,7 +18,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"github.com/spf13/viper"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"golang.org/x/term"
@@ -93,8 +95,14 @@ whose manifest says ok or infeasible are kept, interrupted ones are redone, and 
 left by a killed run is ended first. A lock in the results root and one per GPU stop two
 runs from sharing results or GPUs.
 
-Exit codes: 0 every cell ran (ok or infeasible), 2 usage, config or lock held, 8 some cells
-failed (moecapd matrix status lists them), 130 interrupted, 1 internal error.`,
+Each cell is locked while it runs, the lock launch-and-bench and Slurm tasks take too: a
+cell another runner holds is left alone and reported.
+
+Exit codes: 0 no cell of the matrix (on this node, through --only) is failed in the results,
+2 usage, config, a lock held (the results root, a GPU, or some cell, which was not run),
+8 the results root holds failed cells of this matrix, whether this run or an earlier one
+failed them (moecapd matrix status lists them; --redo-failed reruns them), 130 interrupted,
+1 internal error.`,
 		Example: `  moecapd matrix run --results /data/results
   nohup moecapd matrix run --progress log --metrics-addr 127.0.0.1:9400 &
   moecapd matrix run --pack                         # TP=1 cells side by side on an 8-GPU node
@@ -133,43 +141,112 @@ func newMatrixStatusCmd() *cobra.Command {
 	return cmd
 }
 
-// matrixSetup is what plan and run share: the matrix, tables, node and plan.
-type matrixSetup struct {
-	v      *viper.Viper
-	log    *zap.Logger
-	tables *config.Tables
-	mx     *matrix.Matrix
-	gb     gpu.Backend
-	devs   []gpu.Device // the visible GPUs (NVML)
-	node   matrix.Node
-	items  []*matrix.Item
+// matrixOpts is the settings of matrix plan, run and status, merged once and typed (see
+// launchOpts). Launch holds the pipeline's flags every cell shares.
+type matrixOpts struct {
+	Launch                          launchOpts
+	Matrix, Hardware, Only          string
+	IncludeDone, NoSkip, RedoFailed bool
+	Pack                            bool
+	Slots                           int
+	Retries                         int
+	RetryBackoff, CellTimeout       time.Duration
+	Port                            int
+	Progress                        string
+	Heartbeat                       time.Duration
+	MetricsAddr, LockDir, Format    string
+	ResultsFlag, ConfigsDir         string
 }
 
-func loadMatrix(v *viper.Viper) (*config.Tables, *matrix.Matrix, error) {
-	tables, err := config.LoadTables(v.GetString("configs-dir"))
+func readMatrixOpts(fs *pflag.FlagSet) (matrixOpts, error) {
+	l, err := readLaunchOpts(fs)
+	if err != nil {
+		return matrixOpts{}, err
+	}
+	r := &flagReader{fs: fs}
+	o := matrixOpts{Launch: l, Matrix: r.str("matrix"), Hardware: r.str("hardware"), Only: r.str("only"),
+		IncludeDone: r.bool("include-done"), NoSkip: r.bool("no-skip"), RedoFailed: r.bool("redo-failed"),
+		Pack: r.bool("pack"), Slots: r.int("slots"), Retries: r.int("retries"), RetryBackoff: r.dur("retry-backoff"),
+		CellTimeout: r.dur("cell-timeout"), Port: r.int("port"), Progress: r.str("progress"), Heartbeat: r.dur("heartbeat"),
+		MetricsAddr: r.str("metrics-addr"), LockDir: r.str("lock-dir"), Format: r.str("format"),
+		ResultsFlag: r.str("results"), ConfigsDir: r.str("configs-dir")}
+	if r.err != nil {
+		return o, r.err
+	}
+	const src = "settings"
+	checks := []error{
+		config.CheckInt(src, "--retries", int64(o.Retries), 0, config.MaxRetries, "extra attempts"),
+		config.CheckInt(src, "--slots", int64(o.Slots), 0, config.MaxSlots, "cells at once; 0: the node's GPU count"),
+		config.CheckInt(src, "--port", int64(o.Port), 0, config.MaxPort, "first server port; 0: a free port per cell"),
+		config.CheckDuration(src, "--retry-backoff", o.RetryBackoff, 0, time.Hour),
+		config.CheckDuration(src, "--cell-timeout", o.CellTimeout, 0, 7*24*time.Hour),
+		config.CheckDuration(src, "--heartbeat", o.Heartbeat, 0, 24*time.Hour),
+	}
+	if o.Port > 0 && o.Slots > 0 && o.Port+o.Slots-1 > config.MaxPort {
+		checks = append(checks, usageErrorf("--port %d with --slots %d: slot ports run past %d; lower --port", o.Port, o.Slots, config.MaxPort))
+	}
+	for _, err := range checks {
+		if err != nil {
+			return o, withCode(exitUsage, err)
+		}
+	}
+	return o, nil
+}
+
+// matrixSetup is what plan and run share: the matrix, tables, node and plan.
+type matrixSetup struct {
+	o        matrixOpts
+	log      *zap.Logger
+	tables   *config.Tables
+	mx       *matrix.Matrix
+	gb       gpu.Backend
+	devs     []gpu.Device // the visible GPUs (NVML)
+	node     matrix.Node
+	items    []*matrix.Item
+	problems []cell.Problem
+}
+
+func loadMatrix(o matrixOpts) (*config.Tables, *matrix.Matrix, error) {
+	tables, err := config.LoadTables(o.ConfigsDir)
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
-	mx, err := matrix.Load(v.GetString("matrix"), tables)
+	mx, err := matrix.Load(o.Matrix, tables)
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
 	return tables, mx, nil
 }
 
-func setupMatrix(cmd *cobra.Command, log *zap.Logger) (*matrixSetup, error) {
-	v, err := settings(cmd)
+// readResults reads the results root, warning of every directory that is not counted.
+func readResults(root string, log *zap.Logger) (map[string]*cell.Manifest, []cell.Problem, error) {
+	results, problems, err := matrix.Results(root)
 	if err != nil {
+		if config.IsConfigError(err) {
+			return nil, nil, withCode(exitUsage, err)
+		}
+		return nil, nil, withCode(exitUsage, fmt.Errorf("read results root %s: %w", root, err))
+	}
+	for _, p := range problems {
+		if p.Mismatch {
+			log.Warn("cell directory holds another cell's manifest; not counted for either cell", zap.String("dir", p.Path), zap.String("manifest_id", p.ID), zap.String("problem", p.Err))
+		} else {
+			log.Warn("unreadable manifest; its cell counts as not run", zap.String("dir", p.Path), zap.String("problem", p.Err))
+		}
+	}
+	return results, problems, nil
+}
+
+func setupMatrix(o matrixOpts, log *zap.Logger) (*matrixSetup, error) {
+	s := &matrixSetup{o: o, log: log}
+	var err error
+	if s.tables, s.mx, err = loadMatrix(o); err != nil {
 		return nil, err
 	}
-	s := &matrixSetup{v: v, log: log}
-	if s.tables, s.mx, err = loadMatrix(v); err != nil {
-		return nil, err
-	}
-	if s.gb, err = gpu.Open(log, v.GetBool("require-gpu")); err != nil {
+	if s.gb, err = gpu.Open(log, o.Launch.RequireGPU); err != nil {
 		return nil, withCode(exitUsage, err)
 	}
-	label := v.GetString("hardware")
+	label := o.Hardware
 	if s.gb.Available() {
 		if s.devs, err = s.gb.Resolve(os.Getenv("CUDA_VISIBLE_DEVICES")); err != nil {
 			return nil, usageErrorf("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
@@ -181,32 +258,30 @@ func setupMatrix(cmd *cobra.Command, log *zap.Logger) (*matrixSetup, error) {
 	if s.node, err = matrix.ParseNode(label); err != nil {
 		return nil, usageErrorf("this node's hardware %q: %v; restrict CUDA_VISIBLE_DEVICES to one GPU family or pass --hardware", label, err)
 	}
-	o := matrix.Options{IncludeDone: v.GetBool("include-done"), NoSkip: v.GetBool("no-skip"), RedoFailed: v.GetBool("redo-failed")}
-	if re := v.GetString("only"); re != "" {
+	po := matrix.Options{IncludeDone: o.IncludeDone, NoSkip: o.NoSkip, RedoFailed: o.RedoFailed}
+	if re := o.Only; re != "" {
 		rx, err := regexp.Compile(re)
 		if err != nil {
 			return nil, usageErrorf("--only %q: %v", re, err)
 		}
-		o.Only = rx.MatchString
+		po.Only = rx.MatchString
 	}
-	results, problems, err := matrix.Results(v.GetString("results"))
+	results, problems, err := readResults(o.ResultsFlag, log)
 	if err != nil {
-		return nil, withCode(exitUsage, fmt.Errorf("read results root %s: %w", v.GetString("results"), err))
+		return nil, err
 	}
-	for _, p := range problems {
-		log.Warn("unreadable manifest; its cell counts as not run", zap.String("problem", p))
-	}
-	s.items = matrix.Plan(s.mx, s.tables, s.node, results, o)
+	s.problems = problems
+	s.items = matrix.Plan(s.mx, s.tables, s.node, results, po)
 	return s, nil
 }
 
 // slots is how many cells may run at once: 1 unless --pack; with --pack, --slots or the
 // node's GPU count.
 func (s *matrixSetup) slots() int {
-	if !s.v.GetBool("pack") {
+	if !s.o.Pack {
 		return 1
 	}
-	if n := s.v.GetInt("slots"); n > 0 {
+	if n := s.o.Slots; n > 0 {
 		return n
 	}
 	return max(s.node.Count, 1)
@@ -222,7 +297,11 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	defer log.Sync()
-	s, err := setupMatrix(cmd, log)
+	o, err := readMatrixOpts(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	s, err := setupMatrix(o, log)
 	if err != nil {
 		return err
 	}
@@ -231,7 +310,11 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 	if node == "" {
 		node = "no GPUs (sim cells only)"
 	}
-	fmt.Printf("matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, s.v.GetString("results"))
+	lay, err := cell.OpenLayout(o.ResultsFlag)
+	if err != nil {
+		return withCode(exitUsage, err)
+	}
+	fmt.Printf("matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, o.ResultsFlag)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tCELL\tACTION\tSAMPLES\tESTIMATE\tMEMORY\tWHY")
 	var total time.Duration
@@ -252,6 +335,9 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 		}
 		mem := fmt.Sprintf("%.0f/%.0f GB", it.Need/1e9, it.Have/1e9)
 		why := it.Why
+		if h := lay.Holder(it.Cell.ID); h != nil && it.Action == matrix.ActRun {
+			why += fmt.Sprintf("; held now by PID %d on %s since %s (a run leaves it alone)", h.PID, h.Host, h.StartedAt.Format(time.RFC3339))
+		}
 		if !it.Feasible {
 			mem += " ✗"
 			why += "; predicted infeasible: " + it.FeasWhy
@@ -268,7 +354,23 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 		counts[matrix.ActRun], counts[matrix.ActKeep], counts[matrix.ActDone], counts[matrix.ActSkip], counts[matrix.ActNotHere], counts[matrix.ActFiltered])
 	fmt.Printf("estimated %s over %d slot(s) (roofline floor plus start-up guess, or past runs of the same cell)\n",
 		(total / time.Duration(slots)).Round(time.Second), slots)
+	printProblems(os.Stdout, s.problems)
 	return nil
+}
+
+// printProblems lists the results root's directories that are not counted as cells.
+func printProblems(w io.Writer, probs []cell.Problem) {
+	if len(probs) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "\nnot counted as cells (%d directories of the results root):\n", len(probs))
+	for _, p := range probs {
+		kind := "unreadable"
+		if p.Mismatch {
+			kind = "mismatched"
+		}
+		fmt.Fprintf(w, "  %s  %s: %s\n", kind, p.Name, p.Err)
+	}
 }
 
 func runMatrixRun(cmd *cobra.Command, args []string) error {
@@ -279,7 +381,11 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 	if n := cmd.ArgsLenAtDash(); n > 0 || (n < 0 && len(args) > 0) {
 		return usageErrorf("unexpected arguments %q; extra server flags go after --", args)
 	}
-	mode := v0.GetString("progress")
+	o, err := readMatrixOpts(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	mode := o.Progress
 	if mode == "auto" {
 		mode = "log"
 		if term.IsTerminal(int(os.Stderr.Fd())) {
@@ -303,7 +409,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 		log = zap.New(zapcore.NewCore(zapcore.NewConsoleEncoder(enc), display, log.Level()))
 	}
 	defer log.Sync()
-	s, err := setupMatrix(cmd, log)
+	s, err := setupMatrix(o, log)
 	if err != nil {
 		if display != nil {
 			display.Close()
@@ -311,8 +417,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	defer s.gb.Close()
-	v := s.v
-	results, err := filepath.Abs(v.GetString("results"))
+	results, err := filepath.Abs(o.ResultsFlag)
 	if err != nil {
 		return err
 	}
@@ -341,8 +446,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 			lockIDs = pool
 		}
 	}
-	lock, err := matrix.Acquire(results, v.GetString("lock-dir"), lockIDs, matrix.Holder{
-		PID: os.Getpid(), Command: strings.Join(os.Args, " "), Results: results, Since: time.Now().UTC()})
+	lock, err := matrix.Acquire(results, o.LockDir, lockIDs)
 	if err != nil {
 		if display != nil {
 			display.Close()
@@ -350,13 +454,14 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 		return withCode(exitUsage, err)
 	}
 	defer lock.Release()
-	cell.EndOrphans(results, v.GetDuration("grace"), log)
+	cell.EndOrphans(results, o.Launch.Grace, log)
+	warnExposed(log, "the inference servers (--host)", o.Launch.Host)
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	mctx, mstop := context.WithCancel(context.Background())
 	defer mstop()
-	if addr := v.GetString("metrics-addr"); addr != "" {
+	if addr := o.MetricsAddr; addr != "" {
 		got, _, err := matrix.ServeMetrics(mctx, addr, &matrix.Collector{P: prog, GPUs: s.gb, Devs: s.devs})
 		if err != nil {
 			if display != nil {
@@ -364,11 +469,14 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 			}
 			return usageErrorf("--metrics-addr %s: %v; pick a free address", addr, err)
 		}
+		if host, _, err := net.SplitHostPort(addr); err == nil {
+			warnExposed(log, "the Prometheus metrics endpoint (--metrics-addr)", host)
+		}
 		log.Info("serving Prometheus metrics", zap.String("addr", "http://"+got+"/metrics"))
 	}
-	if mode == "log" && v.GetDuration("heartbeat") > 0 {
+	if mode == "log" && o.Heartbeat > 0 {
 		go func() {
-			t := time.NewTicker(v.GetDuration("heartbeat"))
+			t := time.NewTicker(o.Heartbeat)
 			defer t.Stop()
 			for {
 				select {
@@ -383,11 +491,11 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 
 	extra := args
 	r := &matrix.Runner{
-		Results: results, Items: s.items, Slots: s.slots(), GPUs: pool, PortBase: v.GetInt("port"),
-		Host: v.GetString("host"), NoSkip: v.GetBool("no-skip"), Retries: v.GetInt("retries"),
-		Backoff: v.GetDuration("retry-backoff"), CellTimeout: v.GetDuration("cell-timeout"),
+		Results: results, Items: s.items, Slots: s.slots(), GPUs: pool, PortBase: o.Port,
+		Host: o.Launch.Host, NoSkip: o.NoSkip, Retries: o.Retries,
+		Backoff: o.RetryBackoff, CellTimeout: o.CellTimeout,
 		Log: log, Progress: prog,
-		Build: func(c *matrix.Cell) (*cell.Config, error) { return matrixCellConfig(v, s.gb, log, c, extra) },
+		Build: func(c *matrix.Cell) (*cell.Config, error) { return matrixCellConfig(o.Launch, s.gb, log, c, extra) },
 	}
 	var toRun int
 	for _, it := range s.items {
@@ -402,53 +510,65 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 		display.Close()
 	}
 	mstop()
-	fmt.Printf("matrix: %d ok, %d failed, %d infeasible, %d skipped-infeasible, %d interrupted; moecapd matrix status --results %s\n",
-		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, v.GetString("results"))
+	// The exit code speaks for the results root, not only this run: cells of this matrix
+	// (on this node, through --only) that an earlier run failed and this one kept count too.
+	var failedInRoot []string
+	if after, _, rerr := matrix.Results(results); rerr == nil {
+		failedInRoot = matrix.FailedInResults(s.items, after)
+	} else if err == nil {
+		err = rerr
+	}
+	fmt.Printf("matrix: %d ok, %d failed, %d infeasible, %d skipped-infeasible, %d interrupted, %d held by another runner in this run; the results root holds %d failed cell(s) of this matrix; moecapd matrix status --results %s\n",
+		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, len(out.Held), len(failedInRoot), o.ResultsFlag)
 	switch {
 	case err != nil:
 		return withCode(exitInternal, err)
 	case ctx.Err() != nil || out.Interrupted > 0:
 		return withCode(exitInterrupted, fmt.Errorf("interrupted; run the same command again to resume"))
-	case out.Failed > 0:
-		return withCode(exitCellsFailed, fmt.Errorf("%d cell(s) failed; see moecapd matrix status", out.Failed))
+	case len(out.Held) > 0:
+		return withCode(exitUsage, fmt.Errorf("%d cell(s) not run because another runner holds them (run again once it finishes): %w", len(out.Held), errors.Join(out.Held...)))
+	case len(failedInRoot) > 0:
+		return withCode(exitCellsFailed, fmt.Errorf("%d cell(s) failed in the results root (%d in this run): %s; see moecapd matrix status, --redo-failed reruns them",
+			len(failedInRoot), out.Failed, strings.Join(failedInRoot, ", ")))
 	}
 	return nil
 }
 
 // matrixCellConfig builds one cell's pipeline config through launch-and-bench's own
-// flag-to-config path, with the matrix's values for the per-cell flags.
-func matrixCellConfig(v *viper.Viper, gb gpu.Backend, log *zap.Logger, c *matrix.Cell, extra []string) (*cell.Config, error) {
-	for k, val := range map[string]any{"backend": c.Backend, "config": c.BenchFile, "batch-size": c.Batch, "tp": c.TP,
-		"num-samples": c.NumSamples, "port": 0, "hardware": c.Hardware, "sim-hardware": c.Family, "env": ""} {
-		v.Set(k, val)
-	}
+// settings-to-config path, from a copy of the shared settings with the matrix's values for
+// the per-cell ones.
+func matrixCellConfig(base launchOpts, gb gpu.Backend, log *zap.Logger, c *matrix.Cell, extra []string) (*cell.Config, error) {
+	o := base
+	o.Backend, o.Config, o.BatchSize, o.TP, o.NumSamples = c.Backend, c.BenchFile, c.Batch, c.TP, c.NumSamples
+	o.Port, o.PortSet = 0, true // the runner gives each cell its port
+	o.Hardware, o.SimHardware, o.Env, o.DryRun = c.Hardware, c.Family, "", false
 	// The matrix keeps one NVML handle for the whole run.
-	cfg, _, err := cellFromFlags(v, log, append(append([]string{}, c.ServerArgs...), extra...), gb)
+	cfg, _, err := cellConfig(o, log, append(append([]string{}, c.ServerArgs...), extra...), gb)
 	if err != nil {
 		return nil, err
 	}
-	setPrices(cfg, &cell.Plan{}, v)
+	setPrices(cfg, &cell.Plan{}, o)
 	return cfg, nil
 }
 
 func runMatrixStatus(cmd *cobra.Command, _ []string) error {
-	v, err := settings(cmd)
+	if _, err := settings(cmd); err != nil {
+		return err
+	}
+	o, err := readMatrixOpts(cmd.Flags())
 	if err != nil {
 		return err
 	}
-	_, mx, err := loadMatrix(v)
+	_, mx, err := loadMatrix(o)
 	if err != nil {
 		return err
 	}
-	results, problems, err := matrix.Results(v.GetString("results"))
+	results, problems, err := matrix.Results(o.ResultsFlag)
 	if err != nil {
-		return fmt.Errorf("read results root %s: %w", v.GetString("results"), err)
-	}
-	for _, p := range problems {
-		fmt.Fprintln(os.Stderr, "moecapd: unreadable manifest (counted as not run):", p)
+		return withCode(exitUsage, fmt.Errorf("read results root %s: %w", o.ResultsFlag, err))
 	}
 	md := false
-	switch f := v.GetString("format"); f {
+	switch f := o.Format; f {
 	case "markdown":
 		md = true
 	case "terminal":
@@ -458,5 +578,8 @@ func runMatrixStatus(cmd *cobra.Command, _ []string) error {
 		return usageErrorf("--format %q: want markdown, terminal or auto", f)
 	}
 	matrix.Report(os.Stdout, mx, matrix.Status(mx, results), md)
+	// Directories not counted (unreadable, or another cell's manifest) are listed, never
+	// silently taken for a cell.
+	printProblems(os.Stdout, problems)
 	return nil
 }

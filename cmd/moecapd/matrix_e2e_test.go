@@ -170,10 +170,13 @@ func TestMatrixFaultsKillResume(t *testing.T) {
 		}
 	}
 
-	// A third run has nothing to do: completed cells are neither redone nor duplicated.
+	// A third run has nothing to do: completed cells are neither redone nor duplicated. Its
+	// exit code speaks for the results root, which still holds two failed cells: 8, not 0.
 	r = moecapd(t, nil, args...)
-	if r.code != 0 || !strings.Contains(r.stdout, "matrix: 0 ok, 0 failed") {
-		t.Errorf("third run: exit %d stdout %s; want 0 with nothing run", r.code, r.stdout)
+	if r.code != exitCellsFailed || !strings.Contains(r.stdout, "matrix: 0 ok, 0 failed") ||
+		!strings.Contains(r.stdout, "the results root holds 2 failed cell(s)") ||
+		!strings.Contains(r.stderr, "dsv2_lite.1xH100.32-8.bs2.sim") || !strings.Contains(r.stderr, "dsv2_lite.1xH200.32-8.bs2.sim") {
+		t.Errorf("third run: exit %d\nstdout %s\nstderr %s\nwant %d with nothing run, naming the 2 failed cells of the results root", r.code, r.stdout, r.stderr, exitCellsFailed)
 	}
 	for id, t0 := range okStart {
 		if m, _ := cell.ReadManifest(filepath.Join(results, id)); m == nil || !m.StartedAt.Equal(t0) {

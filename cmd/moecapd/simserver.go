@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -286,6 +287,20 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 	cfg.TimeScale, _ = fs.GetFloat64("sim-time-scale")
 	if cfg.TimeScale <= 0 || cfg.TPOT < 0 || cfg.TTFT < 0 || cfg.Startup < 0 {
 		return cfg, usageErrorf("sim-server: --sim-time-scale must be positive and --sim-tpot, --sim-ttft, --sim-startup not negative")
+	}
+	// Upper bounds (issue 11, item 7): the sim's argv is user input too (extra server flags
+	// after --); nothing out of range may fork without limit, overflow or wait for years.
+	for _, b := range []struct {
+		what     string
+		v, limit int
+	}{{"tensor-parallel size", cfg.TP, config.MaxTP}, {"batch size", cfg.MaxRunning, config.MaxBatchSize},
+		{"context length", cfg.MaxModelLen, 16 * config.MaxTokens}, {"--sim-workers", cfg.Workers, 64}} {
+		if b.v > b.limit {
+			return cfg, usageErrorf("sim-server: %s %d: expected at most %d", b.what, b.v, b.limit)
+		}
+	}
+	if !(cfg.TimeScale <= 1000) || cfg.TPOT > time.Minute || cfg.TTFT > time.Hour || cfg.Startup > time.Hour {
+		return cfg, usageErrorf("sim-server: --sim-time-scale at most 1000, --sim-tpot at most 1m, --sim-ttft and --sim-startup at most 1h")
 	}
 
 	// Same defaults as the wrappers when the variable is unset: ~/expert_records for

@@ -1,9 +1,8 @@
 package cell
 
 import (
+	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -67,8 +66,12 @@ type Config struct {
 
 // Plan is what a cell will run: computed without starting anything (also --dry-run).
 type Plan struct {
-	ID           string
-	Dir          string
+	ID string
+	// Dir is Files.Path (kept: most callers want only the directory).
+	Dir string
+	// Layout is the results root; Files the cell's directory in it.
+	Layout       *Layout
+	Files        Dir
 	Identity     Identity
 	Model        config.Model
 	Devices      []gpu.Device
@@ -113,6 +116,9 @@ func (c *Config) Validate() (config.Model, error) {
 	if c.TP <= 0 {
 		return config.Model{}, cfgErr("--tp", fmt.Sprintf("got %d, expected a positive GPU count (1 or 8 in the guide)", c.TP))
 	}
+	if err := c.checkBounds(); err != nil {
+		return config.Model{}, err
+	}
 	if c.Client != ClientMoECAP && c.Client != ClientNative {
 		return config.Model{}, cfgErr("--client", fmt.Sprintf("got %q, expected moe-cap or native", c.Client))
 	}
@@ -136,6 +142,53 @@ func (c *Config) Validate() (config.Model, error) {
 		}
 	}
 	return m, nil
+}
+
+// checkBounds holds every number of the config to the limits of config's strict.go, so
+// nothing out of range reaches a server, an allocation or an overflow.
+func (c *Config) checkBounds() error {
+	const src = "settings"
+	type ib struct {
+		key      string
+		v        int
+		min, max int64
+		what     string
+	}
+	for _, b := range []ib{
+		{"--batch-size", c.BatchSize, 1, config.MaxBatchSize, "concurrent requests"},
+		{"--tp", c.TP, 1, config.MaxTP, "GPUs per server"},
+		{"--num-samples", c.NumSamples, 0, config.MaxNumSamples, "requests; 0 keeps the config's"},
+		{"--port", c.Port, 0, config.MaxPort, "0 picks a free port"},
+		{"--warmup", c.Native.Warmup, 0, config.MaxWarmup, "warm-up requests"},
+	} {
+		if err := config.CheckInt(src, b.key, int64(b.v), b.min, b.max, b.what); err != nil {
+			return err
+		}
+	}
+	type db struct {
+		key      string
+		v        time.Duration
+		min, max time.Duration
+	}
+	for _, b := range []db{
+		{"--grace", c.Grace, 0, time.Hour},
+		{"--ready-timeout", c.ReadyStall, 100 * time.Millisecond, 24 * time.Hour},
+		{"--ready-hard-timeout", c.ReadyHard, 100 * time.Millisecond, 72 * time.Hour},
+		{"--gpu-wait", c.GPUWait, 0, 24 * time.Hour},
+		{"--gpu-interval", c.GPUInterval, 10 * time.Millisecond, time.Minute},
+	} {
+		if err := config.CheckDuration(src, b.key, b.v, b.min, b.max); err != nil {
+			return err
+		}
+	}
+	if c.Bench == nil {
+		return nil
+	}
+	file := c.Bench.Path
+	if c.NumSamples > 0 {
+		file = "--num-samples with " + c.Bench.Path
+	}
+	return config.CheckWorkload(file, c.numSamples(), c.Native.Warmup, c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens)
 }
 
 func (c *Config) knownModels() []string {
@@ -185,12 +238,21 @@ func MakePlan(c *Config) (*Plan, error) {
 		}
 	}
 	task := c.Bench.Task()
-	p.ID = ID(m.Key, hw, task, c.BatchSize, c.Backend)
-	root, err := filepath.Abs(c.Results)
-	if err != nil {
+	if p.ID, err = MakeID(m.Key, hw, task, c.BatchSize, c.Backend); err != nil {
+		key := "cell id"
+		var pe *PartError
+		if errors.As(err, &pe) && pe.What == "hardware label" {
+			key = "--hardware"
+		}
+		return nil, &config.Error{File: "cell id", Key: key, Msg: err.Error()}
+	}
+	if p.Layout, err = OpenLayout(c.Results); err != nil {
 		return nil, err
 	}
-	p.Dir = filepath.Join(root, p.ID)
+	if p.Files, err = p.Layout.Cell(p.ID); err != nil {
+		return nil, err
+	}
+	p.Dir = p.Files.Path
 	port := c.Port
 	if port == 0 {
 		if port, err = launcher.FreePort(c.Host); err != nil {
@@ -200,7 +262,7 @@ func MakePlan(c *Config) (*Plan, error) {
 	p.Spec = launcher.ServerSpec{
 		Backend: c.Backend, Flavor: c.SimFlavor, Model: c.Bench.ModelID, Host: c.Host, Port: port,
 		TP: c.TP, BatchSize: c.BatchSize, Extra: c.ServerArgs,
-		RecordsDir:         filepath.Join(p.Dir, "records"),
+		RecordsDir:         p.Files.Records(),
 		ExpertPatching:     m.ExpertPatching,
 		CUDAVisibleDevices: visible,
 		SimExe:             c.SelfExe,
@@ -242,7 +304,7 @@ func MakePlan(c *Config) (*Plan, error) {
 	if c.Client == ClientMoECAP {
 		// The runner reads the cell's own copy of the benchmark file: the original may be
 		// built into moecapd or edited before the cell ends.
-		p.ClientArgv = append([]string{"python"}, profile.RunnerArgs(filepath.Join(p.Dir, BenchFile), p.APIURL, p.Spec.APIFlavor(), c.BatchSize, filepath.Join(p.Dir, "client"))...)
+		p.ClientArgv = append([]string{"python"}, profile.RunnerArgs(p.Files.Bench(), p.APIURL, p.Spec.APIFlavor(), c.BatchSize, p.Files.Client())...)
 		if c.NumSamples > 0 {
 			p.ClientArgv = append(p.ClientArgv, "--num-samples", strconv.Itoa(c.NumSamples))
 		}
@@ -321,17 +383,4 @@ func (p *Plan) Describe() string {
 		fmt.Fprintf(&b, "client:  native (in-process) → %s\n", p.APIURL)
 	}
 	return b.String()
-}
-
-// archive moves an earlier attempt of the cell aside (root/.attempts/<id>.<time>) so a
-// rerun never mixes its files with the old ones and the old ones are not lost.
-func archive(dir string) error {
-	if _, err := os.Stat(dir); os.IsNotExist(err) {
-		return nil
-	}
-	att := filepath.Join(filepath.Dir(dir), ".attempts")
-	if err := os.MkdirAll(att, 0o755); err != nil {
-		return err
-	}
-	return os.Rename(dir, filepath.Join(att, filepath.Base(dir)+"."+time.Now().UTC().Format("20060102T150405.000000000")))
 }

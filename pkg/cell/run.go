@@ -75,18 +75,34 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 		log = zap.NewNop()
 	}
 	r := &runner{c: c, p: p, log: log.With(zap.String("cell", p.ID)), t0: time.Now()}
-	// A server of an earlier, killed supervisor on this results root may still hold the
-	// GPUs or the port: end it first.
-	EndOrphans(filepath.Dir(p.Dir), c.Grace, r.log)
-	if err := archive(p.Dir); err != nil {
-		return nil, fmt.Errorf("move the earlier attempt of %s aside: %w", p.ID, err)
-	}
-	for _, d := range []string{p.Dir, filepath.Join(p.Dir, "client"), filepath.Join(p.Dir, "records")} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return nil, fmt.Errorf("create %s: %w (check --results)", d, err)
+	lay := p.Layout
+	if lay == nil {
+		// A Plan built by hand (tests): the layout follows from its directory.
+		var err error
+		if lay, err = OpenLayout(filepath.Dir(p.Dir)); err != nil {
+			return nil, err
+		}
+		if p.Files, err = lay.Cell(p.ID); err != nil {
+			return nil, err
 		}
 	}
-	if err := WriteFileAtomic(filepath.Join(p.Dir, BenchFile), c.Bench.Raw); err != nil {
+	// One runner per cell: the caller (the matrix, which also writes the manifest after
+	// Run) may hold the cell's lock already; otherwise Run holds it while it runs. A held
+	// lock is a *LockedError naming the holder, and nothing of the cell is touched.
+	if !lay.Held(p.ID) {
+		unlock, err := lay.Lock(p.ID)
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
+	}
+	// A server of an earlier, killed supervisor on this results root may still hold the
+	// GPUs or the port: end it first.
+	EndOrphans(lay.Root, c.Grace, r.log)
+	if _, err := lay.Create(p.ID); err != nil {
+		return nil, err
+	}
+	if err := WriteFileAtomic(p.Files.Bench(), c.Bench.Raw); err != nil {
 		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
 	}
 	r.m = &Manifest{
@@ -189,7 +205,21 @@ func EndOrphans(root string, grace time.Duration, log *zap.Logger) {
 		log.Warn("orphan scan failed", zap.Error(err))
 		return
 	}
+	lay, _ := OpenLayout(root)
 	for _, o := range orphans {
+		// The orphan's cell is locked while it is ended and marked, so two runners starting
+		// at once do not both end it, and a runner that already took the cell over (it
+		// holds the lock and is ending it itself) is left to it.
+		if id := filepath.Base(o.Dir); lay != nil && ValidID(id) && !lay.Held(id) {
+			unlock, err := lay.Lock(id)
+			if errors.Is(err, ErrLocked) {
+				log.Info("a server left behind by a killed run is being handled by another runner", zap.String("dir", o.Dir), zap.Error(err))
+				continue
+			}
+			if err == nil {
+				defer unlock()
+			}
+		}
 		log.Warn("ending a server left behind by a killed run (its supervisor died)",
 			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Ints("pids", o.PIDs))
 		rep, err := launcher.EndOrphan(o, grace)
@@ -250,7 +280,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 
 func (r *runner) launch() bool {
 	c, p := r.c, r.p
-	logPath := filepath.Join(p.Dir, "server.log")
+	logPath := p.Files.ServerLog()
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
 	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath})
 	if err != nil {
@@ -270,7 +300,7 @@ func (r *runner) launch() bool {
 	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
 	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath))
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
-		f, err := os.Create(filepath.Join(p.Dir, "telemetry.csv"))
+		f, err := os.Create(p.Files.Telemetry())
 		if err == nil {
 			r.csv = f
 			pid := proc.PID()
@@ -376,11 +406,11 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 	if o.Dataset == "" {
 		o.Dataset = c.Bench.Dataset()
 	}
-	o.OutputDir = filepath.Join(p.Dir, "client")
-	o.RecordsDir = filepath.Join(p.Dir, "records")
+	o.OutputDir = p.Files.Client()
+	o.RecordsDir = p.Files.Records()
 	o.Log = r.log
 	// client.log gets the client's own log lines (JSON), not a terminal progress bar.
-	if cl, err := os.Create(filepath.Join(p.Dir, "client.log")); err == nil {
+	if cl, err := os.Create(p.Files.ClientLog()); err == nil {
 		defer cl.Close()
 		core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(cl), zap.InfoLevel)
 		o.Log = zap.New(zapcore.NewTee(r.log.Core(), core))
@@ -396,7 +426,7 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	c, p := r.c, r.p
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
-	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: filepath.Join(p.Dir, "client.log")})
+	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: p.Files.ClientLog()})
 	if err != nil {
 		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
 	}
@@ -411,7 +441,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	if code != 0 {
 		return nil, fmt.Errorf("the MoE-CAP runner failed (%s); see client.log in %s", proc.ExitDescription(), p.Dir)
 	}
-	met, err := profile.ReadMoECAPOutput(filepath.Join(p.Dir, "client"), c.numSamples())
+	met, err := profile.ReadMoECAPOutput(p.Files.Client(), c.numSamples())
 	if err != nil {
 		return met, badResult{err}
 	}

@@ -71,6 +71,10 @@ func (c *Bench) Validate() error {
 	if c.NumSamples <= 0 {
 		return bad("num_samples", fmt.Sprintf("got %d, expected a positive number of requests such as 100", c.NumSamples))
 	}
+	// Upper bounds (strict.go): refused here, before any server starts.
+	if err := CheckWorkload(c.Path, c.NumSamples, 0, c.TargetInputTokens, c.TargetOutputTokens); err != nil {
+		return err
+	}
 	if len(c.DatasetNames) == 0 {
 		return bad("dataset_names", "empty; expected a list such as [\"gsm8k\"]")
 	}

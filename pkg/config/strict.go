@@ -6,9 +6,11 @@ package config
 import (
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"sort"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -50,6 +52,9 @@ func decodeStrict(file string, data []byte, out any) error {
 	}
 	if root.Kind == 0 || len(root.Content) == 0 {
 		return &Error{File: file, Msg: "file is empty; expected a YAML mapping"}
+	}
+	if err := CheckDuplicateKeys(file, &root); err != nil {
+		return err
 	}
 	return decodeNode(file, "", root.Content[0], reflect.ValueOf(out).Elem())
 }
@@ -144,3 +149,115 @@ func describeKind(t reflect.Type) string {
 // DecodeStrict is decodeStrict for other packages' YAML inputs (the experiment matrix), so
 // every file moecapd reads rejects typos the same way and names file, key and line.
 func DecodeStrict(file string, data []byte, out any) error { return decodeStrict(file, data, out) }
+
+// CheckDuplicateKeys rejects a mapping anywhere in the document that names one key twice.
+// YAML says keys are unique, yet a decoder into nodes keeps both and a map keeps the last:
+// a matrix group or a benchmark setting would vanish without a word.
+func CheckDuplicateKeys(file string, n *yaml.Node) error {
+	return checkDup(file, "", n)
+}
+
+func checkDup(file, path string, n *yaml.Node) error {
+	if n == nil {
+		return nil
+	}
+	switch n.Kind {
+	case yaml.DocumentNode, yaml.SequenceNode:
+		for i, c := range n.Content {
+			p := path
+			if n.Kind == yaml.SequenceNode {
+				p = fmt.Sprintf("%s[%d]", path, i)
+			}
+			if err := checkDup(file, p, c); err != nil {
+				return err
+			}
+		}
+	case yaml.MappingNode:
+		seen := map[string]int{}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k := n.Content[i]
+			key := joinKey(path, k.Value)
+			if k.Kind == yaml.ScalarNode && k.Value != "<<" {
+				if line, dup := seen[k.Value]; dup {
+					return &Error{File: file, Key: key, Line: k.Line,
+						Msg: fmt.Sprintf("duplicate key (first at line %d); each key may appear once in a mapping: merge the two or rename one", line)}
+				}
+				seen[k.Value] = k.Line
+			}
+			if err := checkDup(file, key, n.Content[i+1]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Bounds of the numbers a user can give (flags, MOECAP_* env, moecapd.yaml, benchmark and
+// matrix files). A value outside is an *Error naming the key and the limit (exit 2), caught
+// before any server starts. They are far beyond the guide's matrix, and small enough that
+// nothing downstream overflows or allocates without bound.
+const (
+	MaxBatchSize  = 4096      // concurrent requests per cell (the guide goes to 128)
+	MaxTP         = 64        // GPUs per server
+	MaxNumSamples = 1_000_000 // requests per cell
+	MaxWarmup     = 10_000    // warm-up requests
+	MaxTokens     = 1 << 20   // target input or output tokens of one request (1,048,576)
+	// MaxWorkloadTokens caps (num_samples + warmup) × (input + output tokens): the native
+	// client builds every prompt's token ids and request body up front and keeps every
+	// request's chunk times for the whole run — 14.4 bytes per prompt token measured (random
+	// prompts and their bodies), about 16 per output token by its data structures, so about
+	// 1 GiB at this cap.
+	MaxWorkloadTokens = 64 << 20
+	MaxPort           = 65535
+	MaxRetries        = 10
+	MaxSlots          = 1024
+	MaxUSD            = 1e6 // any price
+)
+
+// CheckInt is an *Error unless min ≤ v ≤ max. what says what the number counts.
+func CheckInt(file, key string, v, min, max int64, what string) error {
+	if v < min || v > max {
+		return &Error{File: file, Key: key, Msg: fmt.Sprintf("got %d, expected %d to %d (%s)", v, min, max, what)}
+	}
+	return nil
+}
+
+// CheckDuration is an *Error unless min ≤ d ≤ max.
+func CheckDuration(file, key string, d, min, max time.Duration) error {
+	if d < min || d > max {
+		return &Error{File: file, Key: key, Msg: fmt.Sprintf("got %s, expected %s to %s", d, min, max)}
+	}
+	return nil
+}
+
+// CheckFloat is an *Error unless v is a finite number with min ≤ v ≤ max.
+func CheckFloat(file, key string, v, min, max float64) error {
+	if math.IsNaN(v) || v < min || v > max {
+		return &Error{File: file, Key: key, Msg: fmt.Sprintf("got %g, expected %g to %g", v, min, max)}
+	}
+	return nil
+}
+
+// CheckWorkload bounds a cell's whole workload: requests, warm-up and tokens each, and
+// their product (MaxWorkloadTokens), so memory is bounded before any server starts.
+func CheckWorkload(file string, numSamples, warmup, in, out int) error {
+	if err := CheckInt(file, "num_samples", int64(numSamples), 1, MaxNumSamples, "requests"); err != nil {
+		return err
+	}
+	if err := CheckInt(file, "warmup", int64(warmup), 0, MaxWarmup, "warm-up requests"); err != nil {
+		return err
+	}
+	if err := CheckInt(file, "target_input_tokens", int64(in), 1, MaxTokens, "tokens per prompt"); err != nil {
+		return err
+	}
+	if err := CheckInt(file, "target_output_tokens", int64(out), 1, MaxTokens, "tokens per output"); err != nil {
+		return err
+	}
+	// Each factor is ≤ 2^20, so the product fits in int64.
+	if w := int64(numSamples+warmup) * int64(in+out); w > MaxWorkloadTokens {
+		return &Error{File: file, Key: "num_samples",
+			Msg: fmt.Sprintf("%d requests (+%d warm-up) × %d tokens (%d in + %d out) = %d tokens, more than the limit of %d a cell may send; lower num_samples or split the run into cells",
+				numSamples, warmup, in+out, in, out, w, MaxWorkloadTokens)}
+	}
+	return nil
+}

@@ -131,7 +131,10 @@ func ParseHardware(label string) (int, string, error) {
 	if m == nil {
 		return 0, "", fmt.Errorf("hardware %q: expected <gpu count>x<family> such as 1xH100 or 8xH200", label)
 	}
-	n, _ := strconv.Atoi(m[1])
+	n, err := strconv.Atoi(m[1])
+	if err != nil || n > config.MaxTP {
+		return 0, "", fmt.Errorf("hardware %q: expected 1 to %d GPUs", label, config.MaxTP)
+	}
 	return n, m[2], nil
 }
 
@@ -220,8 +223,8 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 				return mx.errf(key+".tasks."+task, "no batch sizes; expected a list such as [1, 32, 64, 128]")
 			}
 			for _, bs := range sizes {
-				if bs <= 0 {
-					return mx.errf(key+".tasks."+task, "batch size %d; expected positive integers", bs)
+				if bs <= 0 || bs > config.MaxBatchSize {
+					return mx.errf(key+".tasks."+task, "batch size %d; expected 1 to %d", bs, config.MaxBatchSize)
 				}
 			}
 			for _, mk := range g.Models {
@@ -268,7 +271,11 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 								c.SimStartup, _ = time.ParseDuration(orZero(s.Sim.Startup))
 								c.SimTimeScale = s.Sim.TimeScale
 							}
-							c.ID = cell.ID(mk, hw, task, bs, be)
+							id, err := cell.MakeID(mk, hw, task, bs, be)
+							if err != nil {
+								return mx.errf(key, "%v", err)
+							}
+							c.ID = id
 							if other, dup := seen[c.ID]; dup {
 								return mx.errf(key, "cell %s is also in group %q; each cell may appear once", c.ID, other)
 							}
@@ -344,15 +351,15 @@ func (mx *Matrix) checkSettings(key string, g Group) error {
 			return mx.errf(key+".backends", "unknown backend %q; expected sglang, vllm or sim", b)
 		}
 	}
-	if g.NumSamples < 0 {
-		return mx.errf(key+".num_samples", "got %d, expected a positive number of requests (leave it out to use the bench file's, raised to 2×batch)", g.NumSamples)
+	if g.NumSamples < 0 || g.NumSamples > config.MaxNumSamples {
+		return mx.errf(key+".num_samples", "got %d, expected 1 to %d requests (leave it out to use the bench file's, raised to 2×batch)", g.NumSamples, config.MaxNumSamples)
 	}
-	if g.TP < 0 {
-		return mx.errf(key+".tp", "got %d, expected a positive GPU count (leave it out: the hardware label's count)", g.TP)
+	if g.TP < 0 || g.TP > config.MaxTP {
+		return mx.errf(key+".tp", "got %d, expected 1 to %d GPUs (leave it out: the hardware label's count)", g.TP, config.MaxTP)
 	}
 	if g.Timeout != "" {
-		if d, err := time.ParseDuration(g.Timeout); err != nil || d <= 0 {
-			return mx.errf(key+".timeout", "got %q, expected a positive duration such as 90m or 2h", g.Timeout)
+		if d, err := time.ParseDuration(g.Timeout); err != nil || d <= 0 || d > 7*24*time.Hour {
+			return mx.errf(key+".timeout", "got %q, expected a duration with a unit from 1s to 168h, such as 90m or 2h", g.Timeout)
 		}
 	}
 	if s := g.Sim; s != nil {
@@ -367,8 +374,8 @@ func (mx *Matrix) checkSettings(key string, g Group) error {
 				return mx.errf(key+".sim."+k, "got %q, expected a duration such as 2ms", v)
 			}
 		}
-		if s.Workers < 0 || s.TimeScale < 0 {
-			return mx.errf(key+".sim", "workers and time_scale must not be negative")
+		if s.Workers < 0 || s.Workers > 64 || !(s.TimeScale >= 0 && s.TimeScale <= 1000) {
+			return mx.errf(key+".sim", "workers must be 0 to 64 and time_scale 0 to 1000")
 		}
 	}
 	return nil

@@ -1,86 +1,70 @@
 package matrix
 
 import (
-	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
-	"time"
+
+	"github.com/moecapd/moecapd/pkg/cell"
 )
 
 // LockFile is the lock's name inside a results root.
 const LockFile = ".matrix.lock"
 
-// Holder is written into a lock file so the next run's error can say who holds it.
-type Holder struct {
-	PID     int       `json:"pid"`
-	Command string    `json:"command"`
-	Results string    `json:"results"`
-	Since   time.Time `json:"since"`
-}
+// Lock is a set of held flocks (cell.TryLock: the kernel drops a flock when its holder
+// dies, even by SIGKILL, so a crashed run never leaves a stale lock behind).
+type Lock struct{ held []*cell.FileLock }
 
-// Lock is a set of held flocks. The kernel drops a flock when its holder dies, even by
-// SIGKILL, so a crashed run never leaves a stale lock behind for the resume to trip over.
-type Lock struct{ files []*os.File }
+// ErrLocked is matched (errors.Is) by Acquire's error when another run holds a lock.
+var ErrLocked = cell.ErrLocked
 
-// ErrLocked is wrapped by Acquire's error when another process holds a lock.
-var ErrLocked = errors.New("locked by another run")
-
-// Acquire takes the results root's lock and one lock per GPU (gpus: stable ids such as
-// NVML UUIDs, in gpuDir) without waiting: a second run on the same results or the same
-// GPUs fails at once with the holder's PID and command line.
-func Acquire(results, gpuDir string, gpus []string, h Holder) (*Lock, error) {
+// Acquire takes the results root's matrix lock and one lock per GPU (gpus: stable ids such
+// as NVML UUIDs, in gpuDir) without waiting: a second matrix run on the same results or the
+// same GPUs fails at once with a *cell.LockedError naming the holder. Each cell the run
+// starts is locked on its own as well (cell.Layout.Lock), the lock every runner of a cell
+// shares.
+func Acquire(results, gpuDir string, gpus []string) (*Lock, error) {
 	l := &Lock{}
-	paths := []string{filepath.Join(results, LockFile)}
+	type lk struct{ path, what string }
+	locks := []lk{{filepath.Join(results, LockFile), "results root " + results}}
 	if len(gpus) > 0 {
-		if err := os.MkdirAll(gpuDir, 0o777); err != nil {
-			return nil, fmt.Errorf("create the GPU lock directory %s: %w (pass --lock-dir)", gpuDir, err)
+		if _, err := os.Stat(gpuDir); os.IsNotExist(err) {
+			if err := os.MkdirAll(gpuDir, 0o777); err != nil {
+				return nil, fmt.Errorf("create the GPU lock directory %s: %w (pass --lock-dir)", gpuDir, err)
+			}
+			// Every user's runs on the node share it, whatever our umask; sticky like /tmp.
+			_ = os.Chmod(gpuDir, 0o777|os.ModeSticky)
 		}
 		for _, g := range gpus {
-			paths = append(paths, filepath.Join(gpuDir, "gpu-"+sanitizeID(g)+".lock"))
+			locks = append(locks, lk{filepath.Join(gpuDir, "gpu-"+sanitizeID(g)+".lock"), "GPU " + g})
 		}
 	}
 	if err := os.MkdirAll(results, 0o755); err != nil {
 		return nil, fmt.Errorf("create results root %s: %w", results, err)
 	}
-	body, _ := json.Marshal(h)
-	for _, p := range paths {
-		f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o666)
+	for _, k := range locks {
+		fl, err := cell.TryLock(k.path, k.what)
 		if err != nil {
 			l.Release()
-			return nil, fmt.Errorf("open lock %s: %w", p, err)
+			return nil, err
 		}
-		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-			var other Holder
-			b, _ := os.ReadFile(p)
-			_ = json.Unmarshal(b, &other)
-			f.Close()
-			l.Release()
-			what := "this results root"
-			if p != paths[0] {
-				what = "GPU " + strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "gpu-"), ".lock")
-			}
-			return nil, fmt.Errorf("%w: %s is in use by PID %d (%s, results %s, since %s); wait for it to finish or stop it, then run again: %s",
-				ErrLocked, what, other.PID, other.Command, other.Results, other.Since.Format(time.RFC3339), p)
+		if k.path != locks[0].path {
+			// A GPU's lock serves every user of the node: openable by the next one,
+			// whatever our umask (only the owner can change it; others need not).
+			_ = os.Chmod(k.path, 0o666)
 		}
-		// Holder details are advisory; the flock is the lock.
-		_ = f.Truncate(0)
-		_, _ = f.WriteAt(body, 0)
-		l.files = append(l.files, f)
+		l.held = append(l.held, fl)
 	}
 	return l, nil
 }
 
 // Release drops every lock held.
 func (l *Lock) Release() {
-	for _, f := range l.files {
-		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
-		f.Close()
+	for _, f := range l.held {
+		f.Unlock()
 	}
-	l.files = nil
+	l.held = nil
 }
 
 func sanitizeID(s string) string {

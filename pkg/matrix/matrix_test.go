@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -284,7 +287,8 @@ func runner(t *testing.T, mx *Matrix, tb *config.Tables, results string, f *fake
 	return &Runner{Results: results, Items: Plan(mx, tb, node, res, Options{}), Exec: f.exec, Slots: 1, Backoff: time.Millisecond,
 		Build: func(c *Cell) (*cell.Config, error) {
 			return &cell.Config{Backend: c.Backend, Bench: c.Bench, Tables: tb, BatchSize: c.Batch, TP: c.TP, NumSamples: c.NumSamples,
-				Host: "127.0.0.1", Results: results, Client: cell.ClientNative, Hardware: c.Hardware}, nil
+				Host: "127.0.0.1", Results: results, Client: cell.ClientNative, Hardware: c.Hardware,
+				Grace: time.Second, ReadyStall: time.Minute, ReadyHard: time.Minute, GPUInterval: 100 * time.Millisecond}, nil
 		}}
 }
 
@@ -411,18 +415,21 @@ func chain(id string) string {
 
 func TestLockExclusive(t *testing.T) {
 	res, gdir := t.TempDir(), t.TempDir()
-	l, err := Acquire(res, gdir, []string{"GPU-aaaa"}, Holder{PID: 4242, Command: "moecapd matrix run"})
+	l, err := Acquire(res, gdir, []string{"GPU-aaaa"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Acquire(t.TempDir(), gdir, []string{"GPU-aaaa"}, Holder{PID: 1}); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "GPU GPU-aaaa is in use by PID 4242") {
-		t.Errorf("second run on the same GPU: %v; want locked, naming the GPU and PID 4242", err)
+	// flock conflicts between two open files of one process too: the second Acquire stands
+	// for a second run, and the holder it names is this process.
+	me := "is in use by PID " + strconv.Itoa(os.Getpid())
+	if _, err := Acquire(t.TempDir(), gdir, []string{"GPU-aaaa"}); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "GPU GPU-aaaa "+me) {
+		t.Errorf("second run on the same GPU: %v; want locked, naming the GPU and %s", err, me)
 	}
-	if _, err := Acquire(res, t.TempDir(), nil, Holder{PID: 1}); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "this results root") {
-		t.Errorf("second run on the same results: %v; want locked", err)
+	if _, err := Acquire(res, t.TempDir(), nil); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), "results root "+res+" "+me) {
+		t.Errorf("second run on the same results: %v; want locked, naming the root and %s", err, me)
 	}
 	l.Release()
-	l2, err := Acquire(res, gdir, []string{"GPU-aaaa"}, Holder{PID: 1})
+	l2, err := Acquire(res, gdir, []string{"GPU-aaaa"})
 	if err != nil {
 		t.Fatalf("after release: %v", err)
 	}
@@ -456,5 +463,150 @@ func TestStatusReport(t *testing.T) {
 		if !strings.Contains(s, want) {
 			t.Errorf("report lacks %q:\n%s", want, s)
 		}
+	}
+}
+
+// A cell another runner holds (its lock taken elsewhere) is neither run nor archived nor
+// written; the run goes on with the others and reports it. The exit code's source,
+// FailedInResults, sees failures of the results root that this run did not make.
+func TestRunnerHeldCellAndFailedInResults(t *testing.T) {
+	tb := tables(t)
+	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
+		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1, 2]}}\n  h: {models: [dsv2_lite], hardware: [1xH100], tasks: {32-8: [1]}}\n")
+	mx, err := Load(p, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	const held, failed = "qwen1_5.1xH100.32-8.bs2.sglang", "dsv2_lite.1xH100.32-8.bs1.sglang"
+	// An earlier run failed dsv2; another runner is running qwen bs2 right now.
+	lay, _ := cell.OpenLayout(results)
+	for _, id := range []string{held, failed} {
+		st := cell.StatusRunning
+		if id == failed {
+			st = cell.StatusFailed
+		}
+		unlock, err := lay.Lock(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, _ := lay.Create(id)
+		cell.WriteManifest(d.Path, manifest(id, st, cell.KindCrash))
+		unlock()
+	}
+	// The other runner is another process: this one holding the lock would be the runner.
+	holdInChild(t, results, held)
+
+	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
+	r := runner(t, mx, tb, results, f)
+	out, err := r.Run(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.OK != 1 || len(out.Held) != 1 || !errors.Is(out.Held[0], cell.ErrLocked) || !strings.Contains(out.Held[0].Error(), "cell "+held+" is in use by PID") {
+		t.Errorf("outcome %+v; want 1 ok and %s held, naming its holder", out, held)
+	}
+	if f.calls[held] != 0 || f.calls[failed] != 0 {
+		t.Errorf("calls %v; the held cell and the kept failed cell must not run", f.calls)
+	}
+	if m, _ := cell.ReadManifest(filepath.Join(results, held)); m == nil || m.Status != cell.StatusRunning {
+		t.Errorf("held cell's manifest %+v; want it untouched (running)", m)
+	}
+	if a, _ := filepath.Glob(filepath.Join(results, cell.AttemptsDir, held+".*")); len(a) != 0 {
+		t.Errorf("held cell archived: %v", a)
+	}
+	res, probs, err := Results(results)
+	if err != nil || len(probs) != 0 {
+		t.Fatal(err, probs)
+	}
+	got := FailedInResults(r.Items, res)
+	if len(got) != 1 || got[0] != failed {
+		t.Errorf("FailedInResults = %v; want [%s] (failed by an earlier run, kept by this one)", got, failed)
+	}
+}
+
+// Out-of-range numbers and duplicate keys in a matrix file are errors naming the key; none
+// reaches a panic (a GPU count that overflows used to become tp 0, a division by zero).
+func TestMatrixFileBounds(t *testing.T) {
+	tb := tables(t)
+	head := "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sim]}\ngroups:\n"
+	for _, c := range []struct{ body, want string }{
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [5000]}}\n", "batch size 5000; expected 1 to 4096"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, num_samples: 2000000}\n", `"groups.g.num_samples": got 2000000`},
+		{"  g: {models: [qwen1_5], hardware: [99999999999999999999xH100], tasks: {32-8: [1]}}\n", "expected 1 to 64 GPUs"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, tp: 100}\n", `"groups.g.tp": got 100`},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, timeout: 600}\n", "a duration with a unit"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}, sim: {time_scale: .nan}}\n", "time_scale 0 to 1000"},
+		{"  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}}\n  g: {models: [dsv2_lite], hardware: [1xH100], tasks: {32-8: [1]}}\n", `"groups.g": duplicate key`},
+	} {
+		_, err := Load(writeMatrix(t, head+c.body), tb)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v; want an error containing %q", strings.TrimSpace(c.body), err, c.want)
+		}
+	}
+}
+
+// A caller holding a cell's lock (the Slurm task) runs it through the Runner: the lock this
+// process holds is its own, not another runner's.
+func TestRunnerKeepsCallersLock(t *testing.T) {
+	tb := tables(t)
+	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
+		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1]}}\n")
+	mx, err := Load(p, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	lay, _ := cell.OpenLayout(results)
+	unlock, err := lay.Lock("qwen1_5.1xH100.32-8.bs1.sglang")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
+	out, err := runner(t, mx, tb, results, f).Run(t.Context())
+	if err != nil || out.OK != 1 || len(out.Held) != 0 {
+		t.Errorf("outcome %+v err %v; want the cell run under the caller's lock", out, err)
+	}
+	if !lay.Held("qwen1_5.1xH100.32-8.bs1.sglang") {
+		t.Error("the Runner released a lock it did not take")
+	}
+	unlock()
+}
+
+const holdEnv = "MOECAPD_TEST_HOLD_CELL"
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(holdEnv); spec != "" {
+		root, id, _ := strings.Cut(spec, "|")
+		lay, err := cell.OpenLayout(root)
+		if err == nil {
+			_, err = lay.Lock(id)
+		}
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(3)
+		}
+		fmt.Println("locked")
+		time.Sleep(time.Hour)
+	}
+	os.Exit(m.Run())
+}
+
+// holdInChild holds cell id's lock in another process until the test ends.
+func holdInChild(t *testing.T, root, id string) {
+	t.Helper()
+	c := exec.Command(os.Args[0], "-test.run=^$")
+	c.Env = append(os.Environ(), holdEnv+"="+root+"|"+id)
+	out, err := c.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Process.Kill(); c.Wait() })
+	buf := make([]byte, 64)
+	if n, _ := out.Read(buf); !strings.HasPrefix(string(buf[:n]), "locked") {
+		t.Fatalf("child: %q", buf[:n])
 	}
 }

@@ -2,12 +2,8 @@ package matrix
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"math"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -87,38 +83,41 @@ func SetNote(m *cell.Manifest, n Note) {
 	m.Extra[ExtraKey] = b
 }
 
-// Results reads every cell manifest under root (not .attempts), keyed by cell id. A
-// missing root is empty; an unreadable manifest is reported as a problem, not fatal.
-func Results(root string) (map[string]*cell.Manifest, []string, error) {
-	out := map[string]*cell.Manifest{}
-	ents, err := os.ReadDir(root)
-	if errors.Is(err, fs.ErrNotExist) {
-		return out, nil, nil
-	}
+// Results reads every cell of the results root (cell.Layout.Cells), keyed by directory
+// name, which is the cell id the directory's manifest must carry. Unreadable manifests and
+// directories holding another cell's manifest (copied or renamed) come back as problems:
+// they count as no result for any cell, so a copy never decides another cell's status. A
+// missing root is empty.
+func Results(root string) (map[string]*cell.Manifest, []cell.Problem, error) {
+	lay, err := cell.OpenLayout(root)
 	if err != nil {
 		return nil, nil, err
 	}
-	var problems []string
-	for _, e := range ents {
-		if !e.IsDir() || strings.HasPrefix(e.Name(), ".") {
-			continue
-		}
-		dir := filepath.Join(root, e.Name())
-		m, err := cell.ReadManifest(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
-		if err != nil {
-			problems = append(problems, err.Error())
-			continue
-		}
-		id := m.Cell.ID
-		if id == "" {
-			id = e.Name()
-		}
-		out[id] = m
+	ents, probs, err := lay.Cells()
+	if err != nil {
+		return nil, nil, err
 	}
-	return out, problems, nil
+	out := make(map[string]*cell.Manifest, len(ents))
+	for _, e := range ents {
+		out[e.Dir.ID] = e.Manifest
+	}
+	return out, probs, nil
+}
+
+// FailedInResults lists the cells of a plan, on this node and not filtered out, whose result
+// in the results root is failed: what the matrix's exit code reports (8), whether this run
+// or an earlier one failed them.
+func FailedInResults(items []*Item, results map[string]*cell.Manifest) []string {
+	var out []string
+	for _, it := range items {
+		if it.Action == ActNotHere || it.Action == ActFiltered {
+			continue
+		}
+		if m := results[it.Cell.ID]; m != nil && m.Status == cell.StatusFailed {
+			out = append(out, it.Cell.ID)
+		}
+	}
+	return out
 }
 
 // Action says what a run does with a cell.

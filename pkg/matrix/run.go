@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -46,22 +44,28 @@ type Runner struct {
 	CellTimeout time.Duration
 	Log         *zap.Logger
 	Progress    *Progress
+
+	layout *cell.Layout
 }
 
 // Outcome is what a run did in the end.
 type Outcome struct {
 	OK, Failed, Infeasible, Skipped, Interrupted int
+	// Held lists the cells another runner held (launch-and-bench, a Slurm task): not run,
+	// not touched, each a *cell.LockedError naming its holder.
+	Held []error
 }
 
 type job struct {
-	it    *Item
-	slot  int
-	gpus  []string
-	port  int
-	cfg   *cell.Config
-	m     *cell.Manifest
-	err   error
-	start time.Time
+	it     *Item
+	unlock func() // the cell's lock, held from start to finish
+	slot   int
+	gpus   []string
+	port   int
+	cfg    *cell.Config
+	m      *cell.Manifest
+	err    error
+	start  time.Time
 }
 
 // Run runs the plan. ctx cancelled (SIGINT/SIGTERM) stops starting cells; running ones end
@@ -75,6 +79,11 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 	if r.Exec == nil {
 		r.Exec = cell.Run
 	}
+	lay, err := cell.OpenLayout(r.Results)
+	if err != nil {
+		return Outcome{}, err
+	}
+	r.layout = lay
 	slots := max(r.Slots, 1)
 	var pending []*Item
 	for _, it := range r.Items {
@@ -103,9 +112,28 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 	running := 0
 	var fatal error
 
-	start := func(it *Item, slot int, gpus []string) {
+	// start runs a cell, holding its lock from here until its job is done: the lock every
+	// runner of a cell shares, so a cell some other runner holds is neither run nor
+	// archived nor written. It reports false for such a cell.
+	start := func(it *Item, slot int, gpus []string) bool {
 		c := it.Cell
-		j := &job{it: it, slot: slot, gpus: gpus, start: time.Now()}
+		// A caller that holds the cell's lock already (a Slurm task, which also writes the
+		// manifest after the run) keeps it: this process is the one runner.
+		unlock, err := func() {}, error(nil)
+		if !lay.Held(c.ID) {
+			unlock, err = lay.Lock(c.ID)
+		}
+		if err != nil {
+			if errors.Is(err, cell.ErrLocked) {
+				out.Held = append(out.Held, err)
+				p.skipped(it)
+				log.Warn("cell not run: another runner holds it", zap.String("cell", c.ID), zap.Error(err))
+				return false
+			}
+			fatal = fmt.Errorf("cell %s: %w", c.ID, err)
+			return false
+		}
+		j := &job{it: it, unlock: unlock, slot: slot, gpus: gpus, start: time.Now()}
 		busyChain[c.Chain()] = true
 		freeSlots[slot] = false
 		for _, g := range gpus {
@@ -120,7 +148,7 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 			j.m = r.configFailure(c, err)
 			running++
 			go func() { done <- j }()
-			return
+			return true
 		}
 		usedPorts[j.port] = true
 		cfg.Port = j.port
@@ -137,6 +165,7 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 			j.m, j.err = r.runCell(ctx, j, log)
 			done <- j
 		}()
+		return true
 	}
 
 	for len(pending) > 0 || running > 0 {
@@ -174,7 +203,9 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 				}
 				pending = append(pending[:i], pending[i+1:]...)
 				i--
-				start(it, slot, gpus)
+				if !start(it, slot, gpus) && fatal != nil {
+					break
+				}
 			}
 		}
 		if running == 0 {
@@ -194,6 +225,7 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 			fatal = fmt.Errorf("cell %s: %w", c.ID, j.err)
 			j.m = r.configFailure(c, j.err)
 		}
+		j.unlock()
 		m := j.m
 		switch m.Status {
 		case cell.StatusOK:
@@ -222,7 +254,9 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 			kept := pending[:0]
 			for _, it := range pending {
 				if it.Cell.Chain() == c.Chain() && it.Cell.Batch > c.Batch {
-					if err := r.writeSkipped(it.Cell, c); err != nil {
+					if err := r.writeSkipped(it.Cell, c); errors.Is(err, cell.ErrLocked) {
+						log.Warn("skipped cell's manifest not written: another runner holds it", zap.String("cell", it.Cell.ID), zap.Error(err))
+					} else if err != nil {
 						fatal = err
 					}
 					it.Action, it.Why = ActSkip, fmt.Sprintf("skipped-infeasible after %s ran out of memory", c.ID)
@@ -338,22 +372,21 @@ func identity(c *Cell) cell.Identity {
 }
 
 // record writes a manifest for a cell the pipeline never ran, moving an earlier attempt
-// aside first so nothing is lost.
+// aside first so nothing is lost. It takes the cell's lock unless this process holds it;
+// a cell another runner holds is left alone (a *cell.LockedError).
 func (r *Runner) record(c *Cell, m *cell.Manifest) error {
-	dir := filepath.Join(r.Results, c.ID)
-	if _, err := os.Stat(dir); err == nil {
-		att := filepath.Join(r.Results, ".attempts")
-		if err := os.MkdirAll(att, 0o755); err != nil {
+	if !r.layout.Held(c.ID) {
+		unlock, err := r.layout.Lock(c.ID)
+		if err != nil {
 			return err
 		}
-		if err := os.Rename(dir, filepath.Join(att, c.ID+"."+time.Now().UTC().Format("20060102T150405.000000000"))); err != nil {
-			return err
-		}
+		defer unlock()
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("create %s: %w (check --results)", dir, err)
+	d, err := r.layout.Create(c.ID)
+	if err != nil {
+		return err
 	}
-	return cell.WriteManifest(dir, m)
+	return cell.WriteManifest(d.Path, m)
 }
 
 func (r *Runner) writeSkipped(c, because *Cell) error {

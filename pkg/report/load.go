@@ -8,9 +8,7 @@ package report
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -69,54 +67,42 @@ type Problem struct {
 // one torn file does not hide a night's results. Rows are sorted by model, task, hardware,
 // backend and batch size.
 func Load(resultsDir string, tables *config.Tables) ([]Row, []Problem, error) {
-	ents, err := os.ReadDir(resultsDir)
+	// The results root's layout (which directories are cells, and that each manifest names
+	// its own directory) is cell.Layout's; a copied directory comes back as a Problem.
+	lay, err := cell.OpenLayout(resultsDir)
 	if err != nil {
 		return nil, nil, fmt.Errorf("results directory: %w", err)
 	}
-	var dirs []string
-	for _, e := range ents {
-		if e.IsDir() && !strings.HasPrefix(e.Name(), ".") {
-			dirs = append(dirs, e.Name())
-		}
+	if _, err := os.Stat(lay.Root); err != nil {
+		return nil, nil, fmt.Errorf("results directory: %w", err)
 	}
-	rows := make([]*Row, len(dirs))
-	probs := make([]*Problem, len(dirs))
+	ents, cprobs, err := lay.Cells()
+	if err != nil {
+		return nil, nil, fmt.Errorf("results directory: %w", err)
+	}
+	rows := make([]*Row, len(ents))
 	// Reading records and deriving is per cell and independent: spread it over the cores.
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
-	for i, name := range dirs {
+	for i, e := range ents {
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			dir := filepath.Join(resultsDir, name)
-			b, err := os.ReadFile(filepath.Join(dir, "manifest.json"))
-			if errors.Is(err, fs.ErrNotExist) {
-				return
-			}
-			if err != nil {
-				probs[i] = &Problem{Dir: name, Err: err.Error()}
-				return
-			}
-			r, err := rowFromJSON(b, dir, tables)
-			if err != nil {
-				probs[i] = &Problem{Dir: name, Err: err.Error()}
-				return
-			}
+			r := rowFromManifest(e.Manifest)
+			r.Cap, r.CapNote = capFor(e.Manifest, e.Dir.Path, tables)
 			rows[i] = r
 		}()
 	}
 	wg.Wait()
 	var out []Row
+	for _, r := range rows {
+		out = append(out, *r)
+	}
 	var ps []Problem
-	for i := range dirs {
-		if rows[i] != nil {
-			out = append(out, *rows[i])
-		}
-		if probs[i] != nil {
-			ps = append(ps, *probs[i])
-		}
+	for _, p := range cprobs {
+		ps = append(ps, Problem{Dir: p.Name, Err: p.Err})
 	}
 	SortRows(out)
 	return out, ps, nil
@@ -170,19 +156,6 @@ func ParseHardware(label string) (int, string) {
 		return 0, label
 	}
 	return n, label[i+1:]
-}
-
-func rowFromJSON(b []byte, dir string, tables *config.Tables) (*Row, error) {
-	var m cell.Manifest
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("manifest.json: %w", err)
-	}
-	if m.Cell.ID == "" {
-		return nil, fmt.Errorf("manifest.json has no cell.id")
-	}
-	r := rowFromManifest(&m)
-	r.Cap, r.CapNote = capFor(&m, dir, tables)
-	return r, nil
 }
 
 func rowFromManifest(m *cell.Manifest) *Row {
