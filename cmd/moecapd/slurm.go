@@ -23,6 +23,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/matrix"
 	"github.com/moecapd/moecapd/pkg/slurm"
@@ -41,7 +42,7 @@ running in Slurm, are not submitted again. The manifest in the results root is t
 a cell; Slurm's view (queued, running, cancelled, timed out) is shown next to it.
 
 Submissions are recorded in <results>/.slurm/ (jobs.json, one task spec per array, the
-batch script, per-task logs, per-cell locks).
+batch script, per-task logs); a task holds its cell's lock (<results>/.locks/) while it runs.
 
 Exit codes: 0 ok, 2 usage or config error, or the Slurm commands missing or the controller
 not answering, 1 internal error.`,
@@ -63,6 +64,45 @@ func addSlurmCellFlags(f *pflag.FlagSet) {
 			f.AddFlag(fl)
 		}
 	})
+}
+
+// slurmCellOpts are the typed settings of how a cell runs, read once from the flags.
+type slurmCellOpts struct {
+	Launch                    launchOpts
+	Matrix                    string
+	Retries                   int
+	RetryBackoff, CellTimeout time.Duration
+}
+
+func readSlurmCellOpts(fs *pflag.FlagSet) (slurmCellOpts, error) {
+	// submit's --hardware is a list of labels to submit, not launch-and-bench's one label
+	// (each cell's own label is set per cell).
+	cellFlags := pflag.NewFlagSet("cell", pflag.ContinueOnError)
+	fs.VisitAll(func(f *pflag.Flag) {
+		if f.Name != "hardware" {
+			cellFlags.AddFlag(f)
+		}
+	})
+	l, err := readLaunchOpts(cellFlags)
+	if err != nil {
+		return slurmCellOpts{}, err
+	}
+	r := &flagReader{fs: fs}
+	o := slurmCellOpts{Launch: l, Matrix: r.str("matrix"), Retries: r.int("retries"),
+		RetryBackoff: r.dur("retry-backoff"), CellTimeout: r.dur("cell-timeout")}
+	if r.err != nil {
+		return o, withCode(exitUsage, r.err)
+	}
+	for _, err := range []error{
+		config.CheckInt("settings", "--retries", int64(o.Retries), 0, config.MaxRetries, "extra attempts"),
+		config.CheckDuration("settings", "--retry-backoff", o.RetryBackoff, 0, time.Hour),
+		config.CheckDuration("settings", "--cell-timeout", o.CellTimeout, 0, 7*24*time.Hour),
+	} {
+		if err != nil {
+			return o, withCode(exitUsage, err)
+		}
+	}
+	return o, nil
 }
 
 func newSlurmSubmitCmd() *cobra.Command {
@@ -179,15 +219,19 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	defer log.Sync()
-	tables, mx, err := loadMatrix(v)
+	so, err := readSlurmCellOpts(cmd.Flags())
 	if err != nil {
 		return err
 	}
-	root, err := filepath.Abs(v.GetString("results"))
+	tables, mx, err := loadMatrix(matrixOpts{Matrix: so.Matrix, ConfigsDir: so.Launch.ConfigsDir})
 	if err != nil {
 		return err
 	}
-	matrixPath := v.GetString("matrix")
+	root, err := filepath.Abs(so.Launch.Results)
+	if err != nil {
+		return err
+	}
+	matrixPath := so.Matrix
 	if _, err := os.Stat(matrixPath); err == nil {
 		matrixPath, _ = filepath.Abs(matrixPath)
 	}
@@ -221,12 +265,9 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 		}
 		opts.Only = rx.MatchString
 	}
-	results, problems, err := matrix.Results(root)
+	results, _, err := readResults(root, log)
 	if err != nil {
-		return withCode(exitUsage, fmt.Errorf("read results root %s: %w", root, err))
-	}
-	for _, p := range problems {
-		log.Warn("unreadable manifest; its cell counts as not run", zap.String("problem", p))
+		return err
 	}
 	// Every cell is planned as on a node of its own hardware: that is the node Slurm gives it.
 	items := map[string]*matrix.Item{}
@@ -246,13 +287,16 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 
 	ctx := cmd.Context()
 	cli := &slurm.CLI{}
-	var lock *slurm.Lock
+	var lock *cell.FileLock
 	if !v.GetBool("dry-run") {
 		// One submit at a time per results root: two would both see a cell unqueued.
-		if lock, err = slurm.TryLock(slurm.Path(root, slurm.SubmitLock), fmt.Sprintf("moecapd slurm submit, PID %d", os.Getpid())); err != nil {
-			return usageErrorf("another submit is running on %s: %v; wait for it and submit again", root, err)
+		if err := os.MkdirAll(slurm.Path(root), 0o755); err != nil {
+			return withCode(exitUsage, fmt.Errorf("create %s: %w (the results root must be writable)", slurm.Path(root), err))
 		}
-		defer lock.Release()
+		if lock, err = cell.TryLock(slurm.Path(root, slurm.SubmitLock), "slurm submit on "+root); err != nil {
+			return withCode(exitUsage, err)
+		}
+		defer lock.Unlock()
 	}
 	rec, err := slurm.ReadRecord(root)
 	if err != nil {
@@ -459,12 +503,14 @@ func runSlurmStatus(cmd *cobra.Command, _ []string) error {
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
-	results, problems, err := matrix.Results(root)
+	log, err := newLogger(v)
 	if err != nil {
-		return withCode(exitUsage, fmt.Errorf("read results root %s: %w", root, err))
+		return err
 	}
-	for _, p := range problems {
-		fmt.Fprintln(os.Stderr, "moecapd: unreadable manifest (counted as no result):", p)
+	defer log.Sync()
+	results, _, err := readResults(root, log)
+	if err != nil {
+		return err
 	}
 	ctx := cmd.Context()
 	cli := &slurm.CLI{}
@@ -662,17 +708,17 @@ func runSlurmCancel(cmd *cobra.Command, _ []string) error {
 	return nil
 }
 
-// lockCell takes the per-cell lock a Slurm task holds while it runs its cell, so two tasks
-// (a duplicate submission, a requeue racing its predecessor) never write one cell. It is
-// the task's only lock: none on the whole results root. The one place to swap for pkg/cell's
-// per-cell lock.
+// lockCell takes the per-cell lock a Slurm task holds while it runs its cell (pkg/cell's,
+// the one matrix run and launch-and-bench take too), so two runners (a duplicate
+// submission, a requeue racing its predecessor, a matrix run on the same root) never write
+// one cell. It is the task's only lock: none on the whole results root. The matrix runner
+// keeps a lock its caller holds.
 func lockCell(root, id string) (release func(), err error) {
-	l, err := slurm.TryLock(slurm.Path(root, slurm.LocksDir, id+".lock"),
-		fmt.Sprintf("moecapd slurm task, PID %d, job %s", os.Getpid(), os.Getenv("SLURM_JOB_ID")))
+	lay, err := cell.OpenLayout(root)
 	if err != nil {
 		return nil, err
 	}
-	return l.Release, nil
+	return lay.Lock(id)
 }
 
 func runSlurmTask(cmd *cobra.Command, _ []string) error {
@@ -718,7 +764,11 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 		return usageErrorf("%s: %v", specPath, err)
 	}
 	log = log.With(zap.String("job", env.ArrayJobID+"_"+strconv.Itoa(env.TaskID)))
-	_, mx, err := loadMatrix(v)
+	so, err := readSlurmCellOpts(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	_, mx, err := loadMatrix(matrixOpts{Matrix: so.Matrix, ConfigsDir: so.Launch.ConfigsDir})
 	if err != nil {
 		return err
 	}
@@ -729,7 +779,7 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 	root := spec.Results
 	release, err := lockCell(root, id)
 	if err != nil {
-		return usageErrorf("cell %s: its lock is %v; another run is on it, so this task leaves it alone", id, err)
+		return withCode(exitUsage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
 	}
 	defer release()
 	dir := filepath.Join(root, id)
@@ -746,15 +796,15 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 	var drain time.Duration
 	if spec.KillWaitS > 0 {
 		kw := time.Duration(spec.KillWaitS * float64(time.Second))
-		if g := v.GetDuration("grace"); g > kw/2 {
+		if g := so.Launch.Grace; g > kw/2 {
 			log.Info("grace shortened to half the cluster's KillWait", zap.Duration("grace", kw/2), zap.Duration("asked", g))
-			v.Set("grace", kw/2)
+			so.Launch.Grace = kw / 2
 		}
 		drain = min(5*time.Second, kw/5)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	gb, err := gpu.Open(log, v.GetBool("require-gpu"))
+	gb, err := gpu.Open(log, so.Launch.RequireGPU)
 	if err != nil {
 		return withCode(exitUsage, err)
 	}
@@ -763,11 +813,11 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 		zap.String("cuda_visible_devices", env.CUDAVisibleDevices), zap.Int("restart_count", env.RestartCount))
 	r := &matrix.Runner{
 		Results: root, Items: []*matrix.Item{{Cell: c, Action: matrix.ActRun}}, Slots: 1,
-		Host: v.GetString("host"), NoSkip: true, Retries: v.GetInt("retries"),
-		Backoff: v.GetDuration("retry-backoff"), CellTimeout: v.GetDuration("cell-timeout"), Log: log,
+		Host: so.Launch.Host, NoSkip: true, Retries: so.Retries,
+		Backoff: so.RetryBackoff, CellTimeout: so.CellTimeout, Log: log,
 		// GPUs left empty: the cell runs on the caller's CUDA_VISIBLE_DEVICES, Slurm's.
 		Build: func(c *matrix.Cell) (*cell.Config, error) {
-			cfg, err := matrixCellConfig(v, gb, log, c, nil)
+			cfg, err := matrixCellConfig(so.Launch, gb, log, c, nil)
 			if err == nil && drain > 0 {
 				cfg.Native.DrainTimeout = drain
 			}

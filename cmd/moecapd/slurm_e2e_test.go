@@ -514,3 +514,34 @@ func TestDescribeTask(t *testing.T) {
 		}
 	}
 }
+
+// A task whose cell another runner holds (here: this test, through pkg/cell's lock) leaves
+// the cell alone and fails, saying who holds it.
+func TestSlurmTaskLeavesHeldCell(t *testing.T) {
+	env := slurmCluster(t)
+	root := t.TempDir()
+	id := "qwen1_5.1xH100.32-8.bs1.sim"
+	lay, err := cell.OpenLayout(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	unlock, err := lay.Lock(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	r := moecapd(t, env, submitArgs(root, "--only", `^`+strings.ReplaceAll(id, ".", `\.`)+`$`)...)
+	if r.code != 0 {
+		t.Fatalf("submit: exit %d\n%s", r.code, r.stderr)
+	}
+	rows := waitStatus(t, env, root, time.Minute, "the task to end", func(rows []cellRow) bool {
+		return len(rows) == 1 && rows[0].Slurm != nil && rows[0].Slurm.State != "" && !slurmActive(rows[0].Slurm.State)
+	})
+	if rows[0].Slurm.State != "FAILED" || rows[0].Status != "" {
+		t.Errorf("held cell: %+v, slurm %+v; want the task FAILED and no manifest written", rows[0], rows[0].Slurm)
+	}
+	logb, _ := os.ReadFile(rows[0].Slurm.Log)
+	if !strings.Contains(string(logb), "leaves cell "+id+" alone") || !strings.Contains(string(logb), fmt.Sprintf("PID %d", os.Getpid())) {
+		t.Errorf("task log does not say who holds the cell:\n%s", logb)
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
@@ -25,7 +24,6 @@ const (
 	SubmitLock = "submit.lock" // held by one submit at a time
 	ArraysDir  = "arrays"      // one task spec per array
 	LogsDir    = "logs"        // one log per task
-	LocksDir   = "locks"       // one flock per cell
 )
 
 // SpecVersion of the task spec files.
@@ -178,42 +176,6 @@ func WriteScript(root string) (string, error) {
 		return "", err
 	}
 	return p, os.Chmod(p, 0o755)
-}
-
-// Lock is a held flock; the kernel drops it when the holder dies, even by SIGKILL.
-type Lock struct{ f *os.File }
-
-// ErrBusy is wrapped by TryLock's error when another process holds the lock.
-var ErrBusy = errors.New("held by another process")
-
-// TryLock takes an exclusive flock on path without waiting, recording holder (for the
-// next one's error message).
-func TryLock(path, holder string) (*Lock, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o666)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(path)
-		f.Close()
-		return nil, fmt.Errorf("%s %w (%s)", path, ErrBusy, strings.TrimSpace(string(b)))
-	}
-	_ = f.Truncate(0)
-	_, _ = f.WriteAt([]byte(holder+"\n"), 0)
-	return &Lock{f: f}, nil
-}
-
-// Release drops the lock.
-func (l *Lock) Release() {
-	if l == nil || l.f == nil {
-		return
-	}
-	_ = syscall.Flock(int(l.f.Fd()), syscall.LOCK_UN)
-	l.f.Close()
-	l.f = nil
 }
 
 // ExtraKey is the key of manifest.extra where a Slurm task records where it ran.

@@ -234,23 +234,6 @@ func TestRecordLatestAndSpec(t *testing.T) {
 	}
 }
 
-func TestTryLock(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "locks", "cell.lock")
-	l, err := TryLock(p, "first")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := TryLock(p, "second"); !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "first") {
-		t.Errorf("second lock: %v; want ErrBusy naming the holder", err)
-	}
-	l.Release()
-	l2, err := TryLock(p, "third")
-	if err != nil {
-		t.Errorf("after release: %v", err)
-	}
-	l2.Release()
-}
-
 func TestScript(t *testing.T) {
 	root := t.TempDir()
 	p, err := WriteScript(root)
