@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -248,10 +249,20 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 			return err
 		}
 	}
+	if fi, err := os.Stat(self); err != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+		return usageErrorf("--moecapd %s: not an executable file; pass the path of a moecapd binary the nodes can run", self)
+	}
+	known := map[string]bool{}
+	for _, c := range mx.Cells {
+		known[c.Hardware] = true
+	}
 	labels := map[string]bool{}
 	for _, l := range v.GetStringSlice("hardware") {
 		if _, _, err := matrix.ParseHardware(l); err != nil {
 			return usageErrorf("--hardware: %v", err)
+		}
+		if !known[l] {
+			return usageErrorf("--hardware %s: no cell of %s has that hardware; its labels: %s", l, mx.Path, strings.Join(slices.Sorted(maps.Keys(known)), ", "))
 		}
 		labels[l] = true
 	}

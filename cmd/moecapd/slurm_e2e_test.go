@@ -435,6 +435,10 @@ func TestSlurmUnavailable(t *testing.T) {
 	if _, err := os.Stat(slurm.Path(root, slurm.JobsFile)); err == nil {
 		t.Errorf("a dry run recorded a submission")
 	}
+	r = moecapd(t, nil, submitArgs(root, "--hardware", "8xH20", "--dry-run")...)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--hardware 8xH20: no cell") || !strings.Contains(r.stderr, "8xH100") {
+		t.Errorf("unknown --hardware: exit %d, stderr %s; want 2 listing the matrix's labels", r.code, r.stderr)
+	}
 	r = moecapd(t, []string{"PATH=" + t.TempDir()}, submitArgs(root, "--only", `xH100\.`)...)
 	if r.code != exitUsage || !strings.Contains(r.stderr, "not on PATH") || !strings.Contains(r.stderr, "slurm-client") {
 		t.Errorf("no Slurm on PATH: exit %d, stderr %s; want 2 naming the missing command and the package", r.code, r.stderr)
