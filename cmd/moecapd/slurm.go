@@ -348,12 +348,14 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 		return nil
 	}
 
-	var killWait time.Duration
+	// Without a cluster to ask (a dry run), Slurm's defaults.
+	ccfg := slurm.Config{MaxArraySize: 1001}
 	if !v.GetBool("dry-run") {
-		if killWait, err = cli.KillWait(ctx); err != nil {
-			return slurmErr(fmt.Errorf("read the cluster's KillWait: %w", err))
+		if ccfg, err = cli.ShowConfig(ctx); err != nil {
+			return slurmErr(fmt.Errorf("read the cluster's configuration: %w", err))
 		}
 	}
+	killWait := ccfg.KillWait
 	// Flags that decide how a cell runs, as given to submit, go to every task.
 	forward := map[string]string{}
 	task := pflag.NewFlagSet("task", pflag.ContinueOnError)
@@ -369,20 +371,31 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 			return withCode(exitUsage, fmt.Errorf("write the batch script under %s: %w (the results root must be writable)", root, err))
 		}
 	}
+	// One array per GPU count, split where it would pass the cluster's MaxArraySize.
+	type group struct {
+		gpus int
+		ids  []string
+	}
+	var groups []group
 	counts := make([]int, 0, len(byGPUs))
 	for n := range byGPUs {
 		counts = append(counts, n)
 	}
 	sort.Ints(counts)
+	for _, n := range counts {
+		var ids []string
+		for _, c := range byGPUs[n] {
+			ids = append(ids, c.ID)
+		}
+		for part := range slices.Chunk(ids, ccfg.MaxArraySize) {
+			groups = append(groups, group{n, part})
+		}
+	}
 	stamp := time.Now().UTC().Format("20060102T150405.000")
 	cwd, _ := os.Getwd()
-	for i, n := range counts {
-		cells := byGPUs[n]
-		ids := make([]string, len(cells))
-		for j, c := range cells {
-			ids[j] = c.ID
-		}
-		specPath := slurm.Path(root, slurm.ArraysDir, fmt.Sprintf("%s-%dgpu.json", stamp, n))
+	for i, g := range groups {
+		n, ids := g.gpus, g.ids
+		specPath := slurm.Path(root, slurm.ArraysDir, fmt.Sprintf("%s-%dgpu-%d.json", stamp, n, i))
 		spec := &slurm.Spec{SchemaVersion: slurm.SpecVersion, Matrix: matrixPath, Results: root, GPUs: n,
 			Cells: ids, KillWaitS: killWait.Seconds(), Flags: forward}
 		sub := slurm.SubmitSpec{Name: fmt.Sprintf("moecapd-%dgpu", n), GPUs: n, Tasks: len(ids),
@@ -391,7 +404,7 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 			Extra: v.GetStringSlice("sbatch-arg"), Script: script,
 			Args: []string{self, "slurm", "task", "--spec", specPath}}
 		if v.GetBool("dry-run") {
-			fmt.Printf("array %d of %d: %d cell(s), %d GPU(s) per task\n  sbatch %s\n", i+1, len(counts), len(ids), n, shellWords(sub.Argv()))
+			fmt.Printf("array %d of %d: %d cell(s), %d GPU(s) per task\n  sbatch %s\n", i+1, len(groups), len(ids), n, shellWords(sub.Argv()))
 			if len(forward) > 0 {
 				var set []string
 				for k, val := range forward {

@@ -282,18 +282,42 @@ func (c *CLI) Cancel(ctx context.Context, ids []string) error {
 	return err
 }
 
-var killWaitRe = regexp.MustCompile(`(?m)^KillWait\s*=\s*(\d+)\s*sec`)
+var (
+	killWaitRe     = regexp.MustCompile(`(?m)^KillWait\s*=\s*(\d+)\s*sec`)
+	maxArraySizeRe = regexp.MustCompile(`(?m)^MaxArraySize\s*=\s*(\d+)`)
+)
 
-// KillWait is how long the cluster waits between SIGTERM and SIGKILL of a job.
-func (c *CLI) KillWait(ctx context.Context) (time.Duration, error) {
+// Config is what submit needs of the cluster's configuration.
+type Config struct {
+	// KillWait is how long the cluster waits between SIGTERM and SIGKILL of a job.
+	KillWait time.Duration
+	// MaxArraySize bounds array indices: 0..MaxArraySize-1.
+	MaxArraySize int
+}
+
+// ShowConfig reads KillWait and MaxArraySize from scontrol show config.
+func (c *CLI) ShowConfig(ctx context.Context) (Config, error) {
 	s, err := c.Run(ctx, "scontrol", "show", "config")
 	if err != nil {
-		return 0, err
+		return Config{}, err
 	}
+	return parseConfig(s)
+}
+
+func parseConfig(s string) (Config, error) {
+	var cfg Config
 	m := killWaitRe.FindStringSubmatch(s)
 	if m == nil {
-		return 0, fmt.Errorf("scontrol show config: no KillWait line")
+		return cfg, fmt.Errorf("scontrol show config: no KillWait line")
 	}
 	n, _ := strconv.Atoi(m[1])
-	return time.Duration(n) * time.Second, nil
+	cfg.KillWait = time.Duration(n) * time.Second
+	cfg.MaxArraySize = 1001 // Slurm's default
+	if m := maxArraySizeRe.FindStringSubmatch(s); m != nil {
+		cfg.MaxArraySize, _ = strconv.Atoi(m[1])
+	}
+	if cfg.MaxArraySize < 1 {
+		return cfg, fmt.Errorf("scontrol show config: MaxArraySize %d: the cluster takes no job arrays", cfg.MaxArraySize)
+	}
+	return cfg, nil
 }

@@ -160,11 +160,11 @@ func TestCLIErrors(t *testing.T) {
 			t.Errorf("err %v after %s; want ErrController within the timeout", err, time.Since(t0))
 		}
 	})
-	t.Run("kill wait", func(t *testing.T) {
-		env := fakeBin(t, "scontrol", "printf 'JobRequeue              = 1\\nKillWait                = 30 sec\\nMinJobAge = 300 sec\\n'\n")
-		got, err := (&CLI{Env: env}).KillWait(context.Background())
-		if err != nil || got != 30*time.Second {
-			t.Errorf("KillWait %s, %v; want 30s", got, err)
+	t.Run("config", func(t *testing.T) {
+		env := fakeBin(t, "scontrol", "printf 'JobRequeue              = 1\\nKillWait                = 30 sec\\nMaxArraySize            = 64\\nMinJobAge = 300 sec\\n'\n")
+		got, err := (&CLI{Env: env}).ShowConfig(context.Background())
+		if err != nil || got.KillWait != 30*time.Second || got.MaxArraySize != 64 {
+			t.Errorf("ShowConfig %+v, %v; want KillWait 30s, MaxArraySize 64", got, err)
 		}
 	})
 }

@@ -11,6 +11,7 @@
 # Needs root (slurmd runs jobs as their users; mknod) and Debian's slurmctld, slurmd,
 # slurm-client and munge packages. Settings (env): MOECAP_SLURM_GPUS (default 8),
 # MOECAP_SLURM_CPUS (default 32), MOECAP_SLURM_KILLWAIT (seconds, default 10),
+# MOECAP_SLURM_MAX_ARRAY_SIZE (default 1001, Slurm's),
 # MOECAP_SLURM_PROCTRACK (cgroup or linuxproc; default: cgroup when the v1 freezer is
 # mounted and writable, else linuxproc).
 set -euo pipefail
@@ -41,6 +42,7 @@ fi
 gpus=${MOECAP_SLURM_GPUS:-8}
 cpus=${MOECAP_SLURM_CPUS:-32}
 killwait=${MOECAP_SLURM_KILLWAIT:-10}
+max_array=${MOECAP_SLURM_MAX_ARRAY_SIZE:-1001}
 node=moecapd-n1
 host=$(hostname -s)
 
@@ -114,7 +116,11 @@ ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=bf_interval=1,sched_min_interval=100000
 # Short intervals so a test sees jobs start, end and get killed in seconds.
+# Job ids name the jobs' cgroups (/sys/fs/cgroup/*/slurm/uid_N/job_ID): a random first id
+# keeps two private clusters on one machine from sharing them.
+FirstJobId=$((1000 + RANDOM * 16))
 KillWait=$killwait
+MaxArraySize=$max_array
 MinJobAge=120
 InactiveLimit=0
 MessageTimeout=10
