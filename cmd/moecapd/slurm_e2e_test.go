@@ -128,7 +128,8 @@ func waitStatus(t *testing.T, env []string, root string, timeout time.Duration, 
 				}
 				tails = append(tails, l+":\n"+string(b))
 			}
-			t.Fatalf("waited %s for %s; status: %+v\n%s", timeout, what, rows, strings.Join(tails, "\n"))
+			b, _ := json.MarshalIndent(rows, "", "  ")
+			t.Fatalf("waited %s for %s; status:\n%s\n%s", timeout, what, b, strings.Join(tails, "\n"))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -406,6 +407,9 @@ func TestSlurmRequeueRedoesCell(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+	// The old run's credential is revoked with a one-second timestamp: a restart within the
+	// same second is refused ("Job credential revoked") and the task fails instead of rerunning.
+	time.Sleep(2 * time.Second)
 	scontrol("update", "jobid="+job, "starttime=now")
 	waitStatus(t, env, root, 2*time.Minute, "the requeued cell redone", func(rows []cellRow) bool {
 		if len(rows) != 1 || rows[0].Status != cell.StatusOK || rows[0].Slurm == nil || slurmActive(rows[0].Slurm.State) {
