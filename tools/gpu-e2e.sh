@@ -94,23 +94,31 @@ kres=$out/results-kill9
   --config "$cfg" --num-samples 400 --batch-size "${BATCH:-16}" --tp "$kill_tp" --conda-root "$root" --env "$env" --port 0 \
   --results "$kres" --require-gpu --grace 20s --log-format console -- --worker-processes) >"$out/kill9-first.log" 2>&1 &
 sup=$!
+# Wait until the bench is really under way: the server has run a few batches.
 for _ in $(seq 1 240); do
-  grep -q '"phase": *"bench"\|phase=bench\|bench started\|starting bench' "$out/kill9-first.log" 2>/dev/null && break
-  ls "$kres"/*/client.log >/dev/null 2>&1 && [ -s "$(ls "$kres"/*/client.log | head -1)" ] && break
+  [ "$(grep -c 'decode steps' "$kres"/*/server.log 2>/dev/null | awk -F: '{s+=$NF} END {print s+0}')" -ge 3 ] && break
   sleep 0.5
 done
-sleep 3
 echo "kill -9 supervisor $sup"
 kill -9 "$sup" 2>/dev/null || true
 wait "$sup" 2>/dev/null || true
 echo "GPU processes right after kill -9:"
 nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader || true
+# Everything the killed supervisor started (server, workers, the runner client) names the
+# cell directory in its command line or environment; all of it must be gone after the rerun.
+left_before=$(for p in /proc/[0-9]*; do
+  if grep -qsF "$kres" "$p/cmdline" "$p/environ" 2>/dev/null; then echo "${p#/proc/}"; fi
+done | tr '\n' ' ')
+echo "processes of the killed run: ${left_before:-none}"
 krc=0
 CUDA_VISIBLE_DEVICES=$(seq -s, 0 $((kill_tp - 1))) "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
   --batch-size "${BATCH:-16}" --tp "$kill_tp" --conda-root "$root" --env "$env" --port 0 --results "$kres" \
   --require-gpu --grace 20s --log-format console -- --worker-processes >"$out/kill9-rerun.log" 2>&1 || krc=$?
 tail -25 "$out/kill9-rerun.log"
 echo "kill9-rerun exit $krc"
+survivors=""
+for p in $left_before; do [ -d "/proc/$p" ] && survivors="$survivors $p($(tr '\0' ' ' <"/proc/$p/cmdline" | cut -c1-80))"; done
+if [ -n "$survivors" ]; then echo "FAIL processes of the killed run still alive after the rerun:$survivors"; krc=66; else echo "ok   no process of the killed run is left"; fi
 
 # A real CUDA out-of-memory at start on one rank (the last) of a TP cell: classified oom
 # (infeasible, exit 4), nothing left on any GPU.
@@ -126,7 +134,7 @@ echo "oom exit $orc"
 
 echo "== checks"
 python3 - "$out/results" "$out" "$krc" "$orc" "$ngpu" <<'EOF'
-import csv, glob, json, os, subprocess, sys
+import csv, datetime, glob, json, os, subprocess, sys
 root, out, krc, orc, ngpu = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 bad = []
 cells = sorted(glob.glob(os.path.join(root, "*", "manifest.json")))
@@ -161,7 +169,8 @@ for mf in cells:
     for g, rs in sorted(per.items()):
         held = max(int(r["server_mem_bytes"] or 0) for r in rs)
         check(held > 100 << 20, "GPU %d: server PIDs seen holding %.0f MiB" % (g, held / 2**20))
-        pts = [(float(r["timestamp"]), float(r["power_mw"]) / 1e3, float(r["energy_mj"]) / 1e3)
+        ts = lambda v: datetime.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        pts = [(ts(r["timestamp"]), float(r["power_mw"]) / 1e3, float(r["energy_mj"]) / 1e3)
                for r in rs if r["power_mw"] and r["energy_mj"]]
         if len(pts) > 10:
             integ = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in zip(pts, pts[1:]))

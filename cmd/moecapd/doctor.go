@@ -28,6 +28,7 @@ func newDoctorCmd() *cobra.Command {
 	f.String("vllm-env", "vllm", "conda env of the vllm backend (name or prefix)")
 	f.IntSlice("ports", []int{30000, 8000}, "ports that must be free")
 	f.String("host", "127.0.0.1", "address the ports are checked on")
+	f.Int("gpu-idle-mib", 512, "MiB a GPU may use above the driver's reservation and still count as idle (as launch-and-bench's)")
 	f.Duration("timeout", 60*time.Second, "time allowed for each python check (importing vllm is slow)")
 	return cmd
 }
@@ -113,6 +114,26 @@ func runDoctor(cmd *cobra.Command, _ []string) error {
 		d.bad("nvml", err.Error(), "check nvidia-smi")
 	} else {
 		d.ok("gpus", fmt.Sprintf("%s, driver %s", gpu.Label(devs), gb.DriverVersion()))
+		// Both NVML readings, to set beside nvidia-smi: the idle check uses v2's used.
+		if mem, err := gb.Memory(devs); err == nil {
+			limit := uint64(max(v.GetInt("gpu-idle-mib"), 0)) << 20
+			for _, dv := range devs {
+				m := mem[dv.Index]
+				txt := fmt.Sprintf("NVML %s: used %d MiB", m.API, m.Used>>20)
+				if m.Reserved != nil {
+					txt += fmt.Sprintf(", reserved %d MiB", *m.Reserved>>20)
+				}
+				if m.API == gpu.MemAPIv2 && m.V1Used != nil {
+					txt += fmt.Sprintf(" (v1 used %d MiB)", *m.V1Used>>20)
+				}
+				what := fmt.Sprintf("gpu %d memory", dv.Index)
+				if m.Used > limit {
+					d.bad(what, txt, fmt.Sprintf("over the idle limit of %d MiB: end what holds it, or raise --gpu-idle-mib", limit>>20))
+				} else {
+					d.ok(what, txt+fmt.Sprintf("; idle (limit %d MiB)", limit>>20))
+				}
+			}
+		}
 		if ps, err := gb.ComputeProcesses(devs); err == nil && len(ps) > 0 {
 			var s []string
 			for _, p := range ps {

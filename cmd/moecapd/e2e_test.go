@@ -275,7 +275,8 @@ func TestTeardownIgnoresSIGTERMAndWorkers(t *testing.T) {
 }
 
 func TestSignalMidBench(t *testing.T) {
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM} {
+	// SIGHUP is what an ssh session that drops sends.
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
 		t.Run(sig.String(), func(t *testing.T) {
 			results := t.TempDir()
 			cfg := tinyConfig(t, qwen, 32, 200, 50)
@@ -288,8 +289,10 @@ func TestSignalMidBench(t *testing.T) {
 				t.Fatalf("exit %v, want 130\n%s", err, out)
 			}
 			_, m := onlyCell(t, results)
-			if m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Kind != cell.KindInterrupted {
-				t.Errorf("status %s failure %+v, want interrupted", m.Status, m.Failure)
+			if m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Kind != cell.KindInterrupted || m.Failure.Phase != cell.PhaseBench {
+				t.Errorf("status %s failure %+v, want interrupted in bench", m.Status, m.Failure)
+			} else if name := "SIG" + map[syscall.Signal]string{syscall.SIGINT: "INT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP"}[sig]; !strings.Contains(m.Failure.Message, name) {
+				t.Errorf("failure message %q does not name %s", m.Failure.Message, name)
 			}
 			for _, p := range tree {
 				if pidAlive(p) {

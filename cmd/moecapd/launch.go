@@ -1,14 +1,11 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -39,7 +36,7 @@ take too); a second runner of it is refused at once, naming the holder.
 
 Exit codes: 0 ok, 1 internal error, 2 usage or config error (also: the cell is held by
 another runner), 3 server failed to launch or become ready, 4 infeasible (out of GPU memory), 5 bench failed or result invalid, 6 teardown
-left something behind, 130 interrupted.`,
+left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is torn down first).`,
 		Example: `  moecapd launch-and-bench --backend sim --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 32
   moecapd launch-and-bench --backend sglang --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 1
   moecapd launch-and-bench --backend vllm --config configs/fixed_13k_1k_dsv2_lite.yaml --batch-size 64 --tp 8
@@ -68,6 +65,7 @@ left something behind, 130 interrupted.`,
 	f.String("configs-dir", "configs", "directory of models.yaml and hardware.yaml (built-in copies when absent)")
 	f.Bool("require-gpu", false, "fail (exit 2) when NVML is unavailable instead of running without telemetry")
 	f.Duration("gpu-wait", 0, "how long to wait for busy GPUs to become idle before failing")
+	f.Int("gpu-idle-mib", 512, "MiB a GPU may use above its own baseline and still count as idle: before launch over the driver's reservation (NVML v2 leaves it out; v1-only drivers count it), after teardown over the pre-launch reading")
 	f.Duration("gpu-interval", 100*time.Millisecond, "GPU telemetry sampling interval")
 	f.Float64("gpu-hour-usd", 0, "price of one GPU-hour for the cost figures (default from configs/hardware.yaml)")
 	f.Float64("electricity-usd-per-kwh", 0, "electricity price for the cost figures (default from configs/hardware.yaml)")
@@ -101,6 +99,9 @@ type launchOpts struct {
 	ConfigsDir                string
 	RequireGPU                bool
 	GPUWait, GPUInterval      time.Duration
+	// GPUIdleMiB is how much memory a GPU may use above its own baseline and still count as
+	// idle (before launch) or back to baseline (after teardown).
+	GPUIdleMiB int
 	// Prices are nil unless given: the hardware table's then.
 	GPUHourUSD, ElectricityUSDPerKWh *float64
 	Warmup                           int
@@ -122,6 +123,7 @@ func readLaunchOpts(fs *pflag.FlagSet) (launchOpts, error) {
 		Client: r.str("client"), DryRun: r.bool("dry-run"), Hardware: r.str("hardware"),
 		SimFlavor: r.str("sim-flavor"), SimHardware: r.str("sim-hardware"), ConfigsDir: r.str("configs-dir"),
 		RequireGPU: r.bool("require-gpu"), GPUWait: r.dur("gpu-wait"), GPUInterval: r.dur("gpu-interval"),
+		GPUIdleMiB: r.int("gpu-idle-mib"),
 		GPUHourUSD: r.optFloat("gpu-hour-usd"), ElectricityUSDPerKWh: r.optFloat("electricity-usd-per-kwh"),
 		Warmup: r.int("warmup"), Seed: r.int64("seed"), Dataset: r.str("dataset"), DatasetFile: r.str("dataset-file"),
 		DatasetCacheDir: r.str("dataset-cache-dir"), Offline: r.bool("offline"),
@@ -140,17 +142,25 @@ func readLaunchOpts(fs *pflag.FlagSet) (launchOpts, error) {
 			}
 		}
 	}
+	if err := config.CheckInt("settings", "--gpu-idle-mib", int64(o.GPUIdleMiB), 0, 1<<20, "MiB above a GPU's own baseline that still count as idle"); err != nil {
+		return o, withCode(exitUsage, err)
+	}
 	return o, nil
 }
 
-// warnExposed warns when an address binds every interface: what listens there (an
+// warnExposed warns when host (an address to bind) is not loopback: what listens there (an
 // inference server, the metrics endpoint) has no authentication.
 func warnExposed(log *zap.Logger, what, host string) {
+	if !exposed(host) {
+		return
+	}
+	where := "binds a non-loopback address"
 	switch strings.Trim(host, "[]") {
 	case "", "0.0.0.0", "::":
-		log.Warn(what+" binds all network interfaces and has no authentication: anyone who can reach this node can use it; bind 127.0.0.1 unless that is intended",
-			zap.String("host", host))
+		where = "binds all network interfaces"
 	}
+	log.Warn(what+" "+where+" and has no authentication: anyone who can reach this node can use it; bind 127.0.0.1 unless that is intended",
+		zap.String("host", host))
 }
 
 // cellConfig builds one cell's pipeline config from typed settings; shared by
@@ -206,7 +216,7 @@ func cellConfig(o launchOpts, log *zap.Logger, extra []string, gb gpu.Backend) (
 		CondaEnv: o.Env, BaseEnv: os.Environ(), SelfExe: self,
 		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: o.Hardware,
 		GPUs: gb, GPUWait: o.GPUWait, GPUInterval: o.GPUInterval,
-		MemSlackBytes: 512 << 20, Version: version, Log: log,
+		MemSlackBytes: uint64(o.GPUIdleMiB) << 20, Version: version, Log: log,
 	}
 	c.Native.Warmup = o.Warmup
 	c.Native.Seed = o.Seed
@@ -257,12 +267,13 @@ func runLaunch(cmd *cobra.Command, args []string) error {
 		return err
 	}
 	setPrices(c, plan, o)
+	warnExposed(log, "the inference server (--host)", o.Host)
 	if o.DryRun {
 		fmt.Print(plan.Describe())
 		return nil
 	}
-	warnExposed(log, "the inference server (--host)", o.Host)
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	becomeSubreaper(log)
+	ctx, stop := signalContext(log)
 	defer stop()
 	m, err := cell.Run(ctx, c, plan)
 	if err != nil {

@@ -7,12 +7,10 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -454,11 +452,12 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 		return withCode(exitUsage, err)
 	}
 	defer lock.Release()
-	cell.EndOrphans(results, o.Launch.Grace, log)
-	warnExposed(log, "the inference servers (--host)", o.Launch.Host)
-
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	becomeSubreaper(log)
+	ctx, stop := signalContext(log)
 	defer stop()
+	warnExposed(log, "the inference servers (--host)", o.Launch.Host)
+	cell.EndOrphans(ctx, results, cell.SweepConfig{Grace: o.Launch.Grace, GPUs: s.gb,
+		SlackBytes: uint64(o.Launch.GPUIdleMiB) << 20, Log: log})
 	mctx, mstop := context.WithCancel(context.Background())
 	defer mstop()
 	if addr := o.MetricsAddr; addr != "" {

@@ -268,30 +268,34 @@ func TestMatrixPlanCLI(t *testing.T) {
 	}
 }
 
-// A signal to the supervisor ends the running cell as interrupted and exits 130; the next
-// run redoes it.
+// A signal to the supervisor (SIGTERM, or SIGHUP from a dropped ssh session) ends the running
+// cell as interrupted in its phase and exits 130; the next run redoes it.
 func TestMatrixSIGTERM(t *testing.T) {
-	results, locks := t.TempDir(), t.TempDir()
-	args := matrixRunArgs(results, locks, "--only", `^dsv2_lite\.1xA100`)
-	c, out := startMoecapd(t, args...)
-	dir := filepath.Join(results, "dsv2_lite.1xA100.32-8.bs4.sim")
-	pid := waitCellBench(t, dir)
-	tree := descendants(pid)
-	c.Process.Signal(syscall.SIGTERM)
-	err := c.Wait()
-	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
-		t.Fatalf("exit %v, want 130\n%s", err, out)
-	}
-	for _, p := range tree {
-		if pidAlive(p) {
-			t.Errorf("pid %d alive after SIGTERM", p)
-		}
-	}
-	if m, _ := cell.ReadManifest(dir); m == nil || m.Status != cell.StatusInterrupted {
-		t.Fatalf("manifest %+v, want interrupted", m)
-	}
-	r := moecapd(t, nil, args...)
-	if r.code != 0 || !strings.Contains(r.stdout, "matrix: 1 ok") {
-		t.Errorf("rerun: exit %d %s %s", r.code, r.stdout, r.stderr)
+	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGHUP} {
+		t.Run(sig.String(), func(t *testing.T) {
+			results, locks := t.TempDir(), t.TempDir()
+			args := matrixRunArgs(results, locks, "--only", `^dsv2_lite\.1xA100`)
+			c, out := startMoecapd(t, args...)
+			dir := filepath.Join(results, "dsv2_lite.1xA100.32-8.bs4.sim")
+			pid := waitCellBench(t, dir)
+			tree := descendants(pid)
+			c.Process.Signal(sig)
+			err := c.Wait()
+			if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 130 {
+				t.Fatalf("exit %v, want 130\n%s", err, out)
+			}
+			for _, p := range tree {
+				if pidAlive(p) {
+					t.Errorf("pid %d alive after %s", p, sig)
+				}
+			}
+			if m, _ := cell.ReadManifest(dir); m == nil || m.Status != cell.StatusInterrupted || m.Failure.Phase != cell.PhaseBench {
+				t.Fatalf("manifest %+v, want interrupted in bench", m)
+			}
+			r := moecapd(t, nil, args...)
+			if r.code != 0 || !strings.Contains(r.stdout, "matrix: 1 ok") {
+				t.Errorf("rerun: exit %d %s %s", r.code, r.stdout, r.stderr)
+			}
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"slices"
@@ -154,6 +155,15 @@ func runSimServer(cmd *cobra.Command, args []string) error {
 	parseErr := fs.Parse(known)
 	if w, _ := fs.GetBool("sim-worker"); w && parseErr == nil {
 		rank, _ := fs.GetInt("sim-worker-rank")
+		switch os.Getenv(simDaemonEnv) {
+		case "1":
+			return daemonizeWorker(rank)
+		case "2":
+			// Only SIGKILL ends it, and only a supervisor that tracks more than parent PIDs
+			// and process groups finds it.
+			signal.Ignore(syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
+			fmt.Fprintf(out, "sim: daemonized worker rank=%d pid=%d\n", rank, os.Getpid())
+		}
 		sim.RunWorker(out, rank)
 		return nil
 	}
@@ -316,6 +326,28 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// simDaemonEnv=1 in a sim server's environment makes each of its --sim-workers double-fork
+// and call setsid, as Ray's raylet does (a fault for the teardown tests; not a flag, so the
+// server's argv stays the wrappers').
+const simDaemonEnv = "MOECAPD_SIM_DAEMON_WORKERS"
+
+// daemonizeWorker starts the worker again in a new session and exits: the new one is
+// reparented away from the server, out of its process group, and ignores SIGTERM.
+func daemonizeWorker(rank int) error {
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	c := exec.Command(exe, "sim-server", "--sim-worker", "--sim-worker-rank", strconv.Itoa(rank))
+	c.Env = append(os.Environ(), simDaemonEnv+"=2")
+	c.Stdout, c.Stderr = os.Stdout, os.Stderr
+	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := c.Start(); err != nil {
+		return fmt.Errorf("sim: daemonize worker %d: %w", rank, err)
+	}
+	return nil
 }
 
 func otherFlavor(f string) string {

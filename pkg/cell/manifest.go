@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
 
@@ -104,6 +105,9 @@ type Server struct {
 	Port     int               `json:"port"`
 	Host     string            `json:"host"`
 	CondaEnv string            `json:"conda_env,omitempty"`
+	// Tracking is how the supervisor found the server's processes for teardown:
+	// "subreaper+token" or "token" (see launcher.Tracking).
+	Tracking string `json:"tracking,omitempty"`
 }
 
 // Client describes the profiling client.
@@ -123,18 +127,24 @@ type Versions struct {
 
 // Manifest is manifest.json.
 type Manifest struct {
-	SchemaVersion int              `json:"schema_version"`
-	Cell          Identity         `json:"cell"`
-	Status        Status           `json:"status"`
-	Failure       *Failure         `json:"failure,omitempty"`
-	StartedAt     time.Time        `json:"started_at"`
-	FinishedAt    *time.Time       `json:"finished_at,omitempty"`
-	Timings       Timings          `json:"timings_s"`
-	Server        Server           `json:"server"`
-	Client        Client           `json:"client"`
-	Metrics       *profile.Metrics `json:"metrics,omitempty"`
-	Telemetry     *gpu.Summary     `json:"telemetry,omitempty"`
-	Versions      Versions         `json:"versions"`
+	SchemaVersion int      `json:"schema_version"`
+	Cell          Identity `json:"cell"`
+	Status        Status   `json:"status"`
+	// Phase is the phase a running cell is in, kept current while it runs (absent once it
+	// finished), so a later run that finds its supervisor dead records where it stopped.
+	Phase Phase `json:"phase,omitempty"`
+	// Supervisor is the moecapd process that runs the cell; a running cell whose supervisor
+	// is gone was interrupted.
+	Supervisor *launcher.ProcessID `json:"supervisor,omitempty"`
+	Failure    *Failure            `json:"failure,omitempty"`
+	StartedAt  time.Time           `json:"started_at"`
+	FinishedAt *time.Time          `json:"finished_at,omitempty"`
+	Timings    Timings             `json:"timings_s"`
+	Server     Server              `json:"server"`
+	Client     Client              `json:"client"`
+	Metrics    *profile.Metrics    `json:"metrics,omitempty"`
+	Telemetry  *gpu.Summary        `json:"telemetry,omitempty"`
+	Versions   Versions            `json:"versions"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
 }

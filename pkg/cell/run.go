@@ -64,6 +64,8 @@ type runner struct {
 	smp  *gpu.Sampler
 	csv  *os.File
 	base map[int]uint64
+	// stopRecord ends the refreshing of the state file's member list (nil before launch).
+	stopRecord func()
 }
 
 // Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
@@ -97,20 +99,22 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 		defer unlock()
 	}
 	// A server of an earlier, killed supervisor on this results root may still hold the
-	// GPUs or the port: end it first.
-	EndOrphans(lay.Root, c.Grace, r.log)
+	// GPUs or the port: end it first (and wait until its GPUs are back to baseline).
+	EndOrphans(ctx, lay.Root, SweepConfig{Grace: c.Grace, GPUs: c.GPUs, SlackBytes: c.MemSlackBytes, Log: r.log})
 	if _, err := lay.Create(p.ID); err != nil {
 		return nil, err
 	}
 	if err := WriteFileAtomic(p.Files.Bench(), c.Bench.Raw); err != nil {
 		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
 	}
+	self := launcher.Self()
 	r.m = &Manifest{
-		SchemaVersion: SchemaVersion, Cell: p.Identity, Status: StatusRunning,
+		SchemaVersion: SchemaVersion, Cell: p.Identity, Status: StatusRunning, Phase: PhasePreflight, Supervisor: &self,
 		StartedAt: time.Now().UTC(),
-		Server:    Server{Argv: p.LaunchArgv, EnvAdded: p.EnvAdded, Port: p.Spec.Port, Host: p.Spec.Host, CondaEnv: p.CondaEnv},
-		Client:    Client{Kind: c.Client, Argv: p.ClientLaunch},
-		Versions:  Versions{Moecapd: c.Version},
+		Server: Server{Argv: p.LaunchArgv, EnvAdded: p.EnvAdded, Port: p.Spec.Port, Host: p.Spec.Host, CondaEnv: p.CondaEnv,
+			Tracking: launcher.Tracking()},
+		Client:   Client{Kind: c.Client, Argv: p.ClientLaunch},
+		Versions: Versions{Moecapd: c.Version},
 	}
 	if c.GPUs != nil {
 		r.m.Versions.Driver = c.GPUs.DriverVersion()
@@ -131,6 +135,13 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 
 func (r *runner) phase(ph Phase) {
 	r.log.Info("phase", zap.String("phase", string(ph)))
+	if r.m.Phase != ph {
+		// Kept current on disk: a supervisor killed now leaves the phase it was in.
+		r.m.Phase = ph
+		if err := WriteManifest(r.p.Dir, r.m); err != nil {
+			r.log.Warn("cannot update manifest.json with the current phase", zap.Error(err))
+		}
+	}
 	if r.c.OnPhase != nil {
 		r.c.OnPhase(r.p.ID, ph)
 	}
@@ -155,8 +166,14 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 	r.log.Error("cell failed", zap.String("phase", string(ph)), zap.String("kind", string(kind)), zap.String("why", msg))
 }
 
-func (r *runner) interrupted(ph Phase) {
-	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s (SIGINT/SIGTERM); the server was torn down", ph))
+// interrupted records the cell as interrupted in phase ph; ctx's cause (the signal, when
+// cmd/moecapd cancelled it for one) goes into the message.
+func (r *runner) interrupted(ctx context.Context, ph Phase) {
+	why := "a signal (SIGINT, SIGTERM or SIGHUP)"
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+		why = c.Error()
+	}
+	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
@@ -172,9 +189,18 @@ func (r *runner) run(ctx context.Context) {
 		return
 	}
 
+	if ctx.Err() != nil {
+		r.interrupted(ctx, PhasePreflight)
+		return
+	}
+
 	r.phase(PhaseLaunch)
 	t = time.Now()
 	if !r.launch() {
+		return
+	}
+	if ctx.Err() != nil {
+		r.interrupted(ctx, PhaseLaunch)
 		return
 	}
 	r.phase(PhaseReady)
@@ -196,55 +222,6 @@ func (r *runner) run(ctx context.Context) {
 	r.m.Timings.Bench = since(t)
 }
 
-// EndOrphans ends every server under the results root whose supervisor died (kill -9,
-// machine lost), found through their state files, and marks those cells interrupted, so a
-// later run gets the GPUs and ports back and nobody mistakes the old cell for live.
-func EndOrphans(root string, grace time.Duration, log *zap.Logger) {
-	orphans, err := launcher.FindOrphans(root)
-	if err != nil {
-		log.Warn("orphan scan failed", zap.Error(err))
-		return
-	}
-	lay, _ := OpenLayout(root)
-	for _, o := range orphans {
-		// The orphan's cell is locked while it is ended and marked, so two runners starting
-		// at once do not both end it, and a runner that already took the cell over (it
-		// holds the lock and is ending it itself) is left to it.
-		if id := filepath.Base(o.Dir); lay != nil && ValidID(id) && !lay.Held(id) {
-			unlock, err := lay.Lock(id)
-			if errors.Is(err, ErrLocked) {
-				log.Info("a server left behind by a killed run is being handled by another runner", zap.String("dir", o.Dir), zap.Error(err))
-				continue
-			}
-			if err == nil {
-				defer unlock()
-			}
-		}
-		log.Warn("ending a server left behind by a killed run (its supervisor died)",
-			zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Ints("pids", o.PIDs))
-		rep, err := launcher.EndOrphan(o, grace)
-		if err != nil {
-			log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
-			continue
-		}
-		log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
-		markInterrupted(o.Dir)
-	}
-}
-
-// markInterrupted rewrites a "running" manifest of a cell whose supervisor died.
-func markInterrupted(dir string) {
-	m, err := ReadManifest(dir)
-	if err != nil || m.Status != StatusRunning {
-		return
-	}
-	m.Status = StatusInterrupted
-	now := time.Now().UTC()
-	m.FinishedAt = &now
-	m.Failure = &Failure{Phase: PhaseBench, Kind: KindInterrupted, Message: "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run"}
-	_ = WriteManifest(dir, m)
-}
-
 func (r *runner) preflight(ctx context.Context) bool {
 	c, p := r.c, r.p
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
@@ -262,9 +239,13 @@ func (r *runner) preflight(ctx context.Context) bool {
 		}
 	}
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
-		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait); err != nil {
+		note := func(b *gpu.BusyError) {
+			r.log.Warn("GPUs busy; waiting for them to become idle (--gpu-wait)", zap.Duration("waited", b.Waited.Round(time.Second)),
+				zap.Duration("at_most", c.GPUWait), zap.String("busy", b.Error()))
+		}
+		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait, note); err != nil {
 			if ctx.Err() != nil {
-				r.interrupted(PhasePreflight)
+				r.interrupted(ctx, PhasePreflight)
 				return false
 			}
 			r.fail(PhasePreflight, KindGPUBusy, err.Error())
@@ -282,30 +263,45 @@ func (r *runner) launch() bool {
 	c, p := r.c, r.p
 	logPath := p.Files.ServerLog()
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
-	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath})
+	// The state file is written while the server waits in the launcher's gate, before it runs
+	// any code of its own: a supervisor killed at any moment leaves a state file or nothing.
+	var st launcher.State
+	record := func(proc *launcher.Process) error {
+		st = launcher.NewState(proc, p.ServerArgv, p.Spec.Port)
+		for _, d := range p.Devices {
+			g := launcher.StateGPU{Index: d.Index, UUID: d.UUID}
+			if b, ok := r.base[d.Index]; ok {
+				g.BaselineBytes = &b
+			}
+			st.GPUs = append(st.GPUs, g)
+		}
+		if err := launcher.WriteState(p.Dir, st); err != nil {
+			return fmt.Errorf("cannot record the server in %s (%w); it was not started, as a crash now would orphan it: check the disk and permissions of --results", launcher.StateFile, err)
+		}
+		return nil
+	}
+	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath, BeforeRun: record})
 	if err != nil {
 		kind := KindCrash
-		if errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found") {
+		if !strings.Contains(err.Error(), launcher.StateFile) && (errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found")) {
 			kind = KindEnvMissing
 		}
 		r.fail(PhaseLaunch, kind, fmt.Sprintf("could not start the server: %v", err))
 		return false
 	}
 	r.proc = proc
+	r.stopRecord = proc.Record(p.Dir, st, 2*time.Second)
 	r.m.Server.PID = proc.PID()
-	if err := launcher.WriteState(p.Dir, launcher.NewState(proc, p.ServerArgv, p.Spec.Port)); err != nil {
-		r.log.Error("cannot record the server's PID; a crash of moecapd now would orphan it", zap.Error(err))
-	}
 	_ = WriteManifest(p.Dir, r.m)
 	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
-	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath))
+	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath),
+		zap.String("tracking", r.m.Server.Tracking))
 	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
 		f, err := os.Create(p.Files.Telemetry())
 		if err == nil {
 			r.csv = f
-			pid := proc.PID()
 			r.smp = c.GPUs.NewSampler(gpu.SamplerConfig{Devices: p.Devices, Interval: c.GPUInterval,
-				PIDs: func() []int { return launcher.Tree(pid, pid) }, CSV: f})
+				PIDs: proc.Members, CSV: f})
 			r.smp.Start(context.Background())
 		}
 	}
@@ -322,7 +318,7 @@ func (r *runner) ready(ctx context.Context) bool {
 		return true
 	}
 	if ctx.Err() != nil {
-		r.interrupted(PhaseReady)
+		r.interrupted(ctx, PhaseReady)
 		return false
 	}
 	var re *launcher.ReadyError
@@ -373,7 +369,7 @@ func (r *runner) bench(ctx context.Context) {
 	}
 	switch {
 	case ctx.Err() != nil:
-		r.interrupted(PhaseBench)
+		r.interrupted(ctx, PhaseBench)
 	case r.proc.Exited():
 		r.logw.Poll()
 		kind, line := r.logw.Diagnosis()
@@ -454,6 +450,7 @@ func (r *runner) teardown() {
 	}
 	r.phase(PhaseTeardown)
 	t := time.Now()
+	r.stopRecord()
 	rep := r.proc.Stop(r.c.Grace)
 	if r.logw != nil {
 		r.logw.Close()
@@ -500,6 +497,7 @@ func (r *runner) finish() {
 	now := time.Now().UTC()
 	r.m.FinishedAt = &now
 	r.m.Timings.Total = since(r.t0)
+	r.m.Phase = "" // finished: the failure (if any) says where it stopped
 	if r.m.Status == StatusRunning {
 		r.m.Status = StatusOK
 	}

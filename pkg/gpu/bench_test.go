@@ -163,6 +163,12 @@ func BenchmarkNVMLCalls(b *testing.B) {
 		{"clock_reasons", func() nvml.Return { _, r := h.GetCurrentClocksEventReasons(); return r }},
 		{"processes", func() nvml.Return { _, r := h.GetComputeRunningProcesses(); return r }},
 	}
+	if nb.memV2 { // a library without the symbol would crash on the call
+		calls = append(calls, struct {
+			name string
+			f    func() nvml.Return
+		}{"memory_v2", func() nvml.Return { _, r := h.GetMemoryInfo_v2(); return r }})
+	}
 	for _, c := range calls {
 		b.Run(c.name, func(b *testing.B) {
 			u0 := rusage(b)

@@ -50,7 +50,7 @@ type Reading struct {
 	UUID     string    `json:"uuid"`
 	UtilGPU  *uint32   `json:"util_gpu_pct,omitempty"`
 	UtilMem  *uint32   `json:"util_mem_pct,omitempty"`
-	MemUsed  *uint64   `json:"mem_used_bytes,omitempty"`
+	MemUsed  *uint64   `json:"mem_used_bytes,omitempty"` // MemoryInfo.Used: v2's where the driver has it
 	MemTotal *uint64   `json:"mem_total_bytes,omitempty"`
 	PowerMW  *uint32   `json:"power_mw,omitempty"`
 	EnergyMJ *uint64   `json:"energy_mj,omitempty"`
@@ -82,8 +82,11 @@ type Backend interface {
 	Resolve(cudaVisibleDevices string) ([]Device, error)
 	// ComputeProcesses lists the compute processes on devs, with their command lines.
 	ComputeProcesses(devs []Device) ([]Process, error)
-	// MemoryUsed returns used memory in bytes by device index.
+	// MemoryUsed returns used memory in bytes by device index: NVML v2's used (without the
+	// driver's reservation) where the driver has it, v1's otherwise.
 	MemoryUsed(devs []Device) (map[int]uint64, error)
+	// Memory returns the full memory readings (v1 and v2) by device index.
+	Memory(devs []Device) (map[int]MemoryInfo, error)
 	// Read samples every metric of devs once.
 	Read(devs []Device) ([]Reading, error)
 	// NewSampler returns a sampler over cfg.Devices; it does nothing until Start.
@@ -148,6 +151,9 @@ func (n nullBackend) ComputeProcesses([]Device) ([]Process, error) {
 	return nil, fmt.Errorf("%w: %s", ErrUnavailable, n.reason)
 }
 func (n nullBackend) MemoryUsed([]Device) (map[int]uint64, error) {
+	return nil, fmt.Errorf("%w: %s", ErrUnavailable, n.reason)
+}
+func (n nullBackend) Memory([]Device) (map[int]MemoryInfo, error) {
 	return nil, fmt.Errorf("%w: %s", ErrUnavailable, n.reason)
 }
 func (n nullBackend) Read([]Device) ([]Reading, error) {

@@ -16,18 +16,21 @@ type fakeGPU struct {
 	uuid     string
 	name     string
 	memTotal uint64
-	memUsed  uint64
-	util     uint32
-	utilMem  uint32
-	powerMW  uint32
-	energyMJ uint64
-	sm       uint32
-	memClk   uint32
-	temp     uint32
-	reasons  uint64
-	procs    []nvml.ProcessInfo
+	memUsed  uint64 // v2's used: without the driver's reservation
+	// memReserved is the driver's reservation: v2 reports it apart, v1 counts it as used
+	// (R510+ drivers).
+	memReserved uint64
+	util        uint32
+	utilMem     uint32
+	powerMW     uint32
+	energyMJ    uint64
+	sm          uint32
+	memClk      uint32
+	temp        uint32
+	reasons     uint64
+	procs       []nvml.ProcessInfo
 	// unsupported metrics answer ERROR_NOT_SUPPORTED: "util", "power", "energy", "clocks",
-	// "temp", "reasons", "procs".
+	// "temp", "reasons", "procs", "memv2".
 	unsupported map[string]bool
 	lost        bool
 }
@@ -60,7 +63,14 @@ func (f *fakeGPU) device() *mock.Device {
 		GetMemoryInfoFunc: func() (nvml.Memory, nvml.Return) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
-			return nvml.Memory{Total: f.memTotal, Used: f.memUsed, Free: f.memTotal - f.memUsed}, f.ret("")
+			used := f.memUsed + f.memReserved
+			return nvml.Memory{Total: f.memTotal, Used: used, Free: f.memTotal - used}, f.ret("")
+		},
+		GetMemoryInfo_v2Func: func() (nvml.Memory_v2, nvml.Return) {
+			f.mu.Lock()
+			defer f.mu.Unlock()
+			return nvml.Memory_v2{Version: nvml.STRUCT_VERSION(nvml.Memory_v2{}, 2), Total: f.memTotal, Used: f.memUsed,
+				Reserved: f.memReserved, Free: f.memTotal - f.memUsed - f.memReserved}, f.ret("memv2")
 		},
 		GetUtilizationRatesFunc: func() (nvml.Utilization, nvml.Return) {
 			f.mu.Lock()

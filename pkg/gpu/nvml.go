@@ -21,6 +21,9 @@ type nvmlBackend struct {
 	// nvmlDeviceGetCurrentClocksEventReasons; calling a missing symbol would crash the
 	// process, so the older, equivalent throttle-reasons call is used instead.
 	eventReasons bool
+	// memV2 is whether the library has nvmlDeviceGetMemoryInfo_v2 (R510+); calling a missing
+	// symbol would crash, so without it memory is read through v1 only.
+	memV2 bool
 	// procRoot is /proc; tests point it at a fixture tree.
 	procRoot string
 	now      func() time.Time
@@ -48,6 +51,7 @@ func openNVML(lib nvml.Interface, log *zap.Logger) (*nvmlBackend, string) {
 		b.driver = v
 	}
 	b.eventReasons = lib.Extensions().LookupSymbol("nvmlDeviceGetCurrentClocksEventReasons") == nil
+	b.memV2 = lib.Extensions().LookupSymbol("nvmlDeviceGetMemoryInfo_v2") == nil
 	return b, ""
 }
 
@@ -121,22 +125,6 @@ func (b *nvmlBackend) handle(d Device) (nvml.Device, error) {
 		b.mu.Unlock()
 	}
 	return h, nil
-}
-
-func (b *nvmlBackend) MemoryUsed(devs []Device) (map[int]uint64, error) {
-	out := make(map[int]uint64, len(devs))
-	for _, d := range devs {
-		h, err := b.handle(d)
-		if err != nil {
-			return nil, err
-		}
-		mem, ret := h.GetMemoryInfo()
-		if !errors.Is(ret, nvml.SUCCESS) {
-			return nil, fmt.Errorf("GPU %d: memory info: %w", d.Index, ret)
-		}
-		out[d.Index] = mem.Used
-	}
-	return out, nil
 }
 
 func (b *nvmlBackend) ComputeProcesses(devs []Device) ([]Process, error) {
@@ -231,7 +219,8 @@ func (b *nvmlBackend) readOne(d Device, what readWhat) Reading {
 			return false
 		}
 	}
-	if mem, ret := h.GetMemoryInfo(); ok("memory info", ret) {
+	// The same reading the idle and teardown checks use (v2's used where the driver has it).
+	if mem, ret := b.memoryOf(h, false); ok("memory info", ret) {
 		r.MemUsed, r.MemTotal = &mem.Used, &mem.Total
 	}
 	if lost != nil {

@@ -12,12 +12,18 @@ import (
 // moment after a process exits, so a tight loop buys nothing.
 var pollInterval = 500 * time.Millisecond
 
+// noteEvery is how often a long wait for busy GPUs is told again.
+var noteEvery = time.Minute
+
 // BusyError says which GPUs were not idle and who was using them.
 type BusyError struct {
 	Waited      time.Duration
 	MaxMemBytes uint64
 	// Used is memory in use by GPU index, for the GPUs over the limit.
-	Used      map[int]uint64
+	Used map[int]uint64
+	// Memory is the full reading of the GPUs over the limit (which NVML call, the driver's
+	// reservation), by GPU index.
+	Memory    map[int]MemoryInfo
 	Processes []Process
 }
 
@@ -30,11 +36,27 @@ func (e *BusyError) Error() string {
 	}
 	sort.Ints(idx)
 	for _, i := range idx {
-		fmt.Fprintf(&b, " GPU %d has %s in use (limit %s);", i, bytesStr(e.Used[i]), bytesStr(e.MaxMemBytes))
+		fmt.Fprintf(&b, " GPU %d has %s in use", i, bytesStr(e.Used[i]))
+		if mi, ok := e.Memory[i]; ok {
+			b.WriteString(" (" + mi.describe() + ")")
+		}
+		fmt.Fprintf(&b, ", over the idle limit of %s (--gpu-idle-mib);", bytesStr(e.MaxMemBytes))
 	}
 	b.WriteString(describeProcesses(e.Processes))
-	b.WriteString(" end those processes, pick idle GPUs with CUDA_VISIBLE_DEVICES, or wait longer with --gpu-wait")
+	b.WriteString(" end those processes, pick idle GPUs with CUDA_VISIBLE_DEVICES, wait longer with --gpu-wait, or raise --gpu-idle-mib")
 	return b.String()
+}
+
+// describe says where a reading came from, for messages.
+func (m MemoryInfo) describe() string {
+	if m.API == MemAPIv2 {
+		r := uint64(0)
+		if m.Reserved != nil {
+			r = *m.Reserved
+		}
+		return fmt.Sprintf("NVML v2, the driver's reservation of %s not counted", bytesStr(r))
+	}
+	return "NVML v1: this driver has no v2 memory info, so used may include the driver's reservation"
 }
 
 // describeProcesses lists PIDs and command lines for an error message.
@@ -62,18 +84,23 @@ func describeProcesses(ps []Process) string {
 	return b.String()
 }
 
-// WaitIdle waits until devs hold no compute process and at most maxMemBytes each (the
-// driver's own reservation is a few hundred MiB), polling for up to wait. It returns a
-// *BusyError naming the PIDs and command lines when they stay busy. Without NVML it checks
-// nothing and returns nil; b.Available() tells the caller so.
-func WaitIdle(ctx context.Context, b Backend, devs []Device, maxMemBytes uint64, wait time.Duration) error {
+// WaitIdle waits until devs hold no compute process and each uses at most maxMemBytes above
+// its own baseline, polling for up to wait. The baseline of an idle GPU is the memory its
+// driver reserves; Backend.MemoryUsed excludes it where the driver has NVML v2 memory info
+// (R510+: an idle H200 reads used 0, reserved 615 MiB) and includes it on older drivers
+// (v1 only). When a look finds a GPU busy and wait > 0, note (may be nil) is told at once
+// and then every noteEvery, so the user knows why nothing happens. It returns a *BusyError naming the PIDs and
+// command lines when they stay busy. Without NVML it checks nothing and returns nil;
+// b.Available() tells the caller so.
+func WaitIdle(ctx context.Context, b Backend, devs []Device, maxMemBytes uint64, wait time.Duration, note func(*BusyError)) error {
 	if !b.Available() {
 		return nil
 	}
 	start := time.Now()
 	deadline := start.Add(wait)
+	var noted time.Time
 	for {
-		used, err := b.MemoryUsed(devs)
+		mem, err := b.Memory(devs)
 		if err != nil {
 			return fmt.Errorf("preflight GPU check: %w", err)
 		}
@@ -81,17 +108,21 @@ func WaitIdle(ctx context.Context, b Backend, devs []Device, maxMemBytes uint64,
 		if err != nil {
 			return fmt.Errorf("preflight GPU check: %w", err)
 		}
-		over := map[int]uint64{}
+		busy := &BusyError{Waited: time.Since(start), MaxMemBytes: maxMemBytes, Used: map[int]uint64{}, Memory: map[int]MemoryInfo{}, Processes: procs}
 		for _, d := range devs {
-			if used[d.Index] > maxMemBytes {
-				over[d.Index] = used[d.Index]
+			if mi := mem[d.Index]; mi.Used > maxMemBytes {
+				busy.Used[d.Index], busy.Memory[d.Index] = mi.Used, mi
 			}
 		}
-		if len(over) == 0 && len(procs) == 0 {
+		if len(busy.Used) == 0 && len(procs) == 0 {
 			return nil
 		}
 		if !time.Now().Before(deadline) {
-			return &BusyError{Waited: time.Since(start), MaxMemBytes: maxMemBytes, Used: over, Processes: procs}
+			return busy
+		}
+		if note != nil && (noted.IsZero() || time.Since(noted) >= noteEvery) {
+			note(busy)
+			noted = time.Now()
 		}
 		if err := sleepCtx(ctx, min(pollInterval, time.Until(deadline))); err != nil {
 			return fmt.Errorf("waiting for idle GPUs: %w", err)

@@ -20,14 +20,13 @@ func fastPoll(t *testing.T) {
 
 func TestWaitIdle(t *testing.T) {
 	fastPoll(t)
-	const MiB = 1 << 20
 
 	t.Run("idle at once", func(t *testing.T) {
 		g := newFake("GPU-i", "NVIDIA H100 80GB HBM3")
 		g.memUsed = 300 * MiB // the driver's own reservation
 		b := openMock(newMockLib(g))
 		devs, _ := b.Devices()
-		if err := WaitIdle(t.Context(), b, devs, 1024*MiB, 0); err != nil {
+		if err := WaitIdle(t.Context(), b, devs, 1024*MiB, 0, nil); err != nil {
 			t.Errorf("WaitIdle = %v, want nil", err)
 		}
 	})
@@ -42,7 +41,7 @@ func TestWaitIdle(t *testing.T) {
 			g.set(func(f *fakeGPU) { f.memUsed, f.procs = 0, nil })
 		}()
 		start := time.Now()
-		if err := WaitIdle(t.Context(), b, devs, 1024*MiB, 5*time.Second); err != nil {
+		if err := WaitIdle(t.Context(), b, devs, 1024*MiB, 5*time.Second, nil); err != nil {
 			t.Fatalf("WaitIdle = %v, want nil once the process left", err)
 		}
 		if d := time.Since(start); d < 25*time.Millisecond || d > 2*time.Second {
@@ -58,7 +57,7 @@ func TestWaitIdle(t *testing.T) {
 		os.MkdirAll(filepath.Join(b.procRoot, "4242"), 0o755)
 		os.WriteFile(filepath.Join(b.procRoot, "4242", "cmdline"), []byte("python\x00-m\x00vllm.entrypoints.openai.api_server\x00"), 0o644)
 		devs, _ := b.Devices()
-		err := WaitIdle(t.Context(), b, devs, 1024*MiB, 20*time.Millisecond)
+		err := WaitIdle(t.Context(), b, devs, 1024*MiB, 20*time.Millisecond, nil)
 		var busy *BusyError
 		if !errors.As(err, &busy) {
 			t.Fatalf("WaitIdle = %v, want a *BusyError", err)
@@ -78,7 +77,7 @@ func TestWaitIdle(t *testing.T) {
 		g.memUsed = 10 << 30
 		b := openMock(newMockLib(g))
 		devs, _ := b.Devices()
-		err := WaitIdle(t.Context(), b, devs, 1024*MiB, 0)
+		err := WaitIdle(t.Context(), b, devs, 1024*MiB, 0, nil)
 		if err == nil || !strings.Contains(err.Error(), "no compute process is visible") {
 			t.Errorf("WaitIdle = %v, want an error explaining the memory has no visible owner", err)
 		}
@@ -91,14 +90,14 @@ func TestWaitIdle(t *testing.T) {
 		devs, _ := b.Devices()
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 		defer cancel()
-		err := WaitIdle(ctx, b, devs, 1024*MiB, time.Hour)
+		err := WaitIdle(ctx, b, devs, 1024*MiB, time.Hour, nil)
 		if !errors.Is(err, context.DeadlineExceeded) {
 			t.Errorf("WaitIdle = %v, want the context's error", err)
 		}
 	})
 
 	t.Run("null backend checks nothing", func(t *testing.T) {
-		if err := WaitIdle(t.Context(), nullBackend{reason: "none"}, nil, 0, time.Hour); err != nil {
+		if err := WaitIdle(t.Context(), nullBackend{reason: "none"}, nil, 0, time.Hour, nil); err != nil {
 			t.Errorf("WaitIdle on null = %v, want nil", err)
 		}
 	})

@@ -1,6 +1,7 @@
 package gpu
 
 import (
+	"fmt"
 	"math"
 	"os"
 	"strings"
@@ -59,6 +60,57 @@ func TestRealNVML(t *testing.T) {
 		t.Logf("energy counter %.2f J, integrated %.2f J, disagreement %.2f%%", *sum.EnergyJ, *sum.EnergyIntegratedJ, *sum.EnergyDisagreementPct)
 		if math.Abs(ratio-1) > 0.10 {
 			t.Errorf("energy counter / (avg power × time) = %.3f, want within 10%%", ratio)
+		}
+	}
+}
+
+// TestRealMemoryReadings, on a machine with NVIDIA GPUs, logs both NVML memory readings of
+// every GPU (compare with nvidia-smi --query-gpu=memory.used,memory.reserved) and checks
+// what the mocks assume: where v2 exists, v1's used is v2's used plus the reservation
+// (within 64 MiB: the two calls are not simultaneous), and a GPU with no compute process
+// passes the preflight's idle check at the default 512 MiB.
+func TestRealMemoryReadings(t *testing.T) {
+	b, err := Open(zaptest.NewLogger(t), true)
+	if err != nil {
+		t.Skipf("no NVML here: %v", err)
+	}
+	defer b.Close()
+	devs, err := b.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	mem, err := b.Memory(devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	procs, err := b.ComputeProcesses(devs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const MiB = 1 << 20
+	for _, d := range devs {
+		m := mem[d.Index]
+		line := fmt.Sprintf("GPU %d %s: api %s, used %d MiB", d.Index, d.Name, m.API, m.Used/MiB)
+		if m.Reserved != nil {
+			line += fmt.Sprintf(", reserved %d MiB", *m.Reserved/MiB)
+		}
+		if m.V1Used != nil {
+			line += fmt.Sprintf(", v1 used %d MiB", *m.V1Used/MiB)
+		}
+		t.Log(line)
+		if m.API == MemAPIv2 && m.V1Used != nil && m.Reserved != nil {
+			if diff := int64(*m.V1Used) - int64(m.Used+*m.Reserved); diff > 64*MiB || diff < -64*MiB {
+				t.Errorf("GPU %d: v1 used %d MiB ≠ v2 used %d + reserved %d MiB", d.Index, *m.V1Used/MiB, m.Used/MiB, *m.Reserved/MiB)
+			}
+		}
+		busy := false
+		for _, p := range procs {
+			busy = busy || p.GPUIndex == d.Index
+		}
+		if !busy {
+			if err := WaitIdle(t.Context(), b, []Device{d}, 512*MiB, 0, nil); err != nil {
+				t.Errorf("GPU %d has no compute process but is refused as busy: %v", d.Index, err)
+			}
 		}
 	}
 }

@@ -326,7 +326,10 @@ func TestDeviceLostMidRun(t *testing.T) {
 	r.s = r.b.NewSampler(SamplerConfig{Devices: devs, Interval: time.Second, CSV: r.csv})
 	r.s.now = r.clk.Now
 	h1, _ := lib.DeviceGetHandleByIndex(1)
-	m1 := h1.(interface{ GetMemoryInfoCalls() []struct{} })
+	m1 := h1.(interface {
+		GetMemoryInfoCalls() []struct{}
+		GetMemoryInfo_v2Calls() []struct{}
+	})
 
 	for k := range 6 {
 		if k == 2 {
@@ -340,8 +343,9 @@ func TestDeviceLostMidRun(t *testing.T) {
 	if len(sum.LostGPUs) != 1 || sum.LostGPUs[0] != 1 || sum.ReadErrors != 1 {
 		t.Errorf("lost_gpus = %v, read_errors = %d; want [1] and 1", sum.LostGPUs, sum.ReadErrors)
 	}
-	// Rounds 0,1 read it (Devices read its memory once more); round 2 finds it lost; never again.
-	if n := len(m1.GetMemoryInfoCalls()); n != 4 {
+	// Rounds 0,1 read it (v2; Devices read its total once more through v1); round 2 finds it
+	// lost; never again.
+	if n := len(m1.GetMemoryInfoCalls()) + len(m1.GetMemoryInfo_v2Calls()); n != 4 {
 		t.Errorf("lost GPU read %d times, want 4 (discovery, two rounds, the failing one)", n)
 	}
 	rows0, rows1 := strings.Count(r.csv.String(), ",GPU-0,"), strings.Count(r.csv.String(), ",GPU-1,")

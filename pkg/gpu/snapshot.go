@@ -21,9 +21,12 @@ type Snapshot struct {
 // GPUStatus is one GPU of a Snapshot.
 type GPUStatus struct {
 	Device
-	Metrics   *Reading  `json:"metrics,omitempty"`
-	Processes []Process `json:"processes"`
-	Error     string    `json:"error,omitempty"`
+	Metrics *Reading `json:"metrics,omitempty"`
+	// Memory holds both NVML readings (v1 used; v2 used and reserved), to compare with
+	// nvidia-smi; metrics.mem_used_bytes is its used_bytes.
+	Memory    *MemoryInfo `json:"memory,omitempty"`
+	Processes []Process   `json:"processes"`
+	Error     string      `json:"error,omitempty"`
 }
 
 // TakeSnapshot reads every GPU of the node once. Without NVML it returns a snapshot that
@@ -44,6 +47,7 @@ func TakeSnapshot(b Backend) (Snapshot, error) {
 		return s, err
 	}
 	procs, perr := b.ComputeProcesses(devs)
+	mem, merr := b.Memory(devs)
 	for i, d := range devs {
 		st := GPUStatus{Device: d, Processes: []Process{}}
 		if r := rs[i]; r.Err != nil {
@@ -51,6 +55,9 @@ func TakeSnapshot(b Backend) (Snapshot, error) {
 		} else {
 			r.Processes = nil // listed with command lines below
 			st.Metrics = &r
+		}
+		if mi, ok := mem[d.Index]; ok && merr == nil {
+			st.Memory = &mi
 		}
 		if perr != nil {
 			st.Error = strings.TrimPrefix(st.Error+"; ", "; ") + perr.Error()
@@ -86,6 +93,16 @@ func (s Snapshot) WriteText(w io.Writer) error {
 		if m := g.Metrics; m != nil {
 			if m.MemUsed != nil {
 				mem = bytesStr(*m.MemUsed) + " / " + bytesStr(g.MemoryTotal)
+			}
+			if mi := g.Memory; mi != nil {
+				mem = bytesStr(mi.Used) + " / " + bytesStr(mi.Total) + " (" + mi.API
+				if mi.Reserved != nil {
+					mem += ", reserved " + bytesStr(*mi.Reserved)
+				}
+				if mi.API == MemAPIv2 && mi.V1Used != nil {
+					mem += ", v1 used " + bytesStr(*mi.V1Used)
+				}
+				mem += ")"
 			}
 			if m.UtilGPU != nil {
 				util = strconv.Itoa(int(*m.UtilGPU)) + "%"

@@ -76,3 +76,36 @@ func TestSnapshot(t *testing.T) {
 		t.Errorf("null text = %q", text.String())
 	}
 }
+
+// `moecapd gpus --json` carries both NVML readings, so they can be set beside nvidia-smi's.
+func TestSnapshotShowsV1AndV2(t *testing.T) {
+	b := openMock(newMockLib(idleH200("GPU-h200")))
+	s, err := TakeSnapshot(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var js strings.Builder
+	if err := s.WriteJSON(&js); err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		GPUs []struct {
+			Memory map[string]any `json:"memory"`
+		} `json:"gpus"`
+	}
+	if err := json.Unmarshal([]byte(js.String()), &raw); err != nil {
+		t.Fatal(err)
+	}
+	m := raw.GPUs[0].Memory
+	want := map[string]any{"api": "v2", "used_bytes": 0.0, "reserved_bytes": float64(615 * MiB), "v1_used_bytes": float64(615 * MiB), "v2_used_bytes": 0.0}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("memory.%s = %v, want %v\n%s", k, m[k], v, js.String())
+		}
+	}
+	var text strings.Builder
+	s.WriteText(&text)
+	if !strings.Contains(text.String(), "0 B / 140.4 GiB (v2, reserved 615 MiB, v1 used 615 MiB)") {
+		t.Errorf("text snapshot lacks both readings:\n%s", text.String())
+	}
+}

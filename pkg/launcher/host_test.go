@@ -20,8 +20,8 @@ func TestFindOrphansLeavesOtherHosts(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, err := FindOrphans(root)
-	if err != nil || len(got) != 0 {
-		t.Fatalf("FindOrphans: %v, %v; want nothing from another host", got, err)
+	if err != nil || len(got.Orphans)+len(got.Gone)+len(got.Problems) != 0 {
+		t.Fatalf("FindOrphans: %+v, %v; want nothing from another host", got, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, StateFile)); err != nil {
 		t.Errorf("another host's state file was removed: %v", err)
@@ -31,8 +31,9 @@ func TestFindOrphansLeavesOtherHosts(t *testing.T) {
 	if err := WriteState(dir, s); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := FindOrphans(root); err != nil {
-		t.Fatal(err)
+	sw, err := FindOrphans(root)
+	if err != nil || len(sw.Gone) != 1 {
+		t.Fatalf("FindOrphans: %+v, %v; want this host's dead server reported gone", sw, err)
 	}
 	if _, err := os.Stat(filepath.Join(dir, StateFile)); !os.IsNotExist(err) {
 		t.Errorf("this host's stale state file kept: %v", err)

@@ -20,6 +20,10 @@ import (
 func TestMain(m *testing.M) {
 	switch os.Getenv("LAUNCHER_TEST_CHILD") {
 	case "":
+		// As moecapd does: reparented descendants of a server come to us, not to init.
+		if err := BecomeSubreaper(); err != nil {
+			fmt.Fprintln(os.Stderr, "subreaper:", err)
+		}
 		os.Exit(m.Run())
 	case "sleep":
 		fmt.Println("child up")
@@ -34,6 +38,10 @@ func TestMain(m *testing.M) {
 		for i := 0; i < n; i++ {
 			c := exec.Command(os.Args[0])
 			c.Env = append(os.Environ(), "LAUNCHER_TEST_CHILD=sleep")
+			if os.Getenv("LAUNCHER_TEST_CLEARENV") == "1" {
+				// As setproctitle does to /proc/PID/environ: the token is gone.
+				c.Env = []string{"LAUNCHER_TEST_CHILD=sleep"}
+			}
 			if os.Getenv("LAUNCHER_TEST_SETSID") == "1" {
 				// A worker that leaves the process group: only the descendant walk finds it.
 				c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -45,6 +53,8 @@ func TestMain(m *testing.M) {
 		}
 		os.WriteFile(os.Getenv("LAUNCHER_TEST_PIDFILE"), []byte(strings.Join(pids, " ")), 0o644)
 		time.Sleep(time.Hour)
+	case "daemonize", "mid", "leaf", "marker", "spawner":
+		testChild(os.Getenv("LAUNCHER_TEST_CHILD"))
 	case "exit3":
 		fmt.Fprintln(os.Stderr, "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
 		os.Exit(3)
@@ -104,10 +114,10 @@ func TestStopGracefulAndForcedAndWorkers(t *testing.T) {
 					pid, _ := strconv.Atoi(f)
 					workers = append(workers, pid)
 				}
-				tree := Tree(p.PID(), p.PID())
+				tree := p.Members()
 				for _, w := range workers {
 					if !slices.Contains(tree, w) {
-						t.Fatalf("Tree(%d) = %v, missing worker %d", p.PID(), tree, w)
+						t.Fatalf("Members() of %d = %v, missing worker %d", p.PID(), tree, w)
 					}
 				}
 			} else {
@@ -358,28 +368,32 @@ func TestOrphanRecovery(t *testing.T) {
 	os.MkdirAll(otherDir, 0o755)
 	WriteState(otherDir, live)
 
-	// A record whose PID now names a different program is never touched.
+	// A record whose PID now names a different process (another start time) is never
+	// touched, nor are the members of its old process group: they carry another token.
 	reused := st
-	reused.Argv = []string{"/usr/bin/not-our-server"}
+	reused.StartTicks++
+	reused.Token = "someone-else"
 	reusedDir := filepath.Join(root, "reused")
 	os.MkdirAll(reusedDir, 0o755)
-	reused.PGID = 0
 	WriteState(reusedDir, reused)
 
-	orphans, err := FindOrphans(root)
+	sw, err := FindOrphans(root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(orphans) != 1 || orphans[0].Dir != dir {
-		t.Fatalf("FindOrphans = %+v, want exactly the cell whose supervisor died", orphans)
+	if len(sw.Orphans) != 1 || sw.Orphans[0].Dir != dir || !sw.Orphans[0].LeaderVerified {
+		t.Fatalf("FindOrphans = %+v, want exactly the cell whose supervisor died", sw.Orphans)
 	}
-	if len(orphans[0].PIDs) != 3 {
-		t.Errorf("orphan tree %v, want leader + 2 workers", orphans[0].PIDs)
+	if len(sw.Orphans[0].PIDs) != 3 {
+		t.Errorf("orphan tree %v, want leader + 2 workers", sw.Orphans[0].PIDs)
 	}
-	if _, err := EndOrphan(orphans[0], 200*time.Millisecond); err != nil {
+	if len(sw.Gone) != 1 || sw.Gone[0].Dir != reusedDir || len(sw.Gone[0].Unverified) != 3 {
+		t.Errorf("Gone = %+v, want the reused record, its 3 group members named as unverified", sw.Gone)
+	}
+	if _, err := EndOrphan(sw.Orphans[0], 200*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	for _, pid := range orphans[0].PIDs {
+	for _, pid := range sw.Orphans[0].PIDs {
 		if alive(pid) {
 			t.Errorf("pid %d survived EndOrphan", pid)
 		}

@@ -1,13 +1,17 @@
 package launcher
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -20,7 +24,17 @@ type Spec struct {
 	Env     []string // the full environment
 	Dir     string
 	LogPath string // stdout and stderr go here (appended)
+	// BeforeRun, when set, runs after the child exists (its PID and start time are known)
+	// and before it runs any code of its own: the child waits in a gate (a /bin/sh that
+	// reads one line from a pipe, then execs argv). The caller writes its state file here,
+	// so a supervisor killed at any moment leaves either a state file or no running child.
+	// An error from it ends the child before it ran and is returned by Start.
+	BeforeRun func(p *Process) error
 }
+
+// gateScript holds the child until the supervisor says "run" on fd 3. EOF (the supervisor
+// died or gave up) exits 125 without running anything. Values come in as "$@", never spliced.
+const gateScript = `IFS= read -r go <&3 || exit 125; [ "$go" = run ] || exit 125; exec 3<&-; exec "$@"`
 
 // Process is a started child in its own process group. go-cmd's goroutine is the only one
 // that calls Wait; everyone else learns of the exit through Done.
@@ -29,19 +43,60 @@ type Process struct {
 	pid     int
 	start   uint64
 	argv    []string
+	token   string
 	logFile *os.File
+
+	mu    sync.Mutex
+	known map[int]uint64 // members seen so far (PID → start ticks), verified when seen
 }
 
-// Start starts spec in a new process group with output appended to spec.LogPath.
+func newToken() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b[:])
+}
+
+// Start starts spec in a new process group with output appended to spec.LogPath. The child's
+// environment gets TokenEnv set to a fresh random token (see Token).
 func Start(spec Spec) (*Process, error) {
 	if len(spec.Argv) == 0 {
 		return nil, errors.New("empty argv")
 	}
+	name := spec.Argv[0]
+	lp, lerr := lookPath(name, spec.Env)
+	argv := spec.Argv
+	var gateR, gateW *os.File
+	if spec.BeforeRun != nil {
+		if lerr != nil {
+			return nil, fmt.Errorf("start %s: %w", name, lerr)
+		}
+		var err error
+		if gateR, gateW, err = os.Pipe(); err != nil {
+			return nil, fmt.Errorf("start %s: gate pipe: %w", name, err)
+		}
+		argv = append([]string{"/bin/sh", "-c", gateScript, "moecapd-gate", lp}, spec.Argv[1:]...)
+		name, lp, lerr = "/bin/sh", "/bin/sh", nil
+	}
+	closeGate := func() {
+		if gateR != nil {
+			gateR.Close()
+			gateR = nil
+		}
+		if gateW != nil {
+			gateW.Close()
+			gateW = nil
+		}
+	}
 	logf, err := os.OpenFile(spec.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
+		closeGate()
 		return nil, fmt.Errorf("open log: %w", err)
 	}
-	name := spec.Argv[0]
+	token := newToken()
+	env := append(append([]string{}, spec.Env...), TokenEnv+"="+token)
+	childGate := gateR // read by go-cmd's goroutine; gateR itself is closed and cleared here
 	c := gocmd.NewCmdOptions(gocmd.Options{
 		BeforeExec: []func(*exec.Cmd){func(ec *exec.Cmd) {
 			// go-cmd already asked for a new process group; keep its SysProcAttr and add to it.
@@ -54,13 +109,16 @@ func Start(spec Spec) (*Process, error) {
 			ec.Stdout = logf
 			ec.Stderr = logf
 			ec.Stdin = nil
-			if lp, err := lookPath(name, spec.Env); err == nil {
+			if childGate != nil {
+				ec.ExtraFiles = []*os.File{childGate} // fd 3 in the child; the write end stays ours
+			}
+			if lerr == nil {
 				ec.Path = lp
 				ec.Err = nil
 			}
 		}},
-	}, name, spec.Argv[1:]...)
-	c.Env = spec.Env
+	}, name, argv[1:]...)
+	c.Env = env
 	c.Dir = spec.Dir
 	c.Start()
 	// go-cmd starts asynchronously: wait until the PID is known or the start failed.
@@ -68,14 +126,31 @@ func Start(spec Spec) (*Process, error) {
 	for {
 		st := c.Status()
 		if st.PID > 0 {
-			p := &Process{cmd: c, pid: st.PID, argv: spec.Argv, logFile: logf}
-			if info, ok := readProc(st.PID); ok {
+			spawned.Store(st.PID, true)
+			go func(pid int) { <-c.Done(); spawned.Delete(pid) }(st.PID)
+			p := &Process{cmd: c, pid: st.PID, argv: spec.Argv, token: token, logFile: logf, known: map[int]uint64{}}
+			if info, ok := readStat(st.PID); ok {
 				p.start = info.StartTicks
+			}
+			if gateR != nil {
+				gateR.Close()
+				gateR = nil
+			}
+			if spec.BeforeRun != nil {
+				if err := spec.BeforeRun(p); err != nil {
+					closeGate() // EOF: the gate exits 125, the program never runs
+					p.Stop(time.Second)
+					return nil, err
+				}
+				// A failed write means the gate is already gone; the caller sees it exit.
+				_, _ = gateW.Write([]byte("run\n"))
+				closeGate()
 			}
 			return p, nil
 		}
 		select {
 		case <-c.Done():
+			closeGate()
 			logf.Close()
 			st = c.Status()
 			if st.Error != nil {
@@ -86,6 +161,7 @@ func Start(spec Spec) (*Process, error) {
 		}
 		if time.Now().After(deadline) {
 			c.Stop()
+			closeGate()
 			logf.Close()
 			return nil, fmt.Errorf("start %s: not started after 10s", name)
 		}
@@ -122,6 +198,40 @@ func (p *Process) PID() int { return p.pid }
 
 // StartTicks is the kernel's start time of the process, which with the PID identifies it.
 func (p *Process) StartTicks() uint64 { return p.start }
+
+// Token is the value of TokenEnv in the process's environment (inherited by descendants).
+func (p *Process) Token() string { return p.token }
+
+func (p *Process) scan(withToken bool) map[int]uint64 {
+	p.mu.Lock()
+	known := maps.Clone(p.known)
+	p.mu.Unlock()
+	sc := familyScan{Root: ident{p.pid, p.start}, RootOK: p.start != 0, Known: known, MinStart: p.start, StrayToken: p.token}
+	if withToken {
+		sc.Token = p.token
+	}
+	f := family(sc)
+	p.mu.Lock()
+	maps.Copy(p.known, f)
+	p.mu.Unlock()
+	return f
+}
+
+// Members returns the server's live processes: itself, its descendants by parent PID, the
+// descendants reparented to us (subreaper) that carry its token, and every member seen
+// before that still lives (a worker whose parent died stays known). Cheap enough for every
+// sampler tick: it reads no environment but those of our own stray children. Members of
+// the server that died as our children are reaped.
+func (p *Process) Members() []int {
+	p.reapKnown()
+	f := p.scan(false)
+	out := make([]int, 0, len(f))
+	for pid := range f {
+		out = append(out, pid)
+	}
+	sort.Ints(out)
+	return out
+}
 
 // Done is closed when the process has exited and been reaped.
 func (p *Process) Done() <-chan struct{} { return p.cmd.Done() }
@@ -161,13 +271,33 @@ type StopReport struct {
 	ExitState string
 }
 
-// Stop ends the server and everything it started: SIGTERM to the group and to descendants
-// that left it, wait up to grace, SIGKILL what is left, wait (bounded) for the leader's
-// reaping and every PID to vanish. Idempotent.
+// reapKnown waits for members that died as our children (reparented to us as subreaper):
+// nobody else will, and each would stay a zombie.
+func (p *Process) reapKnown() {
+	p.mu.Lock()
+	known := maps.Clone(p.known)
+	p.mu.Unlock()
+	reapStrays(known)
+	p.mu.Lock()
+	self := os.Getpid()
+	for pid, st := range p.known {
+		// Gone, or a zombie someone else reaps: forget it. Our own zombie stays to be reaped.
+		if q, ok := readStat(pid); !ok || q.StartTicks != st || !live(q) && q.PPID != self {
+			delete(p.known, pid)
+		}
+	}
+	p.mu.Unlock()
+}
+
+// Stop ends the server and everything provably its own: SIGTERM to each verified member
+// (the server, its descendants by parent PID, every process carrying its token), wait up to
+// grace while signalling late children too, SIGKILL what is left, wait (bounded) for the
+// leader's reaping and every member to vanish. No signal goes to a process whose PID and
+// start time were not just checked. Idempotent.
 func (p *Process) Stop(grace time.Duration) StopReport {
 	t0 := time.Now()
-	pids := Tree(p.pid, p.pid)
-	r := stopTree(p.pid, pids, grace, p.cmd.Done())
+	r := stopFamily(func() map[int]uint64 { return p.scan(true) }, grace, p.cmd.Done())
+	p.reapKnown()
 	select {
 	case <-p.cmd.Done():
 	case <-time.After(5 * time.Second):
@@ -181,82 +311,85 @@ func (p *Process) Stop(grace time.Duration) StopReport {
 	return r
 }
 
-// stopTree is the shared escalation of Stop and orphan recovery. leaderDone (may be nil)
-// tells when the leader has been reaped.
-func stopTree(pgid int, pids []int, grace time.Duration, leaderDone <-chan struct{}) StopReport {
+// killWait bounds the wait after SIGKILL.
+const killWait = 5 * time.Second
+
+// stopFamily is the escalation shared by Stop and orphan recovery. scan returns the verified
+// members now (PID → start ticks); leaderDone (may be nil) tells when the leader is reaped.
+func stopFamily(scan func() map[int]uint64, grace time.Duration, leaderDone <-chan struct{}) StopReport {
 	var r StopReport
-	signalAll(pgid, pids, syscall.SIGTERM)
-	if waitGone(pgid, pids, grace, leaderDone) {
-		r.Graceful = true
-		return r
-	}
-	// Late children may have appeared during the grace period.
-	for _, pid := range Tree(pgid, pgid) {
-		if !contains(pids, pid) {
-			pids = append(pids, pid)
+	seen := map[int]uint64{}
+	term := func(set map[int]uint64) {
+		for pid, st := range set {
+			if _, ok := seen[pid]; !ok {
+				seen[pid] = st
+				signalVerified(pid, st, syscall.SIGTERM)
+			}
 		}
 	}
-	for _, pid := range pids {
-		if alive(pid) {
-			r.Killed = append(r.Killed, pid)
+	gone := func() bool {
+		reapStrays(seen)
+		for pid, st := range seen {
+			if aliveAs(pid, st) {
+				return false
+			}
+		}
+		if leaderDone != nil {
+			select {
+			case <-leaderDone:
+			default:
+				return false
+			}
+		}
+		return true
+	}
+	term(scan())
+	deadline := time.Now().Add(grace)
+	for n := 1; ; n++ {
+		if gone() {
+			// Children forked while we waited, or a worker that outlived its parent.
+			if cur := scan(); len(cur) == 0 {
+				r.Graceful = true
+				return r
+			} else {
+				term(cur)
+			}
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+		if n%25 == 0 {
+			term(scan()) // late children get SIGTERM (and their grace) too
 		}
 	}
-	signalAll(pgid, pids, syscall.SIGKILL)
-	waitGone(pgid, pids, 5*time.Second, leaderDone)
-	for _, pid := range pids {
-		if alive(pid) {
+	killed := map[int]bool{}
+	deadline = time.Now().Add(killWait)
+	for {
+		cur := scan()
+		for pid, st := range seen {
+			if aliveAs(pid, st) {
+				cur[pid] = st
+			}
+		}
+		if len(cur) == 0 && gone() || time.Now().After(deadline) {
+			break
+		}
+		for pid, st := range cur {
+			seen[pid] = st
+			if signalVerified(pid, st, syscall.SIGKILL) && !killed[pid] {
+				killed[pid] = true
+				r.Killed = append(r.Killed, pid)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for pid, st := range seen {
+		if aliveAs(pid, st) {
 			r.Left = append(r.Left, pid)
 		}
 	}
 	sort.Ints(r.Killed)
 	sort.Ints(r.Left)
 	return r
-}
-
-func signalAll(pgid int, pids []int, sig syscall.Signal) {
-	if pgid > 1 {
-		_ = syscall.Kill(-pgid, sig)
-	}
-	for _, pid := range pids {
-		if pid > 1 {
-			_ = syscall.Kill(pid, sig)
-		}
-	}
-}
-
-// waitGone polls until every pid is gone (and the leader reaped) or d passes.
-func waitGone(pgid int, pids []int, d time.Duration, leaderDone <-chan struct{}) bool {
-	deadline := time.Now().Add(d)
-	for {
-		gone := true
-		for _, pid := range pids {
-			if alive(pid) {
-				gone = false
-				break
-			}
-		}
-		if gone && leaderDone != nil {
-			select {
-			case <-leaderDone:
-			default:
-				gone = false
-			}
-		}
-		if gone {
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
-func contains(s []int, v int) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

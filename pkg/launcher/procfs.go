@@ -18,6 +18,20 @@ type procInfo struct {
 }
 
 func readProc(pid int) (procInfo, bool) {
+	p, ok := readStat(pid)
+	if ok {
+		if c, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline")); err == nil {
+			c = bytes.TrimRight(c, "\x00")
+			if len(c) > 0 {
+				p.Cmdline = strings.Split(string(c), "\x00")
+			}
+		}
+	}
+	return p, ok
+}
+
+// readStat is readProc without the command line (half the reads, for whole-/proc scans).
+func readStat(pid int) (procInfo, bool) {
 	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {
 		return procInfo{}, false
@@ -35,12 +49,6 @@ func readProc(pid int) (procInfo, bool) {
 	p.PPID, _ = strconv.Atoi(f[1])
 	p.PGID, _ = strconv.Atoi(f[2])
 	p.StartTicks, _ = strconv.ParseUint(f[19], 10, 64)
-	if c, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "cmdline")); err == nil {
-		c = bytes.TrimRight(c, "\x00")
-		if len(c) > 0 {
-			p.Cmdline = strings.Split(string(c), "\x00")
-		}
-	}
 	return p, true
 }
 
@@ -55,7 +63,7 @@ func allProcs() []procInfo {
 		if err != nil {
 			continue
 		}
-		if p, ok := readProc(pid); ok {
+		if p, ok := readStat(pid); ok {
 			out = append(out, p)
 		}
 	}
@@ -71,60 +79,11 @@ func alive(pid int) bool {
 	if err := syscall.Kill(pid, 0); err != nil && err != syscall.EPERM {
 		return false
 	}
-	p, ok := readProc(pid)
+	p, ok := readStat(pid)
 	if !ok {
 		return false
 	}
 	return p.State != 'Z' && p.State != 'X'
-}
-
-// Tree returns the live processes that belong to a server: every member of process group
-// pgid and every descendant of root (including those that left the group with setsid).
-func Tree(root, pgid int) []int {
-	procs := allProcs()
-	children := map[int][]int{}
-	in := map[int]bool{}
-	for _, p := range procs {
-		if p.State == 'Z' || p.State == 'X' {
-			continue
-		}
-		children[p.PPID] = append(children[p.PPID], p.PID)
-		if pgid > 1 && p.PGID == pgid {
-			in[p.PID] = true
-		}
-	}
-	if root <= 1 {
-		return nil
-	}
-	stack := []int{root}
-	for len(stack) > 0 {
-		pid := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if alive(pid) {
-			in[pid] = true
-		}
-		stack = append(stack, children[pid]...)
-	}
-	// Members found through the group may have descendants of their own outside it.
-	for pid := range in {
-		stack = append(stack, children[pid]...)
-	}
-	for len(stack) > 0 {
-		pid := stack[len(stack)-1]
-		stack = stack[:len(stack)-1]
-		if in[pid] {
-			continue
-		}
-		in[pid] = true
-		stack = append(stack, children[pid]...)
-	}
-	out := make([]int, 0, len(in))
-	for pid := range in {
-		if alive(pid) {
-			out = append(out, pid)
-		}
-	}
-	return out
 }
 
 // Cmdline returns a process's command line, or nil when it is gone.
