@@ -1,21 +1,18 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -826,7 +823,10 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 		}
 		drain = min(5*time.Second, kw/5)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	// scancel and the time limit send SIGTERM to the batch step, which is this process (the
+	// batch script exec'd it): the cell ends interrupted with its server torn down.
+	becomeSubreaper(log)
+	ctx, stop := signalContext(log)
 	defer stop()
 	gb, err := gpu.Open(log, so.Launch.RequireGPU)
 	if err != nil {
