@@ -1,11 +1,16 @@
 package main
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
 )
@@ -168,5 +173,66 @@ func TestSimWithRunnerClient(t *testing.T) {
 	ms, _ := filepath.Glob(filepath.Join(dir, "client", "*", "*", "metrics_*.json"))
 	if len(ms) != 1 {
 		t.Errorf("runner metrics files %v, want one under client/<org>/<model>/", ms)
+	}
+}
+
+// A supervisor killed with SIGKILL while the MoE-CAP runner (its client, a process of its
+// own) is mid-bench: the next run on the root ends the orphaned runner along with the server,
+// so it cannot go on writing into the cell directory that the rerun recreates.
+func TestSIGKILLMidBenchEndsOrphanedRunner(t *testing.T) {
+	root, _ := fakeCondaRoot(t, "sglang")
+	results := t.TempDir()
+	long := tinyConfig(t, qwen, 32, 400, 64)
+	args := []string{"launch-and-bench", "--backend", "sim", "--client", "moe-cap", "--batch-size", "2", "--port", "0",
+		"--conda-root", root, "--results", results, "--grace", "2s", "--log-format", "json"}
+	c := exec.Command(bin, append(append(slices.Clone(args), "--config", long), "--", "--sim-tpot", "20ms")...)
+	c.Env = append(os.Environ(), "MOECAPD_TEST_BIN="+bin)
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	dir, m0 := waitManifest(t, results, "the bench", func(dir string, m *cell.Manifest) bool {
+		_, err := os.Stat(filepath.Join(dir, "client.log"))
+		return m.Phase == cell.PhaseBench && err == nil
+	})
+	time.Sleep(500 * time.Millisecond)
+	all := descendants(c.Process.Pid)
+	var runner []int
+	for _, p := range all {
+		if b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p)); strings.Contains(string(b), "openai_api_profile") || strings.Contains(string(b), "\x00bench\x00") {
+			runner = append(runner, p)
+		}
+	}
+	if len(runner) == 0 {
+		t.Fatalf("no runner process among the supervisor's descendants %v (server %d, dir %s)", all, m0.Server.PID, dir)
+	}
+	c.Process.Kill()
+	c.Wait()
+	short := tinyConfig(t, qwen, 32, 8, 4)
+	r := moecapd(t, []string{"MOECAPD_TEST_BIN=" + bin}, append(append(slices.Clone(args), "--config", short), "--", "--sim-tpot", "2ms")...)
+	if r.code != 0 {
+		t.Fatalf("next run exit %d\n%s", r.code, r.stderr)
+	}
+	// The sweep must have ended the runner as one of the server's processes (it would die on
+	// its own once the server is gone, but only after writing into the cell directory).
+	var ended []int
+	for _, line := range strings.Split(r.stderr, "\n") {
+		if strings.Contains(line, "ending a server left behind") {
+			var l struct {
+				PIDs []int `json:"pids"`
+			}
+			json.Unmarshal([]byte(line), &l)
+			ended = l.PIDs
+		}
+	}
+	for _, p := range runner {
+		if !slices.Contains(ended, p) {
+			t.Errorf("runner pid %d not among the processes the sweep ended %v\n%s", p, ended, r.stderr)
+		}
+	}
+	for _, p := range all {
+		if pidAlive(p) {
+			t.Errorf("pid %d of the killed run (runner pids %v) alive after the next run", p, runner)
+			syscall.Kill(p, syscall.SIGKILL)
+		}
 	}
 }

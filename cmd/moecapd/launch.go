@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,7 @@ import (
 	"github.com/spf13/pflag"
 	"go.uber.org/zap"
 
+	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/gpu"
@@ -63,6 +65,7 @@ left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is
 	f.String("sim-flavor", "sglang", "sim backend: which wrapper's API to imitate (sglang or vllm)")
 	f.String("sim-hardware", "H100", "sim backend: hardware family to simulate (H100, H200, A100)")
 	f.String("configs-dir", "configs", "directory of models.yaml and hardware.yaml (built-in copies when absent)")
+	f.String("model-config", "", "the model's config.json, for a model neither in a local model directory, the Hugging Face cache nor the built-in table")
 	f.Bool("require-gpu", false, "fail (exit 2) when NVML is unavailable instead of running without telemetry")
 	f.Duration("gpu-wait", 0, "how long to wait for busy GPUs to become idle before failing")
 	f.Int("gpu-idle-mib", 512, "MiB a GPU may use above its own baseline and still count as idle: before launch over the driver's reservation (NVML v2 leaves it out; v1-only drivers count it), after teardown over the pre-launch reading")
@@ -97,6 +100,7 @@ type launchOpts struct {
 	Hardware                  string
 	SimFlavor, SimHardware    string
 	ConfigsDir                string
+	ModelConfig               string // --model-config: the model's config.json
 	RequireGPU                bool
 	GPUWait, GPUInterval      time.Duration
 	// GPUIdleMiB is how much memory a GPU may use above its own baseline and still count as
@@ -122,7 +126,7 @@ func readLaunchOpts(fs *pflag.FlagSet) (launchOpts, error) {
 		Grace: r.dur("grace"), ReadyTimeout: r.dur("ready-timeout"), ReadyHardTimeout: r.dur("ready-hard-timeout"),
 		Client: r.str("client"), DryRun: r.bool("dry-run"), Hardware: r.str("hardware"),
 		SimFlavor: r.str("sim-flavor"), SimHardware: r.str("sim-hardware"), ConfigsDir: r.str("configs-dir"),
-		RequireGPU: r.bool("require-gpu"), GPUWait: r.dur("gpu-wait"), GPUInterval: r.dur("gpu-interval"),
+		ModelConfig: r.str("model-config"), RequireGPU: r.bool("require-gpu"), GPUWait: r.dur("gpu-wait"), GPUInterval: r.dur("gpu-interval"),
 		GPUIdleMiB: r.int("gpu-idle-mib"),
 		GPUHourUSD: r.optFloat("gpu-hour-usd"), ElectricityUSDPerKWh: r.optFloat("electricity-usd-per-kwh"),
 		Warmup: r.int("warmup"), Seed: r.int64("seed"), Dataset: r.str("dataset"), DatasetFile: r.str("dataset-file"),
@@ -178,9 +182,9 @@ func cellConfig(o launchOpts, log *zap.Logger, extra []string, gb gpu.Backend) (
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
-	tables, err := config.LoadTables(o.ConfigsDir)
+	tables, err := loadTables(o.ConfigsDir, o.ModelConfig)
 	if err != nil {
-		return nil, nil, withCode(exitUsage, err)
+		return nil, nil, err
 	}
 	client := o.Client
 	if client == "" {
@@ -228,7 +232,7 @@ func cellConfig(o launchOpts, log *zap.Logger, extra []string, gb gpu.Backend) (
 	c.Native.DatasetFile = o.DatasetFile
 	c.Native.DatasetCacheDir = o.DatasetCacheDir
 	c.Native.Offline = o.Offline
-	c.Derive = report.Hook(tables, func(err error) {
+	c.Derive = report.Hook(tables, &c.Prices, func(err error) {
 		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
 	})
 	return c, cleanup, nil
@@ -304,12 +308,12 @@ func setPrices(c *cell.Config, p *cell.Plan, o launchOpts) {
 		fam = "H100"
 	}
 	hw, _ := c.Tables.HardwareFamily(fam)
-	c.Prices = gpu.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh}
+	c.Prices = capmath.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
 	if o.GPUHourUSD != nil {
-		c.Prices.GPUHourUSD = *o.GPUHourUSD
+		c.Prices.GPUHourUSD, c.Prices.Source = *o.GPUHourUSD, "flags"
 	}
 	if o.ElectricityUSDPerKWh != nil {
-		c.Prices.ElectricityUSDPerKWh = *o.ElectricityUSDPerKWh
+		c.Prices.ElectricityUSDPerKWh, c.Prices.Source = *o.ElectricityUSDPerKWh, "flags"
 	}
 }
 
@@ -355,10 +359,96 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 			}
 			fmt.Fprintln(w)
 		}
-		if c := tm.Cost; c != nil && c.CostPerMillionOutputTokensUSD != nil {
-			fmt.Fprintf(w, "cost     $%.2f per million output tokens ($%.2f/GPU-hour, $%.2f/kWh)\n", *c.CostPerMillionOutputTokensUSD, c.GPUHourUSD, c.ElectricityUSDPerKWh)
-		} else if c != nil {
-			fmt.Fprintf(w, "cost     $%.4f GPU rental for the bench (no energy measured)\n", c.GPUUSD)
+	}
+	printCAP(w, m)
+}
+
+// printCellSummary's CAP part: physical utilisations (an impossible one is an ERROR line
+// with its likely cause, never a number), MoE-CAP's values under their own name, floors,
+// the memory verdict and the cost, all from manifest extra.cap.
+func printCAP(w io.Writer, m *cell.Manifest) {
+	raw, ok := m.Extra[report.ExtraKey]
+	if !ok {
+		return
+	}
+	var d capmath.Derived
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return
+	}
+	if d.Absent != "" {
+		fmt.Fprintf(w, "CAP      absent: %s\n", d.Absent)
+		return
+	}
+	pct := func(p *float64) string {
+		if p == nil {
+			return "n/a"
+		}
+		return fmt.Sprintf("%.1f%%", *p*100)
+	}
+	for _, ph := range []struct {
+		name string
+		u    *capmath.Util
+	}{{"prefill", d.Prefill}, {"decode", d.Decode}} {
+		if ph.u == nil {
+			continue
+		}
+		fmt.Fprintf(w, "%-8s S-MBU %s  S-MFU %s (physical, %s-bound)  MoE-CAP: S-MBU %s  S-MFU %s\n",
+			ph.name, pct(ph.u.SMBU), pct(ph.u.SMFU), ph.u.Bound, pct(ph.u.SMBUMoECAP), pct(ph.u.SMFUMoECAP))
+	}
+	for _, e := range d.Errors {
+		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (physical limit %.2f): %s\n", e.Field, e.Value, e.Limit, e.Cause)
+	}
+	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
+	if sc := d.Inputs.SimTimeScale; sc != 0 {
+		fmt.Fprintf(w, "note     the sim ran at --sim-time-scale %g: the client latencies above are wall time of a scaled run; pass records and CAP numbers are in model time\n", sc)
+	}
+	if d.FitVerdict == "under-batched" && d.Inputs.DecodeBatchMax != nil {
+		fmt.Fprintf(w, "batch    under-batched: memory holds %d of %d requests at once; the server ran at most %.0f (mean %.1f)\n",
+			d.MaxConcurrent, m.Cell.BatchSize, *d.Inputs.DecodeBatchMax, *d.Inputs.DecodeBatch)
+	}
+	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil {
+		fmt.Fprintf(w, "floors   TPOT %s ms (× %s; decode passes × %s)  TTFT %s ms (× %s), from %s\n", ms(d.TPOTFloorMs), ratio(d.TPOTOverFloor),
+			ratio(d.DecodePassOverFloor), ms(d.TTFTFloorMs), ratio(d.TTFTOverFloor), d.Inputs.FloorSource)
+	} else if p := d.Prediction; p != nil && p.Batch > 0 {
+		fmt.Fprintf(w, "predicted TPOT %.2f ms  TTFT %.2f ms at batch %d (the cell did not run: no floors)\n", p.TPOTMs, p.TTFTMs, p.Batch)
+	}
+	if d.FitVerdict != "" && d.FitVerdict != "fits" {
+		fmt.Fprintf(w, "memory   %s\n", d.FeasibleReason)
+	}
+	if c := d.Cost; c != nil {
+		switch {
+		case c.PerMillionOutputTokensUSD != nil && c.EnergyJ != nil:
+			fmt.Fprintf(w, "cost     $%.2f per million output tokens ($%.2f/GPU-hour, $%.2f/kWh, %s)\n", *c.PerMillionOutputTokensUSD, c.Prices.GPUHourUSD, c.Prices.ElectricityUSDPerKWh, c.Window)
+		case c.RentalPerMillionOutputTokensUSD != nil:
+			fmt.Fprintf(w, "cost     $%.2f per million output tokens, GPU rental only (no energy measured; $%.2f/GPU-hour, %s)\n", *c.RentalPerMillionOutputTokensUSD, c.Prices.GPUHourUSD, c.Window)
 		}
 	}
+}
+
+func ratio(p *float64) string {
+	if p == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.2f", *p)
+}
+
+// loadTables reads the model and hardware tables and where models outside them are
+// described from: --model-config, and the Hugging Face hub cache ($HF_HUB_CACHE,
+// $HF_HOME/hub, ~/.cache/huggingface/hub; read offline).
+func loadTables(configsDir, modelConfig string) (*config.Tables, error) {
+	tables, err := config.LoadTables(configsDir)
+	if err != nil {
+		return nil, withCode(exitUsage, err)
+	}
+	home, _ := os.UserHomeDir()
+	tables.Sources = config.ModelSource{
+		ConfigFile: modelConfig,
+		HubCache:   config.HubCacheDir(os.Getenv("HF_HUB_CACHE"), os.Getenv("HF_HOME"), home),
+	}
+	if f := tables.Sources.ConfigFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return nil, usageErrorf("--model-config %s: %v; pass the model's config.json", f, err)
+		}
+	}
+	return tables, nil
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
+	"github.com/moecapd/moecapd/pkg/passcost"
 )
 
 func init() { register(newMatrixCmd) }
@@ -205,7 +206,7 @@ type matrixSetup struct {
 }
 
 func loadMatrix(o matrixOpts) (*config.Tables, *matrix.Matrix, error) {
-	tables, err := config.LoadTables(o.ConfigsDir)
+	tables, err := loadTables(o.ConfigsDir, "")
 	if err != nil {
 		return nil, nil, withCode(exitUsage, err)
 	}
@@ -339,6 +340,10 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 		if !it.Feasible {
 			mem += " ✗"
 			why += "; predicted infeasible: " + it.FeasWhy
+		} else if it.Verdict == passcost.UnderBatched {
+			// Not infeasible: the server admits fewer at once; the cell measures what it ran.
+			mem += fmt.Sprintf(" (%d at once)", it.Concurrent)
+			why += fmt.Sprintf("; predicted under-batched: only %d of %d requests fit at once", it.Concurrent, it.Cell.Batch)
 		}
 		samples := strconv.Itoa(it.Cell.NumSamples)
 		if it.Cell.Pinned {

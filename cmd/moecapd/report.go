@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
-	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/report"
 )
 
@@ -54,7 +53,7 @@ func runReport(cmd *cobra.Command, _ []string) error {
 	if out == "" {
 		out = results + string(os.PathSeparator) + "report"
 	}
-	tables, err := config.LoadTables(v.GetString("configs-dir"))
+	tables, err := loadTables(v.GetString("configs-dir"), "")
 	if err != nil {
 		return usageErrorf("model/hardware tables: %v", err)
 	}

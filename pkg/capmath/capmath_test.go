@@ -1,6 +1,8 @@
 package capmath
 
 import (
+	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -10,275 +12,274 @@ import (
 	"github.com/moecapd/moecapd/pkg/config"
 )
 
-// toy is small enough to do every sum by hand.
+// toy is small enough to do every sum by hand (no shared experts, no dense layers):
 //
-//	attn   = d·(H·hd + 2·KV·hd) + H·hd·d = 4·(2·2 + 2·1·2) + 2·2·4 = 32 + 16 = 48
-//	expert = 3·d_ff·d = 3·8·4 = 96
-//	kv     = 2·L·hd·KV elements · 2 bytes = 2·2·2·1·2 = 16 bytes/token
-var toy = config.Model{Key: "toy", Layers: 2, DModel: 4, Heads: 2, KVHeads: 1, HeadDim: 2,
-	Experts: 4, TopK: 2, ExpertFFN: 8, Precision: "bfloat16"}
+//	A (attention)  = d·H·hd + 2·d·KV·hd + H·hd·d = 16 + 16 + 16 = 48
+//	X (expert)     = 3·ffn·d = 3·8·4 = 96;  router = E·d = 16;  LM head = V·d = 40
+//	layers(act)    = L·A + L·(act·X + router) = 96 + 192·act + 32 = 128 + 192·act
+//	kv             = 2·L·KV·hd·2 bytes = 16 B/token
+//	attention FLOPs per (query, key) = 2·L·H·(hd+hd) = 32
+var toy = config.Model{Key: "toy", HFID: "org/toy", Family: "mixtral", Layers: 2, DModel: 4, Heads: 2, KVHeads: 1, HeadDim: 2,
+	Experts: 4, TopK: 2, ExpertFFN: 8, Vocab: 10, Precision: "bfloat16", WeightBytes: 2, KVElemBytes: 2}
 
-// toyHW: 10 kB/s and 100 kFLOP/s, so utilisations come out as plain decimals.
-var toyHW = config.Hardware{Family: "TOY", HBMBandwidth: 1e4, BF16FLOPs: 1e5, MemoryBytes: 1e6}
+// toyHW: 10 kB/s and 100 kFLOP/s, so times and utilisations come out as plain decimals.
+var toyHW = config.Hardware{Family: "TOY", HBMBandwidth: 1e4, BF16FLOPs: 1e5, MemoryBytes: 1e6, GPUHourUSD: 3.6, ElectricityUSDPerKWh: 0.1}
 
-func near(t *testing.T, what string, got, want float64) {
+func near(t *testing.T, what string, got *float64, want float64) {
 	t.Helper()
-	if math.Abs(got-want) > 1e-9*math.Max(1, math.Abs(want)) {
-		t.Errorf("%s = %.12g, want %.12g", what, got, want)
+	if got == nil {
+		t.Errorf("%s absent, want %.12g", what, want)
+		return
+	}
+	if math.Abs(*got-want) > 1e-9*math.Max(1, math.Abs(want)) {
+		t.Errorf("%s = %.12g, want %.12g", what, *got, want)
 	}
 }
 
-func tables(t *testing.T) *config.Tables {
+func writeRecords(t *testing.T, lines string) *Records {
 	t.Helper()
-	tb, err := config.LoadTables("")
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tb
-}
-
-func TestToySizes(t *testing.T) {
-	near(t, "AttnParams", AttnParams(toy), 48)
-	near(t, "ExpertParams", toy.ExpertParams(), 96)
-	near(t, "KVBytesPerToken", toy.KVBytesPerToken(), 16)
-	// ActiveParams(3) = L·attn + MoE layers·3·expert = 2·48 + 2·3·96 = 96 + 576 = 672
-	near(t, "ActiveParams(3)", ActiveParams(toy, 3), 672)
-	// AttentionScore(10) = ctx·L·H·hd·2 = 10·2·2·2·2 = 160
-	near(t, "AttentionScore(10)", AttentionScore(toy, 10), 160)
-}
-
-func TestPassUtilDecode(t *testing.T) {
-	// batch 2, 0.5 s, 10 tokens of context over the batch, 3 experts active per layer.
-	//   bytes = 672 params · 2 B + 10 tokens · 16 B = 1344 + 160 = 1504 B
-	//   S-MBU = 1504 / 0.5 / (1 · 1e4) = 3008 / 1e4 = 0.3008
-	//   FLOPParams = L·attn + L·(one expert) = 96 + 192 = 288
-	//   S-MFU = (288 + 160) · 2 · (2/0.5 tokens/s) / 1e5 = 448 · 8 / 1e5 = 0.03584
-	u, err := PassUtil(toy, toyHW, 1, Pass{Mode: "decode", BatchSize: 2, LatencyS: 0.5, SeqLensSum: 10, Activation: 3})
-	if err != nil {
-		t.Fatal(err)
-	}
-	near(t, "decode S-MBU", u.SMBU, 0.3008)
-	near(t, "decode S-MFU", u.SMFU, 0.03584)
-
-	// Same pass on 2 GPUs (record's gpu_num wins over the cell's): both halve.
-	u2, err := PassUtil(toy, toyHW, 1, Pass{Mode: "decode", BatchSize: 2, LatencyS: 0.5, SeqLensSum: 10, Activation: 3, GPUs: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	near(t, "decode S-MBU on 2 GPUs", u2.SMBU, 0.1504)
-	near(t, "decode S-MFU on 2 GPUs", u2.SMFU, 0.01792)
-}
-
-func TestPassUtilPrefill(t *testing.T) {
-	// 6 prompt tokens in 0.2 s, all 4 experts active.
-	//   bytes = (96 + 2·4·96) · 2 + 6·16 = 864·2 + 96 = 1824 B
-	//   S-MBU = 1824 / 0.2 / 1e4 = 0.912
-	//   tokens/s = 6 / 0.2 = 30; AttentionScore(6) = 6·L·H·hd·2 = 6·16 = 96
-	//   S-MFU = (288 + 96) · 2 · 30 / 1e5 = 23040 / 1e5 = 0.2304
-	u, err := PassUtil(toy, toyHW, 1, Pass{Mode: "prefill", BatchSize: 1, LatencyS: 0.2, SeqLensSum: 6, Activation: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	near(t, "prefill S-MBU", u.SMBU, 0.912)
-	near(t, "prefill S-MFU", u.SMFU, 0.2304)
-}
-
-func TestSharedAndDenseAlwaysActive(t *testing.T) {
-	// One of the two layers dense (FFN 20), one MoE layer with a shared expert of FFN 8.
-	//   shared = 3·8·4 = 96, dense = 3·20·4 = 240
-	//   ActiveParams(3) = 2·48 + 1·(3·96 + 96) + 1·240 = 96 + 384 + 240 = 720
-	//   FLOPParams      = 2·48 + 1·(96 + 96) + 240 = 528
-	m := toy
-	m.DenseLayers, m.DenseFFN, m.SharedExperts, m.SharedFFN = 1, 20, 1, 8
-	near(t, "ActiveParams(3)", ActiveParams(m, 3), 720)
-	near(t, "ActiveParams(0)", ActiveParams(m, 0), 96+96+240)
-	near(t, "FLOPParams", FLOPParams(m), 528)
-}
-
-func TestFP8AndMLA(t *testing.T) {
-	tb := tables(t)
-	r1 := tb.Models["deepseek_r1"]
-	// FP8 weights: 1 byte per parameter; H200 FP8 dense peak 1979 TFLOP/s.
-	near(t, "R1 bytes/param", r1.BytesPerParam(), 1)
-	near(t, "R1 peak FLOPs on H200", tb.Hardware["H200"].PeakFLOPs(r1), 1979e12)
-	// MLA attention of R1 (d 7168, H 128, q_lora 1536, kv_lora 512, rope 64, nope = v = 128):
-	//   q  = 7168·1536 + 1536·128·192 = 11,010,048 + 37,748,736 = 48,758,784
-	//   kv = 7168·(512+64) + 512·128·(128+128) = 4,128,768 + 16,777,216 = 20,905,984
-	//   o  = 128·128·7168 = 117,440,512            total 187,105,280
-	near(t, "R1 MLA attn", AttnParams(r1), 187105280)
-	// KV cache: L·(kv_lora + rope) · 2 bytes = 61·576·2 = 70,272 B/token.
-	near(t, "R1 KV bytes/token", r1.KVBytesPerToken(), 70272)
-	// One R1 decode pass on 8×H200: batch 1, 4000 tokens, 8 experts, 40 ms.
-	//   weights = 61·187,105,280 + 58·(8·44,040,192 + 44,040,192) + 3·3·18432·7168
-	//           = 11,413,422,080 + 58·396,361,728 + 1,189,085,184
-	//           = 11,413,422,080 + 22,988,980,224 + 1,189,085,184 = 35,591,487,488 params = bytes (fp8)
-	//   kv      = 4000 · 70,272 = 281,088,000 B
-	//   S-MBU   = 35,872,575,488 / 0.04 / (8 · 4.8e12) = 0.0233545413...
-	u, err := PassUtil(r1, tb.Hardware["H200"], 8, Pass{Mode: "decode", BatchSize: 1, LatencyS: 0.04, SeqLensSum: 4000, Activation: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	near(t, "R1 decode S-MBU", u.SMBU, 35872575488.0/0.04/(8*4.8e12))
-}
-
-func TestExpectedTouchedExperts(t *testing.T) {
-	// One token touches exactly k; E·(1−(1−k/E)^B) otherwise.
-	near(t, "B=1", ExpectedTouchedExperts(60, 4, 1), 4)
-	// B=2: 60·(1 − (56/60)²) = 60·(1 − 0.871111…) = 7.7333…
-	near(t, "B=2", ExpectedTouchedExperts(60, 4, 2), 60*(1-(56.0/60)*(56.0/60)))
-	// B=32: (14/15)^32 = 0.10994…, so 60·0.89006 ≈ 53.40
-	if got := ExpectedTouchedExperts(60, 4, 32); math.Abs(got-53.40) > 0.01 {
-		t.Errorf("B=32: got %.4f, want ≈53.40", got)
-	}
-	// Mixtral (8 experts, top 2) at batch 128: all 8.
-	if got := ExpectedTouchedExperts(8, 2, 128); math.Abs(got-8) > 1e-9 {
-		t.Errorf("Mixtral B=128: got %v, want 8", got)
-	}
-}
-
-func TestDecodeFloorQwenH100(t *testing.T) {
-	tb := tables(t)
-	q, h100 := tb.Models["qwen1_5"], tb.Hardware["H100"]
-	// Qwen1.5-MoE, 1×H100, batch 1, 4k-1k: context per sequence 4000 + 999/2 = 4499.5.
-	//   attn = 2048·(16·128 + 2·16·128) + 16·128·2048 = 16,777,216
-	//   expert = 3·1408·2048 = 8,650,752; shared = 3·5632·2048 = 34,603,008
-	//   touched at B=1 = 4
-	//   weights = 24·16,777,216 + 24·(4·8,650,752 + 34,603,008) = 2,063,597,568 params · 2 B
-	//           = 4,127,195,136 B
-	//   KV = 4499.5 · (2·24·128·16·2 = 196,608 B) = 884,637,696 B
-	//   bytes = 5,011,832,832 B; / 3.35e12 B/s = 1.49607 ms (memory bound: the FLOPs,
-	//   2·(2,063,597,568 + 4499.5·98,304) = 5.01e9, take 5 µs at 989 TFLOP/s)
-	f := DecodeFloor(q, h100, 1, 1, 4499.5, ExpectedTouchedExperts(q.Experts, q.TopK, 1))
-	near(t, "bytes", f.Bytes, 5011832832)
-	near(t, "seconds", f.Seconds, 5011832832/3.35e12)
-	if f.Bound != "memory" {
-		t.Errorf("bound = %q, want memory", f.Bound)
-	}
-	// TP over 8 GPUs divides the floor by 8.
-	f8 := DecodeFloor(q, h100, 8, 1, 4499.5, 4)
-	near(t, "8 GPUs", f8.Seconds, f.Seconds/8)
-}
-
-func TestPrefillFloorComputeBound(t *testing.T) {
-	tb := tables(t)
-	q, h100 := tb.Models["qwen1_5"], tb.Hardware["H100"]
-	// 4000 prompt tokens: FLOPs = 4000·2·(2,063,597,568 + AttentionScore(2000))
-	//   AttentionScore(2000) = 2000·24·16·128·2 = 196,608,000
-	//   = 8000 · 2,260,205,568 = 18,081,644,544,000 FLOPs; / 989e12 = 18.283 ms
-	f := PrefillFloor(q, h100, 1, 4000)
-	near(t, "flops", f.FLOPs, 18081644544000)
-	near(t, "seconds", f.Seconds, 18081644544000/989e12)
-	if f.Bound != "compute" {
-		t.Errorf("bound = %q, want compute", f.Bound)
-	}
-}
-
-func TestFeasible(t *testing.T) {
-	tb := tables(t)
-	q, h100 := tb.Models["qwen1_5"], tb.Hardware["H100"]
-	// Qwen1.5-MoE weights: attn 24·16,777,216 = 402,653,184; MoE 24·(60·8,650,752 +
-	// 34,603,008 + 60·2048 router) = 13,290,504,192; embeddings 2·151,936·2048 = 622,329,856;
-	// 14,315,487,232 params · 2 B = 28,630,974,464 B.
-	near(t, "qwen weights", TotalWeightBytes(q), 28630974464)
-	// bs32, 4k-1k: KV = 32·5000·196,608 = 31,457,280,000; need 60.09 GB; have
-	// 0.9·85,520,809,984 = 76.97 GB: fits.
-	ok, need, have, why := Feasible(q, h100, 1, 32, 4000, 1000)
-	if !ok || math.Abs(need-60088254464) > 1 || math.Abs(have-0.9*85520809984) > 1 {
-		t.Errorf("bs32: ok=%v need=%.0f have=%.0f (%s), want fits with need 60088254464", ok, need, have, why)
-	}
-	// bs64: KV doubles to 62.9 GB, need 91.5 GB > 77 GB.
-	ok, need, _, why = Feasible(q, h100, 1, 64, 4000, 1000)
-	if ok || math.Abs(need-(28630974464+62914560000)) > 1 || !strings.Contains(why, "does not fit") {
-		t.Errorf("bs64: ok=%v need=%.0f (%s), want infeasible with need 91545534464", ok, need, why)
-	}
-	// 13k-1k exceeds Qwen1.5's 8192-token window whatever the memory.
-	ok, _, _, why = Feasible(q, tb.Hardware["H200"], 8, 1, 13000, 1000)
-	if ok || !strings.Contains(why, "context window of 8192") {
-		t.Errorf("13k on qwen: ok=%v (%s), want refused for the context window", ok, why)
-	}
-	// DeepSeek-R1 (≈671B fp8) fits 8×H200 at bs128 13k-1k but not 8×H100.
-	r1 := tb.Models["deepseek_r1"]
-	if ok, need, have, why := Feasible(r1, tb.Hardware["H200"], 8, 128, 13000, 1000); !ok {
-		t.Errorf("R1 8xH200: need %.0f have %.0f: %s", need, have, why)
-	}
-	if ok, _, _, why := Feasible(r1, tb.Hardware["H100"], 8, 1, 4000, 1000); ok {
-		t.Errorf("R1 8xH100 fits (%s), want not", why)
-	}
-}
-
-func TestReadRecordsBothFormats(t *testing.T) {
 	dir := t.TempDir()
-	sg := filepath.Join(dir, "Qwen", "Qwen1.5-MoE-A2.7B-Chat")
+	sg := filepath.Join(dir, "org", "toy")
 	if err := os.MkdirAll(sg, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	jsonl := `{"batch_size":2,"latency":0.5,"seq_lens_sum":10,"forward_mode":"decode","expert_activation":3,"gpu_num":1,"gpu_raw_type":"TOY","req_ids":[1,2]}
-{"batch_size":1,"latency":0.2,"seq_lens_sum":6,"forward_mode":"prefill","expert_activation":4.0,"gpu_num":1,"per_req_info":[{"req_id":1}]}
-{"batch_size":1,"latency":0.2,"seq_lens_sum":6,"forward_mode":"prefill","expert_activation":null}
-`
-	if err := os.WriteFile(filepath.Join(sg, "expert_distribution_record.jsonl"), []byte(jsonl), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	dump := `{"status":"ok","total_records":1,"records":[{"batch_size":2,"latency":0.25,"seq_lens_sum":10,"forward_mode":"decode","expert_activation":3,"scheduled_tokens":2}]}`
-	if err := os.WriteFile(filepath.Join(dir, "batch_records.json"), []byte(dump), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, "recording_flag.json"), []byte("on"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(sg, "expert_distribution_record.jsonl"), []byte(lines), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	recs, err := ReadRecords(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs.Passes) != 3 || recs.Skipped["no expert_activation"] != 1 || len(recs.Files) != 2 {
-		t.Fatalf("passes %d, skipped %v, files %v; want 3 passes, 1 skipped, 2 files", len(recs.Passes), recs.Skipped, recs.Files)
+	return recs
+}
+
+// Two requests of 6 prompt tokens prefilled together in 0.25 s, then one decode pass of
+// both (contexts 7 each) in 0.2 s; a readiness probe (2 tokens) and a record without
+// expert_activation are left out.
+const toyRecords = `{"batch_size":1,"latency":0.01,"seq_lens_sum":2,"forward_mode":"prefill","expert_activation":2,"gpu_num":1,"per_req_info":[{"req_id":"probe","extend_len":2,"total_len":2,"prompt_len":2,"is_last_chunk":true}]}
+{"batch_size":2,"latency":0.25,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true},{"req_id":"b","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true}]}
+{"batch_size":2,"latency":0.2,"seq_lens_sum":14,"forward_mode":"decode","expert_activation":3,"gpu_num":1,"scheduled_tokens":2,"req_ids":["a","b"]}
+{"batch_size":2,"latency":0.2,"seq_lens_sum":14,"forward_mode":"decode","expert_activation":null}
+`
+
+// TestDeriveFromRecordsByHand recomputes every physical and MoE-CAP number of toyRecords.
+func TestDeriveFromRecordsByHand(t *testing.T) {
+	recs := writeRecords(t, toyRecords)
+	if len(recs.Passes) != 3 || recs.Skipped["no expert_activation"] != 1 {
+		t.Fatalf("passes %d, skipped %v; want 3 and 1 without expert_activation", len(recs.Passes), recs.Skipped)
 	}
-	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 4, OutputTokens: 3}, recs)
+	tpot := 210.0
+	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, NumSamples: 2,
+		Ran: true, MeanTPOTMs: &tpot, TotalOutputTokens: 4, WindowS: 1, Window: "bench phase"}, recs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Decode passes: 0.3008 (0.5 s) and 0.6016 (0.25 s): mean 0.4512. Prefill: 0.912.
-	if d.Source != "records" || d.Decode == nil || d.Prefill == nil {
-		t.Fatalf("derived %+v: want both from records", d)
+	// Physical prefill (2 prompts of 6, 4 experts, 0.25 s):
+	//   bytes  = (128 + 192·4 + 40)·2 + 12·16 = 1872 + 192 = 2064 → S-MBU = 2064/0.25/1e4 = 0.8256
+	//   FLOPs  = 2·12·(128 + 192·2) + 2·2·40 + 32·(2·6·7/2) = 12288 + 160 + 1344 = 13792
+	//   S-MFU  = 13792/1e5/0.25 = 0.55168
+	near(t, "prefill s_mbu", d.Prefill.SMBU, 0.8256)
+	near(t, "prefill s_mfu", d.Prefill.SMFU, 0.55168)
+	// Physical decode (batch 2, contexts 6+1 each from req_ids, 3 experts, 0.2 s):
+	//   bytes = (128 + 576 + 40)·2 + 14·16 = 1488 + 224 = 1712 → 1712/0.2/1e4 = 0.856
+	//   FLOPs = 2·2·(128 + 384 + 40) + 32·14 = 2208 + 448 = 2656 → 2656/1e5/0.2 = 0.1328
+	near(t, "decode s_mbu", d.Decode.SMBU, 0.856)
+	near(t, "decode s_mfu", d.Decode.SMFU, 0.1328)
+	if d.Decode.Bound != "memory" || d.Prefill.Bound != "memory" {
+		t.Errorf("bounds %s/%s, want memory/memory", d.Prefill.Bound, d.Decode.Bound)
 	}
-	near(t, "mean decode S-MBU", d.Decode.SMBU, 0.4512)
-	near(t, "prefill S-MBU", d.Prefill.SMBU, 0.912)
-	if d.Inputs.FloorActivationSource != "measured" || d.Inputs.FloorActivation != 3 {
-		t.Errorf("floor activation %v (%s), want 3 measured", d.Inputs.FloorActivation, d.Inputs.FloorActivationSource)
+	// MoE-CAP (default family: one expert per token in FLOPs, seq_lens_sum for the score):
+	//   decode: S-MBU = (2·(3·96+48) + 14·8)·2/0.2/1e4 = (672+112)·2/2000 = 0.784
+	//           S-MFU = (2·(96+48) + 14·2·2·2·2)·2·(2/0.2)/1e5 = (288+224)·20/1e5 = 0.1024
+	//   prefill per request (each charged the whole 0.25 s, 6 tokens, 24 tokens/s):
+	//           S-MBU = (2·(4·96+48) + 6·8)·2/0.25/1e4 = 912·2/2500 = 0.7296
+	//           S-MFU = (288 + 6·16)·2·24/1e5 = 0.18432
+	near(t, "decode s_mbu_moecap", d.Decode.SMBUMoECAP, 0.784)
+	near(t, "decode s_mfu_moecap", d.Decode.SMFUMoECAP, 0.1024)
+	near(t, "prefill s_mbu_moecap", d.Prefill.SMBUMoECAP, 0.7296)
+	near(t, "prefill s_mfu_moecap", d.Prefill.SMFUMoECAP, 0.18432)
+	if d.Prefill.MoECAPPath != "per_request" {
+		t.Errorf("moecap path %q, want per_request", d.Prefill.MoECAPPath)
 	}
-	// Floor: batch 2, context 4 + 2/2 = 5 per sequence, 3 experts:
-	//   bytes = 672·2 + 2·5·16 = 1504 → 1504 / 1e4 = 0.1504 s.
-	//   FLOPs = 2·2·(ActiveParams(2) = 96 + 384 = 480, + AttentionScore(5) = 80) = 2240
-	//   → 0.0224 s: memory bound.
-	near(t, "TPOT floor ms", d.TPOTFloorMs, 150.4)
+	// Floors of what ran: decode at batch 2, context 7, 3 experts: 1712 B / 1e4 = 171.2 ms;
+	// TTFT: the wave of both prompts, 2064 B / 1e4 = 206.4 ms.
+	near(t, "tpot floor", d.TPOTFloorMs, 171.2)
+	near(t, "ttft floor", d.TTFTFloorMs, 206.4)
+	near(t, "tpot over floor", d.TPOTOverFloor, 210/171.2)
+	near(t, "decode pass over floor", d.DecodePassOverFloor, 200/171.2)
+	if d.Inputs.FloorSource != "records" || d.Inputs.TPOTMeasured != "client" {
+		t.Errorf("floor source %q, tpot measured %q", d.Inputs.FloorSource, d.Inputs.TPOTMeasured)
+	}
+	// Cost: 1 GPU × $3.6/h × 1 s = $0.001 for 4 tokens; no energy measured, electricity
+	// priced → no total, rental $250 per million.
+	if d.Cost == nil || d.Cost.TotalUSD != nil {
+		t.Fatalf("cost %+v, want rental only", d.Cost)
+	}
+	near(t, "rental per Mtok", d.Cost.RentalPerMillionOutputTokensUSD, 250)
+}
 
-	missing, err := ReadRecords(filepath.Join(dir, "nope"))
-	if err != nil || len(missing.Passes) != 0 {
-		t.Errorf("missing dir: %v, %d passes; want empty and no error", err, len(missing.Passes))
+// TestVLLMDecodeContext: vLLM's decode seq_lens_sum counts scheduled tokens, not context;
+// the context comes from the requests' prompt lengths and decode steps, as for SGLang.
+func TestVLLMDecodeContext(t *testing.T) {
+	vllm := strings.Replace(toyRecords, `"seq_lens_sum":14,"forward_mode":"decode","expert_activation":3`, `"seq_lens_sum":2,"forward_mode":"decode","expert_activation":3`, 1)
+	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true}, writeRecords(t, vllm))
+	if err != nil {
+		t.Fatal(err)
+	}
+	near(t, "decode s_mbu", d.Decode.SMBU, 0.856) // the same 14 positions as from SGLang's seq_lens_sum
+	near(t, "decode context", d.Inputs.DecodeContext, 7)
+}
+
+// TestRecordCopiesCountOnce: the same passes in a second file (vLLM's own log beside the
+// client's dump, re-encoded) are read once.
+func TestRecordCopiesCountOnce(t *testing.T) {
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "batch_records.jsonl"), []byte(toyRecords), 0o644)
+	var reenc strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(toyRecords), "\n") {
+		var v map[string]any
+		if err := json.Unmarshal([]byte(l), &v); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := json.Marshal(v) // keys sorted: another writer's byte order
+		reenc.Write(append(b, '\n'))
+	}
+	os.WriteFile(filepath.Join(dir, "vllm_batch_records.jsonl"), []byte(reenc.String()), 0o644)
+	recs, err := ReadRecords(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs.Passes) != 3 || len(recs.Copies) != 1 || recs.Copies[0] != "vllm_batch_records.jsonl" {
+		t.Errorf("passes %d, copies %v; want 3 passes and the second file a copy", len(recs.Passes), recs.Copies)
 	}
 }
 
-func TestDeriveFromClientMetrics(t *testing.T) {
-	tpot, ttft := 500.0, 200.0
-	d, err := Derive(Cell{Model: toy, Hardware: config.Hardware{Family: "TOY", HBMBandwidth: 1e4, BF16FLOPs: 1e5,
-		MemoryBytes: 1e6, GPUHourUSD: 3.6}, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 9,
-		MeanTPOTMs: &tpot, MeanTTFTMs: &ttft, TotalOutputTokens: 1000, DurationS: 100}, nil)
+// TestChunkedPrefillPrefix: a 23-token prompt prefilled in chunks of 12 and 11 attends
+// 12·13/2 = 78 then 11·12 + 11·12/2 = 198 keys, whether total_len is the running total
+// (SGLang) or the prompt length (vLLM).
+func TestChunkedPrefillPrefix(t *testing.T) {
+	for name, totals := range map[string][2]int{"sglang": {12, 23}, "vllm": {23, 23}} {
+		recs := writeRecords(t, fmt.Sprintf(`{"batch_size":1,"latency":0.1,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":12,"total_len":%d,"prompt_len":23,"is_last_chunk":false}]}
+{"batch_size":1,"latency":0.1,"seq_lens_sum":11,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":11,"total_len":%d,"prompt_len":23,"is_last_chunk":true}]}
+`, totals[0], totals[1]))
+		pre, _, _ := physicalPasses(toy, 1, recs.Passes, 0)
+		if len(pre) != 2 {
+			t.Fatalf("%s: %d passes", name, len(pre))
+		}
+		// attention FLOPs = 32 per (query, key) pair
+		if a, b := pre[0].work.AttnFLOPs, pre[1].work.AttnFLOPs; a != 32*78 || b != 32*198 {
+			t.Errorf("%s: attention FLOPs %v, %v; want %v, %v", name, a, b, 32*78, 32*198)
+		}
+	}
+}
+
+// TestMoECAPPerPassPath: without per_req_info upstream takes each prefill pass whole, and
+// its attention term counts the pass's seq_lens_sum for every token.
+func TestMoECAPPerPassPath(t *testing.T) {
+	recs := writeRecords(t, `{"batch_size":2,"latency":0.25,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1}`+"\n")
+	u := MoECAP(toy, toyHW, 1, recs.Passes)
+	// S-MBU = (864 + 12·8)·2/0.25/1e4 = 0.768; S-MFU = (288 + 12·16)·2·48/1e5 = 0.4608
+	near(t, "s_mbu", &u.PrefillSMBU, 0.768)
+	near(t, "s_mfu", &u.PrefillSMFU, 0.4608)
+	if u.PrefillPath != "per_pass" {
+		t.Errorf("path %q", u.PrefillPath)
+	}
+}
+
+// TestMoECAPFamilies: upstream picks its formula by the model's name; DeepSeek counts two
+// shared experts whatever the config says, Qwen one shared expert in every layer.
+func TestMoECAPFamilies(t *testing.T) {
+	ds := toy
+	ds.HFID, ds.Family = "deepseek-ai/DeepSeek-toy", "deepseek_v3"
+	ds.KVLoraRank, ds.QKNopeHeadDim, ds.QKRopeHeadDim, ds.VHeadDim = 3, 2, 1, 2
+	ds.SharedExperts, ds.SharedFFN = 1, 8
+	mm := newMoECAPModel(ds, toyHW)
+	if mm.fam != famDeepSeek || mm.shared != 2*96 || mm.kvElems != 2*(3+1) {
+		t.Errorf("deepseek: %+v; want two shared experts (192) and latent KV 8 elements", mm)
+	}
+	qw := toy
+	qw.HFID, qw.SharedFFN = "Qwen/Qwen-toy", 8
+	if mm := newMoECAPModel(qw, toyHW); mm.fam != famQwen || mm.weights(1) != 2*(96+96+48) {
+		t.Errorf("qwen: weights(1) = %v, want L·(X + Sh + A) = 480", mm.weights(1))
+	}
+	q3 := toy
+	q3.HFID = "Qwen/Qwen3-toy"
+	if mm := newMoECAPModel(q3, toyHW); mm.fam != famQwen3 {
+		t.Errorf("qwen3 family not picked")
+	}
+}
+
+// TestImpossibleIsFlagged: a physical utilisation above 1.01 is never a result: it moves to
+// errors with its likely cause.
+func TestImpossibleIsFlagged(t *testing.T) {
+	recs := writeRecords(t, `{"batch_size":2,"latency":0.15,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true},{"req_id":"b","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true}]}`+"\n")
+	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true}, recs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Source != "client_metrics" || d.Decode == nil || d.Prefill == nil {
-		t.Fatalf("derived %+v: want both from client metrics", d)
+	// 2064 B in 0.15 s on 1e4 B/s: S-MBU 1.376 (S-MFU 13792/1e5/0.15 = 0.919 is possible).
+	if d.Prefill.SMBU != nil || len(d.Errors) != 1 || d.Errors[0].Field != "prefill.s_mbu" || math.Abs(d.Errors[0].Value-1.376) > 1e-9 || !strings.Contains(d.Errors[0].Cause, "faster than the hardware allows") {
+		t.Fatalf("prefill %+v errors %+v; want s_mbu 1.376 moved to errors with a cause", d.Prefill, d.Errors)
 	}
-	// Decode: batch 2, uniform routing at B=2 → 4·(1−(1/2)²) = 3 experts; context
-	// 6 + 8/2 = 10 per sequence, 20 over the batch; 0.5 s:
-	//   bytes = 672·2 + 20·16 = 1664 → S-MBU = 1664/0.5/1e4 = 0.3328
-	near(t, "decode S-MBU", d.Decode.SMBU, 0.3328)
-	// Prefill: 6 tokens, touched 4·(1−(1/2)^6) = 3.9375; 0.2 s:
-	//   bytes = (96 + 2·3.9375·96)·2 + 6·16 = (96 + 756)·2 + 96 = 1800 → 1800/0.2/1e4 = 0.9
-	near(t, "prefill S-MBU", d.Prefill.SMBU, 0.9)
-	// Floor 1664/1e4 = 166.4 ms; measured 500 ms → 3.0048×.
-	near(t, "TPOT floor", d.TPOTFloorMs, 166.4)
-	near(t, "TPOT/floor", *d.TPOTOverFloor, 500/166.4)
-	// Rental: 1 GPU · $3.6/h · 100 s = $0.1 for 1000 tokens → $100 per million.
-	near(t, "rental $/Mtok", *d.RentalCostPerMOutputTokensUSD, 100)
+	if d.Prefill.SMFU == nil || d.Prefill.SMBUMoECAP == nil {
+		t.Errorf("the possible values stay: %+v", d.Prefill)
+	}
+}
+
+// TestScaledAndOverriddenSim: a scaled sim's client latencies are not compared with the
+// floors and it gets no cost; fixed pass times keep physical utilisation out.
+func TestScaledAndOverriddenSim(t *testing.T) {
+	scale, ov := SimSettings([]string{"moecapd", "sim-server", "--sim-time-scale", "0.05", "--sim-tpot=2ms"})
+	if scale != 0.05 || len(ov) != 1 || ov[0] != "--sim-tpot" {
+		t.Fatalf("SimSettings = %v %v", scale, ov)
+	}
+	recs := writeRecords(t, toyRecords)
+	tpot := 10.0
+	d, _ := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true,
+		MeanTPOTMs: &tpot, SimTimeScale: 0.05, WindowS: 1}, recs)
+	// The client's 10 ms is wall time of a scaled run: the ratio comes from the records'
+	// passes (model time) instead, 200 ms / 171.2 ms.
+	if d.Inputs.TPOTMeasured != "server_pass" || d.Cost != nil || d.Decode.SMBU == nil {
+		t.Errorf("scaled: tpot measured %q, cost %v, s_mbu %v; want the server's passes, no cost, the utilisation",
+			d.Inputs.TPOTMeasured, d.Cost, d.Decode.SMBU)
+	}
+	near(t, "scaled tpot over floor", d.TPOTOverFloor, 200/171.2)
+	near(t, "scaled ttft over floor", d.TTFTOverFloor, 250/206.4)
+	d, _ = Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true,
+		MeanTPOTMs: &tpot, SimOverrides: []string{"--sim-tpot"}}, recs)
+	if d.Decode.SMBU != nil || d.Decode.SMBUMoECAP == nil || d.TPOTOverFloor != nil {
+		t.Errorf("overridden: %+v; want no physical utilisation or ratio, MoE-CAP values kept", d.Decode)
+	}
+}
+
+// TestPredictionNotFloors: a cell that did not run has a prediction and a memory verdict,
+// no floors; an undescribable model has its CAP numbers absent with the reason.
+func TestPredictionNotFloors(t *testing.T) {
+	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil || d.Prediction == nil || d.Prediction.TPOTMs <= 0 || !d.Feasible {
+		t.Errorf("not run: %+v; want a prediction and no floors", d)
+	}
+	d, _ = Derive(Cell{ModelErr: "model \"x/y\" cannot be described: no config.json"}, nil)
+	if d.Absent == "" || d.Prefill != nil || d.Prediction != nil {
+		t.Errorf("undescribed: %+v; want absent with the reason", d)
+	}
+}
+
+func TestComputeCost(t *testing.T) {
+	e := 3.6e6
+	c := ComputeCost(CostInputs{GPUs: 2, WindowS: 1800, EnergyJ: &e, EnergySource: "counter", OutputTokens: 1_000_000,
+		Prices: Prices{GPUHourUSD: 2, ElectricityUSDPerKWh: 0.5}})
+	// rental 2 × $2 × 0.5 h = $2; electricity 1 kWh × $0.5 = $0.5; total $2.5 per million.
+	near(t, "total", c.TotalUSD, 2.5)
+	near(t, "per million", c.PerMillionOutputTokensUSD, 2.5)
+	near(t, "rental per million", c.RentalPerMillionOutputTokensUSD, 2)
+	if c := ComputeCost(CostInputs{GPUs: 1, WindowS: 3600, OutputTokens: 10, Prices: Prices{GPUHourUSD: 1, ElectricityUSDPerKWh: 0.1}}); c.TotalUSD != nil {
+		t.Errorf("electricity priced, not measured: total %v, want absent", *c.TotalUSD)
+	}
+	if c := ComputeCost(CostInputs{GPUs: 1, OutputTokens: 10}); c != nil {
+		t.Errorf("no window: %+v, want nil", c)
+	}
 }

@@ -2,119 +2,220 @@ package capmath
 
 import (
 	"fmt"
+	"math"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/passcost"
 )
 
 // DerivedVersion is the schema version of Derived (manifest extra "cap").
-const DerivedVersion = 1
+const DerivedVersion = 2
+
+// PhysicalLimit is the highest physical utilisation shown as a result: above it the
+// number is impossible (a bug or bad records) and is reported in Derived.Errors instead.
+const PhysicalLimit = 1.01
 
 // Cell is what Derive needs to know about a cell and its measurements. Pointers are
 // measurements that may be absent.
 type Cell struct {
-	Model        config.Model
-	Hardware     config.Hardware
-	GPUs         int
+	// Model is the cell's model; ModelErr, when set, says why it could not be described
+	// (Model is then unused and the CAP numbers are absent with that reason).
+	Model    config.Model
+	ModelErr string
+	Hardware config.Hardware
+	GPUs     int
+
 	BatchSize    int
 	InputTokens  int
 	OutputTokens int
+	NumSamples   int
 
-	// Client metrics (milliseconds), nil when the bench produced none.
-	MeanTPOTMs  *float64
-	MeanTTFTMs  *float64
-	LatencyKind string // "client" or "server_pass"
+	// Ran is true for a cell that finished (status ok with metrics): only those get floors.
+	Ran bool
+
+	// Client latencies (milliseconds), nil when the client measured none.
+	MeanTPOTMs *float64
+	MeanTTFTMs *float64
+	// Server forward-pass latencies (metrics.server_pass: MoE-CAP's ttft/tpot).
+	ServerTPOTMs *float64
+	ServerTTFTMs *float64
+	LatencyKind  string // "client" or "server_pass"
 	// Expert activation and decode batch the client read from the server, if any.
-	AvgActivationDecode  *float64
-	AvgActivationPrefill *float64
-	AvgDecodeBatchSize   *float64
-	// For the rental cost: total output tokens and the bench duration.
+	AvgActivationDecode *float64
+	AvgDecodeBatchSize  *float64
+
+	// Cost inputs.
 	TotalOutputTokens int
-	DurationS         float64
+	WindowS           float64
+	Window            string
+	EnergyJ           *float64
+	EnergySource      string
+	Prices            *Prices // nil: the hardware table's
+
+	// SimTimeScale is the sim's --sim-time-scale (0 or 1: real time); SimOverrides names
+	// the sim's fixed pass times (--sim-tpot, --sim-ttft) when set.
+	SimTimeScale float64
+	SimOverrides []string
 }
 
-// Inputs are the numbers the derived values were computed from, stored beside them so a
-// reader can redo the arithmetic.
+// Util is a pair of utilisations of one phase (fractions: 0.42 = 42%). S-MBU and S-MFU are
+// physical (pkg/passcost: causal per-prompt attention, k experts per token, the LM head,
+// MLA latent KV whole on every GPU, fp8 peak only for fp8 linear layers); nil when not
+// computed or when impossible (then Derived.Errors holds the value and its likely cause).
+// The *_moecap values are upstream MoE-CAP's, computed as upstream computes them; they may
+// exceed 1 by its conventions.
+type Util struct {
+	SMBU  *float64 `json:"s_mbu,omitempty"`
+	SMFU  *float64 `json:"s_mfu,omitempty"`
+	Bound string   `json:"bound,omitempty"` // the binding resource of the phase: memory or compute
+
+	SMBUMoECAP *float64 `json:"s_mbu_moecap,omitempty"`
+	SMFUMoECAP *float64 `json:"s_mfu_moecap,omitempty"`
+	// MoECAPPath is upstream's prefill path: "per_request" (records with per_req_info) or
+	// "per_pass".
+	MoECAPPath string `json:"moecap_path,omitempty"`
+}
+
+// Flag is a number that cannot be a result: its field, value, the limit it broke and the
+// likely cause.
+type Flag struct {
+	Field string  `json:"field"`
+	Value float64 `json:"value"`
+	Limit float64 `json:"limit"`
+	Cause string  `json:"cause"`
+}
+
+// Inputs are the numbers the derived values were computed from, so a reader can redo the
+// arithmetic (docs/DESIGN.md).
 type Inputs struct {
-	Model           string  `json:"model"`
-	Hardware        string  `json:"hardware_family"`
-	GPUs            int     `json:"gpus"`
-	Precision       string  `json:"precision"`
-	BytesPerParam   float64 `json:"bytes_per_param"`
-	PeakBandwidth   float64 `json:"peak_bandwidth_bytes_per_s"`
-	PeakFLOPs       float64 `json:"peak_flops_per_s"`
-	Layers          int     `json:"layers"`
-	MoELayers       int     `json:"moe_layers"`
-	DenseLayers     int     `json:"dense_layers"`
-	Experts         int     `json:"experts"`
-	TopK            int     `json:"top_k"`
-	AttnParams      float64 `json:"attn_params_per_layer"`
-	ExpertParams    float64 `json:"expert_params"`
-	SharedParams    float64 `json:"shared_params_per_layer"`
-	DenseFFNParams  float64 `json:"dense_ffn_params_per_layer"`
-	KVBytesPerToken float64 `json:"kv_bytes_per_token"`
-	BatchSize       int     `json:"batch_size"`
-	InputTokens     int     `json:"input_tokens"`
-	OutputTokens    int     `json:"output_tokens"`
+	Model           string         `json:"model"`
+	ModelID         string         `json:"model_id"`
+	ModelFamily     string         `json:"model_family"`
+	ModelSource     string         `json:"model_source"`
+	Precision       string         `json:"precision"`
+	WeightBytes     float64        `json:"bytes_per_weight"`
+	Hardware        string         `json:"hardware_family"`
+	GPUs            int            `json:"gpus"`
+	Peaks           passcost.Peaks `json:"peaks"`
+	TotalParams     float64        `json:"total_params"`
+	ActivatedParams float64        `json:"activated_params"`
+	KVBytesPerToken float64        `json:"kv_bytes_per_token_per_gpu"`
+	BatchSize       int            `json:"batch_size"`
+	InputTokens     int            `json:"input_tokens"`
+	OutputTokens    int            `json:"output_tokens"`
 
 	PrefillPasses int `json:"prefill_passes"`
 	DecodePasses  int `json:"decode_passes"`
-	// Means over the passes used (or the client-metric stand-ins; see Source).
-	PrefillTokens     *float64 `json:"prefill_tokens_mean,omitempty"`
-	PrefillLatencyS   *float64 `json:"prefill_latency_s_mean,omitempty"`
-	PrefillActivation *float64 `json:"prefill_activation_mean,omitempty"`
-	DecodeBatch       *float64 `json:"decode_batch_mean,omitempty"`
-	DecodeSeqLensSum  *float64 `json:"decode_seq_lens_sum_mean,omitempty"`
-	DecodeLatencyS    *float64 `json:"decode_latency_s_mean,omitempty"`
-	DecodeActivation  *float64 `json:"decode_activation_mean,omitempty"`
-
-	// FloorActivation is the routed experts per MoE layer the TPOT floor assumed, and
-	// FloorActivationSource says where it came from ("measured" or "uniform routing").
-	FloorActivation       float64 `json:"floor_activation"`
-	FloorActivationSource string  `json:"floor_activation_source"`
-	// FloorContext is the mean context per sequence during decode: input + (output−1)/2.
-	FloorContext float64 `json:"floor_context_tokens"`
+	// What ran: the records' mean decode batch, mean context per sequence and mean
+	// activation the TPOT floor uses.
+	DecodeBatch      *float64 `json:"decode_batch_mean,omitempty"`
+	DecodeBatchMax   *float64 `json:"decode_batch_max,omitempty"`
+	DecodeContext    *float64 `json:"decode_context_mean,omitempty"`
+	DecodeActivation *float64 `json:"decode_activation_mean,omitempty"`
+	DecodeLatencyS   *float64 `json:"decode_latency_s_mean,omitempty"`
+	// FloorSource says where the floors' batch and context came from: "records" or
+	// "nominal" (the cell's batch, capped by memory, and lengths).
+	FloorSource string `json:"floor_source,omitempty"`
+	// TPOTMeasured says which TPOT tpot_over_floor divides: "client" or "server_pass" (the
+	// MoE-CAP runner's, else the records' mean decode pass).
+	TPOTMeasured string  `json:"tpot_measured,omitempty"`
+	SimTimeScale float64 `json:"sim_time_scale,omitempty"`
 }
 
-// Derived is a cell's CAP numbers: S-MBU/S-MFU for prefill and decode, the physical floors
-// and how far the measurement is above them, the memory verdict and the rental cost.
-// Utilisations are fractions (0.42 = 42%); nil means "could not be computed" (see Notes).
+// Prediction is what the pass-cost model expects of a cell before (or without) running it:
+// its nominal batch (capped by memory) at its nominal lengths.
+type Prediction struct {
+	Batch  int     `json:"batch"`
+	TPOTMs float64 `json:"tpot_ms"`
+	TTFTMs float64 `json:"ttft_ms"`
+	// Fit is the memory verdict.
+	Fit passcost.Fit `json:"fit"`
+}
+
+// Derived is a cell's CAP numbers (manifest extra.cap). Utilisations are fractions; nil
+// means "not computed" (Notes say why). Floors exist only for cells that ran.
 type Derived struct {
 	Version int `json:"version"`
-	// Source of the S-MBU/S-MFU inputs: "records" (server pass records), "client_metrics"
-	// (mean TTFT/TPOT of the client; prefill then includes queueing, so it is a lower
-	// bound) or "none".
+	// Absent says why there are no CAP numbers at all (the model cannot be described).
+	Absent string `json:"absent,omitempty"`
+	// Source of the utilisations: "records" (server pass records), "client_metrics" or
+	// "none".
 	Source  string `json:"source"`
 	Inputs  Inputs `json:"inputs"`
 	Prefill *Util  `json:"prefill,omitempty"`
 	Decode  *Util  `json:"decode,omitempty"`
+	// Errors lists impossible values (a physical utilisation above PhysicalLimit), never
+	// shown as results.
+	Errors []Flag `json:"errors,omitempty"`
 
-	TPOTFloor   Floor   `json:"tpot_floor"`
-	TTFTFloor   Floor   `json:"ttft_floor"`
-	TPOTFloorMs float64 `json:"tpot_floor_ms"`
-	TTFTFloorMs float64 `json:"ttft_floor_ms"`
-	// Measured mean ÷ floor: 1 is the hardware's limit, 3 means three times slower.
+	// Floors: the time the hardware needs for what really ran (cells that ran only).
+	TPOTFloor   *passcost.Time `json:"tpot_floor,omitempty"`
+	TTFTFloor   *passcost.Time `json:"ttft_floor,omitempty"`
+	TPOTFloorMs *float64       `json:"tpot_floor_ms,omitempty"`
+	TTFTFloorMs *float64       `json:"ttft_floor_ms,omitempty"`
+	// Measured mean ÷ floor: 1 is the hardware's limit.
 	TPOTOverFloor *float64 `json:"tpot_over_floor,omitempty"`
 	TTFTOverFloor *float64 `json:"ttft_over_floor,omitempty"`
+	// DecodePassOverFloor is the records' mean decode pass ÷ the TPOT floor.
+	DecodePassOverFloor *float64 `json:"decode_pass_over_floor,omitempty"`
 
+	Prediction *Prediction `json:"prediction,omitempty"`
+	// Memory verdict (the prediction's, repeated for readers of v1): Feasible is false only
+	// for "does-not-fit"; an under-batched cell is feasible with MaxConcurrent < batch.
 	Feasible       bool    `json:"feasible"`
-	MemNeedBytes   float64 `json:"memory_need_bytes"`
-	MemHaveBytes   float64 `json:"memory_usable_bytes"`
-	FeasibleReason string  `json:"feasible_reason"`
+	FitVerdict     string  `json:"fit_verdict,omitempty"`
+	MaxConcurrent  int     `json:"max_concurrent_requests,omitempty"`
+	MemNeedBytes   float64 `json:"memory_need_bytes_per_gpu,omitempty"`
+	MemHaveBytes   float64 `json:"memory_usable_bytes_per_gpu,omitempty"`
+	FeasibleReason string  `json:"feasible_reason,omitempty"`
 
-	// RentalCostPerMOutputTokensUSD is GPUs × gpu_hour_usd × bench hours per million output
-	// tokens: a cost that needs no power telemetry.
-	RentalCostPerMOutputTokensUSD *float64 `json:"rental_cost_per_million_output_tokens_usd,omitempty"`
+	Cost *Cost `json:"cost,omitempty"`
 
 	Notes []string `json:"notes,omitempty"`
 }
 
 func ptr(f float64) *float64 { return &f }
 
-// Derive computes a cell's CAP numbers from its pass records when recs holds any usable
-// ones, else from the client metrics. recs may be nil.
+// Predict is the pass-cost model's expectation of a cell at its nominal batch (capped by
+// what memory admits) and lengths: one decode step at context in + out/2, the prefill of a
+// wave of that many prompts arriving together.
+func Predict(m config.Model, hw config.Hardware, gpus, batch, in, out, samples int) Prediction {
+	fit := passcost.Feasibility(m, hw, gpus, batch, in, out)
+	p := Prediction{Fit: fit, Batch: batch}
+	if fit.Verdict == passcost.UnderBatched {
+		p.Batch = fit.Concurrent
+	}
+	if samples > 0 {
+		p.Batch = min(p.Batch, samples)
+	}
+	if fit.Verdict == passcost.DoesNotFit || p.Batch <= 0 {
+		return p
+	}
+	peaks := passcost.PeaksOf(m, hw)
+	b := float64(p.Batch)
+	ctx := float64(in) + float64(out)/2
+	dec := passcost.Decode(m, gpus, b, b*ctx, passcost.TouchedExperts(m.Experts, m.TopK, b))
+	p.TPOTMs = passcost.TimeOf(dec, peaks).Seconds * 1000
+	lens := make([]int, p.Batch)
+	for i := range lens {
+		lens[i] = in
+	}
+	pre := passcost.Prefill(m, gpus, passcost.Prompts(lens...), passcost.TouchedExperts(m.Experts, m.TopK, b*float64(in)))
+	p.TTFTMs = passcost.TimeOf(pre, peaks).Seconds * 1000
+	return p
+}
+
+// Derive computes a cell's CAP numbers from its pass records when recs holds usable ones,
+// else from the client metrics. recs may be nil.
 func Derive(c Cell, recs *Records) (Derived, error) {
+	d := Derived{Version: DerivedVersion, Source: "none"}
+	if c.ModelErr != "" {
+		d.Absent = c.ModelErr
+		return d, nil
+	}
 	m, hw := c.Model, c.Hardware
 	if c.GPUs <= 0 {
 		return Derived{}, fmt.Errorf("cell has %d GPUs: want at least 1", c.GPUs)
@@ -122,155 +223,283 @@ func Derive(c Cell, recs *Records) (Derived, error) {
 	if hw.HBMBandwidth <= 0 || hw.BF16FLOPs <= 0 {
 		return Derived{}, fmt.Errorf("hardware %q has no peak bandwidth or FLOPs in the table", hw.Family)
 	}
-	d := Derived{Version: DerivedVersion, Source: "none"}
+	peaks := passcost.PeaksOf(m, hw)
 	in := Inputs{
-		Model: m.Key, Hardware: hw.Family, GPUs: c.GPUs, Precision: m.Precision,
-		BytesPerParam: m.BytesPerParam(), PeakBandwidth: hw.HBMBandwidth, PeakFLOPs: hw.PeakFLOPs(m),
-		Layers: m.Layers, MoELayers: m.MoELayers(), DenseLayers: m.DenseLayers,
-		Experts: m.Experts, TopK: m.TopK, AttnParams: AttnParams(m), ExpertParams: m.ExpertParams(),
-		SharedParams: SharedParams(m), DenseFFNParams: DenseFFNParams(m),
-		KVBytesPerToken: m.KVBytesPerToken(), BatchSize: c.BatchSize,
-		InputTokens: c.InputTokens, OutputTokens: c.OutputTokens,
+		Model: m.Key, ModelID: m.HFID, ModelFamily: m.Family, ModelSource: m.Source, Precision: m.Precision,
+		WeightBytes: m.WeightBytes, Hardware: hw.Family, GPUs: c.GPUs, Peaks: peaks,
+		TotalParams: passcost.TotalParams(m), ActivatedParams: passcost.ActivatedParams(m),
+		KVBytesPerToken: passcost.KVBytesPerTokenPerGPU(m, c.GPUs),
+		BatchSize:       c.BatchSize, InputTokens: c.InputTokens, OutputTokens: c.OutputTokens,
+	}
+	scaled := c.SimTimeScale > 0 && c.SimTimeScale != 1
+	if scaled {
+		in.SimTimeScale = c.SimTimeScale
 	}
 
-	var pre, dec []Pass
+	pr := Predict(m, hw, c.GPUs, c.BatchSize, c.InputTokens, c.OutputTokens, c.NumSamples)
+	d.Prediction = &pr
+	d.Feasible = pr.Fit.Verdict != passcost.DoesNotFit
+	d.FitVerdict, d.MaxConcurrent = pr.Fit.Verdict, pr.Fit.Concurrent
+	d.MemNeedBytes, d.MemHaveBytes, d.FeasibleReason = pr.Fit.NeedPerGPU, pr.Fit.Memory.UsablePerGPU, pr.Fit.Reason
+
+	nominalCtx := float64(c.InputTokens) + float64(c.OutputTokens)/2
+	var pre, dec []recordedPass
+	var passes []Pass
 	if recs != nil {
-		for _, p := range recs.Passes {
-			if p.Mode == "prefill" {
-				pre = append(pre, p)
-			} else {
-				dec = append(dec, p)
-			}
-		}
+		passes = recs.Passes
 		if len(recs.Skipped) > 0 {
-			var ks []string
-			for k, n := range recs.Skipped {
-				ks = append(ks, fmt.Sprintf("%d (%s)", n, k))
-			}
-			sort.Strings(ks)
-			d.Notes = append(d.Notes, "pass records skipped: "+strings.Join(ks, ", "))
+			d.Notes = append(d.Notes, "pass records skipped: "+countList(recs.Skipped))
+		}
+		if len(recs.Copies) > 0 {
+			d.Notes = append(d.Notes, "record files holding only passes already read elsewhere, counted once: "+strings.Join(recs.Copies, ", "))
 		}
 	}
+	if len(passes) > 0 {
+		var notes []string
+		pre, dec, notes = physicalPasses(m, c.GPUs, passes, nominalCtx)
+		d.Notes = append(d.Notes, notes...)
+	}
 	in.PrefillPasses, in.DecodePasses = len(pre), len(dec)
+	overridden := len(c.SimOverrides) > 0
 
 	if len(pre)+len(dec) > 0 {
 		d.Source = "records"
-		var err error
-		if d.Prefill, err = meanUtil(m, hw, c.GPUs, pre); err != nil {
-			return Derived{}, err
-		}
-		if d.Decode, err = meanUtil(m, hw, c.GPUs, dec); err != nil {
-			return Derived{}, err
-		}
+		up := MoECAP(m, hw, c.GPUs, passes)
 		if len(pre) > 0 {
-			in.PrefillTokens = ptr(mean(pre, func(p Pass) float64 { return p.SeqLensSum }))
-			in.PrefillLatencyS = ptr(mean(pre, func(p Pass) float64 { return p.LatencyS }))
-			in.PrefillActivation = ptr(mean(pre, func(p Pass) float64 { return p.Activation }))
+			u := &Util{}
+			if !overridden {
+				b, f, bound := physUtil(m, hw, pre)
+				u.SMBU, u.SMFU, u.Bound = ptr(b), ptr(f), bound
+			}
+			if up.HasPrefill {
+				u.SMBUMoECAP, u.SMFUMoECAP, u.MoECAPPath = ptr(up.PrefillSMBU), ptr(up.PrefillSMFU), up.PrefillPath
+			}
+			d.Prefill = u
 		}
 		if len(dec) > 0 {
-			in.DecodeBatch = ptr(mean(dec, func(p Pass) float64 { return p.BatchSize }))
-			in.DecodeSeqLensSum = ptr(mean(dec, func(p Pass) float64 { return p.SeqLensSum }))
-			in.DecodeLatencyS = ptr(mean(dec, func(p Pass) float64 { return p.LatencyS }))
-			in.DecodeActivation = ptr(mean(dec, func(p Pass) float64 { return p.Activation }))
+			u := &Util{}
+			if !overridden {
+				b, f, bound := physUtil(m, hw, dec)
+				u.SMBU, u.SMFU, u.Bound = ptr(b), ptr(f), bound
+			}
+			if up.HasDecode {
+				u.SMBUMoECAP, u.SMFUMoECAP = ptr(up.DecodeSMBU), ptr(up.DecodeSMFU)
+			}
+			d.Decode = u
+			var lat float64
+			for _, p := range dec {
+				lat += p.p.LatencyS
+			}
+			in.DecodeLatencyS = ptr(lat / float64(len(dec)))
 		}
-	} else if c.MeanTPOTMs != nil || c.MeanTTFTMs != nil {
+		if overridden {
+			d.Notes = append(d.Notes, "the sim's pass times were fixed by "+strings.Join(c.SimOverrides, ", ")+", not the model's: physical S-MBU/S-MFU and ratios to the floors are not computed")
+		}
+	} else if c.Ran && !overridden && !scaled && (c.MeanTPOTMs != nil || c.MeanTTFTMs != nil || c.ServerTPOTMs != nil) {
 		d.Source = "client_metrics"
-		d.Notes = append(d.Notes, "no pass records: S-MBU/S-MFU from the client's mean TPOT and TTFT, with the cell's nominal batch and lengths; client TTFT includes queueing, so prefill utilisation is a lower bound")
-		ctx := float64(c.InputTokens) + float64(max(c.OutputTokens-1, 0))/2
-		if c.MeanTPOTMs != nil && *c.MeanTPOTMs > 0 {
-			b := float64(c.BatchSize)
+		d.Notes = append(d.Notes, "no pass records: physical S-MBU/S-MFU from mean latencies at the nominal batch and lengths (client TTFT includes queueing, so prefill utilisation is a lower bound); no MoE-CAP values")
+		tpot := c.MeanTPOTMs
+		if tpot == nil {
+			tpot = c.ServerTPOTMs
+		}
+		if tpot != nil && *tpot > 0 {
+			b := float64(pr.Batch)
 			if c.AvgDecodeBatchSize != nil && *c.AvgDecodeBatchSize > 0 {
 				b = *c.AvgDecodeBatchSize
 			}
-			act := ExpectedTouchedExperts(m.Experts, m.TopK, b)
-			if c.AvgActivationDecode != nil {
+			act := passcost.TouchedExperts(m.Experts, m.TopK, b)
+			if c.AvgActivationDecode != nil && *c.AvgActivationDecode > 0 {
 				act = *c.AvgActivationDecode
 			}
-			p := Pass{Mode: "decode", BatchSize: b, LatencyS: *c.MeanTPOTMs / 1000, SeqLensSum: b * ctx, Activation: act}
-			u, err := PassUtil(m, hw, c.GPUs, p)
-			if err != nil {
-				return Derived{}, err
-			}
-			d.Decode = &u
-			in.DecodeBatch, in.DecodeSeqLensSum, in.DecodeLatencyS, in.DecodeActivation = ptr(b), ptr(p.SeqLensSum), ptr(p.LatencyS), ptr(act)
+			w := passcost.Decode(m, c.GPUs, b, b*nominalCtx, act)
+			mbu, mfu := passcost.Util(w, peaks, *tpot/1000)
+			d.Decode = &Util{SMBU: ptr(mbu), SMFU: ptr(mfu), Bound: passcost.TimeOf(w, peaks).Bound}
 		}
-		if c.MeanTTFTMs != nil && *c.MeanTTFTMs > 0 {
-			tok := float64(c.InputTokens)
-			act := ExpectedTouchedExperts(m.Experts, m.TopK, tok)
-			if c.AvgActivationPrefill != nil {
-				act = *c.AvgActivationPrefill
-			}
-			p := Pass{Mode: "prefill", BatchSize: 1, LatencyS: *c.MeanTTFTMs / 1000, SeqLensSum: tok, Activation: act}
-			u, err := PassUtil(m, hw, c.GPUs, p)
-			if err != nil {
-				return Derived{}, err
-			}
-			d.Prefill = &u
-			in.PrefillTokens, in.PrefillLatencyS, in.PrefillActivation = ptr(tok), ptr(p.LatencyS), ptr(act)
+		ttft := c.MeanTTFTMs
+		if ttft == nil {
+			ttft = c.ServerTTFTMs
+		}
+		if ttft != nil && *ttft > 0 && c.InputTokens > 0 {
+			w := passcost.Prefill(m, c.GPUs, passcost.Prompts(c.InputTokens), passcost.TouchedExperts(m.Experts, m.TopK, float64(c.InputTokens)))
+			mbu, mfu := passcost.Util(w, peaks, *ttft/1000)
+			d.Prefill = &Util{SMBU: ptr(mbu), SMFU: ptr(mfu), Bound: passcost.TimeOf(w, peaks).Bound}
+		}
+	} else if c.Ran {
+		d.Notes = append(d.Notes, "no pass records and no usable latencies: S-MBU/S-MFU not computed")
+	}
+
+	if c.Ran {
+		derivedFloors(&d, &in, c, m, hw, pre, dec, pr, nominalCtx)
+		if scaled {
+			d.Notes = append(d.Notes, fmt.Sprintf("the sim ran at --sim-time-scale %g: client latencies are wall time of a scaled run and are not compared with the floors; pass records carry the model's real pass latencies", c.SimTimeScale))
 		}
 	} else {
-		d.Notes = append(d.Notes, "no pass records and no client latencies: S-MBU/S-MFU not computed")
+		d.Notes = append(d.Notes, "the cell did not finish: the prediction stands, there are no floors")
 	}
 
-	// The floor: measured activation when the server told us, else uniform routing.
-	in.FloorContext = float64(c.InputTokens) + float64(max(c.OutputTokens-1, 0))/2
-	in.FloorActivation = ExpectedTouchedExperts(m.Experts, m.TopK, float64(c.BatchSize))
-	in.FloorActivationSource = "uniform routing"
-	if in.DecodeActivation != nil && (d.Source == "records" || c.AvgActivationDecode != nil) {
-		in.FloorActivation = *in.DecodeActivation
-		in.FloorActivationSource = "measured"
-	}
-	if c.BatchSize > 0 {
-		d.TPOTFloor = DecodeFloor(m, hw, c.GPUs, float64(c.BatchSize), in.FloorContext, in.FloorActivation)
-		d.TPOTFloorMs = d.TPOTFloor.Seconds * 1000
-	}
-	if c.InputTokens > 0 {
-		d.TTFTFloor = PrefillFloor(m, hw, c.GPUs, float64(c.InputTokens))
-		d.TTFTFloorMs = d.TTFTFloor.Seconds * 1000
-	}
-	if c.MeanTPOTMs != nil && *c.MeanTPOTMs > 0 && d.TPOTFloorMs > 0 {
-		d.TPOTOverFloor = ptr(*c.MeanTPOTMs / d.TPOTFloorMs)
-	}
-	if c.MeanTTFTMs != nil && *c.MeanTTFTMs > 0 && d.TTFTFloorMs > 0 {
-		d.TTFTOverFloor = ptr(*c.MeanTTFTMs / d.TTFTFloorMs)
-	}
-	if c.LatencyKind == "server_pass" {
-		d.Notes = append(d.Notes, "TTFT/TPOT are MoE-CAP server pass latencies, not client latencies")
-	}
+	d.flagImpossible(c)
 
-	d.Feasible, d.MemNeedBytes, d.MemHaveBytes, d.FeasibleReason = Feasible(m, hw, c.GPUs, c.BatchSize, c.InputTokens, c.OutputTokens)
-
-	if hw.GPUHourUSD > 0 && c.DurationS > 0 && c.TotalOutputTokens > 0 {
-		usd := float64(c.GPUs) * hw.GPUHourUSD * c.DurationS / 3600
-		d.RentalCostPerMOutputTokensUSD = ptr(usd / float64(c.TotalOutputTokens) * 1e6)
+	switch {
+	case !c.Ran:
+	case scaled:
+		d.Notes = append(d.Notes, "no cost: the sim's wall time was scaled")
+	default:
+		prices := Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
+		if c.Prices != nil {
+			prices = *c.Prices
+		}
+		d.Cost = ComputeCost(CostInputs{GPUs: c.GPUs, WindowS: c.WindowS, Window: c.Window, EnergyJ: c.EnergyJ,
+			EnergySource: c.EnergySource, OutputTokens: c.TotalOutputTokens, Prices: prices})
 	}
 	d.Inputs = in
 	return d, nil
 }
 
-// meanUtil averages per-pass utilisations, as MoE-CAP does (each pass counts once,
-// whatever its length). nil when there are no passes.
-func meanUtil(m config.Model, hw config.Hardware, gpus int, ps []Pass) (*Util, error) {
-	if len(ps) == 0 {
-		return nil, nil
-	}
-	var s Util
-	for _, p := range ps {
-		u, err := PassUtil(m, hw, gpus, p)
-		if err != nil {
-			return nil, err
+// derivedFloors sets the floors of a cell that ran, from what ran.
+func derivedFloors(d *Derived, in *Inputs, c Cell, m config.Model, hw config.Hardware, pre, dec []recordedPass, pr Prediction, nominalCtx float64) {
+	peaks := passcost.PeaksOf(m, hw)
+	if len(dec) > 0 {
+		t, b, ctx, act := decodeFloorFromRecords(m, hw, dec)
+		d.TPOTFloor = &t
+		in.DecodeBatch, in.DecodeContext, in.DecodeActivation = ptr(b), ptr(ctx), ptr(act)
+		in.FloorSource = "records"
+		peak := 0.0
+		for _, p := range dec {
+			peak = max(peak, p.batch)
 		}
-		s.SMBU += u.SMBU
-		s.SMFU += u.SMFU
+		in.DecodeBatchMax = ptr(peak)
+		if pr.Fit.Verdict == passcost.UnderBatched {
+			d.Notes = append(d.Notes, fmt.Sprintf("under-batched as predicted (memory holds %d of %d requests at once): the server ran at most %.0f at once, %.1f on average; the floors use what ran",
+				pr.Fit.Concurrent, c.BatchSize, peak, b))
+		}
+	} else if pr.Batch > 0 {
+		b := float64(pr.Batch)
+		if c.AvgDecodeBatchSize != nil && *c.AvgDecodeBatchSize > 0 {
+			b = *c.AvgDecodeBatchSize
+		}
+		act := passcost.TouchedExperts(m.Experts, m.TopK, b)
+		if c.AvgActivationDecode != nil && *c.AvgActivationDecode > 0 {
+			act = *c.AvgActivationDecode
+		}
+		t := passcost.TimeOf(passcost.Decode(m, c.GPUs, b, b*nominalCtx, act), peaks)
+		d.TPOTFloor = &t
+		in.DecodeBatch, in.DecodeContext, in.DecodeActivation = ptr(b), ptr(nominalCtx), ptr(act)
+		in.FloorSource = "nominal"
 	}
-	n := float64(len(ps))
-	return &Util{SMBU: s.SMBU / n, SMFU: s.SMFU / n}, nil
+	if s, n := ttftFloorFromRecords(m, hw, pre); n > 0 {
+		d.TTFTFloor = &passcost.Time{Seconds: s, Bound: "wave"}
+		if len(pre) > 0 {
+			// Report the bound of the prefill passes taken together.
+			var w passcost.Work
+			for _, p := range pre {
+				w = w.Add(p.work)
+			}
+			d.TTFTFloor.Bound = passcost.TimeOf(w, peaks).Bound
+		}
+	} else if pr.Batch > 0 && c.InputTokens > 0 {
+		lens := make([]int, pr.Batch)
+		for i := range lens {
+			lens[i] = c.InputTokens
+		}
+		t := passcost.TimeOf(passcost.Prefill(m, c.GPUs, passcost.Prompts(lens...), passcost.TouchedExperts(m.Experts, m.TopK, float64(pr.Batch*c.InputTokens))), peaks)
+		d.TTFTFloor = &t
+	}
+	if d.TPOTFloor != nil && d.TPOTFloor.Seconds > 0 {
+		d.TPOTFloorMs = ptr(d.TPOTFloor.Seconds * 1000)
+	}
+	if d.TTFTFloor != nil && d.TTFTFloor.Seconds > 0 {
+		d.TTFTFloorMs = ptr(d.TTFTFloor.Seconds * 1000)
+	}
+	if len(c.SimOverrides) > 0 {
+		return
+	}
+	// The measured TPOT/TTFT: the client's; the server's passes when the client measured
+	// none or the sim's clock was scaled (the runner's numbers, else the records' own: mean
+	// decode pass, per-request prefill latency, as MoE-CAP measures them).
+	scaled := c.SimTimeScale > 0 && c.SimTimeScale != 1
+	srvTPOT, srvTTFT := c.ServerTPOTMs, c.ServerTTFTMs
+	if srvTPOT == nil && in.DecodeLatencyS != nil {
+		srvTPOT = ptr(*in.DecodeLatencyS * 1000)
+	}
+	if srvTTFT == nil {
+		if s, n := ttftFromRecords(pre); n > 0 {
+			srvTTFT = ptr(s * 1000)
+		}
+	}
+	tpot, ttft, kind := c.MeanTPOTMs, c.MeanTTFTMs, "client"
+	if scaled || tpot == nil {
+		tpot, kind = srvTPOT, "server_pass"
+	}
+	if scaled || ttft == nil {
+		ttft = srvTTFT
+	}
+	if d.TPOTFloorMs != nil && tpot != nil && *tpot > 0 {
+		d.TPOTOverFloor = ptr(*tpot / *d.TPOTFloorMs)
+		in.TPOTMeasured = kind
+	}
+	if d.TTFTFloorMs != nil && ttft != nil && *ttft > 0 {
+		d.TTFTOverFloor = ptr(*ttft / *d.TTFTFloorMs)
+	}
+	if d.TPOTFloorMs != nil && in.DecodeLatencyS != nil {
+		d.DecodePassOverFloor = ptr(*in.DecodeLatencyS * 1000 / *d.TPOTFloorMs)
+	}
 }
 
-func mean(ps []Pass, f func(Pass) float64) float64 {
-	var s float64
-	for _, p := range ps {
-		s += f(p)
+// flagImpossible moves physical utilisations above PhysicalLimit out of the results into
+// Errors, with the likely cause.
+func (d *Derived) flagImpossible(c Cell) {
+	cause := "the passes ran faster than the hardware allows: pass latencies shorter than recorded work needs (latencies not in seconds, records of a different model or GPU count, gpu_num lower than the GPUs that served), or a model description that overstates the work"
+	if d.Source == "client_metrics" {
+		cause = "the mean latency is shorter than the work at the nominal batch needs: fewer requests were in flight than the batch size, or the client's latency is not a pass latency"
 	}
-	return s / float64(len(ps))
+	if c.SimTimeScale > 0 && c.SimTimeScale != 1 {
+		cause += fmt.Sprintf("; the sim ran at --sim-time-scale %g and its records should carry unscaled latencies", c.SimTimeScale)
+	}
+	check := func(phase string, u *Util) {
+		if u == nil {
+			return
+		}
+		for _, f := range []struct {
+			name string
+			v    **float64
+		}{{"s_mbu", &u.SMBU}, {"s_mfu", &u.SMFU}} {
+			if *f.v != nil && (**f.v > PhysicalLimit || math.IsNaN(**f.v) || math.IsInf(**f.v, 0)) {
+				d.Errors = append(d.Errors, Flag{Field: phase + "." + f.name, Value: **f.v, Limit: PhysicalLimit, Cause: cause})
+				*f.v = nil
+			}
+		}
+	}
+	check("prefill", d.Prefill)
+	check("decode", d.Decode)
+}
+
+func countList(m map[string]int) string {
+	var ks []string
+	for k, n := range m {
+		ks = append(ks, strconv.Itoa(n)+" ("+k+")")
+	}
+	sort.Strings(ks)
+	return strings.Join(ks, ", ")
+}
+
+// SimSettings reads the sim's timing flags from a server argv: --sim-time-scale (0 when
+// absent) and which fixed pass times (--sim-tpot, --sim-ttft) were set.
+func SimSettings(argv []string) (scale float64, overrides []string) {
+	for i := 0; i < len(argv); i++ {
+		name, val, has := strings.Cut(argv[i], "=")
+		if !has && i+1 < len(argv) {
+			val = argv[i+1]
+		}
+		switch name {
+		case "--sim-time-scale":
+			if f, err := strconv.ParseFloat(val, 64); err == nil {
+				scale = f
+			}
+		case "--sim-tpot", "--sim-ttft":
+			if val != "0" && val != "0s" {
+				overrides = append(overrides, name)
+			}
+		}
+	}
+	return scale, overrides
 }

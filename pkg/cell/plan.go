@@ -3,12 +3,14 @@ package cell
 import (
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
@@ -52,9 +54,10 @@ type Config struct {
 	GPUWait            time.Duration
 	GPUInterval        time.Duration
 	MemSlackBytes      uint64 // teardown: memory within this of the baseline counts as clean
-	Prices             gpu.Prices
-	Version            string
-	Log                *zap.Logger
+	// Prices are the cost inputs the cell ran with (capmath.ComputeCost prices the bench).
+	Prices  capmath.Prices
+	Version string
+	Log     *zap.Logger
 	// Native tunes the built-in client (warm-up, seed, timeouts…); the pipeline fills the
 	// fields that come from the cell.
 	Native profile.Options
@@ -125,12 +128,15 @@ func (c *Config) Validate() (config.Model, error) {
 	if c.Bench == nil {
 		return config.Model{}, cfgErr("--config", "missing; pass a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
 	}
-	m, ok := c.Tables.ModelByID(c.Bench.ModelID)
-	if !ok {
-		return config.Model{}, &config.Error{File: c.Bench.Path, Key: "model_id",
-			Msg: fmt.Sprintf("unknown model %q; known: %s (add it to configs/models.yaml)", c.Bench.ModelID, strings.Join(c.knownModels(), ", "))}
-	}
-	if m.Heads%c.TP != 0 {
+	// The model's description (config.json: --model-config, a local model directory, the
+	// Hugging Face cache, or the built-in table). A model moecapd cannot describe still runs
+	// (the sim then times it with fixed pass times); its CAP numbers are absent with the
+	// reason.
+	m, derr := c.Tables.Describe(c.Bench.ModelID)
+	if derr != nil {
+		m = config.Model{Key: config.ModelKey(c.Bench.ModelID), HFID: c.Bench.ModelID, ExpertPatching: true,
+			Source: "not described: " + derr.Error()}
+	} else if m.Heads%c.TP != 0 {
 		return config.Model{}, cfgErr("--tp", fmt.Sprintf("TP %d does not divide the %d attention heads of %s; use a divisor such as 1, 2, 4 or 8", c.TP, m.Heads, m.Key))
 	}
 	if c.Port < 0 || c.Port > 65535 {
@@ -269,6 +275,14 @@ func MakePlan(c *Config) (*Plan, error) {
 	}
 	if c.Backend == launcher.BackendSim {
 		p.Spec.SimHardware = c.simHW()
+		// The sim describes its model the same way; a --model-config travels with it.
+		if f := c.Tables.Sources.ConfigFile; f != "" {
+			abs, err := filepath.Abs(f)
+			if err != nil {
+				return nil, fmt.Errorf("--model-config %s: %w", f, err)
+			}
+			p.Spec.Extra = append([]string{"--model-config", abs}, p.Spec.Extra...)
+		}
 	}
 	if p.ServerArgv, err = launcher.ServerArgv(p.Spec); err != nil {
 		return nil, err

@@ -384,6 +384,15 @@ func (r *runner) bench(ctx context.Context) {
 		if errors.As(err, &bad) {
 			kind = KindBadResult
 		}
+		// Requests refused because not even one fits in GPU memory (the server logged it,
+		// as vLLM and the sim do): the cell is infeasible, not failed.
+		if r.logw != nil && kind == KindClientError {
+			r.logw.Poll()
+			if k, line := r.logw.Diagnosis(); Kind(k) == KindOOM {
+				r.fail(PhaseBench, KindOOM, err.Error()+": "+launcher.Explain(k, line))
+				return
+			}
+		}
 		r.fail(PhaseBench, kind, err.Error())
 	}
 }
@@ -422,7 +431,10 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	c, p := r.c, r.p
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
-	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: p.Files.ClientLog()})
+	// The runner carries the server's token: a supervisor killed mid-bench leaves it recorded
+	// among the server's processes, so the next run's sweep ends it too instead of leaving it
+	// to write into a directory that a rerun has since recreated.
+	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: p.Files.ClientLog(), Token: r.proc.Token()})
 	if err != nil {
 		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
 	}
@@ -514,9 +526,11 @@ func (r *runner) finish() {
 		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount, BenchWindowS: &w}
 	}
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
-		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens, r.c.Prices)
+		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens)
 	}
-	if r.c.Derive != nil && r.m.Metrics != nil {
+	// Every cell gets its CAP block: one that ran its floors, one that did not its
+	// prediction (memory verdict, expected TPOT/TTFT).
+	if r.c.Derive != nil {
 		r.c.Derive(r.m, r.p.Dir)
 	}
 }

@@ -145,26 +145,20 @@ func TestSummaryMath(t *testing.T) {
 		t.Errorf("per_gpu = %+v / %+v, want GPU-0000 peak 5 GiB, GPU1 server peak 2 GiB", p0, p1)
 	}
 
-	// Cost: 2 GPUs × 2 s at $2.50/h = $0.0027778; 770 J = 2.1389e-4 kWh at $0.15 = $3.2083e-5.
-	sum.Finish(1000, Prices{GPUHourUSD: 2.5, ElectricityUSDPerKWh: 0.15})
+	// Energy per token (the cost is priced by capmath.ComputeCost, not here).
+	sum.Finish(1000)
 	near(t, "j_per_output_token", sum.JPerOutputToken, 0.77)
 	near(t, "output_tokens_per_j", sum.OutputTokensPerJ, 1000.0/770)
-	if sum.EnergySource != "counter" || sum.Cost == nil {
-		t.Fatalf("energy_source = %q, cost = %v; want counter and a cost", sum.EnergySource, sum.Cost)
+	if sum.EnergySource != "counter" {
+		t.Fatalf("energy_source = %q, want counter", sum.EnergySource)
 	}
-	gpuUSD := 2.5 * 2 * 2 / 3600
-	elecUSD := 770 / 3.6e6 * 0.15
-	near(t, "cost.gpu_usd", &sum.Cost.GPUUSD, gpuUSD)
-	near(t, "cost.electricity_usd", sum.Cost.ElectricityUSD, elecUSD)
-	near(t, "cost.cost_usd", sum.Cost.CostUSD, gpuUSD+elecUSD)
-	near(t, "cost.cost_per_million_output_tokens_usd", sum.Cost.CostPerMillionOutputTokensUSD, (gpuUSD+elecUSD)/1000*1e6)
 
 	// The JSON is snake_case and carries the figures.
 	js, err := json.Marshal(sum)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{`"energy_j":770`, `"bench_window_s":2`, `"throttle_reasons_seen":["sw_power_cap"]`, `"cost_per_million_output_tokens_usd":`, `"per_gpu":[{"index":0,"uuid":"GPU-0000"`} {
+	for _, k := range []string{`"energy_j":770`, `"bench_window_s":2`, `"throttle_reasons_seen":["sw_power_cap"]`, `"per_gpu":[{"index":0,"uuid":"GPU-0000"`} {
 		if !strings.Contains(string(js), k) {
 			t.Errorf("summary JSON lacks %s:\n%s", k, js)
 		}
@@ -186,72 +180,6 @@ func TestSummaryMath(t *testing.T) {
 	}
 	if r.csv.String() != string(want) {
 		t.Errorf("telemetry CSV differs from %s:\ngot:\n%s\nwant:\n%s", golden, r.csv.String(), want)
-	}
-}
-
-func TestFinishWithoutEnergy(t *testing.T) {
-	w := 3600.0
-	cases := []struct {
-		name     string
-		sum      Summary
-		prices   Prices
-		costUSD  *float64
-		perMTok  *float64
-		elecNil  bool
-		costNil  bool
-		jPerTokN bool
-	}{
-		{
-			name: "electricity priced but not measured leaves the total out",
-			sum:  Summary{GPUs: 1, BenchWindowS: &w}, prices: Prices{GPUHourUSD: 2, ElectricityUSDPerKWh: 0.1},
-			elecNil: true, jPerTokN: true,
-		},
-		{
-			name: "no electricity price needs no energy",
-			sum:  Summary{GPUs: 4, BenchWindowS: &w}, prices: Prices{GPUHourUSD: 2},
-			costUSD: ptr(8.0), perMTok: ptr(8.0 / 2e6 * 1e6), elecNil: true, jPerTokN: true,
-		},
-		{
-			name: "integrated power stands in for the counter",
-			sum:  Summary{GPUs: 1, BenchWindowS: &w, EnergyIntegratedJ: ptr(3.6e6)}, prices: Prices{GPUHourUSD: 1, ElectricityUSDPerKWh: 0.5},
-			costUSD: ptr(1.5), perMTok: ptr(1.5 / 2e6 * 1e6),
-		},
-		{
-			name: "no window, no cost",
-			sum:  Summary{GPUs: 1}, prices: Prices{GPUHourUSD: 1}, costNil: true, elecNil: true, jPerTokN: true,
-		},
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			s := c.sum
-			s.Finish(2_000_000, c.prices)
-			if c.costNil {
-				if s.Cost != nil {
-					t.Errorf("cost = %+v, want none", s.Cost)
-				}
-				return
-			}
-			if s.Cost == nil {
-				t.Fatal("cost absent")
-			}
-			if (s.Cost.ElectricityUSD == nil) != c.elecNil {
-				t.Errorf("electricity_usd = %v, want absent=%v", s.Cost.ElectricityUSD, c.elecNil)
-			}
-			if (s.JPerOutputToken == nil) != c.jPerTokN {
-				t.Errorf("j_per_output_token = %v, want absent=%v", s.JPerOutputToken, c.jPerTokN)
-			}
-			if c.costUSD == nil {
-				if s.Cost.CostUSD != nil {
-					t.Errorf("cost_usd = %v, want absent", *s.Cost.CostUSD)
-				}
-				return
-			}
-			near(t, "cost_usd", s.Cost.CostUSD, *c.costUSD)
-			near(t, "cost_per_million_output_tokens_usd", s.Cost.CostPerMillionOutputTokensUSD, *c.perMTok)
-			if c.sum.EnergyIntegratedJ != nil && s.EnergySource != "power" {
-				t.Errorf("energy_source = %q, want power", s.EnergySource)
-			}
-		})
 	}
 }
 
@@ -291,9 +219,9 @@ func TestNotSupportedIsAbsentNotZero(t *testing.T) {
 	if !strings.Contains(string(js), `"peak_memory_bytes":1073741824`) || !strings.Contains(string(js), `"window":"sampling"`) {
 		t.Errorf("summary JSON lacks the supported memory peak or the window: %s", js)
 	}
-	sum.Finish(100, Prices{GPUHourUSD: 1, ElectricityUSDPerKWh: 0.2})
-	if sum.JPerOutputToken != nil || sum.Cost == nil || sum.Cost.CostUSD != nil {
-		t.Errorf("Finish without energy: j/token %v, cost %+v; want no j/token and no total", sum.JPerOutputToken, sum.Cost)
+	sum.Finish(100)
+	if e, src := sum.Energy(); sum.JPerOutputToken != nil || e != nil || src != "" {
+		t.Errorf("Finish without energy: j/token %v, energy %v (%q); want none", sum.JPerOutputToken, e, src)
 	}
 }
 

@@ -58,7 +58,8 @@ type Summary struct {
 	EnergySource     string   `json:"energy_source,omitempty"`
 	JPerOutputToken  *float64 `json:"j_per_output_token,omitempty"`
 	OutputTokensPerJ *float64 `json:"output_tokens_per_j,omitempty"`
-	Cost             *Cost    `json:"cost,omitempty"`
+	// No cost here: pkg/gpu measures, it does not price (capmath.ComputeCost does, from
+	// these measurements; manifest extra.cap.cost).
 }
 
 // GPUSummary is one GPU's share of the Summary, over the same window.
@@ -75,32 +76,9 @@ type GPUSummary struct {
 	Lost                  bool     `json:"lost,omitempty"`
 }
 
-// Prices are the hardware table's cost inputs (per GPU), overridable by flag or config.
-type Prices struct {
-	GPUHourUSD           float64
-	ElectricityUSDPerKWh float64
-}
-
-// Cost is what the bench window cost: GPU rental for the window plus the electricity the
-// GPUs drew in it.
-type Cost struct {
-	GPUHourUSD           float64  `json:"gpu_hour_usd"`
-	ElectricityUSDPerKWh float64  `json:"electricity_usd_per_kwh"`
-	GPUs                 int      `json:"gpus"`
-	WallS                float64  `json:"wall_s"`
-	GPUUSD               float64  `json:"gpu_usd"`
-	ElectricityUSD       *float64 `json:"electricity_usd,omitempty"`
-	// CostUSD is nil when electricity is priced but no energy was measured: a total
-	// without it would understate the cost.
-	CostUSD                       *float64 `json:"cost_usd,omitempty"`
-	CostPerMillionOutputTokensUSD *float64 `json:"cost_per_million_output_tokens_usd,omitempty"`
-}
-
-// Finish derives the per-token and cost figures from the measured window and the server's
+// Finish derives the per-token energy figures from the measured window and the server's
 // output token count. It prefers the energy counter and falls back to integrated power.
-// GPUs and BenchWindowS come from the sampler; without NVML a caller may set GPUs (the
-// cell's TP) first so the GPU-hour part of the cost is still computed.
-func (s *Summary) Finish(outputTokens int, p Prices) {
+func (s *Summary) Finish(outputTokens int) {
 	s.OutputTokens = &outputTokens
 	energy := s.EnergyJ
 	s.EnergySource = "counter"
@@ -110,35 +88,23 @@ func (s *Summary) Finish(outputTokens int, p Prices) {
 	if energy == nil {
 		s.EnergySource = ""
 	}
-	s.JPerOutputToken, s.OutputTokensPerJ, s.Cost = nil, nil, nil
+	s.JPerOutputToken, s.OutputTokensPerJ = nil, nil
 	if energy != nil && outputTokens > 0 && *energy > 0 {
 		s.JPerOutputToken = ptr(*energy / float64(outputTokens))
 		s.OutputTokensPerJ = ptr(float64(outputTokens) / *energy)
 	}
-	if s.BenchWindowS == nil || s.GPUs <= 0 {
-		return
+}
+
+// Energy is the energy the figures use (the counter's, else integrated power) and its
+// source; nil when none was measured.
+func (s *Summary) Energy() (*float64, string) {
+	if s.EnergyJ != nil {
+		return s.EnergyJ, "counter"
 	}
-	c := &Cost{
-		GPUHourUSD:           p.GPUHourUSD,
-		ElectricityUSDPerKWh: p.ElectricityUSDPerKWh,
-		GPUs:                 s.GPUs,
-		WallS:                *s.BenchWindowS,
-		GPUUSD:               p.GPUHourUSD * float64(s.GPUs) * *s.BenchWindowS / 3600,
+	if s.EnergyIntegratedJ != nil {
+		return s.EnergyIntegratedJ, "power"
 	}
-	total := c.GPUUSD
-	switch {
-	case energy != nil:
-		e := *energy / 3.6e6 * p.ElectricityUSDPerKWh // J → kWh
-		c.ElectricityUSD = &e
-		total += e
-		c.CostUSD = &total
-	case p.ElectricityUSDPerKWh == 0:
-		c.CostUSD = &total
-	}
-	if c.CostUSD != nil && outputTokens > 0 {
-		c.CostPerMillionOutputTokensUSD = ptr(*c.CostUSD / float64(outputTokens) * 1e6)
-	}
-	s.Cost = c
+	return nil, ""
 }
 
 // reasonNames decodes NVML clock event reason bits (nvml.h nvmlClocksEventReason*).

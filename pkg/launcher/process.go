@@ -30,6 +30,11 @@ type Spec struct {
 	// so a supervisor killed at any moment leaves either a state file or no running child.
 	// An error from it ends the child before it ran and is returned by Start.
 	BeforeRun func(p *Process) error
+	// Token, when set, is the TokenEnv value the child carries instead of a fresh one. A
+	// helper of a server (the MoE-CAP runner as its client) takes the server's token, so it
+	// counts as one of the server's processes: recorded in its state file and ended with it,
+	// also by the orphan sweep after the supervisor was killed.
+	Token string
 }
 
 // gateScript holds the child until the supervisor says "run" on fd 3. EOF (the supervisor
@@ -94,7 +99,10 @@ func Start(spec Spec) (*Process, error) {
 		closeGate()
 		return nil, fmt.Errorf("open log: %w", err)
 	}
-	token := newToken()
+	token := spec.Token
+	if token == "" {
+		token = newToken()
+	}
 	env := append(append([]string{}, spec.Env...), TokenEnv+"="+token)
 	childGate := gateR // read by go-cmd's goroutine; gateR itself is closed and cleared here
 	c := gocmd.NewCmdOptions(gocmd.Options{

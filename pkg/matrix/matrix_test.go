@@ -204,8 +204,16 @@ func TestPlanActions(t *testing.T) {
 			t.Errorf("%s: %+v; want %s", id, it, a)
 		}
 	}
-	if it := items["qwen1_5.8xH200.13k-1k.bs1.sglang"]; it.Feasible || !strings.Contains(it.FeasWhy, "context window of 8192") {
-		t.Errorf("qwen 13k-1k predicted %v (%s); want infeasible: context window", it.Feasible, it.FeasWhy)
+	// The Chat checkpoint's window is 32768: 13k-1k fits.
+	if it := items["qwen1_5.8xH200.13k-1k.bs1.sglang"]; !it.Feasible || it.Verdict != "fits" {
+		t.Errorf("qwen 13k-1k predicted %v (%s); want fits (32768-token window)", it.Feasible, it.FeasWhy)
+	}
+	// DeepSeek-R1 13k-1k at batch 128 on 8xH200 needs 210 GB per GPU: under-batched, not
+	// infeasible.
+	if it := items["deepseek_r1.8xH200.13k-1k.bs128.sglang"]; it == nil {
+		t.Error("no deepseek_r1.8xH200.13k-1k.bs128.sglang in the guide's matrix")
+	} else if !it.Feasible || it.Verdict != "under-batched" || it.Concurrent != 52 {
+		t.Errorf("r1 13k-1k bs128: %v %s %d (%s); want under-batched to 52", it.Feasible, it.Verdict, it.Concurrent, it.FeasWhy)
 	}
 	if it := items["qwen1_5.1xH200.4k-1k.bs1.vllm"]; it.Estimate <= 0 {
 		t.Errorf("no estimate for a pending cell")

@@ -11,6 +11,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/passcost"
 )
 
 // Node is what this machine offers: its GPU count and family (from NVML or --hardware).
@@ -148,8 +149,12 @@ type Item struct {
 	Action Action
 	Why    string
 	Prev   *cell.Manifest // what the results root holds for it
-	// Feasible is capmath's verdict; Need/Have in bytes.
+	// Feasible is the pass-cost model's memory verdict (false only when the cell does not
+	// fit at all); Verdict says "fits", "under-batched" (Concurrent < batch requests at
+	// once) or "does-not-fit"; Need/Have are bytes per GPU.
 	Feasible   bool
+	Verdict    string
+	Concurrent int
 	Need, Have float64
 	FeasWhy    string
 	Estimate   time.Duration
@@ -161,7 +166,13 @@ func Plan(mx *Matrix, tables *config.Tables, node Node, results map[string]*cell
 	oomAt := map[string]*Cell{} // chain → smallest batch already out of memory
 	for _, c := range mx.Cells {
 		it := &Item{Cell: c, Prev: results[c.ID]}
-		it.Feasible, it.Need, it.Have, it.FeasWhy = feasible(c, tables)
+		if pr, ok := predict(c, tables); ok {
+			f := pr.Fit
+			it.Feasible, it.Verdict, it.Concurrent = f.Verdict != passcost.DoesNotFit, f.Verdict, f.Concurrent
+			it.Need, it.Have, it.FeasWhy = f.NeedPerGPU, f.Memory.UsablePerGPU, f.Reason
+		} else {
+			it.Feasible, it.FeasWhy = true, "model or hardware not described: no prediction"
+		}
 		it.Estimate = Estimate(c, tables, it.Prev)
 		items = append(items, it)
 		if it.Prev != nil && it.Prev.Status == cell.StatusInfeasible && NoteOf(it.Prev).SkippedBecause == "" {
@@ -220,43 +231,51 @@ func firstLine(s string) string {
 	return s
 }
 
-func feasible(c *Cell, t *config.Tables) (bool, float64, float64, string) {
-	m := t.Models[c.Model]
-	hw, _ := t.HardwareFamily(c.Family)
-	return capmath.Feasible(m, hw, c.TP, c.Batch, c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens)
+// predict is the pass-cost model's prediction of a cell (capmath.Predict).
+func predict(c *Cell, t *config.Tables) (capmath.Prediction, bool) {
+	m, ok := t.Models[c.Model]
+	hw, ok2 := t.HardwareFamily(c.Family)
+	if !ok || !ok2 {
+		return capmath.Prediction{}, false
+	}
+	if b, ok := config.KVCacheBytes(c.ServerArgs); ok {
+		m.KVElemBytes = b
+	}
+	return capmath.Predict(m, hw, c.TP, c.Batch, c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens, c.NumSamples), true
 }
 
 // Estimate is how long a cell should take. A finished earlier run of the same cell is the
-// best guess; otherwise the roofline floor of the bench (prefill plus decode of every wave
-// of batch requests) plus a start-up guess (weights read from disk at ~2 GB/s plus a
-// minute of server initialisation). Sim cells with fixed pass times use those instead.
+// best guess; otherwise the pass-cost model's prediction (capmath.Predict, the model the
+// sim and the floors use): every wave of the batch that memory admits prefills together and
+// then decodes out tokens, plus a start-up guess (weights read from disk at ~2 GB/s plus a
+// minute of server initialisation). Sim cells scale by their time scale and use fixed pass
+// times where set.
 func Estimate(c *Cell, t *config.Tables, prev *cell.Manifest) time.Duration {
 	if prev != nil && prev.Status == cell.StatusOK && prev.Timings.Total > 0 {
 		return secs(prev.Timings.Total)
 	}
+	pr, ok := predict(c, t)
+	if !ok || pr.Batch <= 0 {
+		return 0
+	}
 	m := t.Models[c.Model]
-	hw, _ := t.HardwareFamily(c.Family)
-	in, out := c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens
-	waves := math.Ceil(float64(c.NumSamples) / float64(c.Batch))
-	var prefill, step, startup float64
+	out := c.Bench.TargetOutputTokens
+	waves := math.Ceil(float64(c.NumSamples) / float64(pr.Batch))
+	prefill, step := pr.TTFTMs/1000, pr.TPOTMs/1000
+	startup := 60 + passcost.WeightBytes(m)/2e9
 	if c.Backend == launcher.BackendSim {
 		scale := c.SimTimeScale
 		if scale == 0 {
 			scale = 1
 		}
-		prefill = float64(c.Batch) * capmath.PrefillFloor(m, hw, c.TP, float64(in)).Seconds * scale
+		prefill, step = prefill*scale, step*scale
 		if c.SimTTFT > 0 {
-			prefill = c.SimTTFT.Seconds()
+			prefill = c.SimTTFT.Seconds() * scale
 		}
-		step = capmath.DecodeFloor(m, hw, c.TP, float64(c.Batch), float64(in+out/2), capmath.ExpectedTouchedExperts(m.Experts, m.TopK, float64(c.Batch))).Seconds * scale
 		if c.SimTPOT > 0 {
-			step = c.SimTPOT.Seconds()
+			step = c.SimTPOT.Seconds() * scale
 		}
 		startup = 0.3 + c.SimStartup.Seconds()
-	} else {
-		prefill = float64(c.Batch) * capmath.PrefillFloor(m, hw, c.TP, float64(in)).Seconds
-		step = capmath.DecodeFloor(m, hw, c.TP, float64(c.Batch), float64(in+out/2), capmath.ExpectedTouchedExperts(m.Experts, m.TopK, float64(c.Batch))).Seconds
-		startup = 60 + capmath.TotalWeightBytes(m)/2e9
 	}
 	return secs(startup + waves*(prefill+float64(out)*step))
 }

@@ -18,7 +18,8 @@ import (
 // It goes through the manifest's JSON form, the same path the report reads old manifests
 // by, so a cell enriched at bench time and one derived later by `moecapd report` get the
 // same numbers.
-func Derive(m *cell.Manifest, tables *config.Tables, recordsDir string) (capmath.Derived, error) {
+// prices are the cost inputs the cell ran with (nil: the hardware table's).
+func Derive(m *cell.Manifest, tables *config.Tables, recordsDir string, prices *capmath.Prices) (capmath.Derived, error) {
 	if m == nil {
 		return capmath.Derived{}, fmt.Errorf("derive: nil manifest")
 	}
@@ -29,6 +30,7 @@ func Derive(m *cell.Manifest, tables *config.Tables, recordsDir string) (capmath
 	if err != nil {
 		return capmath.Derived{}, fmt.Errorf("derive %s: %w", m.Cell.ID, err)
 	}
+	c.Prices = prices
 	var recs *capmath.Records
 	if recordsDir != "" {
 		if recs, err = capmath.ReadRecords(recordsDir); err != nil {
@@ -44,8 +46,13 @@ func Derive(m *cell.Manifest, tables *config.Tables, recordsDir string) (capmath
 
 // Annotate derives the cell's CAP numbers from cellDir/records and stores them in
 // m.Extra["cap"].
-func Annotate(m *cell.Manifest, tables *config.Tables, cellDir string) error {
-	d, err := Derive(m, tables, filepath.Join(cellDir, "records"))
+func Annotate(m *cell.Manifest, tables *config.Tables, cellDir string, prices *capmath.Prices) error {
+	// A cell that did not finish gets its prediction; its partial records say nothing.
+	records := ""
+	if m.Status == cell.StatusOK {
+		records = filepath.Join(cellDir, "records")
+	}
+	d, err := Derive(m, tables, records, prices)
 	if err != nil {
 		return err
 	}
@@ -62,10 +69,10 @@ func Annotate(m *cell.Manifest, tables *config.Tables, cellDir string) error {
 
 // Hook adapts Annotate to cell.Plan's Derive field. Derived numbers are optional for a
 // cell, so a failure does not fail it: onErr (may be nil) hears of it, and the report
-// derives the numbers again later.
-func Hook(tables *config.Tables, onErr func(error)) func(m *cell.Manifest, cellDir string) {
+// derives the numbers again later. prices is read when the cell ends (nil: the table's).
+func Hook(tables *config.Tables, prices *capmath.Prices, onErr func(error)) func(m *cell.Manifest, cellDir string) {
 	return func(m *cell.Manifest, cellDir string) {
-		if err := Annotate(m, tables, cellDir); err != nil && onErr != nil {
+		if err := Annotate(m, tables, cellDir, prices); err != nil && onErr != nil {
 			onErr(err)
 		}
 	}

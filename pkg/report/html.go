@@ -44,6 +44,8 @@ type htmlVersion struct {
 	Cells                                    int
 }
 
+type htmlCAPError struct{ ID, Field, Value, Cause string }
+
 type htmlPage struct {
 	Title, Generated, Results string
 	Total                     int
@@ -51,8 +53,10 @@ type htmlPage struct {
 		Status string
 		N      int
 	}
-	Groups      []htmlGroup
-	Bad         []htmlBad
+	Groups []htmlGroup
+	Bad    []htmlBad
+	// CAPErrors are impossible CAP values (capmath moved them out of the results).
+	CAPErrors   []htmlCAPError
 	Hardware    []htmlHW
 	Versions    []htmlVersion
 	Definitions []Definition
@@ -79,8 +83,8 @@ func toHTMLCell(r *Row) htmlCell {
 		Batch: r.BatchSize, OK: r.ok()}
 	var floor, over, tfloor, tover *float64
 	if r.Cap != nil {
-		floor, over = nonZero(r.Cap.TPOTFloorMs), r.Cap.TPOTOverFloor
-		tfloor, tover = nonZero(r.Cap.TTFTFloorMs), r.Cap.TTFTOverFloor
+		floor, over = r.Cap.TPOTFloorMs, r.Cap.TPOTOverFloor
+		tfloor, tover = r.Cap.TTFTFloorMs, r.Cap.TTFTOverFloor
 		c.CapSource = r.Cap.Source
 	}
 	c.Floor, c.TTFTFloor = showNA(floor, "%.2f"), showNA(tfloor, "%.1f")
@@ -125,6 +129,12 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 	vers := map[htmlVersion]int{}
 	for i := range rows {
 		r := &rows[i]
+		if r.Cap != nil {
+			for _, e := range r.Cap.Errors {
+				pg.CAPErrors = append(pg.CAPErrors, htmlCAPError{ID: r.ID, Field: e.Field,
+					Value: fmt.Sprintf("%.3g (limit %.2f)", e.Value, e.Limit), Cause: e.Cause})
+			}
+		}
 		if r.Status != "ok" {
 			mem := "—"
 			if r.Cap != nil {
@@ -231,6 +241,12 @@ code{font-size:12px}dt{font-weight:600;margin-top:.5em}dd{margin-left:1.5em}
 <tr><th class="l">cell</th><th class="l">hardware</th><th class="l">backend</th><th>batch</th><th>TTFT ms</th><th>TTFT floor ms</th><th>TTFT ×floor</th><th>TPOT ms</th><th>TPOT floor ms</th><th>TPOT ×floor</th><th>out tok/s</th><th>tok/s/GPU</th><th>tok/s/user</th><th>S-MBU dec</th><th>S-MFU dec</th><th>S-MBU pre</th><th>S-MFU pre</th><th>J/tok</th><th>avg W</th><th>$/M tok</th><th class="l">CAP from</th><th class="l">status</th></tr>
 {{range .Cells}}<tr class="{{.Status}}"><td class="l"><code>{{.ID}}</code></td><td class="l">{{.Hardware}}</td><td class="l">{{.Backend}}</td><td>{{.Batch}}</td><td>{{.TTFT}}</td><td>{{.TTFTFloor}}</td><td>{{.TTFTOver}}</td><td>{{.TPOT}}</td><td>{{.Floor}}</td><td>{{.Over}}</td><td>{{.Tput}}</td><td>{{.TputGPU}}</td><td>{{.Interact}}</td><td>{{.SMBUDec}}</td><td>{{.SMFUDec}}</td><td>{{.SMBUPre}}</td><td>{{.SMFUPre}}</td><td>{{.JTok}}</td><td>{{.Power}}</td><td>{{.Cost}}</td><td class="l">{{.CapSource}}</td><td class="l">{{.Status}}</td></tr>
 {{end}}</table></div>
+</section>{{end}}
+{{if .CAPErrors}}<section id="cap-errors">
+<h2>ERROR: impossible CAP values (not shown as results)</h2>
+<table><tr><th class="l">cell</th><th class="l">field</th><th>value</th><th class="l">likely cause</th></tr>
+{{range .CAPErrors}}<tr class="failed"><td class="l"><code>{{.ID}}</code></td><td class="l">{{.Field}}</td><td>{{.Value}}</td><td class="reason">{{.Cause}}</td></tr>
+{{end}}</table>
 </section>{{end}}
 <section id="problems">
 <h2>Cells that did not complete</h2>

@@ -200,7 +200,7 @@ func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Deriv
 	if m.Status == cell.StatusOK && dir != "" {
 		recordsDir = filepath.Join(dir, "records")
 	}
-	d, err := Derive(m, tables, recordsDir)
+	d, err := Derive(m, tables, recordsDir, nil)
 	if err != nil {
 		return nil, err.Error()
 	}
@@ -208,12 +208,6 @@ func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Deriv
 }
 
 func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, error) {
-	model, ok := tables.ModelByID(m.Cell.Model)
-	if !ok {
-		if model, ok = tables.ModelByID(m.Cell.ModelID); !ok {
-			return capmath.Cell{}, fmt.Errorf("model %q (%s) not in the model table", m.Cell.Model, m.Cell.ModelID)
-		}
-	}
 	hw, ok := tables.HardwareFamily(r.Family)
 	if !ok {
 		return capmath.Cell{}, fmt.Errorf("hardware family %q not in the hardware table", r.Family)
@@ -222,21 +216,49 @@ func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, e
 	if m.Cell.TP > gpus {
 		gpus = m.Cell.TP
 	}
-	c := capmath.Cell{Model: model, Hardware: hw, GPUs: gpus, BatchSize: m.Cell.BatchSize,
-		InputTokens: m.Cell.InputTokens, OutputTokens: m.Cell.OutputTokens}
+	c := capmath.Cell{Hardware: hw, GPUs: gpus, BatchSize: m.Cell.BatchSize,
+		InputTokens: m.Cell.InputTokens, OutputTokens: m.Cell.OutputTokens, NumSamples: m.Cell.NumSamples}
+	// The model as the cell served it (its id), else its short key; a model that cannot be
+	// described leaves the CAP numbers absent with the reason, it is no error.
+	model, err := tables.Describe(m.Cell.ModelID)
+	if err != nil && m.Cell.Model != "" {
+		if mk, err2 := tables.Describe(m.Cell.Model); err2 == nil {
+			model, err = mk, nil
+		}
+	}
+	if err != nil {
+		c.ModelErr = err.Error()
+		return c, nil
+	}
+	// A server told to keep an fp8 KV cache reads half the KV bytes.
+	if b, ok := config.KVCacheBytes(m.Server.Argv); ok {
+		model.KVElemBytes = b
+	}
+	c.Model = model
+	c.SimTimeScale, c.SimOverrides = capmath.SimSettings(m.Server.Argv)
 	if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
-		// Client latencies when the native client measured them; the runner's server-pass
-		// latencies otherwise (LatencyKind says which).
+		c.Ran = true
+		// Client latencies when the native client measured them; the runner's (or the
+		// records') server-pass latencies under their own names.
 		c.MeanTPOTMs, c.MeanTTFTMs = mt.MeanTPOTMs, mt.MeanTTFTMs
-		if sp := mt.ServerPass; sp != nil && c.MeanTPOTMs == nil && c.MeanTTFTMs == nil {
-			c.MeanTPOTMs, c.MeanTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
+		if sp := mt.ServerPass; sp != nil {
+			c.ServerTPOTMs, c.ServerTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
 		}
 		c.LatencyKind = mt.LatencyKind
 		c.AvgActivationDecode = mt.AvgExpertActivationDecode
-		c.AvgActivationPrefill = mt.AvgExpertActivationPrefill
 		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
 		c.TotalOutputTokens = mt.TotalOutputTokens
-		c.DurationS = mt.DurationS
+		// The one cost window: the telemetry's bench window, else the bench phase.
+		c.WindowS, c.Window = m.Timings.Bench, "bench phase"
+		if t := m.Telemetry; t != nil {
+			if t.BenchWindowS != nil && *t.BenchWindowS > 0 {
+				c.WindowS, c.Window = *t.BenchWindowS, "telemetry bench window"
+			}
+			c.EnergyJ, c.EnergySource = t.Energy()
+		}
+		if c.WindowS <= 0 {
+			c.WindowS, c.Window = mt.DurationS, "client duration"
+		}
 	}
 	return c, nil
 }

@@ -144,17 +144,17 @@ func groupPlots(g Group) []plotSpec {
 	what := g.Model + " · " + g.Task
 	specs := []plotSpec{
 		{name: base + "tpot", title: "TPOT vs batch size — " + what, xlabel: "batch size", ylabel: "mean TPOT (ms)", batchX: true, legendLeft: true,
-			series: append(vsBatch((*Row).TPOTMs, nil), floors(capField(func(r *Row) *float64 { return nonZero(r.Cap.TPOTFloorMs) }))...)},
+			series: append(vsBatch((*Row).TPOTMs, nil), floors(capField(func(r *Row) *float64 { return r.Cap.TPOTFloorMs }))...)},
 		{name: base + "throughput", title: "Output throughput vs batch size — " + what, xlabel: "batch size", ylabel: "output tokens/s", batchX: true, legendLeft: true,
 			series: append(vsBatch((*Row).OutputThroughput, nil), floors(capField(func(r *Row) *float64 {
 				// The throughput ceiling is batch / TPOT floor.
-				if r.Cap.TPOTFloorMs <= 0 {
+				if r.Cap.TPOTFloorMs == nil || *r.Cap.TPOTFloorMs <= 0 {
 					return nil
 				}
-				return f64(float64(r.BatchSize) * 1000 / r.Cap.TPOTFloorMs)
+				return f64(float64(r.BatchSize) * 1000 / *r.Cap.TPOTFloorMs)
 			}))...)},
 		{name: base + "ttft", title: "TTFT vs batch size — " + what, xlabel: "batch size", ylabel: "mean TTFT (ms)", batchX: true, legendLeft: true,
-			series: append(vsBatch((*Row).TTFTMs, nil), floors(capField(func(r *Row) *float64 { return nonZero(r.Cap.TTFTFloorMs) }))...)},
+			series: append(vsBatch((*Row).TTFTMs, nil), floors(capField(func(r *Row) *float64 { return r.Cap.TTFTFloorMs }))...)},
 		{name: base + "energy", title: "Energy per output token — " + what, xlabel: "batch size", ylabel: "J per output token", batchX: true,
 			series: vsBatch((*Row).JPerOutputToken, nil),
 			absent: "absent: no cell of this group has GPU energy telemetry (NVML)"},

@@ -99,16 +99,17 @@ func (r *Row) JPerOutputToken() *float64 {
 // (GPU rental + metered electricity, from telemetry) or "rental" (GPU-hours only, from the
 // hardware table's price and the bench duration).
 func (r *Row) CostPerMTok() (*float64, string) {
-	if v := r.tel(func(t *gpu.Summary) *float64 {
-		if t.Cost == nil {
-			return nil
-		}
-		return t.Cost.CostPerMillionOutputTokensUSD
-	}); v != nil {
-		return v, "measured"
+	// One cost computation (capmath.ComputeCost, extra.cap.cost): the total when energy was
+	// measured (or electricity is unpriced), else the rental part alone.
+	if !r.ok() || r.Cap == nil || r.Cap.Cost == nil {
+		return nil, ""
 	}
-	if r.ok() && r.Cap != nil && r.Cap.RentalCostPerMOutputTokensUSD != nil {
-		return r.Cap.RentalCostPerMOutputTokensUSD, "rental"
+	c := r.Cap.Cost
+	if c.PerMillionOutputTokensUSD != nil && c.EnergyJ != nil {
+		return c.PerMillionOutputTokensUSD, "measured"
+	}
+	if c.RentalPerMillionOutputTokensUSD != nil {
+		return c.RentalPerMillionOutputTokensUSD, "rental"
 	}
 	return nil, ""
 }
@@ -133,9 +134,9 @@ func (r *Row) util(pre bool, mbu bool) *float64 {
 		return nil
 	}
 	if mbu {
-		return &u.SMBU
+		return u.SMBU
 	}
-	return &u.SMFU
+	return u.SMFU
 }
 
 // column is one field of the CSV.
@@ -197,9 +198,9 @@ var csvColumns = []column{
 	{"output_throughput_tok_s", func(r *Row) string { return num(r.OutputThroughput()) }},
 	{"output_throughput_per_gpu_tok_s", func(r *Row) string { return num(r.ThroughputPerGPU()) }},
 	{"interactivity_tok_s_per_user", func(r *Row) string { return num(r.Interactivity()) }},
-	{"tpot_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return nonZero(r.Cap.TPOTFloorMs) })) }},
+	{"tpot_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TPOTFloorMs })) }},
 	{"tpot_over_floor", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TPOTOverFloor })) }},
-	{"ttft_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return nonZero(r.Cap.TTFTFloorMs) })) }},
+	{"ttft_floor_ms", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TTFTFloorMs })) }},
 	{"ttft_over_floor", func(r *Row) string { return num(r.capVal(func(r *Row) *float64 { return r.Cap.TTFTOverFloor })) }},
 	{"s_mbu_decode", func(r *Row) string { return num(r.util(false, true)) }},
 	{"s_mfu_decode", func(r *Row) string { return num(r.util(false, false)) }},
@@ -393,7 +394,7 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 		for _, r := range g.Rows {
 			var floor, over *float64
 			if r.Cap != nil {
-				floor, over = nonZero(r.Cap.TPOTFloorMs), r.Cap.TPOTOverFloor
+				floor, over = r.Cap.TPOTFloorMs, r.Cap.TPOTOverFloor
 			}
 			cost, src := r.CostPerMTok()
 			costS := showNA(cost, "%.2f")
@@ -434,6 +435,19 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 			fmt.Fprintf(&b, "| %s | unreadable | %s | — |\n", mdEscape(p.Dir), mdEscape(p.Err))
 		}
 	}
+	// Impossible CAP values (capmath moved them out of the results): each with its cause.
+	var flagged []string
+	for i := range rows {
+		if c := rows[i].Cap; c != nil {
+			for _, e := range c.Errors {
+				flagged = append(flagged, fmt.Sprintf("| %s | %s | %.3g (limit %.2f) | %s |", mdEscape(rows[i].ID), e.Field, e.Value, e.Limit, mdEscape(e.Cause)))
+			}
+		}
+	}
+	if len(flagged) > 0 {
+		b.WriteString("\n## ERROR: impossible CAP values (not shown as results)\n\n| cell | field | value | likely cause |\n|---|---|---|---|\n")
+		b.WriteString(strings.Join(flagged, "\n") + "\n")
+	}
 	b.WriteString("\n## Definitions\n\n")
 	for _, d := range definitions {
 		fmt.Fprintf(&b, "- **%s** (%s): %s\n", d.Name, d.Unit, d.Text)
@@ -450,11 +464,11 @@ var definitions = []Definition{
 	{"TPOT", "ms", "time per output token: (E2E − TTFT) / (output tokens − 1) per request, mean over requests."},
 	{"Output throughput", "tokens/s", "output tokens of all completed requests / bench duration; per GPU: divided by the cell's GPU count."},
 	{"Interactivity", "tokens/s per user", "1000 / TPOT: the decode speed one user sees."},
-	{"TPOT floor", "ms", "lower bound of one decode step for the cell's batch on its GPUs with tensor parallelism: (attention + shared experts + dense FFN weights + touched routed experts, E·(1−(1−k/E)^B) per MoE layer under uniform routing or the measured count from pass records, + every sequence's KV cache at input + (output−1)/2 tokens) / (N · HBM bandwidth), or the step's FLOPs at peak if larger. ×floor = measured / floor."},
-	{"TTFT floor", "ms", "lower bound of one request's prefill alone: 2·(active weights)·prompt tokens + causal attention FLOPs / (N · peak dense FLOP/s for the model's precision), or its weight reads at full bandwidth if slower."},
-	{"S-MBU", "% of peak", "sparse memory-bandwidth utilisation (MoE-CAP): (L·attn + MoE layers·(activated experts·expert + shared) + dense layers·FFN)·bytes/param + context tokens·KV bytes/token, over the pass latency, / (N · peak HBM bandwidth); mean over server passes (records) or from the client's mean TPOT/TTFT."},
-	{"S-MFU", "% of peak", "sparse model-FLOPs utilisation (MoE-CAP): (L·attn + MoE layers·(one expert + shared) + dense FFN + attention score)·2·tokens/s / (N · peak dense FLOP/s); decode tokens/s = batch / TPOT, prefill = prompt tokens / TTFT."},
+	{"TPOT floor", "ms", "the time the hardware needs for one decode step of what ran (pkg/passcost, docs/DESIGN.md): the records' mean decode batch and context and measured expert activation; bytes per GPU = (attention + touched experts + shared + dense FFN + router + LM head weights)/N + the batch's KV cache (MLA latent whole on every GPU), over HBM bandwidth, or the step's FLOPs at peak if longer. Cells that did not run have a prediction, no floor. ×floor = measured / floor."},
+	{"TTFT floor", "ms", "per request, the time to prefill the wave it was prefilled with (every prompt of its pass: causal attention per prompt, k experts per token) at peak FLOP/s (fp8 for an fp8 checkpoint's linear layers), or the pass's bytes at full bandwidth if slower; mean over requests."},
+	{"S-MBU", "% of peak", "physical memory-bandwidth utilisation: bytes the passes had to move per GPU (pkg/passcost) / (pass time · peak HBM bandwidth), Σ over passes; above 101% is impossible and reported as an error, never as a value. MoE-CAP's own S-MBU (one expert per token, KV at the weights' width) is s_mbu_moecap in the CAP block."},
+	{"S-MFU", "% of peak", "physical FLOP utilisation: compute time the passes need at peak (linear layers at their precision's peak, attention at bf16; k experts per token, causal per-prompt attention, LM head) / pass time. MoE-CAP's own S-MFU (one expert per token, the batch's whole context in every token's attention term; may exceed 100%) is s_mfu_moecap."},
 	{"J/tok", "J per output token", "GPU energy over the bench window (NVML energy counter, else integrated power), summed over the cell's GPUs, / output tokens."},
-	{"$/M tok", "USD per million output tokens", "measured: GPU rental for the bench window + metered electricity; (rental): GPUs × $/GPU-hour × bench hours only, when no telemetry priced the energy."},
-	{"Predicted memory", "GB", "full weights + KV cache for batch × (input + output) tokens against 90% of the GPUs' memory (the rest: CUDA context, activations, graphs)."},
+	{"$/M tok", "USD per million output tokens", "one computation (extra.cap.cost): GPU rental for the bench window + metered electricity; (rental): GPUs × $/GPU-hour × bench hours only, when no energy was measured."},
+	{"Predicted memory", "GB", "per GPU: weights / N + KV cache for batch × (input + output) tokens (MLA latent whole on every GPU) against 90% of one GPU's memory; fits, under-batched (only K requests at once: the server runs K) or does not fit (the weights or one request)."},
 }

@@ -2,8 +2,12 @@ package sim
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"sync/atomic"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/passcost"
 )
 
 // request is one prompt being served. The scheduler goroutine owns every field except
@@ -21,6 +25,7 @@ type request struct {
 
 	deadline time.Time // first-token time while in a prefill pass
 	emitted  bool
+	admitted bool // holds KV cache reservation (engine.reserve)
 }
 
 func (r *request) publish(n int64) {
@@ -31,29 +36,53 @@ func (r *request) publish(n int64) {
 	}
 }
 
-// timing turns a pass into its wall duration: the roofline (or the --sim-tpot/--sim-ttft
-// override) times TimeScale.
+// timing is the pass-cost model (pkg/passcost, the one the floors use) applied to the
+// simulated model and hardware. Each pass has a model duration, what the real hardware
+// needs at peak (or the --sim-tpot/--sim-ttft override), which is what the records carry,
+// and a wall duration, the model duration times TimeScale, which is how long the sim
+// really waits. Scaling the clock never changes the recorded latencies.
 type timing struct {
-	cfg Config
+	cfg   Config
+	peaks passcost.Peaks
 }
 
-func (t timing) scale(d time.Duration) time.Duration {
-	return time.Duration(float64(d) * t.cfg.TimeScale)
+func newTiming(cfg Config) timing {
+	return timing{cfg: cfg, peaks: passcost.PeaksOf(cfg.Model, cfg.Hardware)}
 }
 
+func (t timing) wall(model time.Duration) time.Duration {
+	return time.Duration(float64(model) * t.cfg.TimeScale)
+}
+
+// activation is the routed experts per MoE layer a pass over tokens touches (uniform routing).
+func (t timing) activation(tokens float64) float64 {
+	return passcost.TouchedExperts(t.cfg.Model.Experts, t.cfg.Model.TopK, tokens)
+}
+
+// prefill is the model duration of one prefill pass over whole prompts.
 func (t timing) prefill(prompts []int) time.Duration {
 	if t.cfg.TTFT > 0 {
-		return t.scale(t.cfg.TTFT)
+		return t.cfg.TTFT
 	}
-	return t.scale(PrefillCost(t.cfg.Model, prompts).Duration(t.cfg.Model, t.cfg.Hardware, t.cfg.TP))
+	tokens := 0
+	for _, p := range prompts {
+		tokens += p
+	}
+	w := passcost.Prefill(t.cfg.Model, t.cfg.TP, passcost.Prompts(prompts...), t.activation(float64(tokens)))
+	return seconds(passcost.TimeOf(w, t.peaks).Seconds)
 }
 
-func (t timing) decode(batch int, kvTokens int) time.Duration {
+// decode is the model duration of one decode step of batch sequences whose contexts sum
+// to ctxSum positions.
+func (t timing) decode(batch, ctxSum int) time.Duration {
 	if t.cfg.TPOT > 0 {
-		return t.scale(t.cfg.TPOT)
+		return t.cfg.TPOT
 	}
-	return t.scale(DecodeCost(t.cfg.Model, batch, float64(kvTokens)).Duration(t.cfg.Model, t.cfg.Hardware, t.cfg.TP))
+	w := passcost.Decode(t.cfg.Model, t.cfg.TP, float64(batch), float64(ctxSum), t.activation(float64(batch)))
+	return seconds(passcost.TimeOf(w, t.peaks).Seconds)
 }
+
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
 // maxLag is how far the scheduler may fall behind its absolute deadlines before it gives
 // up catching up: beyond this (a stopped process, an overloaded machine) it re-bases on
@@ -68,7 +97,8 @@ type prefillPass struct {
 	start   time.Time
 	members []*request
 	prompts []int
-	dur     time.Duration // modelled duration for all members' tokens
+	model   time.Duration // model duration of the pass over all members' prompts (recorded)
+	dur     time.Duration // wall duration (model × time scale)
 	out     int           // members whose first token is out
 }
 
@@ -82,13 +112,21 @@ type engine struct {
 	gpuRaw string
 	submit chan *request
 	passID int
+	// kvCap is the KV cache that fits beside the weights (passcost.MemoryOf), per GPU;
+	// reserved is what admitted requests hold: prompt + max_tokens each, as a server that
+	// never preempts must reserve. A request is admitted only while it fits, so a batch
+	// the memory cannot hold runs under-batched, exactly as passcost.Feasibility predicts.
+	kvCap    float64 // bytes per GPU
+	reserved float64
+	admitted int // requests holding a reservation
 }
 
 func newEngine(cfg Config, rec *recorder) *engine {
 	return &engine{
 		cfg:    cfg,
-		tm:     timing{cfg},
+		tm:     newTiming(cfg),
 		rec:    rec,
+		kvCap:  kvCapacity(cfg),
 		gpuRaw: GPURawType(cfg.Hardware),
 		submit: make(chan *request, 256),
 	}
@@ -101,41 +139,49 @@ func (e *engine) run(ctx context.Context) {
 		waiting, running []*request
 		pf               *prefillPass
 		decoding         bool
-		passStart        time.Time
 		passEnd          time.Time
-		lastEnd          time.Time // planned end of the previous pass; zero when idle
+		lastEnd          time.Time     // planned end of the previous pass; zero when idle
+		decodeCtx        int           // context positions of the decode pass in flight
+		decodeModel      time.Duration // its model duration (recorded)
 	)
 	for {
 		if pf == nil && !decoding {
-			waiting = dropGone(waiting)
-			running = dropGone(running)
+			waiting = e.dropGone(waiting)
+			running = e.dropGone(running)
 			now := time.Now()
 			start := now
 			if !lastEnd.IsZero() && now.Sub(lastEnd) < maxLag {
 				start = lastEnd
 			}
 			switch {
-			case len(waiting) > 0 && len(running) < e.cfg.MaxRunning:
-				n := min(len(waiting), e.cfg.MaxRunning-len(running))
+			case len(waiting) > 0 && len(running) < e.cfg.MaxRunning && e.fits(waiting[0]):
+				n := 0
+				for n < len(waiting) && len(running)+n < e.cfg.MaxRunning && e.fits(waiting[n]) {
+					e.reserve(waiting[n])
+					n++
+				}
 				pf = &prefillPass{start: start}
 				for _, r := range waiting[:n] {
 					pf.members = append(pf.members, r)
 					pf.prompts = append(pf.prompts, r.prompt)
 				}
 				waiting = append(waiting[:0], waiting[n:]...)
-				pf.dur = e.tm.prefill(pf.prompts)
+				pf.model = e.tm.prefill(pf.prompts)
+				pf.dur = e.tm.wall(pf.model)
 				for _, r := range pf.members {
 					r.deadline = start.Add(pf.dur)
 				}
 				timer.Reset(time.Until(start.Add(pf.dur)))
 			case len(running) > 0:
-				kv := 0
+				// Each sequence attends to its prompt and every token generated so far, the
+				// one being fed in included (SGLang's seq_lens).
+				decodeCtx = 0
 				for _, r := range running {
-					kv += r.prompt + int(r.generated.Load())
+					decodeCtx += r.prompt + int(r.generated.Load())
 				}
 				decoding = true
-				passStart = start
-				passEnd = start.Add(e.tm.decode(len(running), kv))
+				decodeModel = e.tm.decode(len(running), decodeCtx)
+				passEnd = start.Add(e.tm.wall(decodeModel))
 				timer.Reset(time.Until(passEnd))
 			default:
 				lastEnd = time.Time{}
@@ -146,15 +192,23 @@ func (e *engine) run(ctx context.Context) {
 			timer.Stop()
 			return
 		case r := <-e.submit:
-			// A prefill whose first token is not out yet takes late arrivals and times
-			// each from its own arrival. A real engine would make them wait for the next
-			// pass, but then client send jitter at batch 32 would show up as up to twice
-			// the TTFT, and this server is meant to show the floor.
-			if pf != nil && pf.out == 0 && len(waiting) == 0 && len(running)+len(pf.members) < e.cfg.MaxRunning {
+			// A prefill whose first token is not out yet takes late arrivals: the pass is
+			// planned again as if it had started with all of them now, and every member gets
+			// its first token when the whole wave is prefilled (a request waits for the
+			// others of its pass, as the TTFT floor says). A real engine would make a late
+			// arrival wait for the next pass, but then client send jitter at batch 32 would
+			// show up as up to twice the TTFT, and this server is meant to show the floor.
+			if pf != nil && pf.out == 0 && len(waiting) == 0 && len(running)+len(pf.members) < e.cfg.MaxRunning && e.fits(r) {
+				e.reserve(r)
 				pf.members = append(pf.members, r)
 				pf.prompts = append(pf.prompts, r.prompt)
-				pf.dur = e.tm.prefill(pf.prompts)
-				r.deadline = time.Now().Add(pf.dur)
+				pf.model = e.tm.prefill(pf.prompts)
+				pf.dur = e.tm.wall(pf.model)
+				pf.start = time.Now()
+				for _, m := range pf.members {
+					m.deadline = pf.start.Add(pf.dur)
+				}
+				timer.Reset(time.Until(pf.start.Add(pf.dur)))
 			} else {
 				waiting = append(waiting, r)
 			}
@@ -187,6 +241,8 @@ func (e *engine) run(ctx context.Context) {
 					}
 					if r.maxTokens > 1 && !r.gone.Load() {
 						running = append(running, r)
+					} else {
+						e.release(r)
 					}
 				}
 				e.recordPrefill(pf)
@@ -197,9 +253,7 @@ func (e *engine) run(ctx context.Context) {
 			if decoding {
 				var ids []string
 				recOn := e.rec.on()
-				seqSum := 0
 				for _, r := range running {
-					seqSum += r.prompt + int(r.generated.Load()) + 1
 					if recOn {
 						ids = append(ids, r.id)
 					}
@@ -210,10 +264,10 @@ func (e *engine) run(ctx context.Context) {
 					e.rec.add(Record{
 						ForwardPassID:    e.passID,
 						BatchSize:        b,
-						Latency:          passEnd.Sub(passStart).Seconds(),
-						SeqLensSum:       seqSum,
+						Latency:          decodeModel.Seconds(),
+						SeqLensSum:       decodeCtx,
 						ForwardMode:      "decode",
-						ExpertActivation: ExpectedActiveExperts(e.cfg.Model.Experts, e.cfg.Model.TopK, float64(b)),
+						ExpertActivation: e.tm.activation(float64(b)),
 						GPUNum:           e.cfg.TP,
 						GPURawType:       e.gpuRaw,
 						ScheduledTokens:  b,
@@ -231,6 +285,8 @@ func (e *engine) run(ctx context.Context) {
 				for _, r := range running {
 					if int(r.generated.Load()) < r.maxTokens && !r.gone.Load() {
 						keep = append(keep, r)
+					} else {
+						e.release(r)
 					}
 				}
 				clear(running[len(keep):])
@@ -256,10 +312,10 @@ func (e *engine) recordPrefill(pf *prefillPass) {
 	e.rec.add(Record{
 		ForwardPassID:    e.passID,
 		BatchSize:        len(pf.members),
-		Latency:          pf.dur.Seconds(),
+		Latency:          pf.model.Seconds(),
 		SeqLensSum:       tokens,
 		ForwardMode:      "prefill",
-		ExpertActivation: ExpectedActiveExperts(e.cfg.Model.Experts, e.cfg.Model.TopK, float64(tokens)),
+		ExpertActivation: e.tm.activation(float64(tokens)),
 		GPUNum:           e.cfg.TP,
 		GPURawType:       e.gpuRaw,
 		ScheduledTokens:  tokens,
@@ -267,11 +323,64 @@ func (e *engine) recordPrefill(pf *prefillPass) {
 	})
 }
 
-func dropGone(rs []*request) []*request {
+// kvCapacity is the KV cache's bytes per GPU; a model without a description has no memory
+// model.
+func kvCapacity(cfg Config) float64 {
+	if cfg.Undescribed != "" {
+		return math.Inf(1)
+	}
+	return passcost.MemoryOf(cfg.Model, cfg.Hardware, cfg.TP).KVFreeBytes
+}
+
+// kvNeed is the KV cache a request holds at its longest: prompt + max_tokens positions.
+func (e *engine) kvNeed(prompt, maxTokens int) float64 {
+	if e.cfg.Undescribed != "" {
+		return 0
+	}
+	return passcost.KVBytesPerSeqPerGPU(e.cfg.Model, e.cfg.TP, prompt+maxTokens)
+}
+
+// fits reports whether r's KV cache (prompt + max_tokens) fits beside what admitted
+// requests hold.
+func (e *engine) fits(r *request) bool {
+	return e.reserved+e.kvNeed(r.prompt, r.maxTokens) <= e.kvCap
+}
+
+func (e *engine) reserve(r *request) {
+	e.reserved += e.kvNeed(r.prompt, r.maxTokens)
+	e.admitted++
+	r.admitted = true
+}
+
+func (e *engine) release(r *request) {
+	if r.admitted {
+		e.reserved -= e.kvNeed(r.prompt, r.maxTokens)
+		r.admitted = false
+		if e.admitted--; e.admitted == 0 {
+			e.reserved = 0 // no drift from float sums once nothing is admitted
+		}
+	}
+}
+
+// Admissible reports why a request of prompt tokens and maxTokens can never be served:
+// its KV cache alone does not fit beside the weights (passcost.Feasibility's "does not
+// fit at all"). The message carries vLLM's wording, which log watchers read as
+// out-of-memory.
+func (e *engine) admissible(prompt, maxTokens int) error {
+	if need := e.kvNeed(prompt, maxTokens); need > e.kvCap {
+		return fmt.Errorf("the request needs %d tokens of KV cache (%.2f GB per GPU), which is larger than the maximum number of tokens that can be stored in KV cache (%.2f GB per GPU beside the weights of %s on %d×%s): not enough GPU memory for one request",
+			prompt+maxTokens, need/1e9, max(e.kvCap, 0)/1e9, e.cfg.Model.Key, e.cfg.TP, e.cfg.Hardware.Family)
+	}
+	return nil
+}
+
+func (e *engine) dropGone(rs []*request) []*request {
 	keep := rs[:0]
 	for _, r := range rs {
 		if !r.gone.Load() {
 			keep = append(keep, r)
+		} else {
+			e.release(r)
 		}
 	}
 	clear(rs[len(keep):])

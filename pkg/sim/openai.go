@@ -194,6 +194,13 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 				s.cfg.MaxModelLen, n+maxTokens, n, maxTokens))
 			return
 		}
+		// Memory: a request whose KV cache can never fit beside the weights (physics, in
+		// engine.go) is refused the way vLLM refuses one.
+		if err := s.eng.admissible(n, maxTokens); err != nil {
+			s.logf("ValueError: %v", err)
+			writeError(w, http.StatusBadRequest, "BadRequestError", err.Error())
+			return
+		}
 		promptTotal += n
 		reqs[i] = &request{id: id + "-" + strconv.Itoa(i), seq: seq*64 + uint64(i), prompt: n, maxTokens: maxTokens, notify: notify}
 	}

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/passcost"
 )
 
 // FaultError is what Run returns when an injected fault ends the server; the process
@@ -68,6 +70,16 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	if err := loading(ctx, cfg.Startup, logf); err != nil {
 		return nil // cancelled while loading: a clean stop
+	}
+	// The weights must fit (passcost's memory model, the one the feasibility prediction
+	// uses): a real server dies of CUDA out-of-memory while loading them.
+	if cfg.Undescribed != "" {
+		logf("sim: WARNING model %q cannot be described (%s): passes take a fixed %v (prefill) and %v (decode), without a memory model; its CAP numbers will be absent",
+			cfg.ServedModel, cfg.Undescribed, cfg.TTFT, cfg.TPOT)
+	} else if mem := passcost.MemoryOf(cfg.Model, cfg.Hardware, cfg.TP); mem.WeightsPerGPU > mem.UsablePerGPU {
+		logf("torch.OutOfMemoryError: CUDA out of memory. %s needs %.1f GiB of weights per GPU on %d×%s, %.1f GiB usable.",
+			cfg.Model.Key, mem.WeightsPerGPU/(1<<30), cfg.TP, cfg.Hardware.Family, mem.UsablePerGPU/(1<<30))
+		return &FaultError{Fault: "memory", Msg: "CUDA out of memory while loading weights (the model does not fit)"}
 	}
 
 	addr := net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port))

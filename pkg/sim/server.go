@@ -27,6 +27,12 @@ const (
 	FlavorVLLM   = "vllm"
 )
 
+// Pass times of a model the sim cannot describe (when --sim-tpot/--sim-ttft are not given).
+const (
+	UndescribedTPOT = 10 * time.Millisecond
+	UndescribedTTFT = 50 * time.Millisecond
+)
+
 // Faults that --sim-fault injects.
 const (
 	FaultExitOnStart   = "exit-on-start"
@@ -44,6 +50,10 @@ type Config struct {
 	Flavor      string // sglang | vllm
 	ServedModel string // --model-path / --model, byte for byte: the id clients must send
 	Model       config.Model
+	// Undescribed, when set, says why Model has no architecture: the sim then serves it
+	// with fixed pass times (UndescribedTPOT/TTFT unless --sim-tpot/--sim-ttft) and no
+	// memory model, and nothing it records is physical.
+	Undescribed string
 	Hardware    config.Hardware
 	TP          int
 	MaxRunning  int // --max-running-requests / --max-num-seqs
@@ -59,7 +69,7 @@ type Config struct {
 	Startup       time.Duration // loading time before listening (wall time, not scaled)
 	TPOT          time.Duration // decode pass duration; 0 = roofline
 	TTFT          time.Duration // prefill pass duration; 0 = roofline
-	TimeScale     float64       // multiplies every pass duration; 0 means 1
+	TimeScale     float64       // multiplies every pass's wall duration (records keep the model's); 0 means 1
 	Out           io.Writer     // log lines; nil discards
 }
 
@@ -74,7 +84,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.ServedModel == "" {
 		return c, errors.New("sim: no served model; pass the model path (--model-path for sglang, --model for vllm)")
 	}
-	if c.Model.Experts <= 0 || c.Model.TopK <= 0 || c.Model.Layers <= 0 {
+	if c.Undescribed != "" {
+		if c.TPOT <= 0 {
+			c.TPOT = UndescribedTPOT
+		}
+		if c.TTFT <= 0 {
+			c.TTFT = UndescribedTTFT
+		}
+		if c.Model.Vocab <= 0 {
+			c.Model.Vocab = 32000
+		}
+	} else if c.Model.Experts <= 0 || c.Model.TopK <= 0 || c.Model.Layers <= 0 {
 		return c, fmt.Errorf("sim: model %q has no architecture numbers; load it from the model table", c.ServedModel)
 	}
 	if c.Hardware.HBMBandwidth <= 0 || c.Hardware.BF16FLOPs <= 0 {

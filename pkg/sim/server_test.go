@@ -170,9 +170,9 @@ func TestEndpoints(t *testing.T) {
 	common := []tc{
 		{"GET", "/health", "", 200, ""},
 		{"GET", "/v1/models", "", 200, `"id":"` + qwenPath + `"`},
-		{"GET", "/v1/models", "", 200, `"max_model_len":8192`},
+		{"GET", "/v1/models", "", 200, `"max_model_len":32768`},
 		{"POST", "/tokenize", `{"model":"` + qwenPath + `","prompt":"Hello, world!"}`, 200, `"count":4`},
-		{"POST", "/tokenize", `{"model":"` + qwenPath + `","prompt":"a"}`, 200, `"max_model_len":8192`},
+		{"POST", "/tokenize", `{"model":"` + qwenPath + `","prompt":"a"}`, 200, `"max_model_len":32768`},
 		{"POST", "/detokenize", `{"model":"` + qwenPath + `","tokens":[1,2,3]}`, 200, `"prompt":`},
 		{"POST", "/v1/completions", `{"model":"` + qwenPath + `","prompt":"hi","max_tokens":3}`, 200, `"completion_tokens":3`},
 		{"POST", "/v1/completions", `{"model":"` + qwenPath + `","prompt":[5,6,7],"max_tokens":2}`, 200, `"prompt_tokens":3`},
@@ -185,7 +185,7 @@ func TestEndpoints(t *testing.T) {
 		{"POST", "/v1/completions", `{"model":"` + qwenPath + `"}`, 400, `\"prompt\" is required`},
 		{"POST", "/v1/completions", `{"model":"` + qwenPath + `","prompt":"hi","max_tokens":0}`, 400, "max_tokens"},
 		{"POST", "/v1/completions", `{"model":"` + qwenPath + `","prompt":[999999999]}`, 400, "outside the vocabulary"},
-		{"POST", "/v1/completions", `{"model":"` + qwenPath + `","prompt":"` + strings.Repeat("w ", 8190) + `","max_tokens":10}`, 400, "maximum context length is 8192"},
+		{"POST", "/v1/completions", `{"model":"` + qwenPath + `","prompt":"` + strings.Repeat("w ", 32766) + `","max_tokens":10}`, 400, "maximum context length is 32768"},
 		{"GET", "/v1/completions", "", 405, "use POST"},
 		{"GET", "/nope", "", 404, "no such endpoint"},
 	}
@@ -324,12 +324,20 @@ func TestTimingOverrides(t *testing.T) {
 			runBatch(t, url, batch, 1) // opens the connections
 			res := runBatch(t, url, batch, maxTokens)
 			var sumTPOT, sumTTFT time.Duration
+			var lastSent time.Time
+			for _, r := range res {
+				if r.sent.After(lastSent) {
+					lastSent = r.sent
+				}
+			}
 			for _, r := range res {
 				if len(r.times) != maxTokens {
 					t.Fatalf("got %d chunks, want %d", len(r.times), maxTokens)
 				}
 				sumTPOT += r.tpot()
-				sumTTFT += r.ttft()
+				// A wave's prefill pass starts when its last request is in (every member's
+				// first token comes when the whole wave is prefilled): TTFT counts from there.
+				sumTTFT += r.ttft() - lastSent.Sub(r.sent)
 			}
 			meanTPOT, meanTTFT := sumTPOT/time.Duration(batch), sumTTFT/time.Duration(batch)
 			t.Logf("batch %d: mean TTFT %v (want %v), mean TPOT %v (want %v)", batch, meanTTFT, ttft, meanTPOT, tpot)
