@@ -120,7 +120,7 @@ The results root must be on a file system every node sees, and so must the moeca
 the tasks as sbatch does by default.`,
 		Example: `  moecapd slurm submit --matrix configs/matrix.yaml --results /shared/results --hardware 8xH200 \
       --partition h200 --account myproj --time 8h --max-parallel 4 --sbatch-arg=--exclusive
-  moecapd slurm submit --results /shared/results --only 'qwen1_5\..*\.1xH100' --dry-run`,
+  moecapd slurm submit --results /shared/results --only 'qwen1_5\.1xH200' --dry-run`,
 		Args: cobra.NoArgs,
 		RunE: runSlurmSubmit,
 	}
