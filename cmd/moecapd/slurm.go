@@ -23,6 +23,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
 	"github.com/moecapd/moecapd/pkg/slurm"
 )
@@ -33,8 +34,8 @@ func newSlurmCmd() *cobra.Command {
 	s := &cobra.Command{
 		Use:   "slurm",
 		Short: "Run the matrix on a Slurm cluster as job arrays (submit, status, cancel)",
-		Long: `The experiment matrix as Slurm job arrays on a shared results root: one array per GPU
-count (--gpus=N per task), each task running exactly one cell through the same pipeline as
+		Long: `The experiment matrix as Slurm job arrays on a shared results root: one array per hardware
+label such as 8xH200 (--gpus=N per task), each task running exactly one cell through the same pipeline as
 "matrix run". Submit is idempotent: cells the results root holds as ok, and cells queued or
 running in Slurm, are not submitted again. The manifest in the results root is the truth of
 a cell; Slurm's view (queued, running, cancelled, timed out) is shown next to it.
@@ -106,10 +107,10 @@ func readSlurmCellOpts(fs *pflag.FlagSet) (slurmCellOpts, error) {
 func newSlurmSubmitCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "submit [flags]",
-		Short: "Submit the matrix's cells that the results root does not hold as ok, one job array per GPU count",
+		Short: "Submit the matrix's cells that the results root does not hold as ok, one job array per hardware label",
 		Long: `Submits every cell of the matrix that the results root does not already hold as ok (or
-infeasible) and that is not queued or running in Slurm, one array per GPU count: every task
-of an array asks for --gpus=N and runs one cell with "moecapd slurm task". A second submit of
+infeasible) and that is not queued or running in Slurm, one array per hardware label (so per
+GPU count, and one GPU family per array): every task of an array asks for --gpus=N and runs one cell with "moecapd slurm task". A second submit of
 a complete or fully queued matrix submits nothing; a deleted or failed result is what gets
 resubmitted. --dry-run prints the sbatch commands and the cells of each array and submits
 nothing.
@@ -316,7 +317,9 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 		return slurmErr(fmt.Errorf("ask Slurm which of this root's tasks are queued: %w", err))
 	}
 
-	byGPUs := map[int][]*matrix.Cell{}
+	// One array per hardware label (so per GPU count, and never two GPU families in one
+	// array: an H200 cell must not land on an A100 node of the same partition).
+	byLabel := map[string][]*matrix.Cell{}
 	var kept, queued, other int
 	for _, c := range mx.Cells {
 		it := items[c.ID]
@@ -338,9 +341,9 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 				continue
 			}
 		}
-		byGPUs[c.GPUs] = append(byGPUs[c.GPUs], c)
+		byLabel[c.Hardware] = append(byLabel[c.Hardware], c)
 	}
-	if len(byGPUs) == 0 {
+	if len(byLabel) == 0 {
 		fmt.Printf("nothing to submit: %d cell(s) kept from results (ok or infeasible), %d queued or running in Slurm, %d done per matrix or skipped\n", kept, queued, other)
 		return nil
 	}
@@ -368,40 +371,52 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 			return withCode(exitUsage, fmt.Errorf("write the batch script under %s: %w (the results root must be writable)", root, err))
 		}
 	}
-	// One array per GPU count, split where it would pass the cluster's MaxArraySize.
+	// Split where an array would pass the cluster's MaxArraySize.
 	type group struct {
-		gpus int
-		ids  []string
+		label string
+		gpus  int
+		ids   []string
 	}
 	var groups []group
-	counts := make([]int, 0, len(byGPUs))
-	for n := range byGPUs {
-		counts = append(counts, n)
-	}
-	sort.Ints(counts)
-	for _, n := range counts {
+	labelList := slices.Collect(maps.Keys(byLabel))
+	sort.Slice(labelList, func(i, j int) bool {
+		a, b := byLabel[labelList[i]][0], byLabel[labelList[j]][0]
+		if a.GPUs != b.GPUs {
+			return a.GPUs < b.GPUs
+		}
+		return a.Hardware < b.Hardware
+	})
+	families := map[string]bool{}
+	for _, l := range labelList {
 		var ids []string
-		for _, c := range byGPUs[n] {
+		for _, c := range byLabel[l] {
 			ids = append(ids, c.ID)
+			if c.Backend != launcher.BackendSim {
+				families[c.Family] = true
+			}
 		}
 		for part := range slices.Chunk(ids, ccfg.MaxArraySize) {
-			groups = append(groups, group{n, part})
+			groups = append(groups, group{l, byLabel[l][0].GPUs, part})
 		}
+	}
+	if len(families) > 1 {
+		log.Warn("this submit sends cells of several GPU families to the same partition; unless the partition's nodes are all alike, submit each family on its own (--hardware with its --partition or --sbatch-arg=--constraint=...) so every cell lands on its own hardware",
+			zap.Strings("families", slices.Sorted(maps.Keys(families))))
 	}
 	stamp := time.Now().UTC().Format("20060102T150405.000")
 	cwd, _ := os.Getwd()
 	for i, g := range groups {
 		n, ids := g.gpus, g.ids
-		specPath := slurm.Path(root, slurm.ArraysDir, fmt.Sprintf("%s-%dgpu-%d.json", stamp, n, i))
+		specPath := slurm.Path(root, slurm.ArraysDir, fmt.Sprintf("%s-%s-%d.json", stamp, g.label, i))
 		spec := &slurm.Spec{SchemaVersion: slurm.SpecVersion, Matrix: matrixPath, Results: root, GPUs: n,
 			Cells: ids, KillWaitS: killWait.Seconds(), Flags: forward}
-		sub := slurm.SubmitSpec{Name: fmt.Sprintf("moecapd-%dgpu", n), GPUs: n, Tasks: len(ids),
+		sub := slurm.SubmitSpec{Name: "moecapd-" + g.label, GPUs: n, Tasks: len(ids),
 			MaxParallel: v.GetInt("max-parallel"), Partition: v.GetString("partition"), Account: v.GetString("account"),
 			QOS: v.GetString("qos"), Time: tlimit, Output: slurm.Path(root, slurm.LogsDir, "%A_%a.out"), Chdir: cwd,
 			Extra: v.GetStringSlice("sbatch-arg"), Script: script,
 			Args: []string{self, "slurm", "task", "--spec", specPath}}
 		if v.GetBool("dry-run") {
-			fmt.Printf("array %d of %d: %d cell(s), %d GPU(s) per task\n  sbatch %s\n", i+1, len(groups), len(ids), n, shellWords(sub.Argv()))
+			fmt.Printf("array %d of %d: %d %s cell(s), %d GPU(s) per task\n  sbatch %s\n", i+1, len(groups), len(ids), g.label, n, shellWords(sub.Argv()))
 			if len(forward) > 0 {
 				var set []string
 				for k, val := range forward {
@@ -426,13 +441,13 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 			_ = os.Remove(specPath)
 			return slurmErr(fmt.Errorf("submit the %d-GPU array (%d cells): %w", n, len(ids), err))
 		}
-		rec.Arrays = append(rec.Arrays, slurm.Array{JobID: id, Name: sub.Name, GPUs: n, Cells: ids, Spec: specPath,
+		rec.Arrays = append(rec.Arrays, slurm.Array{JobID: id, Name: sub.Name, Hardware: g.label, GPUs: n, Cells: ids, Spec: specPath,
 			SbatchArgv: append([]string{"sbatch"}, sub.Argv()...), SubmittedAt: time.Now().UTC()})
 		// Recorded at once: a failure submitting the next array must not lose this one.
 		if err := slurm.WriteRecord(root, rec); err != nil {
 			return withCode(exitInternal, fmt.Errorf("array %s was submitted but could not be recorded (cancel it with scancel %s): %w", id, id, err))
 		}
-		fmt.Printf("submitted array %s: %d cell(s), %d GPU(s) per task\n", id, len(ids), n)
+		fmt.Printf("submitted array %s: %d %s cell(s), %d GPU(s) per task\n", id, len(ids), g.label, n)
 		log.Info("array submitted", zap.String("job", id), zap.Int("gpus", n), zap.Strings("cells", ids))
 	}
 	if v.GetBool("dry-run") {

@@ -439,6 +439,17 @@ func TestSlurmUnavailable(t *testing.T) {
 	if _, err := os.Stat(slurm.Path(root, slurm.JobsFile)); err == nil {
 		t.Errorf("a dry run recorded a submission")
 	}
+	// The guide's matrix: one array per kind of node, never two GPU families in one.
+	r = moecapd(t, []string{"PATH=" + t.TempDir()}, "slurm", "submit", "--matrix", "../../configs/matrix.yaml", "--results", root, "--dry-run")
+	for _, want := range []string{"12 1xA100 cell(s), 1 GPU(s)", "28 1xH200 cell(s), 1 GPU(s)", "64 8xA100 cell(s), 8 GPU(s)",
+		"64 8xH100 cell(s), 8 GPU(s)", "80 8xH200 cell(s), 8 GPU(s)", "--job-name=moecapd-8xH200 --gpus=8"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("guide matrix dry run lacks %q:\n%s", want, r.stdout)
+		}
+	}
+	if r.code != 0 || strings.Count(r.stdout, "sbatch --parsable") != 5 || !strings.Contains(r.stderr, "several GPU families") {
+		t.Errorf("guide matrix dry run: exit %d, %d arrays, stderr %s; want 5 arrays and the mixed-family warning", r.code, strings.Count(r.stdout, "sbatch --parsable"), r.stderr)
+	}
 	r = moecapd(t, nil, submitArgs(root, "--hardware", "8xH20", "--dry-run")...)
 	if r.code != exitUsage || !strings.Contains(r.stderr, "--hardware 8xH20: no cell") || !strings.Contains(r.stderr, "8xH100") {
 		t.Errorf("unknown --hardware: exit %d, stderr %s; want 2 listing the matrix's labels", r.code, r.stderr)

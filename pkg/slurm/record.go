@@ -51,6 +51,7 @@ type Spec struct {
 type Array struct {
 	JobID       string    `json:"job_id"`
 	Name        string    `json:"name"`
+	Hardware    string    `json:"hardware"`
 	GPUs        int       `json:"gpus"`
 	Cells       []string  `json:"cells"`
 	Spec        string    `json:"spec"`
