@@ -43,7 +43,9 @@ if [ "\$1" = -m ]; then
   mod="\$2"; shift 2
   case "\$mod" in
     moe_cap.systems.sglang) exec "$realpy" -u "$repo/tools/gpuserver/server.py" "\$@" ;;
-    moe_cap.runner.openai_api_profile) exec "$moecapd" bench --log-format json --datasets random --offline "\$@" ;;
+    # The torch server has no /tokenize (the upstream prompt style needs the chat template):
+    # exact token ids.
+    moe_cap.runner.openai_api_profile) exec "$moecapd" bench --log-format json --datasets random --offline --prompt-style exact-ids "\$@" ;;
   esac
 fi
 exec "$realpy" "\$@"

@@ -50,7 +50,14 @@ if [ "$1" = -m ]; then
   case "$mod" in
     moe_cap.systems.sglang) exec "$MOECAPD_TEST_BIN" sim-server --flavor sglang --sim-tpot 2ms "$@" ;;
     moe_cap.systems.vllm) exec "$MOECAPD_TEST_BIN" sim-server --flavor vllm --sim-tpot 2ms "$@" ;;
-    moe_cap.runner.openai_api_profile) exec "$MOECAPD_TEST_BIN" bench --log-format json --datasets random --offline "$@" ;;
+    moe_cap.runner.openai_api_profile)
+      out=""; prev=""
+      for a in "$@"; do [ "$prev" = --output_dir ] && out="$a"; prev="$a"; done
+      case "$FAKE_RUNNER" in
+        crash) printf 'Traceback (most recent call last):\n  File "openai_api_profile.py", line 1\nmoe_cap.runner.openai_api_profile.ServerRecordsUnavailableError: SGLang wrote no record file\n' >&2; exit 1 ;;
+        garbage) mkdir -p "$out/Qwen/Qwen1.5-MoE-A2.7B-Chat"; printf '{"performance": {"e2e_s": 0.' > "$out/Qwen/Qwen1.5-MoE-A2.7B-Chat/metrics_gsm8k_20261201_120000.json"; exit 0 ;;
+      esac
+      exec "$MOECAPD_TEST_BIN" bench --log-format json --datasets random --offline "$@" ;;
   esac
 fi
 echo "fake python: unsupported $*" >&2
@@ -117,6 +124,30 @@ func TestCondaPathHostileNames(t *testing.T) {
 			if backend == "vllm" && seen.Env["MOE_CAP_ENABLE_EXPERT_PATCHING"] != "1" {
 				t.Errorf("vllm expert patching env %q, want 1", seen.Env["MOE_CAP_ENABLE_EXPERT_PATCHING"])
 			}
+			// The cell's duration is moecapd's own clock of the runner's request phase, compared
+			// with the runner's e2e_s × N; the server-pass figures come from the recording window.
+			mt := m.Metrics
+			if cc := mt.ClockCheck; cc == nil || cc.MoecapdRequestPhaseS == nil || cc.RunnerE2ETimesNS == nil || mt.DurationS != *cc.RunnerE2ETimesNS {
+				t.Errorf("clock check %+v, duration %v: want the runner's wall time, confirmed by moecapd's request-phase clock", cc, mt.DurationS)
+			}
+			// server_pass carries the runner's own ttft/tpot, and moecapd's over the window.
+			var rf struct {
+				Performance struct{ TTFT, TPOT float64 } `json:"performance"`
+			}
+			json.Unmarshal(mt.MoECAP, &rf)
+			if sp := mt.ServerPass; sp == nil || sp.TTFTMoECAPMs == nil || *sp.TTFTMoECAPMs != rf.Performance.TTFT*1000 ||
+				sp.TPOTMoECAPMs == nil || sp.WindowTTFTMs == nil || sp.WindowTPOTMs == nil || !strings.Contains(sp.Source, "recording window") {
+				t.Errorf("server pass %+v, want the runner's TTFT/TPOT and moecapd's window ones", sp)
+			}
+			if mt.MeanTTFTMs != nil || mt.MeanTPOTMs != nil {
+				t.Errorf("client TTFT/TPOT present for a runner cell (non-streaming: it measures none)")
+			}
+			if backend == "vllm" && mt.AvgDecodeContextTokens == nil {
+				t.Errorf("vLLM decode context not rebuilt from the trace")
+			}
+			if _, err := os.Stat(filepath.Join(dir, "records", "moecapd_window.jsonl")); err != nil {
+				t.Errorf("recording window file: %v", err)
+			}
 			ms, _ := filepath.Glob(filepath.Join(dir, "client", "*", "*", "metrics_*.json"))
 			if len(ms) != 1 {
 				t.Errorf("runner metrics files %v, want one under client/<org>/<model>/", ms)
@@ -148,6 +179,44 @@ func TestMissingCondaEnv(t *testing.T) {
 	}
 	if !strings.Contains(r.stderr, "conda env create -f envs/vllm.yml") {
 		t.Errorf("error does not say how to create the env:\n%s", r.stderr)
+	}
+}
+
+// TestRunnerBadOutputs: a runner that crashes (the runner exits 1 when the SGLang record file
+// is missing), one whose metrics file does not parse, and one whose requests all failed each
+// fail the cell with a clear message and exit 5; what was measured stays in the manifest.
+func TestRunnerBadOutputs(t *testing.T) {
+	tests := []struct {
+		name, runner string
+		extra        []string
+		kind         cell.Kind
+		msg          string
+	}{
+		{"crash", "crash", nil, cell.KindClientError, "ServerRecordsUnavailableError: SGLang wrote no record file"},
+		{"unparseable metrics", "garbage", nil, cell.KindBadResult, "not a MoE-CAP metrics file"},
+		// moecapd bench as the runner exits 5 on failed requests (the real runner exits 0 and
+		// the cell's own check makes it bad_result); either way the numbers are kept.
+		{"failed requests", "", []string{"--", "--sim-fault", "http-500-some"}, "", "requests failed"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			root, _ := fakeCondaRoot(t, "sglang")
+			cfg := tinyConfig(t, qwen, 32, 8, 4)
+			results := t.TempDir()
+			args := append([]string{"launch-and-bench", "--backend", "sglang", "--config", cfg, "--batch-size", "2", "--port", "0",
+				"--conda-root", root, "--results", results, "--grace", "2s", "--log-format", "json"}, tt.extra...)
+			r := moecapd(t, []string{"MOECAPD_TEST_BIN=" + bin, "FAKE_RUNNER=" + tt.runner}, args...)
+			if r.code != 5 {
+				t.Fatalf("exit %d, want 5\n%s", r.code, r.stderr)
+			}
+			_, m := onlyCell(t, results)
+			if m.Failure == nil || tt.kind != "" && m.Failure.Kind != tt.kind || !strings.Contains(m.Failure.Message, tt.msg) {
+				t.Errorf("failure %+v, want %s with %q", m.Failure, tt.kind, tt.msg)
+			}
+			if tt.name == "failed requests" && (m.Metrics == nil || m.Metrics.Failed != 1 || m.Metrics.Completed != 3) {
+				t.Errorf("the failed run's numbers were lost: %+v", m.Metrics)
+			}
+		})
 	}
 }
 

@@ -36,6 +36,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	stopTestSlurm() // the Slurm tests' private cluster, if one of them started it
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

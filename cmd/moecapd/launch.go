@@ -81,6 +81,9 @@ left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is
 	f.String("dataset-file", "", "native client: local JSONL of prompt texts instead of fetching the dataset from the hub")
 	f.String("dataset-cache-dir", defaultCacheDir(), "native client: cache of dataset rows fetched from the hub")
 	f.Bool("offline", false, "native client: never fetch dataset rows from the network")
+	// moecap helper (issue 9 / 11.3): the native client's prompt style and result tolerance.
+	f.String("prompt-style", profile.PromptExactIDs, "native client: exact-ids (exact token ids, streaming: client TTFT/TPOT/ITL) or upstream (the MoE-CAP runner's chat-templated text, non-streaming)")
+	f.Int("allow-bad-requests", 0, "native client: requests that may fail or come back invalid (usage/stream mismatch, short output) before the cell is bad_result; recorded in the manifest")
 	return cmd
 }
 
@@ -116,6 +119,8 @@ type launchOpts struct {
 	Dataset, DatasetFile             string
 	DatasetCacheDir                  string
 	Offline                          bool
+	PromptStyle                      string
+	AllowBadRequests                 int
 }
 
 // readLaunchOpts reads launch-and-bench's flags (merged by settings) into launchOpts. The
@@ -134,6 +139,7 @@ func readLaunchOpts(fs *pflag.FlagSet) (launchOpts, error) {
 		GPUHourUSD: r.optFloat("gpu-hour-usd"), ElectricityUSDPerKWh: r.optFloat("electricity-usd-per-kwh"),
 		Warmup: r.int("warmup"), Seed: r.int64("seed"), Dataset: r.str("dataset"), DatasetFile: r.str("dataset-file"),
 		DatasetCacheDir: r.str("dataset-cache-dir"), Offline: r.bool("offline"),
+		PromptStyle: r.str("prompt-style"), AllowBadRequests: r.int("allow-bad-requests"),
 	}
 	if r.err != nil {
 		return o, r.err
@@ -235,6 +241,17 @@ func cellConfig(o launchOpts, log *zap.Logger, extra []string, gb gpu.Backend) (
 	c.Native.DatasetFile = o.DatasetFile
 	c.Native.DatasetCacheDir = o.DatasetCacheDir
 	c.Native.Offline = o.Offline
+	// moecap helper (issue 9 / 11.3): prompt style and result tolerance of the native client.
+	c.Native.PromptStyle, c.Native.AllowedBadRequests = o.PromptStyle, o.AllowBadRequests
+	if c.Native.PromptStyle == "" { // the matrix's flag set has no --prompt-style
+		c.Native.PromptStyle = profile.PromptExactIDs
+	}
+	if ps := c.Native.PromptStyle; ps != profile.PromptExactIDs && ps != profile.PromptUpstream {
+		return nil, nil, usageErrorf("--prompt-style %q: want exact-ids or upstream", ps)
+	}
+	if c.Native.AllowedBadRequests < 0 {
+		return nil, nil, usageErrorf("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
+	}
 	c.Derive = report.Hook(tables, &c.Prices, func(err error) {
 		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
 	})
@@ -346,6 +363,16 @@ func printCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		sec(t.Preflight), sec(t.LaunchToReady), sec(t.Bench), sec(t.Teardown), sec(t.Total))
 	if x := m.Metrics; x != nil {
 		fmt.Fprintf(w, "requests %d completed, %d failed  (%s latencies)\n", x.Completed, x.Failed, x.LatencyKind)
+		// moecap helper: how the prompts were built, and any doubt about the result.
+		if x.PromptStyle != "" {
+			fmt.Fprintf(w, "prompts  %s\n", x.PromptStyle)
+		}
+		if len(x.InvalidReasons) > 0 {
+			fmt.Fprintf(w, "INVALID  %s\n", strings.Join(x.InvalidReasons, "; "))
+		}
+		if cc := x.ClockCheck; cc != nil && cc.Note != "" {
+			fmt.Fprintf(w, "clock    %s\n", cc.Note)
+		}
 		if sp := x.ServerPass; sp != nil {
 			// Server forward-pass times (GPU time, no queueing), under their own names.
 			fmt.Fprintf(w, "server passes  TTFT (MoE-CAP) %s ms  TPOT (MoE-CAP) %s ms\n", f(sp.TTFTMoECAPMs), f(sp.TPOTMoECAPMs))

@@ -108,7 +108,11 @@ func newLogger(v *viper.Viper) (*zap.Logger, error) {
 }
 
 func main() {
-	err := newRootCmd().Execute()
+	root := newRootCmd()
+	// The runner takes --datasets/--metrics as space-separated lists (argparse nargs);
+	// pflag does not, so bench's argv is rewritten into repeated flags first (bench.go).
+	root.SetArgs(expandRunnerLists(os.Args[1:]))
+	err := root.Execute()
 	if err == nil {
 		os.Exit(exitOK)
 	}

@@ -617,16 +617,6 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 	}
 }
 
-func firstLineOf(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		s = s[:i]
-	}
-	if len(s) > 100 {
-		s = s[:97] + "..."
-	}
-	return s
-}
-
 func runMatrixStatus(cmd *cobra.Command, _ []string) error {
 	if _, err := settings(cmd); err != nil {
 		return err

@@ -80,7 +80,7 @@ wrappers.`,
 	f.Int("chunked-prefill-size", 0, "sglang: accepted; prefill is not chunked in the simulator")
 	f.String("model", "", "vllm: model to serve; clients must send this string as \"model\"")
 	f.Int("tensor-parallel-size", 1, "vllm: tensor-parallel size (also -tp)")
-	f.Bool("enable-expert-distribution-metrics", false, "vllm: accepted; records are kept between /start_batch_recording and /stop_batch_recording")
+	f.Bool("enable-expert-distribution-metrics", false, "vllm: also log every pass since start-up under <recorder dir>/logs/expert_distribution/, as the wrapper does (batch records are kept between /start_batch_recording and /stop_batch_recording either way)")
 	f.Int("max-num-batched-tokens", 0, "vllm: accepted; prefill is not chunked in the simulator")
 	f.Int("max-num-seqs", 0, "vllm: most requests decoding at once (default 256)")
 	f.Int("max-model-len", 0, "vllm: context length (default: the model's max positions)")
@@ -325,6 +325,7 @@ func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
 
 	// Same defaults as the wrappers when the variable is unset: ~/expert_records for
 	// sglang, the system temp dir for vllm.
+	cfg.ExpertDistributionMetrics, _ = fs.GetBool("enable-expert-distribution-metrics")
 	cfg.RecordsDir = os.Getenv("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR")
 	if cfg.RecordsDir == "" {
 		if cfg.Flavor == sim.FlavorSGLang {

@@ -41,6 +41,9 @@ type ReqInfo struct {
 	IsLastChunk bool
 }
 
+// windowFile is profile.WindowFile (capmath does not import profile).
+const windowFile = "moecapd_window.jsonl"
+
 // rawPass is a pass record as the wrappers write it. Numbers that one version writes as
 // ints and another as floats, or as null, are read leniently.
 type rawPass struct {
@@ -118,6 +121,18 @@ type Records struct {
 // error: the result is empty.
 func ReadRecords(dir string) (*Records, error) {
 	recs := &Records{Skipped: map[string]int{}}
+	// moecap helper (issue 9): moecapd writes the recording window, each pass once, to
+	// moecapd_window.jsonl (profile.WindowFile). The wrappers' own files beside it hold more
+	// (SGLang: every pass since start-up, warm-up included; vLLM: its expert log of every
+	// pass), so when the window file exists it is the only one read. Its records are the
+	// wrappers' verbatim (plus a context_tokens key that is not read here).
+	if b, err := os.ReadFile(filepath.Join(dir, windowFile)); err == nil {
+		if _, err := decodeRecords(b, recs); err != nil {
+			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, windowFile), err)
+		}
+		recs.Files = []string{windowFile}
+		return recs, nil
+	}
 	seen := map[string]bool{}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -212,9 +213,9 @@ func (r *runner) run(ctx context.Context) {
 
 	r.phase(PhaseBench)
 	t = time.Now()
-	if r.smp != nil {
-		r.smp.MarkBenchStart()
-	}
+	// The telemetry window opens when the client sends its first measured request (native:
+	// profile's hook; runner: its "Sending" line), not at the client's start-up; the mark
+	// after the bench closes it if the client did not.
 	r.bench(ctx)
 	if r.smp != nil {
 		r.smp.MarkBenchEnd()
@@ -413,6 +414,11 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 	}
 	o.OutputDir = p.Files.Client()
 	o.RecordsDir = p.Files.Records()
+	bs := c.BatchSize
+	o.ServerBatchSize = &bs
+	if r.smp != nil {
+		o.OnMeasureStart, o.OnMeasureEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
+	}
 	o.Log = r.log
 	// client.log gets the client's own log lines (JSON), not a terminal progress bar.
 	if cl, err := os.Create(p.Files.ClientLog()); err == nil {
@@ -424,6 +430,11 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 		}
 	}
 	res, err := profile.Run(ctx, o)
+	// A run whose requests failed or whose counts do not hold up is an invalid result
+	// (bad_result, exit 5); its numbers are kept in the manifest all the same.
+	if err != nil && ctx.Err() == nil && (errors.Is(err, profile.ErrInvalidResult) || errors.Is(err, profile.ErrNoSuccess)) {
+		err = badResult{err}
+	}
 	if res != nil {
 		return &res.Metrics, err
 	}
@@ -432,30 +443,99 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 
 func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	c, p := r.c, r.p
+	// Unbuffered prints put the runner's request-phase markers into client.log when they
+	// happen, so moecapd can time that phase itself (profile.PhaseClock).
 	env := launcher.MergeEnv(c.BaseEnv, p.EnvAdded)
+	env = launcher.MergeEnv(env, map[string]string{"PYTHONUNBUFFERED": "1"})
+	recordsDir := p.Files.Records()
+	flavor := p.Spec.APIFlavor()
+	var mark *profile.SGLangMark
+	if flavor == "sglang" {
+		// The SGLang dump holds every pass since start-up: note where this run's begin.
+		hc := &http.Client{Timeout: 5 * time.Minute}
+		if m, err := profile.MarkSGLang(ctx, hc, p.BaseURL, "", recordsDir, p.Spec.Model); err != nil {
+			r.log.Warn("could not mark the start of the recording window; moecapd's server-pass figures will come from the whole dump (probes filtered)", zap.Error(err))
+		} else {
+			mark = &m
+		}
+	}
+	logPath := p.Files.ClientLog()
+	var onStart, onEnd func()
+	if r.smp != nil {
+		onStart, onEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
+	}
+	clock := profile.WatchRunnerLog(logPath, 5*time.Millisecond, onStart, onEnd)
+	t0 := time.Now()
 	// The runner carries the server's token: a supervisor killed mid-bench leaves it recorded
 	// among the server's processes, so the next run's sweep ends it too instead of leaving it
 	// to write into a directory that a rerun has since recreated.
-	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: p.Files.ClientLog(), Token: r.proc.Token()})
+	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: logPath, Token: r.proc.Token()})
 	if err != nil {
+		clock.Stop()
 		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
 	}
 	select {
 	case <-proc.Done():
 	case <-ctx.Done():
 		proc.Stop(5 * time.Second)
+		clock.Stop()
 		return nil, ctx.Err()
 	}
+	rc := profile.RunnerClock{Process: time.Since(t0), RequestPhase: clock.Stop()}
 	code := proc.ExitCode()
 	r.m.Client.ExitCode = &code
+	met, err := profile.ReadMoECAPOutput(p.Files.Client(), c.numSamples(), rc)
 	if code != 0 {
-		return nil, fmt.Errorf("the MoE-CAP runner failed (%s); see client.log in %s", proc.ExitDescription(), p.Dir)
+		// Whatever the runner wrote before failing is kept (nothing measured is lost).
+		if met != nil {
+			r.windowStats(met, recordsDir, flavor, mark)
+		}
+		return met, fmt.Errorf("the MoE-CAP runner failed (%s): %s; see client.log in %s", proc.ExitDescription(), lastLogLine(logPath), p.Dir)
 	}
-	met, err := profile.ReadMoECAPOutput(p.Files.Client(), c.numSamples())
+	if met != nil {
+		r.windowStats(met, recordsDir, flavor, mark)
+	}
 	if err != nil {
 		return met, badResult{err}
 	}
 	return met, nil
+}
+
+// windowStats recomputes the server-pass figures from the recording window in records/
+// (each pass once, probes dropped, vLLM decode context rebuilt) and keeps the window in
+// records/moecapd_window.jsonl; the runner's own figures stay in metrics.moe_cap.
+func (r *runner) windowStats(met *profile.Metrics, recordsDir, flavor string, mark *profile.SGLangMark) {
+	passes, file, err := profile.ReadRunnerWindow(recordsDir, flavor, r.p.Spec.Model, mark)
+	if err != nil || len(passes) == 0 {
+		r.log.Info("no pass records in the recording window; server-pass figures are the runner's", zap.String("file", file), zap.Error(err))
+		return
+	}
+	profile.DecodeContexts(passes, flavor)
+	st := profile.StatsOf(passes, met.Completed+met.Failed)
+	profile.ApplyStats(met, &st)
+	met.Records = fmt.Sprintf("%d passes (%d prefill, %d decode) in the recording window, from %s", st.Passes, st.PrefillPasses, st.DecodePasses, file)
+	if _, err := profile.WriteWindow(recordsDir, passes); err != nil {
+		r.log.Warn("could not write the recording window file", zap.Error(err))
+	}
+}
+
+// lastLogLine is the last non-empty line of a log (a Python traceback's last line names the
+// exception).
+func lastLogLine(path string) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "no client.log"
+	}
+	if len(b) > 64<<10 {
+		b = b[len(b)-64<<10:]
+	}
+	lines := strings.FieldsFunc(string(b), func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := len(lines) - 1; i >= 0; i-- {
+		if l := strings.TrimSpace(lines[i]); l != "" {
+			return l
+		}
+	}
+	return "client.log is empty"
 }
 
 func (r *runner) teardown() {
@@ -525,6 +605,9 @@ func (r *runner) finish() {
 			reason = "simulated backend: no GPU to measure"
 		}
 		w := r.m.Timings.Bench
+		if r.m.Metrics != nil && r.m.Metrics.DurationS > 0 {
+			w = r.m.Metrics.DurationS // the measured requests, not the client's start-up
+		}
 		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount, BenchWindowS: &w}
 	}
 	if r.m.Telemetry != nil && r.m.Metrics != nil {

@@ -44,6 +44,15 @@ type State struct {
 	// Process.Record): a later sweep still knows a worker whose parent died and whose
 	// environment (and token) was overwritten by setproctitle, by PID and start time.
 	Members []ProcessID `json:"members,omitempty"`
+	// Host is the machine the server runs on. On a results root shared by many nodes (Slurm)
+	// a state file of another host names PIDs of that host: never ours to judge or end.
+	Host string `json:"host,omitempty"`
+}
+
+// hostname is this machine's name as state files record it ("" when unknown).
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
 }
 
 // StateGPU is one GPU of a recorded server.
@@ -62,7 +71,7 @@ func NewState(p *Process, serverArgv []string, port int) State {
 		selfStart = info.StartTicks
 	}
 	return State{PID: p.pid, PGID: p.pid, StartTicks: p.start, BootID: BootID(), Token: p.token, Argv: p.argv,
-		ServerArgv: serverArgv, Port: port, Supervisor: self, SupStart: selfStart, StartedAt: time.Now().UTC(), Tracking: Tracking()}
+		ServerArgv: serverArgv, Port: port, Supervisor: self, SupStart: selfStart, StartedAt: time.Now().UTC(), Tracking: Tracking(), Host: hostname()}
 }
 
 // WriteState writes the state file of a cell directory atomically.
@@ -171,6 +180,11 @@ func FindOrphans(root string) (Sweep, error) {
 				why = err.Error()
 			}
 			sw.Problems = append(sw.Problems, fmt.Errorf("state file %s is corrupt (%s); it should name a server a killed moecapd left running: look for it (ps -ef | grep moe_cap), end it by hand, then delete the file", f, why))
+			continue
+		}
+		if h := hostname(); s.Host != "" && h != "" && s.Host != h {
+			// Another node's server (a results root shared by Slurm nodes): its PIDs and boot
+			// are that node's, never ours to judge, end or sweep.
 			continue
 		}
 		sameBoot := s.BootID == "" || boot == "" || s.BootID == boot

@@ -1,7 +1,9 @@
 package profile
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -33,6 +36,11 @@ const (
 // launch-and-bench maps to exit 5.
 var ErrNoSuccess = errors.New("no request succeeded")
 
+// ErrInvalidResult is returned (wrapped) when the run finished but its result does not hold
+// up: requests failed, a server's usage disagrees with what it streamed, or outputs came back
+// short, beyond Options.AllowedBadRequests. The files are written all the same.
+var ErrInvalidResult = errors.New("bench result invalid")
+
 // Options configures one native benchmark run. The zero value of an optional field means
 // its documented default.
 type Options struct {
@@ -50,7 +58,18 @@ type Options struct {
 	Warmup       int     // unmeasured requests sent first (distinct prompts, so no prefix-cache hits)
 	RequestRate  float64 // mean requests/s of Poisson arrivals; 0 sends as fast as slots free up
 	Seed         int64   // fixes random prompts and arrival times
-	UseChatAPI   bool    // stream /v1/chat/completions with text (needs the server's /detokenize)
+	UseChatAPI   bool    // post to /v1/chat/completions (messages) instead of /v1/completions
+	// PromptStyle is PromptUpstream (the runner's chat-templated text, non-streaming) or
+	// PromptExactIDs (exact token ids, streaming; the default).
+	PromptStyle string
+	// AllowedBadRequests is how many requests may fail or come back invalid (usage/stream
+	// mismatch, short output, no usage) before the run is invalid; 0 (the default) tolerates
+	// none. It is recorded in the metrics.
+	AllowedBadRequests int
+	// ServerBatchSize is what metadata's batch_size says: the runner's --server-batch-size,
+	// nil (null) when everything is sent at once. Run sets it to &BatchSize when nil and
+	// BatchSize < NumSamples.
+	ServerBatchSize *int
 
 	// Dataset is "gsm8k", "longbench_v2", "random" (seeded ids, no tokenizer needed), or any
 	// name together with DatasetFile.
@@ -79,7 +98,15 @@ type Options struct {
 	ProgressInterval time.Duration
 	Log              *zap.Logger
 	HTTPClient       *http.Client // default: a client sized for BatchSize connections
-	Precision        string       // written to the metadata file; default bfloat16
+	// Markers, when set, gets the runner's two progress lines around the measured requests
+	// ("Sending N requests to URL", then "Stopped … recording on server"), so a supervisor
+	// timing client.log (PhaseClock) times this client exactly as it times the runner.
+	Markers io.Writer
+	// OnMeasureStart and OnMeasureEnd, when set, are called right before the first measured
+	// request is sent and right after the last one finished: the cell pipeline opens and
+	// closes the GPU telemetry window there, so energy and cost cover the measured requests.
+	OnMeasureStart, OnMeasureEnd func()
+	Precision                    string // written to the metadata file; default bfloat16
 }
 
 // Result is a finished (or interrupted) run.
@@ -87,13 +114,18 @@ type Result struct {
 	Metrics  Metrics         `json:"metrics"`
 	Requests []RequestResult `json:"requests"`
 	Backend  string          `json:"backend"`
+	// EngineVersion is what the server says its version is (SGLang's /get_server_info,
+	// vLLM's /version); "unknown" when it does not say.
+	EngineVersion string `json:"engine_version"`
 	// Records summarises the server's pass records; nil when there were none.
-	Records     *RecordSummary `json:"-"`
-	RecordsFile string         `json:"records_file,omitempty"`
-	Files       RunnerPaths    `json:"runner_files"`
-	BenchJSON   string         `json:"-"`
-	Started     time.Time      `json:"started"`
-	Finished    time.Time      `json:"finished"`
+	RecordsFile string `json:"records_file,omitempty"`
+	// Passes are the recording window's passes (each once); nil without records.
+	Passes    []Pass      `json:"-"`
+	Stats     *PassStats  `json:"-"`
+	Files     RunnerPaths `json:"runner_files"`
+	BenchJSON string      `json:"-"`
+	Started   time.Time   `json:"started"`
+	Finished  time.Time   `json:"finished"`
 }
 
 func (o *Options) log() *zap.Logger {
@@ -128,6 +160,14 @@ func (o *Options) check() error {
 	case "", ScheduleClosedLoop, ScheduleWaves:
 	default:
 		bad = append(bad, fmt.Sprintf("schedule %q: want closed-loop or waves", o.Schedule))
+	}
+	switch o.PromptStyle {
+	case "", PromptUpstream, PromptExactIDs:
+	default:
+		bad = append(bad, fmt.Sprintf("prompt style %q: want upstream or exact-ids", o.PromptStyle))
+	}
+	if o.AllowedBadRequests < 0 {
+		bad = append(bad, "allowed bad requests must not be negative")
 	}
 	switch o.Backend {
 	case "", "auto", "sglang", "vllm":
@@ -190,6 +230,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.Precision == "" {
 		o.Precision = "bfloat16"
 	}
+	if o.PromptStyle == "" {
+		o.PromptStyle = PromptExactIDs
+	}
+	if o.UseChatAPI && strings.Contains(o.APIURL, "/v1/completions") && !strings.Contains(o.APIURL, "/v1/chat/completions") {
+		// The runner's rule: the chat API flag rewrites a completions URL.
+		o.APIURL = strings.Replace(o.APIURL, "/v1/completions", "/v1/chat/completions", 1)
+	}
 	log := o.log()
 	hc := o.httpClient()
 	// Pre-opened and kept-alive connections would otherwise outlive the run and keep the
@@ -207,18 +254,27 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		log.Info("detected backend", zap.String("backend", b), zap.String("url", base))
 	}
 
+	res.EngineVersion = engineVersion(ctx, hc, base, res.Backend)
 	tk := &tokenizer{hc: hc, base: base, model: o.Model, apiKey: o.APIKey}
 	pr, err := buildPrompts(ctx, &o, tk, o.Warmup+o.NumSamples)
 	if err != nil {
 		return nil, err
 	}
-	bodies := make([][]byte, len(pr.ids))
-	for i, ids := range pr.ids {
-		text := ""
-		if pr.texts != nil {
-			text = pr.texts[i]
+	// Request i's body is made when it is sent, so memory follows the requests in flight,
+	// not num_samples (a 13k-token body is about 80 kB of JSON).
+	promptLen := func(int) int { return o.InputTokens } // fitLength made every prompt exactly this long
+	if o.PromptStyle == PromptUpstream {
+		promptLen = func(i int) int { return pr.lengths[i] }
+	}
+	body := func(i int) []byte {
+		switch {
+		case o.PromptStyle == PromptUpstream:
+			return upstreamBody(&o, pr.texts[i], pr.msgs[i])
+		case pr.texts != nil:
+			return requestBody(&o, pr.ids(i), pr.texts[i])
+		default:
+			return requestBody(&o, pr.ids(i), "")
 		}
-		bodies[i] = requestBody(&o, ids, text)
 	}
 
 	conns := o.BatchSize
@@ -228,17 +284,17 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	prewarm(ctx, hc, base, conns)
 
 	var chunks atomic.Int64
-	st := &streamer{hc: hc, url: o.APIURL, apiKey: o.APIKey, chunks: &chunks}
+	st := &streamer{hc: hc, url: o.APIURL, apiKey: o.APIKey, chunks: &chunks, whole: o.PromptStyle == PromptUpstream}
 
 	if o.Warmup > 0 {
 		log.Info("warm-up", zap.Int("requests", o.Warmup))
 		wu := make([]RequestResult, o.Warmup)
 		for i := range wu {
-			wu[i] = RequestResult{Index: i, InputTokens: len(pr.ids[i]), RequestedOutputTokens: o.OutputTokens}
+			wu[i] = RequestResult{Index: i, InputTokens: promptLen(i), RequestedOutputTokens: o.OutputTokens}
 		}
 		wo := o
 		wo.RequestRate = 0
-		schedule(ctx, &wo, st, bodies[:o.Warmup], wu, nil)
+		schedule(ctx, &wo, st, body, wu, nil)
 		bad := 0
 		for i := range wu {
 			if !wu[i].Success {
@@ -257,13 +313,18 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	var rec *recorder
 	recording := false
 	recordsNote := ""
+	var recordsErr error
 	if !o.NoRecords {
 		dir := o.SGLangRecorderDir
 		if dir == "" {
 			dir = o.RecordsDir
 		}
-		rec = &recorder{hc: hc, base: base, backend: res.Backend, model: o.Model, serverDir: dir, recordsDir: o.RecordsDir, apiKey: o.APIKey}
-		if err := rec.start(ctx); err != nil {
+		rec = &recorder{hc: hc, base: base, backend: res.Backend, model: o.Model, serverDir: dir, apiKey: o.APIKey}
+		if err := rec.start(ctx); errors.Is(err, ErrRecordsUnavailable) {
+			// The runner refuses to publish unmeasured timings when server and client
+			// disagree on the record dir; so does this client, before sending anything.
+			return nil, err
+		} else if err != nil {
 			recordsNote = "absent: could not start recording: " + err.Error()
 			log.Warn("server pass recording unavailable; expert activation and server batch size will be reported as absent (is the server the MoE-CAP wrapper, moe_cap.systems.*?)", zap.Error(err))
 		} else {
@@ -275,13 +336,29 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	reqs := make([]RequestResult, o.NumSamples)
 	for i := range reqs {
-		reqs[i] = RequestResult{Index: i, InputTokens: len(pr.ids[o.Warmup+i]), RequestedOutputTokens: o.OutputTokens}
+		reqs[i] = RequestResult{Index: i, InputTokens: promptLen(o.Warmup + i), RequestedOutputTokens: o.OutputTokens}
 	}
 	chunks.Store(0)
 	prog := startProgress(&o, &chunks)
+	if o.Markers != nil {
+		fmt.Fprintf(o.Markers, "Sending %d requests to %s\n", o.NumSamples, o.APIURL)
+	}
+	if o.OnMeasureStart != nil {
+		o.OnMeasureStart()
+	}
 	res.Started = time.Now()
-	sent := schedule(ctx, &o, st, bodies[o.Warmup:], reqs, prog)
+	sent := schedule(ctx, &o, st, func(i int) []byte { return body(o.Warmup + i) }, reqs, prog)
 	res.Finished = time.Now()
+	if o.OnMeasureEnd != nil {
+		o.OnMeasureEnd()
+	}
+	if o.Markers != nil {
+		what := "batch"
+		if res.Backend == "sglang" {
+			what = "expert distribution"
+		}
+		fmt.Fprintf(o.Markers, "Stopped %s recording on server\n", what)
+	}
 	prog.stop()
 	interrupted := ctx.Err() != nil
 
@@ -291,31 +368,41 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		if err := rec.stop(ctl); err != nil {
 			log.Warn("stop recording failed", zap.Error(err))
 		}
-		recs, file, err := rec.dump(ctl)
+		passes, file, err := rec.dump(ctl)
 		res.RecordsFile = file
 		switch {
+		case errors.Is(err, ErrRecordsUnavailable):
+			recordsErr = err
+			recordsNote = "absent: " + err.Error()
 		case err != nil:
 			recordsNote = "absent: dump failed: " + err.Error()
 			log.Warn("could not collect the server's pass records", zap.Error(err))
-		case len(recs) == 0:
-			recordsNote = "absent: the server returned no pass records"
+		case len(passes) == 0:
+			recordsNote = "absent: the server recorded no passes in the recording window"
 		default:
-			sum := SummarizeRecords(recs)
-			sum.raw = recs
-			res.Records = &sum
-			recordsNote = fmt.Sprintf("%d passes (%d prefill, %d decode) in %s", sum.Passes, sum.PrefillPasses, sum.DecodePasses, file)
+			DecodeContexts(passes, res.Backend)
+			st := StatsOf(passes, len(reqs[:sent]))
+			res.Passes, res.Stats = passes, &st
+			recordsNote = fmt.Sprintf("%d passes (%d prefill, %d decode) in the recording window, from %s", st.Passes, st.PrefillPasses, st.DecodePasses, file)
+			if o.RecordsDir != "" {
+				if err := os.MkdirAll(o.RecordsDir, 0o755); err != nil {
+					return nil, fmt.Errorf("create records dir: %w", err)
+				}
+				if wf, err := WriteWindow(o.RecordsDir, passes); err != nil {
+					log.Warn("could not write the recording window file", zap.Error(err))
+				} else {
+					recordsNote += "; window kept in " + wf
+				}
+			}
 		}
 	}
 
 	res.Requests = reqs[:sent]
-	res.Metrics = computeMetrics(res.Requests, o.InputTokens, o.OutputTokens, res.Finished.Sub(res.Started))
+	res.Metrics = computeMetrics(res.Requests, &o, res.Finished.Sub(res.Started))
 	res.Metrics.Partial = interrupted
 	res.Metrics.Records = recordsNote
-	if s := res.Records; s != nil {
-		res.Metrics.AvgExpertActivationPrefill = s.AvgExpertActivationPrefill
-		res.Metrics.AvgExpertActivationDecode = s.AvgExpertActivationDecode
-		res.Metrics.AvgPrefillBatchSize = s.AvgPrefillBatchSize
-		res.Metrics.AvgDecodeBatchSize = s.AvgDecodeBatchSize
+	if s := res.Stats; s != nil {
+		ApplyStats(&res.Metrics, s)
 	}
 
 	if o.OutputDir != "" {
@@ -330,10 +417,45 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if interrupted {
 		return res, fmt.Errorf("bench interrupted after %d of %d requests (results marked partial): %w", sent, o.NumSamples, ctx.Err())
 	}
+	if recordsErr != nil {
+		return res, recordsErr
+	}
 	if m.Completed == 0 {
 		return res, fmt.Errorf("%w: all %d requests failed (%s); check the server log", ErrNoSuccess, m.Failed, describeErrors(m.Errors))
 	}
+	if len(m.InvalidReasons) > 0 {
+		return res, fmt.Errorf("%w: %s (tolerated: %d bad requests; raise with --allow-bad-requests)", ErrInvalidResult, strings.Join(m.InvalidReasons, "; "), o.AllowedBadRequests)
+	}
 	return res, nil
+}
+
+// ApplyStats puts what the recording window says into m: MoE-CAP's TTFT/TPOT over the
+// window (server_pass.window_*; for a native cell also the file figures, which moecapd
+// computes from the same window), expert activation, server batch sizes, decode context.
+// A runner cell keeps the runner's own file figures in server_pass.
+func ApplyStats(m *Metrics, s *PassStats) {
+	ms := func(p *float64) *float64 {
+		if p == nil {
+			return nil
+		}
+		v := *p * 1000
+		return &v
+	}
+	win := fmt.Sprintf("recording window: %d passes", s.Passes)
+	if sp := m.ServerPass; sp != nil { // a runner cell: its file's figures stay
+		sp.WindowTTFTMs, sp.WindowTPOTMs = ms(s.TTFTS), ms(s.TPOTS)
+		sp.Source += "; window_*: " + win
+	} else {
+		m.ServerPass = &ServerPass{
+			TTFTMoECAPMs: ms(s.TTFTS), TPOTMoECAPMs: ms(s.TPOTS),
+			MeanPrefillPassMs: ms(s.PrefillPassLatencyS), MeanDecodePassMs: ms(s.TPOTS),
+			WindowTTFTMs: ms(s.TTFTS), WindowTPOTMs: ms(s.TPOTS),
+			Source: win,
+		}
+	}
+	m.AvgExpertActivationPrefill, m.AvgExpertActivationDecode = s.ActivationPrefill, s.ActivationDecode
+	m.AvgPrefillBatchSize, m.AvgDecodeBatchSize = s.PrefillBatch, s.DecodeBatch
+	m.AvgDecodeContextTokens = s.DecodeContextMean
 }
 
 func describeErrors(errs map[string]int) string {
@@ -373,9 +495,11 @@ func prewarm(ctx context.Context, hc *http.Client, base string, n int) {
 	wg.Wait()
 }
 
-// schedule sends bodies[i] into reqs[i] under o.Schedule and returns how many were sent.
-// Sending stops when ctx is cancelled; requests already in flight get DrainTimeout more.
-func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, reqs []RequestResult, prog *progress) int {
+// schedule sends body(i) into reqs[i], for every i of reqs, under o.Schedule and returns how
+// many were sent. Sending stops when ctx is cancelled; requests already in flight get
+// DrainTimeout more.
+func schedule(ctx context.Context, o *Options, st *streamer, body func(i int) []byte, reqs []RequestResult, prog *progress) int {
+	n := len(reqs)
 	// In-flight requests must outlive ctx by the drain grace, so they hang off a context
 	// that ctx's cancellation reaches only after DrainTimeout.
 	reqBase, cancelReqs := context.WithCancel(context.WithoutCancel(ctx))
@@ -396,7 +520,7 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 		// Poisson arrivals, as vLLM's `bench serve --request-rate` draws them.
 		rng := rand.New(rand.NewPCG(uint64(o.Seed), 0x61727269))
 		var t float64
-		arrivals = make([]time.Duration, len(bodies))
+		arrivals = make([]time.Duration, n)
 		for i := range arrivals {
 			arrivals[i] = time.Duration(t * float64(time.Second))
 			t += rng.ExpFloat64() / o.RequestRate
@@ -412,7 +536,7 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 		go func() {
 			defer wg.Done()
 			rctx, cancel := context.WithTimeout(reqBase, o.RequestTimeout)
-			st.do(rctx, bodies[i], &reqs[i])
+			st.do(rctx, body(i), &reqs[i])
 			cancel()
 			reqs[i].StartS = reqs[i].start.Sub(begin).Seconds()
 			if prog != nil {
@@ -449,8 +573,8 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 	switch o.Schedule {
 	case ScheduleWaves:
 	waves:
-		for start := 0; start < len(bodies); start += o.BatchSize {
-			end := min(start+o.BatchSize, len(bodies))
+		for start := 0; start < n; start += o.BatchSize {
+			end := min(start+o.BatchSize, n)
 			finished := make(chan struct{}, end-start)
 			for i := start; i < end; i++ {
 				if !waitArrival(i) {
@@ -471,7 +595,7 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 	default:
 		slots := make(chan struct{}, o.BatchSize)
 	loop:
-		for i := range bodies {
+		for i := range n {
 			if !waitArrival(i) {
 				break
 			}
@@ -492,10 +616,19 @@ func schedule(ctx context.Context, o *Options, st *streamer, bodies [][]byte, re
 	return sent
 }
 
-// computeMetrics applies DESIGN.md's definitions (vLLM's) to the requests sent.
-func computeMetrics(reqs []RequestResult, targetIn, targetOut int, dur time.Duration) Metrics {
-	m := Metrics{Source: "native", LatencyKind: "client"}
+// computeMetrics applies DESIGN.md's definitions (vLLM's) to the requests sent, and judges
+// the result's validity: every failed request, usage that disagrees with the stream, missing
+// usage and short output counts as a bad request; more than o.AllowedBadRequests of them make
+// the result invalid (InvalidReasons says why).
+func computeMetrics(reqs []RequestResult, o *Options, dur time.Duration) Metrics {
+	m := Metrics{Source: "native", LatencyKind: "client", PromptStyle: o.PromptStyle}
+	if o.PromptStyle == PromptUpstream {
+		m.LatencyKind = "client_e2e" // non-streaming: only send → reply is seen
+	}
+	allowed := o.AllowedBadRequests
+	m.AllowedBadRequests = &allowed
 	var ttft, tpot, itl, e2el []float64
+	bad := 0
 	for i := range reqs {
 		r := &reqs[i]
 		r.TTFTMs, r.E2ELMs = ms(r.ttft), ms(r.e2el)
@@ -505,6 +638,7 @@ func computeMetrics(reqs []RequestResult, targetIn, targetOut int, dur time.Dura
 		}
 		if !r.Success {
 			m.Failed++
+			bad++
 			if m.Errors == nil {
 				m.Errors = map[string]int{}
 			}
@@ -514,20 +648,54 @@ func computeMetrics(reqs []RequestResult, targetIn, targetOut int, dur time.Dura
 		m.Completed++
 		m.TotalInputTokens += r.PromptTokens
 		m.TotalOutputTokens += r.OutputTokens
+		isBad := false
 		if r.UsageMissing {
 			m.UsageMissing++
+			isBad = true
 		}
-		if (targetIn > 0 && r.PromptTokens != targetIn) || (targetOut > 0 && r.OutputTokens != targetOut) {
+		if r.UsageStreamMismatch {
+			m.UsageStreamMismatches++
+			isBad = true
+		}
+		if o.IgnoreEOS && o.OutputTokens > 0 && r.OutputTokens < o.OutputTokens {
+			r.ShortOutput = true
+			m.ShortOutputs++
+			isBad = true
+		}
+		// The upstream style's prompt is templated text, longer than the target by design.
+		inMismatch := o.PromptStyle != PromptUpstream && o.InputTokens > 0 && r.PromptTokens != o.InputTokens
+		if inMismatch || (o.OutputTokens > 0 && r.OutputTokens != o.OutputTokens) {
 			r.LengthMismatch = true
 			m.LengthMismatches++
 		}
-		ttft = append(ttft, r.TTFTMs)
+		if isBad {
+			bad++
+		}
 		e2el = append(e2el, r.E2ELMs)
+		if o.PromptStyle == PromptUpstream {
+			continue // no stream, no client TTFT/TPOT/ITL
+		}
+		ttft = append(ttft, r.TTFTMs)
 		if r.OutputTokens > 1 {
 			r.TPOTMs = (r.E2ELMs - r.TTFTMs) / float64(r.OutputTokens-1)
 			tpot = append(tpot, r.TPOTMs)
 		}
 		itl = append(itl, r.ITLMs...)
+	}
+	m.BadRequests = bad
+	if bad > allowed {
+		if m.Failed > 0 {
+			m.InvalidReasons = append(m.InvalidReasons, fmt.Sprintf("%d of %d requests failed (%s)", m.Failed, len(reqs), describeErrors(m.Errors)))
+		}
+		if m.UsageStreamMismatches > 0 {
+			m.InvalidReasons = append(m.InvalidReasons, fmt.Sprintf("%d requests: the server's usage disagrees with the tokens it streamed", m.UsageStreamMismatches))
+		}
+		if m.UsageMissing > 0 {
+			m.InvalidReasons = append(m.InvalidReasons, fmt.Sprintf("%d requests: no usage in the reply, token counts unverifiable", m.UsageMissing))
+		}
+		if m.ShortOutputs > 0 {
+			m.InvalidReasons = append(m.InvalidReasons, fmt.Sprintf("%d requests generated fewer than the %d tokens asked for with ignore_eos", m.ShortOutputs, o.OutputTokens))
+		}
 	}
 	m.DurationS = dur.Seconds()
 	if m.DurationS > 0 {
@@ -548,7 +716,8 @@ func computeMetrics(reqs []RequestResult, targetIn, targetOut int, dur time.Dura
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
-// benchFile is bench.json: the full metric set and every request.
+// benchFile is moecapd's own result file (<output_dir>/.moecapd/bench_<ds>_<ts>.json): the
+// full metric set and every request.
 type benchFile struct {
 	SchemaVersion int             `json:"schema_version"`
 	Client        string          `json:"client"`
@@ -557,6 +726,7 @@ type benchFile struct {
 	Backend       string          `json:"backend"`
 	Dataset       string          `json:"dataset"`
 	Schedule      string          `json:"schedule"`
+	PromptStyle   string          `json:"prompt_style"`
 	BatchSize     int             `json:"batch_size"`
 	NumSamples    int             `json:"num_samples"`
 	Warmup        int             `json:"warmup"`
@@ -573,7 +743,13 @@ type benchFile struct {
 	Requests      []RequestResult `json:"requests"`
 }
 
-// writeOutputs writes the runner's four files and bench.json into OutputDir/<org>/<model>/.
+// BenchDir is where moecapd keeps its own result file inside an output dir: a hidden
+// directory, so neither a glob over <org>/<model>/ nor upstream's recursive "**/*.json"
+// upload glob (Python's glob skips dot directories) mistakes it for a runner result.
+const BenchDir = ".moecapd"
+
+// writeOutputs writes the runner's four files into OutputDir/<org>/<model>/ and moecapd's
+// bench file (every request, client latencies) into OutputDir/.moecapd/.
 func writeOutputs(o *Options, res *Result) error {
 	dir := ModelDir(o.OutputDir, o.Model)
 	rf := runnerFiles(o, res)
@@ -582,10 +758,14 @@ func writeOutputs(o *Options, res *Result) error {
 	if err != nil {
 		return err
 	}
-	res.BenchJSON = filepath.Join(dir, "bench.json")
+	bdir := filepath.Join(o.OutputDir, BenchDir)
+	if err := os.MkdirAll(bdir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", bdir, err)
+	}
+	res.BenchJSON = filepath.Join(bdir, "bench_"+o.Dataset+"_"+res.Started.Format(RunnerTimestampLayout)+".json")
 	bf := benchFile{
 		SchemaVersion: 1, Client: "moecapd", APIURL: o.APIURL, Model: o.Model, Backend: res.Backend,
-		Dataset: o.Dataset, Schedule: o.Schedule, BatchSize: o.BatchSize, NumSamples: o.NumSamples,
+		Dataset: o.Dataset, Schedule: o.Schedule, PromptStyle: o.PromptStyle, BatchSize: o.BatchSize, NumSamples: o.NumSamples,
 		Warmup: o.Warmup, RequestRate: o.RequestRate, Seed: o.Seed, InputTokens: o.InputTokens,
 		OutputTokens: o.OutputTokens, IgnoreEOS: o.IgnoreEOS, Started: res.Started, Finished: res.Finished,
 		Metrics: res.Metrics, RecordsFile: res.RecordsFile, RunnerFiles: paths, Requests: res.Requests,
@@ -593,99 +773,167 @@ func writeOutputs(o *Options, res *Result) error {
 	return writeJSON(res.BenchJSON, bf)
 }
 
-// runnerFiles fills the runner's four files from a native run. Where the runner publishes
-// server pass latencies (performance.ttft/tpot) we do too when the server recorded passes;
-// without records we publish the client's stream latencies and say so in ttft_source.
+// runnerFiles fills the runner's four files from a native run with the runner's meanings:
+// e2e_s is the wall time divided by the requests sent, request/s their count over the wall
+// time, ttft MoE-CAP's per-request prefill sum from the recording window (else the mean
+// client TTFT of the successes, else null), tpot the mean decode pass (else the client's
+// (latency − ttft)/output per request), absent measurements null where the runner writes
+// null and 0 where it writes 0.
 func runnerFiles(o *Options, res *Result) *RunnerFiles {
 	m := &res.Metrics
 	f := &RunnerFiles{}
+	n := len(res.Requests)
+	wall := res.Finished.Sub(res.Started).Seconds()
+	var inAll, inDone, outAll int
+	var ttftSum, tpotSum float64
+	var ttftN, tpotN int
 	for _, r := range res.Requests {
 		in := r.PromptTokens
-		if in == 0 {
+		if in == 0 || !r.Success {
 			in = r.InputTokens
 		}
 		row := RunnerRequest{
 			Index: r.Index, InputTokens: r.InputTokens, InputTokenCount: in,
 			RequestedOutputTokens: r.RequestedOutputTokens, Success: r.Success,
-			LatencyS: r.E2ELMs / 1000, TTFTS: r.TTFTMs / 1000,
+			LatencyS: PyNum(r.E2ELMs / 1000), TTFTS: PyNum(r.TTFTMs / 1000),
 		}
+		if o.PromptStyle == PromptUpstream && !o.UseChatAPI && r.Success {
+			// The runner reads a non-streaming completion's body as one "chunk": its ttft_s is
+			// when the body arrived.
+			row.TTFTS = row.LatencyS
+		}
+		inAll += in
 		if r.Success {
+			row.OutputText = r.OutputText
 			row.OutputTokenCount = r.OutputTokens
+			inDone += in
+			outAll += r.OutputTokens
+			if row.TTFTS > 0 {
+				ttftSum += float64(row.TTFTS)
+				ttftN++
+			}
+			if r.OutputTokens > 0 && row.LatencyS >= row.TTFTS {
+				tpotSum += float64(row.LatencyS-row.TTFTS) / float64(r.OutputTokens)
+				tpotN++
+			}
 		} else {
 			row.Error = truncate(r.ErrorKind+": "+r.Error, 500)
+			row.LatencyS = 0 // the runner records no latency for a failed request
 		}
 		f.Requests = append(f.Requests, row)
 	}
 	perf := &f.Metrics.Performance
-	perf.E2ES = m.DurationS
-	perf.RequestsPerS = m.RequestThroughput
-	perf.TTFT, perf.TPOT, perf.TTFTSource = deref(m.MeanTTFTMs)/1000, deref(m.MeanTPOTMs)/1000, "client_stream"
-	var bp RunnerBatchTokenProfile
-	n := max(len(res.Requests), 1)
-	bp.PrefillTokens = m.TotalInputTokens
-	bp.PrefillTokensPerRequest = float64(m.TotalInputTokens) / float64(n)
-	bp.DecodeGeneratedTokens = m.TotalOutputTokens
-	bp.DecodeGeneratedTokensPerRequest = float64(m.TotalOutputTokens) / float64(n)
-	if s := res.Records; s != nil {
-		if s.MeanPrefillLatencyS != nil {
-			perf.TTFT, perf.TTFTSource = *s.MeanPrefillLatencyS, "server_pass"
-			perf.PrefillPassLatencyS = s.MeanPrefillLatencyS
-		}
-		if s.MeanDecodeLatencyS != nil {
-			perf.TPOT = *s.MeanDecodeLatencyS
-		}
-		f.Metrics.ExpertActivation = &RunnerExpertActivation{Prefill: deref(s.AvgExpertActivationPrefill), Decode: deref(s.AvgExpertActivationDecode)}
-		bp.PrefillAvgBatchSize, bp.DecodeAvgBatchSize = deref(s.AvgPrefillBatchSize), deref(s.AvgDecodeBatchSize)
-		for i, p := range s.raw {
-			rp := RunnerPass{Index: i, ForwardMode: p.ForwardMode, BatchSize: p.BatchSize, SeqLensSum: p.SeqLensSum}
-			if rp.ForwardMode == "" {
-				rp.ForwardMode = "unknown"
-			}
-			if p.ExpertActivation != nil {
-				rp.ExpertActivation = *p.ExpertActivation
-			}
-			lat := 0.0
-			if p.Latency != nil {
-				lat = *p.Latency
-			}
-			if p.isPrefill() {
-				rp.TTFT = &lat
-			} else {
-				rp.TPOT = &lat
-			}
-			f.Passes = append(f.Passes, rp)
-		}
-	} else {
-		// The runner writes zeros here without records; so do we, and readers of our
-		// files (ReadMoECAPOutput) map zeros back to "absent".
-		f.Metrics.ExpertActivation = &RunnerExpertActivation{}
+	perf.E2ES = PyFloat(wall / float64(max(n, 1)))
+	if wall > 0 {
+		perf.RequestsPerS = PyFloat(float64(n) / wall)
 	}
-	f.Metrics.BatchTokenProfile = &bp
-	attempted, served, completed, failed := o.NumSamples, len(res.Requests), m.Completed, m.Failed
-	f.Metrics.Quality = &RunnerQuality{Attempted: &attempted, Served: &served, Completed: &completed, Failed: &failed}
-	if m.Completed == 0 {
-		f.Metrics.Error = "No successful requests"
+	s := res.Stats
+	if s == nil {
+		s = &PassStats{}
 	}
+	switch {
+	case s.TTFTS != nil:
+		perf.TTFT = pyPtr(s.TTFTS)
+	case ttftN > 0 && ttftSum > 0:
+		v := ttftSum / float64(ttftN)
+		perf.TTFT = pyPtr(&v)
+	}
+	perf.PrefillPassLatencyS = pyPtr(s.PrefillPassLatencyS)
+	switch {
+	case s.TPOTS != nil:
+		perf.TPOT = PyNum(*s.TPOTS)
+	case tpotN > 0:
+		perf.TPOT = PyNum(tpotSum / float64(tpotN))
+	}
+	perf.PrefillForwardedTokens, perf.PrefillStepElapsedS = s.PrefillForwardedTokens, pyPtr(s.PrefillStepElapsedS)
+	f.Metrics.ExpertActivation = RunnerExpertActivation{Prefill: PyNum(deref(s.ActivationPrefill)), Decode: PyNum(deref(s.ActivationDecode))}
+	nn := float64(max(n, 1))
+	f.Metrics.BatchTokenProfile = RunnerBatchTokenProfile{
+		PrefillTokens: inAll, PrefillTokensPerRequest: PyFloat(float64(inAll) / nn), PrefillAvgBatchSize: PyNum(deref(s.PrefillBatch)),
+		DecodeGeneratedTokens: outAll, DecodeGeneratedTokensPerRequest: PyFloat(float64(outAll) / nn), DecodeAvgBatchSize: PyNum(deref(s.DecodeBatch)),
+		PrefillTokensAttempted: inAll, PrefillTokensCompleted: inDone,
+	}
+	served := 0
+	for _, r := range res.Requests {
+		if r.Success || r.TTFTMs > 0 {
+			served++
+		}
+	}
+	// Fixed-length mode scores every generation against an empty target: exact match 0.
+	acc, total, attempted, completed := PyFloat(0), n, n, m.Completed
+	f.Metrics.Quality = RunnerQuality{Acc: &acc, Total: &total, Attempted: &attempted, Served: &served, Completed: &completed}
 
 	md := &f.Metadata
 	md.Hardware.GPUType, md.Hardware.NumGPUs = "Unknown", 1
-	if s := res.Records; s != nil {
-		if s.GPURawType != "" {
-			md.Hardware.GPUType = s.GPURawType
-		}
-		if s.GPUNum > 0 {
-			md.Hardware.NumGPUs = s.GPUNum
-		}
+	if s.GPURawType != "" {
+		md.Hardware.GPUType = s.GPURawType
+	}
+	if s.GPUNum != nil {
+		md.Hardware.NumGPUs = int(*s.GPUNum)
 	}
 	md.ModelConfig.ModelName, md.ModelConfig.Precision = o.Model, o.Precision
 	se := &md.SystemEnvironment
-	se.InferenceEngine, se.InferenceEngineVersion, se.BatchSize = res.Backend, "unknown", o.BatchSize
-	se.AvgBatchSizePrefill, se.AvgBatchSizeDecode = bp.PrefillAvgBatchSize, bp.DecodeAvgBatchSize
-	se.Client = "moecapd"
-	if f.Passes == nil {
-		f.Passes = []RunnerPass{}
+	se.InferenceEngine, se.InferenceEngineVersion = res.Backend, res.EngineVersion
+	if se.InferenceEngineVersion == "" {
+		se.InferenceEngineVersion = "unknown"
 	}
+	se.BatchSize = o.ServerBatchSize
+	if se.BatchSize == nil && o.BatchSize < o.NumSamples {
+		bs := o.BatchSize
+		se.BatchSize = &bs
+	}
+	se.AvgBatchSizePrefill, se.AvgBatchSizeDecode = PyNum(deref(s.PrefillBatch)), PyNum(deref(s.DecodeBatch))
+	f.Passes = detailedRows(res.Passes)
 	return f
+}
+
+// detailedRows are detailed_results rows: one per pass with the runner's keys, latency under
+// "ttft" for prefill passes and "tpot" otherwise, per_req_info, req_ids and scheduled_tokens
+// copied verbatim when the record has them.
+func detailedRows(passes []Pass) []RunnerPass {
+	rows := make([]RunnerPass, 0, len(passes))
+	zero := json.RawMessage("0")
+	get := func(p *Pass, k string, def json.RawMessage) json.RawMessage {
+		if v, ok := p.Raw[k]; ok {
+			return v
+		}
+		return def
+	}
+	for i := range passes {
+		p := &passes[i]
+		mode := json.RawMessage(`"unknown"`)
+		if v, ok := p.Raw["forward_mode"]; ok {
+			mode = v
+		}
+		row := RunnerPass{Index: i, ForwardMode: mode, ExpertActivation: get(p, "expert_activation", zero),
+			BatchSize: get(p, "batch_size", zero), SeqLensSum: get(p, "seq_lens_sum", zero)}
+		lat := get(p, "latency", zero)
+		if p.isPrefill() {
+			row.TTFT = lat
+		} else {
+			row.TPOT = lat
+		}
+		if v, ok := p.Raw["per_req_info"]; ok && truthy(v) {
+			row.PerReqInfo = v
+		}
+		if v, ok := p.Raw["req_ids"]; ok && truthy(v) {
+			row.ReqIDs = v
+		}
+		if v, ok := p.Raw["scheduled_tokens"]; ok && string(v) != "null" {
+			row.ScheduledTokens = v
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+// truthy is Python's truth of a JSON value as the runner tests it (an empty list is false).
+func truthy(v json.RawMessage) bool {
+	switch string(bytes.TrimSpace(v)) {
+	case "", "null", "[]", "{}", "false", "0", `""`:
+		return false
+	}
+	return true
 }
 
 func deref(p *float64) float64 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -78,31 +79,38 @@ func TestRunClosedLoopMetricsAndFiles(t *testing.T) {
 		m.AvgDecodeBatchSize == nil || *m.AvgDecodeBatchSize != 3 {
 		t.Errorf("record summary = %v %v %v, want 4 2 3", m.AvgExpertActivationPrefill, m.AvgExpertActivationDecode, m.AvgDecodeBatchSize)
 	}
-	if _, err := os.Stat(filepath.Join(dir, "records", "batch_records.jsonl")); err != nil {
-		t.Errorf("records not stored: %v", err)
+	if b, err := os.ReadFile(filepath.Join(dir, "records", WindowFile)); err != nil || strings.Count(string(b), "\n") != 24 {
+		t.Errorf("recording window not kept (24 passes): %v", err)
 	}
-	// The four runner files and bench.json, in <output_dir>/<org>/<model>/, readable by our
-	// reader of the runner's output.
+	// The four runner files in <output_dir>/<org>/<model>/ and nothing else there; moecapd's
+	// own file in the hidden <output_dir>/.moecapd/.
 	md := filepath.Join(dir, "org", "model")
-	for _, p := range []string{res.Files.OutputData, res.Files.Metrics, res.Files.Metadata, res.Files.Detailed, res.BenchJSON} {
+	for _, p := range []string{res.Files.OutputData, res.Files.Metrics, res.Files.Metadata, res.Files.Detailed} {
 		if filepath.Dir(p) != md {
 			t.Errorf("%s is not in %s", p, md)
 		}
-		if _, err := os.Stat(p); err != nil {
-			t.Errorf("missing output: %v", err)
-		}
 	}
-	rm, err := ReadMoECAPOutput(dir, 12)
+	if entries, _ := os.ReadDir(md); len(entries) != 4 {
+		t.Errorf("%s holds %d files, want exactly the runner's 4", md, len(entries))
+	}
+	if filepath.Dir(res.BenchJSON) != filepath.Join(dir, BenchDir) {
+		t.Errorf("bench file %s is not in %s", res.BenchJSON, filepath.Join(dir, BenchDir))
+	}
+	rm, err := ReadMoECAPOutput(dir, 12, RunnerClock{})
 	if err != nil {
 		t.Fatalf("ReadMoECAPOutput on our own files: %v", err)
 	}
 	if rm.Completed != 12 || rm.TotalOutputTokens != 120 || rm.AvgExpertActivationDecode == nil || *rm.AvgExpertActivationDecode != 2 {
 		t.Errorf("read back %+v", rm)
 	}
+	// e2e_s is the wall time divided by the requests: × 12 it is the run's duration.
+	if d := rm.DurationS - m.DurationS; d > 1e-6 || d < -1e-6 {
+		t.Errorf("e2e_s × N = %v s, want the run's %v s", rm.DurationS, m.DurationS)
+	}
 	var bf benchFile
 	b, _ := os.ReadFile(res.BenchJSON)
-	if err := json.Unmarshal(b, &bf); err != nil || len(bf.Requests) != 12 || bf.Metrics.Completed != 12 {
-		t.Errorf("bench.json: err %v, %d requests", err, len(bf.Requests))
+	if err := json.Unmarshal(b, &bf); err != nil || len(bf.Requests) != 12 || bf.Metrics.Completed != 12 || bf.PromptStyle != PromptExactIDs {
+		t.Errorf("bench file: err %v, %d requests, style %q", err, len(bf.Requests), bf.PromptStyle)
 	}
 }
 
@@ -130,8 +138,8 @@ func TestRunRecordsFailuresAndCompletes(t *testing.T) {
 	o.Backend, o.NoRecords, o.BatchSize, o.NumSamples = "vllm", true, 1, 12
 	o.RequestTimeout = 500 * time.Millisecond
 	res, err := Run(t.Context(), o)
-	if err != nil {
-		t.Fatalf("Run with some failures must succeed, got %v", err)
+	if !errors.Is(err, ErrInvalidResult) || !strings.Contains(err.Error(), "7 of 12 requests failed") {
+		t.Fatalf("Run with failures = %v, want ErrInvalidResult naming 7 of 12 failed", err)
 	}
 	m := res.Metrics
 	want := map[string]int{"http 500": 1, "http 400": 1, "truncated stream": 1, "malformed stream": 1, "timeout": 1, "connection reset": 1, "server error in stream": 1}
@@ -143,14 +151,14 @@ func TestRunRecordsFailuresAndCompletes(t *testing.T) {
 	if m.Failed != 7 || m.Completed != 5 {
 		t.Errorf("failed/completed = %d/%d, want 7/5", m.Failed, m.Completed)
 	}
-	if m.UsageMissing != 1 || m.LengthMismatches != 1 {
-		t.Errorf("usage missing %d, mismatches %d; want 1 and 1", m.UsageMissing, m.LengthMismatches)
+	if m.UsageMissing != 1 || m.LengthMismatches != 1 || m.ShortOutputs != 1 || m.BadRequests != 9 || len(m.InvalidReasons) != 3 {
+		t.Errorf("usage missing %d, mismatches %d, short %d, bad %d, reasons %q; want 1, 1, 1, 9 and 3 reasons", m.UsageMissing, m.LengthMismatches, m.ShortOutputs, m.BadRequests, m.InvalidReasons)
 	}
-	if !res.Requests[6].LengthMismatch || res.Requests[6].OutputTokens != 5 {
+	if !res.Requests[6].ShortOutput || res.Requests[6].OutputTokens != 5 {
 		t.Errorf("short request row = %+v, want flagged with 5 output tokens", res.Requests[6])
 	}
 	// The runner-format files carry the failures the way the runner writes them.
-	_, rerr := ReadMoECAPOutput(o.OutputDir, 12)
+	_, rerr := ReadMoECAPOutput(o.OutputDir, 12, RunnerClock{})
 	if rerr == nil || !strings.Contains(rerr.Error(), "7 of 12 requests failed") {
 		t.Errorf("ReadMoECAPOutput = %v, want '7 of 12 requests failed'", rerr)
 	}
@@ -168,7 +176,7 @@ func TestRunZeroSuccessIsAnError(t *testing.T) {
 		t.Fatalf("result = %+v, want 12 failures by http 500", res)
 	}
 	if _, err := os.Stat(res.BenchJSON); err != nil {
-		t.Errorf("bench.json not written for a failed bench: %v", err)
+		t.Errorf("bench file not written for a failed bench: %v", err)
 	}
 }
 
@@ -198,8 +206,8 @@ func TestRunServerGoneMidRun(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run hung after the server went away")
 	}
-	if err != nil && !errors.Is(err, ErrNoSuccess) {
-		t.Fatalf("Run: %v", err)
+	if !errors.Is(err, ErrNoSuccess) && !errors.Is(err, ErrInvalidResult) {
+		t.Fatalf("Run = %v, want an invalid result", err)
 	}
 	m := res.Metrics
 	if m.Completed+m.Failed != 40 || m.Failed < 20 {
@@ -235,7 +243,7 @@ func TestRunCancelWritesPartial(t *testing.T) {
 	}
 	b, _ := os.ReadFile(res.BenchJSON)
 	if !strings.Contains(string(b), `"partial": true`) {
-		t.Errorf("bench.json does not say partial")
+		t.Errorf("the bench file does not say partial")
 	}
 }
 
@@ -254,14 +262,13 @@ func TestRunCancelCutsInFlightAfterGrace(t *testing.T) {
 	}
 }
 
+// TestRunSGLangRecordsAndDetection: the SGLang dump holds every pass since start-up (a
+// warm-up probe and the warm-up requests too); only the recording window counts, once.
 func TestRunSGLangRecordsAndDetection(t *testing.T) {
 	dir := t.TempDir()
 	f := newFakeServer(t, &fakeServer{flavor: "sglang", recorderDir: filepath.Join(dir, "records")})
-	// A stale dump from an earlier run on the same dir must not be counted.
-	stale := filepath.Join(dir, "records", "org", "model", "expert_distribution_record.jsonl")
-	os.MkdirAll(filepath.Dir(stale), 0o755)
-	os.WriteFile(stale, []byte(`{"forward_mode":"decode","expert_activation":99,"batch_size":99}`+"\n"), 0o644)
 	o := baseOptions(f, dir)
+	o.Warmup = 2
 	res, err := Run(t.Context(), o)
 	if err != nil {
 		t.Fatalf("Run: %v", err)
@@ -270,17 +277,88 @@ func TestRunSGLangRecordsAndDetection(t *testing.T) {
 		t.Errorf("backend %q, want sglang (from /get_model_info)", res.Backend)
 	}
 	m := res.Metrics
-	if m.AvgExpertActivationDecode == nil || *m.AvgExpertActivationDecode != 2 || *m.AvgDecodeBatchSize != 3 {
-		t.Errorf("decode activation/batch = %v/%v, want 2/3 (stale records excluded)", m.AvgExpertActivationDecode, m.AvgDecodeBatchSize)
+	if m.AvgExpertActivationDecode == nil || *m.AvgExpertActivationDecode != 2 || *m.AvgDecodeBatchSize != 3 || *m.AvgExpertActivationPrefill != 4 {
+		t.Errorf("activation prefill/decode, decode batch = %v/%v/%v, want 4/2/3 (probe and warm-up excluded)", m.AvgExpertActivationPrefill, m.AvgExpertActivationDecode, m.AvgDecodeBatchSize)
 	}
-	if res.RecordsFile != stale {
-		t.Errorf("records file %q, want %q", res.RecordsFile, stale)
+	if want := filepath.Join(dir, "records", "org", "model", "expert_distribution_record.jsonl"); res.RecordsFile != want {
+		t.Errorf("records file %q, want %q", res.RecordsFile, want)
 	}
-	var passes int
 	b, _ := os.ReadFile(res.Files.Detailed)
-	passes = strings.Count(string(b), "\n")
-	if passes != 24 || !strings.Contains(string(b), `"ttft":0.02`) {
-		t.Errorf("detailed results have %d passes, want 24 with prefill latency under ttft", passes)
+	if passes := strings.Count(string(b), "\n"); passes != 24 || !strings.Contains(string(b), `"ttft":0.02`) || !strings.Contains(string(b), `"per_req_info"`) || !strings.Contains(string(b), `"req_ids"`) {
+		t.Errorf("detailed results have %d passes, want the window's 24 with ttft, per_req_info and req_ids", passes)
+	}
+	// MoE-CAP's TTFT: one 0.02 s prefill pass per request; the 0.5 s probe is dropped.
+	if sp := m.ServerPass; sp == nil || sp.TTFTMoECAPMs == nil || !near(sp.TTFTMoECAPMs, 20) || !near(sp.TPOTMoECAPMs, 5) {
+		t.Errorf("server pass = %+v, want ttft 20 ms, tpot 5 ms", m.ServerPass)
+	}
+	if m.MeanTTFTMs == nil {
+		t.Errorf("the client's own TTFT is missing next to the server-pass one")
+	}
+}
+
+// TestRunRecordDirMismatch: a server whose dump lands elsewhere is refused before any
+// request is sent (the runner exits 1 on it; moecapd bench maps it to exit 1 too).
+func TestRunRecordDirMismatch(t *testing.T) {
+	dir := t.TempDir()
+	f := newFakeServer(t, &fakeServer{flavor: "sglang", recorderDir: filepath.Join(dir, "server-records")})
+	o := baseOptions(f, dir)
+	o.SGLangRecorderDir = filepath.Join(dir, "client-records")
+	_, err := Run(t.Context(), o)
+	if !errors.Is(err, ErrRecordsUnavailable) || !strings.Contains(err.Error(), "client-records") {
+		t.Fatalf("err = %v, want ErrRecordsUnavailable naming the client's dir", err)
+	}
+	if f.n != 0 {
+		t.Errorf("%d completions sent before the mismatch was found, want 0", f.n)
+	}
+}
+
+// TestRunValidity: any failed request, usage that disagrees with the stream, or short output
+// makes the result invalid unless the tolerance covers it; the counts are in the metrics.
+func TestRunValidity(t *testing.T) {
+	tests := []struct {
+		fault   string
+		allowed int
+		counts  func(m *Metrics) int
+		reason  string
+	}{
+		{"http500", 0, func(m *Metrics) int { return m.Failed }, "requests failed"},
+		{"truncate", 0, func(m *Metrics) int { return m.Errors["truncated stream"] }, "truncated stream"},
+		{"malformed", 0, func(m *Metrics) int { return m.Errors["malformed stream"] }, "malformed stream"},
+		{"usage10x", 0, func(m *Metrics) int { return m.UsageStreamMismatches }, "usage disagrees"},
+		{"fewchunks", 0, func(m *Metrics) int { return m.UsageStreamMismatches }, "usage disagrees"},
+		{"short", 0, func(m *Metrics) int { return m.ShortOutputs }, "fewer than the 10 tokens"},
+		{"nousage", 0, func(m *Metrics) int { return m.UsageMissing }, "no usage"},
+		{"http500", 3, func(m *Metrics) int { return m.Failed }, ""},
+	}
+	for _, tt := range tests {
+		t.Run(fmt.Sprintf("%s/allow%d", tt.fault, tt.allowed), func(t *testing.T) {
+			// Every fourth request misbehaves: 3 of 12.
+			f := newFakeServer(t, &fakeServer{flavor: "plain", fault: func(n int) string {
+				if n%4 == 1 {
+					return tt.fault
+				}
+				return ""
+			}})
+			o := baseOptions(f, t.TempDir())
+			o.Backend, o.NoRecords, o.AllowedBadRequests = "vllm", true, tt.allowed
+			res, err := Run(t.Context(), o)
+			m := &res.Metrics
+			if got := tt.counts(m); got != 3 || m.BadRequests != 3 || *m.AllowedBadRequests != tt.allowed {
+				t.Errorf("count %d, bad %d, allowed %v; want 3, 3, %d", got, m.BadRequests, *m.AllowedBadRequests, tt.allowed)
+			}
+			if tt.reason == "" {
+				if err != nil || len(m.InvalidReasons) != 0 {
+					t.Errorf("err %v, reasons %q: want a valid result within the tolerance", err, m.InvalidReasons)
+				}
+				return
+			}
+			if !errors.Is(err, ErrInvalidResult) || !strings.Contains(err.Error(), tt.reason) {
+				t.Errorf("err = %v, want ErrInvalidResult mentioning %q", err, tt.reason)
+			}
+			if _, serr := os.Stat(res.Files.Metrics); serr != nil {
+				t.Errorf("the files of an invalid run were not written: %v", serr)
+			}
+		})
 	}
 }
 

@@ -109,28 +109,6 @@ func TestDatasetFileFormats(t *testing.T) {
 	}
 }
 
-func TestSummarizeRecords(t *testing.T) {
-	f := func(v float64) *float64 { return &v }
-	recs := []PassRecord{
-		{ForwardMode: "prefill", BatchSize: 2, Latency: f(0.2), ExpertActivation: f(10), GPUNum: 8, GPURawType: "NVIDIA H200"},
-		{ForwardMode: "prefill", BatchSize: 4, Latency: f(0.4), ExpertActivation: f(20)},
-		{ForwardMode: "decode", BatchSize: 30, Latency: f(0.01), ExpertActivation: f(5)},
-		{ForwardMode: "decoding", BatchSize: 32, Latency: f(0.03), ExpertActivation: f(-1)}, // -1: not recorded
-		{ForwardMode: "idle"},
-	}
-	s := SummarizeRecords(recs)
-	if *s.AvgExpertActivationPrefill != 15 || *s.AvgExpertActivationDecode != 5 || *s.AvgDecodeBatchSize != 31 || *s.AvgPrefillBatchSize != 3 {
-		t.Errorf("summary %+v", s)
-	}
-	if *s.MeanDecodeLatencyS != 0.02 || s.GPUNum != 8 || s.GPURawType != "NVIDIA H200" || s.PrefillPasses != 2 || s.DecodePasses != 2 {
-		t.Errorf("summary %+v", s)
-	}
-	empty := SummarizeRecords([]PassRecord{{ForwardMode: "prefill"}})
-	if empty.AvgExpertActivationPrefill != nil || empty.AvgDecodeBatchSize != nil {
-		t.Errorf("absent numbers were filled in: %+v", empty)
-	}
-}
-
 func TestProgressLineAndLogLines(t *testing.T) {
 	f := newFakeServer(t, &fakeServer{flavor: "plain", tpot: 5 * time.Millisecond})
 	var buf bytes.Buffer

@@ -23,7 +23,8 @@ type fakeServer struct {
 	recorderDir string // sglang: where dump writes
 	// fault returns the behaviour of the n-th completion request (0-based): "" (normal),
 	// "http500", "http400", "truncate", "malformed", "hang", "nousage", "short", "reset",
-	// "errorchunk".
+	// "errorchunk", "usage10x" (usage claims 10× the tokens streamed), "fewchunks" (3 chunks
+	// streamed, usage claims all of max_tokens).
 	fault func(n int) string
 
 	mu          sync.Mutex
@@ -32,7 +33,7 @@ type fakeServer struct {
 	maxInflight int
 	bodies      []map[string]any
 	recording   bool
-	recorded    int // completions finished while recording
+	recorded    int // completions finished while recording (sglang: since start-up)
 	starts      []time.Time
 	tokenizeN   int
 
@@ -97,16 +98,20 @@ func (f *fakeServer) setRecording(on bool) http.HandlerFunc {
 }
 
 // records are two passes per recorded request: one prefill (batch 1, 4 experts) and one
-// decode (batch 3, 2 experts), so the summary is predictable.
+// decode (batch 3, 2 experts), so the summary is predictable. Like the real SGLang wrapper,
+// the sglang flavor keeps every pass since start-up, beginning with a warm-up probe.
 func (f *fakeServer) records() []map[string]any {
 	f.mu.Lock()
 	n := f.recorded
 	f.mu.Unlock()
 	var out []map[string]any
+	if f.flavor == "sglang" {
+		out = append(out, map[string]any{"forward_pass_id": 0, "batch_size": 1, "latency": 0.5, "seq_lens_sum": 6, "forward_mode": "prefill", "expert_activation": 1.0, "gpu_num": 1, "gpu_raw_type": "NVIDIA H100 80GB HBM3", "per_req_info": []map[string]any{{"req_pool_idx": 0, "req_id": "0_0", "extend_len": 6, "total_len": 6, "is_last_chunk": true}}})
+	}
 	for i := range n {
 		out = append(out,
-			map[string]any{"batch_size": 1, "latency": 0.02, "seq_lens_sum": 64, "forward_mode": "prefill", "expert_activation": 4.0, "gpu_num": 1, "gpu_raw_type": "NVIDIA H100 80GB HBM3", "scheduled_tokens": 64, "per_req_info": []map[string]any{{"req_id": fmt.Sprint(i), "extend_len": 64, "total_len": 64, "prompt_len": 64, "is_last_chunk": true}}},
-			map[string]any{"batch_size": 3, "latency": 0.005, "seq_lens_sum": 200, "forward_mode": "decode", "expert_activation": 2.0, "gpu_num": 1, "gpu_raw_type": "NVIDIA H100 80GB HBM3", "scheduled_tokens": 3, "req_ids": []string{fmt.Sprint(i)}},
+			map[string]any{"forward_pass_id": 2*i + 1, "batch_size": 1, "latency": 0.02, "seq_lens_sum": 64, "forward_mode": "prefill", "expert_activation": 4.0, "gpu_num": 1, "gpu_raw_type": "NVIDIA H100 80GB HBM3", "scheduled_tokens": 64, "per_req_info": []map[string]any{{"req_id": fmt.Sprint(i), "extend_len": 64, "total_len": 64, "prompt_len": 64, "is_last_chunk": true}}},
+			map[string]any{"forward_pass_id": 2*i + 2, "batch_size": 3, "latency": 0.005, "seq_lens_sum": 200, "forward_mode": "decode", "expert_activation": 2.0, "gpu_num": 1, "gpu_raw_type": "NVIDIA H100 80GB HBM3", "scheduled_tokens": 3, "req_ids": []string{fmt.Sprint(i)}},
 		)
 	}
 	return out
@@ -146,11 +151,18 @@ func (f *fakeServer) complete(w http.ResponseWriter, r *http.Request) {
 	f.bodies = append(f.bodies, body)
 	f.starts = append(f.starts, time.Now())
 	f.mu.Unlock()
-	defer func() {
+	// A request stops counting as in flight before its last bytes go out: the client frees
+	// its slot (and may send the next request) the moment it reads [DONE].
+	left := false
+	leave := func() {
 		f.mu.Lock()
-		f.inflight--
+		if !left {
+			f.inflight--
+			left = true
+		}
 		f.mu.Unlock()
-	}()
+	}
+	defer leave()
 	fault := ""
 	if f.fault != nil {
 		fault = f.fault(n)
@@ -177,6 +189,13 @@ func (f *fakeServer) complete(w http.ResponseWriter, r *http.Request) {
 		return
 	case "short":
 		maxTok = max(1, maxTok/2)
+	}
+	claimed := maxTok
+	switch fault {
+	case "usage10x":
+		claimed = 10 * maxTok
+	case "fewchunks":
+		maxTok = 3
 	}
 	w.Header().Set("Content-Type", "text/event-stream")
 	fl := w.(http.Flusher)
@@ -217,13 +236,14 @@ func (f *fakeServer) complete(w http.ResponseWriter, r *http.Request) {
 	// Count the request as recorded before the client can see its end: once [DONE] is out
 	// the client may stop the recording, and a count taken after that would race it.
 	f.mu.Lock()
-	if f.recording {
+	if f.recording || f.flavor == "sglang" {
 		f.recorded++
 	}
 	f.mu.Unlock()
 	if fault != "nousage" {
-		fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", promptLen, maxTok, promptLen+maxTok)
+		fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d,\"total_tokens\":%d}}\n\n", promptLen, claimed, promptLen+claimed)
 	}
+	leave()
 	fmt.Fprint(w, "data: [DONE]\n\n")
 	fl.Flush()
 }

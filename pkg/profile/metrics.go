@@ -8,17 +8,28 @@ import (
 	"strconv"
 )
 
-// ServerPass is what the server's pass records say about latency (milliseconds).
+// ServerPass is what the server's pass records say about latency (milliseconds), never
+// under the client-latency keys.
 type ServerPass struct {
-	// TTFTMoECAPMs is upstream MoE-CAP's "ttft": per request, the sum of its prefill chunk pass
-	// latencies (warm-up passes with seq_lens_sum <= 10 dropped), averaged over requests.
-	TTFTMoECAPMs *float64 `json:"ttft_moecap_ms,omitempty"`
-	// TPOTMoECAPMs is upstream MoE-CAP's "tpot": the mean decode pass latency.
-	TPOTMoECAPMs *float64 `json:"tpot_moecap_ms,omitempty"`
-	// MeanPrefillPassMs and MeanDecodePassMs are plain means over the passes in the recording
-	// window.
+	// TTFTMoECAPMs, TPOTMoECAPMs, MeanPrefillPassMs and MeanDecodePassMs are what the cell's
+	// MoE-CAP-format metrics file says (performance.ttft, .tpot, .prefill_pass_latency_s):
+	// the runner's own figures for a runner cell, which apply MoE-CAP's definitions to every
+	// record the server returned (for SGLang that includes passes before the run); moecapd's
+	// for a native cell, computed from the recording window. TTFT: per request, the sum of
+	// its prefill chunk pass latencies (warm-up passes with seq_lens_sum <= 10 dropped),
+	// averaged over requests. TPOT: the mean decode pass latency. MeanPrefillPassMs: the mean
+	// latency of one prefill pass (one chunk). MeanDecodePassMs equals TPOTMoECAPMs.
+	TTFTMoECAPMs      *float64 `json:"ttft_moecap_ms,omitempty"`
+	TPOTMoECAPMs      *float64 `json:"tpot_moecap_ms,omitempty"`
 	MeanPrefillPassMs *float64 `json:"mean_prefill_pass_ms,omitempty"`
 	MeanDecodePassMs  *float64 `json:"mean_decode_pass_ms,omitempty"`
+	// WindowTTFTMs and WindowTPOTMs are the same definitions applied by moecapd to the passes
+	// of the recording window only (each pass once), for every cell that has records.
+	WindowTTFTMs *float64 `json:"window_ttft_ms,omitempty"`
+	WindowTPOTMs *float64 `json:"window_tpot_ms,omitempty"`
+	// Source says where the figures came from ("runner metrics file", "recording window: N
+	// passes", or both).
+	Source string `json:"source,omitempty"`
 }
 
 // Dist is one latency metric's distribution as the manifest stores it; all nil when there
@@ -50,7 +61,10 @@ type Metrics struct {
 	// Source is "native" (client-side latencies) or "moe-cap" (the MoE-CAP runner: TTFT/TPOT
 	// are server forward-pass latencies, not what a user sees; see LatencyKind).
 	Source      string `json:"source"`
-	LatencyKind string `json:"latency_kind"` // "client" or "server_pass"
+	LatencyKind string `json:"latency_kind"` // "client", "client_e2e" (non-streaming: E2EL only) or "server_pass"
+	// PromptStyle is "upstream" (the runner's chat-templated text, non-streaming) or
+	// "exact-ids" (exact token ids, streaming).
+	PromptStyle string `json:"prompt_style,omitempty"`
 
 	Completed            int     `json:"completed"`
 	Failed               int     `json:"failed"`
@@ -110,9 +124,31 @@ type Metrics struct {
 	// LengthMismatches counts successful requests whose usage token counts differ from the
 	// targets (prompt ≠ target_input_tokens or completion ≠ target_output_tokens).
 	LengthMismatches int `json:"length_mismatches,omitempty"`
-	// UsageMissing counts successful requests whose stream carried no usage chunk; their
-	// output count is the number of non-empty chunks instead.
+	// UsageMissing counts successful requests whose reply carried no usage; their output count
+	// is the number of non-empty chunks instead.
 	UsageMissing int `json:"usage_missing,omitempty"`
+	// UsageStreamMismatches counts successful requests whose usage claims more than 10% (+1)
+	// more tokens than chunks were streamed, or fewer than chunks carried text.
+	UsageStreamMismatches int `json:"usage_stream_mismatches,omitempty"`
+	// ShortOutputs counts successful requests that generated fewer tokens than asked for
+	// although ignore_eos was set.
+	ShortOutputs int `json:"short_outputs,omitempty"`
+	// BadRequests = Failed + successful requests with any of the three problems above;
+	// AllowedBadRequests is the tolerance the run was held to (native client; 0 unless
+	// --allow-bad-requests). InvalidReasons is set when BadRequests > AllowedBadRequests: the
+	// result is invalid (exit 5, bad_result).
+	BadRequests        int      `json:"bad_requests,omitempty"`
+	AllowedBadRequests *int     `json:"allowed_bad_requests,omitempty"`
+	InvalidReasons     []string `json:"invalid_reasons,omitempty"`
+
+	// AvgDecodeContextTokens is the mean total context (prompt + generated so far, over the
+	// batch) of the decode passes in the recording window. SGLang's seq_lens_sum; rebuilt
+	// from per_req_info and req_ids for vLLM, whose seq_lens_sum is scheduled tokens.
+	AvgDecodeContextTokens *float64 `json:"avg_decode_context_tokens,omitempty"`
+
+	// ClockCheck (MoE-CAP runner only) compares moecapd's clock of the run with the
+	// runner's e2e_s × N and N ÷ request/s; DurationS is moecapd's clock.
+	ClockCheck *ClockCheck `json:"clock_check,omitempty"`
 
 	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
 	MoECAP json.RawMessage `json:"moe_cap,omitempty"`

@@ -14,12 +14,14 @@ import (
 const fixtures = "../../testdata/profile"
 
 func TestReadMoECAPOutputMapsRunnerNumbers(t *testing.T) {
-	m, err := ReadMoECAPOutput(filepath.Join(fixtures, "runner-ok"), 4)
+	// The fixture's run: 4 requests over 21.5 s of wall time, so e2e_s = 21.5/4 = 5.375 and
+	// request/s = 4/21.5, as the runner writes them. moecapd's own clock said 21.6 s.
+	m, err := ReadMoECAPOutput(filepath.Join(fixtures, "runner-ok"), 4, RunnerClock{RequestPhase: 21600 * time.Millisecond, Process: 40 * time.Second})
 	if err != nil {
 		t.Fatalf("ReadMoECAPOutput: %v", err)
 	}
-	if m.Source != "moe-cap" || m.LatencyKind != "server_pass" {
-		t.Errorf("source/kind = %q/%q, want moe-cap/server_pass", m.Source, m.LatencyKind)
+	if m.Source != "moe-cap" || m.LatencyKind != "server_pass" || m.PromptStyle != PromptUpstream {
+		t.Errorf("source/kind/style = %q/%q/%q, want moe-cap/server_pass/upstream", m.Source, m.LatencyKind, m.PromptStyle)
 	}
 	checks := []struct {
 		name      string
@@ -28,10 +30,16 @@ func TestReadMoECAPOutputMapsRunnerNumbers(t *testing.T) {
 		{"completed", float64(m.Completed), 4},
 		{"input tokens", float64(m.TotalInputTokens), 4 * 4021},
 		{"output tokens", float64(m.TotalOutputTokens), 4000},
-		{"duration", m.DurationS, 62.5},
-		{"output throughput", m.OutputThroughput, 4000 / 62.5},
+		{"duration (the runner's wall, confirmed)", m.DurationS, 21.5},
+		{"request throughput", m.RequestThroughput, 4 / 21.5},
+		{"output throughput", m.OutputThroughput, 4000 / 21.5},
+		{"runner e2e_s × N", *m.ClockCheck.RunnerE2ETimesNS, 21.5},
+		{"runner N / request/s", *m.ClockCheck.RunnerNOverRateS, 21.5},
+		{"moecapd's clock", *m.ClockCheck.MoecapdRequestPhaseS, 21.6},
+		{"disagreement", *m.ClockCheck.MaxDisagreement, 0.1 / 21.6},
 		{"server-pass ttft ms", *m.ServerPass.TTFTMoECAPMs, 412},
 		{"server-pass tpot ms", *m.ServerPass.TPOTMoECAPMs, 18.3},
+		{"mean prefill pass ms", *m.ServerPass.MeanPrefillPassMs, 200},
 		{"median e2el ms", *m.MedianE2ELMs, 20750}, // latencies 20.0, 20.5, 21.0, 21.5 s
 		{"activation prefill", *m.AvgExpertActivationPrefill, 3.7},
 		{"activation decode", *m.AvgExpertActivationDecode, 2.9},
@@ -42,27 +50,70 @@ func TestReadMoECAPOutputMapsRunnerNumbers(t *testing.T) {
 			t.Errorf("%s = %v, want %v", c.name, c.got, c.want)
 		}
 	}
+	if !m.ClockCheck.Agree || m.ClockCheck.Note != "" {
+		t.Errorf("clock check %+v, want agreement within 2%%", m.ClockCheck)
+	}
+	// The runner measures no client TTFT/TPOT/ITL: absent, never 0.
+	if m.MeanTTFTMs != nil || m.MedianTPOTMs != nil || m.P99ITLMs != nil {
+		t.Errorf("client latencies present for a runner cell: %+v", m)
+	}
 	var raw map[string]any
 	if err := json.Unmarshal(m.MoECAP, &raw); err != nil || raw["performance"] == nil {
 		t.Errorf("MoECAP is not the verbatim metrics file: %v", err)
+	}
+	b, _ := json.Marshal(m)
+	for _, k := range []string{`"mean_ttft_ms"`, `"median_tpot_ms"`, `"p99_itl_ms"`} {
+		if strings.Contains(string(b), k) {
+			t.Errorf("manifest metrics carry %s for a runner cell: %s", k, b)
+		}
+	}
+}
+
+func TestReadMoECAPOutputClockDisagreement(t *testing.T) {
+	tests := []struct {
+		name     string
+		clock    RunnerClock
+		duration float64
+		agree    bool
+		note     string
+	}{
+		// moecapd's window also holds the runner's CUDA start-up: the runner's wall stands.
+		{"moecapd saw 30 s", RunnerClock{RequestPhase: 30 * time.Second}, 21.5, false, "28.3% longer than the runner's"},
+		// A runner wall longer than moecapd's window is wrong (an e2e_s not divided by N).
+		{"moecapd saw 20 s", RunnerClock{RequestPhase: 20 * time.Second}, 20, false, "cannot be right"},
+		{"no markers in client.log", RunnerClock{Process: 50 * time.Second}, 21.5, false, "could not time the request phase"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := ReadMoECAPOutput(filepath.Join(fixtures, "runner-ok"), 4, tt.clock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if math.Abs(m.DurationS-tt.duration) > 1e-9 || m.ClockCheck.Agree != tt.agree || !strings.Contains(m.ClockCheck.Note, tt.note) {
+				t.Errorf("duration %v, clock check %+v; want %v, agree %v, note containing %q", m.DurationS, m.ClockCheck, tt.duration, tt.agree, tt.note)
+			}
+		})
 	}
 }
 
 func TestReadMoECAPOutputRejects(t *testing.T) {
 	tests := []struct {
-		dir  string
-		want int
-		msg  []string
+		dir     string
+		want    int
+		msg     []string
+		metrics bool // the numbers still come back with the error
 	}{
-		{"runner-failed", 4, []string{"output_data_gsm8k_20260801_120000.jsonl", "2 of 4 requests failed", "request 1", "ServerDisconnectedError: Server disconnected"}},
-		{"runner-short", 4, []string{"metrics_gsm8k_20260801_120000.json", "quality.completed is 3, want 4"}},
-		{"runner-ok", 5, []string{"quality.completed is 4, want 5"}},
-		{"runner-nosuccess", 4, []string{"No successful requests"}},
-		{"does-not-exist", 4, []string{"does not exist"}},
+		{"runner-failed", 4, []string{"output_data_gsm8k_20260801_120000.jsonl", "2 of 4 requests failed", "request 1", "ServerDisconnectedError: Server disconnected"}, true},
+		{"runner-short", 4, []string{"metrics_gsm8k_20260801_120000.json", "quality.completed is 3, want 4"}, true},
+		{"runner-ok", 5, []string{"quality.completed is 4, want 5"}, true},
+		{"runner-zero", 4, []string{"4 of 4 requests failed", "ClientConnectorError"}, true},
+		{"runner-nosuccess", 4, []string{"No successful requests"}, false},
+		{"runner-truncated", 4, []string{"not a MoE-CAP metrics file", "client.log"}, false},
+		{"does-not-exist", 4, []string{"does not exist"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.dir, func(t *testing.T) {
-			_, err := ReadMoECAPOutput(filepath.Join(fixtures, tt.dir), tt.want)
+			m, err := ReadMoECAPOutput(filepath.Join(fixtures, tt.dir), tt.want, RunnerClock{})
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -71,10 +122,13 @@ func TestReadMoECAPOutputRejects(t *testing.T) {
 					t.Errorf("error %q does not contain %q", err, s)
 				}
 			}
+			if (m != nil) != tt.metrics {
+				t.Errorf("metrics returned: %v, want %v", m != nil, tt.metrics)
+			}
 		})
 	}
 	t.Run("empty dir", func(t *testing.T) {
-		_, err := ReadMoECAPOutput(t.TempDir(), 1)
+		_, err := ReadMoECAPOutput(t.TempDir(), 1, RunnerClock{})
 		if err == nil || !strings.Contains(err.Error(), "no metrics_<dataset>_<timestamp>.json") {
 			t.Errorf("err = %v", err)
 		}
@@ -82,7 +136,7 @@ func TestReadMoECAPOutputRejects(t *testing.T) {
 }
 
 func TestReadMoECAPOutputZeroActivationIsAbsent(t *testing.T) {
-	m, err := ReadMoECAPOutput(filepath.Join(fixtures, "runner-norecords"), 4)
+	m, err := ReadMoECAPOutput(filepath.Join(fixtures, "runner-norecords"), 4, RunnerClock{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,7 +148,8 @@ func TestReadMoECAPOutputZeroActivationIsAbsent(t *testing.T) {
 func TestWriteRunnerFilesRoundTrip(t *testing.T) {
 	dir := t.TempDir()
 	n := 3
-	f := &RunnerFiles{Metrics: RunnerMetrics{Performance: RunnerPerformance{E2ES: 3, TTFT: 0.1, TPOT: 0.01}, Quality: &RunnerQuality{Completed: &n}}}
+	ttft := PyFloat(0.1)
+	f := &RunnerFiles{Metrics: RunnerMetrics{Performance: RunnerPerformance{E2ES: 1, RequestsPerS: 1, TTFT: &ttft, TPOT: 0.01}, Quality: RunnerQuality{Completed: &n}}}
 	for i := range n {
 		f.Requests = append(f.Requests, RunnerRequest{Index: i, InputTokenCount: 10, OutputTokenCount: 5, Success: true, LatencyS: 1})
 	}
@@ -110,15 +165,16 @@ func TestWriteRunnerFilesRoundTrip(t *testing.T) {
 	if len(entries) != 4 {
 		t.Errorf("%d files written, want exactly the 4 (no temp files left)", len(entries))
 	}
-	// Field names are the runner's, including "request/s" and "output_tokens" as text.
+	// Field names and types are the runner's: "request/s", floats with a decimal point, and
+	// null (not 0, not missing) where a measurement is absent.
 	b, _ := os.ReadFile(p.Metrics)
-	for _, k := range []string{`"e2e_s"`, `"request/s"`, `"ttft"`, `"tpot"`, `"completed": 3`} {
+	for _, k := range []string{`"e2e_s": 1.0`, `"request/s": 1.0`, `"ttft": 0.1`, `"tpot": 0.01`, `"completed": 3`, `"prefill_pass_latency_s": null`, `"prefill_forwarded_tokens": null`, `"avg_expert_activation_decode": 0`} {
 		if !strings.Contains(string(b), k) {
 			t.Errorf("metrics file lacks %s:\n%s", k, b)
 		}
 	}
-	m, err := ReadMoECAPOutput(dir, 3)
-	if err != nil || m.Completed != 3 || m.TotalOutputTokens != 15 {
+	m, err := ReadMoECAPOutput(dir, 3, RunnerClock{})
+	if err != nil || m.Completed != 3 || m.TotalOutputTokens != 15 || m.DurationS != 3 {
 		t.Errorf("round trip: %v %+v", err, m)
 	}
 }

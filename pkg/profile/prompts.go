@@ -19,19 +19,16 @@ const (
 	randomIDHigh = 30000
 )
 
-// randomPrompts returns n seeded prompts of exactly length ids each. The seed fixes them, so
-// two runs with the same --seed send the same prompts.
-func randomPrompts(seed int64, n, length int) [][]int {
-	rng := rand.New(rand.NewPCG(uint64(seed), 0x6d6f65636170))
-	out := make([][]int, n)
-	for i := range out {
-		p := make([]int, length)
-		for j := range p {
-			p[j] = randomIDLow + rng.IntN(randomIDHigh-randomIDLow)
-		}
-		out[i] = p
+// randomPrompt returns the i-th seeded prompt of exactly length ids. Each index has its own
+// stream, so prompt i is made when it is sent (memory follows the requests in flight, not
+// num_samples) and two runs with the same --seed send the same prompts.
+func randomPrompt(seed int64, i, length int) []int {
+	rng := rand.New(rand.NewPCG(uint64(seed), 0x6d6f65636170+uint64(i)))
+	p := make([]int, length)
+	for j := range p {
+		p[j] = randomIDLow + rng.IntN(randomIDHigh-randomIDLow)
 	}
-	return out
+	return p
 }
 
 // fitLength repeats or cuts ids to exactly n tokens, the way MoE-CAP's fixed-length mode
@@ -147,42 +144,50 @@ func (t *tokenizer) detokenize(ctx context.Context, ids []int) (string, error) {
 
 // prompts are the token ids to send, one slice per request, warm-up requests first.
 type prompts struct {
-	ids   [][]int
-	texts []string // chat API only: the same prompts as text
+	n int
+	// ids is prompt i's token ids: made on demand for random prompts, one shared slice per
+	// dataset row otherwise, so what is held does not grow with num_samples.
+	ids   func(i int) []int
+	texts []string // exact-ids + chat API: the ids as text; upstream: the templated text
+	// upstream style only: the chat messages and the runner's prompt_lengths.
+	msgs    [][]chatMessage
+	lengths []int
 }
 
 // buildPrompts makes n fixed-length prompts (warm-up ones included). Dataset text is
 // tokenized by the server; --datasets random draws seeded ids.
 func buildPrompts(ctx context.Context, o *Options, tk *tokenizer, n int) (*prompts, error) {
-	var p prompts
+	p := prompts{n: n}
 	if strings.EqualFold(o.Dataset, "random") {
-		p.ids = randomPrompts(o.Seed, n, o.InputTokens)
+		p.ids = func(i int) []int { return randomPrompt(o.Seed, i, o.InputTokens) }
 	} else {
 		texts, err := loadDatasetTexts(ctx, o, n)
 		if err != nil {
 			return nil, err
 		}
-		byText := map[int][]int{}
-		for i := range n {
-			k := i % len(texts)
-			ids, ok := byText[k]
-			if !ok {
-				rep, err := tk.tokenize(ctx, texts[k])
-				if err != nil {
-					return nil, err
-				}
-				if rep.MaxModelLen > 0 && o.InputTokens+o.OutputTokens > rep.MaxModelLen {
-					return nil, fmt.Errorf("%d input + %d output tokens exceed the served model's max_model_len %d: lower --target-input-tokens/--target-output-tokens or raise the server's context length", o.InputTokens, o.OutputTokens, rep.MaxModelLen)
-				}
-				ids = fitLength(rep.Tokens, o.InputTokens)
-				byText[k] = ids
+		rows := make([][]int, min(n, len(texts)))
+		for k := range rows {
+			rep, err := tk.tokenize(ctx, texts[k])
+			if err != nil {
+				return nil, err
 			}
-			p.ids = append(p.ids, ids)
+			if rep.MaxModelLen > 0 && o.InputTokens+o.OutputTokens > rep.MaxModelLen {
+				return nil, fmt.Errorf("%d input + %d output tokens exceed the served model's max_model_len %d: lower --target-input-tokens/--target-output-tokens or raise the server's context length", o.InputTokens, o.OutputTokens, rep.MaxModelLen)
+			}
+			rows[k] = fitLength(rep.Tokens, o.InputTokens)
 		}
+		p.ids = func(i int) []int { return rows[i%len(rows)] }
+	}
+	if o.PromptStyle == PromptUpstream {
+		if err := upstreamPrompts(ctx, o, tk, &p); err != nil {
+			return nil, err
+		}
+		return &p, nil
 	}
 	if o.UseChatAPI {
 		cache := map[*int]string{}
-		for _, ids := range p.ids {
+		for i := range p.n {
+			ids := p.ids(i)
 			key := &ids[0]
 			s, ok := cache[key]
 			if !ok {

@@ -12,109 +12,20 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 )
-
-// PassRecord is one server forward pass as the MoE-CAP wrappers record it. Fields the
-// wrappers may leave out are pointers or zero.
-type PassRecord struct {
-	BatchSize        int      `json:"batch_size"`
-	Latency          *float64 `json:"latency"`
-	SeqLensSum       int      `json:"seq_lens_sum"`
-	ForwardMode      string   `json:"forward_mode"`
-	ExpertActivation *float64 `json:"expert_activation"`
-	GPUNum           int      `json:"gpu_num"`
-	GPURawType       string   `json:"gpu_raw_type"`
-	ScheduledTokens  int      `json:"scheduled_tokens"`
-}
-
-func (p *PassRecord) isPrefill() bool { return p.ForwardMode == "prefill" }
-func (p *PassRecord) isDecode() bool  { return p.ForwardMode == "decode" || p.ForwardMode == "decoding" }
-
-// RecordSummary is what the pass records say about the run.
-type RecordSummary struct {
-	Passes                      int
-	PrefillPasses, DecodePasses int
-	AvgExpertActivationPrefill  *float64
-	AvgExpertActivationDecode   *float64
-	AvgPrefillBatchSize         *float64
-	AvgDecodeBatchSize          *float64
-	MeanPrefillLatencyS         *float64
-	MeanDecodeLatencyS          *float64
-	GPUNum                      int
-	GPURawType                  string
-
-	raw []PassRecord // the passes themselves, for detailed_results
-}
-
-// SummarizeRecords averages activation, batch size and latency per forward mode, the way
-// the runner does (negative activations mean "not recorded" and are skipped). A mode with no
-// passes leaves its numbers nil: absent, not zero.
-func SummarizeRecords(recs []PassRecord) RecordSummary {
-	s := RecordSummary{Passes: len(recs)}
-	var act, bs, lat [2]acc
-	for i := range recs {
-		r := &recs[i]
-		if s.GPUNum == 0 && r.GPUNum > 0 {
-			s.GPUNum = r.GPUNum
-		}
-		if s.GPURawType == "" {
-			s.GPURawType = r.GPURawType
-		}
-		m := -1
-		switch {
-		case r.isPrefill():
-			m = 0
-			s.PrefillPasses++
-		case r.isDecode():
-			m = 1
-			s.DecodePasses++
-		}
-		if m < 0 {
-			continue
-		}
-		if r.ExpertActivation != nil && *r.ExpertActivation >= 0 {
-			act[m].add(*r.ExpertActivation)
-		}
-		if r.BatchSize > 0 {
-			bs[m].add(float64(r.BatchSize))
-		}
-		if r.Latency != nil && *r.Latency >= 0 {
-			lat[m].add(*r.Latency)
-		}
-	}
-	s.AvgExpertActivationPrefill, s.AvgExpertActivationDecode = act[0].mean(), act[1].mean()
-	s.AvgPrefillBatchSize, s.AvgDecodeBatchSize = bs[0].mean(), bs[1].mean()
-	s.MeanPrefillLatencyS, s.MeanDecodeLatencyS = lat[0].mean(), lat[1].mean()
-	return s
-}
-
-type acc struct {
-	sum float64
-	n   int
-}
-
-func (a *acc) add(v float64) { a.sum += v; a.n++ }
-func (a *acc) mean() *float64 {
-	if a.n == 0 {
-		return nil
-	}
-	v := a.sum / float64(a.n)
-	return &v
-}
 
 // recorder drives the server's pass recording: SGLang's expert distribution recorder (which
 // dumps to a file in the server's recorder dir) or the vLLM wrapper's batch recording (which
 // returns the records in the dump reply).
 type recorder struct {
-	hc         *http.Client
-	base       string
-	backend    string // "sglang" or "vllm"
-	model      string
-	serverDir  string // sglang: $SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR of the server
-	recordsDir string // where the records are kept for the cell
-	apiKey     string
+	hc        *http.Client
+	base      string
+	backend   string // "sglang" or "vllm"
+	model     string
+	serverDir string // sglang: $SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR of the server
+	apiKey    string
+	sgMark    SGLangMark
 }
 
 func (r *recorder) post(ctx context.Context, path string) ([]byte, error) {
@@ -150,20 +61,101 @@ func (r *recorder) names() (start, stop, dump string) {
 }
 
 // sglangFile is where the SGLang wrapper dumps: <recorder dir>/<model path>/….
-func (r *recorder) sglangFile() string {
-	return filepath.Join(r.serverDir, r.model, "expert_distribution_record.jsonl")
+func (r *recorder) sglangFile() string { return SGLangRecordFile(r.serverDir, r.model) }
+
+// SGLangRecordFile is where the SGLang wrapper dumps: <recorder dir>/<model path>/
+// expert_distribution_record.jsonl, joined as Python's os.path.join joins (an absolute
+// model path replaces the recorder dir).
+func SGLangRecordFile(recorderDir, model string) string {
+	if filepath.IsAbs(model) {
+		return filepath.Join(model, "expert_distribution_record.jsonl")
+	}
+	return filepath.Join(recorderDir, model, "expert_distribution_record.jsonl")
+}
+
+// ErrRecordsUnavailable means the SGLang server acknowledged a dump but no (or an empty)
+// record file is where the client looks: server and client disagree on
+// SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR, or recording never started. The runner exits 1
+// on it; so does moecapd bench.
+var ErrRecordsUnavailable = errors.New("server pass records unavailable")
+
+// SGLangMark is where the recording window starts in an SGLang dump. The wrapper never
+// clears its pass list (a dump holds every pass since start-up, warm-up and readiness probes
+// included), so the window is what comes after the passes a dump held just before the run.
+type SGLangMark struct {
+	Before int      // passes in the dump taken before the run
+	MaxID  *float64 // highest forward_pass_id among them, when the records carry ids
+}
+
+// Window returns the passes of all (a later dump) that were recorded after m.
+func (m SGLangMark) Window(all []Pass) []Pass {
+	if m.MaxID != nil {
+		var out []Pass
+		ids := true
+		for i := range all {
+			if all[i].ForwardPassID == nil {
+				ids = false
+				break
+			}
+			if *all[i].ForwardPassID > *m.MaxID {
+				out = append(out, all[i])
+			}
+		}
+		if ids {
+			return out
+		}
+	}
+	if m.Before >= len(all) {
+		return nil
+	}
+	return all[m.Before:]
+}
+
+// MarkSGLang dumps the SGLang server's records and returns where the next run's window
+// starts. The dump file must appear at <recorderDir>/<model>/expert_distribution_record.jsonl,
+// so this also proves that server and client agree on the recorder dir before anything is
+// measured.
+func MarkSGLang(ctx context.Context, hc *http.Client, base, apiKey, recorderDir, model string) (SGLangMark, error) {
+	r := &recorder{hc: hc, base: base, backend: "sglang", model: model, serverDir: recorderDir, apiKey: apiKey}
+	return r.mark(ctx)
+}
+
+func (r *recorder) mark(ctx context.Context) (SGLangMark, error) {
+	if r.serverDir == "" {
+		return SGLangMark{}, fmt.Errorf("%w: the SGLang server dumps records into its SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR; set the records dir to that directory", ErrRecordsUnavailable)
+	}
+	if _, err := r.post(ctx, "/dump_expert_distribution_record"); err != nil {
+		return SGLangMark{}, err
+	}
+	f := r.sglangFile()
+	raws, err := readRawJSONL(f)
+	if errors.Is(err, fs.ErrNotExist) {
+		return SGLangMark{}, fmt.Errorf("%w: the server answered the dump but %s does not exist: its SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR is not %s (pass the server's dir with --sglang-recorder-dir, or start both with the same variable)", ErrRecordsUnavailable, f, r.serverDir)
+	}
+	if err != nil {
+		return SGLangMark{}, fmt.Errorf("read %s: %w", f, err)
+	}
+	passes, err := ParsePasses(f, raws)
+	if err != nil {
+		return SGLangMark{}, err
+	}
+	m := SGLangMark{Before: len(passes)}
+	for i := range passes {
+		if id := passes[i].ForwardPassID; id != nil && (m.MaxID == nil || *id > *m.MaxID) {
+			v := *id
+			m.MaxID = &v
+		}
+	}
+	return m, nil
 }
 
 func (r *recorder) start(ctx context.Context) error {
-	if r.backend == "sglang" && r.serverDir != "" {
-		// A server that was reused keeps appending earlier runs' passes to this file; move a
-		// stale one aside so this run's summary holds only this run.
-		f := r.sglangFile()
-		if _, err := os.Stat(f); err == nil {
-			if err := os.Rename(f, f+".before-"+time.Now().Format(RunnerTimestampLayout)); err != nil {
-				return fmt.Errorf("move stale %s aside: %w", f, err)
-			}
+	if r.backend == "sglang" {
+		m, err := r.mark(ctx)
+		if err != nil {
+			return err
 		}
+		r.sgMark = m
 	}
 	s, _, _ := r.names()
 	_, err := r.post(ctx, s)
@@ -176,66 +168,65 @@ func (r *recorder) stop(ctx context.Context) error {
 	return err
 }
 
-// dump fetches the records, stores them under recordsDir and returns them with the path
-// of the stored file.
-func (r *recorder) dump(ctx context.Context) ([]PassRecord, string, error) {
+// dump fetches the records and returns the recording window's passes (each once) and the
+// file they were read from.
+func (r *recorder) dump(ctx context.Context) ([]Pass, string, error) {
 	_, _, d := r.names()
 	body, err := r.post(ctx, d)
 	if err != nil {
 		return nil, "", err
 	}
-	var raw []json.RawMessage
-	stored := ""
 	if r.backend == "sglang" {
-		if r.serverDir == "" {
-			return nil, "", errors.New("the SGLang server dumps records into its SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR; set the records dir to that directory")
-		}
-		stored = r.sglangFile()
-		raw, err = readRawJSONL(stored)
+		f := r.sglangFile()
+		raws, err := readRawJSONL(f)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, "", fmt.Errorf("the dump call succeeded but %s does not exist: the server's SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR is not %s", stored, r.serverDir)
+			return nil, f, fmt.Errorf("%w: the dump call succeeded but %s does not exist: the server's SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR is not %s", ErrRecordsUnavailable, f, r.serverDir)
 		}
 		if err != nil {
-			return nil, "", err
+			return nil, f, err
 		}
-	} else {
-		var rep struct {
-			Status       string            `json:"status"`
-			Records      []json.RawMessage `json:"records"`
-			TotalRecords int               `json:"total_records"`
+		if len(raws) == 0 {
+			return nil, f, fmt.Errorf("%w: %s is empty: the server's pass recording never started", ErrRecordsUnavailable, f)
 		}
-		if err := json.Unmarshal(body, &rep); err != nil {
-			return nil, "", fmt.Errorf("/dump_batch_recording reply is not {\"status\",\"records\",\"total_records\"}: %v", err)
+		all, err := ParsePasses(f, raws)
+		if err != nil {
+			return nil, f, err
 		}
-		raw = rep.Records
+		return r.sgMark.Window(all), f, nil
 	}
-	if r.recordsDir != "" && (r.backend != "sglang" || !strings.HasPrefix(stored, filepath.Clean(r.recordsDir)+string(filepath.Separator))) {
-		if err := os.MkdirAll(r.recordsDir, 0o755); err != nil {
-			return nil, "", fmt.Errorf("create records dir: %w", err)
-		}
-		name := "batch_records.jsonl"
-		if r.backend == "sglang" {
-			name = "expert_distribution_record.jsonl"
-		}
-		stored = filepath.Join(r.recordsDir, name)
-		var buf bytes.Buffer
-		for _, l := range raw {
-			buf.Write(l)
-			buf.WriteByte('\n')
-		}
-		if err := writeAtomic(stored, buf.Bytes()); err != nil {
-			return nil, "", err
-		}
+	var rep struct {
+		Status       string            `json:"status"`
+		Records      []json.RawMessage `json:"records"`
+		TotalRecords int               `json:"total_records"`
 	}
-	recs := make([]PassRecord, 0, len(raw))
-	for i, l := range raw {
-		var p PassRecord
-		if err := json.Unmarshal(l, &p); err != nil {
-			return nil, stored, fmt.Errorf("%s: record %d is not a pass record: %v", stored, i+1, err)
-		}
-		recs = append(recs, p)
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return nil, "", fmt.Errorf("/dump_batch_recording reply is not {\"status\",\"records\",\"total_records\"}: %v", err)
 	}
-	return recs, stored, nil
+	passes, err := ParsePasses(r.base+"/dump_batch_recording", rep.Records)
+	return passes, r.base + "/dump_batch_recording", err
+}
+
+// ReadRunnerWindow reads the recording window of a run whose client was the MoE-CAP runner
+// from the server's recorder dir: SGLang's dump after mark (nil mark: the whole dump, probes
+// left for the probe filter), or the vLLM wrapper's batch data file, which its start call
+// clears (its expert log under logs/ holds every pass since start-up and is not read).
+func ReadRunnerWindow(recorderDir, flavor, model string, mark *SGLangMark) ([]Pass, string, error) {
+	f := filepath.Join(recorderDir, "vllm_batch_records.jsonl")
+	if flavor == "sglang" {
+		f = SGLangRecordFile(recorderDir, model)
+	}
+	raws, err := readRawJSONL(f)
+	if err != nil {
+		return nil, f, err
+	}
+	all, err := ParsePasses(f, raws)
+	if err != nil {
+		return nil, f, err
+	}
+	if flavor == "sglang" && mark != nil {
+		all = mark.Window(all)
+	}
+	return all, f, nil
 }
 
 func readRawJSONL(path string) ([]json.RawMessage, error) {
@@ -287,4 +278,31 @@ func detectBackend(ctx context.Context, hc *http.Client, base string) (string, e
 		return "", fmt.Errorf("detect the backend: %s/v1/models answered HTTP %d; pass --backend sglang|vllm", base, resp.StatusCode)
 	}
 	return "vllm", nil
+}
+
+// engineVersion asks the server for its version, as the runner writes it into the metadata
+// (it imports the engine; this client asks SGLang's /get_server_info or vLLM's /version).
+func engineVersion(ctx context.Context, hc *http.Client, base, backend string) string {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	path := "/version"
+	if backend == "sglang" {
+		path = "/get_server_info"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+path, nil)
+	if err != nil {
+		return "unknown"
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "unknown"
+	}
+	defer resp.Body.Close()
+	var v struct {
+		Version string `json:"version"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v) != nil || v.Version == "" {
+		return "unknown"
+	}
+	return v.Version
 }

@@ -17,7 +17,7 @@ import (
 	"time"
 )
 
-// RequestResult is one measured request, a row of bench.json.
+// RequestResult is one measured request, a row of moecapd's bench file.
 type RequestResult struct {
 	Index   int    `json:"index"`
 	Success bool   `json:"success"`
@@ -35,6 +35,13 @@ type RequestResult struct {
 	Chunks                int  `json:"chunks"`
 	UsageMissing          bool `json:"usage_missing,omitempty"`
 	LengthMismatch        bool `json:"length_mismatch,omitempty"`
+	// UsageStreamMismatch: the server's usage claims a different number of generated tokens
+	// than the stream carried (more than the chunks it sent, or fewer than its text chunks).
+	UsageStreamMismatch bool `json:"usage_stream_mismatch,omitempty"`
+	// ShortOutput: fewer tokens generated than requested although ignore_eos was set.
+	ShortOutput bool `json:"short_output,omitempty"`
+	// OutputText is the generated text (output_data's output_tokens); not in the bench file.
+	OutputText string `json:"-"`
 
 	StartS float64   `json:"start_s"` // send time, seconds after the bench started
 	TTFTMs float64   `json:"ttft_ms"`
@@ -82,12 +89,19 @@ type streamer struct {
 	url    string
 	apiKey string
 	chunks *atomic.Int64 // streamed non-empty chunks, for the progress line
+	// whole sends non-streaming requests (the upstream prompt style) instead of SSE.
+	whole bool
 }
 
 // do sends body and fills r. reqCtx bounds the request (its deadline is the request timeout);
 // a failure is returned and also recorded in r.
 func (s *streamer) do(reqCtx context.Context, body []byte, r *RequestResult) {
-	err := s.stream(reqCtx, body, r)
+	var err error
+	if s.whole {
+		err = s.once(reqCtx, body, r)
+	} else {
+		err = s.stream(reqCtx, body, r)
+	}
 	if err == nil {
 		r.Success = true
 		return
@@ -133,6 +147,8 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 		chunk    streamChunk
 		readErr  error
 		nonEmpty int
+		choice   int // chunks carrying a choice, empty text included
+		text     strings.Builder
 	)
 	for {
 		line, err := br.ReadSlice('\n')
@@ -165,7 +181,12 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 					usage = true
 					r.PromptTokens, r.OutputTokens = chunk.Usage.PromptTokens, chunk.Usage.CompletionTokens
 				}
+				if len(chunk.Choices) > 0 {
+					choice++
+				}
 				if len(chunk.Choices) > 0 && (chunk.Choices[0].Text != "" || chunk.Choices[0].Delta.Content != "") {
+					text.WriteString(chunk.Choices[0].Text)
+					text.WriteString(chunk.Choices[0].Delta.Content)
 					if !got {
 						r.ttft = now.Sub(r.start)
 						got = true
@@ -189,6 +210,7 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 		}
 	}
 	r.Chunks = nonEmpty
+	r.OutputText = text.String()
 	if readErr != nil {
 		return readErr
 	}
@@ -203,6 +225,14 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 		r.UsageMissing = true
 		r.OutputTokens = nonEmpty
 		r.PromptTokens = r.InputTokens
+		return nil
+	}
+	// Both engines stream one chunk per generated token (stream interval 1), though a
+	// detokenizer may hold back a token that ends inside a multi-byte character. A usage
+	// below the chunks that carried text, or more than 10% (+1) above the chunks sent, is a
+	// server whose counts cannot be trusted or a stream that lost chunks.
+	if r.OutputTokens < nonEmpty || r.OutputTokens > choice+choice/10+1 {
+		r.UsageStreamMismatch = true
 	}
 	return nil
 }

@@ -10,8 +10,6 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
-	"github.com/moecapd/moecapd/pkg/cell"
-
 	"github.com/moecapd/moecapd/pkg/gpu"
 )
 
@@ -261,13 +259,6 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	cp.ClientArgv = shellQuote(m.Client.Argv)
 	cp.Vers = []kv{{"moecapd", orAbsent(m.Versions.Moecapd)}, {"backend", orAbsent(m.Versions.Backend)}, {"NVIDIA driver", orAbsent(m.Versions.Driver)}}
 	return cp
-}
-
-func m0(r *Row) *cell.Manifest {
-	if r.Manifest == nil {
-		return &cell.Manifest{}
-	}
-	return r.Manifest
 }
 
 func orAbsent(s string) string {

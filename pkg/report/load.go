@@ -263,7 +263,6 @@ func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, e
 		if sp := mt.ServerPass; sp != nil {
 			c.ServerTPOTMs, c.ServerTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
 		}
-		c.LatencyKind = mt.LatencyKind
 		c.AvgActivationDecode = mt.AvgExpertActivationDecode
 		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
 		c.TotalOutputTokens = mt.TotalOutputTokens

@@ -131,7 +131,9 @@ func (s *Server) countPrompt(p promptIn) (int, error) {
 type completionRequest struct {
 	Model         *string         `json:"model"`
 	Prompt        json.RawMessage `json:"prompt"`
+	Messages      []chatMessage   `json:"messages"`
 	MaxTokens     *int            `json:"max_tokens"`
+	MaxCompletion *int            `json:"max_completion_tokens"`
 	Temperature   *float64        `json:"temperature"`
 	IgnoreEOS     bool            `json:"ignore_eos"`
 	Stream        bool            `json:"stream"`
@@ -150,6 +152,34 @@ type usage struct {
 // max_tokens tokens: the simulated model never emits EOS, so ignore_eos is accepted and
 // has nothing to change (the benchmark always sets it).
 func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
+	s.complete(w, r, false)
+}
+
+// handleChat serves /v1/chat/completions: the messages go through the simulated chat
+// template (chatTemplate) and are then generated like a text prompt.
+func (s *Server) handleChat(w http.ResponseWriter, r *http.Request) {
+	s.complete(w, r, true)
+}
+
+// chatMessage is one message of a chat request.
+type chatMessage struct {
+	Role    string `json:"role"`
+	Content string `json:"content"`
+}
+
+// chatTemplate renders messages the ChatML way (Qwen's template) with the generation prompt
+// appended, as a served model's tokenizer.apply_chat_template(add_generation_prompt=True)
+// does.
+func chatTemplate(msgs []chatMessage) string {
+	var b strings.Builder
+	for _, m := range msgs {
+		b.WriteString("<|im_start|>" + m.Role + "\n" + m.Content + "<|im_end|>\n")
+	}
+	b.WriteString("<|im_start|>assistant\n")
+	return b.String()
+}
+
+func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 	if !requireMethod(w, r, http.MethodPost) {
 		return
 	}
@@ -160,18 +190,42 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 	if !s.checkModel(w, req.Model) {
 		return
 	}
-	prompts, err := parsePrompt(req.Prompt)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, "BadRequestError", err.Error())
-		return
+	var prompts []promptIn
+	if chat {
+		if len(req.Messages) == 0 {
+			writeError(w, http.StatusBadRequest, "BadRequestError", "\"messages\" is required on /v1/chat/completions")
+			return
+		}
+		prompts = []promptIn{{text: chatTemplate(req.Messages)}}
+	} else {
+		if len(req.Messages) > 0 {
+			writeError(w, http.StatusBadRequest, "BadRequestError", "/v1/completions takes \"prompt\", not \"messages\"; chat messages go to /v1/chat/completions")
+			return
+		}
+		var err error
+		if prompts, err = parsePrompt(req.Prompt); err != nil {
+			writeError(w, http.StatusBadRequest, "BadRequestError", err.Error())
+			return
+		}
 	}
 	maxTokens := 16 // the OpenAI default
 	if req.MaxTokens != nil {
 		maxTokens = *req.MaxTokens
 	}
+	if chat && req.MaxCompletion != nil {
+		maxTokens = *req.MaxCompletion
+	}
 	if maxTokens < 1 {
 		writeError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf("max_tokens must be at least 1, got %d", maxTokens))
 		return
+	}
+	lie := false
+	if (s.cfg.Fault == FaultHTTP500Some || s.cfg.Fault == FaultUsageLie) && maxTokens > 1 && s.faultN.Add(1)%4 == 0 {
+		if s.cfg.Fault == FaultHTTP500Some {
+			writeError(w, http.StatusInternalServerError, "InternalServerError", "simulated fault: the scheduler dropped this request")
+			return
+		}
+		lie = true
 	}
 	seq := s.seq.Add(1)
 	id := "cmpl-" + strconv.FormatUint(seq, 16) + "-" + strconv.FormatInt(time.Now().UnixNano()&0xffffff, 16)
@@ -213,11 +267,15 @@ func (s *Server) handleCompletions(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	u := usage{PromptTokens: promptTotal, CompletionTokens: maxTokens * len(reqs), TotalTokens: promptTotal + maxTokens*len(reqs)}
+	if lie {
+		u.CompletionTokens *= 10
+		u.TotalTokens = u.PromptTokens + u.CompletionTokens
+	}
 	if req.Stream {
-		s.stream(w, r, id, reqs, req.StreamOptions != nil && req.StreamOptions.IncludeUsage, u)
+		s.stream(w, r, id, reqs, req.StreamOptions != nil && req.StreamOptions.IncludeUsage, u, chat)
 		return
 	}
-	s.await(w, r, id, reqs, u)
+	s.await(w, r, id, reqs, u, chat)
 }
 
 // wait blocks until the scheduler has news for this HTTP request. It reports false when
@@ -251,7 +309,7 @@ func (s *Server) maybeCrash(generated int) {
 	}
 }
 
-func (s *Server) await(w http.ResponseWriter, r *http.Request, id string, reqs []*request, u usage) {
+func (s *Server) await(w http.ResponseWriter, r *http.Request, id string, reqs []*request, u usage, chat bool) {
 	for {
 		done := true
 		for _, rq := range reqs {
@@ -276,12 +334,34 @@ func (s *Server) await(w http.ResponseWriter, r *http.Request, id string, reqs [
 		StopReason   *string `json:"stop_reason"`
 	}
 	choices := make([]choice, len(reqs))
+	texts := make([]string, len(reqs))
 	for i, rq := range reqs {
 		var sb strings.Builder
 		for pos := 0; pos < rq.maxTokens; pos++ {
 			sb.WriteString(outputWord(rq.seq, pos))
 		}
-		choices[i] = choice{Index: i, Text: sb.String(), FinishReason: "length"}
+		texts[i] = sb.String()
+		choices[i] = choice{Index: i, Text: texts[i], FinishReason: "length"}
+	}
+	if chat {
+		type msg struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		}
+		type chatChoice struct {
+			Index        int    `json:"index"`
+			Message      msg    `json:"message"`
+			FinishReason string `json:"finish_reason"`
+		}
+		cc := make([]chatChoice, len(reqs))
+		for i := range reqs {
+			cc[i] = chatChoice{Index: i, Message: msg{Role: "assistant", Content: texts[i]}, FinishReason: "length"}
+		}
+		writeJSON(w, http.StatusOK, map[string]any{
+			"id": id, "object": "chat.completion", "created": time.Now().Unix(),
+			"model": s.cfg.ServedModel, "choices": cc, "usage": u,
+		})
+		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"id":      id,
@@ -297,7 +377,7 @@ func (s *Server) await(w http.ResponseWriter, r *http.Request, id string, reqs [
 // last token carries finish_reason "length", then the usage chunk (empty choices) when
 // asked for, then [DONE]. Chunks are assembled in one reused buffer and flushed as soon as
 // the scheduler produces them.
-func (s *Server) stream(w http.ResponseWriter, r *http.Request, id string, reqs []*request, includeUsage bool, u usage) {
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, id string, reqs []*request, includeUsage bool, u usage, chat bool) {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -306,8 +386,16 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, id string, reqs 
 	rc := http.NewResponseController(w)
 	created := time.Now().Unix()
 	model, _ := json.Marshal(s.cfg.ServedModel)
-	prefix := []byte(`data: {"id":"` + id + `","object":"text_completion","created":` + strconv.FormatInt(created, 10) +
+	object, textKey := "text_completion", `,"text":"`
+	if chat {
+		object, textKey = "chat.completion.chunk", `,"delta":{"content":"`
+	}
+	prefix := []byte(`data: {"id":"` + id + `","object":"` + object + `","created":` + strconv.FormatInt(created, 10) +
 		`,"model":` + string(model) + `,"choices":[{"index":`)
+	closeText := `"`
+	if chat {
+		closeText = `"}`
+	}
 	buf := make([]byte, 0, 4096)
 	sent := make([]int, len(reqs))
 	for {
@@ -319,13 +407,14 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, id string, reqs 
 			for sent[i] < g {
 				buf = append(buf, prefix...)
 				buf = strconv.AppendInt(buf, int64(i), 10)
-				buf = append(buf, `,"text":"`...)
+				buf = append(buf, textKey...)
 				buf = append(buf, outputWord(rq.seq, sent[i])...)
+				buf = append(buf, closeText...)
 				sent[i]++
 				if sent[i] == rq.maxTokens {
-					buf = append(buf, `","logprobs":null,"finish_reason":"length","stop_reason":null}]}`+"\n\n"...)
+					buf = append(buf, `,"logprobs":null,"finish_reason":"length","stop_reason":null}]}`+"\n\n"...)
 				} else {
-					buf = append(buf, `","logprobs":null,"finish_reason":null,"stop_reason":null}]}`+"\n\n"...)
+					buf = append(buf, `,"logprobs":null,"finish_reason":null,"stop_reason":null}]}`+"\n\n"...)
 				}
 			}
 			if sent[i] < rq.maxTokens {
@@ -336,7 +425,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, id string, reqs 
 		if done {
 			if includeUsage {
 				ub, _ := json.Marshal(u)
-				buf = append(buf, `data: {"id":"`+id+`","object":"text_completion","created":`+strconv.FormatInt(created, 10)+
+				buf = append(buf, `data: {"id":"`+id+`","object":"`+object+`","created":`+strconv.FormatInt(created, 10)+
 					`,"model":`+string(model)+`,"choices":[],"usage":`...)
 				buf = append(buf, ub...)
 				buf = append(buf, "}\n\n"...)
@@ -364,8 +453,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, id string, reqs 
 }
 
 type tokenizeRequest struct {
-	Model  *string `json:"model"`
-	Prompt *string `json:"prompt"`
+	Model    *string       `json:"model"`
+	Prompt   *string       `json:"prompt"`
+	Messages []chatMessage `json:"messages"` // vLLM's and SGLang's chat form: the template is applied
 }
 
 func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
@@ -379,11 +469,16 @@ func (s *Server) handleTokenize(w http.ResponseWriter, r *http.Request) {
 	if req.Model != nil && !s.checkModel(w, req.Model) {
 		return
 	}
-	if req.Prompt == nil {
-		writeError(w, http.StatusBadRequest, "BadRequestError", "\"prompt\" is required")
+	if req.Prompt == nil && len(req.Messages) == 0 {
+		writeError(w, http.StatusBadRequest, "BadRequestError", "\"prompt\" or \"messages\" is required")
 		return
 	}
-	ids := s.tok.Encode(*req.Prompt)
+	var ids []int
+	if req.Prompt != nil {
+		ids = s.tok.Encode(*req.Prompt)
+	} else {
+		ids = s.tok.Encode(chatTemplate(req.Messages))
+	}
 	if ids == nil {
 		ids = []int{}
 	}

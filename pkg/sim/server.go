@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -40,10 +39,15 @@ const (
 	FaultIgnoreSIGTERM = "ignore-sigterm"
 	FaultOOMOnStart    = "oom-on-start"
 	FaultCrashMidRun   = "crash-mid-run"
+	// FaultHTTP500Some answers every 4th completion (of more than one token) with HTTP 500,
+	// as an overloaded server does; FaultUsageLie makes every 4th one's usage claim ten times
+	// the tokens streamed. Both exist for the native client's validity checks.
+	FaultHTTP500Some = "http-500-some"
+	FaultUsageLie    = "usage-lie"
 )
 
 // Faults lists the valid Config.Fault values.
-var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun}
+var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie}
 
 // Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
 type Config struct {
@@ -61,8 +65,11 @@ type Config struct {
 	Host        string
 	Port        int
 	RecordsDir  string // SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR
-	Fault       string
-	Workers     int
+	// ExpertDistributionMetrics is vLLM's --enable-expert-distribution-metrics: the wrapper
+	// then also logs every pass since start-up under <RecordsDir>/logs/expert_distribution/.
+	ExpertDistributionMetrics bool
+	Fault                     string
+	Workers                   int
 	// WorkerCommand is the argv that starts one worker process; cmd/moecapd passes its own
 	// executable with the hidden worker flag.
 	WorkerCommand []string
@@ -136,9 +143,10 @@ type Server struct {
 	cfg     Config
 	tok     Tokenizer
 	eng     *engine
-	rec     recorder
+	rec     *recorder
 	ready   atomic.Bool
 	seq     atomic.Uint64
+	faultN  atomic.Uint64 // completions of more than one token, for the every-4th faults
 	created int64
 
 	cancel   context.CancelFunc
@@ -165,7 +173,8 @@ func NewServer(cfg Config) (*Server, error) {
 		stopping: make(chan struct{}),
 		crashed:  make(chan struct{}),
 	}
-	s.eng = newEngine(cfg, &s.rec)
+	s.rec = newRecorder(cfg.Flavor, cfg.RecordsDir, cfg.ServedModel, cfg.ExpertDistributionMetrics, cfg.TP, GPURawType(cfg.Hardware))
+	s.eng = newEngine(cfg, s.rec)
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	go s.eng.run(ctx)
@@ -180,6 +189,7 @@ func (s *Server) Close() {
 	s.stopOnce.Do(func() {
 		close(s.stopping)
 		s.cancel()
+		s.rec.close()
 	})
 }
 
@@ -211,12 +221,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.handleModels(w, r)
 	case path == "/get_model_info" && sg:
 		s.handleModelInfo(w, r)
+	case path == "/get_server_info" && sg:
+		writeJSON(w, http.StatusOK, map[string]any{"version": "0.5.8 (moecapd sim)", "model_path": s.cfg.ServedModel, "tp_size": s.cfg.TP})
+	case path == "/version" && !sg:
+		writeJSON(w, http.StatusOK, map[string]any{"version": "0.11.0 (moecapd sim)"})
 	case path == "/tokenize":
 		s.handleTokenize(w, r)
 	case path == "/detokenize":
 		s.handleDetokenize(w, r)
 	case path == "/v1/completions":
 		s.handleCompletions(w, r)
+	case path == "/v1/chat/completions":
+		s.handleChat(w, r)
 	case sg && (path == "/start_expert_distribution_record" || path == "/stop_expert_distribution_record" || path == "/dump_expert_distribution_record"):
 		s.handleSGLangRecord(w, r)
 	case !sg && (path == "/start_batch_recording" || path == "/stop_batch_recording" || path == "/dump_batch_recording" || path == "/clear_batch_recording"):
@@ -225,8 +241,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.handleVLLMRecord(w, r)
 	case !sg && path == "/batch_recording_status":
-		recs, on := s.rec.snapshot()
-		writeJSON(w, http.StatusOK, map[string]any{"is_recording": on, "total_records": len(recs)})
+		n, on := s.rec.count()
+		writeJSON(w, http.StatusOK, map[string]any{"is_recording": on, "total_records": n})
 	default:
 		writeError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("%s %s: no such endpoint on the simulated %s server", r.Method, path, s.cfg.Flavor))
 	}
@@ -295,17 +311,11 @@ func (s *Server) handleVLLMRecord(w http.ResponseWriter, r *http.Request) {
 		n := s.rec.stop()
 		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "message": "Stopped recording batch statistics", "total_records": n})
 	case "/dump_batch_recording":
+		// The wrapper appends each pass to vllm_batch_records.jsonl in the recorder dir as it
+		// happens (recorder.add); the dump returns the same records.
 		recs, _ := s.rec.snapshot()
 		if recs == nil {
-			recs = []Record{}
-		}
-		if s.cfg.RecordsDir != "" {
-			// The wrapper keeps its data file in the recorder dir; leave a copy there too
-			// so the cell's records/ directory holds what the runner saw.
-			path := filepath.Join(s.cfg.RecordsDir, "vllm_batch_records.jsonl")
-			if err := writeJSONL(path, recs); err != nil {
-				s.logf("WARNING: could not write %s: %v", path, err)
-			}
+			recs = []map[string]any{}
 		}
 		writeJSON(w, http.StatusOK, map[string]any{"status": "success", "records": recs, "total_records": len(recs)})
 	case "/clear_batch_recording":

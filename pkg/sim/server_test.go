@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -354,9 +355,31 @@ func TestTimingOverrides(t *testing.T) {
 }
 
 // fetchRecords reads the records of the flavor's recorder the way the MoE-CAP runner does.
-func fetchRecords(t *testing.T, srv *Server, url string) []Record {
+// wireRecord is a record as the wrappers write it: SGLang's decode req_ids are pool slots
+// (ints), vLLM's request ids (strings), so ids are read raw.
+type wireRecord struct {
+	ForwardPassID    *int    `json:"forward_pass_id"`
+	BatchSize        int     `json:"batch_size"`
+	Latency          float64 `json:"latency"`
+	SeqLensSum       int     `json:"seq_lens_sum"`
+	ForwardMode      string  `json:"forward_mode"`
+	ExpertActivation float64 `json:"expert_activation"`
+	GPUNum           int     `json:"gpu_num"`
+	GPURawType       string  `json:"gpu_raw_type"`
+	ScheduledTokens  int     `json:"scheduled_tokens"`
+	PerReqInfo       []struct {
+		ReqID       string `json:"req_id"`
+		ExtendLen   int    `json:"extend_len"`
+		TotalLen    int    `json:"total_len"`
+		PromptLen   int    `json:"prompt_len"`
+		IsLastChunk bool   `json:"is_last_chunk"`
+	} `json:"per_req_info"`
+	ReqIDs []json.RawMessage `json:"req_ids"`
+}
+
+func fetchRecords(t *testing.T, srv *Server, url string) []wireRecord {
 	t.Helper()
-	var recs []Record
+	var recs []wireRecord
 	if srv.Config().Flavor == FlavorSGLang {
 		if code, b := post(t, url+"/dump_expert_distribution_record", ""); code != 200 {
 			t.Fatalf("dump: %d %s", code, b)
@@ -369,7 +392,7 @@ func fetchRecords(t *testing.T, srv *Server, url string) []Record {
 			if line == "" {
 				continue
 			}
-			var r Record
+			var r wireRecord
 			if err := json.Unmarshal([]byte(line), &r); err != nil {
 				t.Fatalf("line %d of dump: %v", i+1, err)
 			}
@@ -379,9 +402,9 @@ func fetchRecords(t *testing.T, srv *Server, url string) []Record {
 	}
 	code, b := post(t, url+"/dump_batch_recording", "")
 	var d struct {
-		Status       string   `json:"status"`
-		Records      []Record `json:"records"`
-		TotalRecords int      `json:"total_records"`
+		Status       string       `json:"status"`
+		Records      []wireRecord `json:"records"`
+		TotalRecords int          `json:"total_records"`
 	}
 	if code != 200 || json.Unmarshal(b, &d) != nil || d.Status != "success" || d.TotalRecords != len(d.Records) {
 		t.Fatalf("dump_batch_recording: %d %s", code, b)
@@ -389,6 +412,10 @@ func fetchRecords(t *testing.T, srv *Server, url string) []Record {
 	return d.Records
 }
 
+// TestContinuousBatchingAndRecords checks batching and that each flavor keeps and writes its
+// passes as its real wrapper does: SGLang every pass since start-up (its own warm-up first,
+// passes outside start/stop included, seq_lens_sum the batch context); vLLM only the passes
+// between start and stop, seq_lens_sum the tokens scheduled, appended to the data file.
 func TestContinuousBatchingAndRecords(t *testing.T) {
 	for _, flavor := range []string{FlavorSGLang, FlavorVLLM} {
 		t.Run(flavor, func(t *testing.T) {
@@ -399,14 +426,13 @@ func TestContinuousBatchingAndRecords(t *testing.T) {
 			if flavor == FlavorVLLM {
 				start, stop = "/start_batch_recording", "/stop_batch_recording"
 			}
-			// Not recorded: before start.
 			post(t, url+"/v1/completions", `{"model":"`+qwenPath+`","prompt":"before","max_tokens":3}`)
 			post(t, url+start, "")
 			const reqs = 12
 			var wg sync.WaitGroup
 			for i := range reqs {
 				wg.Go(func() {
-					body := fmt.Sprintf(`{"model":%q,"prompt":"%s","max_tokens":%d}`, qwenPath, strings.Repeat("w ", 10+i), 5+i)
+					body := fmt.Sprintf(`{"model":%q,"prompt":"%s","max_tokens":%d}`, qwenPath, strings.Repeat("w ", 20+i), 5+i)
 					if code, b := post(t, url+"/v1/completions", body); code != 200 {
 						t.Errorf("completion %d: %d %s", i, code, b)
 					}
@@ -414,11 +440,10 @@ func TestContinuousBatchingAndRecords(t *testing.T) {
 			}
 			wg.Wait()
 			post(t, url+stop, "")
-			// Not recorded: after stop.
 			post(t, url+"/v1/completions", `{"model":"`+qwenPath+`","prompt":"after","max_tokens":3}`)
 
 			recs := fetchRecords(t, srv, url)
-			prefilled := map[string]int{} // req_id → prompt_len
+			prompt := map[string]int{} // req key → prompt_len
 			decodes := map[string]int{}
 			peak := 0
 			for i, r := range recs {
@@ -429,53 +454,68 @@ func TestContinuousBatchingAndRecords(t *testing.T) {
 				if r.GPUNum != 1 || r.GPURawType != "NVIDIA-H100-HBM3-80GB" || r.Latency <= 0 || r.ExpertActivation <= 0 || r.ExpertActivation > 60 {
 					t.Errorf("record %d: bad common fields %+v", i, r)
 				}
-				if i > 0 && r.ForwardPassID <= recs[i-1].ForwardPassID {
-					t.Errorf("record %d: forward_pass_id %d not increasing", i, r.ForwardPassID)
+				if flavor == FlavorSGLang {
+					if r.ForwardPassID == nil || i > 0 && *r.ForwardPassID <= *recs[i-1].ForwardPassID {
+						t.Errorf("record %d: forward_pass_id missing or not increasing", i)
+					}
+				} else if r.ForwardPassID != nil {
+					t.Errorf("record %d: vLLM batch records carry no forward_pass_id", i)
 				}
 				switch r.ForwardMode {
 				case "prefill":
-					if len(r.PerReqInfo) != r.BatchSize || r.ReqIDs != nil {
-						t.Errorf("prefill record %d: %d per_req_info for batch %d", i, len(r.PerReqInfo), r.BatchSize)
-					}
 					sum := 0
 					for _, p := range r.PerReqInfo {
-						prefilled[p.ReqID] = p.PromptLen
+						prompt[p.ReqID] = p.PromptLen
 						sum += p.ExtendLen
-						if !p.IsLastChunk || p.TotalLen != p.PromptLen || p.ExtendLen != p.PromptLen {
-							t.Errorf("prefill record %d: per_req_info %+v", i, p)
-						}
 					}
-					if r.ScheduledTokens != sum || r.SeqLensSum != sum || r.Latency != 0.003 {
-						t.Errorf("prefill record %d: scheduled %d seq_lens_sum %d latency %v, want %d %d 0.003", i, r.ScheduledTokens, r.SeqLensSum, r.Latency, sum, sum)
+					if len(r.PerReqInfo) != r.BatchSize || r.ScheduledTokens != sum || r.SeqLensSum != sum {
+						t.Errorf("prefill record %d: %+v", i, r)
 					}
 				case "decode":
-					if len(r.ReqIDs) != r.BatchSize || r.ScheduledTokens != r.BatchSize || r.PerReqInfo != nil || r.Latency != 0.002 {
+					ctx := 0
+					for _, raw := range r.ReqIDs {
+						id := strings.Trim(string(raw), `"`)
+						if flavor == FlavorSGLang {
+							id += "_0" // a decode names the pool slot; per_req_info's req_id is slot_counter
+							if raw[0] == '"' {
+								t.Errorf("decode record %d: SGLang req_ids are pool slots (ints), got %s", i, raw)
+							}
+						}
+						decodes[id]++
+						ctx += prompt[id] + decodes[id]
+					}
+					if len(r.ReqIDs) != r.BatchSize || r.ScheduledTokens != r.BatchSize {
 						t.Errorf("decode record %d: %+v", i, r)
 					}
-					for _, id := range r.ReqIDs {
-						decodes[id]++
+					want := r.BatchSize // vLLM: scheduled tokens
+					if flavor == FlavorSGLang {
+						want = ctx // SGLang: the batch's context, prompt + tokens so far
+					}
+					if r.SeqLensSum != want {
+						t.Errorf("decode record %d: seq_lens_sum %d, want %d", i, r.SeqLensSum, want)
 					}
 				default:
 					t.Errorf("record %d: forward_mode %q", i, r.ForwardMode)
 				}
 			}
-			if len(prefilled) != reqs {
-				t.Errorf("%d requests prefilled in the records, want %d (only those between start and stop)", len(prefilled), reqs)
-			}
-			// Each request decodes max_tokens−1 times: the first token comes from prefill.
-			var got []int
-			for id := range prefilled {
-				got = append(got, decodes[id]+1)
-			}
-			sort.Ints(got)
-			for i := range reqs {
-				if got[i] != 5+i {
-					t.Errorf("tokens per request %v, want 5..%d", got, 5+reqs-1)
-					break
+			wantReqs := reqs // vLLM: only between start and stop
+			if flavor == FlavorSGLang {
+				wantReqs = reqs + 3 // + the server's warm-up, "before" and "after"
+				if recs[0].ForwardMode != "prefill" || recs[0].SeqLensSum > 10 {
+					t.Errorf("first SGLang record %+v, want the warm-up prefill (seq_lens_sum ≤ 10)", recs[0])
 				}
+			}
+			if len(prompt) != wantReqs {
+				t.Errorf("%d requests prefilled in the records, want %d", len(prompt), wantReqs)
 			}
 			if peak != 4 {
 				t.Errorf("peak batch %d, want 4: 12 concurrent requests should fill the batch", peak)
+			}
+			if flavor == FlavorVLLM {
+				data, err := os.ReadFile(filepath.Join(srv.Config().RecordsDir, "vllm_batch_records.jsonl"))
+				if err != nil || bytes.Count(data, []byte("\n")) != len(recs) {
+					t.Errorf("vllm_batch_records.jsonl holds %d lines (err %v), want the %d dumped records", bytes.Count(data, []byte("\n")), err, len(recs))
+				}
 			}
 		})
 	}
@@ -492,9 +532,10 @@ func TestRecordFieldNames(t *testing.T) {
 		t.Fatal(err)
 	}
 	lines := bytes.Split(bytes.TrimSpace(data), []byte("\n"))
-	if len(lines) != 2 {
-		t.Fatalf("got %d records, want a prefill and a decode:\n%s", len(lines), data)
+	if len(lines) != 3 {
+		t.Fatalf("got %d records, want the start-up probe, a prefill and a decode:\n%s", len(lines), data)
 	}
+	lines = lines[1:]
 	base := []string{"batch_size", "expert_activation", "forward_mode", "forward_pass_id", "gpu_num", "gpu_raw_type", "latency", "scheduled_tokens", "seq_lens_sum"}
 	for i, extra := range []string{"per_req_info", "req_ids"} {
 		var m map[string]json.RawMessage
@@ -516,7 +557,36 @@ func TestRecordFieldNames(t *testing.T) {
 		PerReqInfo []map[string]any `json:"per_req_info"`
 	}
 	json.Unmarshal(lines[0], &p)
-	if len(p.PerReqInfo) != 1 || len(p.PerReqInfo[0]) != 5 || p.PerReqInfo[0]["is_last_chunk"] != true {
-		t.Errorf("per_req_info = %v, want req_id, extend_len, total_len, prompt_len, is_last_chunk", p.PerReqInfo)
+	want := []string{"extend_len", "is_last_chunk", "orig_len", "prompt_len", "req_id", "req_pool_idx", "total_len"}
+	var got []string
+	if len(p.PerReqInfo) == 1 {
+		for k := range p.PerReqInfo[0] {
+			got = append(got, k)
+		}
+	}
+	sort.Strings(got)
+	if !slices.Equal(got, want) || p.PerReqInfo[0]["is_last_chunk"] != true {
+		t.Errorf("per_req_info = %v, want the keys %v", p.PerReqInfo, want)
+	}
+}
+
+// TestVLLMExpertLog: with --enable-expert-distribution-metrics the vLLM wrapper also logs
+// every pass since start-up, outside the recording window too, under logs/ in the recorder
+// dir (a second copy that a reader must not count).
+func TestVLLMExpertLog(t *testing.T) {
+	srv, url := newTestServer(t, FlavorVLLM, func(c *Config) { c.ExpertDistributionMetrics = true })
+	post(t, url+"/v1/completions", `{"model":"`+qwenPath+`","prompt":"before","max_tokens":2}`)
+	post(t, url+"/start_batch_recording", "")
+	post(t, url+"/v1/completions", `{"model":"`+qwenPath+`","prompt":"a b c","max_tokens":2}`)
+	post(t, url+"/stop_batch_recording", "")
+	recs := fetchRecords(t, srv, url)
+	logs, _ := filepath.Glob(filepath.Join(srv.Config().RecordsDir, "logs", "expert_distribution", "*", "expert_distribution_record.jsonl"))
+	if len(logs) != 1 {
+		t.Fatalf("expert logs %v, want one", logs)
+	}
+	srv.Close()
+	data, _ := os.ReadFile(logs[0])
+	if n := bytes.Count(data, []byte("\n")); n != 4 || len(recs) != 2 {
+		t.Errorf("expert log %d passes, batch records %d: want 4 (both requests) and 2 (the window)", n, len(recs))
 	}
 }

@@ -1,0 +1,57 @@
+package profile
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// TestPhaseClock writes a runner's client.log the way the runner does (tqdm redrawing with
+// \r, prints arriving in pieces) and checks that the request phase is timed from the
+// "Sending" line to the stop-recording line, with the hooks called once each.
+func TestPhaseClock(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "client.log")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var started, ended int
+	c := WatchRunnerLog(path, 2*time.Millisecond, func() { started++ }, func() { ended++ })
+	write := func(s string) {
+		if _, err := f.WriteString(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("Using backend: sglang\nFixed-length mode detected: enabling ignore_eos\n")
+	time.Sleep(20 * time.Millisecond)
+	write("Started expert distribution recording on server\nSend")
+	time.Sleep(10 * time.Millisecond)
+	write("ing 16 requests to http://127.0.0.1:30000/v1/completions\n")
+	t0 := time.Now()
+	time.Sleep(50 * time.Millisecond)
+	write("Processing requests:  50%|#####     | 8/16\rProcessing requests: 100%|##########| 16/16\r")
+	time.Sleep(50 * time.Millisecond)
+	write("\nStopped expert distribution recording on server\n")
+	want := time.Since(t0)
+	time.Sleep(20 * time.Millisecond)
+	write("Sending 3 requests to nowhere\nStopped batch recording on server\n") // a second dataset: not counted
+	got := c.Stop()
+	if got < want-15*time.Millisecond || got > want+15*time.Millisecond {
+		t.Errorf("request phase %v, want about %v", got, want)
+	}
+	if started != 1 || ended != 1 {
+		t.Errorf("hooks called %d/%d times, want 1/1", started, ended)
+	}
+}
+
+func TestPhaseClockWithoutMarkers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "client.log")
+	os.WriteFile(path, []byte("Traceback (most recent call last):\nValueError: no\n"), 0o644)
+	c := WatchRunnerLog(path, time.Millisecond, nil, nil)
+	time.Sleep(10 * time.Millisecond)
+	if got := c.Stop(); got != 0 {
+		t.Errorf("request phase %v without markers, want 0", got)
+	}
+}
