@@ -205,6 +205,12 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 			sort.Strings(es)
 			cp.Throughput = append(cp.Throughput, kv{"request errors", strings.Join(es, ", ")})
 		}
+		if len(mt.InvalidReasons) > 0 {
+			cp.Throughput = append(cp.Throughput, kv{"result invalid", flaggedText(strings.Join(mt.InvalidReasons, "; "))})
+		}
+		if mt.PromptStyle != "" {
+			cp.Throughput = append(cp.Throughput, kv{"prompts", mt.PromptStyle})
+		}
 		if mt.Records != "" {
 			cp.Throughput = append(cp.Throughput, kv{"records", mt.Records})
 		}
