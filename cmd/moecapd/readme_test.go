@@ -50,10 +50,12 @@ func readmeCommands(t *testing.T) []struct {
 	return out
 }
 
-// needsGPU says whether a README command needs a GPU node or conda: a real backend that is
-// not a dry run, or doctor (it checks conda envs).
+// needsGPU says whether a README command needs a GPU node, conda or a Slurm cluster: a
+// real backend that is not a dry run, doctor (it checks conda envs), or `slurm` (it talks to
+// the cluster the README's block starts; the Slurm e2e tests run those commands against a
+// private cluster of their own).
 func needsGPU(l string) bool {
-	if strings.Contains(l, " doctor") {
+	if strings.Contains(l, " doctor") || strings.HasPrefix(l, "bin/moecapd slurm ") {
 		return true
 	}
 	real := strings.Contains(l, "--backend sglang") || strings.Contains(l, "--backend vllm")
