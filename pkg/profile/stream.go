@@ -113,26 +113,39 @@ func (s *streamer) do(reqCtx context.Context, body []byte, r *RequestResult) {
 	r.Success, r.ErrorKind, r.Error = false, f.Kind, f.Msg
 }
 
-func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) error {
+// post sends one request (r.start is when it left) and returns the reply when it is 200 OK;
+// any other status is a failure naming it. The caller closes the body.
+func (s *streamer) post(ctx context.Context, body []byte, accept string, r *RequestResult) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
 	if err != nil {
-		return fail("bad request", "%v", err)
+		return nil, fail("bad request", "%v", err)
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("Accept", "text/event-stream")
+	if accept != "" {
+		req.Header.Set("Accept", accept)
+	}
 	if s.apiKey != "" {
 		req.Header.Set("Authorization", "Bearer "+s.apiKey)
 	}
 	r.start = time.Now()
 	resp, err := s.hc.Do(req)
 	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer resp.Body.Close()
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fail(fmt.Sprintf("http %d", resp.StatusCode), "HTTP %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+	}
+	return resp, nil
+}
+
+func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) error {
+	resp, err := s.post(ctx, body, "text/event-stream", r)
+	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fail(fmt.Sprintf("http %d", resp.StatusCode), "HTTP %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
 
 	br := readerPool.Get().(*bufio.Reader)
 	br.Reset(resp.Body)

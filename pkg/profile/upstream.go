@@ -1,13 +1,11 @@
 package profile
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 )
 
@@ -150,24 +148,11 @@ type completionReply struct {
 // once sends one non-streaming request and fills r: E2EL is send to complete reply; there
 // is no client TTFT. Token counts come from usage, which such a reply must carry.
 func (s *streamer) once(ctx context.Context, body []byte, r *RequestResult) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
-	if err != nil {
-		return fail("bad request", "%v", err)
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if s.apiKey != "" {
-		req.Header.Set("Authorization", "Bearer "+s.apiKey)
-	}
-	r.start = time.Now()
-	resp, err := s.hc.Do(req)
+	resp, err := s.post(ctx, body, "", r)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return fail(fmt.Sprintf("http %d", resp.StatusCode), "HTTP %s: %s", resp.Status, strings.TrimSpace(string(msg)))
-	}
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
 	r.e2el = time.Since(r.start)
 	if err != nil {
