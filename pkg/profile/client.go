@@ -748,6 +748,19 @@ type benchFile struct {
 // upload glob (Python's glob skips dot directories) mistakes it for a runner result.
 const BenchDir = ".moecapd"
 
+// FindBenchFile is the newest moecapd bench file under an output dir (OutputDir/.moecapd/
+// bench_<ds>_<ts>.json; the timestamp sorts), or "" when there is none.
+func FindBenchFile(outputDir string) string {
+	dir := filepath.Join(outputDir, BenchDir)
+	ents, _ := os.ReadDir(dir) // sorted by name
+	for i := len(ents) - 1; i >= 0; i-- {
+		if n := ents[i].Name(); !ents[i].IsDir() && strings.HasPrefix(n, "bench_") && strings.HasSuffix(n, ".json") {
+			return filepath.Join(dir, n)
+		}
+	}
+	return ""
+}
+
 // writeOutputs writes the runner's four files into OutputDir/<org>/<model>/ and moecapd's
 // bench file (every request, client latencies) into OutputDir/.moecapd/.
 func writeOutputs(o *Options, res *Result) error {

@@ -6,16 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
 
@@ -43,33 +42,19 @@ const timelineBins = 60
 func readCellData(dir string) *CellData {
 	d := &CellData{}
 	found := false
-	if p := findFile(filepath.Join(dir, "client"), "bench.json"); p != "" {
+	if p := profile.FindBenchFile(filepath.Join(dir, "client")); p != "" {
 		found = readBench(p, d) || found
 	}
-	if p := findFile(filepath.Join(dir, "records"), ".jsonl"); p != "" {
-		found = readPassRecords(p, d) || found
+	// The one reader of pass records (the recording window when moecapd wrote it, each
+	// pass once), not a file picked by name.
+	if recs, err := capmath.ReadRecords(filepath.Join(dir, "records")); err == nil {
+		found = decodeTimeline(recs.Passes, d) || found
 	}
 	found = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || found
 	if !found {
 		return nil
 	}
 	return d
-}
-
-// findFile is the first file under root whose name ends in suffix (walk order).
-func findFile(root, suffix string) string {
-	var found string
-	_ = filepath.WalkDir(root, func(p string, e fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
-		}
-		if !e.IsDir() && strings.HasSuffix(e.Name(), suffix) {
-			found = p
-			return fs.SkipAll
-		}
-		return nil
-	})
-	return found
 }
 
 func readBench(path string, d *CellData) bool {
@@ -121,30 +106,18 @@ func readBench(path string, d *CellData) bool {
 	return len(d.TTFT) > 0
 }
 
-// readPassRecords reads the decode passes of a records file (one JSON object per line, the
-// wrappers' format) into the decode batch timeline.
-func readPassRecords(path string, d *CellData) bool {
-	f, err := os.Open(path)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
+// decodeTimeline turns the decode passes into the decode batch timeline (time = summed
+// pass latency).
+func decodeTimeline(passes []capmath.Pass, d *CellData) bool {
 	type pass struct{ t, b float64 }
 	var ps []pass
 	t := 0.0
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
-		var p struct {
-			BatchSize   float64 `json:"batch_size"`
-			Latency     float64 `json:"latency"`
-			ForwardMode string  `json:"forward_mode"`
-		}
-		if json.Unmarshal(sc.Bytes(), &p) != nil || p.Latency <= 0 {
+	for _, p := range passes {
+		if p.LatencyS <= 0 {
 			continue
 		}
-		t += p.Latency
-		if p.ForwardMode == "decode" {
+		t += p.LatencyS
+		if p.Mode == "decode" {
 			ps = append(ps, pass{t, p.BatchSize})
 		}
 	}
