@@ -45,11 +45,7 @@ func (d *doctor) bad(what, detail, fix string) {
 }
 
 func runDoctor(cmd *cobra.Command, _ []string) error {
-	v, err := settings(cmd)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(v)
+	v, log, err := commandLogger(cmd)
 	if err != nil {
 		return err
 	}

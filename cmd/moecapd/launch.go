@@ -259,11 +259,7 @@ func cellConfig(o launchOpts, log *zap.Logger, extra []string, gb gpu.Backend) (
 }
 
 func runLaunch(cmd *cobra.Command, args []string) error {
-	v, err := settings(cmd)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(v)
+	v, log, err := commandLogger(cmd)
 	if err != nil {
 		return err
 	}

@@ -80,6 +80,19 @@ func newRootCmd() *cobra.Command {
 // settings and bindFlags (flag > MOECAP_* env > moecapd.yaml > default, strictly typed)
 // live in settings.go.
 
+// commandLogger is every command's start: the merged settings, then the logger they ask for.
+func commandLogger(cmd *cobra.Command) (*viper.Viper, *zap.Logger, error) {
+	v, err := settings(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	log, err := newLogger(v)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, log, nil
+}
+
 func newLogger(v *viper.Viper) (*zap.Logger, error) {
 	var lvl zapcore.Level
 	if err := lvl.Set(v.GetString("log-level")); err != nil {

@@ -290,11 +290,7 @@ func (s *matrixSetup) slots() int {
 }
 
 func runMatrixPlan(cmd *cobra.Command, _ []string) error {
-	v0, err := settings(cmd)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(v0)
+	_, log, err := commandLogger(cmd)
 	if err != nil {
 		return err
 	}

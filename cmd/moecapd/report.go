@@ -44,11 +44,7 @@ pipeline stored them, else they are derived here from the cell's records/.`,
 }
 
 func runReport(cmd *cobra.Command, _ []string) error {
-	v, err := settings(cmd)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(v)
+	v, log, err := commandLogger(cmd)
 	if err != nil {
 		return err
 	}

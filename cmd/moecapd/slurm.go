@@ -209,11 +209,7 @@ func slurmTime(s string) (string, error) {
 }
 
 func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
-	v, err := settings(cmd)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(v)
+	v, log, err := commandLogger(cmd)
 	if err != nil {
 		return err
 	}
@@ -779,11 +775,7 @@ func runSlurmTask(cmd *cobra.Command, _ []string) error {
 			return usageErrorf("%s: %v", specPath, err)
 		}
 	}
-	v, err := settings(cmd)
-	if err != nil {
-		return err
-	}
-	log, err := newLogger(v)
+	_, log, err := commandLogger(cmd)
 	if err != nil {
 		return err
 	}
