@@ -354,7 +354,6 @@ func TestTimingOverrides(t *testing.T) {
 	}
 }
 
-// fetchRecords reads the records of the flavor's recorder the way the MoE-CAP runner does.
 // wireRecord is a record as the wrappers write it: SGLang's decode req_ids are pool slots
 // (ints), vLLM's request ids (strings), so ids are read raw.
 type wireRecord struct {
@@ -377,6 +376,7 @@ type wireRecord struct {
 	ReqIDs []json.RawMessage `json:"req_ids"`
 }
 
+// fetchRecords reads the records of the flavor's recorder the way the MoE-CAP runner does.
 func fetchRecords(t *testing.T, srv *Server, url string) []wireRecord {
 	t.Helper()
 	var recs []wireRecord
