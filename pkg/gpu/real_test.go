@@ -16,15 +16,7 @@ import (
 // each GPU gets rows, and where the GPU has an energy counter, counter and integrated power
 // agree. MOECAPD_GPU_TEST_SECONDS sets the length (default 3).
 func TestRealNVML(t *testing.T) {
-	b, err := Open(zaptest.NewLogger(t), true)
-	if err != nil {
-		t.Skipf("no NVML here: %v", err)
-	}
-	defer b.Close()
-	devs, err := b.Devices()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, devs := openReal(t)
 	t.Logf("driver %s, %s: %+v", b.DriverVersion(), Label(devs), devs)
 	secs := 3.0
 	if v, err := time.ParseDuration(os.Getenv("MOECAPD_GPU_TEST_SECONDS") + "s"); err == nil {
@@ -70,15 +62,7 @@ func TestRealNVML(t *testing.T) {
 // (within 64 MiB: the two calls are not simultaneous), and a GPU with no compute process
 // passes the preflight's idle check at the default 512 MiB.
 func TestRealMemoryReadings(t *testing.T) {
-	b, err := Open(zaptest.NewLogger(t), true)
-	if err != nil {
-		t.Skipf("no NVML here: %v", err)
-	}
-	defer b.Close()
-	devs, err := b.Devices()
-	if err != nil {
-		t.Fatal(err)
-	}
+	b, devs := openReal(t)
 	mem, err := b.Memory(devs)
 	if err != nil {
 		t.Fatal(err)
@@ -113,4 +97,20 @@ func TestRealMemoryReadings(t *testing.T) {
 			}
 		}
 	}
+}
+
+// openReal opens the node's NVML (skipping the test where there is none) and lists its GPUs;
+// the backend is closed when the test ends.
+func openReal(t *testing.T) (Backend, []Device) {
+	t.Helper()
+	b, err := Open(zaptest.NewLogger(t), true)
+	if err != nil {
+		t.Skipf("no NVML here: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	devs, err := b.Devices()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, devs
 }
