@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 var bin string
@@ -35,7 +36,7 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build moecapd: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := launcher.RunTests(m.Run)
 	stopTestSlurm() // the Slurm tests' private cluster, if one of them started it
 	os.RemoveAll(dir)
 	os.Exit(code)

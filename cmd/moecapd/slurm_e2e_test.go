@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/slurm"
 )
 
@@ -43,6 +44,9 @@ var testSlurm struct {
 // missing Slurm is a failure.
 func slurmCluster(t *testing.T) []string {
 	t.Helper()
+	if !launcher.E2E() {
+		t.Skip("the Slurm cluster tests are end to end: make test-e2e (" + launcher.E2EEnv + "=1)")
+	}
 	testSlurm.once.Do(func() {
 		for _, b := range []string{"slurmctld", "slurmd", "sbatch", "squeue", "scancel", "munged"} {
 			if _, err := exec.LookPath(b); err != nil {

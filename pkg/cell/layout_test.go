@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 // The child mode of this test binary: take a cell's lock, say so, and hold it until killed.
@@ -33,7 +34,7 @@ func TestMain(m *testing.M) {
 		fmt.Println("locked")
 		time.Sleep(time.Hour)
 	}
-	os.Exit(m.Run())
+	os.Exit(launcher.RunTests(m.Run))
 }
 
 // lockInChild holds cell id's lock in another process until the test kills it.

@@ -24,7 +24,7 @@ func TestMain(m *testing.M) {
 		if err := BecomeSubreaper(); err != nil {
 			fmt.Fprintln(os.Stderr, "subreaper:", err)
 		}
-		os.Exit(m.Run())
+		os.Exit(RunTests(m.Run))
 	case "sleep":
 		fmt.Println("child up")
 		time.Sleep(time.Hour)

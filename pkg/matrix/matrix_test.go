@@ -16,6 +16,7 @@ import (
 
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 func tables(t *testing.T) *config.Tables {
@@ -597,7 +598,7 @@ func TestMain(m *testing.M) {
 		fmt.Println("locked")
 		time.Sleep(time.Hour)
 	}
-	os.Exit(m.Run())
+	os.Exit(launcher.RunTests(m.Run))
 }
 
 // holdInChild holds cell id's lock in another process until the test ends.

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"text/tabwriter"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 // The benchmark's SSE server runs in a child process (this test binary re-executed), so the
@@ -26,7 +28,7 @@ func TestMain(m *testing.M) {
 		runPacedServer()
 		return
 	}
-	os.Exit(m.Run())
+	os.Exit(launcher.RunTests(m.Run))
 }
 
 // runPacedServer streams max_tokens chunks per request: the first at TTFT after the request

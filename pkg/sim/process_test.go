@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 // These tests run the real binary: faults are about processes, exit codes and signals.
@@ -28,7 +30,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	code := m.Run()
+	code := launcher.RunTests(m.Run)
 	if buildDir != "" {
 		os.RemoveAll(buildDir)
 	}

@@ -6,7 +6,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/config"
 )
 
-func tables(t *testing.T) *config.Tables {
+func tables(t testing.TB) *config.Tables {
 	t.Helper()
 	tb, err := config.LoadTables("")
 	if err != nil {
