@@ -66,13 +66,13 @@ func needsGPU(l string) bool {
 
 // readmeQuickOnly narrows the README's sim-matrix commands to two cells outside
 // `make test-e2e`: the whole matrix (130 cells) takes minutes; `make test` runs the same
-// commands, plan, run, status and report, on the cells this selects.
+// commands, plan, run, status and report, with plan and run on the cells this selects.
 const readmeQuickOnly = `^qwen1_5\.1xH100\.4k-1k\.`
 
 // TestReadmeCommands runs every GPU-free command README.md shows, as shown (bash, from a
 // directory laid out like the repository root), in order, and checks the exit code the
 // README promises. A README change that breaks a command breaks this test. Outside
-// `make test-e2e` (MOECAPD_E2E=1) the sim matrix's commands get --only readmeQuickOnly.
+// `make test-e2e` (MOECAPD_E2E=1) the sim matrix's plan and run get --only readmeQuickOnly.
 func TestReadmeCommands(t *testing.T) {
 	cmds := readmeCommands(t)
 	full := launcher.E2E()
@@ -94,7 +94,8 @@ func TestReadmeCommands(t *testing.T) {
 		}
 		ran++
 		line := c.line
-		if !full && strings.Contains(line, "--matrix configs/matrix-sim.yaml") {
+		if !full && (strings.HasPrefix(line, "bin/moecapd matrix plan --matrix configs/matrix-sim.yaml") ||
+			strings.HasPrefix(line, "bin/moecapd matrix run --matrix configs/matrix-sim.yaml")) {
 			line += " --only '" + readmeQuickOnly + "'"
 		}
 		t.Run(c.line, func(t *testing.T) {
