@@ -3,6 +3,7 @@ package capmath
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"os"
 	"path/filepath"
@@ -36,7 +37,7 @@ func near(t *testing.T, what string, got *float64, want float64) {
 	}
 }
 
-func writeRecords(t *testing.T, lines string) *Records {
+func writeRecords(t *testing.T, lines string) *records.Set {
 	t.Helper()
 	dir := t.TempDir()
 	sg := filepath.Join(dir, "org", "toy")
@@ -46,11 +47,18 @@ func writeRecords(t *testing.T, lines string) *Records {
 	if err := os.WriteFile(filepath.Join(sg, "expert_distribution_record.jsonl"), []byte(lines), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	recs, err := ReadRecords(dir)
+	recs, err := records.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return recs
+}
+
+// usable is the passes Derive computes with.
+func usable(set *records.Set) []pass {
+	records.DecodeContexts(set.Passes)
+	ps, _ := usablePasses(set.Passes)
+	return ps
 }
 
 // Two requests of 6 prompt tokens prefilled together in 0.25 s, then one decode pass of
@@ -65,8 +73,8 @@ const toyRecords = `{"batch_size":1,"latency":0.01,"seq_lens_sum":2,"forward_mod
 // TestDeriveFromRecordsByHand recomputes every physical and MoE-CAP number of toyRecords.
 func TestDeriveFromRecordsByHand(t *testing.T) {
 	recs := writeRecords(t, toyRecords)
-	if len(recs.Passes) != 3 || recs.Skipped["no expert_activation"] != 1 {
-		t.Fatalf("passes %d, skipped %v; want 3 and 1 without expert_activation", len(recs.Passes), recs.Skipped)
+	if ps, skipped := usablePasses(recs.Passes); len(ps) != 3 || skipped["no expert_activation"] != 1 {
+		t.Fatalf("passes %d, skipped %v; want 3 and 1 without expert_activation", len(ps), skipped)
 	}
 	tpot := 210.0
 	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, NumSamples: 2,
@@ -145,12 +153,12 @@ func TestRecordCopiesCountOnce(t *testing.T) {
 		reenc.Write(append(b, '\n'))
 	}
 	os.WriteFile(filepath.Join(dir, "vllm_batch_records.jsonl"), []byte(reenc.String()), 0o644)
-	recs, err := ReadRecords(dir)
+	recs, err := records.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs.Passes) != 3 || len(recs.Copies) != 1 || recs.Copies[0] != "vllm_batch_records.jsonl" {
-		t.Errorf("passes %d, copies %v; want 3 passes and the second file a copy", len(recs.Passes), recs.Copies)
+	if len(recs.Passes) != 4 || len(recs.Copies) != 1 || recs.Copies[0] != "vllm_batch_records.jsonl" {
+		t.Errorf("passes %d, copies %v; want the 4 records once and the second file a copy", len(recs.Passes), recs.Copies)
 	}
 }
 
@@ -162,7 +170,7 @@ func TestChunkedPrefillPrefix(t *testing.T) {
 		recs := writeRecords(t, fmt.Sprintf(`{"batch_size":1,"latency":0.1,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":12,"total_len":%d,"prompt_len":23,"is_last_chunk":false}]}
 {"batch_size":1,"latency":0.1,"seq_lens_sum":11,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":11,"total_len":%d,"prompt_len":23,"is_last_chunk":true}]}
 `, totals[0], totals[1]))
-		pre, _, _ := physicalPasses(toy, 1, recs.Passes, 0)
+		pre, _, _ := physicalPasses(toy, 1, usable(recs), 0, false)
 		if len(pre) != 2 {
 			t.Fatalf("%s: %d passes", name, len(pre))
 		}
@@ -177,7 +185,7 @@ func TestChunkedPrefillPrefix(t *testing.T) {
 // its attention term counts the pass's seq_lens_sum for every token.
 func TestMoECAPPerPassPath(t *testing.T) {
 	recs := writeRecords(t, `{"batch_size":2,"latency":0.25,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1}`+"\n")
-	u := MoECAP(toy, toyHW, 1, recs.Passes)
+	u := moeCAP(toy, toyHW, 1, usable(recs))
 	// S-MBU = (864 + 12·8)·2/0.25/1e4 = 0.768; S-MFU = (288 + 12·16)·2·48/1e5 = 0.4608
 	near(t, "s_mbu", &u.PrefillSMBU, 0.768)
 	near(t, "s_mfu", &u.PrefillSMFU, 0.4608)
