@@ -291,3 +291,43 @@ func TestComputeCost(t *testing.T) {
 		t.Errorf("no window: %+v, want nil", c)
 	}
 }
+
+// TestEveryForwardModeAsUpstream: a vLLM idle step (forward_mode "unknown", batch 0, no
+// context) is a decode step for MoE-CAP, as upstream's continuous_batching_utils counts
+// every non-prefill pass, and none for the physical numbers. toyRecords' decode pass gives
+// S-MBU 0.784 and S-MFU 0.1024 (TestDeriveFromRecordsByHand); the idle step adds
+//
+//	S-MBU = (2·(3·96+48) + 0·8)·2/0.1/1e4 = 1344/1000 = 1.344;  S-MFU = 0 (0 tokens/s)
+//
+// so the means are (0.784+1.344)/2 = 1.064 and 0.1024/2 = 0.0512; physical decode stays
+// 0.856 and the floor's batch 2.
+func TestEveryForwardModeAsUpstream(t *testing.T) {
+	idle := `{"batch_size":0,"latency":0.1,"seq_lens_sum":0,"forward_mode":"unknown","expert_activation":3,"gpu_num":1}` + "\n"
+	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true}, writeRecords(t, toyRecords+idle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	near(t, "decode s_mbu_moecap", d.Decode.SMBUMoECAP, 1.064)
+	near(t, "decode s_mfu_moecap", d.Decode.SMFUMoECAP, 0.0512)
+	near(t, "decode s_mbu", d.Decode.SMBU, 0.856)
+	near(t, "floor batch", d.Inputs.DecodeBatch, 2)
+	if d.Inputs.DecodePasses != 1 {
+		t.Errorf("physical decode passes %d, want 1 (the idle step is none)", d.Inputs.DecodePasses)
+	}
+}
+
+// TestSGLangActivationPerMoELayer: SGLang averages expert_activation over every layer,
+// dense ones included; with 1 dense layer of 2 a recorded 1.5 is 3 per MoE layer. vLLM's
+// is per MoE layer already.
+func TestSGLangActivationPerMoELayer(t *testing.T) {
+	m := toy
+	m.DenseLayers, m.DenseFFN = 1, 8
+	rec := `{"batch_size":2,"latency":0.2,"seq_lens_sum":14,"forward_mode":"decode","expert_activation":1.5,"gpu_num":1}` + "\n"
+	for flavor, want := range map[string]float64{"sglang": 3, "vllm": 1.5} {
+		d, err := Derive(Cell{Model: m, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true, Flavor: flavor}, writeRecords(t, rec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		near(t, flavor+" decode activation", d.Inputs.DecodeActivation, want)
+	}
+}
