@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 )
@@ -183,7 +184,7 @@ func TestSummaryFlagsImpossibleValues(t *testing.T) {
 	raw, _ := json.Marshal(d)
 	m := &cell.Manifest{Cell: cell.Identity{ID: "x"}, Status: cell.StatusOK, Extra: map[string]json.RawMessage{"cap": raw}}
 	var b strings.Builder
-	printCellSummary(&b, "/tmp/x", m)
+	app.WriteCellSummary(&b, "/tmp/x", m)
 	out := b.String()
 	if !strings.Contains(out, "ERROR    decode.s_mbu = 9.1 is impossible") || !strings.Contains(out, "records of a scaled sim") || strings.Contains(out, "910") {
 		t.Errorf("summary:\n%s\nwant an ERROR line with the cause and no 910%%", out)
