@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
@@ -139,7 +140,7 @@ func runDoctor(cmd *cobra.Command, _ []string) error {
 		}
 	}
 	if d.problems > 0 {
-		return withCode(exitUsage, fmt.Errorf("%d problem(s) found; fixes are listed above", d.problems)) // problems of the setup, not of moecapd
+		return exitcode.New(exitcode.Usage, fmt.Errorf("%d problem(s) found; fixes are listed above", d.problems)) // problems of the setup, not of moecapd
 	}
 	fmt.Fprintln(d.w, "all checks passed")
 	return nil

@@ -19,10 +19,14 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 var bin string
+
+// exitUsage is the table's usage exit code (pkg/exitcode).
+var exitUsage = int(exitcode.Usage)
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "moecapd-e2e-")

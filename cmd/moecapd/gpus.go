@@ -4,6 +4,7 @@ import (
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 )
 
@@ -34,12 +35,12 @@ func runGPUs(cmd *cobra.Command, _ []string) error {
 	// repeat it.
 	b, err := gpu.Open(zap.NewNop(), v.GetBool("require-gpu"))
 	if err != nil {
-		return withCode(exitUsage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	defer b.Close()
 	snap, err := gpu.TakeSnapshot(b)
 	if err != nil {
-		return withCode(exitInternal, err)
+		return exitcode.New(exitcode.Internal, err)
 	}
 	if v.GetBool("json") {
 		return snap.WriteJSON(cmd.OutOrStdout())

@@ -12,44 +12,15 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"golang.org/x/term"
+
+	"github.com/moecapd/moecapd/internal/app"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // version is set at build time with -ldflags "-X main.version=…".
 var version = "dev"
 
-// Exit codes of DESIGN.md.
-const (
-	exitOK          = 0
-	exitInternal    = 1
-	exitUsage       = 2
-	exitLaunch      = 3
-	exitInfeasible  = 4
-	exitBench       = 5
-	exitTeardown    = 6
-	exitInterrupted = 130
-)
-
-// exitError carries an exit code out of a command.
-type exitError struct {
-	code int
-	err  error
-}
-
-func (e *exitError) Error() string { return e.err.Error() }
-func (e *exitError) Unwrap() error { return e.err }
-
-func withCode(code int, err error) error {
-	if err == nil {
-		return nil
-	}
-	return &exitError{code: code, err: err}
-}
-
-func usageErrorf(format string, a ...any) error {
-	return &exitError{code: exitUsage, err: fmt.Errorf(format, a...)}
-}
+func usageErrorf(format string, a ...any) error { return exitcode.Usagef(format, a...) }
 
 // subcommands are added by the files of this package, one command each.
 var subcommands []func() *cobra.Command
@@ -94,30 +65,7 @@ func commandLogger(cmd *cobra.Command) (*viper.Viper, *zap.Logger, error) {
 }
 
 func newLogger(v *viper.Viper) (*zap.Logger, error) {
-	var lvl zapcore.Level
-	if err := lvl.Set(v.GetString("log-level")); err != nil {
-		return nil, usageErrorf("--log-level %q: want debug, info, warn or error", v.GetString("log-level"))
-	}
-	format := v.GetString("log-format")
-	if format == "auto" {
-		format = "json"
-		if term.IsTerminal(int(os.Stderr.Fd())) {
-			format = "console"
-		}
-	}
-	switch format {
-	case "console":
-		return zap.New(zapcore.NewCore(newHumanEncoder(), zapcore.Lock(os.Stderr), lvl)), nil
-	case "json":
-		cfg := zap.NewProductionConfig()
-		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
-		cfg.Sampling = nil
-		cfg.Level = zap.NewAtomicLevelAt(lvl)
-		cfg.OutputPaths = []string{"stderr"}
-		return cfg.Build()
-	default:
-		return nil, usageErrorf("--log-format %q: want auto, console or json", format)
-	}
+	return app.NewLogger(v.GetString("log-level"), v.GetString("log-format"))
 }
 
 func main() {
@@ -127,14 +75,12 @@ func main() {
 	root.SetArgs(expandRunnerLists(os.Args[1:]))
 	err := root.Execute()
 	if err == nil {
-		os.Exit(exitOK)
+		os.Exit(int(exitcode.OK))
 	}
-	code := exitInternal
-	var ee *exitError
-	if errors.As(err, &ee) {
-		code = ee.code
-	} else if strings.Contains(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)") {
-		code = exitUsage
+	code := exitcode.Of(err)
+	var ee *exitcode.Error
+	if !errors.As(err, &ee) && (strings.Contains(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)")) {
+		code = int(exitcode.Usage)
 	}
 	fmt.Fprintln(os.Stderr, "moecapd:", err)
 	os.Exit(code)

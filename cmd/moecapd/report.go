@@ -1,15 +1,11 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
-	"go.uber.org/zap"
 
-	"github.com/moecapd/moecapd/pkg/matrix"
-	"github.com/moecapd/moecapd/pkg/report"
+	"github.com/moecapd/moecapd/internal/app"
 )
 
 func init() { register(newReportCmd) }
@@ -49,33 +45,11 @@ func runReport(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
-	results := v.GetString("results")
-	if st, err := os.Stat(results); err != nil || !st.IsDir() {
-		return usageErrorf("--results %q is not a directory; point it at the directory holding the <cell-id>/ directories", results)
-	}
-	out := v.GetString("out")
-	if out == "" {
-		out = results + string(os.PathSeparator) + "report"
-	}
-	tables, err := loadTables(v.GetString("configs-dir"), "")
+	res, err := app.Report(app.ReportRequest{Results: v.GetString("results"), Out: v.GetString("out"),
+		ConfigsDir: v.GetString("configs-dir"), Matrix: v.GetString("matrix"), Title: v.GetString("title"), Log: log})
 	if err != nil {
-		return usageErrorf("model/hardware tables: %v", err)
+		return err
 	}
-	names := map[string]string{}
-	if mx, err := matrix.Load(v.GetString("matrix"), tables); err == nil {
-		names = mx.File.ModelNames
-	} else {
-		log.Debug("no display names: matrix file unreadable; models show by key", zap.Error(err))
-	}
-	res, err := report.Write(report.Options{ResultsDir: results, OutDir: out, Tables: tables, ModelNames: names, Title: v.GetString("title")})
-	if errors.Is(err, report.ErrNoCells) {
-		return withCode(exitUsage, err)
-	}
-	if err != nil {
-		return withCode(exitInternal, err)
-	}
-	log.Info("report written", zap.Int("cells", res.Cells), zap.Int("ok", res.OK),
-		zap.Int("unreadable", res.Problems), zap.Int("plots", res.Plots), zap.String("index", res.Index))
 	fmt.Fprintln(cmd.OutOrStdout(), res.Index)
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // Settings: flag > MOECAP_* env > moecapd.yaml (--settings) > default, merged once per
@@ -174,7 +175,7 @@ func readSettingsFile(path string, cmd *cobra.Command, flags map[string]*pflag.F
 		return map[string]string{}, nil
 	}
 	if err := config.CheckDuplicateKeys(path, &root); err != nil {
-		return nil, withCode(exitUsage, err)
+		return nil, exitcode.New(exitcode.Usage, err)
 	}
 	m := root.Content[0]
 	if m.Kind != yaml.MappingNode {

@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/sim"
 )
 
@@ -203,7 +204,7 @@ func runSimServer(cmd *cobra.Command, args []string) error {
 	case err == nil:
 		return nil
 	case errors.As(err, &fe), errors.Is(err, sim.ErrAddrInUse):
-		return withCode(exitInternal, err) // status 1, like the Python server dying
+		return exitcode.New(exitcode.Internal, err) // status 1, like the Python server dying
 	default:
 		return err
 	}

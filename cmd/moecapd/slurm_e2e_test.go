@@ -19,6 +19,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/slurm"
@@ -100,13 +101,13 @@ func stopTestSlurm() {
 	os.RemoveAll(testSlurm.dir)
 }
 
-func slurmStatus(t *testing.T, env []string, root string) []cellRow {
+func slurmStatus(t *testing.T, env []string, root string) []app.SlurmStatusRow {
 	t.Helper()
 	r := moecapd(t, env, "slurm", "status", "--results", root, "--json")
 	if r.code != 0 {
 		t.Fatalf("slurm status: exit %d\n%s", r.code, r.stderr)
 	}
-	var rows []cellRow
+	var rows []app.SlurmStatusRow
 	if err := json.Unmarshal([]byte(r.stdout), &rows); err != nil {
 		t.Fatalf("slurm status --json: %v\n%s", err, r.stdout)
 	}
@@ -114,7 +115,7 @@ func slurmStatus(t *testing.T, env []string, root string) []cellRow {
 }
 
 // waitStatus polls slurm status until done says so.
-func waitStatus(t *testing.T, env []string, root string, timeout time.Duration, what string, done func([]cellRow) bool) []cellRow {
+func waitStatus(t *testing.T, env []string, root string, timeout time.Duration, what string, done func([]app.SlurmStatusRow) bool) []app.SlurmStatusRow {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
@@ -139,8 +140,8 @@ func waitStatus(t *testing.T, env []string, root string, timeout time.Duration, 
 	}
 }
 
-func allOK(n int) func([]cellRow) bool {
-	return func(rows []cellRow) bool {
+func allOK(n int) func([]app.SlurmStatusRow) bool {
+	return func(rows []app.SlurmStatusRow) bool {
 		ok := 0
 		for _, r := range rows {
 			// ok and Slurm done with it: the task wrote extra.slurm after the cell.
@@ -415,7 +416,7 @@ func TestSlurmRequeueRedoesCell(t *testing.T) {
 	// same second is refused ("Job credential revoked") and the task fails instead of rerunning.
 	time.Sleep(2 * time.Second)
 	scontrol("update", "jobid="+job, "starttime=now")
-	waitStatus(t, env, root, 2*time.Minute, "the requeued cell redone", func(rows []cellRow) bool {
+	waitStatus(t, env, root, 2*time.Minute, "the requeued cell redone", func(rows []app.SlurmStatusRow) bool {
 		if len(rows) != 1 || rows[0].Status != cell.StatusOK || rows[0].Slurm == nil || slurmActive(rows[0].Slurm.State) {
 			return false
 		}
@@ -495,49 +496,6 @@ func TestSlurmUnavailable(t *testing.T) {
 	}
 }
 
-func TestSlurmTime(t *testing.T) {
-	tests := []struct {
-		in, want string
-		err      bool
-	}{
-		{"", "", false},
-		{"8h", "8:00:00", false},
-		{"90m", "1:30:00", false},
-		{"36h30m5s", "36:30:05", false},
-		{"1500ms", "0:00:02", false}, // rounded up: a limit never shrinks
-		{"2-12:00:00", "2-12:00:00", false},
-		{"30", "30", false},
-		{"-1h", "", true},
-		{"soon", "", true},
-	}
-	for _, tc := range tests {
-		got, err := slurmTime(tc.in)
-		if (err != nil) != tc.err || got != tc.want {
-			t.Errorf("slurmTime(%q) = %q, %v; want %q (error %v)", tc.in, got, err, tc.want, tc.err)
-		}
-	}
-}
-
-func TestDescribeTask(t *testing.T) {
-	for _, tc := range []struct {
-		t    slurm.Task
-		want string
-	}{
-		{slurm.Task{State: "PENDING", Reason: "Resources"}, "queued (Resources)"},
-		{slurm.Task{State: "RUNNING", Node: "gpu12", Elapsed: "1:02:03"}, "running on gpu12 for 1:02:03"},
-		{slurm.Task{State: "COMPLETED"}, "finished"},
-		{slurm.Task{State: "CANCELLED"}, "cancelled"},
-		{slurm.Task{State: "TIMEOUT"}, "timed out"},
-		{slurm.Task{State: "FAILED", ExitCode: "5:0"}, "failed (exit 5:0)"},
-		{slurm.Task{State: "NODE_FAIL"}, "node failed"},
-		{slurm.Task{State: "BOOT_FAIL"}, "boot_fail"},
-	} {
-		if got := describeTask(tc.t); got != tc.want {
-			t.Errorf("describeTask(%+v) = %q, want %q", tc.t, got, tc.want)
-		}
-	}
-}
-
 // A task whose cell another runner holds (here: this test, through pkg/cell's lock) leaves
 // the cell alone and fails, saying who holds it.
 func TestSlurmTaskLeavesHeldCell(t *testing.T) {
@@ -557,7 +515,7 @@ func TestSlurmTaskLeavesHeldCell(t *testing.T) {
 	if r.code != 0 {
 		t.Fatalf("submit: exit %d\n%s", r.code, r.stderr)
 	}
-	rows := waitStatus(t, env, root, time.Minute, "the task to end", func(rows []cellRow) bool {
+	rows := waitStatus(t, env, root, time.Minute, "the task to end", func(rows []app.SlurmStatusRow) bool {
 		return len(rows) == 1 && rows[0].Slurm != nil && rows[0].Slurm.State != "" && !slurmActive(rows[0].Slurm.State)
 	})
 	if rows[0].Slurm.State != "FAILED" || rows[0].Status != "" {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -510,7 +511,7 @@ func (r *runner) windowStats(met *profile.Metrics, recordsDir, flavor string, ma
 		r.log.Info("no pass records in the recording window; server-pass figures are the runner's", zap.String("file", file), zap.Error(err))
 		return
 	}
-	profile.DecodeContexts(passes, flavor)
+	records.DecodeContexts(passes)
 	st := profile.StatsOf(passes, met.Completed+met.Failed)
 	profile.ApplyStats(met, &st)
 	met.Records = fmt.Sprintf("%d passes (%d prefill, %d decode) in the recording window, from %s", st.Passes, st.PrefillPasses, st.DecodePasses, file)

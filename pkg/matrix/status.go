@@ -205,10 +205,8 @@ func Summary(m *cell.Manifest) string {
 	if x == nil {
 		return s + " no metrics recorded"
 	}
-	ttft, tpot := x.MeanTTFTMs, x.MeanTPOTMs
-	if sp := x.ServerPass; sp != nil && ttft == nil && tpot == nil {
-		ttft, tpot = sp.TTFTMoECAPMs, sp.TPOTMoECAPMs // the runner's server-pass latencies
-	}
+	h := x.Headline()
+	ttft, tpot := h.TTFTMs, h.TPOTMs
 	s += fmt.Sprintf(" TTFT %s ms, TPOT %s ms, %.1f output tok/s, %d samples", profile.FormatMs(ttft, 1), profile.FormatMs(tpot, 2), x.OutputThroughput, m.Cell.NumSamples)
 	if t := m.Telemetry; t != nil && t.JPerOutputToken != nil {
 		s += fmt.Sprintf(", %.3f J/token", *t.JPerOutputToken)

@@ -68,6 +68,9 @@ func golden(t *testing.T, name string, got []byte) {
 	}
 }
 
+// TestMain: headless Chromium (TestHTMLInChromium) dies with the test binary.
+func TestMain(m *testing.M) { os.Exit(launcher.RunTests(m.Run)) }
+
 func TestGolden(t *testing.T) {
 	rows, probs, err := Load(fixtures, loadTables(t))
 	if err != nil {

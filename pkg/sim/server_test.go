@@ -347,28 +347,29 @@ func measureOverrides(t testing.TB, batch int) (meanTPOT, meanTTFT time.Duration
 	return sumTPOT / time.Duration(batch), sumTTFT / time.Duration(batch)
 }
 
-// TestTimingOverrides: --tpot and --ttft set the pace. The sim paces on an absolute
-// schedule, so it is never early: the lower bounds are tight. A loaded machine (-race, other
-// processes on the cores) makes it late by any amount, so the upper bounds only tell the
-// override from something else entirely (3x); how close to the target it runs is
-// BenchmarkTimingOverrides's number.
+// TestTimingOverrides: --tpot and --ttft set the pace. The sim never beats its pass times
+// (a late pass ends late): the lower bounds are the contract (less 2% for the client's read
+// jitter); the upper ones are loose, as the test machine is shared and -race slows
+// everything. How close to the target it runs is BenchmarkTimingOverrides's number.
 func TestTimingOverrides(t *testing.T) {
 	for _, batch := range []int{1, 32} {
 		t.Run(fmt.Sprintf("batch%d", batch), func(t *testing.T) {
 			meanTPOT, meanTTFT := measureOverrides(t, batch)
 			t.Logf("batch %d: mean TTFT %v (want %v), mean TPOT %v (want %v)", batch, meanTTFT, overrideTTFT, meanTPOT, overrideTPOT)
-			if meanTPOT < overrideTPOT-overrideTPOT/20 || meanTPOT > 3*overrideTPOT {
-				t.Errorf("mean TPOT %v, want %v (-5%%, and under 3x on a loaded machine)", meanTPOT, overrideTPOT)
+			if d := meanTPOT - overrideTPOT; d < -overrideTPOT/50 || d > overrideTPOT {
+				t.Errorf("mean TPOT %v, want %v within -2%%/+100%%", meanTPOT, overrideTPOT)
 			}
-			if meanTTFT < overrideTTFT-2*time.Millisecond || meanTTFT > 3*overrideTTFT {
-				t.Errorf("mean TTFT %v, want %v (-2ms, and under 3x on a loaded machine)", meanTTFT, overrideTTFT)
+			// A request the loaded client sends after the wave's first token waits for the
+			// next wave: up to about two more passes.
+			if d := meanTTFT - overrideTTFT; d < -2*time.Millisecond || d > 3*overrideTTFT {
+				t.Errorf("mean TTFT %v, want %v (-2ms/+300%%)", meanTTFT, overrideTTFT)
 			}
 		})
 	}
 }
 
 // BenchmarkTimingOverrides reports how close the sim's pace comes to the override timings
-// (tpot/target and ttft/target: 1 is exact; on a quiet machine within 1.05 for TPOT).
+// (tpot/target and ttft/target: 1 is exact).
 func BenchmarkTimingOverrides(b *testing.B) {
 	for _, batch := range []int{1, 32} {
 		b.Run(fmt.Sprintf("batch%d", batch), func(b *testing.B) {
@@ -618,5 +619,32 @@ func TestVLLMExpertLog(t *testing.T) {
 	data, _ := os.ReadFile(logs[0])
 	if n := bytes.Count(data, []byte("\n")); n != 4 || len(recs) != 2 {
 		t.Errorf("expert log %d passes, batch records %d: want 4 (both requests) and 2 (the window)", n, len(recs))
+	}
+}
+
+// TestNeverFasterThanRoofline: in real time a pass lasts at least its model time, however
+// late the scheduler got to it: every request's TTFT is at least its prefill pass and its
+// whole latency at least that plus one decode pass per further token (a late pass ends
+// late, never short to catch up).
+func TestNeverFasterThanRoofline(t *testing.T) {
+	const (
+		tpot      = time.Millisecond
+		ttft      = 4 * time.Millisecond
+		maxTokens = 30
+		batch     = 16
+	)
+	_, url := newTestServer(t, FlavorSGLang, func(c *Config) {
+		c.TPOT, c.TTFT, c.TimeScale, c.MaxRunning = tpot, ttft, 1, batch
+	})
+	for _, r := range runBatch(t, url, batch, maxTokens) {
+		if len(r.times) != maxTokens {
+			t.Fatalf("got %d chunks, want %d", len(r.times), maxTokens)
+		}
+		if got := r.ttft(); got < ttft {
+			t.Errorf("TTFT %v below the prefill pass %v", got, ttft)
+		}
+		if got, floor := r.times[maxTokens-1].Sub(r.sent), ttft+(maxTokens-1)*tpot; got < floor {
+			t.Errorf("request latency %v below its passes' %v", got, floor)
+		}
 	}
 }

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"fmt"
@@ -16,36 +16,36 @@ import (
 // instead of nanoseconds. JSON logs (files, machines) keep full precision.
 type humanEncoder struct{ zapcore.Encoder }
 
-func newHumanEncoder() zapcore.Encoder {
+func NewHumanEncoder() zapcore.Encoder {
 	cfg := zap.NewDevelopmentEncoderConfig()
 	cfg.CallerKey = zapcore.OmitKey
 	cfg.StacktraceKey = zapcore.OmitKey
 	cfg.EncodeTime = zapcore.TimeEncoderOfLayout("15:04:05")
-	cfg.EncodeDuration = func(d time.Duration, enc zapcore.PrimitiveArrayEncoder) { enc.AppendString(humanDuration(d)) }
+	cfg.EncodeDuration = func(d time.Duration, enc zapcore.PrimitiveArrayEncoder) { enc.AppendString(HumanDuration(d)) }
 	return humanEncoder{zapcore.NewConsoleEncoder(cfg)}
 }
 
 func (h humanEncoder) Clone() zapcore.Encoder { return humanEncoder{h.Encoder.Clone()} }
 
 // AddFloat64 rounds fields added with logger.With.
-func (h humanEncoder) AddFloat64(k string, v float64) { h.Encoder.AddFloat64(k, roundHuman(v)) }
+func (h humanEncoder) AddFloat64(k string, v float64) { h.Encoder.AddFloat64(k, RoundHuman(v)) }
 
 func (h humanEncoder) EncodeEntry(e zapcore.Entry, fields []zapcore.Field) (*buffer.Buffer, error) {
 	fs := make([]zapcore.Field, len(fields))
 	for i, f := range fields {
 		switch f.Type {
 		case zapcore.Float64Type:
-			f = zap.Float64(f.Key, roundHuman(math.Float64frombits(uint64(f.Integer))))
+			f = zap.Float64(f.Key, RoundHuman(math.Float64frombits(uint64(f.Integer))))
 		case zapcore.DurationType:
-			f = zap.String(f.Key, humanDuration(time.Duration(f.Integer)))
+			f = zap.String(f.Key, HumanDuration(time.Duration(f.Integer)))
 		}
 		fs[i] = f
 	}
 	return h.Encoder.EncodeEntry(e, fs)
 }
 
-// roundHuman keeps three significant digits, and no decimals from 100 up.
-func roundHuman(v float64) float64 {
+// RoundHuman keeps three significant digits, and no decimals from 100 up.
+func RoundHuman(v float64) float64 {
 	if v == 0 || math.IsNaN(v) || math.IsInf(v, 0) {
 		return v
 	}
@@ -59,8 +59,8 @@ func roundHuman(v float64) float64 {
 	return r
 }
 
-// humanDuration: 850µs, 12ms, 4.2s, 1m05s, 2h10m.
-func humanDuration(d time.Duration) string {
+// HumanDuration: 850µs, 12ms, 4.2s, 1m05s, 2h10m.
+func HumanDuration(d time.Duration) string {
 	switch a := d.Abs(); {
 	case a < time.Millisecond:
 		return d.Round(time.Microsecond).String()

@@ -1,4 +1,4 @@
-package main
+package app
 
 import (
 	"context"
@@ -15,21 +15,21 @@ import (
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
-// interruptSignals end a run with teardown: SIGINT (Ctrl-C), SIGTERM (kill, systemd,
+// InterruptSignals end a run with teardown: SIGINT (Ctrl-C), SIGTERM (kill, systemd,
 // Slurm's time limit) and SIGHUP (the ssh session or terminal went away). Each tears the
 // server down, records the cell interrupted with the phase it was in, and exits 130.
-var interruptSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
+var InterruptSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP}
 
-// signalContext returns a context cancelled by the first of interruptSignals. Later signals
+// SignalContext returns a context cancelled by the first of InterruptSignals. Later signals
 // are logged and ignored: teardown is bounded (grace, then SIGKILL) and runs to its end;
 // only SIGKILL skips it, and then the next run's orphan sweep ends the server. SIGPIPE is
 // caught too, so a write to a stdout or stderr whose reader is gone (the terminal or a
 // `| tee` that died with the ssh session) returns an error instead of killing moecapd
 // before it tears down. Caught signals are reset to default in the children we exec.
-func signalContext(log *zap.Logger) (context.Context, context.CancelFunc) {
+func SignalContext(log *zap.Logger) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancelCause(context.Background())
 	sigs := make(chan os.Signal, 4)
-	signal.Notify(sigs, interruptSignals...)
+	signal.Notify(sigs, InterruptSignals...)
 	pipe := make(chan os.Signal, 1)
 	signal.Notify(pipe, syscall.SIGPIPE)
 	done := make(chan struct{})
@@ -60,9 +60,9 @@ func signalContext(log *zap.Logger) (context.Context, context.CancelFunc) {
 	}
 }
 
-// becomeSubreaper makes moecapd the child subreaper of what it starts and logs which
+// BecomeSubreaper makes moecapd the child subreaper of what it starts and logs which
 // mechanism finds a server's processes (manifest.json records it as server.tracking).
-func becomeSubreaper(log *zap.Logger) {
+func BecomeSubreaper(log *zap.Logger) {
 	if err := launcher.BecomeSubreaper(); err != nil {
 		log.Warn("cannot become a child subreaper; double-forked server workers are still found by their environment token",
 			zap.Error(err), zap.String("tracking", launcher.Tracking()))

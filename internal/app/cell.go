@@ -1,0 +1,211 @@
+package app
+
+import (
+	"os"
+	"strings"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/exitcode"
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/report"
+)
+
+// CellOptions is launch-and-bench's settings, merged once (flag > MOECAP_* > moecapd.yaml >
+// default) and typed: the per-cell configuration is built from a value of it, once per
+// cell. The matrix copies its own and sets the per-cell fields; nothing writes back into
+// flags or viper, so nothing shared is written while goroutines read.
+type CellOptions struct {
+	Backend, Config           string
+	BatchSize, TP, NumSamples int
+	CondaRoot, Env            string
+	Port                      int
+	PortSet                   bool // --port given: 0 then means "pick a free one"
+	Host, Results             string
+	Grace                     time.Duration
+	ReadyTimeout              time.Duration
+	ReadyHardTimeout          time.Duration
+	Client                    string
+	DryRun                    bool
+	Hardware                  string
+	SimFlavor, SimHardware    string
+	ConfigsDir                string
+	ModelConfig               string // --model-config: the model's config.json
+	RequireGPU                bool
+	GPUWait, GPUInterval      time.Duration
+	// GPUIdleMiB is how much memory a GPU may use above its own baseline and still count as
+	// idle (before launch) or back to baseline (after teardown).
+	GPUIdleMiB int
+	// Prices are nil unless given: the hardware table's then.
+	GPUHourUSD, ElectricityUSDPerKWh *float64
+	Warmup                           int
+	Seed                             int64
+	Dataset, DatasetFile             string
+	DatasetCacheDir                  string
+	Offline                          bool
+	PromptStyle                      string
+	AllowBadRequests                 int
+	// Version is moecapd's, recorded in every manifest.
+	Version string
+}
+
+// Check refuses settings out of their bounds (prices, --gpu-idle-mib).
+func (o CellOptions) Check() error {
+	for _, p := range []struct {
+		key string
+		v   *float64
+		max float64
+	}{{"--gpu-hour-usd", o.GPUHourUSD, config.MaxUSD}, {"--electricity-usd-per-kwh", o.ElectricityUSDPerKWh, config.MaxUSD}} {
+		if p.v != nil {
+			if err := config.CheckFloat("settings", p.key, *p.v, 0, p.max); err != nil {
+				return withCode(exitcode.Usage, err)
+			}
+		}
+	}
+	if err := config.CheckInt("settings", "--gpu-idle-mib", int64(o.GPUIdleMiB), 0, 1<<20, "MiB above a GPU's own baseline that still count as idle"); err != nil {
+		return withCode(exitcode.Usage, err)
+	}
+	return nil
+}
+
+// warnExposed warns when host (an address to bind) is not loopback: what listens there (an
+// inference server, the metrics endpoint) has no authentication.
+func warnExposed(log *zap.Logger, what, host string) {
+	if !exposed(host) {
+		return
+	}
+	where := "binds a non-loopback address"
+	switch strings.Trim(host, "[]") {
+	case "", "0.0.0.0", "::":
+		where = "binds all network interfaces"
+	}
+	log.Warn(what+" "+where+" and has no authentication: anyone who can reach this node can use it; bind 127.0.0.1 unless that is intended",
+		zap.String("host", host))
+}
+
+// cellConfig builds one cell's pipeline config from typed settings; shared by
+// launch-and-bench and the matrix. gb is an open GPU backend to use; nil opens one, which
+// the returned cleanup closes.
+func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) (*cell.Config, func(), error) {
+	backend := o.Backend
+	if backend == "" {
+		return nil, nil, usageErrorf("--backend is required: sglang, vllm or sim")
+	}
+	if o.Config == "" {
+		return nil, nil, usageErrorf("--config is required: a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
+	}
+	bench, err := config.LoadBench(o.Config)
+	if err != nil {
+		return nil, nil, withCode(exitcode.Usage, err)
+	}
+	tables, err := loadTables(o.ConfigsDir, o.ModelConfig)
+	if err != nil {
+		return nil, nil, err
+	}
+	client := o.Client
+	if client == "" {
+		client = cell.ClientMoECAP
+		if backend == launcher.BackendSim {
+			client = cell.ClientNative
+		}
+	}
+	port := o.Port
+	if !o.PortSet {
+		port = launcher.DefaultPort(backend)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return nil, nil, err
+	}
+	cleanup := func() {}
+	if gb == nil {
+		if gb, err = gpu.Open(log, o.RequireGPU); err != nil {
+			return nil, nil, withCode(exitcode.Usage, err)
+		}
+		cleanup = func() { gb.Close() }
+	}
+	c := &cell.Config{
+		Backend: backend, SimFlavor: o.SimFlavor, SimHW: o.SimHardware,
+		Bench: bench, Tables: tables, BatchSize: o.BatchSize, TP: o.TP,
+		NumSamples: o.NumSamples, Host: o.Host, Port: port,
+		Results: o.Results, Grace: o.Grace,
+		ReadyStall: o.ReadyTimeout, ReadyHard: o.ReadyHardTimeout,
+		Client: client, ServerArgs: extra,
+		Conda: launcher.CondaSearch{Flag: o.CondaRoot, CondaExe: os.Getenv("CONDA_EXE"),
+			MambaRootPrefix: os.Getenv("MAMBA_ROOT_PREFIX"), Home: os.Getenv("HOME")},
+		CondaEnv: o.Env, BaseEnv: os.Environ(), SelfExe: self,
+		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: o.Hardware,
+		GPUs: gb, GPUWait: o.GPUWait, GPUInterval: o.GPUInterval,
+		MemSlackBytes: uint64(o.GPUIdleMiB) << 20, Version: o.Version, Log: log,
+	}
+	c.Native.Warmup = o.Warmup
+	c.Native.Seed = o.Seed
+	c.Native.Dataset = o.Dataset
+	if c.Native.Dataset == "" && backend == launcher.BackendSim && o.DatasetFile == "" {
+		// The sim's toy tokenizer gives dataset text no meaning; seeded ids need no network.
+		c.Native.Dataset = "random"
+	}
+	c.Native.DatasetFile = o.DatasetFile
+	c.Native.DatasetCacheDir = o.DatasetCacheDir
+	c.Native.Offline = o.Offline
+	// moecap helper (issue 9 / 11.3): prompt style and result tolerance of the native client.
+	c.Native.PromptStyle, c.Native.AllowedBadRequests = o.PromptStyle, o.AllowBadRequests
+	if c.Native.PromptStyle == "" { // the matrix's flag set has no --prompt-style
+		c.Native.PromptStyle = profile.PromptExactIDs
+	}
+	if ps := c.Native.PromptStyle; ps != profile.PromptExactIDs && ps != profile.PromptUpstream {
+		return nil, nil, usageErrorf("--prompt-style %q: want exact-ids or upstream", ps)
+	}
+	if c.Native.AllowedBadRequests < 0 {
+		return nil, nil, usageErrorf("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
+	}
+	c.Derive = report.Hook(tables, &c.Prices, func(err error) {
+		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
+	})
+	return c, cleanup, nil
+}
+
+func setPrices(c *cell.Config, p *cell.Plan, o CellOptions) {
+	fam := c.SimHW
+	if len(p.Devices) > 0 {
+		fam = p.Devices[0].Family
+	}
+	if fam == "" {
+		fam = "H100"
+	}
+	hw, _ := c.Tables.HardwareFamily(fam)
+	c.Prices = capmath.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
+	if o.GPUHourUSD != nil {
+		c.Prices.GPUHourUSD, c.Prices.Source = *o.GPUHourUSD, "flags"
+	}
+	if o.ElectricityUSDPerKWh != nil {
+		c.Prices.ElectricityUSDPerKWh, c.Prices.Source = *o.ElectricityUSDPerKWh, "flags"
+	}
+}
+
+// loadTables reads the model and hardware tables and where models outside them are
+// described from: --model-config, and the Hugging Face hub cache ($HF_HUB_CACHE,
+// $HF_HOME/hub, ~/.cache/huggingface/hub; read offline).
+func loadTables(configsDir, modelConfig string) (*config.Tables, error) {
+	tables, err := config.LoadTables(configsDir)
+	if err != nil {
+		return nil, withCode(exitcode.Usage, err)
+	}
+	home, _ := os.UserHomeDir()
+	tables.Sources = config.ModelSource{
+		ConfigFile: modelConfig,
+		HubCache:   config.HubCacheDir(os.Getenv("HF_HUB_CACHE"), os.Getenv("HF_HOME"), home),
+	}
+	if f := tables.Sources.ConfigFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			return nil, usageErrorf("--model-config %s: %v; pass the model's config.json", f, err)
+		}
+	}
+	return tables, nil
+}

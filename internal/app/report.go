@@ -1,0 +1,53 @@
+package app
+
+import (
+	"errors"
+	"os"
+
+	"go.uber.org/zap"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
+	"github.com/moecapd/moecapd/pkg/matrix"
+	"github.com/moecapd/moecapd/pkg/report"
+)
+
+// ReportRequest is moecapd report: the results root, where the report goes, the tables
+// and the matrix whose display names it uses.
+type ReportRequest struct {
+	Results, Out       string // Out "": <results>/report
+	ConfigsDir, Matrix string
+	Title              string
+	Log                *zap.Logger
+}
+
+// Report writes the static report of every cell under the results root.
+func Report(req ReportRequest) (*report.Result, error) {
+	results, log := req.Results, req.Log
+	if st, err := os.Stat(results); err != nil || !st.IsDir() {
+		return nil, usageErrorf("--results %q is not a directory; point it at the directory holding the <cell-id>/ directories", results)
+	}
+	out := req.Out
+	if out == "" {
+		out = results + string(os.PathSeparator) + "report"
+	}
+	tables, err := loadTables(req.ConfigsDir, "")
+	if err != nil {
+		return nil, usageErrorf("model/hardware tables: %v", err)
+	}
+	names := map[string]string{}
+	if mx, err := matrix.Load(req.Matrix, tables); err == nil {
+		names = mx.File.ModelNames
+	} else {
+		log.Debug("no display names: matrix file unreadable; models show by key", zap.Error(err))
+	}
+	res, err := report.Write(report.Options{ResultsDir: results, OutDir: out, Tables: tables, ModelNames: names, Title: req.Title})
+	if errors.Is(err, report.ErrNoCells) {
+		return nil, withCode(exitcode.Usage, err)
+	}
+	if err != nil {
+		return nil, withCode(exitcode.Internal, err)
+	}
+	log.Info("report written", zap.Int("cells", res.Cells), zap.Int("ok", res.OK),
+		zap.Int("unreadable", res.Problems), zap.Int("plots", res.Plots), zap.String("index", res.Index))
+	return res, nil
+}
