@@ -145,7 +145,8 @@ func TestCondaPathHostileNames(t *testing.T) {
 			if backend == "vllm" && mt.AvgDecodeContextTokens == nil {
 				t.Errorf("vLLM decode context not rebuilt from the trace")
 			}
-			if _, err := os.Stat(filepath.Join(dir, "records", "moecapd_window.jsonl")); err != nil {
+			// moecapd's own window file, compressed once the cell ended (cell.Compact).
+			if _, err := os.Stat(filepath.Join(dir, "records", "moecapd_window.jsonl.zst")); err != nil {
 				t.Errorf("recording window file: %v", err)
 			}
 			ms, _ := filepath.Glob(filepath.Join(dir, "client", "*", "*", "metrics_*.json"))

@@ -168,6 +168,25 @@ func TestSimCellOK(t *testing.T) {
 			t.Errorf("missing %s: %v", f, err)
 		}
 	}
+	// Once the cell ended, moecapd's own bulky files are compressed (zstd, NAME.zst); the
+	// small ones stay as they are.
+	for _, c := range []struct {
+		glob string
+		zst  bool
+	}{
+		{"records/moecapd_window.jsonl", true},
+		{"records/*/*/expert_distribution_record.jsonl", true},
+		{"client/.moecapd/bench_random_*.json", true},
+		{"client/*/*/detailed_results_random_*.jsonl", true},
+		{"client/*/*/output_data_random_*.jsonl", false},
+		{"client/*/*/metrics_random_*.json", false},
+	} {
+		plain, _ := filepath.Glob(filepath.Join(dir, c.glob))
+		zst, _ := filepath.Glob(filepath.Join(dir, c.glob+".zst"))
+		if c.zst && (len(plain) != 0 || len(zst) != 1) || !c.zst && (len(plain) != 1 || len(zst) != 0) {
+			t.Errorf("%s: plain %v, compressed %v; want compressed=%v", c.glob, plain, zst, c.zst)
+		}
+	}
 	if _, err := os.Stat(filepath.Join(dir, "server.state.json")); !os.IsNotExist(err) {
 		t.Error("state file left after a clean teardown")
 	}

@@ -132,6 +132,14 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	if err := WriteManifest(p.Dir, r.m); err != nil {
 		return r.m, err
 	}
+	// The cell has ended and its numbers are in the manifest: compress the bulky files of
+	// moecapd's own (readers go through fsx). A failure costs disk, not results.
+	done, err := p.Files.Compact(Writers{SimServer: c.Backend == launcher.BackendSim, NativeClient: c.Client == ClientNative})
+	if err != nil {
+		r.log.Warn("compress the cell's records: left uncompressed", zap.Error(err))
+	} else if len(done) > 0 {
+		r.log.Debug("compressed the cell's records", zap.Int("files", len(done)))
+	}
 	return r.m, nil
 }
 

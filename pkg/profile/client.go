@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/fsx"
 	"github.com/moecapd/moecapd/pkg/records"
 	"io"
 	"math/rand/v2"
@@ -750,12 +751,13 @@ type benchFile struct {
 const BenchDir = ".moecapd"
 
 // FindBenchFile is the newest moecapd bench file under an output dir (OutputDir/.moecapd/
-// bench_<ds>_<ts>.json; the timestamp sorts), or "" when there is none.
+// bench_<ds>_<ts>.json, or .json.zst once its cell has ended: read it with fsx.ReadFile; the
+// timestamp sorts), or "" when there is none.
 func FindBenchFile(outputDir string) string {
 	dir := filepath.Join(outputDir, BenchDir)
 	ents, _ := os.ReadDir(dir) // sorted by name
 	for i := len(ents) - 1; i >= 0; i-- {
-		if n := ents[i].Name(); !ents[i].IsDir() && strings.HasPrefix(n, "bench_") && strings.HasSuffix(n, ".json") {
+		if n := ents[i].Name(); !ents[i].IsDir() && strings.HasPrefix(n, "bench_") && strings.HasSuffix(fsx.Base(n), ".json") {
 			return filepath.Join(dir, n)
 		}
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/google/renameio/v2"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +13,10 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/google/renameio/v2"
+
+	"github.com/moecapd/moecapd/pkg/fsx"
 )
 
 // The MoE-CAP runner (moe_cap.runner.openai_api_profile) writes four files per dataset under
@@ -381,13 +384,11 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 // runnerPromptStyle is the runner's prompt style (upstream), unless the "runner" was
 // moecapd bench, whose own file in <output_dir>/.moecapd/ names the style it used.
 func runnerPromptStyle(outputDir string) string {
-	files, _ := filepath.Glob(filepath.Join(outputDir, BenchDir, "bench_*.json"))
-	sort.Strings(files)
-	if len(files) > 0 {
+	if f := FindBenchFile(outputDir); f != "" {
 		var bf struct {
 			PromptStyle string `json:"prompt_style"`
 		}
-		if b, err := os.ReadFile(files[len(files)-1]); err == nil && json.Unmarshal(b, &bf) == nil && bf.PromptStyle != "" {
+		if b, err := fsx.ReadFile(f); err == nil && json.Unmarshal(b, &bf) == nil && bf.PromptStyle != "" {
 			return bf.PromptStyle
 		}
 	}

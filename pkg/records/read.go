@@ -8,11 +8,12 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/moecapd/moecapd/pkg/fsx"
 )
 
 // Set is what ReadDir found under a records directory.
@@ -39,7 +40,8 @@ type Set struct {
 // once. A missing dir is no error: the set is empty.
 func ReadDir(dir string) (*Set, error) {
 	set := &Set{}
-	if b, err := os.ReadFile(filepath.Join(dir, WindowFile)); err == nil {
+	// Every file here may be compressed at rest (fsx: NAME.zst once the cell has ended).
+	if b, err := fsx.ReadFile(filepath.Join(dir, WindowFile)); err == nil {
 		ps, _, err := decode(b)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, WindowFile), err)
@@ -59,11 +61,11 @@ func ReadDir(dir string) (*Set, error) {
 		if d.IsDir() {
 			return nil
 		}
-		ext := strings.ToLower(filepath.Ext(path))
+		ext := strings.ToLower(filepath.Ext(fsx.Base(path)))
 		if ext != ".json" && ext != ".jsonl" {
 			return nil
 		}
-		b, err := os.ReadFile(path)
+		b, err := fsx.ReadFile(path)
 		if err != nil {
 			return err
 		}
@@ -199,9 +201,9 @@ func addValue(v json.RawMessage, ps []Pass, keys []string) ([]Pass, []string) {
 	return ps, keys
 }
 
-// ReadJSONL reads a JSON-lines file of records.
+// ReadJSONL reads a JSON-lines file of records (path, or path.zst: fsx.Open).
 func ReadJSONL(path string) ([]Pass, error) {
-	f, err := os.Open(path)
+	f, err := fsx.Open(path)
 	if err != nil {
 		return nil, err
 	}

@@ -5,7 +5,6 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
-	"github.com/moecapd/moecapd/pkg/records"
 	"io"
 	"os"
 	"path/filepath"
@@ -15,7 +14,9 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/fsx"
 	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 // CellData is what a cell's files say beyond its manifest: the per-request latencies the
@@ -58,7 +59,7 @@ func readCellData(dir string) *CellData {
 }
 
 func readBench(path string, d *CellData) bool {
-	b, err := os.ReadFile(path)
+	b, err := fsx.ReadFile(path)
 	if err != nil {
 		return false
 	}
