@@ -101,3 +101,34 @@ func TestCompactWhatAndReadBack(t *testing.T) {
 		})
 	}
 }
+
+// TestPresentListsWhatExists: a cell page lists the files a cell has; telemetry.csv only
+// where GPUs were sampled.
+func TestPresentListsWhatExists(t *testing.T) {
+	for _, c := range []struct {
+		name  string
+		files []string
+		want  []string
+	}{
+		{"sim cell", []string{ManifestFile, BenchFile, ServerLogFile, ClientLogFile, "client/x", "records/y"},
+			[]string{ManifestFile, BenchFile, ServerLogFile, ClientLogFile, "client/", "records/"}},
+		{"GPU cell", []string{ManifestFile, TelemetryFile, "records/y"}, []string{ManifestFile, "records/", TelemetryFile}},
+		{"empty", nil, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			d := Dir{ID: "x", Path: t.TempDir()}
+			for _, f := range c.files {
+				p := filepath.Join(d.Path, f)
+				if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(p, nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if got := d.Present(); !slices.Equal(got, c.want) {
+				t.Errorf("Present() = %q, want %q", got, c.want)
+			}
+		})
+	}
+}

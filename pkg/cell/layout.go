@@ -79,6 +79,19 @@ func (l *Layout) Cell(id string) (Dir, error) {
 // Manifest is manifest.json.
 func (d Dir) Manifest() string { return filepath.Join(d.Path, ManifestFile) }
 
+// Present lists, in layout order, the entries of a cell directory that exist in it:
+// telemetry.csv only where NVML sampled GPUs, client/ and records/ only once something
+// wrote there. Directories end in "/".
+func (d Dir) Present() []string {
+	var out []string
+	for _, name := range []string{ManifestFile, BenchFile, ServerLogFile, ClientLogFile, ClientDir + "/", RecordsDir + "/", TelemetryFile} {
+		if _, err := os.Stat(filepath.Join(d.Path, strings.TrimSuffix(name, "/"))); err == nil {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // ServerLog is the server's stdout and stderr.
 func (d Dir) ServerLog() string { return filepath.Join(d.Path, ServerLogFile) }
 

@@ -10,6 +10,7 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/gpu"
 )
 
@@ -31,6 +32,8 @@ type cellPage struct {
 	ServerArgv, ClientArgv             string
 	Plots                              []htmlPlot
 	NoPlots                            string
+	// Files are the entries the cell directory holds (cell.Dir.Present).
+	Files []string
 }
 
 // shellQuote shows an argv for reading; moecapd itself passes argv as a list, never
@@ -129,6 +132,9 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	m := r.Manifest
 	cp := &cellPage{ID: r.ID, Status: r.Status, Reason: r.Reason, Up: up,
 		Title: fmt.Sprintf("%s · %s · %s · batch %d · %s", r.ModelName, r.Task, r.Hardware, r.BatchSize, r.Backend)}
+	if r.Dir != "" {
+		cp.Files = cell.Dir{ID: r.ID, Path: r.Dir}.Present()
+	}
 	if r.Cap != nil {
 		cp.Notes = append(cp.Notes, r.Cap.Notes...)
 	}
@@ -302,7 +308,7 @@ const cellPageTmpl = `<!DOCTYPE html>
 <title>{{.ID}}</title>
 <style>{{template "css"}}</style></head>
 <body>
-<p class="meta"><a href="{{.Up}}">← report</a> · files of this cell: <code>manifest.json</code>, <code>server.log</code>, <code>client.log</code>, <code>telemetry.csv</code> in the cell directory</p>
+<p class="meta"><a href="{{.Up}}">← report</a>{{if .Files}} · in the cell directory: {{range $i, $f := .Files}}{{if $i}}, {{end}}<code>{{$f}}</code>{{end}}{{end}}</p>
 {{template "cellbody" .}}
 {{template "check"}}
 </body></html>
