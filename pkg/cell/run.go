@@ -233,6 +233,9 @@ func (r *runner) run(ctx context.Context) {
 }
 
 func (r *runner) preflight(ctx context.Context) bool {
+	if r.c.Backend != launcher.BackendSim {
+		gpu.NoticeUnavailable(r.log, r.c.GPUs) // the sim has no GPU to sample
+	}
 	c, p := r.c, r.p
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
 		r.fail(PhasePreflight, KindPortInUse, fmt.Sprintf("port %d on %s is taken (%v); stop what holds it (ss -ltnp 'sport = :%d') or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, p.Spec.Port))

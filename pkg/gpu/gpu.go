@@ -10,6 +10,7 @@ package gpu
 import (
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -95,8 +96,10 @@ type Backend interface {
 }
 
 // Open initialises NVML. When it cannot (no driver, no library, no GPU) it returns a null
-// backend and logs one warning, unless require is set, in which case it returns an error
-// that says what is missing and how to fix it.
+// backend (its Reason says why; NoticeUnavailable tells the user, once, where GPUs would
+// be sampled), unless require is set, in which case it returns an error that says what is
+// missing and how to fix it. Open itself logs nothing: a dry run, a plan or a sim cell
+// samples no GPU and has nothing to say about NVML.
 func Open(log *zap.Logger, require bool) (Backend, error) {
 	return OpenWith(nvml.New(), log, require)
 }
@@ -113,9 +116,21 @@ func OpenWith(lib nvml.Interface, log *zap.Logger, require bool) (Backend, error
 	if require {
 		return nil, fmt.Errorf("GPUs required but %s; run on a node with an NVIDIA GPU and driver (check nvidia-smi), or drop --require-gpu to run without telemetry", reason)
 	}
-	log.Warn("no GPU telemetry: "+reason+"; the cell runs without energy and GPU memory checks (pass --require-gpu to make this an error)",
-		zap.String("reason", reason))
 	return nullBackend{reason: reason}, nil
+}
+
+var noticeOnce sync.Once
+
+// NoticeUnavailable logs, once per process and in one line, that b samples nothing and
+// why; nothing when b is available. Call it where GPUs would be sampled (a cell on a real
+// backend), not where they would not (dry runs, plans, the sim).
+func NoticeUnavailable(log *zap.Logger, b Backend) {
+	if log == nil || b == nil || b.Available() {
+		return
+	}
+	noticeOnce.Do(func() {
+		log.Warn("no GPU telemetry (no energy or GPU memory checks; --require-gpu makes this an error)", zap.String("reason", b.Reason()))
+	})
 }
 
 // initReason turns an NVML init failure into a sentence with the likely cause.

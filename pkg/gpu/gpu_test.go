@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/NVIDIA/go-nvml/pkg/nvml"
@@ -15,7 +16,7 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-func TestOpenFallsBackToNullWithOneWarning(t *testing.T) {
+func TestOpenFallsBackToNullAndNoticesOnce(t *testing.T) {
 	cases := []struct {
 		name   string
 		lib    *mock.Interface
@@ -42,12 +43,18 @@ func TestOpenFallsBackToNullWithOneWarning(t *testing.T) {
 			if !strings.Contains(b.Reason(), c.reason) {
 				t.Errorf("Reason() = %q, want it to mention %q", b.Reason(), c.reason)
 			}
+			if n := logs.Len(); n != 0 {
+				t.Fatalf("Open logged %d entries, want none (the notice is NoticeUnavailable's, where GPUs are sampled)", n)
+			}
+			noticeOnce = sync.Once{} // a fresh process
+			NoticeUnavailable(zap.New(core), b)
+			NoticeUnavailable(zap.New(core), b)
 			if n := logs.Len(); n != 1 {
-				t.Fatalf("logged %d entries, want exactly one warning", n)
+				t.Fatalf("NoticeUnavailable twice logged %d entries, want exactly one warning", n)
 			}
 			e := logs.All()[0]
-			if e.Level != zapcore.WarnLevel || !strings.Contains(e.Message, "--require-gpu") {
-				t.Errorf("log = %v %q, want a warning that mentions --require-gpu", e.Level, e.Message)
+			if e.Level != zapcore.WarnLevel || !strings.Contains(e.Message, "--require-gpu") || e.ContextMap()["reason"] != b.Reason() {
+				t.Errorf("log = %v %q %v, want a warning that mentions --require-gpu with the reason", e.Level, e.Message, e.ContextMap())
 			}
 			if _, err := b.Devices(); !errors.Is(err, ErrUnavailable) {
 				t.Errorf("Devices() error = %v, want ErrUnavailable", err)
