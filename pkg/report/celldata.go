@@ -3,7 +3,6 @@ package report
 import (
 	"bufio"
 	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"io"
 	"os"
@@ -58,14 +57,8 @@ func readCellData(dir string) *CellData {
 }
 
 func readBench(path string, d *CellData) bool {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return false
-	}
-	var bf struct {
-		Requests []profile.RequestResult `json:"requests"`
-	}
-	if json.Unmarshal(b, &bf) != nil || len(bf.Requests) == 0 {
+	reqs, err := profile.ReadBenchRequests(path)
+	if err != nil || len(reqs) == 0 {
 		return false
 	}
 	// Token arrivals: the first chunk at start+TTFT, each later chunk one ITL after the
@@ -73,7 +66,7 @@ func readBench(path string, d *CellData) bool {
 	type ev struct{ t, n float64 }
 	var evs []ev
 	end := 0.0
-	for _, r := range bf.Requests {
+	for _, r := range reqs {
 		if !r.Success {
 			continue
 		}
