@@ -112,7 +112,11 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 			ph.name, pct(ph.u.SMBU), pct(ph.u.SMFU), ph.u.Bound, pct(ph.u.SMBUMoECAP), pct(ph.u.SMFUMoECAP))
 	}
 	for _, e := range d.Errors {
-		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (physical limit %.2f): %s\n", e.Field, e.Value, e.Limit, e.Cause)
+		limit := "physical limit"
+		if e.Value < e.Limit {
+			limit = "lower limit" // a measured ÷ floor ratio below capmath.FloorLimit
+		}
+		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (%s %.2f): %s\n", e.Field, e.Value, limit, e.Limit, e.Cause)
 	}
 	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
 	if sc := d.Inputs.SimTimeScale; sc != 0 {

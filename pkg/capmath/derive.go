@@ -20,6 +20,11 @@ const DerivedVersion = 3
 // number is impossible (a bug or bad records) and is reported in Derived.Errors instead.
 const PhysicalLimit = 1.01
 
+// FloorLimit is the lowest measured ÷ floor ratio shown as a result: below it the latency
+// beat the hardware (a sim that ran a pass short, a clock or unit error, records of other
+// work) and the ratio is reported in Derived.Errors instead.
+const FloorLimit = 0.98
+
 // Cell is what Derive needs to know about a cell and its measurements. Pointers are
 // measurements that may be absent.
 type Cell struct {
@@ -153,8 +158,8 @@ type Derived struct {
 	Inputs  Inputs `json:"inputs"`
 	Prefill *Util  `json:"prefill,omitempty"`
 	Decode  *Util  `json:"decode,omitempty"`
-	// Errors lists impossible values (a physical utilisation above PhysicalLimit), never
-	// shown as results.
+	// Errors lists impossible values (a physical utilisation above PhysicalLimit, a
+	// measured ÷ floor ratio below FloorLimit), never shown as results.
 	Errors []Flag `json:"errors,omitempty"`
 
 	// Floors: the time the hardware needs for what really ran (cells that ran only).
@@ -474,6 +479,16 @@ func (d *Derived) flagImpossible(c Cell) {
 	}
 	check("prefill", d.Prefill)
 	check("decode", d.Decode)
+	floorCause := "the measured latency is shorter than the hardware's floor for the work that ran: a server or simulator that ran passes short, latencies not in the unit or clock assumed, or records of other work than the cell's"
+	for _, f := range []struct {
+		name string
+		v    **float64
+	}{{"tpot_over_floor", &d.TPOTOverFloor}, {"ttft_over_floor", &d.TTFTOverFloor}, {"decode_pass_over_floor", &d.DecodePassOverFloor}} {
+		if *f.v != nil && (**f.v < FloorLimit || math.IsNaN(**f.v) || math.IsInf(**f.v, 0)) {
+			d.Errors = append(d.Errors, Flag{Field: f.name, Value: **f.v, Limit: FloorLimit, Cause: floorCause})
+			*f.v = nil
+		}
+	}
 }
 
 func countList(m map[string]int) string {
