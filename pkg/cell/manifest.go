@@ -188,3 +188,10 @@ func WriteFileAtomic(path string, data []byte) error {
 	}
 	return nil
 }
+
+// SupervisorGone reports whether a running cell's recorded supervisor no longer runs: no
+// live process has its PID and start time in this boot (a killed moecapd, a lost machine).
+// False for a cell that is not running or whose manifest records no supervisor.
+func (m *Manifest) SupervisorGone() bool {
+	return m != nil && m.Status == StatusRunning && m.Supervisor != nil && !launcher.Alive(*m.Supervisor)
+}
