@@ -126,7 +126,7 @@ func Doctor(ctx context.Context, req DoctorRequest) error {
 		}
 	}
 	if d.problems > 0 {
-		return withCode(exitcode.Usage, fmt.Errorf("%d problem(s) found; fixes are listed above", d.problems)) // problems of the setup, not of moecapd
+		return exitcode.New(exitcode.Usage, fmt.Errorf("%d problem(s) found; fixes are listed above", d.problems)) // problems of the setup, not of moecapd
 	}
 	fmt.Fprintln(d.w, "all checks passed")
 	return nil

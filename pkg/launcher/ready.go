@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // ReadySpec says how to decide that a server is ready.
@@ -27,7 +29,7 @@ type ReadySpec struct {
 
 // ReadyError says why a server did not become ready.
 type ReadyError struct {
-	Kind    FailureKind // "" for timeouts
+	Kind    exitcode.Failure // "" for timeouts
 	Timeout bool
 	Exited  bool
 	Msg     string
