@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/moecapd
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test lint demo bench gpu-e2e clean
+.PHONY: build test lint demo bench gpu-e2e gpu-physics clean
 
 build:
 	go build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/moecapd
@@ -47,6 +47,11 @@ bench: build
 # End to end on a CUDA machine: a torch-backed test server, one GPU then TP=2.
 gpu-e2e: build
 	bash tools/gpu-e2e.sh
+
+# On one CUDA GPU: the real Qwen1.5-MoE-A2.7B architecture at real size (random weights);
+# physical S-MBU/S-MFU <= 1 and measured TPOT/TTFT >= their floors.
+gpu-physics: build
+	bash tools/gpu-physics.sh
 
 clean:
 	rm -rf bin/moecapd results-demo

@@ -181,7 +181,8 @@ func TestSummaryFlagsImpossibleValues(t *testing.T) {
 	u := 0.5
 	d := capmath.Derived{Version: capmath.DerivedVersion, Source: "records",
 		Decode: &capmath.Util{SMFU: &u, Bound: "memory"},
-		Errors: []capmath.Flag{{Field: "decode.s_mbu", Value: 9.1, Limit: capmath.PhysicalLimit, Cause: "records of a scaled sim"}}}
+		Errors: []capmath.Flag{{Field: "decode.s_mbu", Value: 9.1, Limit: capmath.PhysicalLimit, Cause: "records of a scaled sim"},
+			{Field: "tpot_over_floor", Value: 0.6, Limit: capmath.FloorLimit, Cause: "ran short"}}}
 	raw, _ := json.Marshal(d)
 	m := &cell.Manifest{Cell: cell.Identity{ID: "x"}, Status: cell.StatusOK, Extra: map[string]json.RawMessage{"cap": raw}}
 	var b strings.Builder
@@ -189,6 +190,9 @@ func TestSummaryFlagsImpossibleValues(t *testing.T) {
 	out := b.String()
 	if !strings.Contains(out, "ERROR    decode.s_mbu = 9.1 is impossible") || !strings.Contains(out, "records of a scaled sim") || strings.Contains(out, "910") {
 		t.Errorf("summary:\n%s\nwant an ERROR line with the cause and no 910%%", out)
+	}
+	if !strings.Contains(out, "ERROR    tpot_over_floor = 0.6 is impossible (lower limit 0.98): ran short") {
+		t.Errorf("summary:\n%s\nwant the ratio below the floor as an ERROR line", out)
 	}
 }
 

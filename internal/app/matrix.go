@@ -466,11 +466,8 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 		}
 		var tpot, ttft, tput, jtok string = "–", "–", "–", "–"
 		if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
-			tp, tt := mt.MeanTPOTMs, mt.MeanTTFTMs
-			if tp == nil && mt.ServerPass != nil {
-				tp, tt = mt.ServerPass.TPOTMoECAPMs, mt.ServerPass.TTFTMoECAPMs
-			}
-			tpot, ttft = num(tp, 2), num(tt, 1)
+			h := mt.Headline()
+			tpot, ttft = num(h.TPOTMs, 2), num(h.TTFTMs, 1)
 			tput = strconv.FormatFloat(mt.OutputThroughput, 'f', 0, 64)
 			if m.Telemetry != nil {
 				jtok = num(m.Telemetry.JPerOutputToken, 3)

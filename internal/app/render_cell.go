@@ -20,6 +20,11 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 	fmt.Fprintf(w, "cell     %s\nstatus   %s\nresults  %s\n", m.Cell.ID, m.Status, dir)
 	if m.Failure != nil {
 		fmt.Fprintf(w, "failure  %s/%s: %s\n", m.Failure.Phase, m.Failure.Kind, m.Failure.Message)
+		if m.Failure.Phase != cell.PhaseTeardown {
+			for _, p := range m.Failure.Teardown {
+				fmt.Fprintf(w, "teardown %s; kill it by hand before the next cell\n", p)
+			}
+		}
 	}
 	t := m.Timings
 	sec := func(s float64) string { return HumanDuration(time.Duration(s * float64(time.Second))) }
@@ -112,7 +117,11 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 			ph.name, pct(ph.u.SMBU), pct(ph.u.SMFU), ph.u.Bound, pct(ph.u.SMBUMoECAP), pct(ph.u.SMFUMoECAP))
 	}
 	for _, e := range d.Errors {
-		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (physical limit %.2f): %s\n", e.Field, e.Value, e.Limit, e.Cause)
+		limit := "physical limit"
+		if e.Value < e.Limit {
+			limit = "lower limit" // a measured ÷ floor ratio below capmath.FloorLimit
+		}
+		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (%s %.2f): %s\n", e.Field, e.Value, limit, e.Limit, e.Cause)
 	}
 	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
 	if sc := d.Inputs.SimTimeScale; sc != 0 {

@@ -3,6 +3,7 @@ package capmath
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"os"
 	"path/filepath"
@@ -36,7 +37,7 @@ func near(t *testing.T, what string, got *float64, want float64) {
 	}
 }
 
-func writeRecords(t *testing.T, lines string) *Records {
+func writeRecords(t *testing.T, lines string) *records.Set {
 	t.Helper()
 	dir := t.TempDir()
 	sg := filepath.Join(dir, "org", "toy")
@@ -46,11 +47,18 @@ func writeRecords(t *testing.T, lines string) *Records {
 	if err := os.WriteFile(filepath.Join(sg, "expert_distribution_record.jsonl"), []byte(lines), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	recs, err := ReadRecords(dir)
+	recs, err := records.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return recs
+}
+
+// usable is the passes Derive computes with.
+func usable(set *records.Set) []pass {
+	records.DecodeContexts(set.Passes)
+	ps, _ := usablePasses(set.Passes)
+	return ps
 }
 
 // Two requests of 6 prompt tokens prefilled together in 0.25 s, then one decode pass of
@@ -65,8 +73,8 @@ const toyRecords = `{"batch_size":1,"latency":0.01,"seq_lens_sum":2,"forward_mod
 // TestDeriveFromRecordsByHand recomputes every physical and MoE-CAP number of toyRecords.
 func TestDeriveFromRecordsByHand(t *testing.T) {
 	recs := writeRecords(t, toyRecords)
-	if len(recs.Passes) != 3 || recs.Skipped["no expert_activation"] != 1 {
-		t.Fatalf("passes %d, skipped %v; want 3 and 1 without expert_activation", len(recs.Passes), recs.Skipped)
+	if ps, skipped := usablePasses(recs.Passes); len(ps) != 3 || skipped["no expert_activation"] != 1 {
+		t.Fatalf("passes %d, skipped %v; want 3 and 1 without expert_activation", len(ps), skipped)
 	}
 	tpot := 210.0
 	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, NumSamples: 2,
@@ -145,12 +153,12 @@ func TestRecordCopiesCountOnce(t *testing.T) {
 		reenc.Write(append(b, '\n'))
 	}
 	os.WriteFile(filepath.Join(dir, "vllm_batch_records.jsonl"), []byte(reenc.String()), 0o644)
-	recs, err := ReadRecords(dir)
+	recs, err := records.ReadDir(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(recs.Passes) != 3 || len(recs.Copies) != 1 || recs.Copies[0] != "vllm_batch_records.jsonl" {
-		t.Errorf("passes %d, copies %v; want 3 passes and the second file a copy", len(recs.Passes), recs.Copies)
+	if len(recs.Passes) != 4 || len(recs.Copies) != 1 || recs.Copies[0] != "vllm_batch_records.jsonl" {
+		t.Errorf("passes %d, copies %v; want the 4 records once and the second file a copy", len(recs.Passes), recs.Copies)
 	}
 }
 
@@ -162,7 +170,7 @@ func TestChunkedPrefillPrefix(t *testing.T) {
 		recs := writeRecords(t, fmt.Sprintf(`{"batch_size":1,"latency":0.1,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":12,"total_len":%d,"prompt_len":23,"is_last_chunk":false}]}
 {"batch_size":1,"latency":0.1,"seq_lens_sum":11,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":11,"total_len":%d,"prompt_len":23,"is_last_chunk":true}]}
 `, totals[0], totals[1]))
-		pre, _, _ := physicalPasses(toy, 1, recs.Passes, 0)
+		pre, _, _ := physicalPasses(toy, 1, usable(recs), 0, false)
 		if len(pre) != 2 {
 			t.Fatalf("%s: %d passes", name, len(pre))
 		}
@@ -177,7 +185,7 @@ func TestChunkedPrefillPrefix(t *testing.T) {
 // its attention term counts the pass's seq_lens_sum for every token.
 func TestMoECAPPerPassPath(t *testing.T) {
 	recs := writeRecords(t, `{"batch_size":2,"latency":0.25,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1}`+"\n")
-	u := MoECAP(toy, toyHW, 1, recs.Passes)
+	u := moeCAP(toy, toyHW, 1, usable(recs))
 	// S-MBU = (864 + 12·8)·2/0.25/1e4 = 0.768; S-MFU = (288 + 12·16)·2·48/1e5 = 0.4608
 	near(t, "s_mbu", &u.PrefillSMBU, 0.768)
 	near(t, "s_mfu", &u.PrefillSMFU, 0.4608)
@@ -209,16 +217,20 @@ func TestMoECAPFamilies(t *testing.T) {
 	}
 }
 
-// TestImpossibleIsFlagged: a physical utilisation above 1.01 is never a result: it moves to
-// errors with its likely cause.
+// TestImpossibleIsFlagged: a physical utilisation above 1.01, or a latency below 0.98 × its
+// floor, is never a result: it moves to errors with its likely cause.
 func TestImpossibleIsFlagged(t *testing.T) {
 	recs := writeRecords(t, `{"batch_size":2,"latency":0.15,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true},{"req_id":"b","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true}]}`+"\n")
 	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true}, recs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 2064 B in 0.15 s on 1e4 B/s: S-MBU 1.376 (S-MFU 13792/1e5/0.15 = 0.919 is possible).
-	if d.Prefill.SMBU != nil || len(d.Errors) != 1 || d.Errors[0].Field != "prefill.s_mbu" || math.Abs(d.Errors[0].Value-1.376) > 1e-9 || !strings.Contains(d.Errors[0].Cause, "faster than the hardware allows") {
+	// 2064 B in 0.15 s on 1e4 B/s: S-MBU 1.376 (S-MFU 13792/1e5/0.15 = 0.919 is possible);
+	// the TTFT of 150 ms against the 206.4 ms floor is 0.7267 × floor, below 0.98.
+	if d.TTFTOverFloor != nil || len(d.Errors) != 2 || d.Errors[1].Field != "ttft_over_floor" || math.Abs(d.Errors[1].Value-150/206.4) > 1e-9 || d.Errors[1].Limit != FloorLimit {
+		t.Errorf("ttft_over_floor %v errors %+v; want 150/206.4 moved to errors", d.TTFTOverFloor, d.Errors)
+	}
+	if d.Prefill.SMBU != nil || len(d.Errors) < 1 || d.Errors[0].Field != "prefill.s_mbu" || math.Abs(d.Errors[0].Value-1.376) > 1e-9 || !strings.Contains(d.Errors[0].Cause, "faster than the hardware allows") {
 		t.Fatalf("prefill %+v errors %+v; want s_mbu 1.376 moved to errors with a cause", d.Prefill, d.Errors)
 	}
 	if d.Prefill.SMFU == nil || d.Prefill.SMBUMoECAP == nil {
@@ -281,5 +293,74 @@ func TestComputeCost(t *testing.T) {
 	}
 	if c := ComputeCost(CostInputs{GPUs: 1, OutputTokens: 10}); c != nil {
 		t.Errorf("no window: %+v, want nil", c)
+	}
+}
+
+// TestEveryForwardModeAsUpstream: a vLLM idle step (forward_mode "unknown", batch 0, no
+// context) is a decode step for MoE-CAP, as upstream's continuous_batching_utils counts
+// every non-prefill pass, and none for the physical numbers. toyRecords' decode pass gives
+// S-MBU 0.784 and S-MFU 0.1024 (TestDeriveFromRecordsByHand); the idle step adds
+//
+//	S-MBU = (2·(3·96+48) + 0·8)·2/0.1/1e4 = 1344/1000 = 1.344;  S-MFU = 0 (0 tokens/s)
+//
+// so the means are (0.784+1.344)/2 = 1.064 and 0.1024/2 = 0.0512; physical decode stays
+// 0.856 and the floor's batch 2.
+func TestEveryForwardModeAsUpstream(t *testing.T) {
+	idle := `{"batch_size":0,"latency":0.1,"seq_lens_sum":0,"forward_mode":"unknown","expert_activation":3,"gpu_num":1}` + "\n"
+	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true}, writeRecords(t, toyRecords+idle))
+	if err != nil {
+		t.Fatal(err)
+	}
+	near(t, "decode s_mbu_moecap", d.Decode.SMBUMoECAP, 1.064)
+	near(t, "decode s_mfu_moecap", d.Decode.SMFUMoECAP, 0.0512)
+	near(t, "decode s_mbu", d.Decode.SMBU, 0.856)
+	near(t, "floor batch", d.Inputs.DecodeBatch, 2)
+	if d.Inputs.DecodePasses != 1 {
+		t.Errorf("physical decode passes %d, want 1 (the idle step is none)", d.Inputs.DecodePasses)
+	}
+}
+
+// TestSGLangActivationPerMoELayer: SGLang averages expert_activation over every layer,
+// dense ones included; with 1 dense layer of 2 a recorded 1.5 is 3 per MoE layer. vLLM's
+// is per MoE layer already.
+func TestSGLangActivationPerMoELayer(t *testing.T) {
+	m := toy
+	m.DenseLayers, m.DenseFFN = 1, 8
+	rec := `{"batch_size":2,"latency":0.2,"seq_lens_sum":14,"forward_mode":"decode","expert_activation":1.5,"gpu_num":1}` + "\n"
+	for flavor, want := range map[string]float64{"sglang": 3, "vllm": 1.5} {
+		d, err := Derive(Cell{Model: m, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true, Flavor: flavor}, writeRecords(t, rec))
+		if err != nil {
+			t.Fatal(err)
+		}
+		near(t, flavor+" decode activation", d.Inputs.DecodeActivation, want)
+	}
+}
+
+// TestTPOTBelowFloorIsFlagged: toyRecords' TPOT floor is 171.2 ms; a client TPOT of 150 ms
+// (0.876 × floor) and a mean decode pass of 200 ms (1.168 ×) give one error, on
+// tpot_over_floor; 168 ms (0.981 ×) is a result.
+func TestTPOTBelowFloorIsFlagged(t *testing.T) {
+	for _, tt := range []struct {
+		tpot    float64
+		flagged bool
+	}{{150, true}, {168, false}} {
+		d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true, MeanTPOTMs: &tt.tpot}, writeRecords(t, toyRecords))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range d.Errors {
+			got = append(got, e.Field)
+		}
+		if tt.flagged {
+			if d.TPOTOverFloor != nil || len(d.Errors) != 1 || d.Errors[0].Field != "tpot_over_floor" || math.Abs(d.Errors[0].Value-tt.tpot/171.2) > 1e-9 {
+				t.Errorf("TPOT %v: tpot_over_floor %v, errors %v; want it moved to errors", tt.tpot, d.TPOTOverFloor, got)
+			}
+			continue
+		}
+		near(t, "tpot over floor", d.TPOTOverFloor, tt.tpot/171.2)
+		if len(d.Errors) != 0 {
+			t.Errorf("TPOT %v: errors %v, want none", tt.tpot, got)
+		}
 	}
 }

@@ -2,6 +2,7 @@ package capmath
 
 import (
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"sort"
 	"strconv"
@@ -12,11 +13,16 @@ import (
 )
 
 // DerivedVersion is the schema version of Derived (manifest extra "cap").
-const DerivedVersion = 2
+const DerivedVersion = 3
 
 // PhysicalLimit is the highest physical utilisation shown as a result: above it the
 // number is impossible (a bug or bad records) and is reported in Derived.Errors instead.
 const PhysicalLimit = 1.01
+
+// FloorLimit is the lowest measured ÷ floor ratio shown as a result: below it the latency
+// beat the hardware (a sim that ran a pass short, a clock or unit error, records of other
+// work) and the ratio is reported in Derived.Errors instead.
+const FloorLimit = 0.98
 
 // Cell is what Derive needs to know about a cell and its measurements. Pointers are
 // measurements that may be absent.
@@ -32,6 +38,10 @@ type Cell struct {
 	InputTokens  int
 	OutputTokens int
 	NumSamples   int
+
+	// Flavor is the engine that wrote the records ("sglang" or "vllm"): SGLang averages
+	// expert_activation over every layer, dense ones included.
+	Flavor string
 
 	// Ran is true for a cell that finished (status ok with metrics): only those get floors.
 	Ran bool
@@ -147,8 +157,8 @@ type Derived struct {
 	Inputs  Inputs `json:"inputs"`
 	Prefill *Util  `json:"prefill,omitempty"`
 	Decode  *Util  `json:"decode,omitempty"`
-	// Errors lists impossible values (a physical utilisation above PhysicalLimit), never
-	// shown as results.
+	// Errors lists impossible values (a physical utilisation above PhysicalLimit, a
+	// measured ÷ floor ratio below FloorLimit), never shown as results.
 	Errors []Flag `json:"errors,omitempty"`
 
 	// Floors: the time the hardware needs for what really ran (cells that ran only).
@@ -209,8 +219,8 @@ func Predict(m config.Model, hw config.Hardware, gpus, batch, in, out, samples i
 }
 
 // Derive computes a cell's CAP numbers from its pass records when recs holds usable ones,
-// else from the client metrics. recs may be nil.
-func Derive(c Cell, recs *Records) (Derived, error) {
+// else from the client metrics. set may be nil.
+func Derive(c Cell, set *records.Set) (Derived, error) {
 	d := Derived{Version: DerivedVersion, Source: "none"}
 	if c.ModelErr != "" {
 		d.Absent = c.ModelErr
@@ -244,19 +254,16 @@ func Derive(c Cell, recs *Records) (Derived, error) {
 
 	nominalCtx := float64(c.InputTokens) + float64(c.OutputTokens)/2
 	var pre, dec []recordedPass
-	var passes []Pass
-	if recs != nil {
-		passes = recs.Passes
-		if len(recs.Skipped) > 0 {
-			d.Notes = append(d.Notes, "pass records skipped: "+countList(recs.Skipped))
-		}
-		if len(recs.Copies) > 0 {
-			d.Notes = append(d.Notes, "record files holding only passes already read elsewhere, counted once: "+strings.Join(recs.Copies, ", "))
-		}
+	var passes []pass
+	if set != nil {
+		records.DecodeContexts(set.Passes)
+		var skipped map[string]int
+		passes, skipped = usablePasses(set.Passes)
+		d.Notes = append(d.Notes, setNotes(set, skipped)...)
 	}
 	if len(passes) > 0 {
 		var notes []string
-		pre, dec, notes = physicalPasses(m, c.GPUs, passes, nominalCtx)
+		pre, dec, notes = physicalPasses(m, c.GPUs, passes, nominalCtx, c.Flavor == "sglang")
 		d.Notes = append(d.Notes, notes...)
 	}
 	in.PrefillPasses, in.DecodePasses = len(pre), len(dec)
@@ -264,7 +271,7 @@ func Derive(c Cell, recs *Records) (Derived, error) {
 
 	if len(pre)+len(dec) > 0 {
 		d.Source = "records"
-		up := MoECAP(m, hw, c.GPUs, passes)
+		up := moeCAP(m, hw, c.GPUs, passes)
 		if len(pre) > 0 {
 			u := &Util{}
 			if !overridden {
@@ -288,7 +295,7 @@ func Derive(c Cell, recs *Records) (Derived, error) {
 			d.Decode = u
 			var lat float64
 			for _, p := range dec {
-				lat += p.p.LatencyS
+				lat += p.p.latency
 			}
 			in.DecodeLatencyS = ptr(lat / float64(len(dec)))
 		}
@@ -471,6 +478,16 @@ func (d *Derived) flagImpossible(c Cell) {
 	}
 	check("prefill", d.Prefill)
 	check("decode", d.Decode)
+	floorCause := "the measured latency is shorter than the hardware's floor for the work that ran: a server or simulator that ran passes short, latencies not in the unit or clock assumed, or records of other work than the cell's"
+	for _, f := range []struct {
+		name string
+		v    **float64
+	}{{"tpot_over_floor", &d.TPOTOverFloor}, {"ttft_over_floor", &d.TTFTOverFloor}, {"decode_pass_over_floor", &d.DecodePassOverFloor}} {
+		if *f.v != nil && (**f.v < FloorLimit || math.IsNaN(**f.v) || math.IsInf(**f.v, 0)) {
+			d.Errors = append(d.Errors, Flag{Field: f.name, Value: **f.v, Limit: FloorLimit, Cause: floorCause})
+			*f.v = nil
+		}
+	}
 }
 
 func countList(m map[string]int) string {

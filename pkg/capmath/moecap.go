@@ -1,6 +1,7 @@
 package capmath
 
 import (
+	"github.com/moecapd/moecapd/pkg/records"
 	"strings"
 
 	"github.com/moecapd/moecapd/pkg/config"
@@ -153,21 +154,23 @@ type MoECAPUtil struct {
 	PrefillPath              string
 }
 
-// MoECAP computes upstream's numbers from passes (as ReadRecords keeps them: records
-// without expert_activation are already left out, as upstream leaves them out).
-func MoECAP(m config.Model, hw config.Hardware, gpus int, passes []Pass) MoECAPUtil {
+// MoECAP computes upstream's numbers from passes (usablePasses: records without
+// expert_activation are already left out, as upstream leaves them out). Upstream's mode
+// rule is records.Mode.UpstreamDecode: every pass that is not a prefill ("decode", "mixed",
+// vLLM's idle "unknown") is a decode step at its batch_size and seq_lens_sum.
+func moeCAP(m config.Model, hw config.Hardware, gpus int, passes []pass) MoECAPUtil {
 	mm := newMoECAPModel(m, hw)
 	var out MoECAPUtil
 	var pMBU, pMFU, dMBU, dMFU []float64
-	ngpu := func(p Pass) int {
-		if p.GPUs > 0 {
-			return p.GPUs
+	ngpu := func(p *pass) int {
+		if p.gpus > 0 {
+			return p.gpus
 		}
 		return gpus
 	}
 	perReq := false
-	for _, p := range passes {
-		if p.Mode == "prefill" && len(p.PerReqInfo) > 0 {
+	for i := range passes {
+		if passes[i].mode == records.Prefill && len(passes[i].chunks) > 0 {
 			perReq = true
 			break
 		}
@@ -175,45 +178,46 @@ func MoECAP(m config.Model, hw config.Hardware, gpus int, passes []Pass) MoECAPU
 	type acc struct {
 		latency, extend, total, act float64
 		gpus                        int
-		seen, done                  bool
+		done                        bool
 	}
 	reqs := map[string]*acc{}
 	var order []string
-	for _, p := range passes {
-		if p.Mode == "prefill" && p.SeqLensSum <= 10 {
+	for i := range passes {
+		p := &passes[i]
+		if p.probe() {
 			continue // warm-up and readiness probes
 		}
-		if p.Mode == "decode" {
-			b, c := mm.util(p.LatencyS, p.SeqLensSum, p.Activation, p.BatchSize/p.LatencyS, ngpu(p))
+		if p.mode.UpstreamDecode() {
+			b, c := mm.util(p.latency, p.seqLensSum, p.act, p.batch/p.latency, ngpu(p))
 			dMBU, dMFU = append(dMBU, b), append(dMFU, c)
 			continue
 		}
-		if !perReq || len(p.PerReqInfo) == 0 {
-			b, c := mm.util(p.LatencyS, p.SeqLensSum, p.Activation, p.SeqLensSum/p.LatencyS, ngpu(p))
+		if !perReq || len(p.chunks) == 0 {
+			b, c := mm.util(p.latency, p.seqLensSum, p.act, p.seqLensSum/p.latency, ngpu(p))
 			pMBU, pMFU = append(pMBU, b), append(pMFU, c)
 			continue
 		}
-		for _, ri := range p.PerReqInfo {
-			a := reqs[ri.ReqID]
+		for _, ri := range p.chunks {
+			a := reqs[ri.key]
 			if a == nil {
 				a = &acc{}
-				reqs[ri.ReqID] = a
-				order = append(order, ri.ReqID)
+				reqs[ri.key] = a
+				order = append(order, ri.key)
 			}
-			a.latency += p.LatencyS
-			a.extend += ri.ExtendLen
-			if ri.TotalLen != 0 {
-				a.total = ri.TotalLen
+			a.latency += p.latency
+			a.extend += ri.extend
+			if ri.hasTotal {
+				a.total = ri.total
 			}
-			a.act, a.gpus, a.seen = p.Activation, ngpu(p), true
-			if ri.IsLastChunk {
+			a.act, a.gpus = p.act, ngpu(p)
+			if ri.last {
 				a.done = true
 			}
 		}
 	}
 	for _, id := range order {
 		a := reqs[id]
-		if !a.done || !a.seen || a.latency <= 0 {
+		if !a.done || a.latency <= 0 {
 			continue
 		}
 		tok := a.total

@@ -2,6 +2,7 @@ package capmath
 
 import (
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/passcost"
@@ -9,9 +10,9 @@ import (
 
 // recordedPass is one recorded pass with the physical work it stands for (pkg/passcost).
 type recordedPass struct {
-	p      Pass
+	p      pass
 	gpus   int
-	batch  float64 // decode: sequences; prefill: requests
+	batch  float64 // decode: sequences decoded; prefill: requests
 	ctxSum float64 // decode: context positions over the batch
 	tokens float64 // prefill: new tokens
 	act    float64 // routed experts per MoE layer, as used
@@ -21,96 +22,83 @@ type recordedPass struct {
 	work   passcost.Work
 }
 
-// physicalPasses turns records into physical work. The context of a decode pass comes,
-// best first, from the requests it served (req_ids, with each request's prompt_len from its
-// prefill's per_req_info: a request's j-th decode attends to prompt + j positions), from
-// seq_lens_sum when it holds the batch's context (SGLang), or from the cell's nominal
-// lengths (vLLM's seq_lens_sum counts scheduled tokens, not context). Measured activation
-// is used when the record has one (> 0), else uniform routing.
-func physicalPasses(m config.Model, gpus int, passes []Pass, nominalCtx float64) (pre, dec []recordedPass, notes []string) {
-	prompt := map[string]float64{}
-	for _, p := range passes {
-		for _, ri := range p.PerReqInfo {
-			switch {
-			case ri.PromptLen > 0:
-				prompt[ri.ReqID] = ri.PromptLen
-			case ri.IsLastChunk && ri.TotalLen > 0:
-				prompt[ri.ReqID] = ri.TotalLen
-			}
-		}
-	}
-	steps := map[string]float64{}
+// physicalPasses turns records into physical work. Decode steps are records.Mode.DecodeStep
+// passes ("decode" and "mixed"; a mixed step's prefill part is not counted, so its work is
+// a lower bound); vLLM's idle "unknown" steps decoded nothing and are left out. The context
+// of a decode step is its records.DecodeContexts context (SGLang's seq_lens_sum, else
+// rebuilt from req_ids per request occupancy), else the cell's nominal lengths. Measured
+// activation is used when the record has one (> 0), converted to per MoE layer when the
+// engine averaged it over every layer (sglangAct), else uniform routing.
+func physicalPasses(m config.Model, gpus int, passes []pass, nominalCtx float64, sglangAct bool) (pre, dec []recordedPass, notes []string) {
 	done := map[string]float64{} // prefill tokens of each request so far
 	src := map[string]int{}
-	uniform := 0
+	uniform, idle, mixed := 0, 0, 0
+	actScale := 1.0
+	if sglangAct && m.MoELayers() > 0 && m.MoELayers() < m.Layers {
+		actScale = float64(m.Layers) / float64(m.MoELayers())
+	}
 	for _, p := range passes {
 		n := gpus
-		if p.GPUs > 0 {
-			n = p.GPUs
+		if p.gpus > 0 {
+			n = p.gpus
 		}
-		rp := recordedPass{p: p, gpus: n, batch: p.BatchSize, act: p.Activation}
-		switch p.Mode {
-		case "decode":
-			if p.BatchSize <= 0 {
+		rp := recordedPass{p: p, gpus: n, batch: p.batch, act: p.act * actScale}
+		switch {
+		case p.mode.DecodeStep():
+			rp.batch = p.decBatch
+			if rp.batch <= 0 {
 				src["decode pass without batch_size, left out"]++
 				continue
 			}
-			known := len(p.ReqIDs) > 0 && float64(len(p.ReqIDs)) == p.BatchSize
-			sum := 0.0
-			for _, id := range p.ReqIDs {
-				pl, ok := prompt[id]
-				if !ok {
-					known = false
-				}
-				steps[id]++
-				sum += pl + steps[id]
+			if p.mode == records.Mixed {
+				mixed++
 			}
 			switch {
-			case known:
-				rp.ctxSum = sum
-				src["req_ids"]++
-			case !(p.ScheduledTokens > 0 && p.SeqLensSum <= p.ScheduledTokens) && p.SeqLensSum > 0:
-				rp.ctxSum = p.SeqLensSum
-				src["seq_lens_sum"]++
+			case p.context != nil && *p.context > 0:
+				rp.ctxSum = *p.context
+				src["the records"]++
 			default:
-				rp.ctxSum = p.BatchSize * nominalCtx
+				rp.ctxSum = rp.batch * nominalCtx
 				src["nominal lengths"]++
 			}
 			if rp.act <= 0 {
-				rp.act = passcost.TouchedExperts(m.Experts, m.TopK, p.BatchSize)
+				rp.act = passcost.TouchedExperts(m.Experts, m.TopK, rp.batch)
 				uniform++
 			}
 			rp.work = passcost.Decode(m, n, rp.batch, rp.ctxSum, rp.act)
 			dec = append(dec, rp)
-		case "prefill":
-			if p.SeqLensSum <= 10 {
+		case p.mode == records.Prefill:
+			if p.probe() {
 				continue // warm-up and readiness probes, as MoE-CAP drops them
 			}
-			for _, ri := range p.PerReqInfo {
+			for _, ri := range p.chunks {
 				// Tokens already in the request's KV cache: SGLang's total_len is the
 				// running total (prefix cache hits included), vLLM's the prompt length,
 				// so total_len − extend_len is the prefix on the last chunk and on any
 				// chunk whose total_len is below the prompt; otherwise the chunks read so far.
-				prefix := done[ri.ReqID]
-				if t := ri.TotalLen - ri.ExtendLen; t >= 0 && (ri.IsLastChunk || ri.PromptLen == 0 || ri.TotalLen < ri.PromptLen) {
+				prefix := done[ri.key]
+				if t := ri.total - ri.extend; t >= 0 && (ri.last || ri.prompt == 0 || ri.total < ri.prompt) {
 					prefix = t
 				}
-				done[ri.ReqID] = prefix + ri.ExtendLen
-				rp.chunks = append(rp.chunks, passcost.Chunk{Extend: int(ri.ExtendLen), Prefix: int(prefix), Last: ri.IsLastChunk})
-				rp.ids = append(rp.ids, ri.ReqID)
-				rp.last = append(rp.last, ri.IsLastChunk)
-				rp.tokens += ri.ExtendLen
+				done[ri.key] = prefix + ri.extend
+				if ri.last {
+					delete(done, ri.key) // a pool slot's next occupant starts from nothing
+				}
+				rp.chunks = append(rp.chunks, passcost.Chunk{Extend: int(ri.extend), Prefix: int(prefix), Last: ri.last})
+				rp.ids = append(rp.ids, ri.key)
+				rp.last = append(rp.last, ri.last)
+				rp.tokens += ri.extend
 			}
 			if len(rp.chunks) == 0 {
 				// No per-request split: batch_size whole prompts of equal length.
-				b := max(int(p.BatchSize), 1)
-				each := int(p.SeqLensSum) / b
+				b := max(int(p.batch), 1)
+				each := int(p.seqLensSum) / b
 				lens := make([]int, b)
 				for i := range lens {
 					lens[i] = each
 				}
 				rp.chunks = passcost.Prompts(lens...)
-				rp.tokens = p.SeqLensSum
+				rp.tokens = p.seqLensSum
 				src["prefill without per_req_info (equal prompts)"]++
 			}
 			if rp.act <= 0 {
@@ -119,6 +107,8 @@ func physicalPasses(m config.Model, gpus int, passes []Pass, nominalCtx float64)
 			}
 			rp.work = passcost.Prefill(m, n, rp.chunks, rp.act)
 			pre = append(pre, rp)
+		default:
+			idle++
 		}
 	}
 	if len(src) > 0 {
@@ -126,6 +116,15 @@ func physicalPasses(m config.Model, gpus int, passes []Pass, nominalCtx float64)
 	}
 	if uniform > 0 {
 		notes = append(notes, fmt.Sprintf("%d passes had no measured expert activation (vLLM without MOE_CAP_ENABLE_EXPERT_PATCHING): uniform routing assumed for their physical work", uniform))
+	}
+	if actScale != 1 {
+		notes = append(notes, fmt.Sprintf("SGLang's expert_activation is averaged over all %d layers, dense ones included: the physical work uses it ×%d/%d, per MoE layer", m.Layers, m.Layers, m.MoELayers()))
+	}
+	if mixed > 0 {
+		notes = append(notes, fmt.Sprintf("%d mixed steps (prefill and decode in one pass) counted as decode steps of their decoded sequences: their prefill work is not counted, so physical decode S-MBU/S-MFU are a lower bound", mixed))
+	}
+	if idle > 0 {
+		notes = append(notes, fmt.Sprintf("%d idle steps (forward_mode %q: no request scheduled) are no decode step for the physical numbers and floors; the MoE-CAP numbers count them as decode, as upstream does", idle, "unknown"))
 	}
 	return pre, dec, notes
 }
@@ -137,7 +136,7 @@ func physUtil(m config.Model, hw config.Hardware, ps []recordedPass) (smbu, smfu
 	var t float64
 	for _, p := range ps {
 		w = w.Add(p.work)
-		t += p.p.LatencyS
+		t += p.p.latency
 	}
 	peaks := passcost.PeaksOf(m, hw)
 	smbu, smfu = passcost.Util(w, peaks, t)
@@ -173,7 +172,7 @@ func ttftFloorFromRecords(m config.Model, hw config.Hardware, pre []recordedPass
 // ttftFromRecords is the server-side TTFT of what ran, the way MoE-CAP measures it: per
 // request, the latencies of the prefill passes it took part in, averaged over requests.
 func ttftFromRecords(pre []recordedPass) (float64, int) {
-	return perRequestPrefill(pre, func(p recordedPass) float64 { return p.p.LatencyS })
+	return perRequestPrefill(pre, func(p recordedPass) float64 { return p.p.latency })
 }
 
 // perRequestPrefill sums f over the prefill passes of each request up to its first token

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/moecapd/moecapd/pkg/records"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -63,11 +65,10 @@ func (m *Manifest) Err() error {
 	if k == exitcode.OK {
 		return nil
 	}
-	msg := string(m.Status)
 	if m.Failure != nil {
-		msg = fmt.Sprintf("%s in %s (%s): %s", m.Status, m.Failure.Phase, m.Failure.Kind, m.Failure.Message)
+		return exitcode.Errorf(k, "cell %s %s in %w", m.Cell.ID, m.Status, m.Failure.Err())
 	}
-	return exitcode.Errorf(k, "cell %s %s", m.Cell.ID, msg)
+	return exitcode.Errorf(k, "cell %s %s", m.Cell.ID, m.Status)
 }
 
 // runner carries one cell's state through the phases.
@@ -243,7 +244,7 @@ func (r *runner) run(ctx context.Context) {
 func (r *runner) preflight(ctx context.Context) bool {
 	c, p := r.c, r.p
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
-		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v); stop what holds it (ss -ltnp 'sport = :%d') or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, p.Spec.Port))
+		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
 	}
 	if c.Backend != launcher.BackendSim {
@@ -329,7 +330,7 @@ func (r *runner) launch() bool {
 func (r *runner) ready(ctx context.Context) bool {
 	err := launcher.WaitReady(ctx, r.proc, r.logw, launcher.ReadySpec{
 		BaseURL: r.p.BaseURL, Model: r.p.Spec.Model, Flavor: r.p.Spec.APIFlavor(),
-		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard,
+		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard, Port: r.p.Spec.Port,
 	})
 	if err == nil {
 		r.log.Info("server ready")
@@ -340,6 +341,10 @@ func (r *runner) ready(ctx context.Context) bool {
 		return false
 	}
 	var re *launcher.ReadyError
+	if errors.As(err, &re) && re.Kind == exitcode.FailPortInUse && !re.Exited {
+		r.fail(PhaseReady, exitcode.FailPortInUse, re.Msg)
+		return false
+	}
 	if errors.As(err, &re) && re.Exited {
 		r.logw.Poll()
 		kind, line := r.logw.Diagnosis()
@@ -527,7 +532,7 @@ func (r *runner) windowStats(met *profile.Metrics, recordsDir, flavor string, ma
 		r.log.Info("no pass records in the recording window; server-pass figures are the runner's", zap.String("file", file), zap.Error(err))
 		return
 	}
-	profile.DecodeContexts(passes, flavor)
+	records.DecodeContexts(passes)
 	st := profile.StatsOf(passes, met.Completed+met.Failed)
 	profile.ApplyStats(met, &st)
 	met.Records = fmt.Sprintf("%d passes (%d prefill, %d decode) in the recording window, from %s", st.Passes, st.PrefillPasses, st.DecodePasses, file)
@@ -576,7 +581,7 @@ func (r *runner) teardown() {
 		problems = append(problems, fmt.Sprintf("PIDs %v survived SIGKILL", rep.Left))
 	}
 	if !launcher.PortClosed(r.p.Spec.Host, r.p.Spec.Port) {
-		problems = append(problems, fmt.Sprintf("port %d still accepts connections", r.p.Spec.Port))
+		problems = append(problems, fmt.Sprintf("port %d still accepts connections (%s)", r.p.Spec.Port, launcher.DescribeHolders(r.p.Spec.Port)))
 	}
 	if r.smp != nil {
 		sum := r.smp.Stop()
@@ -597,7 +602,17 @@ func (r *runner) teardown() {
 	}
 	r.m.Timings.Teardown = since(t)
 	if len(problems) > 0 {
+		// Every problem is logged and recorded, also after an earlier failure: what is left
+		// holding the GPUs or the port is what the user must act on before the next cell.
+		for _, pr := range problems {
+			r.log.Error("teardown left something behind", zap.String("problem", pr))
+		}
+		if r.m.Failure != nil {
+			r.m.Failure.Teardown = append(r.m.Failure.Teardown, problems...)
+			return
+		}
 		r.fail(PhaseTeardown, exitcode.FailOrphans, strings.Join(problems, "; ")+"; kill them by hand (kill -9 PID) before the next cell")
+		r.m.Failure.Teardown = problems
 		return
 	}
 	_ = launcher.RemoveState(r.p.Dir)

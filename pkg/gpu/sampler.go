@@ -4,9 +4,9 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"github.com/moecapd/moecapd/pkg/records"
 	"io"
 	"math"
-	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -542,9 +542,11 @@ func (s *Sampler) summarize() Summary {
 		sum.EnergyCounterResets += g.resets
 	}
 	if len(s.jitter) > 0 {
-		j := slices.Clone(s.jitter)
-		slices.Sort(j)
-		sum.TickJitterP99MS = ptr(float64(percentile(j, 99)) / float64(time.Millisecond))
+		j := make([]float64, len(s.jitter))
+		for i, d := range s.jitter {
+			j[i] = float64(d) / float64(time.Millisecond)
+		}
+		sum.TickJitterP99MS = ptr(records.Percentile(j, 99))
 	}
 
 	var energy, integ float64
@@ -607,14 +609,14 @@ func (s *Sampler) summarize() Summary {
 		sum.EnergyDisagreementPct = ptr(math.Abs(energy-integ) / energy * 100)
 	}
 	if len(w.utils) > 0 {
-		u := slices.Clone(w.utils)
-		slices.Sort(u)
+		u := make([]float64, len(w.utils))
 		var tot float64
-		for _, v := range u {
-			tot += float64(v)
+		for i, v := range w.utils {
+			u[i] = float64(v)
+			tot += u[i]
 		}
 		sum.MeanUtilPct = ptr(tot / float64(len(u)))
-		sum.P95UtilPct = ptr(float64(percentile(u, 95)))
+		sum.P95UtilPct = ptr(records.Percentile(u, 95))
 	}
 	if peakMemOK {
 		sum.PeakMemoryBytes = ptr(peakMem)
@@ -626,13 +628,6 @@ func (s *Sampler) summarize() Summary {
 		sum.ThrottleReasonsSeen = ReasonNames(w.reasons)
 	}
 	return sum
-}
-
-// percentile is the nearest-rank percentile of sorted values.
-func percentile[T any](sorted []T, p float64) T {
-	k := int(math.Ceil(p/100*float64(len(sorted)))) - 1
-	k = max(0, min(k, len(sorted)-1))
-	return sorted[k]
 }
 
 func (s *Sampler) writeRow(r Reading, server *uint64) {

@@ -132,11 +132,7 @@ func resultOf(it *Item, m *cell.Manifest) Result {
 	r := Result{Cell: it.Cell.ID, Model: m.Cell.Model, Hardware: m.Cell.Hardware, Task: m.Cell.Task,
 		Backend: m.Cell.Backend, Batch: m.Cell.BatchSize}
 	if mt := m.Metrics; mt != nil {
-		tpot := mt.MeanTPOTMs
-		if tpot == nil && mt.ServerPass != nil {
-			tpot = mt.ServerPass.TPOTMoECAPMs
-		}
-		if tpot != nil {
+		if tpot := mt.Headline().TPOTMs; tpot != nil {
 			r.TPOTSeconds = ptr(*tpot / 1e3)
 		}
 		if mt.OutputThroughput > 0 {

@@ -174,6 +174,20 @@ func attnFLOPsPerPair(m config.Model) float64 {
 	return 2 * float64(m.Layers) * float64(m.Heads) * float64(m.QKHeadDim()+m.VDim())
 }
 
+// decodeAttnFLOPsPerPair is attnFLOPsPerPair for one decode query. MLA decode kernels run
+// the absorbed form: W_UK is folded into the query and W_UV applied after the attention
+// (those multiplies are the kv_lora·H·(nope+v) weights of A, counted per token in the
+// linear FLOPs), so each head scores and averages against the cached latent itself:
+// QKᵀ over kv_lora+rope, AV over kv_lora, i.e. 2·L·H·(2·kv_lora + rope) per pair.
+// Prefill runs the non-absorbed form (attnFLOPsPerPair). Other attention is the same in
+// both phases.
+func decodeAttnFLOPsPerPair(m config.Model) float64 {
+	if !m.MLA() {
+		return attnFLOPsPerPair(m)
+	}
+	return 2 * float64(m.Layers) * float64(m.Heads) * float64(2*m.KVLoraRank+m.QKRopeHeadDim)
+}
+
 // Work is one pass as one GPU of the TP group sees it.
 type Work struct {
 	GPUs        int     `json:"gpus"`
@@ -198,6 +212,8 @@ func (w Work) Bytes() float64 { return w.WeightBytes + w.KVBytes }
 //
 //	bytes = (L·A + Lm·(act·X + Sh + router) + Ld·D + V·d)·b / n + ctxSum·kv_gpu
 //	FLOPs = 2·batch·(L·A + Lm·(k·X + Sh + router) + Ld·D + V·d) / n + 2·L·H·(d_qk+d_v)·ctxSum / n
+//
+// with d_qk+d_v = 2·kv_lora + rope for MLA (the absorbed form, decodeAttnFLOPsPerPair).
 func Decode(m config.Model, n int, batch, ctxSum, act float64) Work {
 	n = max(n, 1)
 	g := float64(n)
@@ -207,7 +223,7 @@ func Decode(m config.Model, n int, batch, ctxSum, act float64) Work {
 		WeightBytes: weightBytes(m, act) / g,
 		KVBytes:     kv * KVBytesPerTokenPerGPU(m, n),
 		LinearFLOPs: 2 * batch * (layerParams(m, float64(m.TopK)) + LMHeadParams(m)) / g,
-		AttnFLOPs:   attnFLOPsPerPair(m) * kv / g,
+		AttnFLOPs:   decodeAttnFLOPsPerPair(m) * kv / g,
 	}
 }
 

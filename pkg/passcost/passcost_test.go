@@ -173,3 +173,25 @@ func TestSlidingWindow(t *testing.T) {
 		t.Errorf("weight bytes %v, want %v", got, want)
 	}
 }
+
+// TestMLADecodeAbsorbed: DeepSeek-V2-Lite (27 layers, 16 heads, kv_lora 512, rope 64,
+// nope 128, v 128) decodes in the absorbed form: 2·27·16·(2·512+64) = 940,032 attention
+// FLOPs per (query, key) pair; its prefill keeps the non-absorbed 2·27·16·(128+64+128) =
+// 276,480. A GQA model is the same in both phases.
+func TestMLADecodeAbsorbed(t *testing.T) {
+	tb := tables(t)
+	m := tb.Models["dsv2_lite"]
+	if m.Layers != 27 || m.Heads != 16 || m.KVLoraRank != 512 || m.QKRopeHeadDim != 64 || m.QKNopeHeadDim != 128 || m.VHeadDim != 128 {
+		t.Fatalf("dsv2_lite description changed: %+v", m)
+	}
+	if got := Decode(m, 1, 1, 1000, 6).AttnFLOPs; got != 940032*1000 {
+		t.Errorf("decode attention FLOPs %v, want %v", got, 940032*1000)
+	}
+	if got := Prefill(m, 1, Prompts(1), 6).AttnFLOPs; got != 276480 {
+		t.Errorf("prefill attention FLOPs %v, want 276480", got)
+	}
+	q := tb.Models["qwen1_5"]
+	if Decode(q, 1, 1, 1, 4).AttnFLOPs != Prefill(q, 1, Prompts(1), 4).AttnFLOPs {
+		t.Error("GQA decode and prefill pair FLOPs differ")
+	}
+}

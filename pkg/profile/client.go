@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -380,7 +381,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		case len(passes) == 0:
 			recordsNote = "absent: the server recorded no passes in the recording window"
 		default:
-			DecodeContexts(passes, res.Backend)
+			records.DecodeContexts(passes)
 			st := StatsOf(passes, len(reqs[:sent]))
 			res.Passes, res.Stats = passes, &st
 			recordsNote = fmt.Sprintf("%d passes (%d prefill, %d decode) in the recording window, from %s", st.Passes, st.PrefillPasses, st.DecodePasses, file)
@@ -921,7 +922,7 @@ func detailedRows(passes []Pass) []RunnerPass {
 		row := RunnerPass{Index: i, ForwardMode: mode, ExpertActivation: get(p, "expert_activation", zero),
 			BatchSize: get(p, "batch_size", zero), SeqLensSum: get(p, "seq_lens_sum", zero)}
 		lat := get(p, "latency", zero)
-		if p.isPrefill() {
+		if p.Mode == records.Prefill {
 			row.TTFT = lat
 		} else {
 			row.TPOT = lat

@@ -153,3 +153,35 @@ type Metrics struct {
 	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
 	MoECAP json.RawMessage `json:"moe_cap,omitempty"`
 }
+
+// Headline is the TPOT and TTFT a cell is summed up by (tables, summaries, the matrix's
+// progress and results), in milliseconds: each the client's mean when the client measured
+// it, else the server's pass latency by MoE-CAP's definition (ServerPass.TPOTMoECAPMs,
+// .TTFTMoECAPMs: the runner's, which measures no client latency). Nil when neither exists.
+// Source names each one's clock: "client" or "server_pass".
+type Headline struct {
+	TPOTMs, TTFTMs         *float64
+	TPOTSource, TTFTSource string
+}
+
+// Headline picks the cell's headline TPOT and TTFT (the one rule; see the type).
+func (m *Metrics) Headline() Headline {
+	var h Headline
+	if m == nil {
+		return h
+	}
+	pick := func(client *float64, server func(*ServerPass) *float64) (*float64, string) {
+		if client != nil {
+			return client, "client"
+		}
+		if m.ServerPass != nil {
+			if v := server(m.ServerPass); v != nil {
+				return v, "server_pass"
+			}
+		}
+		return nil, ""
+	}
+	h.TPOTMs, h.TPOTSource = pick(m.MeanTPOTMs, func(s *ServerPass) *float64 { return s.TPOTMoECAPMs })
+	h.TTFTMs, h.TTFTSource = pick(m.MeanTTFTMs, func(s *ServerPass) *float64 { return s.TTFTMoECAPMs })
+	return h
+}

@@ -2,6 +2,7 @@ package profile
 
 import (
 	"encoding/json"
+	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"os"
 	"path/filepath"
@@ -104,7 +105,8 @@ func TestStatsOf(t *testing.T) {
 }
 
 // TestDecodeContexts: vLLM's decode seq_lens_sum is scheduled tokens; the context is rebuilt
-// from prompt_len and the decode passes each request took part in. SGLang's is the context.
+// from prompt_len and the decode passes each request took part in (records_test covers
+// SGLang, pool slots and mixed steps).
 func TestDecodeContexts(t *testing.T) {
 	lines := []string{
 		`{"forward_mode":"prefill","seq_lens_sum":150,"per_req_info":[{"req_id":"a","prompt_len":100,"total_len":100,"is_last_chunk":true},{"req_id":"b","prompt_len":50,"total_len":50,"is_last_chunk":true}]}`,
@@ -113,17 +115,12 @@ func TestDecodeContexts(t *testing.T) {
 		`{"forward_mode":"decode","seq_lens_sum":2,"req_ids":["a","zz"]}`,
 	}
 	ps := passesOf(t, lines...)
-	DecodeContexts(ps, "vllm")
+	records.DecodeContexts(ps)
 	want := []*float64{nil, ptr(152), ptr(154), nil} // a: 101,102; b: 51,52; zz unknown
 	for i, w := range want {
 		if (ps[i].ContextTokens == nil) != (w == nil) || w != nil && *ps[i].ContextTokens != *w {
 			t.Errorf("pass %d context %v, want %v", i, deref(ps[i].ContextTokens), deref(w))
 		}
-	}
-	sg := passesOf(t, lines...)
-	DecodeContexts(sg, "sglang")
-	if !near(sg[1].ContextTokens, 2) {
-		t.Errorf("sglang context %v, want seq_lens_sum", deref(sg[1].ContextTokens))
 	}
 	// The window file keeps each record verbatim plus context_tokens.
 	dir := t.TempDir()

@@ -1,16 +1,15 @@
 package profile
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"io"
 	"io/fs"
 	"net/http"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -128,16 +127,12 @@ func (r *recorder) mark(ctx context.Context) (SGLangMark, error) {
 		return SGLangMark{}, err
 	}
 	f := r.sglangFile()
-	raws, err := readRawJSONL(f)
+	passes, err := records.ReadJSONL(f)
 	if errors.Is(err, fs.ErrNotExist) {
 		return SGLangMark{}, fmt.Errorf("%w: the server answered the dump but %s does not exist: its SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR is not %s (pass the server's dir with --sglang-recorder-dir, or start both with the same variable)", ErrRecordsUnavailable, f, r.serverDir)
 	}
 	if err != nil {
 		return SGLangMark{}, fmt.Errorf("read %s: %w", f, err)
-	}
-	passes, err := ParsePasses(f, raws)
-	if err != nil {
-		return SGLangMark{}, err
 	}
 	m := SGLangMark{Before: len(passes)}
 	for i := range passes {
@@ -178,19 +173,15 @@ func (r *recorder) dump(ctx context.Context) ([]Pass, string, error) {
 	}
 	if r.backend == "sglang" {
 		f := r.sglangFile()
-		raws, err := readRawJSONL(f)
+		all, err := records.ReadJSONL(f)
 		if errors.Is(err, fs.ErrNotExist) {
 			return nil, f, fmt.Errorf("%w: the dump call succeeded but %s does not exist: the server's SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR is not %s", ErrRecordsUnavailable, f, r.serverDir)
 		}
 		if err != nil {
 			return nil, f, err
 		}
-		if len(raws) == 0 {
+		if len(all) == 0 {
 			return nil, f, fmt.Errorf("%w: %s is empty: the server's pass recording never started", ErrRecordsUnavailable, f)
-		}
-		all, err := ParsePasses(f, raws)
-		if err != nil {
-			return nil, f, err
 		}
 		return r.sgMark.Window(all), f, nil
 	}
@@ -215,11 +206,7 @@ func ReadRunnerWindow(recorderDir, flavor, model string, mark *SGLangMark) ([]Pa
 	if flavor == "sglang" {
 		f = SGLangRecordFile(recorderDir, model)
 	}
-	raws, err := readRawJSONL(f)
-	if err != nil {
-		return nil, f, err
-	}
-	all, err := ParsePasses(f, raws)
+	all, err := records.ReadJSONL(f)
 	if err != nil {
 		return nil, f, err
 	}
@@ -227,24 +214,6 @@ func ReadRunnerWindow(recorderDir, flavor, model string, mark *SGLangMark) ([]Pa
 		all = mark.Window(all)
 	}
 	return all, f, nil
-}
-
-func readRawJSONL(path string) ([]json.RawMessage, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	var out []json.RawMessage
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 256<<20)
-	for sc.Scan() {
-		b := bytes.TrimSpace(sc.Bytes())
-		if len(b) > 0 {
-			out = append(out, json.RawMessage(bytes.Clone(b)))
-		}
-	}
-	return out, sc.Err()
 }
 
 // detectBackend asks the server what it is, as the runner does: /get_model_info with a

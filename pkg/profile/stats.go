@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"slices"
 )
@@ -39,29 +40,11 @@ func Summarize(xs []float64) Summary {
 	}
 }
 
-// Percentile returns the p-th percentile (0 ≤ p ≤ 100) of xs by linear interpolation
-// between the two nearest ranks: the value at fractional rank p/100·(n−1) of the sorted
-// data. This is numpy.percentile's default ("linear") method, which vLLM's `bench serve`
-// uses, so our p90/p99 equal theirs on the same samples. It returns NaN for empty input.
-func Percentile(xs []float64, p float64) float64 {
-	if len(xs) == 0 {
-		return math.NaN()
-	}
-	s := slices.Clone(xs)
-	slices.Sort(s)
-	return sortedPercentile(s, p)
-}
+// Percentile is records.Percentile, moecapd's one percentile definition (numpy's linear
+// interpolation, as vLLM's bench computes p90/p99).
+func Percentile(xs []float64, p float64) float64 { return records.Percentile(xs, p) }
 
-func sortedPercentile(s []float64, p float64) float64 {
-	p = min(max(p, 0), 100)
-	rank := p / 100 * float64(len(s)-1)
-	lo := int(math.Floor(rank))
-	if lo >= len(s)-1 {
-		return s[len(s)-1]
-	}
-	frac := rank - float64(lo)
-	return s[lo] + (s[lo+1]-s[lo])*frac
-}
+func sortedPercentile(s []float64, p float64) float64 { return records.SortedPercentile(s, p) }
 
 // MeanStd returns the mean and the population standard deviation (numpy.std with ddof=0,
 // as vLLM reports it). Two passes, because the one-pass sum-of-squares formula loses all

@@ -5,6 +5,7 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"errors"
+	"github.com/moecapd/moecapd/pkg/records"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,7 +15,6 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
-	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
 
@@ -47,7 +47,7 @@ func readCellData(dir string) *CellData {
 	}
 	// The one reader of pass records (the recording window when moecapd wrote it, each
 	// pass once), not a file picked by name.
-	if recs, err := capmath.ReadRecords(filepath.Join(dir, "records")); err == nil {
+	if recs, err := records.ReadDir(filepath.Join(dir, "records")); err == nil {
 		found = decodeTimeline(recs.Passes, d) || found
 	}
 	found = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || found
@@ -108,17 +108,18 @@ func readBench(path string, d *CellData) bool {
 
 // decodeTimeline turns the decode passes into the decode batch timeline (time = summed
 // pass latency).
-func decodeTimeline(passes []capmath.Pass, d *CellData) bool {
+func decodeTimeline(passes []records.Pass, d *CellData) bool {
 	type pass struct{ t, b float64 }
 	var ps []pass
 	t := 0.0
-	for _, p := range passes {
-		if p.LatencyS <= 0 {
+	for i := range passes {
+		p := &passes[i]
+		if p.Latency == nil || *p.Latency <= 0 {
 			continue
 		}
-		t += p.LatencyS
-		if p.Mode == "decode" {
-			ps = append(ps, pass{t, p.BatchSize})
+		t += *p.Latency
+		if p.Mode.DecodeStep() {
+			ps = append(ps, pass{t, records.Val(p.DecodeBatch())})
 		}
 	}
 	if len(ps) == 0 {

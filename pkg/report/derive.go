@@ -3,6 +3,7 @@ package report
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"path/filepath"
 
 	"github.com/moecapd/moecapd/pkg/capmath"
@@ -31,9 +32,9 @@ func Derive(m *cell.Manifest, tables *config.Tables, recordsDir string, prices *
 		return capmath.Derived{}, fmt.Errorf("derive %s: %w", m.Cell.ID, err)
 	}
 	c.Prices = prices
-	var recs *capmath.Records
+	var recs *records.Set
 	if recordsDir != "" {
-		if recs, err = capmath.ReadRecords(recordsDir); err != nil {
+		if recs, err = records.ReadDir(recordsDir); err != nil {
 			return capmath.Derived{}, fmt.Errorf("derive %s: records: %w", m.Cell.ID, err)
 		}
 	}

@@ -254,6 +254,7 @@ func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, e
 		model.KVElemBytes = b
 	}
 	c.Model = model
+	c.Flavor = m.Cell.Backend
 	c.SimTimeScale, c.SimOverrides = capmath.SimSettings(m.Server.Argv)
 	if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
 		c.Ran = true

@@ -42,22 +42,12 @@ func (r *Row) metricP(f func(*profile.Metrics) *float64) *float64 {
 // TPOTMs is the mean TPOT in ms: the client's, or the runner's server-pass TPOT when only
 // that exists; nil when the cell has neither.
 func (r *Row) TPOTMs() *float64 {
-	return r.metricP(func(m *profile.Metrics) *float64 {
-		if m.MeanTPOTMs == nil && m.ServerPass != nil {
-			return m.ServerPass.TPOTMoECAPMs
-		}
-		return m.MeanTPOTMs
-	})
+	return r.metricP(func(m *profile.Metrics) *float64 { return m.Headline().TPOTMs })
 }
 
 // TTFTMs is the mean TTFT in ms, chosen as TPOTMs is.
 func (r *Row) TTFTMs() *float64 {
-	return r.metricP(func(m *profile.Metrics) *float64 {
-		if m.MeanTTFTMs == nil && m.ServerPass != nil {
-			return m.ServerPass.TTFTMoECAPMs
-		}
-		return m.MeanTTFTMs
-	})
+	return r.metricP(func(m *profile.Metrics) *float64 { return m.Headline().TTFTMs })
 }
 
 // pctl reads a client latency percentile; absent for the runner, which measures none.

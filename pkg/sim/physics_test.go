@@ -3,6 +3,7 @@ package sim
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"os"
 	"path/filepath"
@@ -80,7 +81,7 @@ func TestSimAtTheFloor(t *testing.T) {
 					wg.Wait()
 					post(t, url+"/stop_expert_distribution_record", "")
 					post(t, url+"/dump_expert_distribution_record", "")
-					recs, err := capmath.ReadRecords(srv.Config().RecordsDir)
+					recs, err := records.ReadDir(srv.Config().RecordsDir)
 					if err != nil || len(recs.Passes) == 0 {
 						t.Fatalf("records: %v (%d passes)", err, len(recs.Passes))
 					}
@@ -152,14 +153,14 @@ func TestSimMemoryModel(t *testing.T) {
 	wg.Wait()
 	post(t, url+"/stop_expert_distribution_record", "")
 	post(t, url+"/dump_expert_distribution_record", "")
-	recs, err := capmath.ReadRecords(srv.Config().RecordsDir)
+	recs, err := records.ReadDir(srv.Config().RecordsDir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	peak := 0.0
 	for _, p := range recs.Passes {
-		if p.Mode == "decode" {
-			peak = max(peak, p.BatchSize)
+		if p.Mode == records.Decode {
+			peak = max(peak, records.Val(p.BatchSize))
 		}
 	}
 	if int(peak) != fit.Concurrent {

@@ -75,6 +75,12 @@ def parse_args(argv):
     p.add_argument("--shared-ffn", type=int, default=2816)
     p.add_argument("--vocab", type=int, default=32000)
     p.add_argument("--max-model-len", type=int, default=16384)
+    p.add_argument("--kv-heads", type=int, default=0, help="key/value heads (0: --heads)")
+    p.add_argument("--dense-ffn", type=int, default=0, help="intermediate_size (0: --shared-ffn)")
+    p.add_argument("--config-json", default="",
+                   help="a Qwen2-MoE config.json (e.g. tools/gpuserver/configs/qwen1_5_moe_a2_7b.json): build "
+                        "the model's real architecture at real size from it (random weights) instead of the "
+                        "small default shape, so the cell's CAP numbers describe what ran")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oom-at-start-rank", type=int, default=-1,
@@ -85,6 +91,8 @@ def parse_args(argv):
     args, unknown = p.parse_known_args(argv)
     if unknown:
         log("ignoring flags:", " ".join(unknown))
+    if args.config_json:
+        apply_config_json(p, args)
     if args.tp_size < 1:
         p.error("--tp-size must be at least 1")
     if args.max_running < 1:
@@ -92,6 +100,37 @@ def parse_args(argv):
     if args.top_k > args.experts:
         p.error("--top-k cannot exceed --experts")
     return args
+
+
+def apply_config_json(p, args):
+    """Take the model shape from a Hugging Face config.json (Qwen2-MoE only: the test server
+    builds transformers' Qwen2MoeForCausalLM)."""
+    try:
+        with open(args.config_json) as f:
+            c = json.load(f)
+    except (OSError, ValueError) as e:
+        p.error(f"--config-json {args.config_json}: {e}")
+    if c.get("model_type") != "qwen2_moe":
+        p.error(f"--config-json {args.config_json}: model_type {c.get('model_type')!r}; "
+                "the test server builds Qwen2-MoE only (qwen2_moe)")
+    if c.get("decoder_sparse_step", 1) != 1 or c.get("mlp_only_layers"):
+        p.error(f"--config-json {args.config_json}: dense layers (decoder_sparse_step/mlp_only_layers) "
+                "are not supported by the test server")
+    try:
+        args.layers = int(c["num_hidden_layers"])
+        args.hidden = int(c["hidden_size"])
+        args.heads = int(c["num_attention_heads"])
+        args.kv_heads = int(c.get("num_key_value_heads", args.heads))
+        args.experts = int(c["num_experts"])
+        args.top_k = int(c["num_experts_per_tok"])
+        args.expert_ffn = int(c["moe_intermediate_size"])
+        args.shared_ffn = int(c["shared_expert_intermediate_size"])
+        args.dense_ffn = int(c["intermediate_size"])
+        args.vocab = int(c["vocab_size"])
+    except (KeyError, TypeError, ValueError) as e:
+        p.error(f"--config-json {args.config_json}: missing or bad field {e}")
+    if args.vocab <= BYTE_OFFSET + 256:
+        p.error(f"--config-json {args.config_json}: vocab_size {args.vocab} too small for byte tokens")
 
 
 # ---------------------------------------------------------------------------------------
@@ -109,12 +148,12 @@ def build_model(args, device):
     cfg = Qwen2MoeConfig(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
-        intermediate_size=args.shared_ffn,
+        intermediate_size=args.dense_ffn or args.shared_ffn,
         moe_intermediate_size=args.expert_ffn,
         shared_expert_intermediate_size=args.shared_ffn,
         num_hidden_layers=args.layers,
         num_attention_heads=args.heads,
-        num_key_value_heads=args.heads,
+        num_key_value_heads=args.kv_heads or args.heads,
         num_experts=args.experts,
         num_experts_per_tok=args.top_k,
         decoder_sparse_step=1,

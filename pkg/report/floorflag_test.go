@@ -1,0 +1,29 @@
+package report
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/moecapd/moecapd/pkg/capmath"
+)
+
+// TestBelowFloorShowsFlagged: a ratio to a floor that capmath moved to errors (below its
+// lower limit) shows as "flagged: tpot over floor 0.876 < 0.980: <cause>", and an S-MBU above
+// its limit with ">".
+func TestBelowFloorShowsFlagged(t *testing.T) {
+	raw, _ := json.Marshal(capmath.Derived{Errors: []capmath.Flag{
+		{Field: "tpot_over_floor", Value: 0.876, Limit: capmath.FloorLimit, Cause: "ran short"},
+		{Field: "decode.s_mbu", Value: 1.2, Limit: capmath.PhysicalLimit, Cause: "too fast"},
+	}})
+	r := &Row{Flags: capFlags(raw)}
+	if got := r.FlagFor("tpot_over_floor"); got != "tpot over floor 0.876 < 0.980: ran short" {
+		t.Errorf("tpot flag %q", got)
+	}
+	if got := r.FlagFor("s_mbu_decode"); !strings.HasPrefix(got, "s mbu decode 1.20 > 1.01") {
+		t.Errorf("s_mbu flag %q", got)
+	}
+	if got := flaggedText(r.FlagFor("tpot_over_floor")); !strings.HasPrefix(got, "flagged: ") {
+		t.Errorf("shown as %q", got)
+	}
+}

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# GPU physics check (make gpu-physics): one cell of the real Qwen1.5-MoE-A2.7B architecture at
+# real size (24 layers, 60 experts top-4, 14.3 B parameters in bf16, random weights built from
+# tools/gpuserver/configs/qwen1_5_moe_a2_7b.json), served on one GPU by the torch test server
+# through the real conda activation path, so the cell's CAP numbers describe what ran. Checks:
+# the server built the parameter count moecapd's pass-cost model assumes (within 0.5%),
+# physical S-MBU and S-MFU <= 1 in prefill and decode (from the measured pass latencies), the
+# measured TPOT and TTFT at or above their physical floors (x floor >= 0.98), no CAP error, and
+# prints the numbers as a table.
+#
+# Needs: nvidia driver, python3 with torch, transformers (Qwen2MoE) and aiohttp, bin/moecapd.
+# Env: MOECAPD, OUTDIR, SAMPLES (32), BATCH (16), IN_TOKENS (1024), OUT_TOKENS (128).
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+moecapd=${MOECAPD:-$repo/bin/moecapd}
+out=${OUTDIR:-$(mktemp -d)}
+mkdir -p "$out"
+[ -x "$moecapd" ] || { echo "gpu-physics: $moecapd missing: run make build" >&2; exit 2; }
+command -v nvidia-smi >/dev/null || { echo "gpu-physics: no nvidia-smi: this needs a CUDA machine" >&2; exit 2; }
+python3 -c 'import torch, transformers, aiohttp; assert torch.cuda.is_available()' ||
+  { echo "gpu-physics: python3 needs torch (with CUDA), transformers and aiohttp" >&2; exit 2; }
+. "$repo/tools/gpu-conda-root.sh"
+root=$(mktemp -d)
+make_conda_root "$root" gpu "$repo" "$moecapd"
+
+cfg=$out/physics.yaml
+cat >"$cfg" <<EOF
+dataset_names: ["gsm8k"]
+metrics: []
+model_id: Qwen/Qwen1.5-MoE-A2.7B-Chat
+fixed_length_mode: true
+target_input_tokens: ${IN_TOKENS:-1024}
+target_output_tokens: ${OUT_TOKENS:-128}
+num_samples: ${SAMPLES:-32}
+EOF
+rc=0
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
+  --batch-size "${BATCH:-16}" --tp 1 --conda-root "$root" --env gpu --port 0 --results "$out/results" \
+  --require-gpu --grace 20s --ready-timeout 10m --log-format console \
+  -- --config-json "$repo/tools/gpuserver/configs/qwen1_5_moe_a2_7b.json" || rc=$?
+echo "launch-and-bench exit $rc"
+python3 - "$out/results" "$rc" <<'EOF'
+import glob, json, os, re, sys
+root, rc = sys.argv[1], int(sys.argv[2])
+bad = []
+def check(ok, what):
+    print(("ok   " if ok else "FAIL ") + what)
+    if not ok:
+        bad.append(what)
+check(rc == 0, "launch-and-bench exit %d" % rc)
+mfs = glob.glob(os.path.join(root, "*", "manifest.json"))
+check(len(mfs) == 1, "one cell manifest (%d)" % len(mfs))
+if mfs:
+    d = os.path.dirname(mfs[0])
+    m = json.load(open(mfs[0]))
+    cap = ((m.get("extra") or {}).get("cap")) or {}
+    inp = cap.get("inputs") or {}
+    log = open(os.path.join(d, "server.log"), errors="replace").read()
+    built = [int(x) * 1e6 for x in re.findall(r"(\d+)M parameters", log)]
+    want = inp.get("total_params") or 0
+    check(bool(built) and want > 0 and abs(built[0] - want) / want < 0.005,
+          "server built %s parameters, pass-cost model assumes %s" % (built[:1], want))
+    rows = []
+    for phase in ("prefill", "decode"):
+        ph = cap.get(phase) or {}
+        for k in ("s_mbu", "s_mfu"):
+            v = ph.get(k)
+            rows.append(("%s.%s" % (phase, k), v, "<= 1"))
+            check(v is not None and 0 < v <= 1.0, "%s %s = %s <= 1" % (phase, k, v))
+    for k in ("tpot_over_floor", "ttft_over_floor"):
+        v = cap.get(k)
+        rows.append((k, v, ">= 0.98"))
+        check(v is not None and v >= 0.98, "%s = %s >= 0.98" % (k, v))
+    errs = cap.get("errors") or []
+    check(not errs, "no CAP errors (%s)" % errs)
+    met = m.get("metrics") or {}
+    rows += [("tpot_floor_ms", cap.get("tpot_floor_ms"), ""), ("mean_tpot_ms", met.get("mean_tpot_ms"), ""),
+             ("ttft_floor_ms", cap.get("ttft_floor_ms"), ""), ("mean_ttft_ms", met.get("mean_ttft_ms"), ""),
+             ("decode_batch_mean", inp.get("decode_batch_mean"), ""), ("decode_passes", inp.get("decode_passes"), ""),
+             ("gpu", (m.get("cell") or {}).get("hardware"), "")]
+    print("\n%-20s %-22s %s" % ("number", "value", "bound"))
+    for n, v, b in rows:
+        print("%-20s %-22s %s" % (n, "absent" if v is None else (("%.6g" % v) if isinstance(v, float) else v), b))
+sys.exit(1 if bad else 0)
+EOF
