@@ -78,7 +78,7 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 	}
 	tpot := 210.0
 	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, NumSamples: 2,
-		Ran: true, MeanTPOTMs: &tpot, TotalOutputTokens: 4, WindowS: 1, Window: "bench phase"}, recs)
+		Ran: true, MeanTPOTMs: &tpot, TotalOutputTokens: 4, WindowS: 1, Window: WindowBenchPhase}, recs)
 	if err != nil {
 		t.Fatal(err)
 	}

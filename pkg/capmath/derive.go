@@ -350,6 +350,8 @@ func Derive(c Cell, set *records.Set) (Derived, error) {
 	case !c.Ran:
 	case scaled:
 		d.Notes = append(d.Notes, "no cost: the sim's wall time was scaled")
+	case c.WindowS <= 0:
+		d.Notes = append(d.Notes, "no cost: no clock measured the bench window (no telemetry window, client duration or bench phase)")
 	default:
 		prices := Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
 		if c.Prices != nil {
