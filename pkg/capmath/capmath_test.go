@@ -271,8 +271,15 @@ func TestPredictionNotFloors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil || d.Prediction == nil || d.Prediction.TPOTMs <= 0 || !d.Feasible {
+	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil || d.Prediction == nil || d.Prediction.TPOTMs == nil || *d.Prediction.TPOTMs <= 0 || !d.Feasible {
 		t.Errorf("not run: %+v; want a prediction and no floors", d)
+	}
+	// A request of 100,000 tokens needs 1.6 MB of KV cache on a 1 MB GPU: nothing can run,
+	// so the predicted TPOT and TTFT are absent, not 0.
+	d, _ = Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 100000, OutputTokens: 2}, nil)
+	raw, _ := json.Marshal(d.Prediction)
+	if d.Feasible || d.Prediction == nil || d.Prediction.TPOTMs != nil || d.Prediction.TTFTMs != nil || strings.Contains(string(raw), "tpot_ms") {
+		t.Errorf("does-not-fit prediction %s (feasible %v); want no tpot_ms/ttft_ms", raw, d.Feasible)
 	}
 	d, _ = Derive(Cell{ModelErr: "model \"x/y\" cannot be described: no config.json"}, nil)
 	if d.Absent == "" || d.Prefill != nil || d.Prediction != nil {
