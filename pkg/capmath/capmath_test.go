@@ -113,6 +113,10 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 	// TTFT: the wave of both prompts, 2064 B / 1e4 = 206.4 ms.
 	near(t, "tpot floor", d.TPOTFloorMs, 171.2)
 	near(t, "ttft floor", d.TTFTFloorMs, 206.4)
+	// The per-request TTFT floor sums pass floors: it has no single memory/compute split.
+	if b, _ := json.Marshal(d.TTFTFloor); strings.Contains(string(b), "memory_s") || strings.Contains(string(b), "compute_s") {
+		t.Errorf("ttft_floor %s: memory_s/compute_s that were not measured", b)
+	}
 	near(t, "tpot over floor", d.TPOTOverFloor, 210/171.2)
 	near(t, "decode pass over floor", d.DecodePassOverFloor, 200/171.2)
 	if d.Inputs.FloorSource != "records" || d.Inputs.TPOTMeasured != "client" {
