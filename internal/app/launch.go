@@ -68,11 +68,10 @@ func Launch(req LaunchRequest) error {
 	}
 	WriteCellSummary(req.Out, plan.Dir, m)
 	if code := cell.ExitCode(m); code != 0 {
-		msg := string(m.Status)
 		if m.Failure != nil {
-			msg = fmt.Sprintf("%s in %s (%s): %s", m.Status, m.Failure.Phase, m.Failure.Kind, m.Failure.Message)
+			return exitcode.With(code, fmt.Errorf("cell %s %s in %w", m.Cell.ID, m.Status, m.Failure.Err()))
 		}
-		return exitcode.With(code, fmt.Errorf("cell %s %s", m.Cell.ID, msg))
+		return exitcode.With(code, fmt.Errorf("cell %s %s", m.Cell.ID, m.Status))
 	}
 	return nil
 }

@@ -20,6 +20,11 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 	fmt.Fprintf(w, "cell     %s\nstatus   %s\nresults  %s\n", m.Cell.ID, m.Status, dir)
 	if m.Failure != nil {
 		fmt.Fprintf(w, "failure  %s/%s: %s\n", m.Failure.Phase, m.Failure.Kind, m.Failure.Message)
+		if m.Failure.Phase != cell.PhaseTeardown {
+			for _, p := range m.Failure.Teardown {
+				fmt.Fprintf(w, "teardown %s; kill it by hand before the next cell\n", p)
+			}
+		}
 	}
 	t := m.Timings
 	sec := func(s float64) string { return HumanDuration(time.Duration(s * float64(time.Second))) }

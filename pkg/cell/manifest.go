@@ -4,6 +4,7 @@ package cell
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"github.com/google/renameio/v2"
 	"os"
@@ -85,6 +86,24 @@ type Failure struct {
 	Kind    Kind   `json:"kind"`
 	Message string `json:"message"`
 	LogTail string `json:"log_tail,omitempty"`
+	// Teardown lists every problem the teardown found (a process that survived SIGKILL, a
+	// port still answering, GPU memory not back), also when an earlier phase failed first.
+	Teardown []string `json:"teardown_problems,omitempty"`
+}
+
+// Err is the failure as one error: the first failure joined with every teardown problem
+// that does not repeat it.
+func (f *Failure) Err() error {
+	if f == nil {
+		return nil
+	}
+	errs := []error{fmt.Errorf("%s/%s: %s", f.Phase, f.Kind, f.Message)}
+	if f.Phase != PhaseTeardown {
+		for _, p := range f.Teardown {
+			errs = append(errs, fmt.Errorf("teardown: %s", p))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Timings in seconds.
@@ -187,4 +206,11 @@ func WriteFileAtomic(path string, data []byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// SupervisorGone reports whether a running cell's recorded supervisor no longer runs: no
+// live process has its PID and start time in this boot (a killed moecapd, a lost machine).
+// False for a cell that is not running or whose manifest records no supervisor.
+func (m *Manifest) SupervisorGone() bool {
+	return m != nil && m.Status == StatusRunning && m.Supervisor != nil && !launcher.Alive(*m.Supervisor)
 }

@@ -227,7 +227,7 @@ func (r *runner) run(ctx context.Context) {
 func (r *runner) preflight(ctx context.Context) bool {
 	c, p := r.c, r.p
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
-		r.fail(PhasePreflight, KindPortInUse, fmt.Sprintf("port %d on %s is taken (%v); stop what holds it (ss -ltnp 'sport = :%d') or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, p.Spec.Port))
+		r.fail(PhasePreflight, KindPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
 	}
 	if c.Backend != launcher.BackendSim {
@@ -313,7 +313,7 @@ func (r *runner) launch() bool {
 func (r *runner) ready(ctx context.Context) bool {
 	err := launcher.WaitReady(ctx, r.proc, r.logw, launcher.ReadySpec{
 		BaseURL: r.p.BaseURL, Model: r.p.Spec.Model, Flavor: r.p.Spec.APIFlavor(),
-		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard,
+		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard, Port: r.p.Spec.Port,
 	})
 	if err == nil {
 		r.log.Info("server ready")
@@ -324,6 +324,10 @@ func (r *runner) ready(ctx context.Context) bool {
 		return false
 	}
 	var re *launcher.ReadyError
+	if errors.As(err, &re) && re.Kind == launcher.FailPortInUse && !re.Exited {
+		r.fail(PhaseReady, KindPortInUse, re.Msg)
+		return false
+	}
 	if errors.As(err, &re) && re.Exited {
 		r.logw.Poll()
 		kind, line := r.logw.Diagnosis()
@@ -560,7 +564,7 @@ func (r *runner) teardown() {
 		problems = append(problems, fmt.Sprintf("PIDs %v survived SIGKILL", rep.Left))
 	}
 	if !launcher.PortClosed(r.p.Spec.Host, r.p.Spec.Port) {
-		problems = append(problems, fmt.Sprintf("port %d still accepts connections", r.p.Spec.Port))
+		problems = append(problems, fmt.Sprintf("port %d still accepts connections (%s)", r.p.Spec.Port, launcher.DescribeHolders(r.p.Spec.Port)))
 	}
 	if r.smp != nil {
 		sum := r.smp.Stop()
@@ -581,7 +585,17 @@ func (r *runner) teardown() {
 	}
 	r.m.Timings.Teardown = since(t)
 	if len(problems) > 0 {
+		// Every problem is logged and recorded, also after an earlier failure: what is left
+		// holding the GPUs or the port is what the user must act on before the next cell.
+		for _, pr := range problems {
+			r.log.Error("teardown left something behind", zap.String("problem", pr))
+		}
+		if r.m.Failure != nil {
+			r.m.Failure.Teardown = append(r.m.Failure.Teardown, problems...)
+			return
+		}
 		r.fail(PhaseTeardown, KindOrphans, strings.Join(problems, "; ")+"; kill them by hand (kill -9 PID) before the next cell")
+		r.m.Failure.Teardown = problems
 		return
 	}
 	_ = launcher.RemoveState(r.p.Dir)

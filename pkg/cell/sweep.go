@@ -244,7 +244,7 @@ func sweepDeadCells(lay *Layout, root string, log *zap.Logger) {
 			if err != nil || m.Status != StatusRunning {
 				continue
 			}
-			if m.Supervisor != nil && launcher.Alive(*m.Supervisor) {
+			if m.Supervisor != nil && !m.SupervisorGone() {
 				continue
 			}
 			if _, err := os.Stat(filepath.Join(dir, launcher.StateFile)); err == nil {

@@ -53,6 +53,8 @@ func TestMain(m *testing.M) {
 		}
 		os.WriteFile(os.Getenv("LAUNCHER_TEST_PIDFILE"), []byte(strings.Join(pids, " ")), 0o644)
 		time.Sleep(time.Hour)
+	case "serve":
+		serveReady(os.Getenv("LAUNCHER_TEST_PORT"))
 	case "daemonize", "mid", "leaf", "marker", "spawner":
 		testChild(os.Getenv("LAUNCHER_TEST_CHILD"))
 	case "exit3":

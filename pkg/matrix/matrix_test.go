@@ -16,6 +16,7 @@ import (
 
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 func tables(t *testing.T) *config.Tables {
@@ -616,5 +617,46 @@ func holdInChild(t *testing.T, root, id string) {
 	buf := make([]byte, 64)
 	if n, _ := out.Read(buf); !strings.HasPrefix(string(buf[:n]), "locked") {
 		t.Fatalf("child: %q", buf[:n])
+	}
+}
+
+// A cell whose manifest says running is shown as interrupted at once when its recorded
+// supervisor is gone (a real process that exited), and as running while the supervisor
+// named by PID and start time lives (this test process).
+func TestStatusDeadSupervisor(t *testing.T) {
+	p, err := os.StartProcess("/bin/true", []string{"true"}, &os.ProcAttr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	self := launcher.Self()
+	dead := self
+	dead.PID = p.Pid // exited and reaped: no live process has this PID with our start time
+	tests := []struct {
+		name string
+		sup  *launcher.ProcessID
+		want State
+	}{
+		{"live supervisor", &self, StRunning},
+		{"dead supervisor", &dead, StInterrupted},
+		{"same PID, other start time", &launcher.ProcessID{PID: self.PID, StartTicks: self.StartTicks + 1, BootID: self.BootID}, StInterrupted},
+		{"no supervisor recorded", nil, StRunning},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m := manifest("qwen1_5.1xH200.4k-1k.bs1.sglang", cell.StatusRunning, "")
+			m.Supervisor = tt.sup
+			es := Status(&Matrix{}, map[string]*cell.Manifest{m.Cell.ID: m})
+			if len(es) != 1 || es[0].State != tt.want {
+				t.Fatalf("state = %v, want %s", es[0].State, tt.want)
+			}
+			var b bytes.Buffer
+			Report(&b, nil, es, false)
+			if tt.want == StInterrupted && !strings.Contains(b.String(), "1 interrupted (supervisor gone)") {
+				t.Errorf("report does not say interrupted:\n%s", b.String())
+			}
+		})
 	}
 }
