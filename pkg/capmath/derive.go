@@ -1,6 +1,7 @@
 package capmath
 
 import (
+	"encoding/json"
 	"fmt"
 	"github.com/moecapd/moecapd/pkg/records"
 	"math"
@@ -522,4 +523,19 @@ func SimSettings(argv []string) (scale float64, overrides []string) {
 		}
 	}
 	return scale, overrides
+}
+
+// MarshalJSON writes a cell without CAP numbers (Absent: its model cannot be described) as
+// its version and the reason only: no inputs of 0, no "feasible": false for a verdict never
+// made. Every other cell is written field by field.
+func (d Derived) MarshalJSON() ([]byte, error) {
+	type plain Derived
+	if d.Absent != "" {
+		return json.Marshal(struct {
+			Version int      `json:"version"`
+			Absent  string   `json:"absent"`
+			Notes   []string `json:"notes,omitempty"`
+		}{d.Version, d.Absent, d.Notes})
+	}
+	return json.Marshal(plain(d))
 }

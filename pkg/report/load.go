@@ -102,6 +102,11 @@ func Load(resultsDir string, tables *config.Tables) ([]Row, []Problem, error) {
 			defer func() { <-sem }()
 			r := rowFromManifest(e.Manifest)
 			r.Cap, r.CapNote = capFor(e.Manifest, e.Dir.Path, tables)
+			if r.Cap != nil && r.Cap.Absent != "" {
+				// No CAP numbers at all (the model cannot be described): no row shows a 0
+				// or a memory verdict for it.
+				r.Cap, r.CapNote = nil, "absent: "+r.Cap.Absent
+			}
 			var capJSON json.RawMessage
 			if r.Cap != nil {
 				capJSON, _ = json.Marshal(r.Cap)
