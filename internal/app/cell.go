@@ -37,6 +37,7 @@ type CellOptions struct {
 	SimFlavor, SimHardware    string
 	ConfigsDir                string
 	ModelConfig               string // --model-config: the model's config.json
+	AllowUnknownModel         bool   // --allow-unknown-model: run a model that cannot be described
 	RequireGPU                bool
 	GPUWait, GPUInterval      time.Duration
 	// GPUIdleMiB is how much memory a GPU may use above its own baseline and still count as
@@ -143,6 +144,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: o.Hardware,
 		GPUs: gb, GPUWait: o.GPUWait, GPUInterval: o.GPUInterval,
 		MemSlackBytes: uint64(o.GPUIdleMiB) << 20, Version: o.Version, Log: log,
+		AllowUnknownModel: o.AllowUnknownModel,
 	}
 	c.Native.Warmup = o.Warmup
 	c.Native.Seed = o.Seed

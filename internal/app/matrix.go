@@ -206,7 +206,10 @@ func MatrixPlan(req MatrixPlanRequest) error {
 			n++
 			idx = strconv.Itoa(n)
 			total += it.Estimate
-			est = it.Estimate.Round(time.Second).String()
+			est = "–" // unknown (a cell that cannot run): no estimate, not "0s"
+			if it.Estimate > 0 {
+				est = it.Estimate.Round(time.Second).String()
+			}
 		}
 		mem := fmt.Sprintf("%.0f/%.0f GiB", it.Need/(1<<30), it.Have/(1<<30))
 		why := it.Why

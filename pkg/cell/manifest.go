@@ -66,6 +66,10 @@ type Identity struct {
 	Backend      string `json:"backend"`
 	TP           int    `json:"tp"`
 	ConfigFile   string `json:"config_file,omitempty"`
+	// AllowUnknownModel records --allow-unknown-model on a model moecapd could not describe;
+	// ModelUndescribed says why it could not. Such a cell has no CAP numbers.
+	AllowUnknownModel bool   `json:"allow_unknown_model,omitempty"`
+	ModelUndescribed  string `json:"model_undescribed,omitempty"`
 }
 
 // Failure says what went wrong, where, and what the server said last.

@@ -636,11 +636,9 @@ func (r *runner) finish() {
 		if r.c.Backend == launcher.BackendSim {
 			reason = "simulated backend: no GPU to measure"
 		}
-		w := r.m.Timings.Bench
-		if r.m.Metrics != nil && r.m.Metrics.DurationS > 0 {
-			w = r.m.Metrics.DurationS // the measured requests, not the client's start-up
-		}
-		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount, BenchWindowS: &w}
+		// No sampler measured a window: bench_window_s stays absent (the cost prices the
+		// client's request window, else the bench phase, each named by its clock).
+		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount}
 	}
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
 		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens)
