@@ -25,18 +25,18 @@ func Compare(req CompareRequest, w io.Writer) error {
 		valid = valid || f == req.Format
 	}
 	if !valid {
-		return usageErrorf("--format %q: one of %s", req.Format, strings.Join(compare.Formats, ", "))
+		return exitcode.Usagef("--format %q: one of %s", req.Format, strings.Join(compare.Formats, ", "))
 	}
 	rep, err := compare.Compare(req.Request)
 	var ie *compare.InputError
 	if errors.As(err, &ie) {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	if err != nil {
-		return withCode(exitcode.Internal, err)
+		return exitcode.New(exitcode.Internal, err)
 	}
 	if err := rep.Write(w, req.Format); err != nil {
-		return withCode(exitcode.Internal, fmt.Errorf("write the comparison: %w", err))
+		return exitcode.New(exitcode.Internal, fmt.Errorf("write the comparison: %w", err))
 	}
 	if n := len(rep.Regressions); n > 0 {
 		return exitcode.Errorf(exitcode.Regression, "%d significant regression(s) beyond --threshold %g%%: %s",
