@@ -6,11 +6,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/google/renameio/v2"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/google/renameio/v2"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -43,22 +45,8 @@ const (
 	PhaseTeardown  Phase = "teardown"
 )
 
-// Kind classifies a failure.
-type Kind string
-
-// Failure kinds of DESIGN.md.
-const (
-	KindOOM           Kind = "oom"
-	KindCrash         Kind = "crash"
-	KindHealthTimeout Kind = "health_timeout"
-	KindPortInUse     Kind = "port_in_use"
-	KindEnvMissing    Kind = "env_missing"
-	KindClientError   Kind = "client_error"
-	KindBadResult     Kind = "bad_result"
-	KindOrphans       Kind = "orphans"
-	KindInterrupted   Kind = "interrupted"
-	KindGPUBusy       Kind = "gpu_busy"
-)
+// Kind classifies a failure: one of pkg/exitcode's failure kinds (exitcode.Fail*).
+type Kind = exitcode.Failure
 
 // Identity says which cell this is.
 type Identity struct {
@@ -78,6 +66,10 @@ type Identity struct {
 	Backend      string `json:"backend"`
 	TP           int    `json:"tp"`
 	ConfigFile   string `json:"config_file,omitempty"`
+	// AllowUnknownModel records --allow-unknown-model on a model moecapd could not describe;
+	// ModelUndescribed says why it could not. Such a cell has no CAP numbers.
+	AllowUnknownModel bool   `json:"allow_unknown_model,omitempty"`
+	ModelUndescribed  string `json:"model_undescribed,omitempty"`
 }
 
 // Failure says what went wrong, where, and what the server said last.

@@ -158,7 +158,7 @@ func num(p *float64) string {
 	if p == nil {
 		return ""
 	}
-	return strconv.FormatFloat(*p, 'g', 6, 64)
+	return strconv.FormatFloat(*p, 'g', -1, 64) // full precision: the shortest form that reads back exactly
 }
 
 // u64f widens a measured byte count for arithmetic; absent stays absent.
