@@ -372,7 +372,8 @@ func compareMetric(d metricDef, b, n *side, req Request) Metric {
 func perRequest(d metricDef, s *side) []float64 {
 	var xs []float64
 	for _, r := range s.reqs {
-		if v, ok := d.perRequest(r); ok {
+		// A value a torn or hand-edited file could hold is not a latency.
+		if v, ok := d.perRequest(r); ok && v >= 0 && !math.IsInf(v, 0) && !math.IsNaN(v) {
 			xs = append(xs, v)
 		}
 	}
