@@ -143,6 +143,13 @@ func TestUserProblemsExit2(t *testing.T) {
 		{"doctor finds problems", []string{"doctor", "--conda-root", filepath.Join(empty, "no-conda")}, "problem(s) found"},
 		{"launch-and-bench with a bad --progress", []string{"launch-and-bench", "--backend", "sim", "--config", "../../configs/fixed_4k_1k_qwen1_5.yaml",
 			"--batch-size", "1", "--results", empty, "--progress", "sometimes"}, "--progress"},
+		// A flag's problem names the flag, not the benchmark file.
+		{"misspelt --backend", []string{"launch-and-bench", "--backend", "sglnag", "--config", "../../configs/fixed_4k_1k_qwen1_5.yaml",
+			"--batch-size", "1", "--results", empty, "--dry-run"}, `--backend: got "sglnag", expected sglang, vllm or sim (did you mean "sglang"?)`},
+		{"missing --batch-size", []string{"launch-and-bench", "--backend", "sim", "--config", "../../configs/fixed_4k_1k_qwen1_5.yaml",
+			"--results", empty, "--dry-run"}, "--batch-size: required"},
+		{"--only that matches no cell", []string{"matrix", "run", "--matrix", "../../configs/matrix-sim.yaml", "--results", empty,
+			"--only", "nomatch"}, `--only "nomatch" matches none`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			r := moecapd(t, nil, c.args...)
@@ -150,5 +157,13 @@ func TestUserProblemsExit2(t *testing.T) {
 				t.Errorf("exit %d, want 2 with %q\nstdout: %s\nstderr: %s", r.code, c.want, r.stdout, r.stderr)
 			}
 		})
+	}
+}
+
+// TestSimServerHelpIsOnlyHelp: --help prints the help and starts nothing.
+func TestSimServerHelpIsOnlyHelp(t *testing.T) {
+	r := moecapd(t, nil, "sim-server", "--help")
+	if r.code != 0 || strings.Contains(r.stdout+r.stderr, "sim: started") || !strings.Contains(r.stdout, "sim-server behaves like") {
+		t.Errorf("exit %d\nstdout: %s\nstderr: %s\nwant exit 0 and the help only", r.code, r.stdout, r.stderr)
 	}
 }

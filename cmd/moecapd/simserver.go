@@ -145,15 +145,16 @@ func runSimServer(cmd *cobra.Command, args []string) error {
 		sim.RunWorker(out, rank)
 		return nil
 	}
+	// --help prints only the help: no server starts, so nothing is announced.
+	if h, _ := fs.GetBool("help"); h && parseErr == nil {
+		return cmd.Help()
+	}
 	// Announced before any flag error, so a launcher test sees what a bad argv looked like.
 	if err := sim.AnnounceStart(out); err != nil {
 		return err
 	}
 	if parseErr != nil {
 		return usageErrorf("sim-server: %v (see moecapd sim-server --help)", parseErr)
-	}
-	if h, _ := fs.GetBool("help"); h {
-		return cmd.Help()
 	}
 	for _, a := range ignored {
 		fmt.Fprintf(out, "sim: ignoring server flag %q (not simulated)\n", a)

@@ -108,19 +108,20 @@ const undescribedPrefix = "not described: "
 
 // Validate checks the parts of a config that do not depend on the machine.
 func (c *Config) Validate() (config.Model, error) {
-	cfgErr := func(key, msg string) error {
-		file := "command line"
-		if c.Bench != nil {
-			file = c.Bench.Path
-		}
-		return &config.Error{File: file, Key: key, Msg: msg}
-	}
+	// A flag's error names the flag, not the benchmark file.
+	cfgErr := func(key, msg string) error { return &config.Error{Key: key, Msg: msg} }
 	switch c.Backend {
 	case launcher.BackendSGLang, launcher.BackendVLLM, launcher.BackendSim:
+	case "":
+		return config.Model{}, cfgErr("--backend", "required: pass --backend sglang, vllm or sim")
 	default:
-		return config.Model{}, cfgErr("--backend", fmt.Sprintf("got %q, expected sglang, vllm or sim", c.Backend))
+		return config.Model{}, cfgErr("--backend", fmt.Sprintf("got %q, expected sglang, vllm or sim%s", c.Backend,
+			config.MeanHint(c.Backend, []string{launcher.BackendSGLang, launcher.BackendVLLM, launcher.BackendSim})))
 	}
-	if c.BatchSize <= 0 {
+	switch {
+	case c.BatchSize == 0:
+		return config.Model{}, cfgErr("--batch-size", "required: pass --batch-size N, the number of concurrent requests (the guide uses 1, 32, 64, 128)")
+	case c.BatchSize < 0:
 		return config.Model{}, cfgErr("--batch-size", fmt.Sprintf("got %d, expected a positive number of concurrent requests (the guide uses 1, 32, 64, 128)", c.BatchSize))
 	}
 	if c.TP <= 0 {
@@ -130,7 +131,7 @@ func (c *Config) Validate() (config.Model, error) {
 		return config.Model{}, err
 	}
 	if c.Client != ClientMoECAP && c.Client != ClientNative {
-		return config.Model{}, cfgErr("--client", fmt.Sprintf("got %q, expected moe-cap or native", c.Client))
+		return config.Model{}, cfgErr("--client", fmt.Sprintf("got %q, expected moe-cap or native%s", c.Client, config.MeanHint(c.Client, []string{ClientMoECAP, ClientNative})))
 	}
 	if c.Bench == nil {
 		return config.Model{}, cfgErr("--config", "missing; pass a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
@@ -160,7 +161,7 @@ func (c *Config) Validate() (config.Model, error) {
 	}
 	if c.Backend == launcher.BackendSim {
 		if _, ok := c.Tables.HardwareFamily(c.simHW()); !ok {
-			return config.Model{}, cfgErr("--sim-hardware", fmt.Sprintf("unknown hardware %q; expected H100, H200 or A100", c.SimHW))
+			return config.Model{}, cfgErr("--sim-hardware", fmt.Sprintf("unknown hardware %q; expected H100, H200 or A100%s", c.SimHW, config.MeanHint(c.SimHW, []string{"H100", "H200", "A100"})))
 		}
 	}
 	return m, nil

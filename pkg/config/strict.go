@@ -15,7 +15,8 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// Error is a configuration problem in one file. Callers map it to exit code 2.
+// Error is a configuration problem in one file, or, with File empty and Key a flag
+// ("--batch-size"), on the command line. Callers map it to exit code 2.
 type Error struct {
 	File string
 	Key  string
@@ -24,6 +25,9 @@ type Error struct {
 }
 
 func (e *Error) Error() string {
+	if e.File == "" && strings.HasPrefix(e.Key, "-") {
+		return e.Key + ": " + e.Msg // a flag: the command line is the file
+	}
 	var b strings.Builder
 	b.WriteString(e.File)
 	if e.Line > 0 {

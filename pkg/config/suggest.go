@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"sort"
 	"strings"
 )
@@ -77,4 +78,30 @@ func (t *Tables) DidYouMean(id string) string {
 		return ""
 	}
 	return " Did you mean " + strings.Join(s, " or ") + "?"
+}
+
+// Closest is the option nearest to got (case-insensitive edit distance within a third of
+// the longer word, at least one edit allowed), or "" when none is near: the did-you-mean of
+// a closed list (backends, hardware labels, clients).
+func Closest(got string, options []string) string {
+	want := strings.ToLower(got)
+	best, bestD := "", -1
+	for _, o := range options {
+		d := editDistance(want, strings.ToLower(o))
+		if d > max(len(want), len(o))/3 && d > 1 {
+			continue
+		}
+		if bestD < 0 || d < bestD {
+			best, bestD = o, d
+		}
+	}
+	return best
+}
+
+// MeanHint is ` (did you mean "X"?)` for Closest(got, options), or "".
+func MeanHint(got string, options []string) string {
+	if c := Closest(got, options); c != "" && c != got {
+		return fmt.Sprintf(" (did you mean %q?)", c)
+	}
+	return ""
 }

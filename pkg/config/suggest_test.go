@@ -48,3 +48,38 @@ func TestEditDistance(t *testing.T) {
 		}
 	}
 }
+
+func TestClosestAndFlagErrors(t *testing.T) {
+	backends := []string{"sglang", "vllm", "sim"}
+	for _, c := range []struct {
+		got, want string
+	}{
+		{"sglnag", "sglang"},
+		{"SGLang", "sglang"},
+		{"vlm", "vllm"},
+		{"sin", "sim"},
+		{"tensorrt", ""},
+		{"", ""},
+	} {
+		if got := Closest(c.got, backends); got != c.want {
+			t.Errorf("Closest(%q) = %q, want %q", c.got, got, c.want)
+		}
+	}
+	if h := MeanHint("sglnag", backends); h != ` (did you mean "sglang"?)` {
+		t.Errorf("MeanHint = %q", h)
+	}
+	if h := MeanHint("sglang", backends); h != "" {
+		t.Errorf("MeanHint of an exact option = %q, want none", h)
+	}
+	for _, c := range []struct {
+		err  *Error
+		want string
+	}{
+		{&Error{Key: "--batch-size", Msg: "required"}, "--batch-size: required"},
+		{&Error{File: "configs/x.yaml", Key: "model_id", Msg: "bad"}, `configs/x.yaml: key "model_id": bad`},
+	} {
+		if got := c.err.Error(); got != c.want {
+			t.Errorf("Error() = %q, want %q", got, c.want)
+		}
+	}
+}

@@ -144,6 +144,18 @@ type Options struct {
 }
 
 // Item is one cell of a plan: what happens to it and why.
+// Selected counts the items --only kept: all of them without --only. A selector that
+// keeps none is a usage error (exit 2), not an empty run.
+func Selected(items []*Item) int {
+	n := 0
+	for _, it := range items {
+		if it.Action != ActFiltered {
+			n++
+		}
+	}
+	return n
+}
+
 type Item struct {
 	Cell   *Cell
 	Action Action

@@ -213,8 +213,11 @@ func TestRunServerGoneMidRun(t *testing.T) {
 	if m.Completed+m.Failed != 40 || m.Failed < 20 {
 		t.Errorf("completed %d failed %d, want all 40 accounted for and most failed", m.Completed, m.Failed)
 	}
-	if m.Errors["connection refused"]+m.Errors["connection reset"] != m.Failed {
-		t.Errorf("errors %v: want connection refused/reset only", m.Errors)
+	// Requests in flight when the connections are cut may end in a transport error (the
+	// stream broke mid-response; how many depends on the machine's load): at most the
+	// batch. Every later one finds nothing listening.
+	if m.Errors["connection refused"]+m.Errors["connection reset"]+m.Errors["transport error"] != m.Failed || m.Errors["transport error"] > o.BatchSize {
+		t.Errorf("errors %v: want connection refused/reset, and a transport error for at most the %d in flight", m.Errors, o.BatchSize)
 	}
 }
 
