@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -157,16 +158,23 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 	return s, nil
 }
 
-// slots is how many cells may run at once: 1 unless --pack; with --pack, --slots or the
-// node's GPU count.
+// slots is how many cells may run at once: 1 unless --pack; with --pack, --slots or
+// matrix.PackSlots's choice for this node.
 func (s *matrixSetup) slots() int {
+	n, _ := s.packSlots()
+	return n
+}
+
+// packSlots is slots with the reason when moecapd chose the number (--pack without
+// --slots), for the log.
+func (s *matrixSetup) packSlots() (int, string) {
 	if !s.o.Pack {
-		return 1
+		return 1, ""
 	}
 	if n := s.o.Slots; n > 0 {
-		return n
+		return n, ""
 	}
-	return max(s.node.Count, 1)
+	return matrix.PackSlots(s.node.Count, runtime.NumCPU())
 }
 
 // MatrixPlanRequest is matrix plan: which cells apply to this node, in run order.
@@ -385,6 +393,9 @@ func MatrixRun(req MatrixRunRequest) error {
 		if it.Action == matrix.ActRun {
 			toRun++
 		}
+	}
+	if n, why := s.packSlots(); why != "" {
+		log.Info(fmt.Sprintf("--pack: %d slots (%s; --slots sets it)", n, why))
 	}
 	log.Info("matrix run", zap.String("matrix", s.mx.Path), zap.String("node", s.node.Label), zap.String("results", results),
 		zap.Int("cells", toRun), zap.Int("slots", r.Slots), zap.Strings("gpus", pool))

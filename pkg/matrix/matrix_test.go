@@ -661,3 +661,21 @@ func TestStatusDeadSupervisor(t *testing.T) {
 		})
 	}
 }
+
+func TestPackSlots(t *testing.T) {
+	for _, c := range []struct {
+		gpus, cpus, want int
+		why              string
+	}{
+		{8, 64, 8, "one per GPU"},
+		{1, 2, 1, "one per GPU"},
+		{0, 2, 4, "two per CPU core (2 cores)"},
+		{0, 1, 2, "two per CPU core"},
+		{0, 32, 8, "at most 8"},
+	} {
+		n, why := PackSlots(c.gpus, c.cpus)
+		if n != c.want || !strings.Contains(why, c.why) {
+			t.Errorf("PackSlots(%d GPUs, %d cores) = %d, %q; want %d, saying %q", c.gpus, c.cpus, n, why, c.want, c.why)
+		}
+	}
+}

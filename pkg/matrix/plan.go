@@ -144,6 +144,17 @@ type Options struct {
 }
 
 // Item is one cell of a plan: what happens to it and why.
+// PackSlots is how many cells --pack runs at once when --slots is not given, and why: one
+// per GPU of the node; on a node without GPUs (sim cells only, which mostly wait on their
+// paced passes) two per CPU core, at most 8.
+func PackSlots(gpus, cpus int) (int, string) {
+	if gpus > 0 {
+		return gpus, fmt.Sprintf("one per GPU of this node (%d)", gpus)
+	}
+	n := min(max(2*cpus, 1), 8)
+	return n, fmt.Sprintf("no GPUs here: two per CPU core (%d cores), at most 8", cpus)
+}
+
 // Selected counts the items --only kept: all of them without --only. A selector that
 // keeps none is a usage error (exit 2), not an empty run.
 func Selected(items []*Item) int {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -56,11 +55,14 @@ func TestRunClosedLoopMetricsAndFiles(t *testing.T) {
 	if m.MeanTTFTMs == nil || m.MeanTPOTMs == nil || m.MeanITLMs == nil || m.P99ITLMs == nil || m.MedianITLMs == nil || m.MeanE2ELMs == nil {
 		t.Fatalf("client latencies absent: %+v", m)
 	}
-	if *m.MeanTTFTMs < 30 || *m.MeanTTFTMs > 80 {
-		t.Errorf("mean TTFT = %.2f ms, want about 30", *m.MeanTTFTMs)
+	// The fake server imposes TTFT 30 ms and TPOT 5 ms: the client cannot measure less
+	// (tight lower bounds, a little slack for TPOT's chunk timing); a loaded machine makes
+	// everything later, so the upper bounds are loose.
+	if *m.MeanTTFTMs < 30 || *m.MeanTTFTMs > 300 {
+		t.Errorf("mean TTFT = %.2f ms, want at least the imposed 30 (under 300 on a loaded machine)", *m.MeanTTFTMs)
 	}
-	if math.Abs(*m.MeanTPOTMs-5) > 1.5 {
-		t.Errorf("mean TPOT = %.2f ms, want about 5", *m.MeanTPOTMs)
+	if *m.MeanTPOTMs < 5-1.5 || *m.MeanTPOTMs > 25 {
+		t.Errorf("mean TPOT = %.2f ms, want about the imposed 5 (under 25 on a loaded machine)", *m.MeanTPOTMs)
 	}
 	if *m.MeanITLMs <= 0 || *m.P99ITLMs < *m.MedianITLMs || *m.MeanE2ELMs < *m.MeanTTFTMs {
 		t.Errorf("inconsistent latencies: %+v", m)
