@@ -11,6 +11,7 @@ import (
 	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 func capOf(t *testing.T, m *cell.Manifest) capmath.Derived {
@@ -118,7 +119,7 @@ func TestSimWeightsDoNotFit(t *testing.T) {
 		t.Fatalf("exit %d, want 4 (infeasible)\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 	_, m := onlyCell(t, results)
-	if m.Status != cell.StatusInfeasible || m.Failure == nil || m.Failure.Kind != cell.KindOOM {
+	if m.Status != cell.StatusInfeasible || m.Failure == nil || m.Failure.Kind != exitcode.FailOOM {
 		t.Fatalf("status %s failure %+v", m.Status, m.Failure)
 	}
 	d := capOf(t, m)

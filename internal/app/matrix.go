@@ -62,11 +62,11 @@ func (o MatrixOptions) Check() error {
 		config.CheckDuration(src, "--metrics-linger", o.MetricsLinger, 0, 7*24*time.Hour),
 	}
 	if o.Port > 0 && o.Slots > 0 && o.Port+o.Slots-1 > config.MaxPort {
-		checks = append(checks, usageErrorf("--port %d with --slots %d: slot ports run past %d; lower --port", o.Port, o.Slots, config.MaxPort))
+		checks = append(checks, exitcode.Usagef("--port %d with --slots %d: slot ports run past %d; lower --port", o.Port, o.Slots, config.MaxPort))
 	}
 	for _, err := range checks {
 		if err != nil {
-			return withCode(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
 	}
 	return nil
@@ -88,11 +88,11 @@ type matrixSetup struct {
 func loadMatrix(o MatrixOptions) (*config.Tables, *matrix.Matrix, error) {
 	tables, err := loadTables(o.ConfigsDir, "")
 	if err != nil {
-		return nil, nil, withCode(exitcode.Usage, err)
+		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
 	mx, err := matrix.Load(o.Matrix, tables)
 	if err != nil {
-		return nil, nil, withCode(exitcode.Usage, err)
+		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
 	return tables, mx, nil
 }
@@ -102,9 +102,9 @@ func readResults(root string, log *zap.Logger) (map[string]*cell.Manifest, []cel
 	results, problems, err := matrix.Results(root)
 	if err != nil {
 		if config.IsConfigError(err) {
-			return nil, nil, withCode(exitcode.Usage, err)
+			return nil, nil, exitcode.New(exitcode.Usage, err)
 		}
-		return nil, nil, withCode(exitcode.Usage, fmt.Errorf("read results root %s: %w", root, err))
+		return nil, nil, exitcode.New(exitcode.Usage, fmt.Errorf("read results root %s: %w", root, err))
 	}
 	for _, p := range problems {
 		if p.Mismatch {
@@ -123,25 +123,25 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 		return nil, err
 	}
 	if s.gb, err = gpu.Open(log, o.Cell.RequireGPU); err != nil {
-		return nil, withCode(exitcode.Usage, err)
+		return nil, exitcode.New(exitcode.Usage, err)
 	}
 	label := o.Hardware
 	if s.gb.Available() {
 		if s.devs, err = s.gb.Resolve(os.Getenv("CUDA_VISIBLE_DEVICES")); err != nil {
-			return nil, usageErrorf("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
+			return nil, exitcode.Usagef("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
 		}
 		if label == "" {
 			label = gpu.Label(s.devs)
 		}
 	}
 	if s.node, err = matrix.ParseNode(label); err != nil {
-		return nil, usageErrorf("this node's hardware %q: %v; restrict CUDA_VISIBLE_DEVICES to one GPU family or pass --hardware", label, err)
+		return nil, exitcode.Usagef("this node's hardware %q: %v; restrict CUDA_VISIBLE_DEVICES to one GPU family or pass --hardware", label, err)
 	}
 	po := matrix.Options{IncludeDone: o.IncludeDone, NoSkip: o.NoSkip, RedoFailed: o.RedoFailed}
 	if re := o.Only; re != "" {
 		rx, err := regexp.Compile(re)
 		if err != nil {
-			return nil, usageErrorf("--only %q: %v", re, err)
+			return nil, exitcode.Usagef("--only %q: %v", re, err)
 		}
 		po.Only = rx.MatchString
 	}
@@ -188,7 +188,7 @@ func MatrixPlan(req MatrixPlanRequest) error {
 	}
 	lay, err := cell.OpenLayout(o.ResultsFlag)
 	if err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	fmt.Fprintf(req.Out, "matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, o.ResultsFlag)
 	tw := tabwriter.NewWriter(req.Out, 0, 0, 2, ' ', 0)
@@ -207,7 +207,10 @@ func MatrixPlan(req MatrixPlanRequest) error {
 			n++
 			idx = strconv.Itoa(n)
 			total += it.Estimate
-			est = it.Estimate.Round(time.Second).String()
+			est = "–" // unknown (a cell that cannot run): no estimate, not "0s"
+			if it.Estimate > 0 {
+				est = it.Estimate.Round(time.Second).String()
+			}
 		}
 		mem := fmt.Sprintf("%.0f/%.0f GiB", it.Need/(1<<30), it.Have/(1<<30))
 		why := it.Why
@@ -275,7 +278,7 @@ func MatrixRun(req MatrixRunRequest) error {
 		}
 	}
 	if mode != "tty" && mode != "log" {
-		return usageErrorf("--progress %q: want auto, tty or log", mode)
+		return exitcode.Usagef("--progress %q: want auto, tty or log", mode)
 	}
 	prog := matrix.NewProgress()
 	var display *matrix.Terminal
@@ -327,7 +330,7 @@ func MatrixRun(req MatrixRunRequest) error {
 		if display != nil {
 			display.Close()
 		}
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	defer lock.Release()
 	BecomeSubreaper(log)
@@ -344,7 +347,7 @@ func MatrixRun(req MatrixRunRequest) error {
 			if display != nil {
 				display.Close()
 			}
-			return usageErrorf("--metrics-addr %s: %v; pick a free address", addr, err)
+			return exitcode.Usagef("--metrics-addr %s: %v; pick a free address", addr, err)
 		}
 		if host, _, err := net.SplitHostPort(addr); err == nil {
 			warnExposed(log, "the Prometheus metrics endpoint (--metrics-addr)", host)
@@ -409,13 +412,13 @@ func MatrixRun(req MatrixRunRequest) error {
 		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, len(out.Held), len(failedInRoot), o.ResultsFlag)
 	switch {
 	case err != nil:
-		return withCode(exitcode.Internal, err)
+		return exitcode.New(exitcode.Internal, err)
 	case interrupted:
-		return withCode(exitcode.Interrupted, fmt.Errorf("interrupted; run the same command again to resume"))
+		return exitcode.New(exitcode.Interrupted, fmt.Errorf("interrupted; run the same command again to resume"))
 	case len(out.Held) > 0:
-		return withCode(exitcode.Usage, fmt.Errorf("%d cell(s) not run because another runner holds them (run again once it finishes): %w", len(out.Held), errors.Join(out.Held...)))
+		return exitcode.New(exitcode.Usage, fmt.Errorf("%d cell(s) not run because another runner holds them (run again once it finishes): %w", len(out.Held), errors.Join(out.Held...)))
 	case len(failedInRoot) > 0:
-		return withCode(exitcode.CellsFailed, fmt.Errorf("%d cell(s) failed in the results root (%d in this run): %s; see moecapd matrix status, --redo-failed reruns them",
+		return exitcode.New(exitcode.CellsFailed, fmt.Errorf("%d cell(s) failed in the results root (%d in this run): %s; see moecapd matrix status, --redo-failed reruns them",
 			len(failedInRoot), out.Failed, strings.Join(failedInRoot, ", ")))
 	}
 	return nil
@@ -503,7 +506,7 @@ func MatrixStatus(req MatrixStatusRequest) error {
 	}
 	results, problems, err := matrix.Results(o.ResultsFlag)
 	if err != nil {
-		return withCode(exitcode.Usage, fmt.Errorf("read results root %s: %w", o.ResultsFlag, err))
+		return exitcode.New(exitcode.Usage, fmt.Errorf("read results root %s: %w", o.ResultsFlag, err))
 	}
 	md := false
 	switch f := o.Format; f {
@@ -514,7 +517,7 @@ func MatrixStatus(req MatrixStatusRequest) error {
 		f, ok := req.Out.(*os.File)
 		md = !ok || !term.IsTerminal(int(f.Fd()))
 	default:
-		return usageErrorf("--format %q: want markdown, terminal or auto", f)
+		return exitcode.Usagef("--format %q: want markdown, terminal or auto", f)
 	}
 	matrix.Report(req.Out, mx, matrix.Status(mx, results), md)
 	// Directories not counted (unreadable, or another cell's manifest) are listed, never

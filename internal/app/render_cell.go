@@ -137,8 +137,8 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil {
 		fmt.Fprintf(w, "floors   TPOT %s ms (× %s; decode passes × %s)  TTFT %s ms (× %s), from %s\n", ms(d.TPOTFloorMs), ratio(d.TPOTOverFloor),
 			ratio(d.DecodePassOverFloor), ms(d.TTFTFloorMs), ratio(d.TTFTOverFloor), d.Inputs.FloorSource)
-	} else if p := d.Prediction; p != nil && p.Batch > 0 {
-		fmt.Fprintf(w, "predicted TPOT %.2f ms  TTFT %.2f ms at batch %d (the cell did not run: no floors)\n", p.TPOTMs, p.TTFTMs, p.Batch)
+	} else if p := d.Prediction; p != nil && p.Batch > 0 && p.TPOTMs != nil && p.TTFTMs != nil {
+		fmt.Fprintf(w, "predicted TPOT %.2f ms  TTFT %.2f ms at batch %d (the cell did not run: no floors)\n", *p.TPOTMs, *p.TTFTMs, p.Batch)
 	}
 	if d.FitVerdict != "" && d.FitVerdict != "fits" {
 		fmt.Fprintf(w, "memory   %s\n", d.FeasibleReason)

@@ -78,7 +78,7 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 	}
 	tpot := 210.0
 	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, NumSamples: 2,
-		Ran: true, MeanTPOTMs: &tpot, TotalOutputTokens: 4, WindowS: 1, Window: "bench phase"}, recs)
+		Ran: true, MeanTPOTMs: &tpot, TotalOutputTokens: 4, WindowS: 1, Window: WindowBenchPhase}, recs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +113,10 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 	// TTFT: the wave of both prompts, 2064 B / 1e4 = 206.4 ms.
 	near(t, "tpot floor", d.TPOTFloorMs, 171.2)
 	near(t, "ttft floor", d.TTFTFloorMs, 206.4)
+	// The per-request TTFT floor sums pass floors: it has no single memory/compute split.
+	if b, _ := json.Marshal(d.TTFTFloor); strings.Contains(string(b), "memory_s") || strings.Contains(string(b), "compute_s") {
+		t.Errorf("ttft_floor %s: memory_s/compute_s that were not measured", b)
+	}
 	near(t, "tpot over floor", d.TPOTOverFloor, 210/171.2)
 	near(t, "decode pass over floor", d.DecodePassOverFloor, 200/171.2)
 	if d.Inputs.FloorSource != "records" || d.Inputs.TPOTMeasured != "client" {
@@ -271,8 +275,15 @@ func TestPredictionNotFloors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil || d.Prediction == nil || d.Prediction.TPOTMs <= 0 || !d.Feasible {
+	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil || d.Prediction == nil || d.Prediction.TPOTMs == nil || *d.Prediction.TPOTMs <= 0 || !d.Feasible {
 		t.Errorf("not run: %+v; want a prediction and no floors", d)
+	}
+	// A request of 100,000 tokens needs 1.6 MB of KV cache on a 1 MB GPU: nothing can run,
+	// so the predicted TPOT and TTFT are absent, not 0.
+	d, _ = Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 100000, OutputTokens: 2}, nil)
+	raw, _ := json.Marshal(d.Prediction)
+	if d.Feasible || d.Prediction == nil || d.Prediction.TPOTMs != nil || d.Prediction.TTFTMs != nil || strings.Contains(string(raw), "tpot_ms") {
+		t.Errorf("does-not-fit prediction %s (feasible %v); want no tpot_ms/ttft_ms", raw, d.Feasible)
 	}
 	d, _ = Derive(Cell{ModelErr: "model \"x/y\" cannot be described: no config.json"}, nil)
 	if d.Absent == "" || d.Prefill != nil || d.Prediction != nil {

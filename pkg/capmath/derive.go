@@ -139,9 +139,10 @@ type Inputs struct {
 // Prediction is what the pass-cost model expects of a cell before (or without) running it:
 // its nominal batch (capped by memory) at its nominal lengths.
 type Prediction struct {
-	Batch  int     `json:"batch"`
-	TPOTMs float64 `json:"tpot_ms"`
-	TTFTMs float64 `json:"ttft_ms"`
+	Batch int `json:"batch"`
+	// TPOTMs and TTFTMs are absent when nothing can run (does-not-fit, no batch).
+	TPOTMs *float64 `json:"tpot_ms,omitempty"`
+	TTFTMs *float64 `json:"ttft_ms,omitempty"`
 	// Fit is the memory verdict.
 	Fit passcost.Fit `json:"fit"`
 }
@@ -209,13 +210,13 @@ func Predict(m config.Model, hw config.Hardware, gpus, batch, in, out, samples i
 	b := float64(p.Batch)
 	ctx := float64(in) + float64(out)/2
 	dec := passcost.Decode(m, gpus, b, b*ctx, passcost.TouchedExperts(m.Experts, m.TopK, b))
-	p.TPOTMs = passcost.TimeOf(dec, peaks).Seconds * 1000
+	p.TPOTMs = ptr(passcost.TimeOf(dec, peaks).Seconds * 1000)
 	lens := make([]int, p.Batch)
 	for i := range lens {
 		lens[i] = in
 	}
 	pre := passcost.Prefill(m, gpus, passcost.Prompts(lens...), passcost.TouchedExperts(m.Experts, m.TopK, b*float64(in)))
-	p.TTFTMs = passcost.TimeOf(pre, peaks).Seconds * 1000
+	p.TTFTMs = ptr(passcost.TimeOf(pre, peaks).Seconds * 1000)
 	return p
 }
 
@@ -351,6 +352,8 @@ func Derive(c Cell, set *records.Set) (Derived, error) {
 	case !c.Ran:
 	case scaled:
 		d.Notes = append(d.Notes, "no cost: the sim's wall time was scaled")
+	case c.WindowS <= 0:
+		d.Notes = append(d.Notes, "no cost: no clock measured the bench window (no telemetry window, client duration or bench phase)")
 	default:
 		prices := Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
 		if c.Prices != nil {

@@ -6,13 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/google/renameio/v2"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/google/renameio/v2"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -45,22 +47,8 @@ const (
 	PhaseTeardown  Phase = "teardown"
 )
 
-// Kind classifies a failure.
-type Kind string
-
-// Failure kinds of DESIGN.md.
-const (
-	KindOOM           Kind = "oom"
-	KindCrash         Kind = "crash"
-	KindHealthTimeout Kind = "health_timeout"
-	KindPortInUse     Kind = "port_in_use"
-	KindEnvMissing    Kind = "env_missing"
-	KindClientError   Kind = "client_error"
-	KindBadResult     Kind = "bad_result"
-	KindOrphans       Kind = "orphans"
-	KindInterrupted   Kind = "interrupted"
-	KindGPUBusy       Kind = "gpu_busy"
-)
+// Kind classifies a failure: one of pkg/exitcode's failure kinds (exitcode.Fail*).
+type Kind = exitcode.Failure
 
 // Identity says which cell this is.
 type Identity struct {
@@ -170,6 +158,9 @@ type Manifest struct {
 	Metrics    *profile.Metrics    `json:"metrics,omitempty"`
 	Telemetry  *gpu.Summary        `json:"telemetry,omitempty"`
 	Versions   Versions            `json:"versions"`
+	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order;
+	// Metrics and Telemetry above are then the last repeat's. Absent for one run.
+	Repeats []Repeat `json:"repeats,omitempty"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
 }
@@ -203,6 +194,15 @@ func (m *Manifest) PhysicalMetrics() *profile.Metrics {
 		return nil
 	}
 	return m.Metrics.Unscaled(m.TimeScale())
+}
+
+// Repeat is one measured bench of a cell run with --repeats: its metrics and the energy per
+// output token over its own window (absent without telemetry).
+type Repeat struct {
+	Index           int              `json:"index"`
+	StartedAt       time.Time        `json:"started_at"`
+	Metrics         *profile.Metrics `json:"metrics,omitempty"`
+	JPerOutputToken *float64         `json:"j_per_output_token,omitempty"`
 }
 
 // ManifestFile is the manifest's name inside a cell directory.

@@ -15,6 +15,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
@@ -220,7 +221,7 @@ func markInterrupted(dir, why string) {
 	m.Phase = ""
 	now := time.Now().UTC()
 	m.FinishedAt = &now
-	m.Failure = &Failure{Phase: ph, Kind: KindInterrupted, Message: fmt.Sprintf("interrupted during %s: %s", ph, why)}
+	m.Failure = &Failure{Phase: ph, Kind: exitcode.FailInterrupted, Message: fmt.Sprintf("interrupted during %s: %s", ph, why)}
 	_ = WriteManifest(dir, m)
 }
 

@@ -138,6 +138,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	if m != nil && m.Cell.AllowUnknownModel {
 		cp.Notes = append(cp.Notes, "Run with --allow-unknown-model: moecapd could not describe this model.")
 	}
+	cp.Notes = append(cp.Notes, r.PlotNotes()...)
 	if sc := r.timeScale(); sc != 0 && !strings.Contains(strings.Join(cp.Notes, " "), "time-scale") {
 		cp.Notes = append(cp.Notes, fmt.Sprintf("%s: the simulator's clock ran ×%g; the client's latencies and throughputs shown here are un-scaled to physical units (wall time ÷ %g, wall rates × %g), and include the client's own time un-scaled with them.", profile.ScaleLabel(sc), sc, sc, sc))
 	}

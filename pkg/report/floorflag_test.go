@@ -2,6 +2,7 @@ package report
 
 import (
 	"encoding/json"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -25,5 +26,19 @@ func TestBelowFloorShowsFlagged(t *testing.T) {
 	}
 	if got := flaggedText(r.FlagFor("tpot_over_floor")); !strings.HasPrefix(got, "flagged: ") {
 		t.Errorf("shown as %q", got)
+	}
+}
+
+// TestCSVFullPrecision: a CSV number reads back to the same float64 (DESIGN: full precision
+// in the CSV), where six significant digits would not.
+func TestCSVFullPrecision(t *testing.T) {
+	for _, v := range []float64{0.1 + 0.2, 1.0 / 3, 12345.678901234, 7.8e-6} {
+		got, err := strconv.ParseFloat(num(&v), 64)
+		if err != nil || got != v {
+			t.Errorf("num(%v) = %q reads back as %v", v, num(&v), got)
+		}
+	}
+	if num(nil) != "" {
+		t.Error("absent must be an empty field")
 	}
 }

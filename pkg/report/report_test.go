@@ -6,6 +6,7 @@ import (
 	"encoding/xml"
 	"flag"
 	"fmt"
+	"github.com/moecapd/moecapd/pkg/capmath"
 	"image"
 	"image/png"
 	"io"
@@ -135,6 +136,9 @@ func TestFixtureNumbers(t *testing.T) {
 	// the window energy would cover): 1 GPU · $2.50/h · 600 s / 100,000 tokens · 1e6 = $4.17.
 	if v, src := nv.CostPerMTok(); v == nil || src != "rental" || math.Abs(*v-4.166667) > 1e-5 {
 		t.Errorf("cost %v %q, want 4.17 rental", show(v, "%g"), src)
+	}
+	if c := nv.Cap.Cost; c == nil || c.Window != capmath.WindowBenchPhase || c.WindowS != 600 {
+		t.Errorf("no-NVML cost window %+v, want the bench phase (600 s) named with moecapd's clock", c)
 	}
 	if nv.Cap.Source != "client_metrics" {
 		t.Errorf("bs32 CAP source %q, want client_metrics", nv.Cap.Source)
