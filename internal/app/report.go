@@ -49,5 +49,8 @@ func Report(req ReportRequest) (*report.Result, error) {
 	}
 	log.Info("report written", zap.Int("cells", res.Cells), zap.Int("ok", res.OK),
 		zap.Int("unreadable", res.Problems), zap.Int("plots", res.Plots), zap.String("index", res.Index))
+	for _, n := range res.NotDrawn {
+		log.Warn("a figure was left out: its data cannot be drawn", zap.String("figure", n))
+	}
 	return res, nil
 }

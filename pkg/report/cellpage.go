@@ -137,6 +137,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	if m != nil && m.Cell.AllowUnknownModel {
 		cp.Notes = append(cp.Notes, "Run with --allow-unknown-model: moecapd could not describe this model.")
 	}
+	cp.Notes = append(cp.Notes, r.PlotNotes()...)
 	if sc := r.timeScale(); sc != 0 && !strings.Contains(strings.Join(cp.Notes, " "), "time-scale") {
 		cp.Notes = append(cp.Notes, fmt.Sprintf("The simulator ran time-scaled ×%g: the client's latencies and throughput are the roofline's times the scale, not physical.", sc))
 	}
