@@ -156,8 +156,20 @@ type Manifest struct {
 	Metrics    *profile.Metrics    `json:"metrics,omitempty"`
 	Telemetry  *gpu.Summary        `json:"telemetry,omitempty"`
 	Versions   Versions            `json:"versions"`
+	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order;
+	// Metrics and Telemetry above are then the last repeat's. Absent for one run.
+	Repeats []Repeat `json:"repeats,omitempty"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
+}
+
+// Repeat is one measured bench of a cell run with --repeats: its metrics and the energy per
+// output token over its own window (absent without telemetry).
+type Repeat struct {
+	Index           int              `json:"index"`
+	StartedAt       time.Time        `json:"started_at"`
+	Metrics         *profile.Metrics `json:"metrics,omitempty"`
+	JPerOutputToken *float64         `json:"j_per_output_token,omitempty"`
 }
 
 // ManifestFile is the manifest's name inside a cell directory.

@@ -3,7 +3,6 @@ package report
 import (
 	"bufio"
 	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -75,14 +74,8 @@ func readCellData(dir string) *CellData {
 }
 
 func readBench(path string, d *CellData) bool {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return false
-	}
-	var bf struct {
-		Requests []profile.RequestResult `json:"requests"`
-	}
-	if json.Unmarshal(b, &bf) != nil || len(bf.Requests) == 0 {
+	reqs, err := profile.ReadBenchRequests(path)
+	if err != nil || len(reqs) == 0 {
 		return false
 	}
 	// Token arrivals: the first chunk at start+TTFT, each later chunk one ITL after the
@@ -91,7 +84,7 @@ func readBench(path string, d *CellData) bool {
 	var evs []ev
 	end := 0.0
 	bad := 0
-	for _, r := range bf.Requests {
+	for _, r := range reqs {
 		if !r.Success {
 			continue
 		}
