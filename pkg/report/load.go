@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -222,7 +221,7 @@ func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Deriv
 	// something, its partial records do not.
 	recordsDir := ""
 	if m.Status == cell.StatusOK && dir != "" {
-		recordsDir = filepath.Join(dir, "records")
+		recordsDir = cell.DirOf(dir).Records()
 	}
 	d, err := Derive(m, tables, recordsDir, nil)
 	if err != nil {
