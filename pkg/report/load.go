@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -193,7 +192,7 @@ func rowFromManifest(m *cell.Manifest) *Row {
 		In: m.Cell.InputTokens, Out: m.Cell.OutputTokens, BatchSize: m.Cell.BatchSize,
 		Backend: m.Cell.Backend, Status: string(m.Status), BackendVersion: m.Versions.Backend,
 		Driver: m.Versions.Driver, Moecapd: m.Versions.Moecapd,
-		Metrics: m.Metrics, Telemetry: m.Telemetry,
+		Metrics: m.PhysicalMetrics(), Telemetry: m.Telemetry,
 	}
 	if r.Status == "" {
 		r.Status = "unknown"
@@ -222,7 +221,7 @@ func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Deriv
 	// something, its partial records do not.
 	recordsDir := ""
 	if m.Status == cell.StatusOK && dir != "" {
-		recordsDir = filepath.Join(dir, "records")
+		recordsDir = cell.DirOf(dir).Records()
 	}
 	d, err := Derive(m, tables, recordsDir, nil)
 	if err != nil {
