@@ -16,6 +16,7 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
 	"github.com/moecapd/moecapd/pkg/records"
 )
@@ -57,15 +58,15 @@ const timelineBins = 60
 func readCellData(dir string) *CellData {
 	d := &CellData{}
 	found := false
-	if p := profile.FindBenchFile(filepath.Join(dir, "client")); p != "" {
+	if p := profile.FindBenchFile(cell.DirOf(dir).Client()); p != "" {
 		found = readBench(p, d) || found
 	}
 	// The one reader of pass records (the recording window when moecapd wrote it, each
 	// pass once), not a file picked by name.
-	if recs, err := records.ReadDir(filepath.Join(dir, "records")); err == nil {
+	if recs, err := records.ReadDir(cell.DirOf(dir).Records()); err == nil {
 		found = decodeTimeline(recs.Passes, d) || found
 	}
-	found = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || found
+	found = readTelemetryCSV(cell.DirOf(dir).Telemetry(), d) || found
 	if !found && len(d.Notes) == 0 {
 		return nil
 	}
