@@ -154,7 +154,8 @@ func (c *Config) Validate() (config.Model, error) {
 	}
 	switch {
 	case c.BatchSize == 0:
-		return config.Model{}, cfgErr("--batch-size", "required: pass --batch-size N, the number of concurrent requests (the guide uses 1, 32, 64, 128)")
+		// Unset or 0: either way the user has to pass one.
+		return config.Model{}, cfgErr("--batch-size", "required: pass --batch-size N, a positive number of concurrent requests (the guide uses 1, 32, 64, 128)")
 	case c.BatchSize < 0:
 		return config.Model{}, cfgErr("--batch-size", fmt.Sprintf("got %d, expected a positive number of concurrent requests (the guide uses 1, 32, 64, 128)", c.BatchSize))
 	}
