@@ -56,6 +56,7 @@ left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is
 	f.String("sim-hardware", "H100", "sim backend: hardware family to simulate (H100, H200, A100)")
 	f.String("configs-dir", "configs", "directory of models.yaml and hardware.yaml (built-in copies when absent)")
 	f.String("model-config", "", "the model's config.json, for a model neither in a local model directory, the Hugging Face cache nor the built-in table")
+	f.Bool("allow-unknown-model", false, "run a model moecapd cannot describe (not in a local model directory, the Hugging Face cache, --model-config nor the built-in table) instead of refusing it (exit 2); recorded in the manifest, and the cell has no CAP numbers")
 	f.Bool("require-gpu", false, "fail (exit 2) when NVML is unavailable instead of running without telemetry")
 	f.Duration("gpu-wait", 0, "how long to wait for busy GPUs to become idle before failing")
 	f.Int("gpu-idle-mib", 512, "MiB a GPU may use above its own baseline and still count as idle: before launch over the driver's reservation (NVML v2 leaves it out; v1-only drivers count it), after teardown over the pre-launch reading")
@@ -85,7 +86,7 @@ func readLaunchOpts(fs *pflag.FlagSet) (app.CellOptions, error) {
 		Grace: r.dur("grace"), ReadyTimeout: r.dur("ready-timeout"), ReadyHardTimeout: r.dur("ready-hard-timeout"),
 		Client: r.str("client"), DryRun: r.bool("dry-run"), Hardware: r.str("hardware"),
 		SimFlavor: r.str("sim-flavor"), SimHardware: r.str("sim-hardware"), ConfigsDir: r.str("configs-dir"),
-		ModelConfig: r.str("model-config"), RequireGPU: r.bool("require-gpu"), GPUWait: r.dur("gpu-wait"), GPUInterval: r.dur("gpu-interval"),
+		ModelConfig: r.str("model-config"), AllowUnknownModel: r.bool("allow-unknown-model"), RequireGPU: r.bool("require-gpu"), GPUWait: r.dur("gpu-wait"), GPUInterval: r.dur("gpu-interval"),
 		GPUIdleMiB: r.int("gpu-idle-mib"),
 		GPUHourUSD: r.optFloat("gpu-hour-usd"), ElectricityUSDPerKWh: r.optFloat("electricity-usd-per-kwh"),
 		Warmup: r.int("warmup"), Seed: r.int64("seed"), Dataset: r.str("dataset"), DatasetFile: r.str("dataset-file"),

@@ -11,6 +11,7 @@ import (
 	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 func capOf(t *testing.T, m *cell.Manifest) capmath.Derived {
@@ -107,34 +108,6 @@ func TestSimQwen13k(t *testing.T) {
 	}
 }
 
-// TestUndescribedModelStillRuns: a model moecapd cannot describe runs, on a real backend
-// (the plan goes ahead) and on the sim (fixed pass times, said loudly); its CAP numbers are
-// absent with the reason.
-func TestUndescribedModelStillRuns(t *testing.T) {
-	cfg := tinyConfig(t, "acme/dense-llm", 64, 8, 2)
-	empty := t.TempDir()
-	r := moecapd(t, []string{"HF_HOME=" + empty, "HF_HUB_CACHE="}, "launch-and-bench", "--backend", "sglang", "--config", cfg, "--batch-size", "2", "--dry-run", "--conda-root", empty)
-	if r.code != 0 || !strings.Contains(r.stdout, "acme/dense-llm") || !strings.Contains(r.stdout, "dense-llm.") {
-		t.Errorf("sglang dry run of an undescribed model: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
-	results := t.TempDir()
-	r = moecapd(t, []string{"HF_HOME=" + empty, "HF_HUB_CACHE="}, simArgs(results, cfg, 2, "--", "--sim-tpot", "1ms", "--sim-ttft", "2ms")...)
-	if r.code != 0 {
-		t.Fatalf("sim of an undescribed model: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
-	dir, m := onlyCell(t, results)
-	d := capOf(t, m)
-	if m.Status != cell.StatusOK || !strings.Contains(d.Absent, "cannot be described") || !strings.Contains(d.Absent, "--model-config") || d.Decode != nil {
-		t.Errorf("status %s, cap %+v; want ok with the CAP numbers absent and the reason", m.Status, d)
-	}
-	if !strings.Contains(r.stdout, "CAP      absent: ") {
-		t.Errorf("summary does not say the CAP numbers are absent:\n%s", r.stdout)
-	}
-	if log, _ := os.ReadFile(filepath.Join(dir, "server.log")); !strings.Contains(string(log), "cannot be described") {
-		t.Errorf("server.log does not warn about the undescribed model")
-	}
-}
-
 // TestSimWeightsDoNotFit: DeepSeek-R1 on one H100 is infeasible exactly as predicted: the
 // sim dies of out-of-memory loading the weights, the cell is infeasible (exit 4) with a
 // prediction and no floors.
@@ -146,7 +119,7 @@ func TestSimWeightsDoNotFit(t *testing.T) {
 		t.Fatalf("exit %d, want 4 (infeasible)\n%s\n%s", r.code, r.stdout, r.stderr)
 	}
 	_, m := onlyCell(t, results)
-	if m.Status != cell.StatusInfeasible || m.Failure == nil || m.Failure.Kind != cell.KindOOM {
+	if m.Status != cell.StatusInfeasible || m.Failure == nil || m.Failure.Kind != exitcode.FailOOM {
 		t.Fatalf("status %s failure %+v", m.Status, m.Failure)
 	}
 	d := capOf(t, m)
@@ -180,7 +153,8 @@ func TestSummaryFlagsImpossibleValues(t *testing.T) {
 	u := 0.5
 	d := capmath.Derived{Version: capmath.DerivedVersion, Source: "records",
 		Decode: &capmath.Util{SMFU: &u, Bound: "memory"},
-		Errors: []capmath.Flag{{Field: "decode.s_mbu", Value: 9.1, Limit: capmath.PhysicalLimit, Cause: "records of a scaled sim"}}}
+		Errors: []capmath.Flag{{Field: "decode.s_mbu", Value: 9.1, Limit: capmath.PhysicalLimit, Cause: "records of a scaled sim"},
+			{Field: "tpot_over_floor", Value: 0.6, Limit: capmath.FloorLimit, Cause: "ran short"}}}
 	raw, _ := json.Marshal(d)
 	m := &cell.Manifest{Cell: cell.Identity{ID: "x"}, Status: cell.StatusOK, Extra: map[string]json.RawMessage{"cap": raw}}
 	var b strings.Builder
@@ -188,6 +162,9 @@ func TestSummaryFlagsImpossibleValues(t *testing.T) {
 	out := b.String()
 	if !strings.Contains(out, "ERROR    decode.s_mbu = 9.1 is impossible") || !strings.Contains(out, "records of a scaled sim") || strings.Contains(out, "910") {
 		t.Errorf("summary:\n%s\nwant an ERROR line with the cause and no 910%%", out)
+	}
+	if !strings.Contains(out, "ERROR    tpot_over_floor = 0.6 is impossible (lower limit 0.98): ran short") {
+		t.Errorf("summary:\n%s\nwant the ratio below the floor as an ERROR line", out)
 	}
 }
 

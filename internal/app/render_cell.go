@@ -20,6 +20,11 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 	fmt.Fprintf(w, "cell     %s\nstatus   %s\nresults  %s\n", m.Cell.ID, m.Status, dir)
 	if m.Failure != nil {
 		fmt.Fprintf(w, "failure  %s/%s: %s\n", m.Failure.Phase, m.Failure.Kind, m.Failure.Message)
+		if m.Failure.Phase != cell.PhaseTeardown {
+			for _, p := range m.Failure.Teardown {
+				fmt.Fprintf(w, "teardown %s; kill it by hand before the next cell\n", p)
+			}
+		}
 	}
 	t := m.Timings
 	sec := func(s float64) string { return HumanDuration(time.Duration(s * float64(time.Second))) }
@@ -112,7 +117,11 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 			ph.name, pct(ph.u.SMBU), pct(ph.u.SMFU), ph.u.Bound, pct(ph.u.SMBUMoECAP), pct(ph.u.SMFUMoECAP))
 	}
 	for _, e := range d.Errors {
-		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (physical limit %.2f): %s\n", e.Field, e.Value, e.Limit, e.Cause)
+		limit := "physical limit"
+		if e.Value < e.Limit {
+			limit = "lower limit" // a measured ÷ floor ratio below capmath.FloorLimit
+		}
+		fmt.Fprintf(w, "ERROR    %s = %.3g is impossible (%s %.2f): %s\n", e.Field, e.Value, limit, e.Limit, e.Cause)
 	}
 	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
 	if sc := d.Inputs.SimTimeScale; sc != 0 {
@@ -125,8 +134,8 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil {
 		fmt.Fprintf(w, "floors   TPOT %s ms (× %s; decode passes × %s)  TTFT %s ms (× %s), from %s\n", ms(d.TPOTFloorMs), ratio(d.TPOTOverFloor),
 			ratio(d.DecodePassOverFloor), ms(d.TTFTFloorMs), ratio(d.TTFTOverFloor), d.Inputs.FloorSource)
-	} else if p := d.Prediction; p != nil && p.Batch > 0 {
-		fmt.Fprintf(w, "predicted TPOT %.2f ms  TTFT %.2f ms at batch %d (the cell did not run: no floors)\n", p.TPOTMs, p.TTFTMs, p.Batch)
+	} else if p := d.Prediction; p != nil && p.Batch > 0 && p.TPOTMs != nil && p.TTFTMs != nil {
+		fmt.Fprintf(w, "predicted TPOT %.2f ms  TTFT %.2f ms at batch %d (the cell did not run: no floors)\n", *p.TPOTMs, *p.TTFTMs, p.Batch)
 	}
 	if d.FitVerdict != "" && d.FitVerdict != "fits" {
 		fmt.Fprintf(w, "memory   %s\n", d.FeasibleReason)

@@ -78,7 +78,7 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 	}
 	tpot := 210.0
 	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, NumSamples: 2,
-		Ran: true, MeanTPOTMs: &tpot, TotalOutputTokens: 4, WindowS: 1, Window: "bench phase"}, recs)
+		Ran: true, MeanTPOTMs: &tpot, TotalOutputTokens: 4, WindowS: 1, Window: WindowBenchPhase}, recs)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +113,10 @@ func TestDeriveFromRecordsByHand(t *testing.T) {
 	// TTFT: the wave of both prompts, 2064 B / 1e4 = 206.4 ms.
 	near(t, "tpot floor", d.TPOTFloorMs, 171.2)
 	near(t, "ttft floor", d.TTFTFloorMs, 206.4)
+	// The per-request TTFT floor sums pass floors: it has no single memory/compute split.
+	if b, _ := json.Marshal(d.TTFTFloor); strings.Contains(string(b), "memory_s") || strings.Contains(string(b), "compute_s") {
+		t.Errorf("ttft_floor %s: memory_s/compute_s that were not measured", b)
+	}
 	near(t, "tpot over floor", d.TPOTOverFloor, 210/171.2)
 	near(t, "decode pass over floor", d.DecodePassOverFloor, 200/171.2)
 	if d.Inputs.FloorSource != "records" || d.Inputs.TPOTMeasured != "client" {
@@ -217,16 +221,20 @@ func TestMoECAPFamilies(t *testing.T) {
 	}
 }
 
-// TestImpossibleIsFlagged: a physical utilisation above 1.01 is never a result: it moves to
-// errors with its likely cause.
+// TestImpossibleIsFlagged: a physical utilisation above 1.01, or a latency below 0.98 × its
+// floor, is never a result: it moves to errors with its likely cause.
 func TestImpossibleIsFlagged(t *testing.T) {
 	recs := writeRecords(t, `{"batch_size":2,"latency":0.15,"seq_lens_sum":12,"forward_mode":"prefill","expert_activation":4,"gpu_num":1,"per_req_info":[{"req_id":"a","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true},{"req_id":"b","extend_len":6,"total_len":6,"prompt_len":6,"is_last_chunk":true}]}`+"\n")
 	d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true}, recs)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// 2064 B in 0.15 s on 1e4 B/s: S-MBU 1.376 (S-MFU 13792/1e5/0.15 = 0.919 is possible).
-	if d.Prefill.SMBU != nil || len(d.Errors) != 1 || d.Errors[0].Field != "prefill.s_mbu" || math.Abs(d.Errors[0].Value-1.376) > 1e-9 || !strings.Contains(d.Errors[0].Cause, "faster than the hardware allows") {
+	// 2064 B in 0.15 s on 1e4 B/s: S-MBU 1.376 (S-MFU 13792/1e5/0.15 = 0.919 is possible);
+	// the TTFT of 150 ms against the 206.4 ms floor is 0.7267 × floor, below 0.98.
+	if d.TTFTOverFloor != nil || len(d.Errors) != 2 || d.Errors[1].Field != "ttft_over_floor" || math.Abs(d.Errors[1].Value-150/206.4) > 1e-9 || d.Errors[1].Limit != FloorLimit {
+		t.Errorf("ttft_over_floor %v errors %+v; want 150/206.4 moved to errors", d.TTFTOverFloor, d.Errors)
+	}
+	if d.Prefill.SMBU != nil || len(d.Errors) < 1 || d.Errors[0].Field != "prefill.s_mbu" || math.Abs(d.Errors[0].Value-1.376) > 1e-9 || !strings.Contains(d.Errors[0].Cause, "faster than the hardware allows") {
 		t.Fatalf("prefill %+v errors %+v; want s_mbu 1.376 moved to errors with a cause", d.Prefill, d.Errors)
 	}
 	if d.Prefill.SMFU == nil || d.Prefill.SMBUMoECAP == nil {
@@ -267,8 +275,15 @@ func TestPredictionNotFloors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil || d.Prediction == nil || d.Prediction.TPOTMs <= 0 || !d.Feasible {
+	if d.TPOTFloorMs != nil || d.TTFTFloorMs != nil || d.Prediction == nil || d.Prediction.TPOTMs == nil || *d.Prediction.TPOTMs <= 0 || !d.Feasible {
 		t.Errorf("not run: %+v; want a prediction and no floors", d)
+	}
+	// A request of 100,000 tokens needs 1.6 MB of KV cache on a 1 MB GPU: nothing can run,
+	// so the predicted TPOT and TTFT are absent, not 0.
+	d, _ = Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 100000, OutputTokens: 2}, nil)
+	raw, _ := json.Marshal(d.Prediction)
+	if d.Feasible || d.Prediction == nil || d.Prediction.TPOTMs != nil || d.Prediction.TTFTMs != nil || strings.Contains(string(raw), "tpot_ms") {
+		t.Errorf("does-not-fit prediction %s (feasible %v); want no tpot_ms/ttft_ms", raw, d.Feasible)
 	}
 	d, _ = Derive(Cell{ModelErr: "model \"x/y\" cannot be described: no config.json"}, nil)
 	if d.Absent == "" || d.Prefill != nil || d.Prediction != nil {
@@ -329,5 +344,34 @@ func TestSGLangActivationPerMoELayer(t *testing.T) {
 			t.Fatal(err)
 		}
 		near(t, flavor+" decode activation", d.Inputs.DecodeActivation, want)
+	}
+}
+
+// TestTPOTBelowFloorIsFlagged: toyRecords' TPOT floor is 171.2 ms; a client TPOT of 150 ms
+// (0.876 × floor) and a mean decode pass of 200 ms (1.168 ×) give one error, on
+// tpot_over_floor; 168 ms (0.981 ×) is a result.
+func TestTPOTBelowFloorIsFlagged(t *testing.T) {
+	for _, tt := range []struct {
+		tpot    float64
+		flagged bool
+	}{{150, true}, {168, false}} {
+		d, err := Derive(Cell{Model: toy, Hardware: toyHW, GPUs: 1, BatchSize: 2, InputTokens: 6, OutputTokens: 2, Ran: true, MeanTPOTMs: &tt.tpot}, writeRecords(t, toyRecords))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, e := range d.Errors {
+			got = append(got, e.Field)
+		}
+		if tt.flagged {
+			if d.TPOTOverFloor != nil || len(d.Errors) != 1 || d.Errors[0].Field != "tpot_over_floor" || math.Abs(d.Errors[0].Value-tt.tpot/171.2) > 1e-9 {
+				t.Errorf("TPOT %v: tpot_over_floor %v, errors %v; want it moved to errors", tt.tpot, d.TPOTOverFloor, got)
+			}
+			continue
+		}
+		near(t, "tpot over floor", d.TPOTOverFloor, tt.tpot/171.2)
+		if len(d.Errors) != 0 {
+			t.Errorf("TPOT %v: errors %v, want none", tt.tpot, got)
+		}
 	}
 }

@@ -9,13 +9,20 @@ type Prices struct {
 	Source string `json:"source,omitempty"`
 }
 
+// The cost windows, each named with the clock that measured it.
+const (
+	WindowTelemetry  = "GPU sampler bench window (moecapd's telemetry clock, NVML)"
+	WindowClient     = "client request window (the native client's clock)"
+	WindowBenchPhase = "bench phase (moecapd's clock around the client process)"
+)
+
 // CostInputs is the one set of inputs of the one cost computation.
 type CostInputs struct {
 	GPUs int
-	// WindowS is the bench window: the telemetry's when it measured one, else the bench
-	// phase's duration.
+	// WindowS is the priced window, Window its name and clock (WindowTelemetry,
+	// WindowClient or WindowBenchPhase).
 	WindowS float64
-	Window  string // "telemetry bench window" or "bench phase"
+	Window  string
 	// EnergyJ is the measured energy of the GPUs over the window (nil: not measured).
 	EnergyJ      *float64
 	EnergySource string // "counter" or "power"

@@ -1,6 +1,7 @@
 package capmath
 
 import (
+	"encoding/json"
 	"fmt"
 	"github.com/moecapd/moecapd/pkg/records"
 	"math"
@@ -18,6 +19,11 @@ const DerivedVersion = 3
 // PhysicalLimit is the highest physical utilisation shown as a result: above it the
 // number is impossible (a bug or bad records) and is reported in Derived.Errors instead.
 const PhysicalLimit = 1.01
+
+// FloorLimit is the lowest measured ÷ floor ratio shown as a result: below it the latency
+// beat the hardware (a sim that ran a pass short, a clock or unit error, records of other
+// work) and the ratio is reported in Derived.Errors instead.
+const FloorLimit = 0.98
 
 // Cell is what Derive needs to know about a cell and its measurements. Pointers are
 // measurements that may be absent.
@@ -133,9 +139,10 @@ type Inputs struct {
 // Prediction is what the pass-cost model expects of a cell before (or without) running it:
 // its nominal batch (capped by memory) at its nominal lengths.
 type Prediction struct {
-	Batch  int     `json:"batch"`
-	TPOTMs float64 `json:"tpot_ms"`
-	TTFTMs float64 `json:"ttft_ms"`
+	Batch int `json:"batch"`
+	// TPOTMs and TTFTMs are absent when nothing can run (does-not-fit, no batch).
+	TPOTMs *float64 `json:"tpot_ms,omitempty"`
+	TTFTMs *float64 `json:"ttft_ms,omitempty"`
 	// Fit is the memory verdict.
 	Fit passcost.Fit `json:"fit"`
 }
@@ -152,8 +159,8 @@ type Derived struct {
 	Inputs  Inputs `json:"inputs"`
 	Prefill *Util  `json:"prefill,omitempty"`
 	Decode  *Util  `json:"decode,omitempty"`
-	// Errors lists impossible values (a physical utilisation above PhysicalLimit), never
-	// shown as results.
+	// Errors lists impossible values (a physical utilisation above PhysicalLimit, a
+	// measured ÷ floor ratio below FloorLimit), never shown as results.
 	Errors []Flag `json:"errors,omitempty"`
 
 	// Floors: the time the hardware needs for what really ran (cells that ran only).
@@ -203,13 +210,13 @@ func Predict(m config.Model, hw config.Hardware, gpus, batch, in, out, samples i
 	b := float64(p.Batch)
 	ctx := float64(in) + float64(out)/2
 	dec := passcost.Decode(m, gpus, b, b*ctx, passcost.TouchedExperts(m.Experts, m.TopK, b))
-	p.TPOTMs = passcost.TimeOf(dec, peaks).Seconds * 1000
+	p.TPOTMs = ptr(passcost.TimeOf(dec, peaks).Seconds * 1000)
 	lens := make([]int, p.Batch)
 	for i := range lens {
 		lens[i] = in
 	}
 	pre := passcost.Prefill(m, gpus, passcost.Prompts(lens...), passcost.TouchedExperts(m.Experts, m.TopK, b*float64(in)))
-	p.TTFTMs = passcost.TimeOf(pre, peaks).Seconds * 1000
+	p.TTFTMs = ptr(passcost.TimeOf(pre, peaks).Seconds * 1000)
 	return p
 }
 
@@ -345,6 +352,8 @@ func Derive(c Cell, set *records.Set) (Derived, error) {
 	case !c.Ran:
 	case scaled:
 		d.Notes = append(d.Notes, "no cost: the sim's wall time was scaled")
+	case c.WindowS <= 0:
+		d.Notes = append(d.Notes, "no cost: no clock measured the bench window (no telemetry window, client duration or bench phase)")
 	default:
 		prices := Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
 		if c.Prices != nil {
@@ -473,6 +482,16 @@ func (d *Derived) flagImpossible(c Cell) {
 	}
 	check("prefill", d.Prefill)
 	check("decode", d.Decode)
+	floorCause := "the measured latency is shorter than the hardware's floor for the work that ran: a server or simulator that ran passes short, latencies not in the unit or clock assumed, or records of other work than the cell's"
+	for _, f := range []struct {
+		name string
+		v    **float64
+	}{{"tpot_over_floor", &d.TPOTOverFloor}, {"ttft_over_floor", &d.TTFTOverFloor}, {"decode_pass_over_floor", &d.DecodePassOverFloor}} {
+		if *f.v != nil && (**f.v < FloorLimit || math.IsNaN(**f.v) || math.IsInf(**f.v, 0)) {
+			d.Errors = append(d.Errors, Flag{Field: f.name, Value: **f.v, Limit: FloorLimit, Cause: floorCause})
+			*f.v = nil
+		}
+	}
 }
 
 func countList(m map[string]int) string {
@@ -504,4 +523,19 @@ func SimSettings(argv []string) (scale float64, overrides []string) {
 		}
 	}
 	return scale, overrides
+}
+
+// MarshalJSON writes a cell without CAP numbers (Absent: its model cannot be described) as
+// its version and the reason only: no inputs of 0, no "feasible": false for a verdict never
+// made. Every other cell is written field by field.
+func (d Derived) MarshalJSON() ([]byte, error) {
+	type plain Derived
+	if d.Absent != "" {
+		return json.Marshal(struct {
+			Version int      `json:"version"`
+			Absent  string   `json:"absent"`
+			Notes   []string `json:"notes,omitempty"`
+		}{d.Version, d.Absent, d.Notes})
+	}
+	return json.Marshal(plain(d))
 }

@@ -4,12 +4,15 @@ package cell
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-	"github.com/google/renameio/v2"
 	"os"
 	"path/filepath"
 	"time"
 
+	"github.com/google/renameio/v2"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -42,22 +45,8 @@ const (
 	PhaseTeardown  Phase = "teardown"
 )
 
-// Kind classifies a failure.
-type Kind string
-
-// Failure kinds of DESIGN.md.
-const (
-	KindOOM           Kind = "oom"
-	KindCrash         Kind = "crash"
-	KindHealthTimeout Kind = "health_timeout"
-	KindPortInUse     Kind = "port_in_use"
-	KindEnvMissing    Kind = "env_missing"
-	KindClientError   Kind = "client_error"
-	KindBadResult     Kind = "bad_result"
-	KindOrphans       Kind = "orphans"
-	KindInterrupted   Kind = "interrupted"
-	KindGPUBusy       Kind = "gpu_busy"
-)
+// Kind classifies a failure: one of pkg/exitcode's failure kinds (exitcode.Fail*).
+type Kind = exitcode.Failure
 
 // Identity says which cell this is.
 type Identity struct {
@@ -77,6 +66,10 @@ type Identity struct {
 	Backend      string `json:"backend"`
 	TP           int    `json:"tp"`
 	ConfigFile   string `json:"config_file,omitempty"`
+	// AllowUnknownModel records --allow-unknown-model on a model moecapd could not describe;
+	// ModelUndescribed says why it could not. Such a cell has no CAP numbers.
+	AllowUnknownModel bool   `json:"allow_unknown_model,omitempty"`
+	ModelUndescribed  string `json:"model_undescribed,omitempty"`
 }
 
 // Failure says what went wrong, where, and what the server said last.
@@ -85,6 +78,24 @@ type Failure struct {
 	Kind    Kind   `json:"kind"`
 	Message string `json:"message"`
 	LogTail string `json:"log_tail,omitempty"`
+	// Teardown lists every problem the teardown found (a process that survived SIGKILL, a
+	// port still answering, GPU memory not back), also when an earlier phase failed first.
+	Teardown []string `json:"teardown_problems,omitempty"`
+}
+
+// Err is the failure as one error: the first failure joined with every teardown problem
+// that does not repeat it.
+func (f *Failure) Err() error {
+	if f == nil {
+		return nil
+	}
+	errs := []error{fmt.Errorf("%s/%s: %s", f.Phase, f.Kind, f.Message)}
+	if f.Phase != PhaseTeardown {
+		for _, p := range f.Teardown {
+			errs = append(errs, fmt.Errorf("teardown: %s", p))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // Timings in seconds.
@@ -145,8 +156,20 @@ type Manifest struct {
 	Metrics    *profile.Metrics    `json:"metrics,omitempty"`
 	Telemetry  *gpu.Summary        `json:"telemetry,omitempty"`
 	Versions   Versions            `json:"versions"`
+	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order;
+	// Metrics and Telemetry above are then the last repeat's. Absent for one run.
+	Repeats []Repeat `json:"repeats,omitempty"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
+}
+
+// Repeat is one measured bench of a cell run with --repeats: its metrics and the energy per
+// output token over its own window (absent without telemetry).
+type Repeat struct {
+	Index           int              `json:"index"`
+	StartedAt       time.Time        `json:"started_at"`
+	Metrics         *profile.Metrics `json:"metrics,omitempty"`
+	JPerOutputToken *float64         `json:"j_per_output_token,omitempty"`
 }
 
 // ManifestFile is the manifest's name inside a cell directory.
@@ -159,18 +182,18 @@ func WriteManifest(dir string, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, ManifestFile), append(b, '\n'))
+	return WriteFileAtomic(DirOf(dir).Manifest(), append(b, '\n'))
 }
 
 // ReadManifest reads dir/manifest.json.
 func ReadManifest(dir string) (*Manifest, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	b, err := os.ReadFile(DirOf(dir).Manifest())
 	if err != nil {
 		return nil, err
 	}
 	var m Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ManifestFile), err)
+		return nil, fmt.Errorf("%s: %w", DirOf(dir).Manifest(), err)
 	}
 	return &m, nil
 }
@@ -187,4 +210,11 @@ func WriteFileAtomic(path string, data []byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// SupervisorGone reports whether a running cell's recorded supervisor no longer runs: no
+// live process has its PID and start time in this boot (a killed moecapd, a lost machine).
+// False for a cell that is not running or whose manifest records no supervisor.
+func (m *Manifest) SupervisorGone() bool {
+	return m != nil && m.Status == StatusRunning && m.Supervisor != nil && !launcher.Alive(*m.Supervisor)
 }

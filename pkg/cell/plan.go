@@ -65,6 +65,10 @@ type Config struct {
 	Derive func(m *Manifest, cellDir string)
 	// OnPhase is told of each phase as it starts (progress displays); optional.
 	OnPhase func(id string, p Phase)
+	// AllowUnknownModel (--allow-unknown-model) lets a model moecapd cannot describe run;
+	// without it such a model is refused before anything starts. The manifest records it
+	// and the cell has no CAP numbers.
+	AllowUnknownModel bool
 }
 
 // Plan is what a cell will run: computed without starting anything (also --dry-run).
@@ -99,6 +103,9 @@ func ID(model, hardware, task string, bs int, backend string) string {
 	return fmt.Sprintf("%s.%s.%s.bs%d.%s", model, hardware, task, bs, backend)
 }
 
+// undescribedPrefix starts the Source of a model run under --allow-unknown-model.
+const undescribedPrefix = "not described: "
+
 // Validate checks the parts of a config that do not depend on the machine.
 func (c *Config) Validate() (config.Model, error) {
 	cfgErr := func(key, msg string) error {
@@ -129,13 +136,22 @@ func (c *Config) Validate() (config.Model, error) {
 		return config.Model{}, cfgErr("--config", "missing; pass a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
 	}
 	// The model's description (config.json: --model-config, a local model directory, the
-	// Hugging Face cache, or the built-in table). A model moecapd cannot describe still runs
-	// (the sim then times it with fixed pass times); its CAP numbers are absent with the
-	// reason.
+	// Hugging Face cache, or the built-in table). A model moecapd cannot describe (a typo, a
+	// model outside the table) is refused with a did-you-mean, unless the user opts in with
+	// --allow-unknown-model: it then runs (the sim times it with fixed pass times) and its
+	// CAP numbers are absent with the reason.
 	m, derr := c.Tables.Describe(c.Bench.ModelID)
+	if derr != nil && !c.AllowUnknownModel {
+		file := "command line"
+		if c.Bench.Path != "" {
+			file = c.Bench.Path
+		}
+		return config.Model{}, &config.Error{File: file, Key: "model_id", Msg: derr.Error() + "." + c.Tables.DidYouMean(c.Bench.ModelID) +
+			" To run it anyway without CAP numbers (no S-MBU, S-MFU, floors or memory verdict), pass --allow-unknown-model."}
+	}
 	if derr != nil {
 		m = config.Model{Key: config.ModelKey(c.Bench.ModelID), HFID: c.Bench.ModelID, ExpertPatching: true,
-			Source: "not described: " + derr.Error()}
+			Source: undescribedPrefix + derr.Error()}
 	} else if m.Heads%c.TP != 0 {
 		return config.Model{}, cfgErr("--tp", fmt.Sprintf("TP %d does not divide the %d attention heads of %s; use a divisor such as 1, 2, 4 or 8", c.TP, m.Heads, m.Key))
 	}
@@ -322,6 +338,9 @@ func MakePlan(c *Config) (*Plan, error) {
 		InputTokens: c.Bench.TargetInputTokens, OutputTokens: c.Bench.TargetOutputTokens,
 		NumSamples: c.numSamples(), BatchSize: c.BatchSize, Backend: c.Backend, TP: c.TP,
 		ConfigFile: c.Bench.Path,
+	}
+	if reason, ok := strings.CutPrefix(m.Source, undescribedPrefix); ok {
+		p.Identity.AllowUnknownModel, p.Identity.ModelUndescribed = true, reason
 	}
 	for _, d := range devs {
 		p.Identity.GPUIndices = append(p.Identity.GPUIndices, d.Index)

@@ -4,16 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/moecapd/moecapd/pkg/records"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/moecapd/moecapd/pkg/records"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -25,33 +27,48 @@ type Result struct {
 	Manifest *Manifest
 }
 
-// ExitCode maps a manifest onto DESIGN.md's exit codes.
-func ExitCode(m *Manifest) int {
+// Outcome is a finished cell's row of the exit-code table (pkg/exitcode): ok, infeasible
+// and interrupted by status; a failure by its phase. A missing environment is the user's to
+// fix (usage) even though preflight finds it; any other preflight failure counts as a launch
+// failure.
+func (m *Manifest) Outcome() exitcode.Kind {
 	switch m.Status {
 	case StatusOK:
-		return 0
+		return exitcode.OK
 	case StatusInfeasible:
-		return 4
+		return exitcode.Infeasible
 	case StatusInterrupted:
-		return 130
+		return exitcode.Interrupted
 	}
 	if m.Failure == nil {
-		return 1
+		return exitcode.Internal
 	}
 	switch m.Failure.Phase {
 	case PhasePreflight:
-		if m.Failure.Kind == KindEnvMissing {
-			return 2
+		if m.Failure.Kind == exitcode.FailEnvMissing {
+			return exitcode.Usage
 		}
-		return 3
+		return exitcode.Launch
 	case PhaseLaunch, PhaseReady:
-		return 3
+		return exitcode.Launch
 	case PhaseBench:
-		return 5
+		return exitcode.Bench
 	case PhaseTeardown:
-		return 6
+		return exitcode.Teardown
 	}
-	return 1
+	return exitcode.Internal
+}
+
+// Err is nil for an ok cell, else an error carrying its Outcome and saying what happened.
+func (m *Manifest) Err() error {
+	k := m.Outcome()
+	if k == exitcode.OK {
+		return nil
+	}
+	if m.Failure != nil {
+		return exitcode.Errorf(k, "cell %s %s in %w", m.Cell.ID, m.Status, m.Failure.Err())
+	}
+	return exitcode.Errorf(k, "cell %s %s", m.Cell.ID, m.Status)
 }
 
 // runner carries one cell's state through the phases.
@@ -154,10 +171,10 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 		return
 	}
 	r.m.Status = StatusFailed
-	if kind == KindOOM {
+	if kind == exitcode.FailOOM {
 		r.m.Status = StatusInfeasible
 	}
-	if kind == KindInterrupted {
+	if kind == exitcode.FailInterrupted {
 		r.m.Status = StatusInterrupted
 	}
 	r.m.Failure = &Failure{Phase: ph, Kind: kind, Message: msg}
@@ -175,7 +192,7 @@ func (r *runner) interrupted(ctx context.Context, ph Phase) {
 	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
 		why = c.Error()
 	}
-	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
+	r.fail(ph, exitcode.FailInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
@@ -227,16 +244,16 @@ func (r *runner) run(ctx context.Context) {
 func (r *runner) preflight(ctx context.Context) bool {
 	c, p := r.c, r.p
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
-		r.fail(PhasePreflight, KindPortInUse, fmt.Sprintf("port %d on %s is taken (%v); stop what holds it (ss -ltnp 'sport = :%d') or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, p.Spec.Port))
+		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
 	}
 	if c.Backend != launcher.BackendSim {
 		if p.CondaErr != nil {
-			r.fail(PhasePreflight, KindEnvMissing, p.CondaErr.Error())
+			r.fail(PhasePreflight, exitcode.FailEnvMissing, p.CondaErr.Error())
 			return false
 		}
 		if _, err := launcher.ResolveEnv(p.CondaRoot, p.CondaEnv, c.Backend); err != nil {
-			r.fail(PhasePreflight, KindEnvMissing, err.Error())
+			r.fail(PhasePreflight, exitcode.FailEnvMissing, err.Error())
 			return false
 		}
 	}
@@ -250,7 +267,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 				r.interrupted(ctx, PhasePreflight)
 				return false
 			}
-			r.fail(PhasePreflight, KindGPUBusy, err.Error())
+			r.fail(PhasePreflight, exitcode.FailGPUBusy, err.Error())
 			return false
 		}
 		base, err := c.GPUs.MemoryUsed(p.Devices)
@@ -284,9 +301,9 @@ func (r *runner) launch() bool {
 	}
 	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath, BeforeRun: record})
 	if err != nil {
-		kind := KindCrash
-		if !strings.Contains(err.Error(), launcher.StateFile) && (errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found")) {
-			kind = KindEnvMissing
+		kind := exitcode.FailCrash
+		if errors.Is(err, launcher.ErrNotFound) {
+			kind = exitcode.FailEnvMissing
 		}
 		r.fail(PhaseLaunch, kind, fmt.Sprintf("could not start the server: %v", err))
 		return false
@@ -313,7 +330,7 @@ func (r *runner) launch() bool {
 func (r *runner) ready(ctx context.Context) bool {
 	err := launcher.WaitReady(ctx, r.proc, r.logw, launcher.ReadySpec{
 		BaseURL: r.p.BaseURL, Model: r.p.Spec.Model, Flavor: r.p.Spec.APIFlavor(),
-		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard,
+		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard, Port: r.p.Spec.Port,
 	})
 	if err == nil {
 		r.log.Info("server ready")
@@ -324,13 +341,17 @@ func (r *runner) ready(ctx context.Context) bool {
 		return false
 	}
 	var re *launcher.ReadyError
+	if errors.As(err, &re) && re.Kind == exitcode.FailPortInUse && !re.Exited {
+		r.fail(PhaseReady, exitcode.FailPortInUse, re.Msg)
+		return false
+	}
 	if errors.As(err, &re) && re.Exited {
 		r.logw.Poll()
 		kind, line := r.logw.Diagnosis()
 		r.fail(PhaseReady, Kind(kind), re.Msg+": "+launcher.Explain(kind, line))
 		return false
 	}
-	r.fail(PhaseReady, KindHealthTimeout, err.Error())
+	r.fail(PhaseReady, exitcode.FailHealthTimeout, err.Error())
 	return false
 }
 
@@ -376,22 +397,22 @@ func (r *runner) bench(ctx context.Context) {
 		r.logw.Poll()
 		kind, line := r.logw.Diagnosis()
 		fk := Kind(kind)
-		if fk == KindPortInUse || fk == KindEnvMissing {
-			fk = KindCrash
+		if fk == exitcode.FailPortInUse || fk == exitcode.FailEnvMissing {
+			fk = exitcode.FailCrash
 		}
 		r.fail(PhaseBench, fk, "server died during the bench ("+r.proc.ExitDescription()+"): "+launcher.Explain(kind, line))
 	case err != nil:
-		kind := KindClientError
+		kind := exitcode.FailClientError
 		var bad badResult
 		if errors.As(err, &bad) {
-			kind = KindBadResult
+			kind = exitcode.FailBadResult
 		}
 		// Requests refused because not even one fits in GPU memory (the server logged it,
 		// as vLLM and the sim do): the cell is infeasible, not failed.
-		if r.logw != nil && kind == KindClientError {
+		if r.logw != nil && kind == exitcode.FailClientError {
 			r.logw.Poll()
-			if k, line := r.logw.Diagnosis(); Kind(k) == KindOOM {
-				r.fail(PhaseBench, KindOOM, err.Error()+": "+launcher.Explain(k, line))
+			if k, line := r.logw.Diagnosis(); Kind(k) == exitcode.FailOOM {
+				r.fail(PhaseBench, exitcode.FailOOM, err.Error()+": "+launcher.Explain(k, line))
 				return
 			}
 		}
@@ -560,7 +581,7 @@ func (r *runner) teardown() {
 		problems = append(problems, fmt.Sprintf("PIDs %v survived SIGKILL", rep.Left))
 	}
 	if !launcher.PortClosed(r.p.Spec.Host, r.p.Spec.Port) {
-		problems = append(problems, fmt.Sprintf("port %d still accepts connections", r.p.Spec.Port))
+		problems = append(problems, fmt.Sprintf("port %d still accepts connections (%s)", r.p.Spec.Port, launcher.DescribeHolders(r.p.Spec.Port)))
 	}
 	if r.smp != nil {
 		sum := r.smp.Stop()
@@ -581,7 +602,17 @@ func (r *runner) teardown() {
 	}
 	r.m.Timings.Teardown = since(t)
 	if len(problems) > 0 {
-		r.fail(PhaseTeardown, KindOrphans, strings.Join(problems, "; ")+"; kill them by hand (kill -9 PID) before the next cell")
+		// Every problem is logged and recorded, also after an earlier failure: what is left
+		// holding the GPUs or the port is what the user must act on before the next cell.
+		for _, pr := range problems {
+			r.log.Error("teardown left something behind", zap.String("problem", pr))
+		}
+		if r.m.Failure != nil {
+			r.m.Failure.Teardown = append(r.m.Failure.Teardown, problems...)
+			return
+		}
+		r.fail(PhaseTeardown, exitcode.FailOrphans, strings.Join(problems, "; ")+"; kill them by hand (kill -9 PID) before the next cell")
+		r.m.Failure.Teardown = problems
 		return
 	}
 	_ = launcher.RemoveState(r.p.Dir)
@@ -605,11 +636,9 @@ func (r *runner) finish() {
 		if r.c.Backend == launcher.BackendSim {
 			reason = "simulated backend: no GPU to measure"
 		}
-		w := r.m.Timings.Bench
-		if r.m.Metrics != nil && r.m.Metrics.DurationS > 0 {
-			w = r.m.Metrics.DurationS // the measured requests, not the client's start-up
-		}
-		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount, BenchWindowS: &w}
+		// No sampler measured a window: bench_window_s stays absent (the cost prices the
+		// client's request window, else the bench phase, each named by its clock).
+		r.m.Telemetry = &gpu.Summary{Available: false, Reason: reason, GPUs: r.p.Identity.GPUCount}
 	}
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
 		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens)

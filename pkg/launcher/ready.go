@@ -10,7 +10,10 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // ReadySpec says how to decide that a server is ready.
@@ -23,11 +26,16 @@ type ReadySpec struct {
 	// declared stuck; each line it prints pushes the deadline back. Hard caps the total.
 	Stall time.Duration
 	Hard  time.Duration
+	// Port, when set, is the port the server was told to listen on: ready also needs its
+	// listening socket to belong to the server's process tree (/proc), so a server that
+	// never listened cannot pass for ready on the strength of another process answering
+	// there, and a port another process holds is a launch failure naming it.
+	Port int
 }
 
 // ReadyError says why a server did not become ready.
 type ReadyError struct {
-	Kind    FailureKind // "" for timeouts
+	Kind    exitcode.Failure // "" for timeouts
 	Timeout bool
 	Exited  bool
 	Msg     string
@@ -69,6 +77,13 @@ func WaitReady(ctx context.Context, p *Process, act Activity, s ReadySpec) error
 		case <-hard.C:
 			return &ReadyError{Timeout: true, Msg: fmt.Sprintf("server not ready after the hard deadline of %s (last probe: %v); raise --ready-hard-timeout if the model is that slow to load", s.Hard, lastErr)}
 		case err := <-probe:
+			if err == nil && s.Port > 0 {
+				err = ownsPort(p, s.Port)
+				var re *ReadyError
+				if errors.As(err, &re) {
+					return re
+				}
+			}
 			if err == nil {
 				return nil
 			}
@@ -91,6 +106,30 @@ func WaitReady(ctx context.Context, p *Process, act Activity, s ReadySpec) error
 		case <-tick.C:
 		}
 	}
+}
+
+// ownsPort proves that what listens on port is p's process tree: a *ReadyError naming the
+// holders when another process holds it, a plain error (probe again) when no listening
+// socket is visible yet.
+func ownsPort(p *Process, port int) error {
+	members := append(p.Members(), p.PID())
+	foreign, listening := foreignListeners(port, members)
+	if !listening {
+		return fmt.Errorf("something answers on port %d but no listening socket on it is visible in /proc/net/tcp{,6}", port)
+	}
+	if len(foreign) == 0 {
+		return nil
+	}
+	names := make([]string, len(foreign))
+	for i, h := range foreign {
+		names[i] = h.String()
+		if h.PID == 0 {
+			names[i] = h.Comm
+		}
+	}
+	return &ReadyError{Kind: exitcode.FailPortInUse, Msg: fmt.Sprintf(
+		"port %d answers, but its listening socket is held by %s, not by the spawned server (PID %d) or its processes: another process holds the port; stop it or pick another --port (--port 0 picks a free one)",
+		port, strings.Join(names, ", "), p.PID())}
 }
 
 func probeOnce(ctx context.Context, c *http.Client, s ReadySpec) error {

@@ -211,7 +211,7 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 		}
 		for _, mk := range g.Models {
 			if _, ok := tables.Models[mk]; !ok {
-				return mx.errf(key+".models", "unknown model %q; known: %s (keys of configs/models.yaml)", mk, strings.Join(tables.ModelKeys(), ", "))
+				return mx.errf(key+".models", "unknown model %q;%s known: %s (keys of configs/models.yaml)", mk, tables.DidYouMean(mk), strings.Join(tables.ModelKeys(), ", "))
 			}
 		}
 		for task, sizes := range g.Tasks {
@@ -398,8 +398,11 @@ func (mx *Matrix) loadBench(p, task string, t Task, model string, tables *config
 	if err != nil {
 		return nil, fmt.Errorf("%s: task %s for model %s: %w", mx.Path, task, model, err)
 	}
-	m, ok := tables.ModelByID(b.ModelID)
-	if !ok || m.Key != model {
+	m, err := tables.Describe(b.ModelID)
+	if err != nil {
+		return nil, mx.errf(key, "%s: %v.%s Fix model_id there (a matrix runs described models only)", b.Path, err, tables.DidYouMean(b.ModelID))
+	}
+	if m.Key != model {
 		return nil, mx.errf(key, "%s serves model_id %q, which is not model %s; point the task at that model's bench file", b.Path, b.ModelID, model)
 	}
 	if b.Task() != task {

@@ -249,19 +249,19 @@ func predict(c *Cell, t *config.Tables) (capmath.Prediction, bool) {
 // sim and the floors use): every wave of the batch that memory admits prefills together and
 // then decodes out tokens, plus a start-up guess (weights read from disk at ~2 GB/s plus a
 // minute of server initialisation). Sim cells scale by their time scale and use fixed pass
-// times where set.
+// times where set. 0 means unknown (a cell that cannot run, a model not described).
 func Estimate(c *Cell, t *config.Tables, prev *cell.Manifest) time.Duration {
 	if prev != nil && prev.Status == cell.StatusOK && prev.Timings.Total > 0 {
 		return secs(prev.Timings.Total)
 	}
 	pr, ok := predict(c, t)
-	if !ok || pr.Batch <= 0 {
-		return 0
+	if !ok || pr.Batch <= 0 || pr.TPOTMs == nil || pr.TTFTMs == nil {
+		return 0 // unknown: the plan shows no estimate
 	}
 	m := t.Models[c.Model]
 	out := c.Bench.TargetOutputTokens
 	waves := math.Ceil(float64(c.NumSamples) / float64(pr.Batch))
-	prefill, step := pr.TTFTMs/1000, pr.TPOTMs/1000
+	prefill, step := *pr.TTFTMs/1000, *pr.TPOTMs/1000
 	startup := 60 + passcost.WeightBytes(m)/2e9
 	if c.Backend == launcher.BackendSim {
 		scale := c.SimTimeScale

@@ -23,6 +23,10 @@ const (
 	StFailed     State = "failed"
 	StInfeasible State = "infeasible" // out of memory, or skipped after a smaller batch was
 	StRunning    State = "running"
+	// StInterrupted is a cell whose manifest still says running but whose supervisor is
+	// gone (its recorded PID and start time name no live process): it will not finish, and
+	// the next run sweeps it and runs it again.
+	StInterrupted State = "interrupted"
 )
 
 // Entry is one cell of the status report.
@@ -73,6 +77,8 @@ func stateOf(m *cell.Manifest, done bool) State {
 		return StDoneGuide
 	case m == nil || m.Status == cell.StatusInterrupted:
 		return StPending
+	case m.SupervisorGone():
+		return StInterrupted
 	case m.Status == cell.StatusRunning:
 		return StRunning
 	}
@@ -131,8 +137,12 @@ func Report(w io.Writer, mx *Matrix, es []*Entry, markdown bool) {
 	task := func(t string) string { return t }
 	tb := newTable(w, markdown)
 
-	tb.heading(fmt.Sprintf("%d cells: %d done (%d measured here, %d per the matrix), %d pending, %d running, %d failed, %d infeasible",
-		len(es), counts[StDone]+counts[StDoneGuide], counts[StDone], counts[StDoneGuide], counts[StPending], counts[StRunning], counts[StFailed], counts[StInfeasible]), 0)
+	head := fmt.Sprintf("%d cells: %d done (%d measured here, %d per the matrix), %d pending, %d running, %d failed, %d infeasible",
+		len(es), counts[StDone]+counts[StDoneGuide], counts[StDone], counts[StDoneGuide], counts[StPending], counts[StRunning], counts[StFailed], counts[StInfeasible])
+	if n := counts[StInterrupted]; n > 0 {
+		head += fmt.Sprintf(", %d interrupted (supervisor gone)", n)
+	}
+	tb.heading(head, 0)
 
 	tb.heading("✅ Completed Experiments", 3)
 	done := group(es, func(e *Entry) (bool, string) {
@@ -157,6 +167,8 @@ func Report(w io.Writer, mx *Matrix, es []*Entry, markdown bool) {
 			return true, "pending"
 		case StRunning:
 			return true, "running"
+		case StInterrupted:
+			return true, "interrupted (supervisor gone)"
 		case StFailed:
 			return true, "failed"
 		}

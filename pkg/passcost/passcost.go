@@ -308,8 +308,11 @@ func PeaksOf(m config.Model, hw config.Hardware) Peaks {
 // Time is how long a pass takes at best: the slower of moving its bytes at peak bandwidth
 // and doing its FLOPs at peak (each kind at its own precision's peak, one after the other).
 type Time struct {
-	MemoryS  float64 `json:"memory_s"`
-	ComputeS float64 `json:"compute_s"`
+	// MemoryS and ComputeS are absent (0, omitted) where the time is not one pass's
+	// roofline: a per-request TTFT floor sums the floors of several passes, each bound by
+	// its own resource, so it has only Seconds.
+	MemoryS  float64 `json:"memory_s,omitempty"`
+	ComputeS float64 `json:"compute_s,omitempty"`
 	Seconds  float64 `json:"seconds"`
 	// Bound is "memory" or "compute": which limit set Seconds.
 	Bound string `json:"bound"`

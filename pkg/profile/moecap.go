@@ -369,6 +369,9 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 		}
 		return m, fmt.Errorf("%s: %d of %d requests failed: first error (request %d): %s", dataPath, len(failed), n, failed[0].Index, msg)
 	}
+	if m.DurationS <= 0 {
+		return m, fmt.Errorf("%s: the run's duration is unknown (%s): its throughputs cannot be computed and are not published; the runner wrote no e2e_s/request rate and client.log has no request-phase markers (is this the MoE-CAP runner moecapd launched?)", metricsPath, m.ClockCheck.DurationSource)
+	}
 	if q := rm.Quality; q != nil && q.Completed != nil && *q.Completed != wantSamples {
 		return m, fmt.Errorf("%s: quality.completed is %d, want %d samples", metricsPath, *q.Completed, wantSamples)
 	}

@@ -107,6 +107,8 @@ func TestReadMoECAPOutputRejects(t *testing.T) {
 		{"runner-short", 4, []string{"metrics_gsm8k_20260801_120000.json", "quality.completed is 3, want 4"}, true},
 		{"runner-ok", 5, []string{"quality.completed is 4, want 5"}, true},
 		{"runner-zero", 4, []string{"4 of 4 requests failed", "ClientConnectorError"}, true},
+		// No e2e_s, no request rate, no client.log markers: no duration, so no throughputs.
+		{"runner-noclock", 4, []string{"duration is unknown", "none: no request-phase markers"}, true},
 		{"runner-nosuccess", 4, []string{"No successful requests"}, false},
 		{"runner-truncated", 4, []string{"not a MoE-CAP metrics file", "client.log"}, false},
 		{"does-not-exist", 4, []string{"does not exist"}, false},

@@ -131,7 +131,13 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 		Title: fmt.Sprintf("%s · %s · %s · batch %d · %s", r.ModelName, r.Task, r.Hardware, r.BatchSize, r.Backend)}
 	if r.Cap != nil {
 		cp.Notes = append(cp.Notes, r.Cap.Notes...)
+	} else if strings.HasPrefix(r.CapNote, "absent: ") {
+		cp.Notes = append(cp.Notes, "No CAP numbers (S-MBU, S-MFU, floors, memory verdict): "+strings.TrimPrefix(r.CapNote, "absent: "))
 	}
+	if m != nil && m.Cell.AllowUnknownModel {
+		cp.Notes = append(cp.Notes, "Run with --allow-unknown-model: moecapd could not describe this model.")
+	}
+	cp.Notes = append(cp.Notes, r.PlotNotes()...)
 	if sc := r.timeScale(); sc != 0 && !strings.Contains(strings.Join(cp.Notes, " "), "time-scale") {
 		cp.Notes = append(cp.Notes, fmt.Sprintf("The simulator ran time-scaled ×%g: the client's latencies and throughput are the roofline's times the scale, not physical.", sc))
 	}

@@ -3,8 +3,8 @@ package report
 import (
 	"encoding/json"
 	"fmt"
+
 	"github.com/moecapd/moecapd/pkg/records"
-	"path/filepath"
 
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
@@ -51,7 +51,7 @@ func Annotate(m *cell.Manifest, tables *config.Tables, cellDir string, prices *c
 	// A cell that did not finish gets its prediction; its partial records say nothing.
 	records := ""
 	if m.Status == cell.StatusOK {
-		records = filepath.Join(cellDir, "records")
+		records = cell.DirOf(cellDir).Records()
 	}
 	d, err := Derive(m, tables, records, prices)
 	if err != nil {

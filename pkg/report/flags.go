@@ -126,7 +126,11 @@ func capFlags(raw json.RawMessage) []Flag {
 			}
 			if v, ok := o["value"].(float64); ok {
 				if l, ok := o["limit"].(float64); ok {
-					fl.Reason = fmt.Sprintf("%s %s > %s: %s", strings.ReplaceAll(fl.Metric, "_", " "), round3(v), round3(l), fl.Reason)
+					cmp := ">"
+					if v < l {
+						cmp = "<" // a ratio to a floor below its lower limit
+					}
+					fl.Reason = fmt.Sprintf("%s %s %s %s: %s", strings.ReplaceAll(fl.Metric, "_", " "), round3(v), cmp, round3(l), fl.Reason)
 				}
 			}
 			out = append(out, fl)

@@ -10,7 +10,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sort"
 	"strconv"
@@ -102,6 +101,11 @@ func Load(resultsDir string, tables *config.Tables) ([]Row, []Problem, error) {
 			defer func() { <-sem }()
 			r := rowFromManifest(e.Manifest)
 			r.Cap, r.CapNote = capFor(e.Manifest, e.Dir.Path, tables)
+			if r.Cap != nil && r.Cap.Absent != "" {
+				// No CAP numbers at all (the model cannot be described): no row shows a 0
+				// or a memory verdict for it.
+				r.Cap, r.CapNote = nil, "absent: "+r.Cap.Absent
+			}
 			var capJSON json.RawMessage
 			if r.Cap != nil {
 				capJSON, _ = json.Marshal(r.Cap)
@@ -217,7 +221,7 @@ func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Deriv
 	// something, its partial records do not.
 	recordsDir := ""
 	if m.Status == cell.StatusOK && dir != "" {
-		recordsDir = filepath.Join(dir, "records")
+		recordsDir = cell.DirOf(dir).Records()
 	}
 	d, err := Derive(m, tables, recordsDir, nil)
 	if err != nil {
@@ -267,16 +271,24 @@ func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, e
 		c.AvgActivationDecode = mt.AvgExpertActivationDecode
 		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
 		c.TotalOutputTokens = mt.TotalOutputTokens
-		// The one cost window: the telemetry's bench window, else the bench phase.
-		c.WindowS, c.Window = m.Timings.Bench, "bench phase"
-		if t := m.Telemetry; t != nil {
-			if t.BenchWindowS != nil && *t.BenchWindowS > 0 {
-				c.WindowS, c.Window = *t.BenchWindowS, "telemetry bench window"
+		// The one cost window (docs/DESIGN.md "Cost"), named with its clock: the GPU
+		// sampler's bench window when NVML measured one, else moecapd's bench phase, else
+		// the client's request window. (Manifests written without NVML before
+		// DerivedVersion 3 stored the client's window as the telemetry's bench_window_s;
+		// it is not taken for a telemetry window.)
+		switch t := m.Telemetry; {
+		case t != nil && t.Available && t.BenchWindowS != nil && *t.BenchWindowS > 0:
+			c.WindowS, c.Window = *t.BenchWindowS, capmath.WindowTelemetry
+		case m.Timings.Bench > 0:
+			c.WindowS, c.Window = m.Timings.Bench, capmath.WindowBenchPhase
+		case mt.DurationS > 0:
+			c.WindowS, c.Window = mt.DurationS, capmath.WindowClient
+			if cc := mt.ClockCheck; cc != nil && cc.DurationSource != "" {
+				c.Window = "client request window (" + cc.DurationSource + ")" // the runner's
 			}
-			c.EnergyJ, c.EnergySource = t.Energy()
 		}
-		if c.WindowS <= 0 {
-			c.WindowS, c.Window = mt.DurationS, "client duration"
+		if t := m.Telemetry; t != nil {
+			c.EnergyJ, c.EnergySource = t.Energy()
 		}
 	}
 	return c, nil

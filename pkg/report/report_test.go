@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moecapd/moecapd/pkg/capmath"
+
 	"github.com/moecapd/moecapd/pkg/config"
 )
 
@@ -135,6 +137,9 @@ func TestFixtureNumbers(t *testing.T) {
 	// the window energy would cover): 1 GPU · $2.50/h · 600 s / 100,000 tokens · 1e6 = $4.17.
 	if v, src := nv.CostPerMTok(); v == nil || src != "rental" || math.Abs(*v-4.166667) > 1e-5 {
 		t.Errorf("cost %v %q, want 4.17 rental", show(v, "%g"), src)
+	}
+	if c := nv.Cap.Cost; c == nil || c.Window != capmath.WindowBenchPhase || c.WindowS != 600 {
+		t.Errorf("no-NVML cost window %+v, want the bench phase (600 s) named with moecapd's clock", c)
 	}
 	if nv.Cap.Source != "client_metrics" {
 		t.Errorf("bs32 CAP source %q, want client_metrics", nv.Cap.Source)

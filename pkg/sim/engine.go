@@ -84,12 +84,8 @@ func (t timing) decode(batch, ctxSum int) time.Duration {
 
 func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
 
-// maxLag is how far the scheduler may fall behind its absolute deadlines before it gives
-// up catching up: beyond this (a stopped process, an overloaded machine) it re-bases on
-// the clock instead of firing a burst of back-to-back passes.
-const maxLag = 20 * time.Millisecond
-
-// emitSlack groups first tokens whose deadlines are this close into one wake-up.
+// emitSlack groups first tokens whose deadlines are this close into one wake-up, taken at
+// the latest of them: a token is never published before its deadline.
 const emitSlack = 100 * time.Microsecond
 
 // prefillPass is a prefill in flight.
@@ -103,8 +99,9 @@ type prefillPass struct {
 }
 
 // engine is the continuous-batching scheduler: one goroutine runs prefill and decode
-// passes back to back on absolute deadlines, so the timing does not drift by the
-// scheduling overhead of each pass.
+// passes back to back. A pass starts when the scheduler gets to it and lasts at least its
+// roofline time: a pass that starts late ends late (the scheduling overhead adds to the
+// wall time), never short to catch up, so no client latency beats the floor.
 type engine struct {
 	cfg    Config
 	tm     timing
@@ -140,7 +137,6 @@ func (e *engine) run(ctx context.Context) {
 		pf               *prefillPass
 		decoding         bool
 		passEnd          time.Time
-		lastEnd          time.Time     // planned end of the previous pass; zero when idle
 		decodeCtx        int           // context positions of the decode pass in flight
 		decodeModel      time.Duration // its model duration (recorded)
 	)
@@ -148,11 +144,7 @@ func (e *engine) run(ctx context.Context) {
 		if pf == nil && !decoding {
 			waiting = e.dropGone(waiting)
 			running = e.dropGone(running)
-			now := time.Now()
-			start := now
-			if !lastEnd.IsZero() && now.Sub(lastEnd) < maxLag {
-				start = lastEnd
-			}
+			start := time.Now()
 			switch {
 			case len(waiting) > 0 && len(running) < e.cfg.MaxRunning && e.fits(waiting[0]):
 				n := 0
@@ -183,8 +175,6 @@ func (e *engine) run(ctx context.Context) {
 				decodeModel = e.tm.decode(len(running), decodeCtx)
 				passEnd = start.Add(e.tm.wall(decodeModel))
 				timer.Reset(time.Until(passEnd))
-			default:
-				lastEnd = time.Time{}
 			}
 		}
 		select {
@@ -220,7 +210,7 @@ func (e *engine) run(ctx context.Context) {
 					if r.emitted {
 						continue
 					}
-					if !r.deadline.After(now.Add(emitSlack)) {
+					if !r.deadline.After(now) {
 						r.emitted = true
 						pf.out++
 						r.publish(1)
@@ -231,14 +221,17 @@ func (e *engine) run(ctx context.Context) {
 					}
 				}
 				if !next.IsZero() {
-					timer.Reset(time.Until(next))
+					// Wake at the latest deadline within emitSlack of the next one.
+					wake := next
+					for _, r := range pf.members {
+						if !r.emitted && r.deadline.After(wake) && !r.deadline.After(next.Add(emitSlack)) {
+							wake = r.deadline
+						}
+					}
+					timer.Reset(time.Until(wake))
 					continue
 				}
-				end := pf.start
 				for _, r := range pf.members {
-					if r.deadline.After(end) {
-						end = r.deadline
-					}
 					if r.maxTokens > 1 && !r.gone.Load() {
 						running = append(running, r)
 					} else {
@@ -246,7 +239,6 @@ func (e *engine) run(ctx context.Context) {
 					}
 				}
 				e.recordPrefill(pf)
-				lastEnd = end
 				pf = nil
 				continue
 			}
@@ -291,7 +283,6 @@ func (e *engine) run(ctx context.Context) {
 				}
 				clear(running[len(keep):])
 				running = keep
-				lastEnd = passEnd
 				decoding = false
 			}
 		}

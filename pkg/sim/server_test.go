@@ -342,13 +342,17 @@ func TestTimingOverrides(t *testing.T) {
 			}
 			meanTPOT, meanTTFT := sumTPOT/time.Duration(batch), sumTTFT/time.Duration(batch)
 			t.Logf("batch %d: mean TTFT %v (want %v), mean TPOT %v (want %v)", batch, meanTTFT, ttft, meanTPOT, tpot)
-			// Loose bounds: the test machine is shared and -race slows everything; the
-			// precise numbers are the benchmarks' job.
-			if d := meanTPOT - tpot; d < -tpot/20 || d > tpot/10 {
-				t.Errorf("mean TPOT %v, want %v within -5%%/+10%%", meanTPOT, tpot)
+			// The sim never beats its pass times (a late pass ends late): the lower bounds
+			// are the contract (less 2% for the client's read jitter); the upper ones are
+			// loose, as the test machine is shared and -race slows everything (the precise
+			// numbers are the benchmarks' job).
+			if d := meanTPOT - tpot; d < -tpot/50 || d > tpot {
+				t.Errorf("mean TPOT %v, want %v within -2%%/+100%%", meanTPOT, tpot)
 			}
-			if d := meanTTFT - ttft; d < -2*time.Millisecond || d > 25*time.Millisecond {
-				t.Errorf("mean TTFT %v, want %v (-2ms/+25ms)", meanTTFT, ttft)
+			// A request the loaded client sends after the wave's first token waits for the
+			// next wave: up to about two more passes.
+			if d := meanTTFT - ttft; d < -2*time.Millisecond || d > 3*ttft {
+				t.Errorf("mean TTFT %v, want %v (-2ms/+300%%)", meanTTFT, ttft)
 			}
 		})
 	}
@@ -588,5 +592,32 @@ func TestVLLMExpertLog(t *testing.T) {
 	data, _ := os.ReadFile(logs[0])
 	if n := bytes.Count(data, []byte("\n")); n != 4 || len(recs) != 2 {
 		t.Errorf("expert log %d passes, batch records %d: want 4 (both requests) and 2 (the window)", n, len(recs))
+	}
+}
+
+// TestNeverFasterThanRoofline: in real time a pass lasts at least its model time, however
+// late the scheduler got to it: every request's TTFT is at least its prefill pass and its
+// whole latency at least that plus one decode pass per further token (a late pass ends
+// late, never short to catch up).
+func TestNeverFasterThanRoofline(t *testing.T) {
+	const (
+		tpot      = time.Millisecond
+		ttft      = 4 * time.Millisecond
+		maxTokens = 30
+		batch     = 16
+	)
+	_, url := newTestServer(t, FlavorSGLang, func(c *Config) {
+		c.TPOT, c.TTFT, c.TimeScale, c.MaxRunning = tpot, ttft, 1, batch
+	})
+	for _, r := range runBatch(t, url, batch, maxTokens) {
+		if len(r.times) != maxTokens {
+			t.Fatalf("got %d chunks, want %d", len(r.times), maxTokens)
+		}
+		if got := r.ttft(); got < ttft {
+			t.Errorf("TTFT %v below the prefill pass %v", got, ttft)
+		}
+		if got, floor := r.times[maxTokens-1].Sub(r.sent), ttft+(maxTokens-1)*tpot; got < floor {
+			t.Errorf("request latency %v below its passes' %v", got, floor)
+		}
 	}
 }
