@@ -24,7 +24,7 @@ import (
 // with the daemon named and moecapd submit as the way.
 func refuseUnderDaemon() error {
 	if err := nodelock.Check(); err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	return nil
 }
@@ -34,13 +34,13 @@ func refuseUnderDaemon() error {
 // The backend stays open for the caller (Close it).
 func NodeGPUs(o MatrixOptions, log *zap.Logger) (gb gpu.Backend, pool, uuids []string, err error) {
 	if gb, err = gpu.Open(log, o.Cell.RequireGPU); err != nil {
-		return nil, nil, nil, withCode(exitcode.Usage, err)
+		return nil, nil, nil, exitcode.New(exitcode.Usage, err)
 	}
 	if gb.Available() {
 		devs, err := gb.Resolve(os.Getenv("CUDA_VISIBLE_DEVICES"))
 		if err != nil {
 			gb.Close()
-			return nil, nil, nil, usageErrorf("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
+			return nil, nil, nil, exitcode.Usagef("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
 		}
 		for _, d := range devs {
 			pool = append(pool, strconv.Itoa(d.Index))
