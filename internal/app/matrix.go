@@ -24,6 +24,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
 	"github.com/moecapd/moecapd/pkg/passcost"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // MatrixOptions is the settings of matrix plan, run and status, merged once and typed (see
@@ -474,7 +475,7 @@ func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
 			return strconv.FormatFloat(RoundHuman(*p), 'f', -1, 64)
 		}
 		var tpot, ttft, tput, jtok string = "–", "–", "–", "–"
-		if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
+		if mt := m.PhysicalMetrics(); mt != nil && m.Status == cell.StatusOK {
 			h := mt.Headline()
 			tpot, ttft = num(h.TPOTMs, 2), num(h.TTFTMs, 1)
 			tput = strconv.FormatFloat(mt.OutputThroughput, 'f', 0, 64)
@@ -485,6 +486,8 @@ func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
 		why := ""
 		if f := m.Failure; f != nil {
 			why = fmt.Sprintf("%s in %s: %s", f.Kind, f.Phase, firstLineOf(f.Message))
+		} else if l := profile.ScaleLabel(m.TimeScale()); l != "" {
+			why = l + ": client numbers un-scaled to physical units"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", it.Cell.ID, m.Status, tpot, ttft, tput, jtok,
 			HumanDuration(time.Duration(m.Timings.Total*float64(time.Second))), why)

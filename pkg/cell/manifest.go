@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/google/renameio/v2"
@@ -161,6 +163,37 @@ type Manifest struct {
 	Repeats []Repeat `json:"repeats,omitempty"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
+}
+
+// TimeScale is the --sim-time-scale a simulated cell's server ran with when it is not real
+// time (≠ 0, 1), else 0. The cell's metrics are recorded un-scaled (profile.Metrics.Unscaled).
+func (m *Manifest) TimeScale() float64 {
+	if m == nil || m.Cell.Backend != launcher.BackendSim {
+		return 0
+	}
+	a := m.Server.Argv
+	for i, s := range a {
+		name, val, has := strings.Cut(s, "=")
+		if name != "--sim-time-scale" {
+			continue
+		}
+		if !has && i+1 < len(a) {
+			val = a[i+1]
+		}
+		if f, err := strconv.ParseFloat(val, 64); err == nil && f > 0 && f != 1 {
+			return f
+		}
+	}
+	return 0
+}
+
+// PhysicalMetrics is the cell's metrics in physical units: as recorded, or un-scaled when an
+// older manifest recorded a time-scaled sim's wall numbers.
+func (m *Manifest) PhysicalMetrics() *profile.Metrics {
+	if m == nil {
+		return nil
+	}
+	return m.Metrics.Unscaled(m.TimeScale())
 }
 
 // Repeat is one measured bench of a cell run with --repeats: its metrics and the energy per

@@ -380,7 +380,8 @@ func (r *runner) bench(ctx context.Context) {
 		met, err = r.benchRunner(bctx)
 	}
 	if met != nil {
-		r.m.Metrics = met
+		// A time-scaled sim's client numbers are recorded in physical units (issue 19).
+		r.m.Metrics = met.Unscaled(r.m.TimeScale())
 	}
 	if err != nil && ctx.Err() == nil {
 		// Requests fail the moment a server dies, a little before the exit is reaped: give

@@ -265,7 +265,7 @@ func (s *side) runs() []cell.Repeat {
 	if s.m.Telemetry != nil {
 		jpt = s.m.Telemetry.JPerOutputToken
 	}
-	return []cell.Repeat{{Metrics: s.m.Metrics, JPerOutputToken: jpt}}
+	return []cell.Repeat{{Metrics: s.m.PhysicalMetrics(), JPerOutputToken: jpt}}
 }
 
 func comparePair(b, n *side, req Request) Cell {

@@ -192,7 +192,7 @@ func rowFromManifest(m *cell.Manifest) *Row {
 		In: m.Cell.InputTokens, Out: m.Cell.OutputTokens, BatchSize: m.Cell.BatchSize,
 		Backend: m.Cell.Backend, Status: string(m.Status), BackendVersion: m.Versions.Backend,
 		Driver: m.Versions.Driver, Moecapd: m.Versions.Moecapd,
-		Metrics: m.Metrics, Telemetry: m.Telemetry,
+		Metrics: m.PhysicalMetrics(), Telemetry: m.Telemetry,
 	}
 	if r.Status == "" {
 		r.Status = "unknown"
