@@ -98,7 +98,7 @@ type Options struct {
 	// as a failed bench wrapping ErrBenchDeadline, what was measured kept (partial);
 	// default DefaultBenchTimeout.
 	BenchTimeout time.Duration
-	DrainTimeout   time.Duration // after ctx is cancelled, how long in-flight requests may finish; default 5 s
+	DrainTimeout time.Duration // after ctx is cancelled, how long in-flight requests may finish; default 5 s
 
 	// Progress, when set, gets a progress line redrawn in place (meant for a terminal).
 	// Otherwise a log line is written every ProgressInterval (default 10 s).
