@@ -75,6 +75,9 @@ left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is
 	f.Duration("idle-timeout", profile.DefaultIdleTimeout, "native client: fail a request when the server sends no byte (headers included) for this long")
 	f.Duration("bench-timeout", profile.DefaultBenchTimeout, "the whole bench of a cell (warm-up and measured requests; either client): past it the cell fails (exit 5), what was measured kept")
 	f.Int("allow-bad-requests", 0, "native client: requests that may fail or come back invalid (usage/stream mismatch, short output) before the cell is bad_result; recorded in the manifest")
+	f.Int("repeats", 1, "native client: run the measured bench this many times against the same warm server; the manifest keeps every repeat and their mean, 95% interval and CV")
+	f.Bool("repeat-fresh-server", false, "with --repeats: restart the server between repeats")
+	f.Float64("unstable-cv", 0, "with --repeats: flag the cell unstable when a metric's coefficient of variation over the repeats exceeds this (default 0.05)")
 	return cmd
 }
 
@@ -96,6 +99,10 @@ func readLaunchOpts(fs *pflag.FlagSet) (app.CellOptions, error) {
 		DatasetCacheDir: r.str("dataset-cache-dir"), Offline: r.bool("offline"),
 		PromptStyle: r.str("prompt-style"), AllowBadRequests: r.int("allow-bad-requests"),
 		RequestTimeout: r.dur("request-timeout"), IdleTimeout: r.dur("idle-timeout"), BenchTimeout: r.dur("bench-timeout"),
+		Repeats: r.int("repeats"), RepeatFreshServer: r.bool("repeat-fresh-server"),
+	}
+	if cv := r.optFloat("unstable-cv"); cv != nil {
+		o.UnstableCV = *cv
 	}
 	if r.err != nil {
 		return o, r.err

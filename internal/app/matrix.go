@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
 	"github.com/moecapd/moecapd/pkg/passcost"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // MatrixOptions is the settings of matrix plan, run and status, merged once and typed (see
@@ -295,10 +295,14 @@ func MatrixRun(req MatrixRunRequest) error {
 		return err
 	}
 	defer s.gb.Close()
-	results, err := filepath.Abs(o.ResultsFlag)
+	lay, err := cell.OpenLayout(o.ResultsFlag)
 	if err != nil {
-		return err
+		if display != nil {
+			display.Close()
+		}
+		return exitcode.New(exitcode.Usage, err)
 	}
+	results := lay.Root
 
 	// GPUs: the pool cells draw from, and the ids the per-GPU locks use.
 	var pool, lockIDs []string
@@ -398,7 +402,7 @@ func MatrixRun(req MatrixRunRequest) error {
 		}
 	}
 	mstop()
-	printMatrixSummary(req.Out, results, s.items)
+	printMatrixSummary(req.Out, lay, s.items)
 	// The exit code speaks for the results root, not only this run: cells of this matrix
 	// (on this node, through --only) that an earlier run failed and this one kept count too.
 	var failedInRoot []string
@@ -429,6 +433,7 @@ func MatrixRun(req MatrixRunRequest) error {
 func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matrix.Cell, extra []string) (*cell.Config, error) {
 	o := base
 	o.Backend, o.Config, o.BatchSize, o.TP, o.NumSamples = c.Backend, c.BenchFile, c.Batch, c.TP, c.NumSamples
+	o.Repeats = c.Repeats
 	o.Port, o.PortSet = 0, true // the runner gives each cell its port
 	o.Hardware, o.SimHardware, o.Env, o.DryRun = c.Hardware, c.Family, "", false
 	// The matrix keeps one NVML handle for the whole run.
@@ -436,7 +441,6 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 	if err != nil {
 		return nil, err
 	}
-	setPrices(cfg, &cell.Plan{}, o)
 	// The matrix logs two lines a cell (starting, finished); the pipeline's own steps are
 	// for --log-level debug. Warnings and errors still come through.
 	if cfg.Log != nil && !cfg.Log.Core().Enabled(zapcore.DebugLevel) {
@@ -447,7 +451,7 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 
 // printMatrixSummary prints one line per cell this run took on: status, latency,
 // throughput, energy and time, or why it did not complete.
-func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
+func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CELL\tSTATUS\tTPOT ms\tTTFT ms\tTOK/S\tJ/TOK\tTOOK\tWHY")
 	n := 0
@@ -456,7 +460,7 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 			continue
 		}
 		n++
-		m, err := cell.ReadManifest(filepath.Join(results, it.Cell.ID))
+		m, err := lay.ReadManifest(it.Cell.ID)
 		if err != nil {
 			fmt.Fprintf(tw, "%s\tnot run\t\t\t\t\t\t\n", it.Cell.ID)
 			continue
@@ -468,7 +472,7 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 			return strconv.FormatFloat(RoundHuman(*p), 'f', -1, 64)
 		}
 		var tpot, ttft, tput, jtok string = "–", "–", "–", "–"
-		if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
+		if mt := m.PhysicalMetrics(); mt != nil && m.Status == cell.StatusOK {
 			h := mt.Headline()
 			tpot, ttft = num(h.TPOTMs, 2), num(h.TTFTMs, 1)
 			tput = strconv.FormatFloat(mt.OutputThroughput, 'f', 0, 64)
@@ -479,6 +483,8 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 		why := ""
 		if f := m.Failure; f != nil {
 			why = fmt.Sprintf("%s in %s: %s", f.Kind, f.Phase, firstLineOf(f.Message))
+		} else if l := profile.ScaleLabel(m.TimeScale()); l != "" {
+			why = l + ": client numbers un-scaled to physical units"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", it.Cell.ID, m.Status, tpot, ttft, tput, jtok,
 			HumanDuration(time.Duration(m.Timings.Total*float64(time.Second))), why)

@@ -614,27 +614,18 @@ func SlurmCancel(ctx context.Context, req SlurmCancelRequest) error {
 			time.Sleep(250 * time.Millisecond)
 		}
 	}
+	lay, err := cell.OpenLayout(root)
+	if err != nil {
+		return exitcode.New(exitcode.Usage, err)
+	}
 	for _, c := range cells {
 		st := "no result"
-		if m, err := cell.ReadManifest(filepath.Join(root, c)); err == nil {
+		if m, err := lay.ReadManifest(c); err == nil {
 			st = string(m.Status)
 		}
 		fmt.Fprintf(req.Out, "  %s  %s\n", c, st)
 	}
 	return nil
-}
-
-// lockCell takes the per-cell lock a Slurm task holds while it runs its cell (pkg/cell's,
-// the one matrix run and launch-and-bench take too), so two runners (a duplicate
-// submission, a requeue racing its predecessor, a matrix run on the same root) never write
-// one cell. It is the task's only lock: none on the whole results root. The matrix runner
-// keeps a lock its caller holds.
-func lockCell(root, id string) (release func(), err error) {
-	lay, err := cell.OpenLayout(root)
-	if err != nil {
-		return nil, err
-	}
-	return lay.Lock(id)
 }
 
 // SlurmTaskRequest is one Slurm array task: its array's spec and the cell settings (the
@@ -671,12 +662,24 @@ func SlurmTask(req SlurmTaskRequest) error {
 		return exitcode.Usagef("cell %s is no longer in %s (the matrix changed after submit); submit again", id, mx.Path)
 	}
 	root := spec.Results
-	release, err := lockCell(root, id)
+	// The per-cell lock (pkg/cell's, the one matrix run and launch-and-bench take too), so
+	// two runners (a duplicate submission, a requeue racing its predecessor, a matrix run
+	// on the same root) never write one cell. It is the task's only lock: none on the whole
+	// results root. The matrix runner keeps a lock its caller holds.
+	lay, err := cell.OpenLayout(root)
+	if err != nil {
+		return exitcode.New(exitcode.Usage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
+	}
+	cd, err := lay.Cell(id)
+	if err != nil {
+		return exitcode.New(exitcode.Usage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
+	}
+	release, err := lay.Lock(id)
 	if err != nil {
 		return exitcode.New(exitcode.Usage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
 	}
 	defer release()
-	dir := filepath.Join(root, id)
+	dir := cd.Path
 	if prev, err := cell.ReadManifest(dir); err == nil && prev.Status == cell.StatusOK && env.RestartCount == 0 {
 		log.Info("cell already ok in the results root; nothing to do")
 		return nil

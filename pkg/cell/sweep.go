@@ -248,7 +248,7 @@ func sweepDeadCells(lay *Layout, root string, log *zap.Logger) {
 			if m.Supervisor != nil && !m.SupervisorGone() {
 				continue
 			}
-			if _, err := os.Stat(filepath.Join(dir, launcher.StateFile)); err == nil {
+			if _, err := os.Stat(DirOf(dir).State()); err == nil {
 				continue // its server is recorded (FindOrphans reported why it was left)
 			}
 			unlock, ok := lockForSweep(lay, root, dir, log)

@@ -3,10 +3,8 @@ package report
 import (
 	"bufio"
 	"encoding/csv"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/moecapd/moecapd/pkg/records"
 	"io"
 	"math"
 	"os"
@@ -18,7 +16,9 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 // CellData is what a cell's files say beyond its manifest: the per-request latencies the
@@ -58,15 +58,15 @@ const timelineBins = 60
 func readCellData(dir string) *CellData {
 	d := &CellData{}
 	found := false
-	if p := profile.FindBenchFile(filepath.Join(dir, "client")); p != "" {
+	if p := profile.FindBenchFile(cell.DirOf(dir).Client()); p != "" {
 		found = readBench(p, d) || found
 	}
 	// The one reader of pass records (the recording window when moecapd wrote it, each
 	// pass once), not a file picked by name.
-	if recs, err := records.ReadDir(filepath.Join(dir, "records")); err == nil {
+	if recs, err := records.ReadDir(cell.DirOf(dir).Records()); err == nil {
 		found = decodeTimeline(recs.Passes, d) || found
 	}
-	found = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || found
+	found = readTelemetryCSV(cell.DirOf(dir).Telemetry(), d) || found
 	if !found && len(d.Notes) == 0 {
 		return nil
 	}
@@ -74,14 +74,8 @@ func readCellData(dir string) *CellData {
 }
 
 func readBench(path string, d *CellData) bool {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return false
-	}
-	var bf struct {
-		Requests []profile.RequestResult `json:"requests"`
-	}
-	if json.Unmarshal(b, &bf) != nil || len(bf.Requests) == 0 {
+	reqs, err := profile.ReadBenchRequests(path)
+	if err != nil || len(reqs) == 0 {
 		return false
 	}
 	// Token arrivals: the first chunk at start+TTFT, each later chunk one ITL after the
@@ -90,7 +84,7 @@ func readBench(path string, d *CellData) bool {
 	var evs []ev
 	end := 0.0
 	bad := 0
-	for _, r := range bf.Requests {
+	for _, r := range reqs {
 		if !r.Success {
 			continue
 		}

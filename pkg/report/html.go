@@ -123,7 +123,7 @@ func anchor(s string) string {
 func cellPagePath(id string) string { return "cells/" + anchor(id) + ".html" }
 
 func toHTMLCell(r *Row) htmlCell {
-	return htmlCell{ID: r.ID, Page: cellPagePath(r.ID), Hardware: r.Hardware, Backend: r.Backend, Status: r.Status,
+	return htmlCell{ID: r.ID, Page: cellPagePath(r.ID), Hardware: r.Hardware, Backend: r.BackendLabel(), Status: r.Status,
 		Reason: r.Reason, Batch: r.BatchSize, V: viewOf(r), OK: r.ok()}
 }
 

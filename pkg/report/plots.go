@@ -17,6 +17,8 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgsvg"
+
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // Plot is one figure of the report: an SVG file beside the page.
@@ -233,10 +235,11 @@ func groupPlots(g Group, base, what string) []Plot {
 				floorFlags = append(floorFlags, name+"s left out: "+why)
 				continue
 			}
-			// A time-scaled sim's client latencies are the roofline's times the scale: a
-			// floor beside them would read as a result.
+			// A time-scaled sim's client latencies are un-scaled to physical units, the
+			// client's own time with them (× 1/scale): a floor beside them would compare the
+			// client, not the server.
 			if sc := r.timeScale(); sc != 0 {
-				floorFlags = append(floorFlags, fmt.Sprintf("%ss left out: time-scaled sim ×%g, its client latencies are not physical", name, sc))
+				floorFlags = append(floorFlags, fmt.Sprintf("%ss left out: %s, its un-scaled client latencies include the client's own time ÷ %g", name, profile.ScaleLabel(sc), sc))
 				continue
 			}
 			v := get(r)

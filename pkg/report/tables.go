@@ -199,6 +199,14 @@ var csvColumns = []column{
 	{"output_tokens", func(r *Row) string { return strconv.Itoa(r.Out) }},
 	{"batch_size", func(r *Row) string { return strconv.Itoa(r.BatchSize) }},
 	{"backend", func(r *Row) string { return r.Backend }},
+	// time_scale: the sim's --sim-time-scale when it ran time-scaled; its client latencies
+	// and throughputs in this row are un-scaled to physical units (profile.Metrics.Unscaled).
+	{"time_scale", func(r *Row) string {
+		if s := r.timeScale(); s != 0 {
+			return strconv.FormatFloat(s, 'g', -1, 64)
+		}
+		return ""
+	}},
 	{"status", func(r *Row) string { return r.Status }},
 	{"reason", func(r *Row) string { return r.Reason }},
 	{"completed", func(r *Row) string { return intOK(r, r.metricsOr().Completed) }},
@@ -421,7 +429,7 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 		for _, r := range g.Rows {
 			v := viewOf(r)
 			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-				mdEscape(r.ID), mdEscape(r.Hardware), mdEscape(r.Backend), r.BatchSize, mdEscape(v.TTFT), mdEscape(v.TPOT), mdEscape(v.Over),
+				mdEscape(r.ID), mdEscape(r.Hardware), mdEscape(r.BackendLabel()), r.BatchSize, mdEscape(v.TTFT), mdEscape(v.TPOT), mdEscape(v.Over),
 				mdEscape(v.TputGPU), mdEscape(v.Interact), mdEscape(v.SMBU), mdEscape(v.JTok), mdEscape(v.StatusText))
 		}
 		if cmp := backendPairs(g.Rows); len(cmp) > 0 {
