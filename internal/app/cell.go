@@ -7,14 +7,12 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
-	"github.com/moecapd/moecapd/pkg/report"
 )
 
 // CellOptions is launch-and-bench's settings, merged once (flag > MOECAP_* > moecapd.yaml >
@@ -144,6 +142,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: o.Hardware,
 		GPUs: gb, GPUWait: o.GPUWait, GPUInterval: o.GPUInterval,
 		MemSlackBytes: uint64(o.GPUIdleMiB) << 20, Version: o.Version, Log: log,
+		GPUHourUSD: o.GPUHourUSD, ElectricityUSDPerKWh: o.ElectricityUSDPerKWh,
 		AllowUnknownModel: o.AllowUnknownModel,
 	}
 	c.Native.Warmup = o.Warmup
@@ -167,28 +166,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 	if c.Native.AllowedBadRequests < 0 {
 		return nil, nil, exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
 	}
-	c.Derive = report.Hook(tables, &c.Prices, func(err error) {
-		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
-	})
 	return c, cleanup, nil
-}
-
-func setPrices(c *cell.Config, p *cell.Plan, o CellOptions) {
-	fam := c.SimHW
-	if len(p.Devices) > 0 {
-		fam = p.Devices[0].Family
-	}
-	if fam == "" {
-		fam = "H100"
-	}
-	hw, _ := c.Tables.HardwareFamily(fam)
-	c.Prices = capmath.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
-	if o.GPUHourUSD != nil {
-		c.Prices.GPUHourUSD, c.Prices.Source = *o.GPUHourUSD, "flags"
-	}
-	if o.ElectricityUSDPerKWh != nil {
-		c.Prices.ElectricityUSDPerKWh, c.Prices.Source = *o.ElectricityUSDPerKWh, "flags"
-	}
 }
 
 // loadTables reads the model and hardware tables and where models outside them are

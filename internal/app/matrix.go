@@ -440,7 +440,6 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 	if err != nil {
 		return nil, err
 	}
-	setPrices(cfg, &cell.Plan{}, o)
 	// The matrix logs two lines a cell (starting, finished); the pipeline's own steps are
 	// for --log-level debug. Warnings and errors still come through.
 	if cfg.Log != nil && !cfg.Log.Core().Enabled(zapcore.DebugLevel) {

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -11,7 +10,6 @@ import (
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
-	"github.com/moecapd/moecapd/pkg/report"
 )
 
 // WriteCellSummary writes one cell's summary for people: status, failure, timings,
@@ -91,12 +89,8 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 // with its likely cause, never a number), MoE-CAP's values under their own name, floors,
 // the memory verdict and the cost, all from manifest extra.cap.
 func printCAP(w io.Writer, m *cell.Manifest) {
-	raw, ok := m.Extra[report.ExtraKey]
+	d, ok := m.CAP()
 	if !ok {
-		return
-	}
-	var d capmath.Derived
-	if err := json.Unmarshal(raw, &d); err != nil {
 		return
 	}
 	if d.Absent != "" {

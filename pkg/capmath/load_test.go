@@ -10,7 +10,9 @@ import (
 func TestAchievedLoad(t *testing.T) {
 	f := func(v float64) *float64 { return &v }
 	fits := func(k int) Prediction { return Prediction{Fit: passcost.Fit{Verdict: passcost.Fits, Concurrent: k}} }
-	under := func(k int) Prediction { return Prediction{Fit: passcost.Fit{Verdict: passcost.UnderBatched, Concurrent: k}} }
+	under := func(k int) Prediction {
+		return Prediction{Fit: passcost.Fit{Verdict: passcost.UnderBatched, Concurrent: k}}
+	}
 	for _, tc := range []struct {
 		name          string
 		c             Cell

@@ -646,7 +646,9 @@ func (r *runner) finish() {
 	}
 	// Every cell gets its CAP block: one that ran its floors, one that did not its
 	// prediction (memory verdict, expected TPOT/TTFT).
-	if r.c.Derive != nil {
-		r.c.Derive(r.m, r.p.Dir)
+	if r.c.Tables != nil {
+		if err := r.m.AnnotateCAP(r.c.Tables, r.p.Dir, &r.p.Prices); err != nil {
+			r.log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
+		}
 	}
 }
