@@ -363,9 +363,11 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	if o.OnMeasureStart != nil {
 		o.OnMeasureStart()
 	}
+	cpu0 := processCPU()
 	res.Started = time.Now()
 	sent := schedule(ctx, &o, st, func(i int) []byte { return body(o.Warmup + i) }, reqs, prog)
 	res.Finished = time.Now()
+	cpu1 := processCPU()
 	if o.OnMeasureEnd != nil {
 		o.OnMeasureEnd()
 	}
@@ -416,6 +418,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 
 	res.Requests = reqs[:sent]
 	res.Metrics = computeMetrics(res.Requests, &o, res.Finished.Sub(res.Started))
+	res.Metrics.ClientCPUFraction = cpuFraction(cpu0, cpu1, res.Finished.Sub(res.Started))
 	res.Metrics.Partial = interrupted
 	res.Metrics.Records = recordsNote
 	if s := res.Stats; s != nil {
@@ -726,6 +729,16 @@ func computeMetrics(reqs []RequestResult, o *Options, dur time.Duration) Metrics
 		}
 	}
 	m.DurationS = dur.Seconds()
+	if m.DurationS > 0 && len(reqs) > 0 {
+		// Requests in flight, as the client saw them: every request's send → end, over the
+		// run (a time-weighted mean; failed requests count while they were out).
+		var busy float64
+		for i := range reqs {
+			busy += reqs[i].e2el.Seconds()
+		}
+		v := busy / m.DurationS
+		m.ClientInFlightMean = &v
+	}
 	if m.DurationS > 0 {
 		m.RequestThroughput = float64(m.Completed) / m.DurationS
 		m.OutputThroughput = float64(m.TotalOutputTokens) / m.DurationS
