@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
 
@@ -164,7 +165,7 @@ func TestNativeCellValidity(t *testing.T) {
 			if got := tt.check(m); got != "2 2" {
 				t.Errorf("counts %q, want \"2 2\" (every 4th of 8 requests)", got)
 			}
-			if tt.code == 5 && (m.Failure == nil || m.Failure.Kind != cell.KindBadResult || len(m.Metrics.InvalidReasons) == 0) {
+			if tt.code == 5 && (m.Failure == nil || m.Failure.Kind != exitcode.FailBadResult || len(m.Metrics.InvalidReasons) == 0) {
 				t.Errorf("failure %+v reasons %v, want bad_result with reasons", m.Failure, m.Metrics.InvalidReasons)
 			}
 			if tt.code == 0 && m.Status != cell.StatusOK {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // Two launch-and-bench of one cell on one results root: the second is refused (exit 2,
@@ -110,7 +111,7 @@ func TestCopiedCellDirNotTrusted(t *testing.T) {
 	copyDir(t, okDir, filepath.Join(results, ok+".bak"))
 	bad := *m0
 	bad.Status = cell.StatusFailed
-	bad.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: cell.KindCrash, Message: "an old failure"}
+	bad.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: exitcode.FailCrash, Message: "an old failure"}
 	if err := cell.WriteManifest(filepath.Join(results, ok+".bak"), &bad); err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // fakeCondaRoot builds a conda-shaped root: etc/profile.d/conda.sh defines a `conda` shell
@@ -192,8 +193,8 @@ func TestRunnerBadOutputs(t *testing.T) {
 		kind         cell.Kind
 		msg          string
 	}{
-		{"crash", "crash", nil, cell.KindClientError, "ServerRecordsUnavailableError: SGLang wrote no record file"},
-		{"unparseable metrics", "garbage", nil, cell.KindBadResult, "not a MoE-CAP metrics file"},
+		{"crash", "crash", nil, exitcode.FailClientError, "ServerRecordsUnavailableError: SGLang wrote no record file"},
+		{"unparseable metrics", "garbage", nil, exitcode.FailBadResult, "not a MoE-CAP metrics file"},
 		// moecapd bench as the runner exits 5 on failed requests (the real runner exits 0 and
 		// the cell's own check makes it bad_result); either way the numbers are kept.
 		{"failed requests", "", []string{"--", "--sim-fault", "http-500-some"}, "", "requests failed"},

@@ -190,10 +190,10 @@ func TestSimFaults(t *testing.T) {
 		inTail   string
 		inReason string
 	}{
-		{"exits during start-up", []string{"--", "--sim-fault", "exit-on-start"}, 3, cell.StatusFailed, cell.PhaseReady, cell.KindCrash, "Traceback", "exited during start-up"},
-		{"out of memory", []string{"--", "--sim-fault", "oom-on-start"}, 4, cell.StatusInfeasible, cell.PhaseReady, cell.KindOOM, "CUDA out of memory", "ran out of memory"},
-		{"never ready", []string{"--ready-hard-timeout", "1500ms", "--", "--sim-fault", "never-ready"}, 3, cell.StatusFailed, cell.PhaseReady, cell.KindHealthTimeout, "", "not ready"},
-		{"crash mid-run", []string{"--", "--sim-fault", "crash-mid-run", "--sim-tpot", "5ms"}, 5, cell.StatusFailed, cell.PhaseBench, cell.KindCrash, "illegal memory access", "server died during the bench"},
+		{"exits during start-up", []string{"--", "--sim-fault", "exit-on-start"}, 3, cell.StatusFailed, cell.PhaseReady, exitcode.FailCrash, "Traceback", "exited during start-up"},
+		{"out of memory", []string{"--", "--sim-fault", "oom-on-start"}, 4, cell.StatusInfeasible, cell.PhaseReady, exitcode.FailOOM, "CUDA out of memory", "ran out of memory"},
+		{"never ready", []string{"--ready-hard-timeout", "1500ms", "--", "--sim-fault", "never-ready"}, 3, cell.StatusFailed, cell.PhaseReady, exitcode.FailHealthTimeout, "", "not ready"},
+		{"crash mid-run", []string{"--", "--sim-fault", "crash-mid-run", "--sim-tpot", "5ms"}, 5, cell.StatusFailed, cell.PhaseBench, exitcode.FailCrash, "illegal memory access", "server died during the bench"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -293,7 +293,7 @@ func TestSignalMidBench(t *testing.T) {
 				t.Fatalf("exit %v, want 130\n%s", err, out)
 			}
 			_, m := onlyCell(t, results)
-			if m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Kind != cell.KindInterrupted || m.Failure.Phase != cell.PhaseBench {
+			if m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Kind != exitcode.FailInterrupted || m.Failure.Phase != cell.PhaseBench {
 				t.Errorf("status %s failure %+v, want interrupted in bench", m.Status, m.Failure)
 			} else if name := "SIG" + map[syscall.Signal]string{syscall.SIGINT: "INT", syscall.SIGTERM: "TERM", syscall.SIGHUP: "HUP"}[sig]; !strings.Contains(m.Failure.Message, name) {
 				t.Errorf("failure message %q does not name %s", m.Failure.Message, name)
@@ -423,7 +423,7 @@ func TestPortTaken(t *testing.T) {
 		t.Fatalf("exit %d, want 3\n%s", r.code, r.stderr)
 	}
 	_, m := onlyCell(t, results)
-	if m.Failure == nil || m.Failure.Kind != cell.KindPortInUse || !strings.Contains(m.Failure.Message, "--port 0") {
+	if m.Failure == nil || m.Failure.Kind != exitcode.FailPortInUse || !strings.Contains(m.Failure.Message, "--port 0") {
 		t.Errorf("failure %+v, want port_in_use naming the fix", m.Failure)
 	}
 }

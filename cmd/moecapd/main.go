@@ -45,7 +45,27 @@ func newRootCmd() *cobra.Command {
 	for _, f := range subcommands {
 		root.AddCommand(f())
 	}
+	// An unknown command or wrong arguments are usage errors (exit 2), classified where
+	// they are found rather than from cobra's error text.
+	usageArgs(root)
 	return root
+}
+
+// usageArgs makes every command's argument check return a usage error, and a command
+// that only groups others (moecapd, matrix, slurm) refuse an unknown one.
+func usageArgs(c *cobra.Command) {
+	if c.HasSubCommands() && !c.Runnable() {
+		c.Args = unknownCommand
+		c.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	}
+	if check := c.Args; check != nil {
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			return exitcode.New(exitcode.Usage, check(cmd, args))
+		}
+	}
+	for _, sub := range c.Commands() {
+		usageArgs(sub)
+	}
 }
 
 // settings and bindFlags (flag > MOECAP_* env > moecapd.yaml > default, strictly typed)
@@ -77,11 +97,19 @@ func main() {
 	if err == nil {
 		os.Exit(int(exitcode.OK))
 	}
-	code := exitcode.Of(err)
-	var ee *exitcode.Error
-	if !errors.As(err, &ee) && (strings.Contains(err.Error(), "unknown command") || strings.Contains(err.Error(), "arg(s)")) {
-		code = int(exitcode.Usage)
-	}
 	fmt.Fprintln(os.Stderr, "moecapd:", err)
-	os.Exit(code)
+	os.Exit(exitcode.Of(err))
+}
+
+// unknownCommand is the argument check of a command that groups others: any argument is a
+// command it does not have.
+func unknownCommand(c *cobra.Command, args []string) error {
+	if len(args) == 0 {
+		return nil
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", args[0], c.CommandPath())
+	if s := c.SuggestionsFor(args[0]); len(s) > 0 {
+		msg += "\n\nDid you mean this?\n\t" + strings.Join(s, "\n\t")
+	}
+	return errors.New(msg)
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/matrix"
 )
 
@@ -121,10 +122,10 @@ func TestMatrixFaultsKillResume(t *testing.T) {
 		{"dsv2_lite.1xA100.32-8.bs4.sim", cell.StatusOK, "", 40}, // pinned
 		{"qwen1_5.1xH100.32-8.bs2.sim", cell.StatusOK, "", 4},    // the bench file's
 		{"qwen1_5.1xH100.32-8.bs32.sim", cell.StatusOK, "", 64},  // raised to 2×batch
-		{"qwen1_5.1xH100.32-8.bs64.sim", cell.StatusInfeasible, cell.KindOOM, 128},
-		{"qwen1_5.1xH100.32-8.bs128.sim", cell.StatusInfeasible, cell.KindOOM, 256},
-		{"dsv2_lite.1xH100.32-8.bs2.sim", cell.StatusFailed, cell.KindCrash, 4},
-		{"dsv2_lite.1xH200.32-8.bs2.sim", cell.StatusFailed, cell.KindHealthTimeout, 4},
+		{"qwen1_5.1xH100.32-8.bs64.sim", cell.StatusInfeasible, exitcode.FailOOM, 128},
+		{"qwen1_5.1xH100.32-8.bs128.sim", cell.StatusInfeasible, exitcode.FailOOM, 256},
+		{"dsv2_lite.1xH100.32-8.bs2.sim", cell.StatusFailed, exitcode.FailCrash, 4},
+		{"dsv2_lite.1xH200.32-8.bs2.sim", cell.StatusFailed, exitcode.FailHealthTimeout, 4},
 	}
 	okStart := map[string]time.Time{}
 	for _, ck := range checks {
@@ -139,7 +140,7 @@ func TestMatrixFaultsKillResume(t *testing.T) {
 		if ck.status == cell.StatusOK {
 			okStart[ck.id] = m.StartedAt
 		}
-		if ck.kind == cell.KindCrash && matrix.NoteOf(m).Attempts != 2 {
+		if ck.kind == exitcode.FailCrash && matrix.NoteOf(m).Attempts != 2 {
 			t.Errorf("%s: %d attempts, want 2 (--retries 1)", ck.id, matrix.NoteOf(m).Attempts)
 		}
 	}

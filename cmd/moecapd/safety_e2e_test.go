@@ -19,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
@@ -271,7 +272,7 @@ func TestSweepMarksDeadCells(t *testing.T) {
 	}
 	for dir, ph := range map[string]cell.Phase{preflight: cell.PhasePreflight, serverDied: cell.PhaseReady, rebooted: cell.PhaseLaunch, reused: cell.PhaseBench} {
 		m, err := cell.ReadManifest(dir)
-		if err != nil || m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Phase != ph || m.Failure.Kind != cell.KindInterrupted {
+		if err != nil || m.Status != cell.StatusInterrupted || m.Failure == nil || m.Failure.Phase != ph || m.Failure.Kind != exitcode.FailInterrupted {
 			b, _ := json.Marshal(m)
 			t.Errorf("%s: %s (%v), want interrupted during %s", filepath.Base(dir), b, err, ph)
 		}

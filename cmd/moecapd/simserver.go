@@ -2,15 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"os/signal"
-	"path/filepath"
-	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -19,32 +15,11 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
-	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/sim"
 )
 
 func init() { register(newSimServerCmd) }
-
-// simEnvVars are echoed at start so tests can prove the server saw the activated env.
-var simEnvVars = []string{"CONDA_PREFIX", "CUDA_VISIBLE_DEVICES", "SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR", "MOE_CAP_ENABLE_EXPERT_PATCHING"}
-
-// flagFlavor names the flags that belong to one wrapper only; a flag of the other flavor
-// is a launcher bug worth stopping for.
-var flagFlavor = map[string]string{
-	"model-path":                         sim.FlavorSGLang,
-	"expert-distribution-recorder-mode":  sim.FlavorSGLang,
-	"tp-size":                            sim.FlavorSGLang,
-	"max-running-requests":               sim.FlavorSGLang,
-	"context-length":                     sim.FlavorSGLang,
-	"chunked-prefill-size":               sim.FlavorSGLang,
-	"model":                              sim.FlavorVLLM,
-	"tensor-parallel-size":               sim.FlavorVLLM,
-	"enable-expert-distribution-metrics": sim.FlavorVLLM,
-	"max-num-batched-tokens":             sim.FlavorVLLM,
-	"max-num-seqs":                       sim.FlavorVLLM,
-	"max-model-len":                      sim.FlavorVLLM,
-}
 
 func newSimServerCmd() *cobra.Command {
 	c := &cobra.Command{
@@ -171,7 +146,7 @@ func runSimServer(cmd *cobra.Command, args []string) error {
 		return nil
 	}
 	// Announced before any flag error, so a launcher test sees what a bad argv looked like.
-	if err := announceStart(out); err != nil {
+	if err := sim.AnnounceStart(out); err != nil {
 		return err
 	}
 	if parseErr != nil {
@@ -183,7 +158,7 @@ func runSimServer(cmd *cobra.Command, args []string) error {
 	for _, a := range ignored {
 		fmt.Fprintf(out, "sim: ignoring server flag %q (not simulated)\n", a)
 	}
-	cfg, err := simConfig(fs)
+	cfg, err := sim.ConfigFromFlags(readSimFlags(fs))
 	if err != nil {
 		return err
 	}
@@ -210,136 +185,6 @@ func runSimServer(cmd *cobra.Command, args []string) error {
 	}
 }
 
-// simConfig turns the parsed flags and the environment into a sim.Config.
-func simConfig(fs *pflag.FlagSet) (sim.Config, error) {
-	str := func(n string) string { v, _ := fs.GetString(n); return v }
-	num := func(n string) int { v, _ := fs.GetInt(n); return v }
-	var cfg sim.Config
-	cfg.Flavor = str("flavor")
-	if cfg.Flavor != sim.FlavorSGLang && cfg.Flavor != sim.FlavorVLLM {
-		return cfg, usageErrorf("sim-server: --flavor %q: want sglang or vllm", cfg.Flavor)
-	}
-	var bad []string
-	fs.Visit(func(f *pflag.Flag) {
-		if fl, ok := flagFlavor[f.Name]; ok && fl != cfg.Flavor {
-			bad = append(bad, "--"+f.Name)
-		}
-	})
-	if len(bad) > 0 {
-		return cfg, usageErrorf("sim-server: %s belongs to the %s wrapper, not %s; fix the argv or --flavor",
-			strings.Join(bad, ", "), otherFlavor(cfg.Flavor), cfg.Flavor)
-	}
-	cfg.Host = str("host")
-	cfg.Port = num("port")
-	if !fs.Changed("port") {
-		cfg.Port = 30000
-		if cfg.Flavor == sim.FlavorVLLM {
-			cfg.Port = 8000
-		}
-	}
-	if cfg.Flavor == sim.FlavorSGLang {
-		cfg.ServedModel, cfg.TP, cfg.MaxRunning, cfg.MaxModelLen = str("model-path"), num("tp-size"), num("max-running-requests"), num("context-length")
-		if cfg.ServedModel == "" {
-			return cfg, usageErrorf("sim-server: --model-path is required for --flavor sglang")
-		}
-	} else {
-		cfg.ServedModel, cfg.TP, cfg.MaxRunning, cfg.MaxModelLen = str("model"), num("tensor-parallel-size"), num("max-num-seqs"), num("max-model-len")
-		if cfg.ServedModel == "" {
-			return cfg, usageErrorf("sim-server: --model is required for --flavor vllm")
-		}
-	}
-	if cfg.TP < 1 || cfg.MaxRunning < 0 || cfg.MaxModelLen < 0 {
-		return cfg, usageErrorf("sim-server: tensor-parallel size must be at least 1 and batch size and context length not negative")
-	}
-
-	tables, err := config.LoadTables(str("sim-configs"))
-	if err != nil {
-		return cfg, usageErrorf("sim-server: model tables: %v", err)
-	}
-	home, _ := os.UserHomeDir()
-	tables.Sources = config.ModelSource{ConfigFile: str("model-config"),
-		HubCache: config.HubCacheDir(os.Getenv("HF_HUB_CACHE"), os.Getenv("HF_HOME"), home)}
-	if key := str("sim-model"); key != "" {
-		m, ok := tables.Models[key]
-		if !ok {
-			return cfg, usageErrorf("sim-server: --sim-model %q is not in the model table; keys: %s", key, strings.Join(tables.ModelKeys(), ", "))
-		}
-		cfg.Model = m
-	} else {
-		m, err := tables.Describe(cfg.ServedModel)
-		if err != nil {
-			// A model nobody can describe still runs, with fixed pass times and no memory
-			// model; its CAP numbers are absent (the cell's derivation says why).
-			cfg.Undescribed = err.Error() + "; or pass --sim-model with one of: " + strings.Join(tables.ModelKeys(), ", ")
-			m = config.Model{Key: config.ModelKey(cfg.ServedModel), HFID: cfg.ServedModel}
-		}
-		cfg.Model = m
-	}
-	if b, ok := config.KVCacheBytes([]string{"--kv-cache-dtype", str("kv-cache-dtype")}); ok {
-		cfg.Model.KVElemBytes = b
-	}
-	fam := strings.ToUpper(str("sim-hardware"))
-	hw, ok := tables.HardwareFamily(fam)
-	if !ok {
-		var keys []string
-		for k := range tables.Hardware {
-			keys = append(keys, k)
-		}
-		sort.Strings(keys)
-		return cfg, usageErrorf("sim-server: --sim-hardware %q is not in the hardware table; want one of: %s", str("sim-hardware"), strings.Join(keys, ", "))
-	}
-	cfg.Hardware = hw
-
-	cfg.Fault = str("sim-fault")
-	if cfg.Fault != "" && !slices.Contains(sim.Faults, cfg.Fault) {
-		return cfg, usageErrorf("sim-server: --sim-fault %q: want one of %s", cfg.Fault, strings.Join(sim.Faults, ", "))
-	}
-	cfg.Workers = num("sim-workers")
-	if cfg.Workers > 0 {
-		exe, err := os.Executable()
-		if err != nil {
-			return cfg, fmt.Errorf("sim-server: cannot find own executable to start workers: %w", err)
-		}
-		cfg.WorkerCommand = []string{exe, "sim-server", "--sim-worker"}
-	}
-	cfg.Startup, _ = fs.GetDuration("sim-startup")
-	cfg.TPOT, _ = fs.GetDuration("sim-tpot")
-	cfg.TTFT, _ = fs.GetDuration("sim-ttft")
-	cfg.TimeScale, _ = fs.GetFloat64("sim-time-scale")
-	if cfg.TimeScale <= 0 || cfg.TPOT < 0 || cfg.TTFT < 0 || cfg.Startup < 0 {
-		return cfg, usageErrorf("sim-server: --sim-time-scale must be positive and --sim-tpot, --sim-ttft, --sim-startup not negative")
-	}
-	// Upper bounds (issue 11, item 7): the sim's argv is user input too (extra server flags
-	// after --); nothing out of range may fork without limit, overflow or wait for years.
-	for _, b := range []struct {
-		what     string
-		v, limit int
-	}{{"tensor-parallel size", cfg.TP, config.MaxTP}, {"batch size", cfg.MaxRunning, config.MaxBatchSize},
-		{"context length", cfg.MaxModelLen, 16 * config.MaxTokens}, {"--sim-workers", cfg.Workers, 64}} {
-		if b.v > b.limit {
-			return cfg, usageErrorf("sim-server: %s %d: expected at most %d", b.what, b.v, b.limit)
-		}
-	}
-	if !(cfg.TimeScale <= 1000) || cfg.TPOT > time.Minute || cfg.TTFT > time.Hour || cfg.Startup > time.Hour {
-		return cfg, usageErrorf("sim-server: --sim-time-scale at most 1000, --sim-tpot at most 1m, --sim-ttft and --sim-startup at most 1h")
-	}
-
-	// Same defaults as the wrappers when the variable is unset: ~/expert_records for
-	// sglang, the system temp dir for vllm.
-	cfg.ExpertDistributionMetrics, _ = fs.GetBool("enable-expert-distribution-metrics")
-	cfg.RecordsDir = os.Getenv("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR")
-	if cfg.RecordsDir == "" {
-		if cfg.Flavor == sim.FlavorSGLang {
-			if home, err := os.UserHomeDir(); err == nil {
-				cfg.RecordsDir = filepath.Join(home, "expert_records")
-			}
-		} else {
-			cfg.RecordsDir = os.TempDir()
-		}
-	}
-	return cfg, nil
-}
-
 // simDaemonEnv=1 in a sim server's environment makes each of its --sim-workers double-fork
 // and call setsid, as Ray's raylet does (a fault for the teardown tests; not a flag, so the
 // server's argv stays the wrappers').
@@ -362,39 +207,19 @@ func daemonizeWorker(rank int) error {
 	return nil
 }
 
-func otherFlavor(f string) string {
-	if f == sim.FlavorSGLang {
-		return sim.FlavorVLLM
-	}
-	return sim.FlavorSGLang
-}
-
-// announceStart prints "sim: started {argv, env, pid}" and, when MOECAPD_SIM_ARGV_FILE is
-// set, writes the same JSON there: the proof, for launcher tests, of what the server was
-// really started with. Unset variables are null, set-but-empty ones "".
-func announceStart(out interface{ Write([]byte) (int, error) }) error {
-	env := map[string]*string{}
-	for _, k := range simEnvVars {
-		if v, ok := os.LookupEnv(k); ok {
-			env[k] = &v
-		} else {
-			env[k] = nil
-		}
-	}
-	b, err := json.Marshal(map[string]any{"argv": os.Args, "env": env, "pid": os.Getpid()})
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "sim: started %s\n", b)
-	if path := os.Getenv("MOECAPD_SIM_ARGV_FILE"); path != "" {
-		tmp := path + ".tmp" + strconv.Itoa(os.Getpid())
-		if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("sim-server: MOECAPD_SIM_ARGV_FILE: %w", err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("sim-server: MOECAPD_SIM_ARGV_FILE: %w", err)
-		}
-	}
-	return nil
+// readSimFlags reads sim-server's parsed flags into sim.ServerFlags.
+func readSimFlags(fs *pflag.FlagSet) sim.ServerFlags {
+	str := func(n string) string { v, _ := fs.GetString(n); return v }
+	num := func(n string) int { v, _ := fs.GetInt(n); return v }
+	dur := func(n string) time.Duration { v, _ := fs.GetDuration(n); return v }
+	var given []string
+	fs.Visit(func(f *pflag.Flag) { given = append(given, f.Name) })
+	scale, _ := fs.GetFloat64("sim-time-scale")
+	edm, _ := fs.GetBool("enable-expert-distribution-metrics")
+	return sim.ServerFlags{Flavor: str("flavor"), Host: str("host"), Port: num("port"), PortSet: fs.Changed("port"), Given: given,
+		ModelPath: str("model-path"), TPSize: num("tp-size"), MaxRunningRequests: num("max-running-requests"), ContextLength: num("context-length"),
+		Model: str("model"), TensorParallelSize: num("tensor-parallel-size"), MaxNumSeqs: num("max-num-seqs"), MaxModelLen: num("max-model-len"),
+		ExpertDistributionMetrics: edm, SimHardware: str("sim-hardware"), SimModel: str("sim-model"), SimConfigs: str("sim-configs"),
+		KVCacheDtype: str("kv-cache-dtype"), ModelConfig: str("model-config"), Fault: str("sim-fault"), Workers: num("sim-workers"),
+		Startup: dur("sim-startup"), TPOT: dur("sim-tpot"), TTFT: dur("sim-ttft"), TimeScale: scale}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/slurm"
 )
 
@@ -350,7 +351,7 @@ func TestSlurmCancelTearsDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Failure == nil || m.Failure.Kind != cell.KindInterrupted {
+	if m.Failure == nil || m.Failure.Kind != exitcode.FailInterrupted {
 		t.Errorf("cancelled cell: %s %+v; want interrupted", m.Status, m.Failure)
 	}
 	if _, ok := m.Extra[slurm.ExtraKey]; !ok {

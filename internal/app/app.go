@@ -15,18 +15,12 @@ import (
 	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
-// usageErrorf is a usage or configuration error (exit 2).
-func usageErrorf(format string, a ...any) error { return exitcode.Usagef(format, a...) }
-
-// withCode gives err an exit code of pkg/exitcode.
-func withCode(k exitcode.Kind, err error) error { return exitcode.New(k, err) }
-
 // NewLogger is the logger --log-level and --log-format ask for: console on a terminal
 // (format auto), JSON otherwise.
 func NewLogger(level, format string) (*zap.Logger, error) {
 	var lvl zapcore.Level
 	if err := lvl.Set(level); err != nil {
-		return nil, usageErrorf("--log-level %q: want debug, info, warn or error", level)
+		return nil, exitcode.Usagef("--log-level %q: want debug, info, warn or error", level)
 	}
 	if format == "auto" {
 		format = "json"
@@ -45,6 +39,6 @@ func NewLogger(level, format string) (*zap.Logger, error) {
 		cfg.OutputPaths = []string{"stderr"}
 		return cfg.Build()
 	default:
-		return nil, usageErrorf("--log-format %q: want auto, console or json", format)
+		return nil, exitcode.Usagef("--log-format %q: want auto, console or json", format)
 	}
 }

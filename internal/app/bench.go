@@ -67,11 +67,11 @@ func Bench(ctx context.Context, req BenchRequest) error {
 		switch {
 		case err == nil:
 		case errors.Is(err, context.Canceled) || ctx.Err() != nil:
-			return withCode(exitcode.Interrupted, err)
+			return exitcode.New(exitcode.Interrupted, err)
 		case errors.Is(err, profile.ErrRecordsUnavailable):
-			return withCode(exitcode.Internal, err)
+			return exitcode.New(exitcode.Internal, err)
 		default:
-			return withCode(exitcode.Bench, err)
+			return exitcode.New(exitcode.Bench, err)
 		}
 	}
 	return nil
@@ -84,7 +84,7 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	if file := v.ConfigFile; file != "" {
 		lb, err := config.LoadBench(file)
 		if err != nil {
-			return nil, withCode(exitcode.Usage, err)
+			return nil, exitcode.New(exitcode.Usage, err)
 		}
 		b = *lb
 	}
@@ -119,15 +119,15 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	apiURL := v.APIURL
 	switch {
 	case apiURL == "":
-		return nil, usageErrorf("--api-url is required, e.g. http://127.0.0.1:30000/v1/completions")
+		return nil, exitcode.Usagef("--api-url is required, e.g. http://127.0.0.1:30000/v1/completions")
 	case b.ModelID == "":
-		return nil, usageErrorf("no model: pass --model_name or a --config-file with model_id (it must equal the server's model path)")
+		return nil, exitcode.Usagef("no model: pass --model_name or a --config-file with model_id (it must equal the server's model path)")
 	case len(b.DatasetNames) == 0:
-		return nil, usageErrorf("no dataset: pass --datasets gsm8k|longbench_v2|random or a --config-file with dataset_names")
+		return nil, exitcode.Usagef("no dataset: pass --datasets gsm8k|longbench_v2|random or a --config-file with dataset_names")
 	case b.TargetInputTokens <= 0 || b.TargetOutputTokens <= 0:
-		return nil, usageErrorf("moecapd bench runs fixed-length benchmarks only: pass --target-input-tokens and --target-output-tokens (or a config with target_input_tokens/target_output_tokens)")
+		return nil, exitcode.Usagef("moecapd bench runs fixed-length benchmarks only: pass --target-input-tokens and --target-output-tokens (or a config with target_input_tokens/target_output_tokens)")
 	case b.NumSamples <= 0:
-		return nil, usageErrorf("--num-samples (or num_samples in the config) must be ≥ 1")
+		return nil, exitcode.Usagef("--num-samples (or num_samples in the config) must be ≥ 1")
 	}
 	// Upper bounds (issue 11, item 7; pkg/config/strict.go): refused before any request,
 	// so no number a user gives makes the client allocate or wait without limit.
@@ -138,11 +138,11 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 		config.CheckDuration("bench", "--drain-timeout", v.DrainTimeout, 0, time.Hour),
 	} {
 		if err != nil {
-			return nil, withCode(exitcode.Usage, err)
+			return nil, exitcode.New(exitcode.Usage, err)
 		}
 	}
 	if v.IgnoreEOS && v.NoIgnoreEOS {
-		return nil, usageErrorf("--ignore-eos and --no-ignore-eos contradict each other; pass one")
+		return nil, exitcode.Usagef("--ignore-eos and --no-ignore-eos contradict each other; pass one")
 	}
 	// The runner's rule: ignore_eos follows fixed-length mode unless a flag says otherwise.
 	// This client only measures fixed-length runs, so the default is on.
@@ -152,15 +152,15 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	}
 	schedule := v.Schedule
 	if schedule != "" && schedule != profile.ScheduleClosedLoop && schedule != profile.ScheduleWaves {
-		return nil, usageErrorf("--schedule %q: want closed-loop or waves", schedule)
+		return nil, exitcode.Usagef("--schedule %q: want closed-loop or waves", schedule)
 	}
 	backend := v.Backend
 	if backend != "auto" && backend != "sglang" && backend != "vllm" {
-		return nil, usageErrorf("--backend %q: want sglang, vllm or auto", backend)
+		return nil, exitcode.Usagef("--backend %q: want sglang, vllm or auto", backend)
 	}
 	bs := v.ServerBatchSize
 	if bs < 0 {
-		return nil, usageErrorf("--server-batch-size %d: want ≥ 1 (or 0 for all at once)", bs)
+		return nil, exitcode.Usagef("--server-batch-size %d: want ≥ 1 (or 0 for all at once)", bs)
 	}
 	var given *int // metadata's batch_size: null when the runner would send all at once
 	if bs == 0 {
@@ -174,11 +174,11 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	switch p := b.Precision; p {
 	case "", "bfloat16", "float16", "float32", "int8", "int4":
 	default:
-		return nil, usageErrorf("--precision %q: want bfloat16, float16, float32, int8 or int4 (the runner's choices)", p)
+		return nil, exitcode.Usagef("--precision %q: want bfloat16, float16, float32, int8 or int4 (the runner's choices)", p)
 	}
 	for _, ds := range b.DatasetNames {
 		if strings.EqualFold(ds, "arena-hard") {
-			return nil, usageErrorf("dataset arena-hard needs the runner's LLM judge (--judge-api-url, --baseline-answers-path), which moecapd bench does not implement; run moe_cap.runner.openai_api_profile for it")
+			return nil, exitcode.Usagef("dataset arena-hard needs the runner's LLM judge (--judge-api-url, --baseline-answers-path), which moecapd bench does not implement; run moe_cap.runner.openai_api_profile for it")
 		}
 	}
 	for k, val := range map[string]string{"judge-api-url": v.JudgeAPIURL, "judge-model": v.JudgeModel, "judge-api-key": v.JudgeAPIKey, "baseline-answers-path": v.BaselineAnswersPath} {
@@ -188,7 +188,7 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	}
 	style := v.PromptStyle
 	if style != profile.PromptUpstream && style != profile.PromptExactIDs {
-		return nil, usageErrorf("--prompt-style %q: want upstream or exact-ids", style)
+		return nil, exitcode.Usagef("--prompt-style %q: want upstream or exact-ids", style)
 	}
 	if schedule == "" {
 		// A drop-in sends what the runner sends the way it sends it.
@@ -199,7 +199,7 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	}
 	allowBad := v.AllowBadRequests
 	if allowBad < 0 {
-		return nil, usageErrorf("--allow-bad-requests %d: want ≥ 0", allowBad)
+		return nil, exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", allowBad)
 	}
 	outDir := v.OutputDir
 	recordsDir := v.RecordsDir

@@ -7,14 +7,12 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
-	"github.com/moecapd/moecapd/pkg/report"
 )
 
 // CellOptions is launch-and-bench's settings, merged once (flag > MOECAP_* > moecapd.yaml >
@@ -65,12 +63,12 @@ func (o CellOptions) Check() error {
 	}{{"--gpu-hour-usd", o.GPUHourUSD, config.MaxUSD}, {"--electricity-usd-per-kwh", o.ElectricityUSDPerKWh, config.MaxUSD}} {
 		if p.v != nil {
 			if err := config.CheckFloat("settings", p.key, *p.v, 0, p.max); err != nil {
-				return withCode(exitcode.Usage, err)
+				return exitcode.New(exitcode.Usage, err)
 			}
 		}
 	}
 	if err := config.CheckInt("settings", "--gpu-idle-mib", int64(o.GPUIdleMiB), 0, 1<<20, "MiB above a GPU's own baseline that still count as idle"); err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	return nil
 }
@@ -96,14 +94,14 @@ func warnExposed(log *zap.Logger, what, host string) {
 func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) (*cell.Config, func(), error) {
 	backend := o.Backend
 	if backend == "" {
-		return nil, nil, usageErrorf("--backend is required: sglang, vllm or sim")
+		return nil, nil, exitcode.Usagef("--backend is required: sglang, vllm or sim")
 	}
 	if o.Config == "" {
-		return nil, nil, usageErrorf("--config is required: a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
+		return nil, nil, exitcode.Usagef("--config is required: a benchmark YAML such as configs/fixed_4k_1k_qwen1_5.yaml")
 	}
 	bench, err := config.LoadBench(o.Config)
 	if err != nil {
-		return nil, nil, withCode(exitcode.Usage, err)
+		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
 	tables, err := loadTables(o.ConfigsDir, o.ModelConfig)
 	if err != nil {
@@ -127,7 +125,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 	cleanup := func() {}
 	if gb == nil {
 		if gb, err = gpu.Open(log, o.RequireGPU); err != nil {
-			return nil, nil, withCode(exitcode.Usage, err)
+			return nil, nil, exitcode.New(exitcode.Usage, err)
 		}
 		cleanup = func() { gb.Close() }
 	}
@@ -144,6 +142,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: o.Hardware,
 		GPUs: gb, GPUWait: o.GPUWait, GPUInterval: o.GPUInterval,
 		MemSlackBytes: uint64(o.GPUIdleMiB) << 20, Version: o.Version, Log: log,
+		GPUHourUSD: o.GPUHourUSD, ElectricityUSDPerKWh: o.ElectricityUSDPerKWh,
 		AllowUnknownModel: o.AllowUnknownModel,
 	}
 	c.Native.Warmup = o.Warmup
@@ -162,33 +161,12 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		c.Native.PromptStyle = profile.PromptExactIDs
 	}
 	if ps := c.Native.PromptStyle; ps != profile.PromptExactIDs && ps != profile.PromptUpstream {
-		return nil, nil, usageErrorf("--prompt-style %q: want exact-ids or upstream", ps)
+		return nil, nil, exitcode.Usagef("--prompt-style %q: want exact-ids or upstream", ps)
 	}
 	if c.Native.AllowedBadRequests < 0 {
-		return nil, nil, usageErrorf("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
+		return nil, nil, exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
 	}
-	c.Derive = report.Hook(tables, &c.Prices, func(err error) {
-		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
-	})
 	return c, cleanup, nil
-}
-
-func setPrices(c *cell.Config, p *cell.Plan, o CellOptions) {
-	fam := c.SimHW
-	if len(p.Devices) > 0 {
-		fam = p.Devices[0].Family
-	}
-	if fam == "" {
-		fam = "H100"
-	}
-	hw, _ := c.Tables.HardwareFamily(fam)
-	c.Prices = capmath.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
-	if o.GPUHourUSD != nil {
-		c.Prices.GPUHourUSD, c.Prices.Source = *o.GPUHourUSD, "flags"
-	}
-	if o.ElectricityUSDPerKWh != nil {
-		c.Prices.ElectricityUSDPerKWh, c.Prices.Source = *o.ElectricityUSDPerKWh, "flags"
-	}
 }
 
 // loadTables reads the model and hardware tables and where models outside them are
@@ -197,7 +175,7 @@ func setPrices(c *cell.Config, p *cell.Plan, o CellOptions) {
 func loadTables(configsDir, modelConfig string) (*config.Tables, error) {
 	tables, err := config.LoadTables(configsDir)
 	if err != nil {
-		return nil, withCode(exitcode.Usage, err)
+		return nil, exitcode.New(exitcode.Usage, err)
 	}
 	home, _ := os.UserHomeDir()
 	tables.Sources = config.ModelSource{
@@ -206,7 +184,7 @@ func loadTables(configsDir, modelConfig string) (*config.Tables, error) {
 	}
 	if f := tables.Sources.ConfigFile; f != "" {
 		if _, err := os.Stat(f); err != nil {
-			return nil, usageErrorf("--model-config %s: %v; pass the model's config.json", f, err)
+			return nil, exitcode.Usagef("--model-config %s: %v; pass the model's config.json", f, err)
 		}
 	}
 	return tables, nil

@@ -36,11 +36,10 @@ func Launch(req LaunchRequest) error {
 	plan, err := cell.MakePlan(c)
 	if err != nil {
 		if config.IsConfigError(err) {
-			return withCode(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
 		return err
 	}
-	setPrices(c, plan, o)
 	warnExposed(log, "the inference server (--host)", o.Host)
 	if o.DryRun {
 		fmt.Fprint(req.Out, plan.Describe())
@@ -51,7 +50,7 @@ func Launch(req LaunchRequest) error {
 	defer stop()
 	switch pm := req.Progress; {
 	case pm != "auto" && pm != "tty" && pm != "log":
-		return usageErrorf("--progress %q: want auto, tty or log", pm)
+		return exitcode.Usagef("--progress %q: want auto, tty or log", pm)
 	case pm == "tty" || (pm == "auto" && term.IsTerminal(int(os.Stderr.Fd()))):
 		// A live line on the terminal during the bench: requests done / total, tok/s, ETA.
 		// Otherwise (a log file, nohup) a plain progress log line every 10 s.
@@ -62,16 +61,10 @@ func Launch(req LaunchRequest) error {
 		if errors.Is(err, cell.ErrLocked) || config.IsConfigError(err) {
 			// Another runner has this cell (launch-and-bench, a matrix, a Slurm task): its
 			// directory was not touched.
-			return withCode(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
-		return withCode(exitcode.Internal, err)
+		return exitcode.New(exitcode.Internal, err)
 	}
 	WriteCellSummary(req.Out, plan.Dir, m)
-	if code := cell.ExitCode(m); code != 0 {
-		if m.Failure != nil {
-			return exitcode.With(code, fmt.Errorf("cell %s %s in %w", m.Cell.ID, m.Status, m.Failure.Err()))
-		}
-		return exitcode.With(code, fmt.Errorf("cell %s %s", m.Cell.ID, m.Status))
-	}
-	return nil
+	return m.Err()
 }

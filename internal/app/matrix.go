@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -25,6 +24,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
 	"github.com/moecapd/moecapd/pkg/passcost"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // MatrixOptions is the settings of matrix plan, run and status, merged once and typed (see
@@ -61,11 +61,11 @@ func (o MatrixOptions) Check() error {
 		config.CheckDuration(src, "--metrics-linger", o.MetricsLinger, 0, 7*24*time.Hour),
 	}
 	if o.Port > 0 && o.Slots > 0 && o.Port+o.Slots-1 > config.MaxPort {
-		checks = append(checks, usageErrorf("--port %d with --slots %d: slot ports run past %d; lower --port", o.Port, o.Slots, config.MaxPort))
+		checks = append(checks, exitcode.Usagef("--port %d with --slots %d: slot ports run past %d; lower --port", o.Port, o.Slots, config.MaxPort))
 	}
 	for _, err := range checks {
 		if err != nil {
-			return withCode(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
 	}
 	return nil
@@ -87,11 +87,11 @@ type matrixSetup struct {
 func loadMatrix(o MatrixOptions) (*config.Tables, *matrix.Matrix, error) {
 	tables, err := loadTables(o.ConfigsDir, "")
 	if err != nil {
-		return nil, nil, withCode(exitcode.Usage, err)
+		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
 	mx, err := matrix.Load(o.Matrix, tables)
 	if err != nil {
-		return nil, nil, withCode(exitcode.Usage, err)
+		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
 	return tables, mx, nil
 }
@@ -101,9 +101,9 @@ func readResults(root string, log *zap.Logger) (map[string]*cell.Manifest, []cel
 	results, problems, err := matrix.Results(root)
 	if err != nil {
 		if config.IsConfigError(err) {
-			return nil, nil, withCode(exitcode.Usage, err)
+			return nil, nil, exitcode.New(exitcode.Usage, err)
 		}
-		return nil, nil, withCode(exitcode.Usage, fmt.Errorf("read results root %s: %w", root, err))
+		return nil, nil, exitcode.New(exitcode.Usage, fmt.Errorf("read results root %s: %w", root, err))
 	}
 	for _, p := range problems {
 		if p.Mismatch {
@@ -122,25 +122,25 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 		return nil, err
 	}
 	if s.gb, err = gpu.Open(log, o.Cell.RequireGPU); err != nil {
-		return nil, withCode(exitcode.Usage, err)
+		return nil, exitcode.New(exitcode.Usage, err)
 	}
 	label := o.Hardware
 	if s.gb.Available() {
 		if s.devs, err = s.gb.Resolve(os.Getenv("CUDA_VISIBLE_DEVICES")); err != nil {
-			return nil, usageErrorf("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
+			return nil, exitcode.Usagef("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
 		}
 		if label == "" {
 			label = gpu.Label(s.devs)
 		}
 	}
 	if s.node, err = matrix.ParseNode(label); err != nil {
-		return nil, usageErrorf("this node's hardware %q: %v; restrict CUDA_VISIBLE_DEVICES to one GPU family or pass --hardware", label, err)
+		return nil, exitcode.Usagef("this node's hardware %q: %v; restrict CUDA_VISIBLE_DEVICES to one GPU family or pass --hardware", label, err)
 	}
 	po := matrix.Options{IncludeDone: o.IncludeDone, NoSkip: o.NoSkip, RedoFailed: o.RedoFailed}
 	if re := o.Only; re != "" {
 		rx, err := regexp.Compile(re)
 		if err != nil {
-			return nil, usageErrorf("--only %q: %v", re, err)
+			return nil, exitcode.Usagef("--only %q: %v", re, err)
 		}
 		po.Only = rx.MatchString
 	}
@@ -187,7 +187,7 @@ func MatrixPlan(req MatrixPlanRequest) error {
 	}
 	lay, err := cell.OpenLayout(o.ResultsFlag)
 	if err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	fmt.Fprintf(req.Out, "matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, o.ResultsFlag)
 	tw := tabwriter.NewWriter(req.Out, 0, 0, 2, ' ', 0)
@@ -277,7 +277,7 @@ func MatrixRun(req MatrixRunRequest) error {
 		}
 	}
 	if mode != "tty" && mode != "log" {
-		return usageErrorf("--progress %q: want auto, tty or log", mode)
+		return exitcode.Usagef("--progress %q: want auto, tty or log", mode)
 	}
 	prog := matrix.NewProgress()
 	var display *matrix.Terminal
@@ -295,10 +295,14 @@ func MatrixRun(req MatrixRunRequest) error {
 		return err
 	}
 	defer s.gb.Close()
-	results, err := filepath.Abs(o.ResultsFlag)
+	lay, err := cell.OpenLayout(o.ResultsFlag)
 	if err != nil {
-		return err
+		if display != nil {
+			display.Close()
+		}
+		return exitcode.New(exitcode.Usage, err)
 	}
+	results := lay.Root
 
 	// GPUs: the pool cells draw from, and the ids the per-GPU locks use.
 	var pool, lockIDs []string
@@ -329,7 +333,7 @@ func MatrixRun(req MatrixRunRequest) error {
 		if display != nil {
 			display.Close()
 		}
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	defer lock.Release()
 	BecomeSubreaper(log)
@@ -346,7 +350,7 @@ func MatrixRun(req MatrixRunRequest) error {
 			if display != nil {
 				display.Close()
 			}
-			return usageErrorf("--metrics-addr %s: %v; pick a free address", addr, err)
+			return exitcode.Usagef("--metrics-addr %s: %v; pick a free address", addr, err)
 		}
 		if host, _, err := net.SplitHostPort(addr); err == nil {
 			warnExposed(log, "the Prometheus metrics endpoint (--metrics-addr)", host)
@@ -398,7 +402,7 @@ func MatrixRun(req MatrixRunRequest) error {
 		}
 	}
 	mstop()
-	printMatrixSummary(req.Out, results, s.items)
+	printMatrixSummary(req.Out, lay, s.items)
 	// The exit code speaks for the results root, not only this run: cells of this matrix
 	// (on this node, through --only) that an earlier run failed and this one kept count too.
 	var failedInRoot []string
@@ -411,13 +415,13 @@ func MatrixRun(req MatrixRunRequest) error {
 		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, len(out.Held), len(failedInRoot), o.ResultsFlag)
 	switch {
 	case err != nil:
-		return withCode(exitcode.Internal, err)
+		return exitcode.New(exitcode.Internal, err)
 	case interrupted:
-		return withCode(exitcode.Interrupted, fmt.Errorf("interrupted; run the same command again to resume"))
+		return exitcode.New(exitcode.Interrupted, fmt.Errorf("interrupted; run the same command again to resume"))
 	case len(out.Held) > 0:
-		return withCode(exitcode.Usage, fmt.Errorf("%d cell(s) not run because another runner holds them (run again once it finishes): %w", len(out.Held), errors.Join(out.Held...)))
+		return exitcode.New(exitcode.Usage, fmt.Errorf("%d cell(s) not run because another runner holds them (run again once it finishes): %w", len(out.Held), errors.Join(out.Held...)))
 	case len(failedInRoot) > 0:
-		return withCode(exitcode.CellsFailed, fmt.Errorf("%d cell(s) failed in the results root (%d in this run): %s; see moecapd matrix status, --redo-failed reruns them",
+		return exitcode.New(exitcode.CellsFailed, fmt.Errorf("%d cell(s) failed in the results root (%d in this run): %s; see moecapd matrix status, --redo-failed reruns them",
 			len(failedInRoot), out.Failed, strings.Join(failedInRoot, ", ")))
 	}
 	return nil
@@ -436,7 +440,6 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 	if err != nil {
 		return nil, err
 	}
-	setPrices(cfg, &cell.Plan{}, o)
 	// The matrix logs two lines a cell (starting, finished); the pipeline's own steps are
 	// for --log-level debug. Warnings and errors still come through.
 	if cfg.Log != nil && !cfg.Log.Core().Enabled(zapcore.DebugLevel) {
@@ -447,7 +450,7 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 
 // printMatrixSummary prints one line per cell this run took on: status, latency,
 // throughput, energy and time, or why it did not complete.
-func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
+func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CELL\tSTATUS\tTPOT ms\tTTFT ms\tTOK/S\tJ/TOK\tTOOK\tWHY")
 	n := 0
@@ -456,7 +459,7 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 			continue
 		}
 		n++
-		m, err := cell.ReadManifest(filepath.Join(results, it.Cell.ID))
+		m, err := lay.ReadManifest(it.Cell.ID)
 		if err != nil {
 			fmt.Fprintf(tw, "%s\tnot run\t\t\t\t\t\t\n", it.Cell.ID)
 			continue
@@ -468,7 +471,7 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 			return strconv.FormatFloat(RoundHuman(*p), 'f', -1, 64)
 		}
 		var tpot, ttft, tput, jtok string = "–", "–", "–", "–"
-		if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
+		if mt := m.PhysicalMetrics(); mt != nil && m.Status == cell.StatusOK {
 			h := mt.Headline()
 			tpot, ttft = num(h.TPOTMs, 2), num(h.TTFTMs, 1)
 			tput = strconv.FormatFloat(mt.OutputThroughput, 'f', 0, 64)
@@ -479,6 +482,8 @@ func printMatrixSummary(w io.Writer, results string, items []*matrix.Item) {
 		why := ""
 		if f := m.Failure; f != nil {
 			why = fmt.Sprintf("%s in %s: %s", f.Kind, f.Phase, firstLineOf(f.Message))
+		} else if l := profile.ScaleLabel(m.TimeScale()); l != "" {
+			why = l + ": client numbers un-scaled to physical units"
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", it.Cell.ID, m.Status, tpot, ttft, tput, jtok,
 			HumanDuration(time.Duration(m.Timings.Total*float64(time.Second))), why)
@@ -503,7 +508,7 @@ func MatrixStatus(req MatrixStatusRequest) error {
 	}
 	results, problems, err := matrix.Results(o.ResultsFlag)
 	if err != nil {
-		return withCode(exitcode.Usage, fmt.Errorf("read results root %s: %w", o.ResultsFlag, err))
+		return exitcode.New(exitcode.Usage, fmt.Errorf("read results root %s: %w", o.ResultsFlag, err))
 	}
 	md := false
 	switch f := o.Format; f {
@@ -514,7 +519,7 @@ func MatrixStatus(req MatrixStatusRequest) error {
 		f, ok := req.Out.(*os.File)
 		md = !ok || !term.IsTerminal(int(f.Fd()))
 	default:
-		return usageErrorf("--format %q: want markdown, terminal or auto", f)
+		return exitcode.Usagef("--format %q: want markdown, terminal or auto", f)
 	}
 	matrix.Report(req.Out, mx, matrix.Status(mx, results), md)
 	// Directories not counted (unreadable, or another cell's manifest) are listed, never

@@ -1,7 +1,6 @@
 package app
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -11,7 +10,6 @@ import (
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
-	"github.com/moecapd/moecapd/pkg/report"
 )
 
 // WriteCellSummary writes one cell's summary for people: status, failure, timings,
@@ -37,8 +35,11 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 	}
 	fmt.Fprintf(w, "timings  preflight %s  launch→ready %s  bench %s  teardown %s  total %s\n",
 		sec(t.Preflight), sec(t.LaunchToReady), sec(t.Bench), sec(t.Teardown), sec(t.Total))
-	if x := m.Metrics; x != nil {
+	if x := m.PhysicalMetrics(); x != nil {
 		fmt.Fprintf(w, "requests %d completed, %d failed  (%s latencies)\n", x.Completed, x.Failed, x.LatencyKind)
+		if l := profile.ScaleLabel(x.TimeScale); l != "" {
+			fmt.Fprintf(w, "time     %s: the client latencies and throughputs below are un-scaled to physical units (wall time ÷ %g, rates × %g)\n", l, x.TimeScale, x.TimeScale)
+		}
 		// moecap helper: how the prompts were built, and any doubt about the result.
 		if x.PromptStyle != "" {
 			fmt.Fprintf(w, "prompts  %s\n", x.PromptStyle)
@@ -88,12 +89,8 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 // with its likely cause, never a number), MoE-CAP's values under their own name, floors,
 // the memory verdict and the cost, all from manifest extra.cap.
 func printCAP(w io.Writer, m *cell.Manifest) {
-	raw, ok := m.Extra[report.ExtraKey]
+	d, ok := m.CAP()
 	if !ok {
-		return
-	}
-	var d capmath.Derived
-	if err := json.Unmarshal(raw, &d); err != nil {
 		return
 	}
 	if d.Absent != "" {
@@ -125,7 +122,7 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 	}
 	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
 	if sc := d.Inputs.SimTimeScale; sc != 0 {
-		fmt.Fprintf(w, "note     the sim ran at --sim-time-scale %g: the client latencies above are wall time of a scaled run; pass records and CAP numbers are in model time\n", sc)
+		fmt.Fprintf(w, "note     %s: pass records and CAP numbers are in model time; the client numbers above were un-scaled to it\n", profile.ScaleLabel(sc))
 	}
 	if d.FitVerdict == "under-batched" && d.Inputs.DecodeBatchMax != nil {
 		fmt.Fprintf(w, "batch    under-batched: memory holds %d of %d requests at once; the server ran at most %.0f (mean %.1f)\n",

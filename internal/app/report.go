@@ -24,7 +24,7 @@ type ReportRequest struct {
 func Report(req ReportRequest) (*report.Result, error) {
 	results, log := req.Results, req.Log
 	if st, err := os.Stat(results); err != nil || !st.IsDir() {
-		return nil, usageErrorf("--results %q is not a directory; point it at the directory holding the <cell-id>/ directories", results)
+		return nil, exitcode.Usagef("--results %q is not a directory; point it at the directory holding the <cell-id>/ directories", results)
 	}
 	out := req.Out
 	if out == "" {
@@ -32,7 +32,7 @@ func Report(req ReportRequest) (*report.Result, error) {
 	}
 	tables, err := loadTables(req.ConfigsDir, "")
 	if err != nil {
-		return nil, usageErrorf("model/hardware tables: %v", err)
+		return nil, exitcode.Usagef("model/hardware tables: %v", err)
 	}
 	names := map[string]string{}
 	if mx, err := matrix.Load(req.Matrix, tables); err == nil {
@@ -42,12 +42,15 @@ func Report(req ReportRequest) (*report.Result, error) {
 	}
 	res, err := report.Write(report.Options{ResultsDir: results, OutDir: out, Tables: tables, ModelNames: names, Title: req.Title})
 	if errors.Is(err, report.ErrNoCells) {
-		return nil, withCode(exitcode.Usage, err)
+		return nil, exitcode.New(exitcode.Usage, err)
 	}
 	if err != nil {
-		return nil, withCode(exitcode.Internal, err)
+		return nil, exitcode.New(exitcode.Internal, err)
 	}
 	log.Info("report written", zap.Int("cells", res.Cells), zap.Int("ok", res.OK),
 		zap.Int("unreadable", res.Problems), zap.Int("plots", res.Plots), zap.String("index", res.Index))
+	for _, n := range res.NotDrawn {
+		log.Warn("a figure was left out: its data cannot be drawn", zap.String("figure", n))
+	}
 	return res, nil
 }

@@ -47,7 +47,7 @@ func (o SlurmCellOptions) Check() error {
 		config.CheckDuration("settings", "--cell-timeout", o.CellTimeout, 0, 7*24*time.Hour),
 	} {
 		if err != nil {
-			return withCode(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
 	}
 	return nil
@@ -57,9 +57,9 @@ func (o SlurmCellOptions) Check() error {
 // or an unreachable controller is fixed in the environment, not by rerunning.
 func slurmErr(err error) error {
 	if errors.Is(err, slurm.ErrNoSlurm) || errors.Is(err, slurm.ErrController) {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
-	return withCode(exitcode.Internal, err)
+	return exitcode.New(exitcode.Internal, err)
 }
 
 // slurmTime turns --time into Slurm's format: a Go duration becomes H:MM:SS, Slurm's own
@@ -119,10 +119,10 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 	}
 	tlimit, err := slurmTime(req.Time)
 	if err != nil {
-		return usageErrorf("%v", err)
+		return exitcode.Usagef("%v", err)
 	}
 	if req.MaxParallel < 0 {
-		return usageErrorf("--max-parallel %d: expected 0 (no limit) or a positive number of tasks", req.MaxParallel)
+		return exitcode.Usagef("--max-parallel %d: expected 0 (no limit) or a positive number of tasks", req.MaxParallel)
 	}
 	self := req.Moecapd
 	if self == "" {
@@ -131,7 +131,7 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 		}
 	}
 	if fi, err := os.Stat(self); err != nil || fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
-		return usageErrorf("--moecapd %s: not an executable file; pass the path of a moecapd binary the nodes can run", self)
+		return exitcode.Usagef("--moecapd %s: not an executable file; pass the path of a moecapd binary the nodes can run", self)
 	}
 	known := map[string]bool{}
 	for _, c := range mx.Cells {
@@ -140,10 +140,10 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 	labels := map[string]bool{}
 	for _, l := range req.Hardware {
 		if _, _, err := matrix.ParseHardware(l); err != nil {
-			return usageErrorf("--hardware: %v", err)
+			return exitcode.Usagef("--hardware: %v", err)
 		}
 		if !known[l] {
-			return usageErrorf("--hardware %s: no cell of %s has that hardware; its labels: %s", l, mx.Path, strings.Join(slices.Sorted(maps.Keys(known)), ", "))
+			return exitcode.Usagef("--hardware %s: no cell of %s has that hardware; its labels: %s", l, mx.Path, strings.Join(slices.Sorted(maps.Keys(known)), ", "))
 		}
 		labels[l] = true
 	}
@@ -153,7 +153,7 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 	if re := req.Only; re != "" {
 		rx, err := regexp.Compile(re)
 		if err != nil {
-			return usageErrorf("--only %q: %v", re, err)
+			return exitcode.Usagef("--only %q: %v", re, err)
 		}
 		opts.Only = rx.MatchString
 	}
@@ -182,16 +182,16 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 	if !req.DryRun {
 		// One submit at a time per results root: two would both see a cell unqueued.
 		if err := os.MkdirAll(slurm.Path(root), 0o755); err != nil {
-			return withCode(exitcode.Usage, fmt.Errorf("create %s: %w (the results root must be writable)", slurm.Path(root), err))
+			return exitcode.New(exitcode.Usage, fmt.Errorf("create %s: %w (the results root must be writable)", slurm.Path(root), err))
 		}
 		if lock, err = cell.TryLock(slurm.Path(root, slurm.SubmitLock), "slurm submit on "+root); err != nil {
-			return withCode(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
 		defer lock.Unlock()
 	}
 	rec, err := slurm.ReadRecord(root)
 	if err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	latest := rec.Latest()
 	queue, err := cli.Queue(ctx, rec.JobIDs())
@@ -242,7 +242,7 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 	script := slurm.Path(root, slurm.ScriptFile)
 	if !req.DryRun {
 		if script, err = slurm.WriteScript(root); err != nil {
-			return withCode(exitcode.Usage, fmt.Errorf("write the batch script under %s: %w (the results root must be writable)", root, err))
+			return exitcode.New(exitcode.Usage, fmt.Errorf("write the batch script under %s: %w (the results root must be writable)", root, err))
 		}
 	}
 	// Split where an array would pass the cluster's MaxArraySize.
@@ -305,10 +305,10 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 			continue
 		}
 		if err := os.MkdirAll(slurm.Path(root, slurm.LogsDir), 0o755); err != nil {
-			return withCode(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
 		if err := slurm.WriteSpec(specPath, spec); err != nil {
-			return withCode(exitcode.Usage, fmt.Errorf("write the task spec: %w", err))
+			return exitcode.New(exitcode.Usage, fmt.Errorf("write the task spec: %w", err))
 		}
 		id, err := cli.Submit(ctx, sub)
 		if err != nil {
@@ -319,7 +319,7 @@ func SlurmSubmit(ctx context.Context, req SlurmSubmitRequest) error {
 			SbatchArgv: append([]string{"sbatch"}, sub.Argv()...), SubmittedAt: time.Now().UTC()})
 		// Recorded at once: a failure submitting the next array must not lose this one.
 		if err := slurm.WriteRecord(root, rec); err != nil {
-			return withCode(exitcode.Internal, fmt.Errorf("array %s was submitted but could not be recorded (cancel it with scancel %s): %w", id, id, err))
+			return exitcode.New(exitcode.Internal, fmt.Errorf("array %s was submitted but could not be recorded (cancel it with scancel %s): %w", id, id, err))
 		}
 		fmt.Fprintf(out, "submitted array %s: %d %s cell(s), %d GPU(s) per task\n", id, len(ids), g.label, n)
 		log.Info("array submitted", zap.String("job", id), zap.Int("gpus", n), zap.Strings("cells", ids))
@@ -418,7 +418,7 @@ func SlurmStatus(ctx context.Context, req SlurmStatusRequest) error {
 	}
 	rec, err := slurm.ReadRecord(root)
 	if err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	results, _, err := readResults(root, log)
 	if err != nil {
@@ -560,13 +560,13 @@ func SlurmCancel(ctx context.Context, req SlurmCancelRequest) error {
 	if re := req.Only; re != "" {
 		rx, err := regexp.Compile(re)
 		if err != nil {
-			return usageErrorf("--only %q: %v", re, err)
+			return exitcode.Usagef("--only %q: %v", re, err)
 		}
 		only = rx.MatchString
 	}
 	rec, err := slurm.ReadRecord(root)
 	if err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	cli := &slurm.CLI{}
 	queue, err := cli.Queue(ctx, rec.JobIDs())
@@ -609,32 +609,23 @@ func SlurmCancel(ctx context.Context, req SlurmCancelRequest) error {
 				break
 			}
 			if time.Now().After(deadline) {
-				return withCode(exitcode.Internal, fmt.Errorf("tasks %s still active %s after scancel; see squeue -j and their logs under %s", strings.Join(left, " "), wait, slurm.Path(root, slurm.LogsDir)))
+				return exitcode.New(exitcode.Internal, fmt.Errorf("tasks %s still active %s after scancel; see squeue -j and their logs under %s", strings.Join(left, " "), wait, slurm.Path(root, slurm.LogsDir)))
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
 	}
+	lay, err := cell.OpenLayout(root)
+	if err != nil {
+		return exitcode.New(exitcode.Usage, err)
+	}
 	for _, c := range cells {
 		st := "no result"
-		if m, err := cell.ReadManifest(filepath.Join(root, c)); err == nil {
+		if m, err := lay.ReadManifest(c); err == nil {
 			st = string(m.Status)
 		}
 		fmt.Fprintf(req.Out, "  %s  %s\n", c, st)
 	}
 	return nil
-}
-
-// lockCell takes the per-cell lock a Slurm task holds while it runs its cell (pkg/cell's,
-// the one matrix run and launch-and-bench take too), so two runners (a duplicate
-// submission, a requeue racing its predecessor, a matrix run on the same root) never write
-// one cell. It is the task's only lock: none on the whole results root. The matrix runner
-// keeps a lock its caller holds.
-func lockCell(root, id string) (release func(), err error) {
-	lay, err := cell.OpenLayout(root)
-	if err != nil {
-		return nil, err
-	}
-	return lay.Lock(id)
 }
 
 // SlurmTaskRequest is one Slurm array task: its array's spec and the cell settings (the
@@ -652,14 +643,14 @@ func SlurmTask(req SlurmTaskRequest) error {
 	spec, specPath, so, log := req.Spec, req.SpecPath, req.Cell, req.Log
 	env, ok, err := slurm.ReadTaskEnv(os.Getenv)
 	if err != nil {
-		return usageErrorf("%v", err)
+		return exitcode.Usagef("%v", err)
 	}
 	if !ok {
-		return usageErrorf("SLURM_ARRAY_TASK_ID is not set: moecapd slurm task runs inside a Slurm array task (submit with moecapd slurm submit)")
+		return exitcode.Usagef("SLURM_ARRAY_TASK_ID is not set: moecapd slurm task runs inside a Slurm array task (submit with moecapd slurm submit)")
 	}
 	id, err := spec.CellAt(env.TaskID)
 	if err != nil {
-		return usageErrorf("%s: %v", specPath, err)
+		return exitcode.Usagef("%s: %v", specPath, err)
 	}
 	log = log.With(zap.String("job", env.ArrayJobID+"_"+strconv.Itoa(env.TaskID)))
 	_, mx, err := loadMatrix(MatrixOptions{Matrix: so.Matrix, ConfigsDir: so.Cell.ConfigsDir})
@@ -668,15 +659,27 @@ func SlurmTask(req SlurmTaskRequest) error {
 	}
 	c := mx.Cell(id)
 	if c == nil {
-		return usageErrorf("cell %s is no longer in %s (the matrix changed after submit); submit again", id, mx.Path)
+		return exitcode.Usagef("cell %s is no longer in %s (the matrix changed after submit); submit again", id, mx.Path)
 	}
 	root := spec.Results
-	release, err := lockCell(root, id)
+	// The per-cell lock (pkg/cell's, the one matrix run and launch-and-bench take too), so
+	// two runners (a duplicate submission, a requeue racing its predecessor, a matrix run
+	// on the same root) never write one cell. It is the task's only lock: none on the whole
+	// results root. The matrix runner keeps a lock its caller holds.
+	lay, err := cell.OpenLayout(root)
 	if err != nil {
-		return withCode(exitcode.Usage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
+		return exitcode.New(exitcode.Usage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
+	}
+	cd, err := lay.Cell(id)
+	if err != nil {
+		return exitcode.New(exitcode.Usage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
+	}
+	release, err := lay.Lock(id)
+	if err != nil {
+		return exitcode.New(exitcode.Usage, fmt.Errorf("this task leaves cell %s alone: %w", id, err))
 	}
 	defer release()
-	dir := filepath.Join(root, id)
+	dir := cd.Path
 	if prev, err := cell.ReadManifest(dir); err == nil && prev.Status == cell.StatusOK && env.RestartCount == 0 {
 		log.Info("cell already ok in the results root; nothing to do")
 		return nil
@@ -703,7 +706,7 @@ func SlurmTask(req SlurmTaskRequest) error {
 	defer stop()
 	gb, err := gpu.Open(log, so.Cell.RequireGPU)
 	if err != nil {
-		return withCode(exitcode.Usage, err)
+		return exitcode.New(exitcode.Usage, err)
 	}
 	defer gb.Close()
 	log.Info("slurm task starting", zap.Strings("gpus", env.GPUs), zap.String("node", env.Node),
@@ -724,7 +727,7 @@ func SlurmTask(req SlurmTaskRequest) error {
 	_, runErr := r.Run(ctx)
 	m, err := cell.ReadManifest(dir)
 	if err != nil {
-		return withCode(exitcode.Internal, errors.Join(runErr, fmt.Errorf("read the cell's manifest: %w", err)))
+		return exitcode.New(exitcode.Internal, errors.Join(runErr, fmt.Errorf("read the cell's manifest: %w", err)))
 	}
 	b, _ := json.Marshal(env)
 	if m.Extra == nil {
@@ -732,14 +735,11 @@ func SlurmTask(req SlurmTaskRequest) error {
 	}
 	m.Extra[slurm.ExtraKey] = b
 	if err := cell.WriteManifest(dir, m); err != nil {
-		return withCode(exitcode.Internal, err)
+		return exitcode.New(exitcode.Internal, err)
 	}
 	if runErr != nil {
-		return withCode(exitcode.Internal, runErr)
+		return exitcode.New(exitcode.Internal, runErr)
 	}
 	log.Info("slurm task finished", zap.String("status", string(m.Status)))
-	if code := cell.ExitCode(m); code != 0 {
-		return exitcode.With(code, fmt.Errorf("cell %s %s", id, m.Status))
-	}
-	return nil
+	return m.Err()
 }

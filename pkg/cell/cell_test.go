@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -12,18 +14,18 @@ func TestExitCodes(t *testing.T) {
 		want int
 	}{
 		{Manifest{Status: StatusOK}, 0},
-		{Manifest{Status: StatusInfeasible, Failure: &Failure{Phase: PhaseReady, Kind: KindOOM}}, 4},
-		{Manifest{Status: StatusInterrupted, Failure: &Failure{Phase: PhaseBench, Kind: KindInterrupted}}, 130},
-		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhasePreflight, Kind: KindEnvMissing}}, 2},
-		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhasePreflight, Kind: KindPortInUse}}, 3},
-		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseReady, Kind: KindHealthTimeout}}, 3},
-		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseBench, Kind: KindBadResult}}, 5},
-		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseTeardown, Kind: KindOrphans}}, 6},
+		{Manifest{Status: StatusInfeasible, Failure: &Failure{Phase: PhaseReady, Kind: exitcode.FailOOM}}, 4},
+		{Manifest{Status: StatusInterrupted, Failure: &Failure{Phase: PhaseBench, Kind: exitcode.FailInterrupted}}, 130},
+		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhasePreflight, Kind: exitcode.FailEnvMissing}}, 2},
+		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhasePreflight, Kind: exitcode.FailPortInUse}}, 3},
+		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseReady, Kind: exitcode.FailHealthTimeout}}, 3},
+		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseBench, Kind: exitcode.FailBadResult}}, 5},
+		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseTeardown, Kind: exitcode.FailOrphans}}, 6},
 		{Manifest{Status: StatusFailed}, 1},
 	}
 	for _, c := range cases {
-		if got := ExitCode(&c.m); got != c.want {
-			t.Errorf("ExitCode(%s %+v) = %d, want %d", c.m.Status, c.m.Failure, got, c.want)
+		if got := int(c.m.Outcome()); got != c.want {
+			t.Errorf("Outcome(%s %+v) = %d, want %d", c.m.Status, c.m.Failure, got, c.want)
 		}
 	}
 }

@@ -76,6 +76,19 @@ func (l *Layout) Cell(id string) (Dir, error) {
 	return Dir{ID: id, Path: filepath.Join(l.Root, id)}, nil
 }
 
+// DirOf is the cell directory at path (its base name is the cell id), for code that was
+// handed a directory rather than a root and an id.
+func DirOf(path string) Dir { return Dir{ID: filepath.Base(path), Path: path} }
+
+// ReadManifest reads cell id's manifest.
+func (l *Layout) ReadManifest(id string) (*Manifest, error) {
+	d, err := l.Cell(id)
+	if err != nil {
+		return nil, err
+	}
+	return ReadManifest(d.Path)
+}
+
 // Manifest is manifest.json.
 func (d Dir) Manifest() string { return filepath.Join(d.Path, ManifestFile) }
 

@@ -6,11 +6,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/google/renameio/v2"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
+	"github.com/google/renameio/v2"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -43,22 +47,8 @@ const (
 	PhaseTeardown  Phase = "teardown"
 )
 
-// Kind classifies a failure.
-type Kind string
-
-// Failure kinds of DESIGN.md.
-const (
-	KindOOM           Kind = "oom"
-	KindCrash         Kind = "crash"
-	KindHealthTimeout Kind = "health_timeout"
-	KindPortInUse     Kind = "port_in_use"
-	KindEnvMissing    Kind = "env_missing"
-	KindClientError   Kind = "client_error"
-	KindBadResult     Kind = "bad_result"
-	KindOrphans       Kind = "orphans"
-	KindInterrupted   Kind = "interrupted"
-	KindGPUBusy       Kind = "gpu_busy"
-)
+// Kind classifies a failure: one of pkg/exitcode's failure kinds (exitcode.Fail*).
+type Kind = exitcode.Failure
 
 // Identity says which cell this is.
 type Identity struct {
@@ -168,8 +158,51 @@ type Manifest struct {
 	Metrics    *profile.Metrics    `json:"metrics,omitempty"`
 	Telemetry  *gpu.Summary        `json:"telemetry,omitempty"`
 	Versions   Versions            `json:"versions"`
+	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order;
+	// Metrics and Telemetry above are then the last repeat's. Absent for one run.
+	Repeats []Repeat `json:"repeats,omitempty"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
+}
+
+// TimeScale is the --sim-time-scale a simulated cell's server ran with when it is not real
+// time (≠ 0, 1), else 0. The cell's metrics are recorded un-scaled (profile.Metrics.Unscaled).
+func (m *Manifest) TimeScale() float64 {
+	if m == nil || m.Cell.Backend != launcher.BackendSim {
+		return 0
+	}
+	a := m.Server.Argv
+	for i, s := range a {
+		name, val, has := strings.Cut(s, "=")
+		if name != "--sim-time-scale" {
+			continue
+		}
+		if !has && i+1 < len(a) {
+			val = a[i+1]
+		}
+		if f, err := strconv.ParseFloat(val, 64); err == nil && f > 0 && f != 1 {
+			return f
+		}
+	}
+	return 0
+}
+
+// PhysicalMetrics is the cell's metrics in physical units: as recorded, or un-scaled when an
+// older manifest recorded a time-scaled sim's wall numbers.
+func (m *Manifest) PhysicalMetrics() *profile.Metrics {
+	if m == nil {
+		return nil
+	}
+	return m.Metrics.Unscaled(m.TimeScale())
+}
+
+// Repeat is one measured bench of a cell run with --repeats: its metrics and the energy per
+// output token over its own window (absent without telemetry).
+type Repeat struct {
+	Index           int              `json:"index"`
+	StartedAt       time.Time        `json:"started_at"`
+	Metrics         *profile.Metrics `json:"metrics,omitempty"`
+	JPerOutputToken *float64         `json:"j_per_output_token,omitempty"`
 }
 
 // ManifestFile is the manifest's name inside a cell directory.
@@ -182,18 +215,18 @@ func WriteManifest(dir string, m *Manifest) error {
 	if err != nil {
 		return err
 	}
-	return WriteFileAtomic(filepath.Join(dir, ManifestFile), append(b, '\n'))
+	return WriteFileAtomic(DirOf(dir).Manifest(), append(b, '\n'))
 }
 
 // ReadManifest reads dir/manifest.json.
 func ReadManifest(dir string) (*Manifest, error) {
-	b, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	b, err := os.ReadFile(DirOf(dir).Manifest())
 	if err != nil {
 		return nil, err
 	}
 	var m Manifest
 	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("%s: %w", filepath.Join(dir, ManifestFile), err)
+		return nil, fmt.Errorf("%s: %w", DirOf(dir).Manifest(), err)
 	}
 	return &m, nil
 }

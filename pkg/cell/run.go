@@ -4,16 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/moecapd/moecapd/pkg/records"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/moecapd/moecapd/pkg/records"
+
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -25,33 +27,48 @@ type Result struct {
 	Manifest *Manifest
 }
 
-// ExitCode maps a manifest onto DESIGN.md's exit codes.
-func ExitCode(m *Manifest) int {
+// Outcome is a finished cell's row of the exit-code table (pkg/exitcode): ok, infeasible
+// and interrupted by status; a failure by its phase. A missing environment is the user's to
+// fix (usage) even though preflight finds it; any other preflight failure counts as a launch
+// failure.
+func (m *Manifest) Outcome() exitcode.Kind {
 	switch m.Status {
 	case StatusOK:
-		return 0
+		return exitcode.OK
 	case StatusInfeasible:
-		return 4
+		return exitcode.Infeasible
 	case StatusInterrupted:
-		return 130
+		return exitcode.Interrupted
 	}
 	if m.Failure == nil {
-		return 1
+		return exitcode.Internal
 	}
 	switch m.Failure.Phase {
 	case PhasePreflight:
-		if m.Failure.Kind == KindEnvMissing {
-			return 2
+		if m.Failure.Kind == exitcode.FailEnvMissing {
+			return exitcode.Usage
 		}
-		return 3
+		return exitcode.Launch
 	case PhaseLaunch, PhaseReady:
-		return 3
+		return exitcode.Launch
 	case PhaseBench:
-		return 5
+		return exitcode.Bench
 	case PhaseTeardown:
-		return 6
+		return exitcode.Teardown
 	}
-	return 1
+	return exitcode.Internal
+}
+
+// Err is nil for an ok cell, else an error carrying its Outcome and saying what happened.
+func (m *Manifest) Err() error {
+	k := m.Outcome()
+	if k == exitcode.OK {
+		return nil
+	}
+	if m.Failure != nil {
+		return exitcode.Errorf(k, "cell %s %s in %w", m.Cell.ID, m.Status, m.Failure.Err())
+	}
+	return exitcode.Errorf(k, "cell %s %s", m.Cell.ID, m.Status)
 }
 
 // runner carries one cell's state through the phases.
@@ -154,10 +171,10 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 		return
 	}
 	r.m.Status = StatusFailed
-	if kind == KindOOM {
+	if kind == exitcode.FailOOM {
 		r.m.Status = StatusInfeasible
 	}
-	if kind == KindInterrupted {
+	if kind == exitcode.FailInterrupted {
 		r.m.Status = StatusInterrupted
 	}
 	r.m.Failure = &Failure{Phase: ph, Kind: kind, Message: msg}
@@ -175,7 +192,7 @@ func (r *runner) interrupted(ctx context.Context, ph Phase) {
 	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
 		why = c.Error()
 	}
-	r.fail(ph, KindInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
+	r.fail(ph, exitcode.FailInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
@@ -227,16 +244,16 @@ func (r *runner) run(ctx context.Context) {
 func (r *runner) preflight(ctx context.Context) bool {
 	c, p := r.c, r.p
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
-		r.fail(PhasePreflight, KindPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
+		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
 	}
 	if c.Backend != launcher.BackendSim {
 		if p.CondaErr != nil {
-			r.fail(PhasePreflight, KindEnvMissing, p.CondaErr.Error())
+			r.fail(PhasePreflight, exitcode.FailEnvMissing, p.CondaErr.Error())
 			return false
 		}
 		if _, err := launcher.ResolveEnv(p.CondaRoot, p.CondaEnv, c.Backend); err != nil {
-			r.fail(PhasePreflight, KindEnvMissing, err.Error())
+			r.fail(PhasePreflight, exitcode.FailEnvMissing, err.Error())
 			return false
 		}
 	}
@@ -250,7 +267,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 				r.interrupted(ctx, PhasePreflight)
 				return false
 			}
-			r.fail(PhasePreflight, KindGPUBusy, err.Error())
+			r.fail(PhasePreflight, exitcode.FailGPUBusy, err.Error())
 			return false
 		}
 		base, err := c.GPUs.MemoryUsed(p.Devices)
@@ -284,9 +301,9 @@ func (r *runner) launch() bool {
 	}
 	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath, BeforeRun: record})
 	if err != nil {
-		kind := KindCrash
-		if !strings.Contains(err.Error(), launcher.StateFile) && (errors.Is(err, os.ErrNotExist) || strings.Contains(err.Error(), "executable file not found")) {
-			kind = KindEnvMissing
+		kind := exitcode.FailCrash
+		if errors.Is(err, launcher.ErrNotFound) {
+			kind = exitcode.FailEnvMissing
 		}
 		r.fail(PhaseLaunch, kind, fmt.Sprintf("could not start the server: %v", err))
 		return false
@@ -324,8 +341,8 @@ func (r *runner) ready(ctx context.Context) bool {
 		return false
 	}
 	var re *launcher.ReadyError
-	if errors.As(err, &re) && re.Kind == launcher.FailPortInUse && !re.Exited {
-		r.fail(PhaseReady, KindPortInUse, re.Msg)
+	if errors.As(err, &re) && re.Kind == exitcode.FailPortInUse && !re.Exited {
+		r.fail(PhaseReady, exitcode.FailPortInUse, re.Msg)
 		return false
 	}
 	if errors.As(err, &re) && re.Exited {
@@ -334,7 +351,7 @@ func (r *runner) ready(ctx context.Context) bool {
 		r.fail(PhaseReady, Kind(kind), re.Msg+": "+launcher.Explain(kind, line))
 		return false
 	}
-	r.fail(PhaseReady, KindHealthTimeout, err.Error())
+	r.fail(PhaseReady, exitcode.FailHealthTimeout, err.Error())
 	return false
 }
 
@@ -363,7 +380,8 @@ func (r *runner) bench(ctx context.Context) {
 		met, err = r.benchRunner(bctx)
 	}
 	if met != nil {
-		r.m.Metrics = met
+		// A time-scaled sim's client numbers are recorded in physical units (issue 19).
+		r.m.Metrics = met.Unscaled(r.m.TimeScale())
 	}
 	if err != nil && ctx.Err() == nil {
 		// Requests fail the moment a server dies, a little before the exit is reaped: give
@@ -380,22 +398,22 @@ func (r *runner) bench(ctx context.Context) {
 		r.logw.Poll()
 		kind, line := r.logw.Diagnosis()
 		fk := Kind(kind)
-		if fk == KindPortInUse || fk == KindEnvMissing {
-			fk = KindCrash
+		if fk == exitcode.FailPortInUse || fk == exitcode.FailEnvMissing {
+			fk = exitcode.FailCrash
 		}
 		r.fail(PhaseBench, fk, "server died during the bench ("+r.proc.ExitDescription()+"): "+launcher.Explain(kind, line))
 	case err != nil:
-		kind := KindClientError
+		kind := exitcode.FailClientError
 		var bad badResult
 		if errors.As(err, &bad) {
-			kind = KindBadResult
+			kind = exitcode.FailBadResult
 		}
 		// Requests refused because not even one fits in GPU memory (the server logged it,
 		// as vLLM and the sim do): the cell is infeasible, not failed.
-		if r.logw != nil && kind == KindClientError {
+		if r.logw != nil && kind == exitcode.FailClientError {
 			r.logw.Poll()
-			if k, line := r.logw.Diagnosis(); Kind(k) == KindOOM {
-				r.fail(PhaseBench, KindOOM, err.Error()+": "+launcher.Explain(k, line))
+			if k, line := r.logw.Diagnosis(); Kind(k) == exitcode.FailOOM {
+				r.fail(PhaseBench, exitcode.FailOOM, err.Error()+": "+launcher.Explain(k, line))
 				return
 			}
 		}
@@ -594,7 +612,7 @@ func (r *runner) teardown() {
 			r.m.Failure.Teardown = append(r.m.Failure.Teardown, problems...)
 			return
 		}
-		r.fail(PhaseTeardown, KindOrphans, strings.Join(problems, "; ")+"; kill them by hand (kill -9 PID) before the next cell")
+		r.fail(PhaseTeardown, exitcode.FailOrphans, strings.Join(problems, "; ")+"; kill them by hand (kill -9 PID) before the next cell")
 		r.m.Failure.Teardown = problems
 		return
 	}
@@ -628,7 +646,9 @@ func (r *runner) finish() {
 	}
 	// Every cell gets its CAP block: one that ran its floors, one that did not its
 	// prediction (memory verdict, expected TPOT/TTFT).
-	if r.c.Derive != nil {
-		r.c.Derive(r.m, r.p.Dir)
+	if r.c.Tables != nil {
+		if err := r.m.AnnotateCAP(r.c.Tables, r.p.Dir, &r.p.Prices); err != nil {
+			r.log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
+		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
 
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
@@ -40,12 +41,12 @@ func TestTeardownProblemsAfterEarlierFailure(t *testing.T) {
 		m:   &Manifest{Status: StatusRunning},
 		log: zap.New(core), proc: proc, stopRecord: func() {},
 	}
-	r.fail(PhaseBench, KindBadResult, "all 4 requests failed")
+	r.fail(PhaseBench, exitcode.FailBadResult, "all 4 requests failed")
 	r.teardown()
 
 	f := r.m.Failure
-	if f.Phase != PhaseBench || ExitCode(r.m) != 5 {
-		t.Errorf("failure = %s/%s (exit %d), want the bench's (5)", f.Phase, f.Kind, ExitCode(r.m))
+	if f.Phase != PhaseBench || r.m.Outcome() != exitcode.Bench {
+		t.Errorf("failure = %s/%s (exit %d), want the bench's (5)", f.Phase, f.Kind, r.m.Outcome())
 	}
 	holder := fmt.Sprintf("PID %d (", os.Getpid())
 	if len(f.Teardown) != 1 || !strings.Contains(f.Teardown[0], "port "+strconv.Itoa(port)+" still accepts") || !strings.Contains(f.Teardown[0], holder) {

@@ -22,6 +22,7 @@ const (
 	Bench       Kind = 5   // the bench failed or its result is invalid
 	Teardown    Kind = 6   // teardown left something behind
 	CellsFailed Kind = 8   // matrix run: the results root holds failed cells of the matrix
+	Regression  Kind = 9   // compare: a significant regression beyond --threshold
 	Interrupted Kind = 130 // SIGINT, SIGTERM or SIGHUP; the server was torn down first
 )
 

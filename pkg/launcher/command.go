@@ -8,7 +8,8 @@ import (
 	"os/exec"
 )
 
-// ErrNotFound is wrapped by Command's error when the program is not on PATH.
+// ErrNotFound is wrapped by Command's error when the program is not on PATH, and by
+// Start's when the program does not exist (not on the environment's PATH, or no such file).
 var ErrNotFound = errors.New("command not found")
 
 // Output is what a finished short-lived command printed and how it exited.

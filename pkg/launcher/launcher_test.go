@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // The test binary doubles as the child processes of these tests (as os/exec's own tests
@@ -172,7 +174,7 @@ func TestExitCodeAndLogClassification(t *testing.T) {
 	w := WatchLog(spec.LogPath, 10*time.Millisecond)
 	w.Close()
 	kind, line := w.Diagnosis()
-	if kind != FailOOM || !strings.Contains(line, "CUDA out of memory") {
+	if kind != exitcode.FailOOM || !strings.Contains(line, "CUDA out of memory") {
 		t.Errorf("Diagnosis() = %q, %q; want oom and the error line", kind, line)
 	}
 }
@@ -181,14 +183,14 @@ func TestLogWatchClassifies(t *testing.T) {
 	cases := []struct {
 		name string
 		log  string
-		want FailureKind
+		want exitcode.Failure
 	}{
-		{"oom beats traceback", "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA error: out of memory\n", FailOOM},
-		{"vllm kv cache", "ValueError: To serve at least one request with the models's max seq len (13000), (1.2 GiB KV cache is needed, which is larger than the available KV cache memory (0.5 GiB). No available memory for the cache blocks.\n", FailOOM},
-		{"port", "OSError: [Errno 98] Address already in use\n", FailPortInUse},
-		{"module", "ModuleNotFoundError: No module named 'moe_cap'\n", FailEnvMissing},
-		{"progress bar then crash", "Loading 10%\rLoading 50%\rLoading 90%\nSegmentation fault (core dumped)\n", FailCrash},
-		{"nothing recognised", "bye\n", FailCrash},
+		{"oom beats traceback", "Traceback (most recent call last):\n  File x\nRuntimeError: CUDA error: out of memory\n", exitcode.FailOOM},
+		{"vllm kv cache", "ValueError: To serve at least one request with the models's max seq len (13000), (1.2 GiB KV cache is needed, which is larger than the available KV cache memory (0.5 GiB). No available memory for the cache blocks.\n", exitcode.FailOOM},
+		{"port", "OSError: [Errno 98] Address already in use\n", exitcode.FailPortInUse},
+		{"module", "ModuleNotFoundError: No module named 'moe_cap'\n", exitcode.FailEnvMissing},
+		{"progress bar then crash", "Loading 10%\rLoading 50%\rLoading 90%\nSegmentation fault (core dumped)\n", exitcode.FailCrash},
+		{"nothing recognised", "bye\n", exitcode.FailCrash},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -8,35 +8,26 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // The server writes straight into its log file (not through a pipe of ours), so a
 // supervisor killed with SIGKILL leaves a server that keeps running and logging instead of
 // dying on EPIPE half-way through; LogWatch follows that file for the supervisor.
 
-// FailureKind classifies why a server died, from its own words.
-type FailureKind string
-
-// Kinds recognised in logs.
-const (
-	FailOOM        FailureKind = "oom"
-	FailPortInUse  FailureKind = "port_in_use"
-	FailEnvMissing FailureKind = "env_missing"
-	FailCrash      FailureKind = "crash"
-)
-
 type pattern struct {
-	kind FailureKind
+	kind exitcode.Failure
 	re   *regexp.Regexp
 	what string
 }
 
 // Most specific first: an OOM traceback often also mentions a RuntimeError.
 var patterns = []pattern{
-	{FailOOM, regexp.MustCompile(`(?i)CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|No available memory for the cache blocks|larger than the maximum number of tokens that can be stored in KV cache|Not enough memory|insufficient (GPU )?memory|cudaErrorMemoryAllocation`), "the GPU ran out of memory"},
-	{FailPortInUse, regexp.MustCompile(`(?i)address already in use|Errno 98`), "the port is already in use"},
-	{FailEnvMissing, regexp.MustCompile(`(?i)ModuleNotFoundError|No module named|EnvironmentNameNotFound|Could not find conda environment|conda: command not found|python: command not found|No such file or directory: 'python'|command not found`), "the environment lacks something the server needs"},
-	{FailCrash, regexp.MustCompile(`(?i)Traceback \(most recent call last\)|CUDA error|illegal memory access|Segmentation fault|core dumped|panic:|RuntimeError|Error:`), "the server crashed"},
+	{exitcode.FailOOM, regexp.MustCompile(`(?i)CUDA out of memory|OutOfMemoryError|CUDA error: out of memory|No available memory for the cache blocks|larger than the maximum number of tokens that can be stored in KV cache|Not enough memory|insufficient (GPU )?memory|cudaErrorMemoryAllocation`), "the GPU ran out of memory"},
+	{exitcode.FailPortInUse, regexp.MustCompile(`(?i)address already in use|Errno 98`), "the port is already in use"},
+	{exitcode.FailEnvMissing, regexp.MustCompile(`(?i)ModuleNotFoundError|No module named|EnvironmentNameNotFound|Could not find conda environment|conda: command not found|python: command not found|No such file or directory: 'python'|command not found`), "the environment lacks something the server needs"},
+	{exitcode.FailCrash, regexp.MustCompile(`(?i)Traceback \(most recent call last\)|CUDA error|illegal memory access|Segmentation fault|core dumped|panic:|RuntimeError|Error:`), "the server crashed"},
 }
 
 const (
@@ -61,7 +52,7 @@ type LogWatch struct {
 }
 
 type classified struct {
-	kind FailureKind
+	kind exitcode.Failure
 	line string
 }
 
@@ -171,7 +162,7 @@ func (w *LogWatch) Tail() string {
 
 // Diagnosis classifies the recognised error lines: the most severe kind seen (OOM beats a
 // generic crash) and the line that says so. With nothing recognised it is a crash.
-func (w *LogWatch) Diagnosis() (FailureKind, string) {
+func (w *LogWatch) Diagnosis() (exitcode.Failure, string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range patterns {
@@ -181,18 +172,18 @@ func (w *LogWatch) Diagnosis() (FailureKind, string) {
 			}
 		}
 	}
-	return FailCrash, ""
+	return exitcode.FailCrash, ""
 }
 
 // Explain turns a kind and the line behind it into one sentence a person can act on.
-func Explain(kind FailureKind, line string) string {
+func Explain(kind exitcode.Failure, line string) string {
 	var what, fix string
 	switch kind {
-	case FailOOM:
+	case exitcode.FailOOM:
 		what, fix = "the GPU ran out of memory", "use a smaller batch size, more GPUs (--tp), or a shorter task"
-	case FailPortInUse:
+	case exitcode.FailPortInUse:
 		what, fix = "the port is already in use", "stop what holds it (ss -ltnp) or pass --port 0 to pick a free one"
-	case FailEnvMissing:
+	case exitcode.FailEnvMissing:
 		what, fix = "the environment lacks something the server needs", "check the conda env with `moecapd doctor`"
 	default:
 		what, fix = "the server crashed", "read server.log in the cell directory"

@@ -75,7 +75,7 @@ func Start(spec Spec) (*Process, error) {
 	var gateR, gateW *os.File
 	if spec.BeforeRun != nil {
 		if lerr != nil {
-			return nil, fmt.Errorf("start %s: %w", name, lerr)
+			return nil, fmt.Errorf("start %s: %w (%w)", name, lerr, ErrNotFound)
 		}
 		var err error
 		if gateR, gateW, err = os.Pipe(); err != nil {
@@ -162,6 +162,9 @@ func Start(spec Spec) (*Process, error) {
 			logf.Close()
 			st = c.Status()
 			if st.Error != nil {
+				if lerr != nil || errors.Is(st.Error, os.ErrNotExist) {
+					return nil, fmt.Errorf("start %s: %w (%w)", name, st.Error, ErrNotFound)
+				}
 				return nil, fmt.Errorf("start %s: %w", name, st.Error)
 			}
 			return nil, fmt.Errorf("start %s: exited at once with status %d", name, st.Exit)

@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // ReadySpec says how to decide that a server is ready.
@@ -33,7 +35,7 @@ type ReadySpec struct {
 
 // ReadyError says why a server did not become ready.
 type ReadyError struct {
-	Kind    FailureKind // "" for timeouts
+	Kind    exitcode.Failure // "" for timeouts
 	Timeout bool
 	Exited  bool
 	Msg     string
@@ -125,7 +127,7 @@ func ownsPort(p *Process, port int) error {
 			names[i] = h.Comm
 		}
 	}
-	return &ReadyError{Kind: FailPortInUse, Msg: fmt.Sprintf(
+	return &ReadyError{Kind: exitcode.FailPortInUse, Msg: fmt.Sprintf(
 		"port %d answers, but its listening socket is held by %s, not by the spawned server (PID %d) or its processes: another process holds the port; stop it or pick another --port (--port 0 picks a free one)",
 		port, strings.Join(names, ", "), p.PID())}
 }

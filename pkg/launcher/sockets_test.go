@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
 // readyHandler answers what WaitReady probes, for model "m".
@@ -60,7 +62,7 @@ func TestWaitReadyOwnsPort(t *testing.T) {
 		t.Cleanup(func() { p.Stop(time.Second) })
 		err = WaitReady(t.Context(), p, nil, spec)
 		var re *ReadyError
-		if !errors.As(err, &re) || re.Kind != FailPortInUse {
+		if !errors.As(err, &re) || re.Kind != exitcode.FailPortInUse {
 			t.Fatalf("err = %v, want a port_in_use ReadyError", err)
 		}
 		want := fmt.Sprintf("PID %d (%s)", os.Getpid(), comm(os.Getpid()))

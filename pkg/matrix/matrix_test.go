@@ -16,6 +16,7 @@ import (
 
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
@@ -174,10 +175,10 @@ func TestPlanActions(t *testing.T) {
 	node, _ := ParseNode("8xH200")
 	res := map[string]*cell.Manifest{
 		"qwen1_5.1xH200.4k-1k.bs1.sglang":   manifest("qwen1_5.1xH200.4k-1k.bs1.sglang", cell.StatusOK, ""),
-		"qwen1_5.1xH200.4k-1k.bs32.sglang":  manifest("qwen1_5.1xH200.4k-1k.bs32.sglang", cell.StatusFailed, cell.KindCrash),
-		"qwen1_5.1xH200.4k-1k.bs64.sglang":  manifest("qwen1_5.1xH200.4k-1k.bs64.sglang", cell.StatusInfeasible, cell.KindOOM),
+		"qwen1_5.1xH200.4k-1k.bs32.sglang":  manifest("qwen1_5.1xH200.4k-1k.bs32.sglang", cell.StatusFailed, exitcode.FailCrash),
+		"qwen1_5.1xH200.4k-1k.bs64.sglang":  manifest("qwen1_5.1xH200.4k-1k.bs64.sglang", cell.StatusInfeasible, exitcode.FailOOM),
 		"qwen1_5.1xH200.4k-1k.bs1.vllm":     manifest("qwen1_5.1xH200.4k-1k.bs1.vllm", cell.StatusRunning, ""),
-		"qwen1_5.1xH200.4k-1k.bs32.vllm":    manifest("qwen1_5.1xH200.4k-1k.bs32.vllm", cell.StatusInterrupted, cell.KindInterrupted),
+		"qwen1_5.1xH200.4k-1k.bs32.vllm":    manifest("qwen1_5.1xH200.4k-1k.bs32.vllm", cell.StatusInterrupted, exitcode.FailInterrupted),
 		"dsv2_lite.1xH200.4k-1k.bs1.sglang": manifest("dsv2_lite.1xH200.4k-1k.bs1.sglang", cell.StatusOK, ""),
 	}
 	byID := func(items []*Item) map[string]*Item {
@@ -271,12 +272,12 @@ func (f *fakeExec) exec(ctx context.Context, c *cell.Config, p *cell.Plan) (*cel
 	case <-time.After(f.hold):
 	case <-ctx.Done():
 		m.Status = cell.StatusInterrupted
-		m.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: cell.KindInterrupted}
+		m.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: exitcode.FailInterrupted}
 	}
 	s.end = time.Now()
 	if kind != "" && m.Status == cell.StatusOK {
 		m.Status = cell.StatusFailed
-		if kind == cell.KindOOM {
+		if kind == exitcode.FailOOM {
 			m.Status = cell.StatusInfeasible
 		}
 		m.Failure = &cell.Failure{Phase: cell.PhaseReady, Kind: kind, Message: string(kind)}
@@ -311,9 +312,9 @@ func TestRunnerSkipRetryTimeout(t *testing.T) {
 	}
 	results := t.TempDir()
 	f := &fakeExec{calls: map[string]int{}, hold: 5 * time.Millisecond, outcome: map[string][]cell.Kind{
-		"qwen1_5.1xH100.32-8.bs1.sglang":  {cell.KindCrash, cell.KindHealthTimeout}, // ok on the third attempt
-		"qwen1_5.1xH100.32-8.bs32.sglang": {cell.KindCrash, cell.KindCrash, cell.KindCrash},
-		"qwen1_5.1xH100.32-8.bs64.sglang": {cell.KindOOM},
+		"qwen1_5.1xH100.32-8.bs1.sglang":  {exitcode.FailCrash, exitcode.FailHealthTimeout}, // ok on the third attempt
+		"qwen1_5.1xH100.32-8.bs32.sglang": {exitcode.FailCrash, exitcode.FailCrash, exitcode.FailCrash},
+		"qwen1_5.1xH100.32-8.bs64.sglang": {exitcode.FailOOM},
 	}}
 	r := runner(t, mx, tb, results, f)
 	r.Retries = 2
@@ -349,7 +350,7 @@ func TestRunnerSkipRetryTimeout(t *testing.T) {
 		t.Errorf("attempts recorded %d, want 3", NoteOf(m).Attempts)
 	}
 	m, _ = cell.ReadManifest(filepath.Join(results, "dsv2_lite.1xH100.32-8.bs1.sglang"))
-	if m.Status != cell.StatusFailed || m.Failure.Kind != KindTimeout || !strings.Contains(m.Failure.Message, "50ms") {
+	if m.Status != cell.StatusFailed || m.Failure.Kind != exitcode.FailTimeout || !strings.Contains(m.Failure.Message, "50ms") {
 		t.Errorf("timed-out cell: %s %+v; want failed/timeout naming the limit", m.Status, m.Failure)
 	}
 	if s := r.Progress.Snapshot(); s.Finished() != s.Total || s.Retry != 4 {
@@ -456,7 +457,7 @@ func TestStatusReport(t *testing.T) {
 	ok.Metrics = nil
 	res := map[string]*cell.Manifest{
 		ok.Cell.ID:                         ok,
-		"qwen1_5.1xH200.4k-1k.bs64.sglang": manifest("qwen1_5.1xH200.4k-1k.bs64.sglang", cell.StatusInfeasible, cell.KindOOM),
+		"qwen1_5.1xH200.4k-1k.bs64.sglang": manifest("qwen1_5.1xH200.4k-1k.bs64.sglang", cell.StatusInfeasible, exitcode.FailOOM),
 	}
 	var b bytes.Buffer
 	Report(&b, mx, Status(mx, res), true)
@@ -500,7 +501,7 @@ func TestRunnerHeldCellAndFailedInResults(t *testing.T) {
 			t.Fatal(err)
 		}
 		d, _ := lay.Create(id)
-		cell.WriteManifest(d.Path, manifest(id, st, cell.KindCrash))
+		cell.WriteManifest(d.Path, manifest(id, st, exitcode.FailCrash))
 		unlock()
 	}
 	// The other runner is another process: this one holding the lock would be the runner.

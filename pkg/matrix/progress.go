@@ -131,7 +131,7 @@ func (p *Progress) finished(slot int, it *Item, m *cell.Manifest, took time.Dura
 func resultOf(it *Item, m *cell.Manifest) Result {
 	r := Result{Cell: it.Cell.ID, Model: m.Cell.Model, Hardware: m.Cell.Hardware, Task: m.Cell.Task,
 		Backend: m.Cell.Backend, Batch: m.Cell.BatchSize}
-	if mt := m.Metrics; mt != nil {
+	if mt := m.PhysicalMetrics(); mt != nil {
 		if tpot := mt.Headline().TPOTMs; tpot != nil {
 			r.TPOTSeconds = ptr(*tpot / 1e3)
 		}

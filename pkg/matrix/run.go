@@ -10,14 +10,9 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
-
-// KindTimeout is the failure kind of a cell that ran past its time limit.
-const KindTimeout cell.Kind = "timeout"
-
-// KindConfig is the failure kind of a cell whose pipeline config could not be built.
-const KindConfig cell.Kind = "config"
 
 // Runner runs the cells a plan marked ActRun. Cells of one chain run in batch order, one
 // at a time, so an out-of-memory at batch N can skip the larger ones; other cells run side
@@ -300,7 +295,7 @@ func (r *Runner) port(slot int, used map[int]bool) (int, error) {
 // ready may do better on a second try; an out-of-memory will not.
 func transient(m *cell.Manifest) bool {
 	return m.Status == cell.StatusFailed && m.Failure != nil &&
-		(m.Failure.Kind == cell.KindCrash || m.Failure.Kind == cell.KindHealthTimeout)
+		(m.Failure.Kind == exitcode.FailCrash || m.Failure.Kind == exitcode.FailHealthTimeout)
 }
 
 var errCellTimeout = errors.New("cell timeout")
@@ -333,7 +328,7 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 			if m.Failure != nil {
 				ph = m.Failure.Phase
 			}
-			m.Failure = &cell.Failure{Phase: ph, Kind: KindTimeout, LogTail: tail(m),
+			m.Failure = &cell.Failure{Phase: ph, Kind: exitcode.FailTimeout, LogTail: tail(m),
 				Message: fmt.Sprintf("the cell ran past its time limit of %s during %s and was stopped; raise --cell-timeout (or the group's timeout) if it was making progress", timeout, ph)}
 		}
 		n := NoteOf(m)
@@ -393,7 +388,7 @@ func (r *Runner) writeSkipped(c, because *Cell) error {
 	now := time.Now().UTC()
 	m := &cell.Manifest{SchemaVersion: cell.SchemaVersion, Cell: identity(c), Status: cell.StatusInfeasible,
 		StartedAt: now, FinishedAt: &now,
-		Failure: &cell.Failure{Phase: cell.PhasePreflight, Kind: cell.KindOOM,
+		Failure: &cell.Failure{Phase: cell.PhasePreflight, Kind: exitcode.FailOOM,
 			Message: fmt.Sprintf("not run: batch %d of the same model, hardware, task and backend (%s) ran out of GPU memory, so batch %d would too; run with --no-skip to try it anyway", because.Batch, because.ID, c.Batch)}}
 	SetNote(m, Note{Group: c.Group, SkippedBecause: because.ID, PinnedSamples: c.Pinned})
 	return r.record(c, m)
@@ -403,7 +398,7 @@ func (r *Runner) configFailure(c *Cell, err error) *cell.Manifest {
 	now := time.Now().UTC()
 	m := &cell.Manifest{SchemaVersion: cell.SchemaVersion, Cell: identity(c), Status: cell.StatusFailed,
 		StartedAt: now, FinishedAt: &now,
-		Failure: &cell.Failure{Phase: cell.PhasePreflight, Kind: KindConfig, Message: err.Error()}}
+		Failure: &cell.Failure{Phase: cell.PhasePreflight, Kind: exitcode.FailConfig, Message: err.Error()}}
 	SetNote(m, Note{Group: c.Group, PinnedSamples: c.Pinned})
 	_ = r.record(c, m)
 	return m

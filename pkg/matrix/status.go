@@ -213,13 +213,16 @@ func Report(w io.Writer, mx *Matrix, es []*Entry, markdown bool) {
 // joules per output token when the energy was measured.
 func Summary(m *cell.Manifest) string {
 	s := m.Cell.ID + ":"
-	x := m.Metrics
+	x := m.PhysicalMetrics()
 	if x == nil {
 		return s + " no metrics recorded"
 	}
 	h := x.Headline()
 	ttft, tpot := h.TTFTMs, h.TPOTMs
 	s += fmt.Sprintf(" TTFT %s ms, TPOT %s ms, %.1f output tok/s, %d samples", profile.FormatMs(ttft, 1), profile.FormatMs(tpot, 2), x.OutputThroughput, m.Cell.NumSamples)
+	if l := profile.ScaleLabel(x.TimeScale); l != "" {
+		s += " (" + l + ", un-scaled)"
+	}
 	if t := m.Telemetry; t != nil && t.JPerOutputToken != nil {
 		s += fmt.Sprintf(", %.3f J/token", *t.JPerOutputToken)
 	} else {

@@ -762,6 +762,22 @@ func FindBenchFile(outputDir string) string {
 	return ""
 }
 
+// ReadBenchRequests reads the per-request rows of a bench file (FindBenchFile): every
+// request sent, failed ones included (Success false). It is the one reader of those rows.
+func ReadBenchRequests(path string) ([]RequestResult, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var bf struct {
+		Requests []RequestResult `json:"requests"`
+	}
+	if err := json.Unmarshal(b, &bf); err != nil {
+		return nil, fmt.Errorf("bench file %s: %w", path, err)
+	}
+	return bf.Requests, nil
+}
+
 // writeOutputs writes the runner's four files into OutputDir/<org>/<model>/ and moecapd's
 // bench file (every request, client latencies) into OutputDir/.moecapd/.
 func writeOutputs(o *Options, res *Result) error {

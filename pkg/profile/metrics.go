@@ -154,6 +154,55 @@ type Metrics struct {
 
 	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
 	MoECAP json.RawMessage `json:"moe_cap,omitempty"`
+
+	// TimeScale is set when the numbers above come from a time-scaled simulator
+	// (--sim-time-scale S, S ≠ 1) and were un-scaled to physical units (Unscaled): client
+	// times (duration, TTFT, TPOT, ITL, E2EL) are wall time ÷ S, rates (throughputs) wall
+	// rate × S. Absent: the numbers are the wall clock's as measured.
+	TimeScale float64 `json:"time_scale,omitempty"`
+}
+
+// Unscaled is the one conversion of a time-scaled simulator's client numbers to physical
+// units: a copy with every client time divided by scale and every rate multiplied by it,
+// TimeScale set. Server pass latencies (ServerPass) and the runner's verbatim file are left
+// as they are: the sim's pass records already carry model time. m itself is returned when
+// there is nothing to do: nil metrics, scale 0 or 1 (real time), or numbers already
+// un-scaled.
+func (m *Metrics) Unscaled(scale float64) *Metrics {
+	if m == nil || scale <= 0 || scale == 1 || m.TimeScale != 0 {
+		return m
+	}
+	u := *m
+	div := func(p *float64) *float64 {
+		if p == nil {
+			return nil
+		}
+		v := *p / scale
+		return &v
+	}
+	for _, f := range []**float64{
+		&u.MeanTTFTMs, &u.MedianTTFTMs, &u.P90TTFTMs, &u.P99TTFTMs, &u.StdTTFTMs,
+		&u.MeanTPOTMs, &u.MedianTPOTMs, &u.P90TPOTMs, &u.P99TPOTMs, &u.StdTPOTMs,
+		&u.MeanITLMs, &u.MedianITLMs, &u.P90ITLMs, &u.P99ITLMs, &u.StdITLMs,
+		&u.MeanE2ELMs, &u.MedianE2ELMs, &u.P90E2ELMs, &u.P99E2ELMs, &u.StdE2ELMs,
+	} {
+		*f = div(*f)
+	}
+	u.DurationS /= scale
+	u.RequestThroughput *= scale
+	u.OutputThroughput *= scale
+	u.TotalTokenThroughput *= scale
+	u.TimeScale = scale
+	return &u
+}
+
+// ScaleLabel is how every page, row and summary names a time-scaled simulator's cell:
+// "sim, time ×S"; "" for real time.
+func ScaleLabel(scale float64) string {
+	if scale <= 0 || scale == 1 {
+		return ""
+	}
+	return "sim, time ×" + strconv.FormatFloat(scale, 'g', -1, 64)
 }
 
 // Headline is the TPOT and TTFT a cell is summed up by (tables, summaries, the matrix's

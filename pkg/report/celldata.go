@@ -3,19 +3,22 @@ package report
 import (
 	"bufio"
 	"encoding/csv"
-	"encoding/json"
 	"errors"
-	"github.com/moecapd/moecapd/pkg/records"
+	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"time"
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 // CellData is what a cell's files say beyond its manifest: the per-request latencies the
@@ -32,6 +35,19 @@ type CellData struct {
 	// GPU timelines from telemetry.csv, one series per GPU index, seconds since the first
 	// sample: power (W), utilisation (%), memory used (GiB).
 	Power, Util, MemGiB map[int]plotter.XYs
+	// Notes say what the side files held that could not be used (negative or non-finite
+	// times, NaN/Inf samples): left out, and the cell page says so.
+	Notes []string
+}
+
+// finite reports whether every v is a finite number.
+func finite(vs ...float64) bool {
+	for _, v := range vs {
+		if math.IsNaN(v) || math.IsInf(v, 0) {
+			return false
+		}
+	}
+	return true
 }
 
 // timelineBins is how many points a timeline keeps: enough for a page, small for 1000 cells.
@@ -42,30 +58,24 @@ const timelineBins = 60
 func readCellData(dir string) *CellData {
 	d := &CellData{}
 	found := false
-	if p := profile.FindBenchFile(filepath.Join(dir, "client")); p != "" {
+	if p := profile.FindBenchFile(cell.DirOf(dir).Client()); p != "" {
 		found = readBench(p, d) || found
 	}
 	// The one reader of pass records (the recording window when moecapd wrote it, each
 	// pass once), not a file picked by name.
-	if recs, err := records.ReadDir(filepath.Join(dir, "records")); err == nil {
+	if recs, err := records.ReadDir(cell.DirOf(dir).Records()); err == nil {
 		found = decodeTimeline(recs.Passes, d) || found
 	}
-	found = readTelemetryCSV(filepath.Join(dir, "telemetry.csv"), d) || found
-	if !found {
+	found = readTelemetryCSV(cell.DirOf(dir).Telemetry(), d) || found
+	if !found && len(d.Notes) == 0 {
 		return nil
 	}
 	return d
 }
 
 func readBench(path string, d *CellData) bool {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return false
-	}
-	var bf struct {
-		Requests []profile.RequestResult `json:"requests"`
-	}
-	if json.Unmarshal(b, &bf) != nil || len(bf.Requests) == 0 {
+	reqs, err := profile.ReadBenchRequests(path)
+	if err != nil || len(reqs) == 0 {
 		return false
 	}
 	// Token arrivals: the first chunk at start+TTFT, each later chunk one ITL after the
@@ -73,8 +83,13 @@ func readBench(path string, d *CellData) bool {
 	type ev struct{ t, n float64 }
 	var evs []ev
 	end := 0.0
-	for _, r := range bf.Requests {
+	bad := 0
+	for _, r := range reqs {
 		if !r.Success {
+			continue
+		}
+		if !finite(append([]float64{r.StartS, r.TTFTMs, r.TPOTMs, r.E2ELMs}, r.ITLMs...)...) || r.StartS < 0 || r.TTFTMs < 0 || r.TPOTMs < 0 || r.E2ELMs < 0 || slices.ContainsFunc(r.ITLMs, func(x float64) bool { return x < 0 }) || r.OutputTokens < 0 {
+			bad++
 			continue
 		}
 		d.TTFT = append(d.TTFT, r.TTFTMs)
@@ -91,6 +106,9 @@ func readBench(path string, d *CellData) bool {
 			evs = append(evs, ev{t, per})
 		}
 		end = max(end, r.StartS+r.E2ELMs/1e3)
+	}
+	if bad > 0 {
+		d.Notes = append(d.Notes, fmt.Sprintf("%s: %d successful requests with negative or non-finite times left out of the per-request figures", filepath.Base(path), bad))
 	}
 	if end > 0 && len(evs) > 0 {
 		w := end / timelineBins
@@ -114,15 +132,17 @@ func decodeTimeline(passes []records.Pass, d *CellData) bool {
 	t := 0.0
 	for i := range passes {
 		p := &passes[i]
-		if p.Latency == nil || *p.Latency <= 0 {
+		if p.Latency == nil || *p.Latency <= 0 || !finite(*p.Latency) {
 			continue
 		}
 		t += *p.Latency
 		if p.Mode.DecodeStep() {
-			ps = append(ps, pass{t, records.Val(p.DecodeBatch())})
+			if b := records.Val(p.DecodeBatch()); finite(b) && b >= 0 {
+				ps = append(ps, pass{t, b})
+			}
 		}
 	}
-	if len(ps) == 0 {
+	if len(ps) == 0 || !finite(t) {
 		return false
 	}
 	// Mean batch per bin of pass time.
@@ -171,6 +191,12 @@ func readTelemetryCSV(path string, d *CellData) bool {
 		hp, hu, hm bool
 	}
 	var ss []sample
+	nonFinite := 0
+	defer func() {
+		if nonFinite > 0 {
+			d.Notes = append(d.Notes, fmt.Sprintf("telemetry.csv: %d NaN/Inf values left out of the GPU figures", nonFinite))
+		}
+	}()
 	for {
 		rec, err := r.Read()
 		if errors.Is(err, io.EOF) {
@@ -185,6 +211,10 @@ func readTelemetryCSV(path string, d *CellData) bool {
 				return 0, false
 			}
 			v, err := strconv.ParseFloat(rec[i], 64)
+			if err == nil && !finite(v) {
+				nonFinite++
+				return 0, false
+			}
 			return v, err == nil
 		}
 		ts, err := time.Parse(time.RFC3339Nano, rec[col["timestamp"]])
@@ -192,7 +222,7 @@ func readTelemetryCSV(path string, d *CellData) bool {
 			continue
 		}
 		g, ok := get("gpu_index")
-		if !ok {
+		if !ok || g < 0 || g > 1<<16 {
 			continue
 		}
 		s := sample{t: ts, gpu: int(g)}

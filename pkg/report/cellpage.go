@@ -11,6 +11,7 @@ import (
 	"gonum.org/v1/plot/plotter"
 
 	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 type kv struct{ K, V string }
@@ -128,7 +129,7 @@ func gpuColor(i int) color.RGBA { return gpuPalette[i%len(gpuPalette)] }
 func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	m := r.Manifest
 	cp := &cellPage{ID: r.ID, Status: r.Status, Reason: r.Reason, Up: up,
-		Title: fmt.Sprintf("%s · %s · %s · batch %d · %s", r.ModelName, r.Task, r.Hardware, r.BatchSize, r.Backend)}
+		Title: fmt.Sprintf("%s · %s · %s · batch %d · %s", r.ModelName, r.Task, r.Hardware, r.BatchSize, r.BackendLabel())}
 	if r.Cap != nil {
 		cp.Notes = append(cp.Notes, r.Cap.Notes...)
 	} else if strings.HasPrefix(r.CapNote, "absent: ") {
@@ -137,8 +138,9 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	if m != nil && m.Cell.AllowUnknownModel {
 		cp.Notes = append(cp.Notes, "Run with --allow-unknown-model: moecapd could not describe this model.")
 	}
+	cp.Notes = append(cp.Notes, r.PlotNotes()...)
 	if sc := r.timeScale(); sc != 0 && !strings.Contains(strings.Join(cp.Notes, " "), "time-scale") {
-		cp.Notes = append(cp.Notes, fmt.Sprintf("The simulator ran time-scaled ×%g: the client's latencies and throughput are the roofline's times the scale, not physical.", sc))
+		cp.Notes = append(cp.Notes, fmt.Sprintf("%s: the simulator's clock ran ×%g; the client's latencies and throughputs shown here are un-scaled to physical units (wall time ÷ %g, wall rates × %g), and include the client's own time un-scaled with them.", profile.ScaleLabel(sc), sc, sc, sc))
 	}
 	for _, f := range r.Flags {
 		what := "the cell"
@@ -172,7 +174,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 		cp.Failure = &kv{fmt.Sprintf("%s in %s", f.Kind, f.Phase), f.Message}
 		cp.LogTail = f.LogTail
 	}
-	if mt := m.Metrics; mt != nil {
+	if mt := m.PhysicalMetrics(); mt != nil {
 		lat := func(name string, mean, p50, p90, p99, std *float64) {
 			if mean == nil && p50 == nil {
 				return

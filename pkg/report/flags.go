@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // Flag marks a value of a cell as not a result: physically impossible, measured on a
@@ -57,7 +58,7 @@ func isCapMetric(m string) bool {
 // the manifest (a time-scaled simulator, unless the CAP block says it accounted for it).
 func flagsOf(m *cell.Manifest, capJSON json.RawMessage) []Flag {
 	var out []Flag
-	stored := m.Extra[ExtraKey]
+	stored := m.Extra[cell.ExtraCAP]
 	seen := map[Flag]bool{}
 	for _, raw := range []json.RawMessage{stored, capJSON} {
 		for _, f := range capFlags(raw) {
@@ -148,6 +149,15 @@ func firstString(o map[string]any, keys ...string) string {
 		}
 	}
 	return ""
+}
+
+// BackendLabel is the backend as every table row and page names it: a time-scaled sim's
+// says so ("sim (sim, time ×0.01)"), its client numbers being un-scaled to physical units.
+func (r *Row) BackendLabel() string {
+	if l := profile.ScaleLabel(r.timeScale()); l != "" {
+		return r.Backend + " (" + l + ")"
+	}
+	return r.Backend
 }
 
 // timeScale is the sim's time scale when the cell ran scaled (not 0 or 1), else 0.

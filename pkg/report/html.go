@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"hash/fnv"
 	"html/template"
 	"io"
 	"sort"
@@ -97,20 +98,32 @@ type htmlPage struct {
 	Single *cellPage
 }
 
+// anchor is s as a file name and HTML id, one per s: letters, digits, '-', '_' and '.'
+// stay; any other character becomes '-' and a hash of s is appended after a '~' (which
+// no kept character is), so ids differing only there (a+b, a-b) never share a page or a
+// figure.
 func anchor(s string) string {
-	return strings.Map(func(r rune) rune {
+	changed := false
+	out := strings.Map(func(r rune) rune {
 		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.' {
 			return r
 		}
+		changed = true
 		return '-'
 	}, s)
+	if !changed && out != "" && out != "." && out != ".." {
+		return out
+	}
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return fmt.Sprintf("%s~%016x", out, h.Sum64())
 }
 
 // cellPagePath is a cell page's path relative to the report directory.
 func cellPagePath(id string) string { return "cells/" + anchor(id) + ".html" }
 
 func toHTMLCell(r *Row) htmlCell {
-	return htmlCell{ID: r.ID, Page: cellPagePath(r.ID), Hardware: r.Hardware, Backend: r.Backend, Status: r.Status,
+	return htmlCell{ID: r.ID, Page: cellPagePath(r.ID), Hardware: r.Hardware, Backend: r.BackendLabel(), Status: r.Status,
 		Reason: r.Reason, Batch: r.BatchSize, V: viewOf(r), OK: r.ok()}
 }
 

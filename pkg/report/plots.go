@@ -2,6 +2,7 @@ package report
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"image/color"
 	"math"
@@ -16,6 +17,8 @@ import (
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgsvg"
+
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // Plot is one figure of the report: an SVG file beside the page.
@@ -24,7 +27,10 @@ type Plot struct {
 	Title string // the caption the page shows
 	Note  string // what the figure leaves out (flagged values), shown under it
 	SVG   []byte
-	spec  *plotSpec
+	// Err says why the figure could not be drawn (its data is degenerate); it is then
+	// left out of the pages.
+	Err  error
+	spec *plotSpec
 }
 
 // series is one line of a figure.
@@ -99,7 +105,46 @@ func (v valueFn) of(r *Row) (*float64, string) {
 	if why := r.FlagFor(v.metric); why != "" {
 		return nil, why
 	}
-	return v.get(r), ""
+	if why := r.unplottableBatch(); why != "" {
+		return nil, why
+	}
+	x := v.get(r)
+	if x != nil && !(*x > 0 && !math.IsInf(*x, 0)) {
+		return nil, fmt.Sprintf("%s %g cannot be plotted", v.metric, *x)
+	}
+	return x, ""
+}
+
+// unplottableBatch says why a cell has no place on a batch-size axis ("" when it has).
+func (r *Row) unplottableBatch() string {
+	if r.BatchSize <= 0 {
+		return fmt.Sprintf("batch_size %d is not a batch size", r.BatchSize)
+	}
+	return ""
+}
+
+// PlotNotes say which of a completed cell's numbers the figures leave out and why (a
+// batch size ≤ 0, a zero, negative or non-finite value, unusable samples in its files).
+func (r *Row) PlotNotes() []string {
+	if !r.ok() {
+		return nil
+	}
+	var out []string
+	if why := r.unplottableBatch(); why != "" {
+		out = append(out, "left out of the figures: "+why)
+	}
+	for _, v := range []valueFn{
+		{"tpot_mean_ms", (*Row).TPOTMs}, {"ttft_mean_ms", (*Row).TTFTMs},
+		{"output_throughput_per_gpu_tok_s", (*Row).ThroughputPerGPU}, {"j_per_output_token", (*Row).JPerOutputToken},
+	} {
+		if x := v.get(r); x != nil && !(*x > 0 && !math.IsInf(*x, 0)) {
+			out = append(out, fmt.Sprintf("left out of the figures: %s is %g", v.metric, *x))
+		}
+	}
+	if r.Data != nil {
+		out = append(out, r.Data.Notes...)
+	}
+	return out
 }
 
 // groupPlots builds the figures of one model × task group. A figure that would show a
@@ -190,10 +235,11 @@ func groupPlots(g Group, base, what string) []Plot {
 				floorFlags = append(floorFlags, name+"s left out: "+why)
 				continue
 			}
-			// A time-scaled sim's client latencies are the roofline's times the scale: a
-			// floor beside them would read as a result.
+			// A time-scaled sim's client latencies are un-scaled to physical units, the
+			// client's own time with them (× 1/scale): a floor beside them would compare the
+			// client, not the server.
 			if sc := r.timeScale(); sc != 0 {
-				floorFlags = append(floorFlags, fmt.Sprintf("%ss left out: time-scaled sim ×%g, its client latencies are not physical", name, sc))
+				floorFlags = append(floorFlags, fmt.Sprintf("%ss left out: %s, its un-scaled client latencies include the client's own time ÷ %g", name, profile.ScaleLabel(sc), sc))
 				continue
 			}
 			v := get(r)
@@ -308,8 +354,12 @@ func paretoSeries(keys []string, byKey map[string][]*Row, ok []*Row) ([]series, 
 				flagged = append(flagged, r.ID+": "+why)
 				continue
 			}
+			if why := r.unplottableBatch(); why != "" {
+				flagged = append(flagged, r.ID+": "+why)
+				continue
+			}
 			x, y := r.Interactivity(), r.ThroughputPerGPU()
-			if x == nil || y == nil {
+			if x == nil || y == nil || !finite(*x, *y) || *y < 0 {
 				continue
 			}
 			s.pts = append(s.pts, plotter.XY{X: *x, Y: *y})
@@ -391,7 +441,68 @@ func setFonts(p *plot.Plot) {
 }
 
 // renderPlot draws one figure to SVG.
-func renderPlot(s *plotSpec) ([]byte, error) {
+// sanitize drops what no axis can show: non-finite points, x ≤ 0 on the batch (log)
+// axis, non-finite box values; a non-finite whisker becomes none (NaN).
+func (s *plotSpec) sanitize() {
+	var ss []series
+	for _, se := range s.series {
+		var pts plotter.XYs
+		var hi []float64
+		var labels []string
+		for i, q := range se.pts {
+			if !finite(q.X, q.Y) || s.batchX && q.X <= 0 {
+				continue
+			}
+			pts = append(pts, q)
+			if i < len(se.hi) {
+				h := se.hi[i]
+				if math.IsInf(h, 0) {
+					h = math.NaN()
+				}
+				hi = append(hi, h)
+			}
+			if i < len(se.labels) {
+				labels = append(labels, se.labels[i])
+			}
+		}
+		if len(pts) == 0 {
+			continue
+		}
+		se.pts, se.labels = pts, labels
+		if len(se.hi) > 0 {
+			se.hi = hi
+		}
+		ss = append(ss, se)
+	}
+	s.series = ss
+	var bs []box
+	for _, b := range s.boxes {
+		var vs []float64
+		for _, v := range b.values {
+			if finite(v) {
+				vs = append(vs, v)
+			}
+		}
+		if len(vs) > 0 {
+			b.values = vs
+			bs = append(bs, b)
+		}
+	}
+	s.boxes = bs
+}
+
+func renderPlot(s *plotSpec) (svg []byte, err error) {
+	defer func() {
+		// gonum panics on some degenerate data; a figure that cannot be drawn is left out,
+		// the report goes on.
+		if v := recover(); v != nil {
+			svg, err = nil, fmt.Errorf("cannot draw: %v", v)
+		}
+	}()
+	s.sanitize()
+	if len(s.series) == 0 && len(s.boxes) == 0 {
+		return nil, errors.New("nothing left to draw")
+	}
 	p := plot.New()
 	setFonts(p)
 	p.X.Label.Text = s.xlabel
@@ -445,6 +556,9 @@ func renderPlot(s *plotSpec) ([]byte, error) {
 			}
 		}
 		sort.Slice(ticks, func(i, j int) bool { return ticks[i].Value < ticks[j].Value })
+		if len(ticks) == 0 {
+			return nil, errors.New("no point on the batch axis")
+		}
 		p.X.Tick.Marker = plot.ConstantTicks(ticks)
 		p.X.Min, p.X.Max = ticks[0].Value/1.4, ticks[len(ticks)-1].Value*1.4
 	} else if !s.xFromData {
@@ -576,25 +690,22 @@ func toSVG(p *plot.Plot, w, h vg.Length) ([]byte, error) {
 }
 
 // renderAll draws every figure in parallel, in place.
-func renderAll(plots []*Plot) error {
+// renderAll draws every figure; one that cannot be drawn gets Err (and no SVG), the
+// others are drawn all the same.
+func renderAll(plots []*Plot) {
 	var (
-		wg    sync.WaitGroup
-		mu    sync.Mutex
-		first error
-		next  = make(chan *Plot)
+		wg   sync.WaitGroup
+		next = make(chan *Plot)
 	)
 	for range runtime.GOMAXPROCS(0) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			for pl := range next {
-				b, err := renderPlot(pl.spec)
-				mu.Lock()
-				if err != nil && first == nil {
-					first = fmt.Errorf("%s: %w", pl.Name, err)
+				pl.SVG, pl.Err = renderPlot(pl.spec)
+				if pl.Err != nil {
+					pl.SVG = nil
 				}
-				mu.Unlock()
-				pl.SVG = b
 			}
 		}()
 	}
@@ -603,7 +714,17 @@ func renderAll(plots []*Plot) error {
 	}
 	close(next)
 	wg.Wait()
-	return first
+}
+
+// drawn is ps without the figures that could not be drawn.
+func drawn(ps []*Plot) []*Plot {
+	out := ps[:0:0]
+	for _, p := range ps {
+		if p.Err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // plainTicks are gonum's default tick positions with labels as short as the value allows

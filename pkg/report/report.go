@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 	"time"
 
@@ -21,6 +23,10 @@ const (
 	CSVFile      = "cells.csv"
 	PlotsDir     = "plots"
 	CellsDir     = "cells"
+	// OwnFile lists, one relative path a line, every file the last report wrote into its
+	// output directory: the only files a later report may delete (figures and pages of
+	// cells gone since). Files a user put there are never touched.
+	OwnFile = ".moecapd-report-files"
 )
 
 // ErrNoCells is returned by Write for a results directory that holds no cell: a usage
@@ -52,6 +58,9 @@ type Result struct {
 	Index    string
 	Markdown string
 	CSV      string
+	// NotDrawn names the figures whose data no axis can show, and why; the pages leave
+	// them out.
+	NotDrawn []string
 }
 
 // Write reads every cell under ResultsDir and writes to OutDir: index.html (no script or
@@ -106,18 +115,27 @@ func Write(o Options) (*Result, error) {
 		cplots[i] = cellPlots(&rows[i])
 		all = append(all, cplots[i]...)
 	}
-	if err := renderAll(all); err != nil {
-		return nil, fmt.Errorf("drawing figures: %w", err)
+	renderAll(all)
+	for _, p := range all {
+		if p.Err != nil {
+			res.NotDrawn = append(res.NotDrawn, p.Name+": "+p.Err.Error())
+		}
+	}
+	all = drawn(all)
+	for gi := range gplots {
+		gplots[gi] = drawn(gplots[gi])
+	}
+	for i := range cplots {
+		cplots[i] = drawn(cplots[i])
 	}
 	res.Plots = len(all)
-	keep := map[string]bool{}
+	own := map[string]bool{} // what this report writes, relative to OutDir
 	for _, p := range all {
-		keep[p.Name] = true
+		own[PlotsDir+"/"+p.Name] = true
 		if err := writeAtomic(filepath.Join(o.OutDir, PlotsDir, p.Name), p.SVG); err != nil {
 			return nil, err
 		}
 	}
-	removeStale(filepath.Join(o.OutDir, PlotsDir), ".svg", keep)
 
 	now := time.Now
 	if o.Now != nil {
@@ -145,12 +163,14 @@ func Write(o Options) (*Result, error) {
 			return nil, fmt.Errorf("rendering the page of %s: %w", rows[i].ID, err)
 		}
 		p := cellPagePath(rows[i].ID)
-		pages[filepath.Base(p)] = true
+		if pages[p] {
+			return nil, fmt.Errorf("two cells share the page %s (ids %q): a bug of the page names", p, rows[i].ID)
+		}
+		pages[p], own[p] = true, true
 		if err := writeAtomic(filepath.Join(o.OutDir, filepath.FromSlash(p)), b.Bytes()); err != nil {
 			return nil, err
 		}
 	}
-	removeStale(filepath.Join(o.OutDir, CellsDir), ".html", pages)
 	for _, f := range []struct {
 		path string
 		b    []byte
@@ -158,21 +178,37 @@ func Write(o Options) (*Result, error) {
 		if err := writeAtomic(f.path, f.b); err != nil {
 			return nil, err
 		}
+		own[filepath.Base(f.path)] = true
+	}
+	removeStale(o.OutDir, own)
+	names := make([]string, 0, len(own))
+	for n := range own {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	if err := writeAtomic(filepath.Join(o.OutDir, OwnFile), []byte(strings.Join(names, "\n")+"\n")); err != nil {
+		return nil, err
 	}
 	return res, nil
 }
 
-// removeStale deletes files of an earlier report that this one did not write (a cell
-// archived since), leaving anything that is not ours.
-func removeStale(dir, suffix string, keep map[string]bool) {
-	ents, err := os.ReadDir(dir)
+// removeStale deletes the files the previous report listed in OwnFile that this one did
+// not write (the page and figures of a cell archived since). Only those: a file the user
+// put into the output directory was never listed, and a listed name that leaves plots/ or
+// cells/ (a hand-edited list) is ignored.
+func removeStale(outDir string, own map[string]bool) {
+	b, err := os.ReadFile(filepath.Join(outDir, OwnFile))
 	if err != nil {
 		return
 	}
-	for _, e := range ents {
-		if !e.IsDir() && strings.HasSuffix(e.Name(), suffix) && !keep[e.Name()] {
-			_ = os.Remove(filepath.Join(dir, e.Name()))
+	for _, n := range strings.Split(string(b), "\n") {
+		n = strings.TrimSpace(n)
+		dir, base := path.Split(n)
+		if own[n] || base == "" || strings.ContainsRune(base, '\\') || base == ".." || base == "." ||
+			(dir != PlotsDir+"/" && dir != CellsDir+"/") {
+			continue
 		}
+		_ = os.Remove(filepath.Join(outDir, dir, base))
 	}
 }
 

@@ -6,7 +6,6 @@ import (
 	"encoding/xml"
 	"flag"
 	"fmt"
-	"github.com/moecapd/moecapd/pkg/capmath"
 	"image"
 	"image/png"
 	"io"
@@ -18,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/capmath"
 
 	"github.com/moecapd/moecapd/pkg/config"
 )

@@ -4,6 +4,7 @@ import (
 	"encoding/csv"
 	"fmt"
 	"io"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -85,8 +86,8 @@ func (r *Row) ThroughputPerGPU() *float64 {
 // Interactivity is 1000/TPOT: the tokens per second one user sees while decoding.
 func (r *Row) Interactivity() *float64 {
 	t := r.TPOTMs()
-	if t == nil {
-		return nil
+	if t == nil || !(*t > 0) || math.IsInf(*t, 0) {
+		return nil // 1000/0 is no speed; the cell's plot notes say why
 	}
 	return f64(1000 / *t)
 }
@@ -198,6 +199,14 @@ var csvColumns = []column{
 	{"output_tokens", func(r *Row) string { return strconv.Itoa(r.Out) }},
 	{"batch_size", func(r *Row) string { return strconv.Itoa(r.BatchSize) }},
 	{"backend", func(r *Row) string { return r.Backend }},
+	// time_scale: the sim's --sim-time-scale when it ran time-scaled; its client latencies
+	// and throughputs in this row are un-scaled to physical units (profile.Metrics.Unscaled).
+	{"time_scale", func(r *Row) string {
+		if s := r.timeScale(); s != 0 {
+			return strconv.FormatFloat(s, 'g', -1, 64)
+		}
+		return ""
+	}},
 	{"status", func(r *Row) string { return r.Status }},
 	{"reason", func(r *Row) string { return r.Reason }},
 	{"completed", func(r *Row) string { return intOK(r, r.metricsOr().Completed) }},
@@ -350,11 +359,12 @@ func Groups(rows []Row) []Group {
 	return gs
 }
 
-func mdEscape(s string) string {
-	s = strings.ReplaceAll(s, "|", `\|`)
-	s = strings.ReplaceAll(s, "\r", " ")
-	return strings.ReplaceAll(s, "\n", " ")
-}
+// mdEscape makes text from results (ids, server log lines, failure messages) one inert
+// table cell: HTML is escaped (a markdown renderer passes raw HTML through: <script>,
+// <img onerror>), and the cell's own syntax (|, newlines) too.
+func mdEscape(s string) string { return mdReplacer.Replace(s) }
+
+var mdReplacer = strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", "|", `\|`, "\r", " ", "\n", " ")
 
 // counts of cells by status, in a fixed order.
 func statusCounts(rows []Row) []struct {
@@ -413,24 +423,24 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 	b.WriteString("\n\n`absent` = not measured (no NVML, or the GPU does not report it); `—` = does not apply (the cell did not complete).\n")
 
 	for _, g := range Groups(rows) {
-		fmt.Fprintf(&b, "\n## %s · %s\n\n", mdEscape(g.Rows[0].ModelName), g.Task)
+		fmt.Fprintf(&b, "\n## %s · %s\n\n", mdEscape(g.Rows[0].ModelName), mdEscape(g.Task))
 		b.WriteString("| cell | hardware | backend | batch | TTFT p50 / p99 ms | TPOT p50 / p99 ms | TPOT ×floor | tok/s/GPU | tok/s/user | S-MBU decode | J/tok | status |\n")
 		b.WriteString("|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|---|\n")
 		for _, r := range g.Rows {
 			v := viewOf(r)
 			fmt.Fprintf(&b, "| %s | %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |\n",
-				mdEscape(r.ID), r.Hardware, r.Backend, r.BatchSize, mdEscape(v.TTFT), mdEscape(v.TPOT), mdEscape(v.Over),
+				mdEscape(r.ID), mdEscape(r.Hardware), mdEscape(r.BackendLabel()), r.BatchSize, mdEscape(v.TTFT), mdEscape(v.TPOT), mdEscape(v.Over),
 				mdEscape(v.TputGPU), mdEscape(v.Interact), mdEscape(v.SMBU), mdEscape(v.JTok), mdEscape(v.StatusText))
 		}
 		if cmp := backendPairs(g.Rows); len(cmp) > 0 {
 			b.WriteString("\nSame cell, different backend (TPOT p50 ms · output tok/s per GPU):\n\n| hardware | batch |")
 			bk := pairBackends(cmp)
 			for _, x := range bk {
-				fmt.Fprintf(&b, " %s |", x)
+				fmt.Fprintf(&b, " %s |", mdEscape(x))
 			}
 			b.WriteString("\n|---|--:|" + strings.Repeat("--:|", len(bk)) + "\n")
 			for _, c := range cmp {
-				fmt.Fprintf(&b, "| %s | %d |", c.Hardware, c.Batch)
+				fmt.Fprintf(&b, "| %s | %d |", mdEscape(c.Hardware), c.Batch)
 				for _, x := range bk {
 					fmt.Fprintf(&b, " %s |", mdEscape(c.cellText(x)))
 				}
@@ -453,7 +463,7 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 			if r.Cap != nil {
 				mem = mdEscape(memoryVerdict(r))
 			}
-			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", mdEscape(r.ID), r.Status, mdEscape(r.Reason), mem)
+			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", mdEscape(r.ID), mdEscape(r.Status), mdEscape(r.Reason), mem)
 		}
 		for _, p := range probs {
 			fmt.Fprintf(&b, "| %s | unreadable | %s | — |\n", mdEscape(p.Dir), mdEscape(p.Err))
@@ -464,7 +474,7 @@ func WriteMarkdown(w io.Writer, rows []Row, probs []Problem) error {
 	for i := range rows {
 		if c := rows[i].Cap; c != nil {
 			for _, e := range c.Errors {
-				flagged = append(flagged, fmt.Sprintf("| %s | %s | %.3g (limit %.2f) | %s |", mdEscape(rows[i].ID), e.Field, e.Value, e.Limit, mdEscape(e.Cause)))
+				flagged = append(flagged, fmt.Sprintf("| %s | %s | %.3g (limit %.2f) | %s |", mdEscape(rows[i].ID), mdEscape(e.Field), e.Value, e.Limit, mdEscape(e.Cause)))
 			}
 		}
 	}
