@@ -66,10 +66,10 @@ type Metrics struct {
 	// "exact-ids" (exact token ids, streaming).
 	PromptStyle string `json:"prompt_style,omitempty"`
 
-	Completed            int     `json:"completed"`
-	Failed               int     `json:"failed"`
-	TotalInputTokens     int     `json:"total_input_tokens"`
-	TotalOutputTokens    int     `json:"total_output_tokens"`
+	Completed         int `json:"completed"`
+	Failed            int `json:"failed"`
+	TotalInputTokens  int `json:"total_input_tokens"`
+	TotalOutputTokens int `json:"total_output_tokens"`
 	// DurationS and the throughputs are absent (omitted) when no clock measured the run (a
 	// runner cell with no duration source, which then fails bad_result), never 0.
 	DurationS            float64 `json:"duration_s,omitempty"`
