@@ -50,6 +50,12 @@ type CellOptions struct {
 	Offline                          bool
 	PromptStyle                      string
 	AllowBadRequests                 int
+	// Repeats runs the measured bench this many times (0 or 1: once; native client only);
+	// RepeatFreshServer restarts the server between repeats; UnstableCV flags a metric
+	// whose CV over the repeats exceeds it (0: cell.DefaultUnstableCV).
+	Repeats           int
+	RepeatFreshServer bool
+	UnstableCV        float64
 	// Version is moecapd's, recorded in every manifest.
 	Version string
 }
@@ -66,6 +72,12 @@ func (o CellOptions) Check() error {
 				return exitcode.New(exitcode.Usage, err)
 			}
 		}
+	}
+	if err := config.CheckInt("settings", "--repeats", int64(o.Repeats), 0, cell.MaxRepeats, "measured benches of the cell; 0 or 1: once"); err != nil {
+		return exitcode.New(exitcode.Usage, err)
+	}
+	if err := config.CheckFloat("settings", "--unstable-cv", o.UnstableCV, 0, 10); err != nil {
+		return exitcode.New(exitcode.Usage, err)
 	}
 	if err := config.CheckInt("settings", "--gpu-idle-mib", int64(o.GPUIdleMiB), 0, 1<<20, "MiB above a GPU's own baseline that still count as idle"); err != nil {
 		return exitcode.New(exitcode.Usage, err)
@@ -144,6 +156,10 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		MemSlackBytes: uint64(o.GPUIdleMiB) << 20, Version: o.Version, Log: log,
 		GPUHourUSD: o.GPUHourUSD, ElectricityUSDPerKWh: o.ElectricityUSDPerKWh,
 		AllowUnknownModel: o.AllowUnknownModel,
+		Repeats:           o.Repeats, RepeatFreshServer: o.RepeatFreshServer, UnstableCV: o.UnstableCV,
+	}
+	if c.Repeats > 1 && client != cell.ClientNative {
+		return nil, nil, exitcode.Usagef("--repeats %d needs the native client (--client native): the MoE-CAP runner's files of one run would be mixed with the next's", c.Repeats)
 	}
 	c.Native.Warmup = o.Warmup
 	c.Native.Seed = o.Seed

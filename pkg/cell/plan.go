@@ -69,6 +69,13 @@ type Config struct {
 	// without it such a model is refused before anything starts. The manifest records it
 	// and the cell has no CAP numbers.
 	AllowUnknownModel bool
+	// Repeats is how many times the measured bench runs (0 or 1: once); RepeatFreshServer
+	// restarts the server between repeats (else they share the warm server, and repeats
+	// after the first send no warm-up). UnstableCV flags a repeated metric whose coefficient
+	// of variation exceeds it (0: DefaultUnstableCV).
+	Repeats           int
+	RepeatFreshServer bool
+	UnstableCV        float64
 }
 
 // Plan is what a cell will run: computed without starting anything (also --dry-run).
