@@ -155,6 +155,13 @@ type Metrics struct {
 	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
 	MoECAP json.RawMessage `json:"moe_cap,omitempty"`
 
+	// ClientInFlightMean is the client's mean number of requests in flight over the run
+	// (Σ send → end ÷ duration; native client). ClientCPUFraction is the CPU time the client's
+	// process used during the run ÷ (wall time × usable cores): near 1 the client, not the
+	// server, set the pace. Both absent when not measured.
+	ClientInFlightMean *float64 `json:"client_in_flight_mean,omitempty"`
+	ClientCPUFraction  *float64 `json:"client_cpu_fraction,omitempty"`
+
 	// TimeScale is set when the numbers above come from a time-scaled simulator
 	// (--sim-time-scale S, S ≠ 1) and were un-scaled to physical units (Unscaled): client
 	// times (duration, TTFT, TPOT, ITL, E2EL) are wall time ÷ S, rates (throughputs) wall
