@@ -11,6 +11,7 @@ import (
 	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
@@ -183,4 +184,31 @@ func TestSimFP8KVCache(t *testing.T) {
 		t.Errorf("kv bytes per token %v, want 98304 (fp8)", d.Inputs.KVBytesPerToken)
 	}
 	checkAtFloor(t, d)
+}
+
+// TestPricesReachTheCost: prices are resolved once, in planning, and the cell's CAP block
+// prices its cost with them: a price given on the command line wins over the hardware
+// table's, the other stays the table's (sim family H200). No --sim-time-scale: a scaled
+// sim has no cost.
+func TestPricesReachTheCost(t *testing.T) {
+	results := t.TempDir()
+	cfg := tinyConfig(t, qwen, 64, 8, 4)
+	r := moecapd(t, nil, simArgs(results, cfg, 2, "--sim-hardware", "H200", "--gpu-hour-usd", "7.25")...)
+	if r.code != 0 {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	_, m := onlyCell(t, results)
+	d := capOf(t, m)
+	tables, err := config.LoadTables("../../configs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hw, _ := tables.HardwareFamily("H200")
+	if d.Cost == nil || d.Cost.Prices.GPUHourUSD != 7.25 || d.Cost.Prices.Source != "flags" ||
+		d.Cost.Prices.ElectricityUSDPerKWh != hw.ElectricityUSDPerKWh {
+		t.Fatalf("cost %+v, want $7.25/GPU-hour from the flags and the H200 table's $%g/kWh", d.Cost, hw.ElectricityUSDPerKWh)
+	}
+	if !strings.Contains(r.stdout, "$7.25/GPU-hour") {
+		t.Errorf("summary does not show the given price:\n%s", r.stdout)
+	}
 }

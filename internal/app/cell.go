@@ -7,14 +7,12 @@ import (
 
 	"go.uber.org/zap"
 
-	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
-	"github.com/moecapd/moecapd/pkg/report"
 )
 
 // CellOptions is launch-and-bench's settings, merged once (flag > MOECAP_* > moecapd.yaml >
@@ -52,6 +50,15 @@ type CellOptions struct {
 	Offline                          bool
 	PromptStyle                      string
 	AllowBadRequests                 int
+	// The native client's limits (0: profile's defaults); BenchTimeout bounds the runner
+	// client's bench too.
+	RequestTimeout, IdleTimeout, BenchTimeout time.Duration
+	// Repeats runs the measured bench this many times (0 or 1: once; native client only);
+	// RepeatFreshServer restarts the server between repeats; UnstableCV flags a metric
+	// whose CV over the repeats exceeds it (0: cell.DefaultUnstableCV).
+	Repeats           int
+	RepeatFreshServer bool
+	UnstableCV        float64
 	// Version is moecapd's, recorded in every manifest.
 	Version string
 }
@@ -68,6 +75,23 @@ func (o CellOptions) Check() error {
 				return exitcode.New(exitcode.Usage, err)
 			}
 		}
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+		max time.Duration
+	}{{"--request-timeout", o.RequestTimeout, 24 * time.Hour}, {"--idle-timeout", o.IdleTimeout, 24 * time.Hour}, {"--bench-timeout", o.BenchTimeout, 30 * 24 * time.Hour}} {
+		if d.v != 0 {
+			if err := config.CheckDuration("settings", d.key, d.v, time.Millisecond, d.max); err != nil {
+				return exitcode.New(exitcode.Usage, err)
+			}
+		}
+	}
+	if err := config.CheckInt("settings", "--repeats", int64(o.Repeats), 0, cell.MaxRepeats, "measured benches of the cell; 0 or 1: once"); err != nil {
+		return exitcode.New(exitcode.Usage, err)
+	}
+	if err := config.CheckFloat("settings", "--unstable-cv", o.UnstableCV, 0, 10); err != nil {
+		return exitcode.New(exitcode.Usage, err)
 	}
 	if err := config.CheckInt("settings", "--gpu-idle-mib", int64(o.GPUIdleMiB), 0, 1<<20, "MiB above a GPU's own baseline that still count as idle"); err != nil {
 		return exitcode.New(exitcode.Usage, err)
@@ -144,9 +168,15 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		CUDAVisibleDevices: os.Getenv("CUDA_VISIBLE_DEVICES"), Hardware: o.Hardware,
 		GPUs: gb, GPUWait: o.GPUWait, GPUInterval: o.GPUInterval,
 		MemSlackBytes: uint64(o.GPUIdleMiB) << 20, Version: o.Version, Log: log,
+		GPUHourUSD: o.GPUHourUSD, ElectricityUSDPerKWh: o.ElectricityUSDPerKWh,
 		AllowUnknownModel: o.AllowUnknownModel,
+		Repeats:           o.Repeats, RepeatFreshServer: o.RepeatFreshServer, UnstableCV: o.UnstableCV,
+	}
+	if c.Repeats > 1 && client != cell.ClientNative {
+		return nil, nil, exitcode.Usagef("--repeats %d needs the native client (--client native): the MoE-CAP runner's files of one run would be mixed with the next's", c.Repeats)
 	}
 	c.Native.Warmup = o.Warmup
+	c.Native.RequestTimeout, c.Native.IdleTimeout, c.Native.BenchTimeout = o.RequestTimeout, o.IdleTimeout, o.BenchTimeout
 	c.Native.Seed = o.Seed
 	c.Native.Dataset = o.Dataset
 	if c.Native.Dataset == "" && backend == launcher.BackendSim && o.DatasetFile == "" {
@@ -167,28 +197,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 	if c.Native.AllowedBadRequests < 0 {
 		return nil, nil, exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
 	}
-	c.Derive = report.Hook(tables, &c.Prices, func(err error) {
-		log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
-	})
 	return c, cleanup, nil
-}
-
-func setPrices(c *cell.Config, p *cell.Plan, o CellOptions) {
-	fam := c.SimHW
-	if len(p.Devices) > 0 {
-		fam = p.Devices[0].Family
-	}
-	if fam == "" {
-		fam = "H100"
-	}
-	hw, _ := c.Tables.HardwareFamily(fam)
-	c.Prices = capmath.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
-	if o.GPUHourUSD != nil {
-		c.Prices.GPUHourUSD, c.Prices.Source = *o.GPUHourUSD, "flags"
-	}
-	if o.ElectricityUSDPerKWh != nil {
-		c.Prices.ElectricityUSDPerKWh, c.Prices.Source = *o.ElectricityUSDPerKWh, "flags"
-	}
 }
 
 // loadTables reads the model and hardware tables and where models outside them are

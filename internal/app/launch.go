@@ -45,7 +45,6 @@ func Launch(req LaunchRequest) error {
 		}
 		return err
 	}
-	setPrices(c, plan, o)
 	warnExposed(log, "the inference server (--host)", o.Host)
 	if o.DryRun {
 		fmt.Fprint(req.Out, plan.Describe())

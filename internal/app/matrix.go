@@ -436,6 +436,7 @@ func MatrixRun(req MatrixRunRequest) error {
 func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matrix.Cell, extra []string) (*cell.Config, error) {
 	o := base
 	o.Backend, o.Config, o.BatchSize, o.TP, o.NumSamples = c.Backend, c.BenchFile, c.Batch, c.TP, c.NumSamples
+	o.Repeats = c.Repeats
 	o.Port, o.PortSet = 0, true // the runner gives each cell its port
 	o.Hardware, o.SimHardware, o.Env, o.DryRun = c.Hardware, c.Family, "", false
 	// The matrix keeps one NVML handle for the whole run.
@@ -443,7 +444,6 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 	if err != nil {
 		return nil, err
 	}
-	setPrices(cfg, &cell.Plan{}, o)
 	// The matrix logs two lines a cell (starting, finished); the pipeline's own steps are
 	// for --log-level debug. Warnings and errors still come through.
 	if cfg.Log != nil && !cfg.Log.Core().Enabled(zapcore.DebugLevel) {

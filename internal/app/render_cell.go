@@ -1,7 +1,6 @@
 package app
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -11,7 +10,6 @@ import (
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
-	"github.com/moecapd/moecapd/pkg/report"
 )
 
 // WriteCellSummary writes one cell's summary for people: status, failure, timings,
@@ -91,12 +89,8 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 // with its likely cause, never a number), MoE-CAP's values under their own name, floors,
 // the memory verdict and the cost, all from manifest extra.cap.
 func printCAP(w io.Writer, m *cell.Manifest) {
-	raw, ok := m.Extra[report.ExtraKey]
+	d, ok := m.CAP()
 	if !ok {
-		return
-	}
-	var d capmath.Derived
-	if err := json.Unmarshal(raw, &d); err != nil {
 		return
 	}
 	if d.Absent != "" {
@@ -129,6 +123,16 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 	ms := func(p *float64) string { return profile.FormatMs(p, 2) }
 	if sc := d.Inputs.SimTimeScale; sc != 0 {
 		fmt.Fprintf(w, "note     %s: pass records and CAP numbers are in model time; the client numbers above were un-scaled to it\n", profile.ScaleLabel(sc))
+	}
+	if l := d.Load; l != nil && l.Achieved != nil {
+		k := "no memory limit below it"
+		if l.FeasibleK != nil {
+			k = fmt.Sprintf("K %d", *l.FeasibleK)
+		}
+		fmt.Fprintf(w, "load     mean decode batch %.3g of %d reachable (asked %d, %s)\n", *l.Achieved, l.Reachable, l.AskedBatch, k)
+	}
+	for _, f := range d.Flags {
+		fmt.Fprintf(w, "FLAG     %s\n", f)
 	}
 	if d.FitVerdict == "under-batched" && d.Inputs.DecodeBatchMax != nil {
 		fmt.Fprintf(w, "batch    under-batched: memory holds %d of %d requests at once; the server ran at most %.0f (mean %.1f)\n",

@@ -158,9 +158,12 @@ type Manifest struct {
 	Metrics    *profile.Metrics    `json:"metrics,omitempty"`
 	Telemetry  *gpu.Summary        `json:"telemetry,omitempty"`
 	Versions   Versions            `json:"versions"`
-	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order;
-	// Metrics and Telemetry above are then the last repeat's. Absent for one run.
+	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order
+	// (index 1 to N); Metrics and Telemetry above are then the first repeat's (the
+	// telemetry window is the first repeat's measured bench). Absent for one run.
 	Repeats []Repeat `json:"repeats,omitempty"`
+	// RepeatStats is the repeats' mean, interval and CV per metric; absent for one run.
+	RepeatStats *RepeatStats `json:"repeat_stats,omitempty"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
 }
@@ -197,7 +200,8 @@ func (m *Manifest) PhysicalMetrics() *profile.Metrics {
 }
 
 // Repeat is one measured bench of a cell run with --repeats: its metrics and the energy per
-// output token over its own window (absent without telemetry).
+// output token over its own window (absent without telemetry, and for every repeat but the
+// first: the telemetry window is the first repeat's).
 type Repeat struct {
 	Index           int              `json:"index"`
 	StartedAt       time.Time        `json:"started_at"`

@@ -1,6 +1,7 @@
 package cell
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -54,21 +55,32 @@ type Config struct {
 	GPUWait            time.Duration
 	GPUInterval        time.Duration
 	MemSlackBytes      uint64 // teardown: memory within this of the baseline counts as clean
-	// Prices are the cost inputs the cell ran with (capmath.ComputeCost prices the bench).
-	Prices  capmath.Prices
-	Version string
-	Log     *zap.Logger
+	// GPUHourUSD and ElectricityUSDPerKWh are prices given by the user (--gpu-hour-usd,
+	// --electricity-usd-per-kwh); nil: the hardware table's for the cell's GPU family.
+	// MakePlan resolves them into Plan.Prices.
+	GPUHourUSD, ElectricityUSDPerKWh *float64
+	Version                          string
+	Log                              *zap.Logger
 	// Native tunes the built-in client (warm-up, seed, timeouts…); the pipeline fills the
 	// fields that come from the cell.
 	Native profile.Options
-	// Derive adds derived numbers (CAP math) to a finished manifest; optional.
-	Derive func(m *Manifest, cellDir string)
+	// Extra are the caller's notes for manifest "extra" (the matrix's, a Slurm task's),
+	// written with the manifest from its first write on: the pipeline is the cell's one
+	// manifest writer. Optional.
+	Extra map[string]json.RawMessage
 	// OnPhase is told of each phase as it starts (progress displays); optional.
 	OnPhase func(id string, p Phase)
 	// AllowUnknownModel (--allow-unknown-model) lets a model moecapd cannot describe run;
 	// without it such a model is refused before anything starts. The manifest records it
 	// and the cell has no CAP numbers.
 	AllowUnknownModel bool
+	// Repeats is how many times the measured bench runs (0 or 1: once); RepeatFreshServer
+	// restarts the server between repeats (else they share the warm server, and repeats
+	// after the first send no warm-up). UnstableCV flags a repeated metric whose coefficient
+	// of variation exceeds it (0: DefaultUnstableCV).
+	Repeats           int
+	RepeatFreshServer bool
+	UnstableCV        float64
 }
 
 // Plan is what a cell will run: computed without starting anything (also --dry-run).
@@ -77,10 +89,12 @@ type Plan struct {
 	// Dir is Files.Path (kept: most callers want only the directory).
 	Dir string
 	// Layout is the results root; Files the cell's directory in it.
-	Layout       *Layout
-	Files        Dir
-	Identity     Identity
-	Model        config.Model
+	Layout   *Layout
+	Files    Dir
+	Identity Identity
+	Model    config.Model
+	// Prices are the cost inputs the cell runs with, resolved once here (Config.prices).
+	Prices       capmath.Prices
 	Devices      []gpu.Device
 	Spec         launcher.ServerSpec
 	ServerArgv   []string // the server's own argv (python -m … or moecapd sim-server …)
@@ -97,6 +111,31 @@ type Plan struct {
 
 // BenchFile is the cell's copy of its benchmark YAML.
 const BenchFile = "benchmark.yaml"
+
+// prices resolves the cost inputs: the hardware table's for the cell's GPU family (the
+// GPUs it was given, else the simulated family, else H100), each overridden by a price
+// the user gave.
+func (c *Config) prices(devs []gpu.Device) capmath.Prices {
+	fam := c.SimHW
+	if len(devs) > 0 {
+		fam = devs[0].Family
+	}
+	if fam == "" {
+		fam = "H100"
+	}
+	var pr capmath.Prices
+	if c.Tables != nil {
+		hw, _ := c.Tables.HardwareFamily(fam)
+		pr = capmath.Prices{GPUHourUSD: hw.GPUHourUSD, ElectricityUSDPerKWh: hw.ElectricityUSDPerKWh, Source: "hardware table"}
+	}
+	if c.GPUHourUSD != nil {
+		pr.GPUHourUSD, pr.Source = *c.GPUHourUSD, "flags"
+	}
+	if c.ElectricityUSDPerKWh != nil {
+		pr.ElectricityUSDPerKWh, pr.Source = *c.ElectricityUSDPerKWh, "flags"
+	}
+	return pr
+}
 
 // ID formats a cell id: <model>.<hardware>.<task>.bs<N>.<backend>.
 func ID(model, hardware, task string, bs int, backend string) string {
@@ -240,6 +279,7 @@ func MakePlan(c *Config) (*Plan, error) {
 		return nil, err
 	}
 	p.Devices = devs
+	p.Prices = c.prices(devs)
 	hw := c.Hardware
 	if hw == "" {
 		switch {

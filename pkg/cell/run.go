@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/records"
@@ -85,6 +87,9 @@ type runner struct {
 	base map[int]uint64
 	// stopRecord ends the refreshing of the state file's member list (nil before launch).
 	stopRecord func()
+	// live is the running server for the sampler's goroutine (proc changes when
+	// --repeat-fresh-server restarts it).
+	live atomic.Pointer[launcher.Process]
 }
 
 // Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
@@ -134,6 +139,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 			Tracking: launcher.Tracking()},
 		Client:   Client{Kind: c.Client, Argv: p.ClientLaunch},
 		Versions: Versions{Moecapd: c.Version},
+		Extra:    maps.Clone(c.Extra),
 	}
 	if c.GPUs != nil {
 		r.m.Versions.Driver = c.GPUs.DriverVersion()
@@ -234,11 +240,60 @@ func (r *runner) run(ctx context.Context) {
 	// The telemetry window opens when the client sends its first measured request (native:
 	// profile's hook; runner: its "Sending" line), not at the client's start-up; the mark
 	// after the bench closes it if the client did not.
-	r.bench(ctx)
-	if r.smp != nil {
-		r.smp.MarkBenchEnd()
-	}
+	r.benchRepeats(ctx)
 	r.m.Timings.Bench = since(t)
+}
+
+// benchRepeats runs the measured bench Config.Repeats times. Repeat 1 is the cell's usual
+// bench (its files in client/ and records/, the telemetry window its measured requests);
+// repeat k ≥ 2 writes under repeats/<k>/. The manifest keeps every repeat's metrics and
+// their summary; its metrics are repeat 1's. A failed repeat ends the cell as failed.
+func (r *runner) benchRepeats(ctx context.Context) {
+	n := max(r.c.Repeats, 1)
+	var first *profile.Metrics
+	for i := 1; i <= n; i++ {
+		if i > 1 && r.c.RepeatFreshServer && !r.restart(ctx) {
+			break
+		}
+		r.m.Metrics = nil
+		start := time.Now().UTC()
+		r.bench(ctx, i)
+		if i == 1 {
+			if r.smp != nil {
+				r.smp.MarkBenchEnd()
+			}
+			first = r.m.Metrics
+		}
+		if n > 1 {
+			r.m.Repeats = append(r.m.Repeats, Repeat{Index: i, StartedAt: start, Metrics: r.m.Metrics})
+			r.log.Info("repeat done", zap.Int("repeat", i), zap.Int("of", n), zap.Bool("ok", r.m.Failure == nil))
+			_ = WriteManifest(r.p.Dir, r.m)
+		}
+		if r.m.Failure != nil {
+			break
+		}
+	}
+	if n > 1 {
+		r.m.Metrics = first
+	}
+}
+
+// restart stops the server and starts it again (--repeat-fresh-server): what the next
+// repeat measures owes nothing to the state the last one left.
+func (r *runner) restart(ctx context.Context) bool {
+	r.stopRecord()
+	rep := r.proc.Stop(r.c.Grace)
+	r.logw.Close()
+	if len(rep.Left) > 0 {
+		r.fail(PhaseBench, exitcode.FailOrphans, fmt.Sprintf("restarting the server between repeats: PIDs %v survived SIGKILL", rep.Left))
+		return false
+	}
+	r.log.Info("server stopped for a fresh start before the next repeat", zap.Bool("graceful", rep.Graceful))
+	if ctx.Err() != nil {
+		r.interrupted(ctx, PhaseBench)
+		return false
+	}
+	return r.launch() && r.ready(ctx)
 }
 
 func (r *runner) preflight(ctx context.Context) bool {
@@ -315,12 +370,13 @@ func (r *runner) launch() bool {
 	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
 	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath),
 		zap.String("tracking", r.m.Server.Tracking))
-	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
+	r.live.Store(proc)
+	if r.smp == nil && c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
 		f, err := os.Create(p.Files.Telemetry())
 		if err == nil {
 			r.csv = f
 			r.smp = c.GPUs.NewSampler(gpu.SamplerConfig{Devices: p.Devices, Interval: c.GPUInterval,
-				PIDs: proc.Members, CSV: f})
+				PIDs: func() []int { return r.live.Load().Members() }, CSV: f})
 			r.smp.Start(context.Background())
 		}
 	}
@@ -359,7 +415,7 @@ func (r *runner) ready(ctx context.Context) bool {
 // failed requests behind a zero exit code).
 type badResult struct{ error }
 
-func (r *runner) bench(ctx context.Context) {
+func (r *runner) bench(ctx context.Context, repeat int) {
 	c := r.c
 	// The server dying mid-bench must end the bench at once, not after every request
 	// times out.
@@ -375,9 +431,18 @@ func (r *runner) bench(ctx context.Context) {
 	var met *profile.Metrics
 	var err error
 	if c.Client == ClientNative {
-		met, err = r.benchNative(bctx)
+		met, err = r.benchNative(bctx, repeat) // profile.Run applies the bench deadline itself
 	} else {
-		met, err = r.benchRunner(bctx)
+		rctx := bctx
+		if d := c.Native.BenchTimeout; d > 0 {
+			var stop context.CancelFunc
+			rctx, stop = context.WithTimeoutCause(bctx, d, fmt.Errorf("%w: the runner ran for %s (--bench-timeout)", profile.ErrBenchDeadline, d))
+			defer stop()
+		}
+		met, err = r.benchRunner(rctx)
+		if err != nil && rctx.Err() != nil && bctx.Err() == nil {
+			err = fmt.Errorf("%w (the runner was stopped)", context.Cause(rctx))
+		}
 	}
 	if met != nil {
 		// A time-scaled sim's client numbers are recorded in physical units (issue 19).
@@ -421,7 +486,7 @@ func (r *runner) bench(ctx context.Context) {
 	}
 }
 
-func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
+func (r *runner) benchNative(ctx context.Context, repeat int) (*profile.Metrics, error) {
 	c, p := r.c, r.p
 	o := c.Native
 	o.APIURL = p.APIURL
@@ -435,16 +500,27 @@ func (r *runner) benchNative(ctx context.Context) (*profile.Metrics, error) {
 	if o.Dataset == "" {
 		o.Dataset = c.Bench.Dataset()
 	}
-	o.OutputDir = p.Files.Client()
-	o.RecordsDir = p.Files.Records()
+	files := p.Files.Repeat(repeat)
+	o.OutputDir = files.Client()
+	// The server records into the cell's records/; each repeat keeps its own window.
+	o.SGLangRecorderDir = p.Files.Records()
+	o.RecordsDir = files.Records()
 	bs := c.BatchSize
 	o.ServerBatchSize = &bs
-	if r.smp != nil {
+	if r.smp != nil && repeat == 1 {
 		o.OnMeasureStart, o.OnMeasureEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
 	}
-	o.Log = r.log
+	if repeat > 1 && !c.RepeatFreshServer {
+		o.Warmup = 0 // the server is warm: the repeats before this one warmed it
+	}
+	o.Log = r.log.With(zap.Int("repeat", repeat))
+	if repeat > 1 {
+		if err := os.MkdirAll(files.Client(), 0o755); err != nil {
+			return nil, fmt.Errorf("create the directory of repeat %d: %w", repeat, err)
+		}
+	}
 	// client.log gets the client's own log lines (JSON), not a terminal progress bar.
-	if cl, err := os.Create(p.Files.ClientLog()); err == nil {
+	if cl, err := os.OpenFile(files.ClientLog(), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644); err == nil {
 		defer cl.Close()
 		core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(cl), zap.InfoLevel)
 		o.Log = zap.New(zapcore.NewTee(r.log.Core(), core))
@@ -644,9 +720,20 @@ func (r *runner) finish() {
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
 		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens)
 	}
+	if len(r.m.Repeats) > 0 && r.m.Telemetry != nil {
+		r.m.Repeats[0].JPerOutputToken = r.m.Telemetry.JPerOutputToken
+	}
+	if r.m.Status == StatusOK {
+		r.m.RepeatStats = SummarizeRepeats(r.m.Repeats, RepeatLevel, r.c.UnstableCV)
+		if rs := r.m.RepeatStats; rs != nil && len(rs.Unstable) > 0 {
+			r.log.Warn("cell unstable: the repeats spread more than --unstable-cv", zap.Strings("metrics", rs.Unstable), zap.Float64("cv_max", rs.UnstableCV))
+		}
+	}
 	// Every cell gets its CAP block: one that ran its floors, one that did not its
 	// prediction (memory verdict, expected TPOT/TTFT).
-	if r.c.Derive != nil {
-		r.c.Derive(r.m, r.p.Dir)
+	if r.c.Tables != nil {
+		if err := r.m.AnnotateCAP(r.c.Tables, r.p.Dir, &r.p.Prices); err != nil {
+			r.log.Warn("CAP numbers (S-MBU, S-MFU, floors) not derived; the report will try again from records/", zap.Error(err))
+		}
 	}
 }

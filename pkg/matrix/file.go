@@ -53,6 +53,8 @@ type Group struct {
 	ServerArgs []string `yaml:"server_args"`
 	Timeout    string   `yaml:"timeout"`
 	Sim        *Sim     `yaml:"sim"`
+	// Repeats runs each cell's measured bench this many times (native client; --repeats).
+	Repeats int `yaml:"repeats"`
 }
 
 // Sim holds the simulated server's knobs (tests, demos): they become --sim-* server flags.
@@ -90,6 +92,8 @@ type Cell struct {
 	// SimTPOT and friends feed the duration estimate of sim cells.
 	SimTPOT, SimTTFT, SimStartup time.Duration
 	SimTimeScale                 float64
+	// Repeats is the group's repeats: (0: once).
+	Repeats int
 }
 
 // Chain is the (model, hardware, task, backend) a cell belongs to: the cells whose larger
@@ -261,6 +265,7 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 							if s.Timeout != "" {
 								c.Timeout, _ = time.ParseDuration(s.Timeout)
 							}
+							c.Repeats = s.Repeats
 							if s.Sim != nil {
 								if be != launcher.BackendSim {
 									return mx.errf(key+".sim", "sim settings apply to the sim backend only, and this group runs %s; move them to a group with backends: [sim]", be)
@@ -339,6 +344,9 @@ func merge(d, g Group) Group {
 	if g.Sim != nil {
 		s.Sim = g.Sim
 	}
+	if g.Repeats > 0 {
+		s.Repeats = g.Repeats
+	}
 	s.Done = g.Done
 	return s
 }
@@ -353,6 +361,9 @@ func (mx *Matrix) checkSettings(key string, g Group) error {
 	}
 	if g.NumSamples < 0 || g.NumSamples > config.MaxNumSamples {
 		return mx.errf(key+".num_samples", "got %d, expected 1 to %d requests (leave it out to use the bench file's, raised to 2×batch)", g.NumSamples, config.MaxNumSamples)
+	}
+	if g.Repeats < 0 || g.Repeats > cell.MaxRepeats {
+		return mx.errf(key+".repeats", "got %d, expected 1 to %d measured benches per cell (leave it out: once)", g.Repeats, cell.MaxRepeats)
 	}
 	if g.TP < 0 || g.TP > config.MaxTP {
 		return mx.errf(key+".tp", "got %d, expected 1 to %d GPUs (leave it out: the hardware label's count)", g.TP, config.MaxTP)

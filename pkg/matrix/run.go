@@ -2,8 +2,10 @@ package matrix
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"time"
@@ -24,6 +26,9 @@ type Runner struct {
 	// Build makes a cell's pipeline config; the runner then sets port, GPUs and OnPhase.
 	// It is called from one goroutine at a time.
 	Build func(c *Cell) (*cell.Config, error)
+	// Extra are the caller's notes for every manifest the runner writes or runs (a Slurm
+	// task's extra.slurm); the matrix adds its own (extra.matrix). Optional.
+	Extra map[string]json.RawMessage
 	// Exec runs one cell (cell.Run; tests may substitute).
 	Exec func(ctx context.Context, c *cell.Config, p *cell.Plan) (*cell.Manifest, error)
 	// Slots is how many cells may run at once (1: exclusive).
@@ -398,6 +403,12 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		if timeout > 0 {
 			cctx, cancel = context.WithTimeoutCause(ctx, timeout, errCellTimeout)
 		}
+		// The matrix's note goes in through the pipeline, the manifest's one writer.
+		j.cfg.Extra = maps.Clone(r.Extra)
+		if j.cfg.Extra == nil {
+			j.cfg.Extra = map[string]json.RawMessage{}
+		}
+		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned})
 		m, err = r.Exec(cctx, j.cfg, plan)
 		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
 		cancel()
@@ -413,11 +424,11 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 			m.Failure = &cell.Failure{Phase: ph, Kind: exitcode.FailTimeout, LogTail: tail(m),
 				Message: fmt.Sprintf("the cell ran past its time limit of %s during %s and was stopped; raise --cell-timeout (or the group's timeout) if it was making progress", timeout, ph)}
 		}
-		n := NoteOf(m)
-		n.Group, n.Attempts, n.PinnedSamples = c.Group, attempt, c.Pinned
-		SetNote(m, n)
-		if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
-			return m, werr
+		if timedOut && m.Status == cell.StatusFailed {
+			// The pipeline recorded an interruption; the matrix knows it was its time limit.
+			if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
+				return m, werr
+			}
 		}
 		if !transient(m) || attempt > r.Retries || ctx.Err() != nil {
 			return m, err
@@ -462,6 +473,12 @@ func (r *Runner) record(c *Cell, m *cell.Manifest) error {
 	d, err := r.layout.Create(c.ID)
 	if err != nil {
 		return err
+	}
+	for k, v := range r.Extra {
+		if m.Extra == nil {
+			m.Extra = map[string]json.RawMessage{}
+		}
+		m.Extra[k] = v
 	}
 	return cell.WriteManifest(d.Path, m)
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/cell"
 )
 
 // writeSynthetic makes n cells with metrics and full telemetry (every tenth also with pass
@@ -29,7 +31,7 @@ func writeSynthetic(tb testing.TB, dir string, n int) {
 						if i == n {
 							return
 						}
-						gpus, _ := ParseHardware(hw)
+						gpus, _ := cell.ParseHardware(hw)
 						id := fmt.Sprintf("%s.%s.%s.bs%d.%s", m, hw, t.name, bs, be)
 						tpot := 8 + float64(bs)*0.1
 						tput := float64(bs) * 1000 / tpot

@@ -31,7 +31,7 @@ func TestImpossibleValuesAreErrors(t *testing.T) {
 		Cell: cell.Identity{ID: id, Model: "qwen1_5", ModelID: "Qwen/Qwen1.5-MoE-A2.7B-Chat", Hardware: "1xH100", GPUCount: 1,
 			Task: "4k-1k", InputTokens: 4000, OutputTokens: 1000, BatchSize: 1, Backend: "sglang", TP: 1},
 		Metrics: &profile.Metrics{Source: "native", LatencyKind: "client", Completed: 1, TotalOutputTokens: 1000, DurationS: 10, MeanTPOTMs: f64(10)},
-		Extra:   map[string]json.RawMessage{ExtraKey: raw}}
+		Extra:   map[string]json.RawMessage{cell.ExtraCAP: raw}}
 	if err := cell.WriteManifest(dir, m); err != nil {
 		t.Fatal(err)
 	}

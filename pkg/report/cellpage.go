@@ -3,6 +3,7 @@ package report
 import (
 	"fmt"
 	"image/color"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -10,6 +11,7 @@ import (
 
 	"gonum.org/v1/plot/plotter"
 
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
@@ -149,6 +151,10 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 		}
 		cp.Flags = append(cp.Flags, what+": "+f.Reason)
 	}
+	if rs := repeatStats(m); rs != nil && len(rs.Unstable) > 0 {
+		cp.Flags = append(cp.Flags, fmt.Sprintf("unstable: over its %d repeats the coefficient of variation of %s exceeds %g%%",
+			len(m.Repeats), strings.Join(rs.Unstable, ", "), 100*rs.UnstableCV))
+	}
 	for _, p := range plots {
 		cp.Plots = append(cp.Plots, htmlPlot{Title: p.Title, Src: plotDir + p.Name, Name: p.Name})
 	}
@@ -270,6 +276,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	}
 	cp.Client = []kv{{"kind", m.Client.Kind}}
 	cp.ClientArgv = shellQuote(m.Client.Argv)
+	cp.Throughput = append(cp.Throughput, repeatRows(m)...)
 	cp.Vers = []kv{{"moecapd", orAbsent(m.Versions.Moecapd)}, {"backend", orAbsent(m.Versions.Backend)}, {"NVIDIA driver", orAbsent(m.Versions.Driver)}}
 	return cp
 }
@@ -314,3 +321,39 @@ const cellPageTmpl = `<!DOCTYPE html>
 {{template "check"}}
 </body></html>
 `
+
+// repeatRows are a repeated cell's means over its repeats with their interval and CV (the
+// other rows of the page are repeat 1's).
+func repeatRows(m *cell.Manifest) []kv {
+	rs := repeatStats(m)
+	if rs == nil {
+		return nil
+	}
+	out := []kv{{"repeats", fmt.Sprintf("%d (the rows above are repeat 1's; below the mean over the repeats, %g%% interval, CV)", len(m.Repeats), 100*rs.Level)}}
+	units := map[string]string{"ttft_ms": " ms", "tpot_ms": " ms", "e2el_ms": " ms", "output_throughput": " tokens/s", "j_per_output_token": " J/token"}
+	for _, k := range cell.RepeatMetricKeys {
+		e, ok := rs.Metrics[k]
+		if !ok {
+			continue
+		}
+		v := round3(e.Mean) + units[k]
+		if e.Lo != nil && e.Hi != nil {
+			v += fmt.Sprintf(" [%s, %s]", round3(*e.Lo), round3(*e.Hi))
+		}
+		if e.CV != nil {
+			v += fmt.Sprintf(", CV %.1f%%", 100**e.CV)
+		}
+		if slices.Contains(rs.Unstable, k) {
+			v += " (unstable)"
+		}
+		out = append(out, kv{k + " over repeats", v})
+	}
+	return out
+}
+
+func repeatStats(m *cell.Manifest) *cell.RepeatStats {
+	if m == nil {
+		return nil
+	}
+	return m.RepeatStats
+}

@@ -1,18 +1,16 @@
 package report
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
 
-// TestAnnotateRoundTrip: the pipeline's hook stores extra "cap", and the report then uses
+// TestAnnotateRoundTrip: the pipeline (cell.Manifest.AnnotateCAP) stores extra "cap", and the report then uses
 // the stored numbers instead of deriving its own.
 func TestAnnotateRoundTrip(t *testing.T) {
 	tables := loadTables(t)
@@ -35,14 +33,12 @@ func TestAnnotateRoundTrip(t *testing.T) {
 			Task: "4k-1k", InputTokens: 4000, OutputTokens: 1000, BatchSize: 1, Backend: "sglang", TP: 1},
 		Metrics: &profile.Metrics{Source: "native", LatencyKind: "client", Completed: 10, TotalOutputTokens: 10000,
 			DurationS: 100, OutputThroughput: 100, MeanTTFTMs: f64(40), MeanTPOTMs: f64(10)}}
-	var hookErr error
-	Hook(tables, nil, func(err error) { hookErr = err })(m, dir)
-	if hookErr != nil {
-		t.Fatal(hookErr)
-	}
-	var d capmath.Derived
-	if err := json.Unmarshal(m.Extra[ExtraKey], &d); err != nil {
+	if err := m.AnnotateCAP(tables, dir, nil); err != nil {
 		t.Fatal(err)
+	}
+	d, ok := m.CAP()
+	if !ok {
+		t.Fatal("no CAP block stored")
 	}
 	want := 5541855232.0 / 0.010 / 3.35e12
 	if d.Source != "records" || d.Decode == nil || d.Decode.SMBU == nil || *d.Decode.SMBU < want*(1-1e-9) || *d.Decode.SMBU > want*(1+1e-9) {
@@ -61,7 +57,7 @@ func TestAnnotateRoundTrip(t *testing.T) {
 
 	// A model nobody can describe runs, with its CAP numbers absent and the reason.
 	m.Cell.Model, m.Cell.ModelID = "nope", "org/nope"
-	if d, err := Derive(m, tables, "", nil); err != nil || d.Absent == "" || d.Decode != nil {
+	if d, err := cell.DeriveCAP(m, tables, "", nil); err != nil || d.Absent == "" || d.Decode != nil {
 		t.Errorf("unknown model: %+v, %v; want CAP numbers absent with the reason", d, err)
 	}
 }

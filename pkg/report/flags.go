@@ -58,7 +58,7 @@ func isCapMetric(m string) bool {
 // the manifest (a time-scaled simulator, unless the CAP block says it accounted for it).
 func flagsOf(m *cell.Manifest, capJSON json.RawMessage) []Flag {
 	var out []Flag
-	stored := m.Extra[ExtraKey]
+	stored := m.Extra[cell.ExtraCAP]
 	seen := map[Flag]bool{}
 	for _, raw := range []json.RawMessage{stored, capJSON} {
 		for _, f := range capFlags(raw) {

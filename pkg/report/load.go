@@ -12,7 +12,6 @@ import (
 	"os"
 	"runtime"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 
@@ -22,9 +21,6 @@ import (
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
-
-// ExtraKey is the key of the CAP numbers in manifest.json "extra".
-const ExtraKey = "cap"
 
 // Row is one cell as the report shows it.
 type Row struct {
@@ -156,8 +152,8 @@ func SortRows(rows []Row) {
 
 // hwLess puts 1xH100 before 8xH100 (numeric count, then family).
 func hwLess(a, b string) bool {
-	na, fa := ParseHardware(a)
-	nb, fb := ParseHardware(b)
+	na, fa := cell.ParseHardware(a)
+	nb, fb := cell.ParseHardware(b)
 	if fa != fb {
 		return fa < fb
 	}
@@ -167,22 +163,8 @@ func hwLess(a, b string) bool {
 	return a < b
 }
 
-// ParseHardware splits a hardware label "<count>x<family>" (8xH200) into its parts.
-// A label that does not have that shape is returned whole as the family with count 0.
-func ParseHardware(label string) (int, string) {
-	i := strings.IndexByte(label, 'x')
-	if i <= 0 {
-		return 0, label
-	}
-	n, err := strconv.Atoi(label[:i])
-	if err != nil || n <= 0 {
-		return 0, label
-	}
-	return n, label[i+1:]
-}
-
 func rowFromManifest(m *cell.Manifest) *Row {
-	n, fam := ParseHardware(m.Cell.Hardware)
+	n, fam := cell.ParseHardware(m.Cell.Hardware)
 	if m.Cell.GPUCount > 0 {
 		n = m.Cell.GPUCount
 	}
@@ -208,11 +190,8 @@ func rowFromManifest(m *cell.Manifest) *Row {
 // capFor takes the CAP numbers the pipeline stored, or derives them now (older manifests,
 // failed cells: the floor and the memory verdict still say something about those).
 func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Derived, string) {
-	if raw, ok := m.Extra[ExtraKey]; ok {
-		var d capmath.Derived
-		if err := json.Unmarshal(raw, &d); err == nil && d.Version == capmath.DerivedVersion {
-			return &d, "from manifest"
-		}
+	if d, ok := m.CAP(); ok && d.Version == capmath.DerivedVersion {
+		return &d, "from manifest"
 	}
 	if tables == nil {
 		return nil, "no model/hardware tables"
@@ -223,73 +202,9 @@ func capFor(m *cell.Manifest, dir string, tables *config.Tables) (*capmath.Deriv
 	if m.Status == cell.StatusOK && dir != "" {
 		recordsDir = cell.DirOf(dir).Records()
 	}
-	d, err := Derive(m, tables, recordsDir, nil)
+	d, err := cell.DeriveCAP(m, tables, recordsDir, nil)
 	if err != nil {
 		return nil, err.Error()
 	}
 	return &d, "derived by report"
-}
-
-func cellInput(m *cell.Manifest, r *Row, tables *config.Tables) (capmath.Cell, error) {
-	hw, ok := tables.HardwareFamily(r.Family)
-	if !ok {
-		return capmath.Cell{}, fmt.Errorf("hardware family %q not in the hardware table", r.Family)
-	}
-	gpus := r.GPUs
-	if m.Cell.TP > gpus {
-		gpus = m.Cell.TP
-	}
-	c := capmath.Cell{Hardware: hw, GPUs: gpus, BatchSize: m.Cell.BatchSize,
-		InputTokens: m.Cell.InputTokens, OutputTokens: m.Cell.OutputTokens, NumSamples: m.Cell.NumSamples}
-	// The model as the cell served it (its id), else its short key; a model that cannot be
-	// described leaves the CAP numbers absent with the reason, it is no error.
-	model, err := tables.Describe(m.Cell.ModelID)
-	if err != nil && m.Cell.Model != "" {
-		if mk, err2 := tables.Describe(m.Cell.Model); err2 == nil {
-			model, err = mk, nil
-		}
-	}
-	if err != nil {
-		c.ModelErr = err.Error()
-		return c, nil
-	}
-	// A server told to keep an fp8 KV cache reads half the KV bytes.
-	if b, ok := config.KVCacheBytes(m.Server.Argv); ok {
-		model.KVElemBytes = b
-	}
-	c.Model = model
-	c.Flavor = m.Cell.Backend
-	c.SimTimeScale, c.SimOverrides = capmath.SimSettings(m.Server.Argv)
-	if mt := m.Metrics; mt != nil && m.Status == cell.StatusOK {
-		c.Ran = true
-		// Client latencies when the native client measured them; the runner's (or the
-		// records') server-pass latencies under their own names.
-		c.MeanTPOTMs, c.MeanTTFTMs = mt.MeanTPOTMs, mt.MeanTTFTMs
-		if sp := mt.ServerPass; sp != nil {
-			c.ServerTPOTMs, c.ServerTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
-		}
-		c.AvgActivationDecode = mt.AvgExpertActivationDecode
-		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
-		c.TotalOutputTokens = mt.TotalOutputTokens
-		// The one cost window (docs/DESIGN.md "Cost"), named with its clock: the GPU
-		// sampler's bench window when NVML measured one, else moecapd's bench phase, else
-		// the client's request window. (Manifests written without NVML before
-		// DerivedVersion 3 stored the client's window as the telemetry's bench_window_s;
-		// it is not taken for a telemetry window.)
-		switch t := m.Telemetry; {
-		case t != nil && t.Available && t.BenchWindowS != nil && *t.BenchWindowS > 0:
-			c.WindowS, c.Window = *t.BenchWindowS, capmath.WindowTelemetry
-		case m.Timings.Bench > 0:
-			c.WindowS, c.Window = m.Timings.Bench, capmath.WindowBenchPhase
-		case mt.DurationS > 0:
-			c.WindowS, c.Window = mt.DurationS, capmath.WindowClient
-			if cc := mt.ClockCheck; cc != nil && cc.DurationSource != "" {
-				c.Window = "client request window (" + cc.DurationSource + ")" // the runner's
-			}
-		}
-		if t := m.Telemetry; t != nil {
-			c.EnergyJ, c.EnergySource = t.Energy()
-		}
-	}
-	return c, nil
 }

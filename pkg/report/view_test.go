@@ -54,7 +54,7 @@ func TestFlaggedValuesShowAsFlagged(t *testing.T) {
 	}
 	// The CAP physics check's flags in the derived block, in each accepted shape.
 	editManifest(t, filepath.Join(root, "qwen1_5.1xH100.4k-1k.bs32.sglang"), func(m *cell.Manifest) {
-		m.Extra = map[string]json.RawMessage{ExtraKey: json.RawMessage(`{"flags":[
+		m.Extra = map[string]json.RawMessage{cell.ExtraCAP: json.RawMessage(`{"flags":[
 			{"metric":"s_mbu_decode","reason":"S-MBU 1.7 exceeds 1: faster than the HBM allows"},
 			"tpot_over_floor: below the physical floor"],
 			"errors":[{"field":"decode.s_mfu","value":1.3,"limit":1,"cause":"passes shorter than the work needs"}]}`)}
