@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -484,5 +485,55 @@ func TestDaemonKill9(t *testing.T) {
 	t.Logf("%d kills, %d jobs acknowledged, %d cell reruns after interruptions", kills, len(acked), reruns)
 	if reruns == 0 {
 		t.Errorf("no cell was interrupted and rerun across %d kills; the kills missed every cell", kills)
+	}
+}
+
+// TestDaemonDrainWebhook: SIGTERM drains (a cell still running at --drain-timeout is
+// interrupted and kept queued; the daemon exits 0), the next start runs it again, and the
+// webhook hears of the job's end in Slack's JSON.
+func TestDaemonDrainWebhook(t *testing.T) {
+	e := newDaemonEnv(t)
+	hook := make(chan string, 16)
+	ws := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var m struct{ Text string }
+		if err := json.NewDecoder(r.Body).Decode(&m); err != nil || r.Header.Get("Content-Type") != "application/json" {
+			w.WriteHeader(400)
+			return
+		}
+		hook <- m.Text
+	}))
+	t.Cleanup(ws.Close)
+	d := e.start("--drain-timeout", "300ms", "--webhook", ws.URL)
+	r := e.cli("submit", "--matrix", faultsMatrix, "--only", `1xA100`, "--include-done")
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 {
+		t.Fatalf("submit: %d %s", r.code, r.stderr)
+	}
+	slow := filepath.Join(e.results, "dsv2_lite.1xA100.32-8.bs4.sim")
+	pid := waitCellBench(t, slow)
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("daemon did not stop after SIGTERM: %s", d.output())
+	}
+	if code := d.cmd.ProcessState.ExitCode(); code != 0 || pidAlive(pid) {
+		t.Fatalf("after drain: exit %d, server %d alive %v: %s", code, pid, pidAlive(pid), d.output())
+	}
+	e.start("--webhook", ws.URL)
+	_, cs := e.waitJob(id, 2*time.Minute)
+	if len(cs) != 1 || cs[0].State != daemon.CellOK || cs[0].Reruns != 1 || cs[0].Attempts != 2 {
+		t.Fatalf("after the restart: %+v; want ok, rerun once, attempted twice", cs)
+	}
+	deadline := time.After(30 * time.Second)
+	for {
+		select {
+		case text := <-hook:
+			if strings.Contains(text, "job "+id) && strings.Contains(text, "done: 1 ok") {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no webhook message for the job's end")
+		}
 	}
 }
