@@ -152,7 +152,7 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 	s.problems = problems
 	s.items = matrix.Plan(s.mx, s.tables, s.node, results, po)
 	if o.Only != "" && len(s.items) > 0 && matrix.Selected(s.items) == 0 {
-		return nil, exitcode.Usagef("--only %q matches none of the matrix's %d cells (ids look like %s; it is a regular expression over them)",
+		return nil, exitcode.Usagef("--only %q matches none of the matrix's %d cells, so there is no cell to run (ids look like %s; it is a regular expression over them)",
 			o.Only, len(s.items), s.items[0].Cell.ID)
 	}
 	return s, nil
