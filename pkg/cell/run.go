@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -138,6 +139,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 			Tracking: launcher.Tracking()},
 		Client:   Client{Kind: c.Client, Argv: p.ClientLaunch},
 		Versions: Versions{Moecapd: c.Version},
+		Extra:    maps.Clone(c.Extra),
 	}
 	if c.GPUs != nil {
 		r.m.Versions.Driver = c.GPUs.DriverVersion()
