@@ -185,6 +185,44 @@ func row(s Sample) []string {
 	return []string{s.T.UTC().Format(time.RFC3339Nano), f(s.Running), f(s.Waiting), f(s.KVUsage), f(s.Preemptions), f(s.PromptTokens), f(s.GenTokens)}
 }
 
+// StopWindow is Stop with the summary over the window from lo to hi (the measured
+// requests'; the CSV keeps every sample): the samples inside it plus the last one before lo
+// and the first after hi, so the counters' deltas cover the whole window (and at most one
+// tick more on each side). A zero lo or hi leaves that side open.
+func (s *Scraper) StopWindow(lo, hi time.Time) *Summary {
+	s.cancel()
+	<-s.done
+	s.scrape(context.Background())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.out != nil {
+		s.out.Flush()
+	}
+	var in []Sample
+	before, after := -1, -1
+	for i, x := range s.samples {
+		switch {
+		case !lo.IsZero() && x.T.Before(lo):
+			before = i
+		case !hi.IsZero() && x.T.After(hi):
+			if after < 0 {
+				after = i
+			}
+		default:
+			in = append(in, x)
+		}
+	}
+	if before >= 0 {
+		in = append([]Sample{s.samples[before]}, in...)
+	}
+	if after >= 0 {
+		in = append(in, s.samples[after])
+	}
+	sum := Summarize(in)
+	sum.URL, sum.ScrapeErrors, sum.LastError = s.url, s.errs, s.lastErr
+	return sum
+}
+
 // Stop takes a last sample, ends the scraping and summarises the window.
 func (s *Scraper) Stop() *Summary {
 	s.cancel()

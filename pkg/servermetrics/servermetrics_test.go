@@ -128,3 +128,20 @@ vllm:gpu_cache_usage_perc 0.25
 		t.Error("a broken page parsed")
 	}
 }
+
+// The window's summary brackets it with the samples just outside, so the counters' deltas
+// cover all of it.
+func TestStopWindow(t *testing.T) {
+	srv, got := fakeServer(t, "vllm", false, nil)
+	s := Start(srv.URL+"/metrics", time.Millisecond, nil)
+	waitScrapes(t, got, 3)
+	lo := time.Now()
+	waitScrapes(t, got, got.Load()+3)
+	hi := time.Now()
+	waitScrapes(t, got, got.Load()+3)
+	sum := s.StopWindow(lo, hi)
+	all := Summarize(s.samples)
+	if sum.Samples < 2 || sum.Samples >= all.Samples || *sum.GenerationTokens >= *all.GenerationTokens {
+		t.Errorf("window %+v, all %+v", sum, all)
+	}
+}
