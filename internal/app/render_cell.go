@@ -124,6 +124,16 @@ func printCAP(w io.Writer, m *cell.Manifest) {
 	if sc := d.Inputs.SimTimeScale; sc != 0 {
 		fmt.Fprintf(w, "note     %s: pass records and CAP numbers are in model time; the client numbers above were un-scaled to it\n", profile.ScaleLabel(sc))
 	}
+	if l := d.Load; l != nil && l.Achieved != nil {
+		k := "no memory limit below it"
+		if l.FeasibleK != nil {
+			k = fmt.Sprintf("K %d", *l.FeasibleK)
+		}
+		fmt.Fprintf(w, "load     mean decode batch %.3g of %d reachable (asked %d, %s)\n", *l.Achieved, l.Reachable, l.AskedBatch, k)
+	}
+	for _, f := range d.Flags {
+		fmt.Fprintf(w, "FLAG     %s\n", f)
+	}
 	if d.FitVerdict == "under-batched" && d.Inputs.DecodeBatchMax != nil {
 		fmt.Fprintf(w, "batch    under-batched: memory holds %d of %d requests at once; the server ran at most %.0f (mean %.1f)\n",
 			d.MaxConcurrent, m.Cell.BatchSize, *d.Inputs.DecodeBatchMax, *d.Inputs.DecodeBatch)

@@ -57,6 +57,10 @@ type Cell struct {
 	// Expert activation and decode batch the client read from the server, if any.
 	AvgActivationDecode *float64
 	AvgDecodeBatchSize  *float64
+	// What the client saw of the load (profile.Metrics): mean requests in flight, and the
+	// CPU its process used (fraction of its cores); nil when not measured.
+	ClientInFlightMean *float64
+	ClientCPUFraction  *float64
 
 	// Cost inputs.
 	TotalOutputTokens int
@@ -185,6 +189,12 @@ type Derived struct {
 	FeasibleReason string  `json:"feasible_reason,omitempty"`
 
 	Cost *Cost `json:"cost,omitempty"`
+
+	// Load is the achieved mean decode batch next to the asked batch and K (cells that
+	// ran); Flags holds "metric: reason" flags of values that are results but not what the
+	// cell's label says (a load below LoadShortFraction of min(batch, K)).
+	Load  *Load    `json:"load,omitempty"`
+	Flags []string `json:"flags,omitempty"`
 
 	Notes []string `json:"notes,omitempty"`
 }
@@ -363,6 +373,19 @@ func Derive(c Cell, set *records.Set) (Derived, error) {
 			EnergySource: c.EnergySource, OutputTokens: c.TotalOutputTokens, Prices: prices})
 	}
 	d.Inputs = in
+	if c.Ran {
+		var achieved *float64
+		switch {
+		case in.FloorSource == "records":
+			achieved = in.DecodeBatch
+		case c.AvgDecodeBatchSize != nil && *c.AvgDecodeBatchSize > 0:
+			achieved = c.AvgDecodeBatchSize
+		}
+		d.Load = achievedLoad(c, pr, achieved, in.DecodeBatchMax)
+		if f := d.Load.Flag(); f != "" {
+			d.Flags = append(d.Flags, f)
+		}
+	}
 	return d, nil
 }
 

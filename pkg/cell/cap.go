@@ -134,6 +134,7 @@ func capInput(m *Manifest, tables *config.Tables) (capmath.Cell, error) {
 		}
 		c.AvgActivationDecode = mt.AvgExpertActivationDecode
 		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
+		c.ClientInFlightMean, c.ClientCPUFraction = mt.ClientInFlightMean, mt.ClientCPUFraction
 		c.TotalOutputTokens = mt.TotalOutputTokens
 		// The one cost window (docs/DESIGN.md "Cost"), named with its clock: the GPU
 		// sampler's bench window when NVML measured one, else moecapd's bench phase, else

@@ -66,14 +66,16 @@ type Metrics struct {
 	// "exact-ids" (exact token ids, streaming).
 	PromptStyle string `json:"prompt_style,omitempty"`
 
-	Completed            int     `json:"completed"`
-	Failed               int     `json:"failed"`
-	TotalInputTokens     int     `json:"total_input_tokens"`
-	TotalOutputTokens    int     `json:"total_output_tokens"`
-	DurationS            float64 `json:"duration_s"`
-	RequestThroughput    float64 `json:"request_throughput"`
-	OutputThroughput     float64 `json:"output_throughput"`
-	TotalTokenThroughput float64 `json:"total_token_throughput"`
+	Completed         int `json:"completed"`
+	Failed            int `json:"failed"`
+	TotalInputTokens  int `json:"total_input_tokens"`
+	TotalOutputTokens int `json:"total_output_tokens"`
+	// DurationS and the throughputs are absent (omitted) when no clock measured the run (a
+	// runner cell with no duration source, which then fails bad_result), never 0.
+	DurationS            float64 `json:"duration_s,omitempty"`
+	RequestThroughput    float64 `json:"request_throughput,omitempty"`
+	OutputThroughput     float64 `json:"output_throughput,omitempty"`
+	TotalTokenThroughput float64 `json:"total_token_throughput,omitempty"`
 
 	// Client-side latency distributions (native client only). Absent (nil, omitted) when the
 	// source did not measure them: a runner that reports only server pass times leaves them out,
@@ -152,6 +154,13 @@ type Metrics struct {
 
 	// MoECAP is the runner's own metrics_<ds>_<ts>.json, verbatim, when it was the client.
 	MoECAP json.RawMessage `json:"moe_cap,omitempty"`
+
+	// ClientInFlightMean is the client's mean number of requests in flight over the run
+	// (Σ send → end ÷ duration; native client). ClientCPUFraction is the CPU time the client's
+	// process used during the run ÷ (wall time × usable cores): near 1 the client, not the
+	// server, set the pace. Both absent when not measured.
+	ClientInFlightMean *float64 `json:"client_in_flight_mean,omitempty"`
+	ClientCPUFraction  *float64 `json:"client_cpu_fraction,omitempty"`
 
 	// TimeScale is set when the numbers above come from a time-scaled simulator
 	// (--sim-time-scale S, S ≠ 1) and were un-scaled to physical units (Unscaled): client

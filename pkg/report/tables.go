@@ -245,6 +245,20 @@ var csvColumns = []column{
 		}
 		return r.Cap.Source
 	}},
+	// The load that ran next to the asked batch (batch_size) and K: a short load is flagged
+	// in "flags" (metric batch) with its cause.
+	{"feasible_k", func(r *Row) string {
+		if r.Cap == nil || r.Cap.Load == nil || r.Cap.Load.FeasibleK == nil {
+			return ""
+		}
+		return strconv.Itoa(*r.Cap.Load.FeasibleK)
+	}},
+	{"achieved_decode_batch_mean", func(r *Row) string {
+		if r.Cap == nil || r.Cap.Load == nil {
+			return ""
+		}
+		return num(r.Cap.Load.Achieved)
+	}},
 	{"predicted_feasible", func(r *Row) string {
 		if r.Cap == nil {
 			return ""
