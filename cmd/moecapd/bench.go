@@ -89,7 +89,9 @@ output not writable); 130 interrupted (what was measured is still written, marke
 	f.String("dataset-cache-dir", defaultCacheDir(), "cache of dataset rows fetched from the hub")
 	f.String("hub-url", profile.DefaultHubURL, "Hugging Face dataset viewer URL for dataset rows")
 	f.Bool("offline", false, "never fetch dataset rows from the network")
-	f.Duration("request-timeout", time.Hour, "per-request limit, send to last byte")
+	f.Duration("request-timeout", profile.DefaultRequestTimeout, "per-request limit, send to last byte")
+	f.Duration("idle-timeout", profile.DefaultIdleTimeout, "fail a request when the server sends no byte (headers included) for this long")
+	f.Duration("bench-timeout", profile.DefaultBenchTimeout, "limit of each dataset's whole run: past it the run fails (exit 5), what was measured kept (partial)")
 	f.Duration("drain-timeout", 5*time.Second, "after Ctrl-C, how long in-flight requests may finish")
 	return cmd
 }
@@ -130,6 +132,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		RecordsDir: v.GetString("records-dir"), SGLangRecorderDir: v.GetString("sglang-recorder-dir"), NoRecords: v.GetBool("no-records"),
 		DatasetFile: v.GetString("dataset-file"), DatasetCacheDir: v.GetString("dataset-cache-dir"), HubURL: v.GetString("hub-url"),
 		Offline: v.GetBool("offline"), RequestTimeout: v.GetDuration("request-timeout"), DrainTimeout: v.GetDuration("drain-timeout"),
+		IdleTimeout: v.GetDuration("idle-timeout"), BenchTimeout: v.GetDuration("bench-timeout"),
 		Log: log, Out: cmd.OutOrStdout(),
 	}
 	if cmd.Flags().Changed("model_name") || v.IsSet("model_name") && v.GetString("model_name") != "" {

@@ -71,6 +71,9 @@ left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is
 	f.Bool("offline", false, "native client: never fetch dataset rows from the network")
 	// moecap helper (issue 9 / 11.3): the native client's prompt style and result tolerance.
 	f.String("prompt-style", profile.PromptExactIDs, "native client: exact-ids (exact token ids, streaming: client TTFT/TPOT/ITL) or upstream (the MoE-CAP runner's chat-templated text, non-streaming)")
+	f.Duration("request-timeout", profile.DefaultRequestTimeout, "native client: per-request limit, send to last byte")
+	f.Duration("idle-timeout", profile.DefaultIdleTimeout, "native client: fail a request when the server sends no byte (headers included) for this long")
+	f.Duration("bench-timeout", profile.DefaultBenchTimeout, "the whole bench of a cell (warm-up and measured requests; either client): past it the cell fails (exit 5), what was measured kept")
 	f.Int("allow-bad-requests", 0, "native client: requests that may fail or come back invalid (usage/stream mismatch, short output) before the cell is bad_result; recorded in the manifest")
 	f.Int("repeats", 1, "native client: run the measured bench this many times against the same warm server; the manifest keeps every repeat and their mean, 95% interval and CV")
 	f.Bool("repeat-fresh-server", false, "with --repeats: restart the server between repeats")
@@ -95,6 +98,7 @@ func readLaunchOpts(fs *pflag.FlagSet) (app.CellOptions, error) {
 		Warmup: r.int("warmup"), Seed: r.int64("seed"), Dataset: r.str("dataset"), DatasetFile: r.str("dataset-file"),
 		DatasetCacheDir: r.str("dataset-cache-dir"), Offline: r.bool("offline"),
 		PromptStyle: r.str("prompt-style"), AllowBadRequests: r.int("allow-bad-requests"),
+		RequestTimeout: r.dur("request-timeout"), IdleTimeout: r.dur("idle-timeout"), BenchTimeout: r.dur("bench-timeout"),
 		Repeats: r.int("repeats"), RepeatFreshServer: r.bool("repeat-fresh-server"),
 	}
 	if cv := r.optFloat("unstable-cv"); cv != nil {

@@ -46,6 +46,7 @@ type BenchRequest struct {
 	DatasetFile, DatasetCacheDir, HubURL   string
 	Offline                                bool
 	RequestTimeout, DrainTimeout           time.Duration
+	IdleTimeout, BenchTimeout              time.Duration
 	Log                                    *zap.Logger
 	Out                                    io.Writer // markers, the summary of each run
 }
@@ -136,6 +137,8 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 		config.CheckInt("bench", "--server-batch-size", int64(v.ServerBatchSize), 0, config.MaxBatchSize, "concurrent requests; 0: all at once"),
 		config.CheckDuration("bench", "--request-timeout", v.RequestTimeout, time.Millisecond, 24*time.Hour),
 		config.CheckDuration("bench", "--drain-timeout", v.DrainTimeout, 0, time.Hour),
+		config.CheckDuration("bench", "--idle-timeout", v.IdleTimeout, time.Millisecond, 24*time.Hour),
+		config.CheckDuration("bench", "--bench-timeout", v.BenchTimeout, time.Millisecond, 30*24*time.Hour),
 	} {
 		if err != nil {
 			return nil, exitcode.New(exitcode.Usage, err)
@@ -231,6 +234,7 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 			DatasetCacheDir: v.DatasetCacheDir, HubURL: v.HubURL, Offline: v.Offline,
 			OutputDir: outDir, RecordsDir: recordsDir, SGLangRecorderDir: sgDir, NoRecords: v.NoRecords,
 			RequestTimeout: v.RequestTimeout, DrainTimeout: v.DrainTimeout,
+			IdleTimeout: v.IdleTimeout, BenchTimeout: v.BenchTimeout,
 			Progress: progress, Log: log, Precision: b.Precision, Markers: v.Out,
 		})
 	}

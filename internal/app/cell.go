@@ -50,6 +50,9 @@ type CellOptions struct {
 	Offline                          bool
 	PromptStyle                      string
 	AllowBadRequests                 int
+	// The native client's limits (0: profile's defaults); BenchTimeout bounds the runner
+	// client's bench too.
+	RequestTimeout, IdleTimeout, BenchTimeout time.Duration
 	// Repeats runs the measured bench this many times (0 or 1: once; native client only);
 	// RepeatFreshServer restarts the server between repeats; UnstableCV flags a metric
 	// whose CV over the repeats exceeds it (0: cell.DefaultUnstableCV).
@@ -69,6 +72,17 @@ func (o CellOptions) Check() error {
 	}{{"--gpu-hour-usd", o.GPUHourUSD, config.MaxUSD}, {"--electricity-usd-per-kwh", o.ElectricityUSDPerKWh, config.MaxUSD}} {
 		if p.v != nil {
 			if err := config.CheckFloat("settings", p.key, *p.v, 0, p.max); err != nil {
+				return exitcode.New(exitcode.Usage, err)
+			}
+		}
+	}
+	for _, d := range []struct {
+		key string
+		v   time.Duration
+		max time.Duration
+	}{{"--request-timeout", o.RequestTimeout, 24 * time.Hour}, {"--idle-timeout", o.IdleTimeout, 24 * time.Hour}, {"--bench-timeout", o.BenchTimeout, 30 * 24 * time.Hour}} {
+		if d.v != 0 {
+			if err := config.CheckDuration("settings", d.key, d.v, time.Millisecond, d.max); err != nil {
 				return exitcode.New(exitcode.Usage, err)
 			}
 		}
@@ -162,6 +176,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		return nil, nil, exitcode.Usagef("--repeats %d needs the native client (--client native): the MoE-CAP runner's files of one run would be mixed with the next's", c.Repeats)
 	}
 	c.Native.Warmup = o.Warmup
+	c.Native.RequestTimeout, c.Native.IdleTimeout, c.Native.BenchTimeout = o.RequestTimeout, o.IdleTimeout, o.BenchTimeout
 	c.Native.Seed = o.Seed
 	c.Native.Dataset = o.Dataset
 	if c.Native.Dataset == "" && backend == launcher.BackendSim && o.DatasetFile == "" {

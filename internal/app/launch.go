@@ -28,6 +28,11 @@ type LaunchRequest struct {
 // written once the cell has a manifest; the error carries the cell's exit code.
 func Launch(req LaunchRequest) error {
 	o, log := req.Cell, req.Log
+	if !o.DryRun {
+		if err := refuseUnderDaemon(); err != nil {
+			return err
+		}
+	}
 	c, cleanup, err := cellConfig(o, log, req.Extra, nil)
 	if err != nil {
 		return err

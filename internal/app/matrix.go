@@ -269,6 +269,9 @@ type MatrixRunRequest struct {
 // speaks for the results root.
 func MatrixRun(req MatrixRunRequest) error {
 	o, args, log := req.Matrix, req.Extra, req.Log
+	if err := refuseUnderDaemon(); err != nil {
+		return err
+	}
 	mode := o.Progress
 	if mode == "auto" {
 		mode = "log"

@@ -713,7 +713,9 @@ func SlurmTask(req SlurmTaskRequest) error {
 		zap.String("cuda_visible_devices", env.CUDAVisibleDevices), zap.Int("restart_count", env.RestartCount))
 	r := &matrix.Runner{
 		Results: root, Items: []*matrix.Item{{Cell: c, Action: matrix.ActRun}}, Slots: 1,
-		Host: so.Cell.Host, NoSkip: true, Retries: so.Retries,
+		// Where the task ran (extra.slurm), written by the pipeline with the manifest.
+		Extra: map[string]json.RawMessage{slurm.ExtraKey: slurm.TaskNote(env)},
+		Host:  so.Cell.Host, NoSkip: true, Retries: so.Retries,
 		Backoff: so.RetryBackoff, CellTimeout: so.CellTimeout, Log: log,
 		// GPUs left empty: the cell runs on the caller's CUDA_VISIBLE_DEVICES, Slurm's.
 		Build: func(c *matrix.Cell) (*cell.Config, error) {
@@ -728,14 +730,6 @@ func SlurmTask(req SlurmTaskRequest) error {
 	m, err := cell.ReadManifest(dir)
 	if err != nil {
 		return exitcode.New(exitcode.Internal, errors.Join(runErr, fmt.Errorf("read the cell's manifest: %w", err)))
-	}
-	b, _ := json.Marshal(env)
-	if m.Extra == nil {
-		m.Extra = map[string]json.RawMessage{}
-	}
-	m.Extra[slurm.ExtraKey] = b
-	if err := cell.WriteManifest(dir, m); err != nil {
-		return exitcode.New(exitcode.Internal, err)
 	}
 	if runErr != nil {
 		return exitcode.New(exitcode.Internal, runErr)

@@ -1,6 +1,7 @@
 package cell
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -63,6 +64,10 @@ type Config struct {
 	// Native tunes the built-in client (warm-up, seed, timeouts…); the pipeline fills the
 	// fields that come from the cell.
 	Native profile.Options
+	// Extra are the caller's notes for manifest "extra" (the matrix's, a Slurm task's),
+	// written with the manifest from its first write on: the pipeline is the cell's one
+	// manifest writer. Optional.
+	Extra map[string]json.RawMessage
 	// OnPhase is told of each phase as it starts (progress displays); optional.
 	OnPhase func(id string, p Phase)
 	// AllowUnknownModel (--allow-unknown-model) lets a model moecapd cannot describe run;

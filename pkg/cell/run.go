@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -138,6 +139,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 			Tracking: launcher.Tracking()},
 		Client:   Client{Kind: c.Client, Argv: p.ClientLaunch},
 		Versions: Versions{Moecapd: c.Version},
+		Extra:    maps.Clone(c.Extra),
 	}
 	if c.GPUs != nil {
 		r.m.Versions.Driver = c.GPUs.DriverVersion()
@@ -429,9 +431,18 @@ func (r *runner) bench(ctx context.Context, repeat int) {
 	var met *profile.Metrics
 	var err error
 	if c.Client == ClientNative {
-		met, err = r.benchNative(bctx, repeat)
+		met, err = r.benchNative(bctx, repeat) // profile.Run applies the bench deadline itself
 	} else {
-		met, err = r.benchRunner(bctx)
+		rctx := bctx
+		if d := c.Native.BenchTimeout; d > 0 {
+			var stop context.CancelFunc
+			rctx, stop = context.WithTimeoutCause(bctx, d, fmt.Errorf("%w: the runner ran for %s (--bench-timeout)", profile.ErrBenchDeadline, d))
+			defer stop()
+		}
+		met, err = r.benchRunner(rctx)
+		if err != nil && rctx.Err() != nil && bctx.Err() == nil {
+			err = fmt.Errorf("%w (the runner was stopped)", context.Cause(rctx))
+		}
 	}
 	if met != nil {
 		// A time-scaled sim's client numbers are recorded in physical units (issue 19).

@@ -3,8 +3,10 @@ package matrix
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -267,7 +269,8 @@ func (f *fakeExec) exec(ctx context.Context, c *cell.Config, p *cell.Plan) (*cel
 	}
 	f.mu.Unlock()
 	s := span{id: p.ID, gpus: c.CUDAVisibleDevices, port: c.Port, start: time.Now()}
-	m := &cell.Manifest{Cell: p.Identity, Status: cell.StatusOK}
+	// As the pipeline does: the caller's notes are written with the manifest.
+	m := &cell.Manifest{Cell: p.Identity, Status: cell.StatusOK, Extra: maps.Clone(c.Extra)}
 	select {
 	case <-time.After(f.hold):
 	case <-ctx.Done():
@@ -659,5 +662,38 @@ func TestStatusDeadSupervisor(t *testing.T) {
 				t.Errorf("report does not say interrupted:\n%s", b.String())
 			}
 		})
+	}
+}
+
+// TestRunnerExtraNotes: a caller's notes (a Slurm task's extra.slurm) reach the manifest of
+// every cell the runner runs, beside the matrix's own note, through the pipeline's config —
+// the one manifest writer — and also the manifest of a cell skipped without running.
+func TestRunnerExtraNotes(t *testing.T) {
+	tb := tables(t)
+	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
+		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1, 32]}}\n")
+	mx, err := Load(p, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	f := &fakeExec{calls: map[string]int{}, outcome: map[string][]cell.Kind{"qwen1_5.1xH100.32-8.bs1.sglang": {exitcode.FailOOM}}}
+	r := runner(t, mx, tb, results, f)
+	note := json.RawMessage(`{"array_job_id":"42"}`)
+	r.Extra = map[string]json.RawMessage{"slurm": note}
+	if _, err := r.Run(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"qwen1_5.1xH100.32-8.bs1.sglang", "qwen1_5.1xH100.32-8.bs32.sglang"} {
+		m, err := cell.ReadManifest(filepath.Join(results, id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got struct {
+			Job string `json:"array_job_id"`
+		}
+		if json.Unmarshal(m.Extra["slurm"], &got) != nil || got.Job != "42" || NoteOf(m).Group != "g" {
+			t.Errorf("%s (%s): extra %q; want the caller's slurm note and the matrix's", id, m.Status, m.Extra)
+		}
 	}
 }

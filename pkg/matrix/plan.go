@@ -77,11 +77,15 @@ func NoteOf(m *cell.Manifest) Note {
 
 // SetNote writes manifest.extra.matrix.
 func SetNote(m *cell.Manifest, n Note) {
-	b, _ := json.Marshal(n)
 	if m.Extra == nil {
 		m.Extra = map[string]json.RawMessage{}
 	}
-	m.Extra[ExtraKey] = b
+	m.Extra[ExtraKey] = noteJSON(n)
+}
+
+func noteJSON(n Note) json.RawMessage {
+	b, _ := json.Marshal(n) // plain strings, numbers and bools always marshal
+	return b
 }
 
 // Results reads every cell of the results root (cell.Layout.Cells), keyed by directory

@@ -2,9 +2,12 @@ package matrix
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
+	"sync"
 	"time"
 
 	"go.uber.org/zap"
@@ -23,6 +26,9 @@ type Runner struct {
 	// Build makes a cell's pipeline config; the runner then sets port, GPUs and OnPhase.
 	// It is called from one goroutine at a time.
 	Build func(c *Cell) (*cell.Config, error)
+	// Extra are the caller's notes for every manifest the runner writes or runs (a Slurm
+	// task's extra.slurm); the matrix adds its own (extra.matrix). Optional.
+	Extra map[string]json.RawMessage
 	// Exec runs one cell (cell.Run; tests may substitute).
 	Exec func(ctx context.Context, c *cell.Config, p *cell.Plan) (*cell.Manifest, error)
 	// Slots is how many cells may run at once (1: exclusive).
@@ -40,7 +46,8 @@ type Runner struct {
 	Log         *zap.Logger
 	Progress    *Progress
 
-	layout *cell.Layout
+	layout  *cell.Layout
+	buildMu sync.Mutex
 }
 
 // Outcome is what a run did in the end.
@@ -181,20 +188,13 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 				if slot < 0 {
 					break
 				}
-				var gpus []string
-				if len(r.GPUs) > 0 && c.Backend != launcher.BackendSim {
-					for _, g := range r.GPUs {
-						if freeGPU[g] && len(gpus) < c.TP {
-							gpus = append(gpus, g)
-						}
-					}
-					if len(gpus) < c.TP {
-						if c.TP > len(r.GPUs) {
-							fatal = fmt.Errorf("cell %s needs %d GPUs but the run has %d (%s); free GPUs or lower tp", c.ID, c.TP, len(r.GPUs), strings.Join(r.GPUs, ","))
-							break
-						}
-						continue
-					}
+				gpus, err := PickGPUs(c, r.GPUs, freeGPU)
+				if err != nil {
+					fatal = err
+					break
+				}
+				if gpus == nil && len(r.GPUs) > 0 && c.Backend != launcher.BackendSim {
+					continue
 				}
 				pending = append(pending[:i], pending[i+1:]...)
 				i--
@@ -248,8 +248,8 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 		if m.Status == cell.StatusInfeasible && !r.NoSkip {
 			kept := pending[:0]
 			for _, it := range pending {
-				if it.Cell.Chain() == c.Chain() && it.Cell.Batch > c.Batch {
-					if err := r.writeSkipped(it.Cell, c); errors.Is(err, cell.ErrLocked) {
+				if SkipsAfterOOM(c, it.Cell) {
+					if err := r.WriteSkipped(it.Cell, c); errors.Is(err, cell.ErrLocked) {
 						log.Warn("skipped cell's manifest not written: another runner holds it", zap.String("cell", it.Cell.ID), zap.Error(err))
 					} else if err != nil {
 						fatal = err
@@ -268,6 +268,93 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 	}
 	p.end()
 	return out, fatal
+}
+
+// PickGPUs is the packing rule every scheduler of cells shares (matrix run --pack, the
+// daemon): the first c.TP GPUs of the pool that are free, in pool order. nil without an
+// error: a sim cell or an empty pool (no GPUs to give), or too few free now (wait). An
+// error: the cell needs more GPUs than the pool has at all.
+func PickGPUs(c *Cell, pool []string, free map[string]bool) ([]string, error) {
+	if len(pool) == 0 || c.Backend == launcher.BackendSim {
+		return nil, nil
+	}
+	if c.TP > len(pool) {
+		return nil, fmt.Errorf("cell %s needs %d GPUs but the run has %d (%s); free GPUs or lower tp", c.ID, c.TP, len(pool), strings.Join(pool, ","))
+	}
+	var gpus []string
+	for _, g := range pool {
+		if free[g] && len(gpus) < c.TP {
+			gpus = append(gpus, g)
+		}
+	}
+	if len(gpus) < c.TP {
+		return nil, nil
+	}
+	return gpus, nil
+}
+
+// SkipsAfterOOM says whether cell c is skipped once oom, a cell of the same chain, ran out
+// of memory: a larger batch of the same model, hardware, task and backend would too.
+func SkipsAfterOOM(oom, c *Cell) bool {
+	return c.Chain() == oom.Chain() && c.Batch > oom.Batch
+}
+
+// PickPort is a port for a cell that none of used holds: PortBase+slot when set, else a
+// free one.
+func (r *Runner) PickPort(slot int, used map[int]bool) (int, error) { return r.port(slot, used) }
+
+// Open readies the runner for RunCell (Run does it itself).
+func (r *Runner) Open() error {
+	if r.Exec == nil {
+		r.Exec = cell.Run
+	}
+	if r.Progress == nil {
+		r.Progress = NewProgress()
+	}
+	if r.Log == nil {
+		r.Log = zap.NewNop()
+	}
+	lay, err := cell.OpenLayout(r.Results)
+	if err != nil {
+		return err
+	}
+	r.layout = lay
+	return nil
+}
+
+// RunCell runs one cell for a scheduler of its own (the daemon), with Run's rules: it takes
+// the cell's lock (a cell another runner holds gives a *cell.LockedError and is not
+// touched), builds the config, gives it the port and GPUs, and runs it with the retries
+// and time limit. Build is called under buildMu, so RunCell may run from many goroutines.
+// onPhase (may be nil) hears the pipeline's phases.
+func (r *Runner) RunCell(ctx context.Context, it *Item, gpus []string, port int, onPhase func(cell.Phase)) (*cell.Manifest, error) {
+	c := it.Cell
+	unlock, err := r.layout.Lock(c.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	r.buildMu.Lock()
+	cfg, err := r.Build(c)
+	r.buildMu.Unlock()
+	if err != nil {
+		return r.configFailure(c, err), nil
+	}
+	cfg.Port = port
+	if len(gpus) > 0 && c.Backend != launcher.BackendSim {
+		cfg.CUDAVisibleDevices = strings.Join(gpus, ",")
+	}
+	cfg.OnPhase = func(_ string, ph cell.Phase) {
+		if onPhase != nil {
+			onPhase(ph)
+		}
+	}
+	j := &job{it: it, gpus: gpus, port: port, cfg: cfg, start: time.Now()}
+	m, err := r.runCell(ctx, j, r.Log)
+	if err != nil && m == nil {
+		m = r.configFailure(c, err)
+	}
+	return m, err
 }
 
 func (r *Runner) port(slot int, used map[int]bool) (int, error) {
@@ -316,6 +403,12 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		if timeout > 0 {
 			cctx, cancel = context.WithTimeoutCause(ctx, timeout, errCellTimeout)
 		}
+		// The matrix's note goes in through the pipeline, the manifest's one writer.
+		j.cfg.Extra = maps.Clone(r.Extra)
+		if j.cfg.Extra == nil {
+			j.cfg.Extra = map[string]json.RawMessage{}
+		}
+		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned})
 		m, err = r.Exec(cctx, j.cfg, plan)
 		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
 		cancel()
@@ -331,11 +424,11 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 			m.Failure = &cell.Failure{Phase: ph, Kind: exitcode.FailTimeout, LogTail: tail(m),
 				Message: fmt.Sprintf("the cell ran past its time limit of %s during %s and was stopped; raise --cell-timeout (or the group's timeout) if it was making progress", timeout, ph)}
 		}
-		n := NoteOf(m)
-		n.Group, n.Attempts, n.PinnedSamples = c.Group, attempt, c.Pinned
-		SetNote(m, n)
-		if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
-			return m, werr
+		if timedOut && m.Status == cell.StatusFailed {
+			// The pipeline recorded an interruption; the matrix knows it was its time limit.
+			if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
+				return m, werr
+			}
 		}
 		if !transient(m) || attempt > r.Retries || ctx.Err() != nil {
 			return m, err
@@ -381,10 +474,18 @@ func (r *Runner) record(c *Cell, m *cell.Manifest) error {
 	if err != nil {
 		return err
 	}
+	for k, v := range r.Extra {
+		if m.Extra == nil {
+			m.Extra = map[string]json.RawMessage{}
+		}
+		m.Extra[k] = v
+	}
 	return cell.WriteManifest(d.Path, m)
 }
 
-func (r *Runner) writeSkipped(c, because *Cell) error {
+// WriteSkipped records a cell not run because a smaller batch of its chain (because) ran
+// out of memory.
+func (r *Runner) WriteSkipped(c, because *Cell) error {
 	now := time.Now().UTC()
 	m := &cell.Manifest{SchemaVersion: cell.SchemaVersion, Cell: identity(c), Status: cell.StatusInfeasible,
 		StartedAt: now, FinishedAt: &now,

@@ -90,8 +90,15 @@ type Options struct {
 	SGLangRecorderDir string // the SGLang server's recorder dir; default RecordsDir
 	NoRecords         bool   // do not drive the record endpoints at all
 
-	RequestTimeout time.Duration // per request, send to last byte; default 1 h
-	DrainTimeout   time.Duration // after ctx is cancelled, how long in-flight requests may finish; default 5 s
+	RequestTimeout time.Duration // per request, send to last byte; default DefaultRequestTimeout
+	// IdleTimeout fails a request when the server sends no byte for this long (headers
+	// included); default DefaultIdleTimeout.
+	IdleTimeout time.Duration
+	// BenchTimeout bounds the whole run (warm-up, measured requests); past it the run ends
+	// as a failed bench wrapping ErrBenchDeadline, what was measured kept (partial);
+	// default DefaultBenchTimeout.
+	BenchTimeout time.Duration
+	DrainTimeout time.Duration // after ctx is cancelled, how long in-flight requests may finish; default 5 s
 
 	// Progress, when set, gets a progress line redrawn in place (meant for a terminal).
 	// Otherwise a log line is written every ProgressInterval (default 10 s).
@@ -223,8 +230,16 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		o.Schedule = ScheduleClosedLoop
 	}
 	if o.RequestTimeout <= 0 {
-		o.RequestTimeout = time.Hour
+		o.RequestTimeout = DefaultRequestTimeout
 	}
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	if o.BenchTimeout <= 0 {
+		o.BenchTimeout = DefaultBenchTimeout
+	}
+	ctx, cancelDeadline := benchDeadline(ctx, o.BenchTimeout)
+	defer cancelDeadline()
 	if o.DrainTimeout <= 0 {
 		o.DrainTimeout = 5 * time.Second
 	}
@@ -285,7 +300,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	prewarm(ctx, hc, base, conns)
 
 	var chunks atomic.Int64
-	st := &streamer{hc: hc, url: o.APIURL, apiKey: o.APIKey, chunks: &chunks, whole: o.PromptStyle == PromptUpstream}
+	st := &streamer{hc: hc, url: o.APIURL, apiKey: o.APIKey, chunks: &chunks, whole: o.PromptStyle == PromptUpstream,
+		idle: o.IdleTimeout, maxTokens: o.OutputTokens}
 
 	if o.Warmup > 0 {
 		log.Info("warm-up", zap.Int("requests", o.Warmup))
@@ -306,8 +322,8 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 				}
 			}
 		}
-		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("interrupted during warm-up: %w", err)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("interrupted during warm-up: %w", context.Cause(ctx))
 		}
 	}
 
@@ -419,13 +435,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 		zap.Float64("output_tok_s", m.OutputThroughput), zap.Any("mean_ttft_ms", m.MeanTTFTMs),
 		zap.Any("mean_tpot_ms", m.MeanTPOTMs), zap.Bool("partial", m.Partial), zap.Any("errors", m.Errors))
 	if interrupted {
-		return res, fmt.Errorf("bench interrupted after %d of %d requests (results marked partial): %w", sent, o.NumSamples, ctx.Err())
+		return res, fmt.Errorf("bench interrupted after %d of %d requests (results marked partial): %w", sent, o.NumSamples, context.Cause(ctx))
 	}
 	if recordsErr != nil {
 		return res, recordsErr
 	}
 	if m.Completed == 0 {
-		return res, fmt.Errorf("%w: all %d requests failed (%s); check the server log", ErrNoSuccess, m.Failed, describeErrors(m.Errors))
+		return res, fmt.Errorf("%w: all %d requests failed (%s%s); check the server log", ErrNoSuccess, m.Failed, describeErrors(m.Errors), firstFailure(res.Requests))
 	}
 	if len(m.InvalidReasons) > 0 {
 		return res, fmt.Errorf("%w: %s (tolerated: %d bad requests; raise with --allow-bad-requests)", ErrInvalidResult, strings.Join(m.InvalidReasons, "; "), o.AllowedBadRequests)
@@ -460,6 +476,16 @@ func ApplyStats(m *Metrics, s *PassStats) {
 	m.AvgExpertActivationPrefill, m.AvgExpertActivationDecode = s.ActivationPrefill, s.ActivationDecode
 	m.AvgPrefillBatchSize, m.AvgDecodeBatchSize = s.PrefillBatch, s.DecodeBatch
 	m.AvgDecodeContextTokens = s.DecodeContextMean
+}
+
+// firstFailure is "; first: <kind>: <what the server said>" of the first failed request.
+func firstFailure(reqs []RequestResult) string {
+	for _, r := range reqs {
+		if !r.Success && r.ErrorKind != "" {
+			return "; first: " + r.ErrorKind + ": " + clip(r.Error, 300)
+		}
+	}
+	return ""
 }
 
 func describeErrors(errs map[string]int) string {
@@ -539,7 +565,8 @@ func schedule(ctx context.Context, o *Options, st *streamer, body func(i int) []
 		}
 		go func() {
 			defer wg.Done()
-			rctx, cancel := context.WithTimeout(reqBase, o.RequestTimeout)
+			rctx, cancel := context.WithTimeoutCause(reqBase, o.RequestTimeout,
+				fail(KindRequestTimeout, "no complete response within %s (--request-timeout)", o.RequestTimeout))
 			st.do(rctx, body(i), &reqs[i])
 			cancel()
 			reqs[i].StartS = reqs[i].start.Sub(begin).Seconds()

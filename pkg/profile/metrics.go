@@ -66,14 +66,16 @@ type Metrics struct {
 	// "exact-ids" (exact token ids, streaming).
 	PromptStyle string `json:"prompt_style,omitempty"`
 
-	Completed            int     `json:"completed"`
-	Failed               int     `json:"failed"`
-	TotalInputTokens     int     `json:"total_input_tokens"`
-	TotalOutputTokens    int     `json:"total_output_tokens"`
-	DurationS            float64 `json:"duration_s"`
-	RequestThroughput    float64 `json:"request_throughput"`
-	OutputThroughput     float64 `json:"output_throughput"`
-	TotalTokenThroughput float64 `json:"total_token_throughput"`
+	Completed         int `json:"completed"`
+	Failed            int `json:"failed"`
+	TotalInputTokens  int `json:"total_input_tokens"`
+	TotalOutputTokens int `json:"total_output_tokens"`
+	// DurationS and the throughputs are absent (omitted) when no clock measured the run (a
+	// runner cell with no duration source, which then fails bad_result), never 0.
+	DurationS            float64 `json:"duration_s,omitempty"`
+	RequestThroughput    float64 `json:"request_throughput,omitempty"`
+	OutputThroughput     float64 `json:"output_throughput,omitempty"`
+	TotalTokenThroughput float64 `json:"total_token_throughput,omitempty"`
 
 	// Client-side latency distributions (native client only). Absent (nil, omitted) when the
 	// source did not measure them: a runner that reports only server pass times leaves them out,

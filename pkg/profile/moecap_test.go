@@ -202,3 +202,21 @@ func TestRunnerArgs(t *testing.T) {
 		t.Errorf("RunnerArgs =\n%q\nwant\n%q", got, want)
 	}
 }
+
+// TestNoClockNoZeros: the numbers of a runner run without a duration source come back with
+// the error, and its duration and throughputs are absent from the manifest's JSON, not 0.
+func TestNoClockNoZeros(t *testing.T) {
+	m, err := ReadMoECAPOutput(filepath.Join(fixtures, "runner-noclock"), 4, RunnerClock{})
+	if err == nil || m == nil {
+		t.Fatalf("err %v, metrics %v; want both", err, m)
+	}
+	b, _ := json.Marshal(m)
+	for _, k := range []string{`"duration_s"`, `"request_throughput"`, `"output_throughput"`, `"total_token_throughput"`} {
+		if strings.Contains(string(b), k) {
+			t.Errorf("%s present in %s", k, b)
+		}
+	}
+	if m.Completed != 4 || m.TotalOutputTokens == 0 {
+		t.Errorf("measured counts lost: %+v", m)
+	}
+}

@@ -91,16 +91,28 @@ type streamer struct {
 	chunks *atomic.Int64 // streamed non-empty chunks, for the progress line
 	// whole sends non-streaming requests (the upstream prompt style) instead of SSE.
 	whole bool
+	// idle fails a request after this long without a byte from the server (0: no limit).
+	idle time.Duration
+	// maxTokens is the max_tokens every request asks for: a reply beyond it (plus
+	// tokenMargin) is a server protocol error. 0: unchecked.
+	maxTokens int
 }
 
 // do sends body and fills r. reqCtx bounds the request (its deadline is the request timeout);
 // a failure is returned and also recorded in r.
 func (s *streamer) do(reqCtx context.Context, body []byte, r *RequestResult) {
+	ctx, cancel := context.WithCancelCause(reqCtx)
+	defer cancel(nil)
+	var iw *idleWatch
+	if s.idle > 0 {
+		iw = watchIdle(s.idle, cancel)
+		defer iw.stop()
+	}
 	var err error
 	if s.whole {
-		err = s.once(reqCtx, body, r)
+		err = s.once(ctx, iw, body, r)
 	} else {
-		err = s.stream(reqCtx, body, r)
+		err = s.stream(ctx, iw, body, r)
 	}
 	if err == nil {
 		r.Success = true
@@ -108,14 +120,14 @@ func (s *streamer) do(reqCtx context.Context, body []byte, r *RequestResult) {
 	}
 	var f *requestFailure
 	if !errors.As(err, &f) {
-		f = classify(reqCtx, err)
+		f = classify(ctx, err)
 	}
 	r.Success, r.ErrorKind, r.Error = false, f.Kind, f.Msg
 }
 
 // post sends one request (r.start is when it left) and returns the reply when it is 200 OK;
 // any other status is a failure naming it. The caller closes the body.
-func (s *streamer) post(ctx context.Context, body []byte, accept string, r *RequestResult) (*http.Response, error) {
+func (s *streamer) post(ctx context.Context, iw *idleWatch, body []byte, accept string, r *RequestResult) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, fail("bad request", "%v", err)
@@ -132,23 +144,49 @@ func (s *streamer) post(ctx context.Context, body []byte, accept string, r *Requ
 	if err != nil {
 		return nil, err
 	}
+	iw.touch() // the headers are bytes
+	if iw != nil {
+		resp.Body = struct {
+			io.Reader
+			io.Closer
+		}{idleReader{resp.Body, iw}, resp.Body}
+	}
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
-		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fail(fmt.Sprintf("http %d", resp.StatusCode), "HTTP %s: %s", resp.Status, strings.TrimSpace(string(msg)))
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		said := serverMessage(msg)
+		if said == "" {
+			said = clip(string(msg), 500)
+		}
+		return nil, fail(fmt.Sprintf("http %d", resp.StatusCode), "HTTP %s: %s", resp.Status, said)
 	}
 	return resp, nil
 }
 
-func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) error {
-	resp, err := s.post(ctx, body, "text/event-stream", r)
+func (s *streamer) stream(ctx context.Context, iw *idleWatch, body []byte, r *RequestResult) error {
+	resp, err := s.post(ctx, iw, body, "text/event-stream", r)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); strings.HasPrefix(ct, "application/json") {
+		// A 200 that is not a stream: an error reply (or a server that ignores "stream").
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+		r.e2el = time.Since(r.start)
+		if f := errorReply(b); f != nil {
+			return f
+		}
+		return fail(KindProtocolError, "asked for a stream, the server replied with a JSON body (Content-Type %s): %.200q", ct, b)
+	}
+	limit := int64(-1)
+	var src io.Reader = resp.Body
+	if s.maxTokens > 0 {
+		limit = maxStreamBytes(s.maxTokens)
+		src = &limitedReader{r: resp.Body, n: limit}
+	}
 
 	br := readerPool.Get().(*bufio.Reader)
-	br.Reset(resp.Body)
+	br.Reset(src)
 	defer func() { br.Reset(nil); readerPool.Put(br) }()
 
 	var (
@@ -162,6 +200,8 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 		nonEmpty int
 		choice   int // chunks carrying a choice, empty text included
 		text     strings.Builder
+		payloads int    // data: lines seen
+		other    []byte // the first bytes of lines that are not data: (an error body?)
 	)
 	for {
 		line, err := br.ReadSlice('\n')
@@ -170,14 +210,26 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 			for err == bufio.ErrBufferFull {
 				line, err = br.ReadSlice('\n')
 				long = append(long, line...)
+				if len(long) > MaxLineBytes {
+					r.e2el = time.Since(r.start)
+					return fail(KindProtocolError, "the server streamed a line longer than %d bytes without a newline (after %d chunks): not an SSE stream", MaxLineBytes, nonEmpty)
+				}
 			}
 			line = long
+		}
+		if errors.Is(err, errTooLong) {
+			r.e2el = time.Since(r.start)
+			return fail(KindProtocolError, "the stream exceeded %d bytes after %d chunks, more than max_tokens=%d allows", limit, nonEmpty, s.maxTokens)
 		}
 		// Timestamp as soon as the bytes are here: parsing below must not count as latency.
 		now := time.Now()
 		if len(line) > 0 {
 			payload, ok := ssePayload(line)
+			if !ok && payloads == 0 && len(other) < maxErrorBody {
+				other = append(other, line[:min(len(line), maxErrorBody-len(other))]...)
+			}
 			if ok {
+				payloads++
 				if bytes.Equal(payload, doneMarker) {
 					done = true
 					r.e2el = now.Sub(r.start)
@@ -188,7 +240,11 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 					return fail("malformed stream", "chunk %d is not JSON: %v: %.120q", nonEmpty+1, jerr, payload)
 				}
 				if len(chunk.Error) > 0 && !bytes.Equal(chunk.Error, nullJSON) {
-					return fail("server error in stream", "%.300s", chunk.Error)
+					msg := serverMessage(payload)
+					if msg == "" {
+						msg = clip(string(chunk.Error), 300)
+					}
+					return fail("server error in stream", "%s", msg)
 				}
 				if chunk.Usage != nil {
 					usage = true
@@ -196,6 +252,10 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 				}
 				if len(chunk.Choices) > 0 {
 					choice++
+					if s.maxTokens > 0 && choice > s.maxTokens+tokenMargin(s.maxTokens) {
+						r.e2el = now.Sub(r.start)
+						return fail(KindProtocolError, "the server streamed more than %d chunks for max_tokens=%d: it ignores max_tokens (stream cut off)", s.maxTokens+tokenMargin(s.maxTokens), s.maxTokens)
+					}
 				}
 				if len(chunk.Choices) > 0 && (chunk.Choices[0].Text != "" || chunk.Choices[0].Delta.Content != "") {
 					text.WriteString(chunk.Choices[0].Text)
@@ -226,6 +286,11 @@ func (s *streamer) stream(ctx context.Context, body []byte, r *RequestResult) er
 	r.OutputText = text.String()
 	if readErr != nil {
 		return readErr
+	}
+	if !done && payloads == 0 {
+		if f := errorReply(other); f != nil {
+			return f
+		}
 	}
 	if !done {
 		return fail("truncated stream", "the stream ended after %d chunks without data: [DONE]", nonEmpty)
@@ -270,6 +335,10 @@ func ssePayload(line []byte) ([]byte, bool) {
 // classify turns a transport error into a reason key.
 func classify(reqCtx context.Context, err error) *requestFailure {
 	msg := err.Error()
+	var f *requestFailure
+	if errors.As(context.Cause(reqCtx), &f) {
+		return f // a limit of the client's (idle, request timeout) ended it
+	}
 	switch {
 	case errors.Is(reqCtx.Err(), context.DeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
 		return &requestFailure{"timeout", "no complete response within the request timeout: " + msg}

@@ -3,6 +3,7 @@ package profile
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -147,14 +148,21 @@ type completionReply struct {
 
 // once sends one non-streaming request and fills r: E2EL is send to complete reply; there
 // is no client TTFT. Token counts come from usage, which such a reply must carry.
-func (s *streamer) once(ctx context.Context, body []byte, r *RequestResult) error {
-	resp, err := s.post(ctx, body, "", r)
+func (s *streamer) once(ctx context.Context, iw *idleWatch, body []byte, r *RequestResult) error {
+	resp, err := s.post(ctx, iw, body, "", r)
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 256<<20))
+	limit := int64(256 << 20)
+	if s.maxTokens > 0 {
+		limit = maxReplyBytes(s.maxTokens)
+	}
+	data, err := io.ReadAll(&limitedReader{r: resp.Body, n: limit})
 	r.e2el = time.Since(r.start)
+	if errors.Is(err, errTooLong) {
+		return fail(KindProtocolError, "the reply exceeds %d bytes, more than max_tokens=%d allows", limit, s.maxTokens)
+	}
 	if err != nil {
 		return err
 	}
@@ -163,7 +171,13 @@ func (s *streamer) once(ctx context.Context, body []byte, r *RequestResult) erro
 		return fail("malformed reply", "the reply is not a completion: %v: %.120q", err, data)
 	}
 	if len(rep.Choices) == 0 {
+		if f := errorReply(data); f != nil {
+			return f
+		}
 		return fail("no output", "the reply holds no choices")
+	}
+	if rep.Usage != nil && s.maxTokens > 0 && rep.Usage.CompletionTokens > s.maxTokens+tokenMargin(s.maxTokens) {
+		r.UsageStreamMismatch = true // more tokens claimed than max_tokens allows
 	}
 	r.OutputText = rep.Choices[0].Text + rep.Choices[0].Message.Content
 	if s.chunks != nil {

@@ -219,6 +219,9 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		writeError(w, http.StatusBadRequest, "BadRequestError", fmt.Sprintf("max_tokens must be at least 1, got %d", maxTokens))
 		return
 	}
+	if maxTokens > 1 && s.misbehave(w, r, req.Stream) {
+		return
+	}
 	lie := false
 	if (s.cfg.Fault == FaultHTTP500Some || s.cfg.Fault == FaultUsageLie) && maxTokens > 1 && s.faultN.Add(1)%4 == 0 {
 		if s.cfg.Fault == FaultHTTP500Some {
@@ -276,6 +279,73 @@ func (s *Server) complete(w http.ResponseWriter, r *http.Request, chat bool) {
 		return
 	}
 	s.await(w, r, id, reqs, u, chat)
+}
+
+// misbehave plays the misbehaving-server faults on one completion; false when none applies.
+func (s *Server) misbehave(w http.ResponseWriter, r *http.Request, stream bool) bool {
+	gone := func() bool {
+		select {
+		case <-r.Context().Done():
+			return true
+		case <-s.stopping:
+			return true
+		default:
+			return false
+		}
+	}
+	hold := func() {
+		select {
+		case <-r.Context().Done():
+		case <-s.stopping:
+		}
+	}
+	startStream := func() *http.ResponseController {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.WriteHeader(http.StatusOK)
+		rc := http.NewResponseController(w)
+		rc.Flush()
+		return rc
+	}
+	const chunk = `data: {"id":"cmpl-fault","object":"text_completion","choices":[{"index":0,"text":" tok","logprobs":null,"finish_reason":null}]}` + "\n\n"
+	switch s.cfg.Fault {
+	case FaultNoHeaders:
+		s.logf("simulated fault: a completion that never answers (--sim-fault %s)", s.cfg.Fault)
+		hold()
+	case FaultError200:
+		writeJSON(w, http.StatusOK, map[string]any{"object": "error", "type": "InternalServerError", "code": 500,
+			"message": "simulated fault: the engine rejected the request (--sim-fault error-200)"})
+	case FaultStallMidStream:
+		if !stream {
+			hold()
+			return true
+		}
+		rc := startStream()
+		fmt.Fprint(w, chunk+chunk)
+		rc.Flush()
+		s.logf("simulated fault: the stream stalls after 2 chunks (--sim-fault %s)", s.cfg.Fault)
+		hold()
+	case FaultIgnoreMaxTokens, FaultEndlessLine:
+		if !stream {
+			return false
+		}
+		rc := startStream()
+		piece := strings.Repeat(chunk, 64)
+		if s.cfg.Fault == FaultEndlessLine {
+			fmt.Fprint(w, "data: ")
+			piece = strings.Repeat("x", 16<<10)
+		}
+		for !gone() {
+			if _, err := io.WriteString(w, piece); err != nil {
+				break
+			}
+			if rc.Flush() != nil {
+				break
+			}
+		}
+	default:
+		return false
+	}
+	return true
 }
 
 // wait blocks until the scheduler has news for this HTTP request. It reports false when

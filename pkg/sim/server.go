@@ -44,10 +44,21 @@ const (
 	// the tokens streamed. Both exist for the native client's validity checks.
 	FaultHTTP500Some = "http-500-some"
 	FaultUsageLie    = "usage-lie"
+	// Misbehaving servers for the native client's limits; each hits every completion of
+	// more than one token (readiness's 1-token probe still passes): FaultStallMidStream
+	// streams two chunks and then nothing, FaultNoHeaders never answers,
+	// FaultIgnoreMaxTokens streams chunks without end, FaultEndlessLine streams one "data:"
+	// line that never ends, FaultError200 answers HTTP 200 with a JSON error body.
+	FaultStallMidStream  = "stall-mid-stream"
+	FaultNoHeaders       = "no-headers"
+	FaultIgnoreMaxTokens = "ignore-max-tokens"
+	FaultEndlessLine     = "endless-line"
+	FaultError200        = "error-200"
 )
 
 // Faults lists the valid Config.Fault values.
-var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie}
+var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie,
+	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200}
 
 // Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
 type Config struct {

@@ -182,6 +182,12 @@ func WriteScript(root string) (string, error) {
 // ExtraKey is the key of manifest.extra where a Slurm task records where it ran.
 const ExtraKey = "slurm"
 
+// TaskNote is manifest.extra.slurm for a task: its TaskEnv as JSON.
+func TaskNote(env TaskEnv) json.RawMessage {
+	b, _ := json.Marshal(env) // strings and numbers always marshal
+	return b
+}
+
 // TaskEnv is what a running array task learns from Slurm's environment, recorded in its
 // cell's manifest (extra.slurm).
 type TaskEnv struct {

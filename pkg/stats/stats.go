@@ -6,6 +6,7 @@
 package stats
 
 import (
+	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -121,13 +122,9 @@ func resampleMean(r *rand.Rand, xs []float64) float64 {
 	return s / float64(len(xs))
 }
 
-// quantile is the q-quantile of xs by linear interpolation between ranks (sorts xs).
+// quantile is the q-quantile of xs (sorts xs) by moecapd's one percentile definition,
+// records.SortedPercentile (numpy's linear interpolation between ranks).
 func quantile(xs []float64, q float64) float64 {
 	slices.Sort(xs)
-	rank := q * float64(len(xs)-1)
-	lo := int(math.Floor(rank))
-	if lo >= len(xs)-1 {
-		return xs[len(xs)-1]
-	}
-	return xs[lo] + (xs[lo+1]-xs[lo])*(rank-float64(lo))
+	return records.SortedPercentile(xs, q*100)
 }

@@ -1,0 +1,78 @@
+package main
+
+import (
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/moecapd/moecapd/internal/daemon"
+)
+
+func init() { register(newServeCmd) }
+
+// serveOnly are matrix flags that belong to a submission, not to the daemon.
+var serveOnly = map[string]bool{"matrix": true, "only": true, "include-done": true, "redo-failed": true}
+
+func newServeCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "serve --results ROOT [--listen unix:PATH|HOST:PORT]",
+		Short: "Run the node's daemon: one queue of everyone's jobs, run unattended across crashes and restarts",
+		Long: `One daemon per node owns the node's GPUs (a node-wide lock: while it runs, launch-and-bench
+and matrix run refuse and point at moecapd submit). Jobs come in through its HTTP API (a unix
+socket by default, mode 0660, the peer's uid is the job's owner; or TCP with bearer tokens) and
+wait in one queue: higher --priority first, first submitted first within a priority. Cells are
+packed onto free GPUs with matrix run --pack's allocator, retries, skip-after-OOM and per-cell
+timeout; sim cells take no GPU and run up to --slots at once.
+
+The state (jobs, cells, the GPU lease ledger) is a database under ROOT/.daemon, written before
+anything is started or answered. After a crash, kill -9 or power cut the next start ends the
+old daemon's servers (verified identity only), keeps results it finished and runs again what
+it interrupted. SIGTERM drains (running cells may finish for --drain-timeout, then are
+interrupted and stay queued); SIGHUP reloads --tokens. See docs/API.md.`,
+		Example: `  moecapd serve --results /data/results
+  moecapd serve --results /data/results --listen unix:/run/moecapd/moecapd.sock --listen 0.0.0.0:9410 --tokens /etc/moecapd/tokens
+  moecapd serve --results results-sim --slots 4 --webhook https://hooks.slack.com/services/…`,
+		Args: cobra.NoArgs,
+		RunE: runServe,
+	}
+	f := cmd.Flags()
+	var sel pflag.FlagSet
+	addSelectFlags(&sel)
+	sel.VisitAll(func(fl *pflag.Flag) {
+		if !serveOnly[fl.Name] {
+			f.AddFlag(fl)
+		}
+	})
+	f.Int("retries", 2, "extra attempts for a cell that crashed or never became ready")
+	f.Duration("retry-backoff", 30*time.Second, "wait before the first retry; doubles each time")
+	f.Duration("cell-timeout", 6*time.Hour, "stop a cell that runs longer (a group's timeout wins); 0: none")
+	f.Int("slots", 0, "cells at once (default: the node's GPU count, at least 1; sim cells take a slot and no GPU)")
+	f.StringArray("listen", nil, "where the API listens: unix:PATH or HOST:PORT, repeatable (default: unix socket in the run directory, $MOECAPD_RUN_DIR or /run/moecapd or $TMPDIR/moecapd)")
+	f.String("tokens", "", "bearer tokens for TCP clients: a mode-0600 file of \"TOKEN USER\" lines (SIGHUP reloads it); needed for a non-loopback --listen")
+	f.StringSlice("admin", nil, "users who may cancel anyone's job (root and the daemon's own user always may)")
+	f.String("tls-cert", "", "TLS certificate for the TCP listeners (with --tls-key)")
+	f.String("tls-key", "", "TLS key for the TCP listeners")
+	f.Duration("drain-timeout", 2*time.Minute, "on SIGTERM, how long running cells may go on before they are interrupted (and kept queued)")
+	f.String("webhook", "", "POST Slack-compatible JSON ({\"text\": …}) here when a job ends or a cell fails")
+	return cmd
+}
+
+func runServe(cmd *cobra.Command, _ []string) error {
+	v, log, err := commandLogger(cmd)
+	if err != nil {
+		return err
+	}
+	defer log.Sync()
+	o, err := readMatrixOpts(cmd.Flags())
+	if err != nil {
+		return err
+	}
+	fs := cmd.Flags()
+	listen, _ := fs.GetStringArray("listen")
+	admins, _ := fs.GetStringSlice("admin")
+	_ = v
+	return daemon.Serve(daemon.ServeRequest{Matrix: o, Listen: listen, TokensFile: v.GetString("tokens"), Admins: admins,
+		TLSCert: v.GetString("tls-cert"), TLSKey: v.GetString("tls-key"), DrainTimeout: v.GetDuration("drain-timeout"),
+		Webhook: v.GetString("webhook"), Log: log})
+}
