@@ -156,6 +156,9 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 		}
 		cp.Flags = append(cp.Flags, what+": "+f.Reason)
 	}
+	if m != nil && m.ServerMetrics != nil && m.ServerMetrics.Preempted {
+		cp.Flags = append(cp.Flags, fmt.Sprintf("preempted: the server preempted %s requests during the bench; their latencies include recomputation", round3(*m.ServerMetrics.Preemptions)))
+	}
 	if rs := repeatStats(m); rs != nil && len(rs.Unstable) > 0 {
 		cp.Flags = append(cp.Flags, fmt.Sprintf("unstable: over its %d repeats the coefficient of variation of %s exceeds %g%%",
 			len(m.Repeats), strings.Join(rs.Unstable, ", "), 100*rs.UnstableCV))
@@ -282,6 +285,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	cp.Client = []kv{{"kind", m.Client.Kind}}
 	cp.ClientArgv = shellQuote(m.Client.Argv)
 	cp.Throughput = append(cp.Throughput, repeatRows(m)...)
+	cp.Throughput = append(cp.Throughput, serverMetricRows(m)...)
 	cp.Vers = []kv{{"moecapd", orAbsent(m.Versions.Moecapd)}, {"backend", orAbsent(m.Versions.Backend)}, {"NVIDIA driver", orAbsent(m.Versions.Driver)}}
 	return cp
 }
@@ -382,4 +386,26 @@ func truthLines(t *cell.Truth) []string {
 		out = append(out, "truth: not checked: "+n)
 	}
 	return out
+}
+
+// serverMetricRows are what the server's own Prometheus metrics said over the window.
+func serverMetricRows(m *cell.Manifest) []kv {
+	if m == nil || m.ServerMetrics == nil {
+		return nil
+	}
+	sm := m.ServerMetrics
+	opt := func(p *float64) string {
+		if p == nil {
+			return "not exported"
+		}
+		return round3(*p)
+	}
+	return []kv{
+		{"server metrics", fmt.Sprintf("%d scrapes of %s", sm.Samples, sm.URL)},
+		{"server: running requests (mean / peak)", opt(sm.MeanRunning) + " / " + opt(sm.PeakRunning)},
+		{"server: waiting requests (mean / peak)", opt(sm.MeanWaiting) + " / " + opt(sm.PeakWaiting)},
+		{"server: peak KV-cache usage", opt(sm.PeakKVUsage)},
+		{"server: preemptions", opt(sm.Preemptions)},
+		{"server: prompt / generation tokens", opt(sm.PromptTokens) + " / " + opt(sm.GenerationTokens)},
+	}
 }
