@@ -360,6 +360,16 @@ func (r *runner) restart(ctx context.Context) bool {
 
 func (r *runner) preflight(ctx context.Context) bool {
 	c, p := r.c, r.p
+	if c.Client == ClientNative {
+		o := c.Native
+		if o.Dataset == "" {
+			o.Dataset = c.Bench.Dataset()
+		}
+		if err := profile.CheckDataset(o, o.Warmup+c.numSamples()); err != nil {
+			r.fail(PhasePreflight, exitcode.FailEnvMissing, err.Error()+" (checked before the server was started)")
+			return false
+		}
+	}
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
 		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
