@@ -140,6 +140,11 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	if m != nil && m.Cell.AllowUnknownModel {
 		cp.Notes = append(cp.Notes, "Run with --allow-unknown-model: moecapd could not describe this model.")
 	}
+	if m != nil {
+		if t, ok := m.Truth(); ok {
+			cp.Notes = append(cp.Notes, truthLines(t)...)
+		}
+	}
 	cp.Notes = append(cp.Notes, r.PlotNotes()...)
 	if sc := r.timeScale(); sc != 0 && !strings.Contains(strings.Join(cp.Notes, " "), "time-scale") {
 		cp.Notes = append(cp.Notes, fmt.Sprintf("%s: the simulator's clock ran ×%g; the client's latencies and throughputs shown here are un-scaled to physical units (wall time ÷ %g, wall rates × %g), and include the client's own time un-scaled with them.", profile.ScaleLabel(sc), sc, sc, sc))
@@ -360,6 +365,27 @@ func repeatStats(m *cell.Manifest) *cell.RepeatStats {
 		return nil
 	}
 	return m.RepeatStats
+}
+
+// truthLines is the cell's truth verdict as the page shows it: the verdict, then every
+// check with its value, bound and outcome, then what could not be checked.
+func truthLines(t *cell.Truth) []string {
+	out := []string{fmt.Sprintf("Truth verdict: %s (%d checks)", t.Verdict, len(t.Checks))}
+	for _, c := range t.Checks {
+		res := "pass"
+		if !c.Pass {
+			res = "FAIL"
+		}
+		l := fmt.Sprintf("truth check %s (%s): %s, bound %s: %s", c.Name, c.Kind, round3(c.Value), c.Bound, res)
+		if c.Note != "" {
+			l += " (" + c.Note + ")"
+		}
+		out = append(out, l)
+	}
+	for _, n := range t.NotChecked {
+		out = append(out, "truth: not checked: "+n)
+	}
+	return out
 }
 
 // serverMetricRows are what the server's own Prometheus metrics said over the window.
