@@ -88,6 +88,9 @@ type runner struct {
 	base map[int]uint64
 	// stopRecord ends the refreshing of the state file's member list (nil before launch).
 	stopRecord func()
+	// dirID is the cell directory's identity when the cell started (device, inode): a cell
+	// is ok only in the directory it started in.
+	dirID dirIdentity
 	// live is the running server for the sampler's goroutine (proc changes when
 	// --repeat-fresh-server restarts it).
 	live atomic.Pointer[launcher.Process]
@@ -134,6 +137,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	if _, err := lay.Create(p.ID); err != nil {
 		return nil, err
 	}
+	r.dirID, _ = identityOf(p.Dir)
 	if err := WriteFileAtomic(p.Files.Bench(), c.Bench.Raw); err != nil {
 		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
 	}
@@ -771,7 +775,11 @@ func (r *runner) finish() {
 	r.m.Timings.Total = since(r.t0)
 	r.m.Phase = "" // finished: the failure (if any) says where it stopped
 	if r.m.Status == StatusRunning {
-		r.m.Status = StatusOK
+		if why := r.dirID.changed(r.p.Dir); why != "" {
+			r.fail(PhaseBench, exitcode.FailBadResult, why)
+		} else {
+			r.m.Status = StatusOK
+		}
 	}
 	if r.m.Telemetry == nil && r.proc != nil {
 		// No NVML: say so, and still price the GPU-hours of the bench.
