@@ -537,3 +537,32 @@ func TestDaemonDrainWebhook(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonSubmitOneCell: submit with launch-and-bench's flags runs that one cell.
+func TestDaemonSubmitOneCell(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.start()
+	cfg := tinyConfig(t, qwen, 32, 8, 4)
+	r := e.cli("submit", "--backend", "sim", "--config", cfg, "--batch-size", "2", "--num-samples", "6", "--priority", "3", "--", "--sim-tpot", "2ms")
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 {
+		t.Fatalf("submit: %d %s", r.code, r.stderr)
+	}
+	j, cs := e.waitJob(id, 2*time.Minute)
+	if len(cs) != 1 || cs[0].State != daemon.CellOK || j.Priority != 3 {
+		t.Fatalf("one-cell job: %+v %+v", j, cs)
+	}
+	m, err := cell.ReadManifest(filepath.Join(e.results, cs[0].ID))
+	if err != nil || m.Status != cell.StatusOK || m.Cell.BatchSize != 2 || m.Cell.NumSamples != 6 {
+		t.Fatalf("manifest of %s: %+v %v", cs[0].ID, m, err)
+	}
+	for _, args := range [][]string{
+		{"submit", "--backend", "sim", "--config", cfg},                       // no batch size
+		{"submit", "--matrix", faultsMatrix, "--config", cfg},                 // both
+		{"submit", "--backend", "vllm", "--config", cfg, "--batch-size", "1"}, // real backend, no hardware
+	} {
+		if r := e.cli(args...); r.code != exitUsage {
+			t.Errorf("%v: exit %d %s; want 2", args, r.code, r.stderr)
+		}
+	}
+}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/internal/daemon"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 )
@@ -49,7 +50,7 @@ func clientOf(cmd *cobra.Command) (*daemon.Client, error) {
 
 func newSubmitCmd() *cobra.Command {
 	cmd := &cobra.Command{
-		Use:   "submit --matrix FILE [--only REGEX] [--priority N] [-- extra server flags]",
+		Use:   "submit (--matrix FILE [--only REGEX] | --backend B --config FILE --batch-size N) [--priority N] [-- extra server flags]",
 		Short: "Submit a matrix (or part of it) to the node's daemon; prints the job id",
 		Example: `  moecapd submit --matrix configs/matrix.yaml --only 'qwen1_5\..*'
   moecapd submit --matrix configs/matrix-sim.yaml --priority 10`,
@@ -59,17 +60,30 @@ func newSubmitCmd() *cobra.Command {
 				return usageErrorf("unexpected arguments %q; extra server flags go after --", args)
 			}
 			mx, _ := f.GetString("matrix")
-			if mx == "" {
-				return usageErrorf("--matrix FILE: the matrix to run (one cell: a matrix of one group)")
+			cfg, _ := f.GetString("config")
+			if (mx == "") == (cfg == "") {
+				return usageErrorf("give --matrix FILE, or one cell's --backend, --config and --batch-size (not both)")
 			}
-			abs, err := filepath.Abs(mx)
+			abs, err := filepath.Abs(mx + cfg)
 			if err != nil {
-				return usageErrorf("--matrix %s: %v", mx, err)
+				return usageErrorf("%s: %v", mx+cfg, err)
 			}
 			if _, err := os.Stat(abs); err != nil {
-				return usageErrorf("--matrix %s: %v", mx, err)
+				return usageErrorf("%v", err)
 			}
-			s := daemon.Spec{Matrix: abs, ServerArgs: args}
+			s := daemon.Spec{ServerArgs: args}
+			if mx != "" {
+				s.Matrix = abs
+			} else {
+				c := &app.OneCell{Config: abs}
+				c.Backend, _ = f.GetString("backend")
+				c.BatchSize, _ = f.GetInt("batch-size")
+				c.TP, _ = f.GetInt("tp")
+				c.NumSamples, _ = f.GetInt("num-samples")
+				c.Repeats, _ = f.GetInt("repeats")
+				c.Hardware, _ = f.GetString("hardware")
+				s.Cell = c
+			}
 			s.Only, _ = f.GetString("only")
 			s.IncludeDone, _ = f.GetBool("include-done")
 			s.NoSkip, _ = f.GetBool("no-skip")
@@ -94,6 +108,13 @@ func newSubmitCmd() *cobra.Command {
 	f.Bool("include-done", false, "also run cells the matrix marks done")
 	f.Bool("no-skip", false, "run larger batch sizes even after a smaller one ran out of memory")
 	f.Bool("redo-failed", false, "rerun cells whose earlier attempt failed")
+	f.String("backend", "", "one cell: sglang, vllm or sim (with --config and --batch-size, as launch-and-bench)")
+	f.String("config", "", "one cell: the benchmark YAML")
+	f.Int("batch-size", 0, "one cell: the batch size")
+	f.Int("tp", 0, "one cell: tensor parallel size (default 1)")
+	f.Int("num-samples", 0, "one cell: requests to send (default: the bench file's, at least 2×batch)")
+	f.Int("repeats", 0, "one cell: run the measured bench this many times (launch-and-bench --repeats; a matrix file says repeats:)")
+	f.String("hardware", "", "one cell: its hardware label, e.g. 8xH100 (sim default <tp>xH100)")
 	f.Int("priority", 0, fmt.Sprintf("higher runs first (%d to %d); first in, first out within a priority", -daemon.MaxPriority, daemon.MaxPriority))
 	addServerFlags(cmd)
 	return cmd

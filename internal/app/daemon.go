@@ -6,6 +6,7 @@ package app
 // runs while a daemon owns the node.
 
 import (
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -13,8 +14,10 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
 	"github.com/moecapd/moecapd/pkg/nodelock"
 )
@@ -78,4 +81,56 @@ func LoadMatrix(o MatrixOptions) (*matrix.Matrix, error) {
 // matrix's values for the per-cell ones, extra server flags after the cell's own.
 func CellBuilder(o CellOptions, gb gpu.Backend, log *zap.Logger, extra []string) func(*matrix.Cell) (*cell.Config, error) {
 	return func(c *matrix.Cell) (*cell.Config, error) { return matrixCellConfig(o, gb, log, c, extra) }
+}
+
+// OneCell is a cell named the way launch-and-bench names it (its flags), for moecapd
+// submit without a matrix.
+type OneCell struct {
+	Backend    string `json:"backend"`
+	Config     string `json:"config"` // absolute path of the bench file
+	BatchSize  int    `json:"batch_size"`
+	TP         int    `json:"tp,omitempty"`
+	NumSamples int    `json:"num_samples,omitempty"`
+	Hardware   string `json:"hardware,omitempty"` // label, e.g. 1xH100; sim default: <tp>xH100
+	// Repeats is launch-and-bench's --repeats (the matrix file's repeats:).
+	Repeats int `json:"repeats,omitempty"`
+}
+
+// OneCellMatrix is the matrix of that one cell (YAML), so a daemon runs it through the
+// matrix path like any other: the bench file's model and task, the given hardware.
+func OneCellMatrix(o MatrixOptions, c OneCell) ([]byte, error) {
+	if c.Backend == "" || c.Config == "" || c.BatchSize < 1 {
+		return nil, exitcode.Usagef("one cell needs --backend, --config and --batch-size (or give --matrix)")
+	}
+	if c.Backend != launcher.BackendSim && c.Hardware == "" {
+		return nil, exitcode.Usagef("--hardware: name the cell's hardware label (e.g. 8xH100) for a %s cell", c.Backend)
+	}
+	tables, err := loadTables(o.ConfigsDir, "")
+	if err != nil {
+		return nil, exitcode.New(exitcode.Usage, err)
+	}
+	b, err := config.LoadBench(c.Config)
+	if err != nil {
+		return nil, exitcode.New(exitcode.Usage, err)
+	}
+	m, err := tables.Describe(b.ModelID)
+	if err != nil {
+		return nil, exitcode.Usagef("%s: %v", c.Config, err)
+	}
+	tp := max(c.TP, 1)
+	hw := c.Hardware
+	if hw == "" {
+		hw = fmt.Sprintf("%dxH100", tp)
+	}
+	var sb strings.Builder
+	q := func(s string) string { return strconv.Quote(s) }
+	fmt.Fprintf(&sb, "version: 1\ntasks:\n  %s: {config: %s}\ngroups:\n  submitted:\n    models: [%s]\n    hardware: [%s]\n    tasks: {%s: [%d]}\n    backends: [%s]\n    tp: %d\n",
+		q(b.Task()), q(c.Config), q(m.Key), q(hw), q(b.Task()), c.BatchSize, q(c.Backend), tp)
+	if c.NumSamples > 0 {
+		fmt.Fprintf(&sb, "    num_samples: %d\n", c.NumSamples)
+	}
+	if c.Repeats > 1 {
+		fmt.Fprintf(&sb, "    repeats: %d\n", c.Repeats)
+	}
+	return []byte(sb.String()), nil
 }

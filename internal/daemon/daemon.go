@@ -255,8 +255,39 @@ func (e *SubmitError) Unwrap() error { return e.Err }
 // Submit validates and plans a submission, writes the job and its cells, and only then
 // returns it (the submitter's acknowledgement).
 func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
+	if s.Cell != nil {
+		if s.Matrix != "" {
+			return nil, &SubmitError{400, errors.New("give a matrix or one cell's flags, not both")}
+		}
+		if !filepath.IsAbs(s.Cell.Config) {
+			return nil, &SubmitError{400, fmt.Errorf("--config %q: give an absolute path on the daemon's node (the CLI makes it absolute)", s.Cell.Config)}
+		}
+		y, err := app.OneCellMatrix(d.o, *s.Cell)
+		if err != nil {
+			return nil, &SubmitError{400, err}
+		}
+		dir := filepath.Join(d.o.ResultsFlag, StoreDir, "cells")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return nil, &SubmitError{500, err}
+		}
+		f, err := os.CreateTemp(dir, "cell-*.yaml")
+		if err != nil {
+			return nil, &SubmitError{500, err}
+		}
+		_, werr := f.Write(y)
+		if serr := f.Sync(); werr == nil {
+			werr = serr
+		}
+		if cerr := f.Close(); werr == nil {
+			werr = cerr
+		}
+		if werr != nil {
+			return nil, &SubmitError{500, werr}
+		}
+		s.Matrix = f.Name()
+	}
 	if s.Matrix == "" {
-		return nil, &SubmitError{400, errors.New("no matrix: give the matrix file (--matrix FILE)")}
+		return nil, &SubmitError{400, errors.New("no matrix: give the matrix file (--matrix FILE), or one cell's --backend, --config and --batch-size")}
 	}
 	if !filepath.IsAbs(s.Matrix) {
 		return nil, &SubmitError{400, fmt.Errorf("matrix %q: give an absolute path on the daemon's node (the CLI makes it absolute)", s.Matrix)}

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/moecapd/moecapd/internal/app"
 )
 
 // FormatVersion is the store's on-disk format; a store of another version is refused, not
@@ -65,6 +67,8 @@ type Spec struct {
 	RedoFailed  bool     `json:"redo_failed,omitempty"`
 	ServerArgs  []string `json:"server_args,omitempty"`
 	Priority    int      `json:"priority,omitempty"`
+	// Cell is one cell by launch-and-bench's flags instead of a matrix.
+	Cell *app.OneCell `json:"cell,omitempty"`
 }
 
 // Job is one submission.
