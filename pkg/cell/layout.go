@@ -99,7 +99,7 @@ func (d Dir) Manifest() string { return filepath.Join(d.Path, ManifestFile) }
 // wrote there. Directories end in "/".
 func (d Dir) Present() []string {
 	var out []string
-	for _, name := range []string{ManifestFile, BenchFile, ServerLogFile, ClientLogFile, ClientDir + "/", RecordsDir + "/", TelemetryFile} {
+	for _, name := range []string{ManifestFile, BenchFile, ServerLogFile, ClientLogFile, ClientDir + "/", RecordsDir + "/", TelemetryFile, ServerMetricsFile} {
 		if _, err := os.Stat(filepath.Join(d.Path, strings.TrimSuffix(name, "/"))); err == nil {
 			out = append(out, name)
 		}
