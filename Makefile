@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/moecapd
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test lint demo bench gpu-e2e gpu-physics clean
+.PHONY: build test lint demo bench gpu-e2e gpu-physics clean fuzz
 
 build:
 	go build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/moecapd
@@ -16,6 +16,17 @@ build:
 test:
 	go vet ./...
 	go test -race -count=1 -timeout 20m ./...
+
+# Fuzz the parsers of other programs' output (SSE stream, runner files, pass records,
+# telemetry CSV, bench file, manifests) for FUZZTIME each; seeds in pkg/*/testdata/fuzz/.
+FUZZTIME ?= 5s
+FUZZ_TARGETS := FuzzSSEStream:./pkg/profile FuzzRunnerFiles:./pkg/profile FuzzDecode:./pkg/records \
+	FuzzTelemetryCSV:./pkg/report FuzzBenchFile:./pkg/report FuzzReadManifest:./pkg/cell
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t%%:*} ($(FUZZTIME))"; \
+		go test -run '^$$' -fuzz "^$${t%%:*}$$" -fuzztime $(FUZZTIME) $${t#*:}; \
+	done
 
 # golangci-lint (depguard: the architecture rules of .golangci.yml; staticcheck), installed
 # into bin/ through the Go module proxy when missing.

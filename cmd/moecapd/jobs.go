@@ -80,6 +80,7 @@ func newSubmitCmd() *cobra.Command {
 				c.BatchSize, _ = f.GetInt("batch-size")
 				c.TP, _ = f.GetInt("tp")
 				c.NumSamples, _ = f.GetInt("num-samples")
+				c.Repeats, _ = f.GetInt("repeats")
 				c.Hardware, _ = f.GetString("hardware")
 				s.Cell = c
 			}
@@ -112,6 +113,7 @@ func newSubmitCmd() *cobra.Command {
 	f.Int("batch-size", 0, "one cell: the batch size")
 	f.Int("tp", 0, "one cell: tensor parallel size (default 1)")
 	f.Int("num-samples", 0, "one cell: requests to send (default: the bench file's, at least 2×batch)")
+	f.Int("repeats", 0, "one cell: run the measured bench this many times (launch-and-bench --repeats; a matrix file says repeats:)")
 	f.String("hardware", "", "one cell: its hardware label, e.g. 8xH100 (sim default <tp>xH100)")
 	f.Int("priority", 0, fmt.Sprintf("higher runs first (%d to %d); first in, first out within a priority", -daemon.MaxPriority, daemon.MaxPriority))
 	addServerFlags(cmd)

@@ -46,3 +46,24 @@ func TestNativeCellMisbehavingServer(t *testing.T) {
 		})
 	}
 }
+
+// A dataset that cannot be had (--offline, no cache; a missing --dataset-file) is found
+// before the server starts: exit 2, failed in preflight, no server launched.
+func TestDatasetCheckedBeforeLaunch(t *testing.T) {
+	for name, extra := range map[string][]string{
+		"offline without cache": {"--dataset", "gsm8k", "--offline", "--dataset-cache-dir", t.TempDir()},
+		"missing dataset file":  {"--dataset-file", filepath.Join(t.TempDir(), "nope.jsonl")},
+	} {
+		t.Run(name, func(t *testing.T) {
+			results := t.TempDir()
+			r := moecapd(t, nil, simArgs(results, tinyConfig(t, qwen, 32, 8, 4), 2, extra...)...)
+			if r.code != 2 {
+				t.Fatalf("exit %d, want 2\n%s", r.code, r.stderr)
+			}
+			_, m := onlyCell(t, results)
+			if m.Failure == nil || m.Failure.Phase != cell.PhasePreflight || m.Server.PID != 0 {
+				t.Fatalf("failure %+v, server pid %d: want preflight, no server", m.Failure, m.Server.PID)
+			}
+		})
+	}
+}

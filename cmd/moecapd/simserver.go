@@ -51,6 +51,7 @@ wrappers.`,
 	f.String("model-path", "", "sglang: model to serve; clients must send this string as \"model\"")
 	f.String("expert-distribution-recorder-mode", "stat", "sglang: expert recorder mode (accepted; records are always per pass)")
 	f.Int("tp-size", 1, "sglang: tensor-parallel size")
+	f.Bool("enable-metrics", false, "sglang: serve Prometheus metrics on /metrics (vLLM always does)")
 	f.Int("max-running-requests", 0, "sglang: most requests decoding at once (default 256)")
 	f.Int("context-length", 0, "sglang: context length (default: the model's max positions)")
 	f.Int("chunked-prefill-size", 0, "sglang: accepted; prefill is not chunked in the simulator")
@@ -216,10 +217,11 @@ func readSimFlags(fs *pflag.FlagSet) sim.ServerFlags {
 	fs.Visit(func(f *pflag.Flag) { given = append(given, f.Name) })
 	scale, _ := fs.GetFloat64("sim-time-scale")
 	edm, _ := fs.GetBool("enable-expert-distribution-metrics")
+	em, _ := fs.GetBool("enable-metrics")
 	return sim.ServerFlags{Flavor: str("flavor"), Host: str("host"), Port: num("port"), PortSet: fs.Changed("port"), Given: given,
 		ModelPath: str("model-path"), TPSize: num("tp-size"), MaxRunningRequests: num("max-running-requests"), ContextLength: num("context-length"),
 		Model: str("model"), TensorParallelSize: num("tensor-parallel-size"), MaxNumSeqs: num("max-num-seqs"), MaxModelLen: num("max-model-len"),
-		ExpertDistributionMetrics: edm, SimHardware: str("sim-hardware"), SimModel: str("sim-model"), SimConfigs: str("sim-configs"),
+		ExpertDistributionMetrics: edm, EnableMetrics: em, SimHardware: str("sim-hardware"), SimModel: str("sim-model"), SimConfigs: str("sim-configs"),
 		KVCacheDtype: str("kv-cache-dtype"), ModelConfig: str("model-config"), Fault: str("sim-fault"), Workers: num("sim-workers"),
 		Startup: dur("sim-startup"), TPOT: dur("sim-tpot"), TTFT: dur("sim-ttft"), TimeScale: scale}
 }

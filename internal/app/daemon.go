@@ -92,6 +92,8 @@ type OneCell struct {
 	TP         int    `json:"tp,omitempty"`
 	NumSamples int    `json:"num_samples,omitempty"`
 	Hardware   string `json:"hardware,omitempty"` // label, e.g. 1xH100; sim default: <tp>xH100
+	// Repeats is launch-and-bench's --repeats (the matrix file's repeats:).
+	Repeats int `json:"repeats,omitempty"`
 }
 
 // OneCellMatrix is the matrix of that one cell (YAML), so a daemon runs it through the
@@ -126,6 +128,9 @@ func OneCellMatrix(o MatrixOptions, c OneCell) ([]byte, error) {
 		q(b.Task()), q(c.Config), q(m.Key), q(hw), q(b.Task()), c.BatchSize, q(c.Backend), tp)
 	if c.NumSamples > 0 {
 		fmt.Fprintf(&sb, "    num_samples: %d\n", c.NumSamples)
+	}
+	if c.Repeats > 1 {
+		fmt.Fprintf(&sb, "    repeats: %d\n", c.Repeats)
 	}
 	return []byte(sb.String()), nil
 }

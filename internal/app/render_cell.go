@@ -83,6 +83,19 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		}
 	}
 	printCAP(w, m)
+	if t, ok := m.Truth(); ok {
+		var failed []string
+		for _, c := range t.Checks {
+			if !c.Pass {
+				failed = append(failed, fmt.Sprintf("%s %.3g (bound %s)", c.Name, c.Value, c.Bound))
+			}
+		}
+		line := fmt.Sprintf("truth    %s: %d checks", t.Verdict, len(t.Checks))
+		if len(failed) > 0 {
+			line += "; failed: " + strings.Join(failed, ", ")
+		}
+		fmt.Fprintln(w, line)
+	}
 }
 
 // WriteCellSummary's CAP part: physical utilisations (an impossible one is an ERROR line

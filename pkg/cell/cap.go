@@ -86,6 +86,7 @@ func (m *Manifest) AnnotateCAP(tables *config.Tables, cellDir string, prices *ca
 		return err
 	}
 	m.SetCAP(d)
+	m.SetTruth(TruthOf(m, d))
 	return nil
 }
 

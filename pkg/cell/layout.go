@@ -29,6 +29,8 @@ const (
 	ClientDir     = "client"
 	RecordsDir    = "records"
 	TelemetryFile = "telemetry.csv"
+	// ServerMetricsFile holds the server's Prometheus metrics scraped during the bench.
+	ServerMetricsFile = "server_metrics.csv"
 )
 
 // Layout is a results root: one directory per cell, named by its cell id. It owns every
@@ -106,6 +108,9 @@ func (d Dir) Records() string { return filepath.Join(d.Path, RecordsDir) }
 
 // Telemetry is the GPU samples, one row per GPU per tick.
 func (d Dir) Telemetry() string { return filepath.Join(d.Path, TelemetryFile) }
+
+// ServerMetrics is the server's scraped Prometheus metrics, one row per tick.
+func (d Dir) ServerMetrics() string { return filepath.Join(d.Path, ServerMetricsFile) }
 
 // State is the running server's state file (the launcher writes and reads it).
 func (d Dir) State() string { return filepath.Join(d.Path, launcher.StateFile) }

@@ -18,6 +18,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/servermetrics"
 )
 
 // SchemaVersion of manifest.json.
@@ -157,7 +158,10 @@ type Manifest struct {
 	Client     Client              `json:"client"`
 	Metrics    *profile.Metrics    `json:"metrics,omitempty"`
 	Telemetry  *gpu.Summary        `json:"telemetry,omitempty"`
-	Versions   Versions            `json:"versions"`
+	// ServerMetrics summarises the server's Prometheus metrics over the measured window
+	// (repeat 1's when repeated); absent when the server exposes none.
+	ServerMetrics *servermetrics.Summary `json:"server_metrics,omitempty"`
+	Versions      Versions               `json:"versions"`
 	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order
 	// (index 1 to N); Metrics and Telemetry above are then the first repeat's (the
 	// telemetry window is the first repeat's measured bench). Absent for one run.

@@ -21,6 +21,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/servermetrics"
 )
 
 // Result is a finished cell: its manifest and where it lives.
@@ -87,9 +88,17 @@ type runner struct {
 	base map[int]uint64
 	// stopRecord ends the refreshing of the state file's member list (nil before launch).
 	stopRecord func()
+	// dirID is the cell directory's identity when the cell started (device, inode): a cell
+	// is ok only in the directory it started in.
+	dirID dirIdentity
 	// live is the running server for the sampler's goroutine (proc changes when
 	// --repeat-fresh-server restarts it).
 	live atomic.Pointer[launcher.Process]
+	// sm scrapes the server's metrics during the bench; measureFrom/To are repeat 1's
+	// measured window.
+	sm                     *servermetrics.Scraper
+	smFile                 *os.File
+	measureFrom, measureTo time.Time
 }
 
 // Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
@@ -128,6 +137,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	if _, err := lay.Create(p.ID); err != nil {
 		return nil, err
 	}
+	r.dirID, _ = identityOf(p.Dir)
 	if err := WriteFileAtomic(p.Files.Bench(), c.Bench.Raw); err != nil {
 		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
 	}
@@ -240,8 +250,66 @@ func (r *runner) run(ctx context.Context) {
 	// The telemetry window opens when the client sends its first measured request (native:
 	// profile's hook; runner: its "Sending" line), not at the client's start-up; the mark
 	// after the bench closes it if the client did not.
+	r.startServerMetrics()
 	r.benchRepeats(ctx)
+	r.stopServerMetrics()
 	r.m.Timings.Bench = since(t)
+}
+
+// startServerMetrics scrapes the server's /metrics on the telemetry clock for the whole
+// bench phase into server_metrics.csv.
+func (r *runner) startServerMetrics() {
+	f, err := os.Create(r.p.Files.ServerMetrics())
+	if err != nil {
+		r.log.Warn("no server metrics: cannot create the file", zap.Error(err))
+		return
+	}
+	r.smFile = f
+	every := r.c.GPUInterval
+	if every <= 0 {
+		every = 100 * time.Millisecond
+	}
+	r.sm = servermetrics.Start(strings.TrimSuffix(r.p.BaseURL, "/")+"/metrics", every, f)
+}
+
+// stopServerMetrics ends the scraping; the manifest gets the summary over the measured
+// window (the client's first to last measured request of repeat 1), or over the whole
+// bench phase when the client marked none. A server without the endpoint leaves it absent.
+func (r *runner) stopServerMetrics() {
+	if r.sm == nil {
+		return
+	}
+	sum := r.sm.StopWindow(r.measureFrom, r.measureTo)
+	_ = r.smFile.Close()
+	if sum.Samples == 0 {
+		r.log.Info("the server exported no metrics during the bench", zap.String("url", sum.URL), zap.String("last_error", sum.LastError))
+		_ = os.Remove(r.p.Files.ServerMetrics())
+		return
+	}
+	r.m.ServerMetrics = sum
+	if sum.Preempted {
+		r.log.Warn("the server preempted requests during the bench: their latencies include recomputation", zap.Float64("preemptions", *sum.Preemptions))
+	}
+}
+
+// measureStart and measureEnd mark the measured window of repeat 1 for the telemetry
+// sampler and the server metrics.
+func (r *runner) measureStart() {
+	if r.measureFrom.IsZero() {
+		r.measureFrom = time.Now()
+	}
+	if r.smp != nil {
+		r.smp.MarkBenchStart()
+	}
+}
+
+func (r *runner) measureEnd() {
+	if r.measureTo.IsZero() && !r.measureFrom.IsZero() {
+		r.measureTo = time.Now()
+	}
+	if r.smp != nil {
+		r.smp.MarkBenchEnd()
+	}
 }
 
 // benchRepeats runs the measured bench Config.Repeats times. Repeat 1 is the cell's usual
@@ -259,9 +327,7 @@ func (r *runner) benchRepeats(ctx context.Context) {
 		start := time.Now().UTC()
 		r.bench(ctx, i)
 		if i == 1 {
-			if r.smp != nil {
-				r.smp.MarkBenchEnd()
-			}
+			r.measureEnd()
 			first = r.m.Metrics
 		}
 		if n > 1 {
@@ -298,6 +364,16 @@ func (r *runner) restart(ctx context.Context) bool {
 
 func (r *runner) preflight(ctx context.Context) bool {
 	c, p := r.c, r.p
+	if c.Client == ClientNative {
+		o := c.Native
+		if o.Dataset == "" {
+			o.Dataset = c.Bench.Dataset()
+		}
+		if err := profile.CheckDataset(o, o.Warmup+c.numSamples()); err != nil {
+			r.fail(PhasePreflight, exitcode.FailEnvMissing, err.Error()+" (checked before the server was started)")
+			return false
+		}
+	}
 	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
 		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
@@ -507,8 +583,8 @@ func (r *runner) benchNative(ctx context.Context, repeat int) (*profile.Metrics,
 	o.RecordsDir = files.Records()
 	bs := c.BatchSize
 	o.ServerBatchSize = &bs
-	if r.smp != nil && repeat == 1 {
-		o.OnMeasureStart, o.OnMeasureEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
+	if repeat == 1 {
+		o.OnMeasureStart, o.OnMeasureEnd = r.measureStart, r.measureEnd
 	}
 	if repeat > 1 && !c.RepeatFreshServer {
 		o.Warmup = 0 // the server is warm: the repeats before this one warmed it
@@ -559,10 +635,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 		}
 	}
 	logPath := p.Files.ClientLog()
-	var onStart, onEnd func()
-	if r.smp != nil {
-		onStart, onEnd = r.smp.MarkBenchStart, r.smp.MarkBenchEnd
-	}
+	onStart, onEnd := r.measureStart, r.measureEnd
 	clock := profile.WatchRunnerLog(logPath, 5*time.Millisecond, onStart, onEnd)
 	t0 := time.Now()
 	// The runner carries the server's token: a supervisor killed mid-bench leaves it recorded
@@ -702,7 +775,11 @@ func (r *runner) finish() {
 	r.m.Timings.Total = since(r.t0)
 	r.m.Phase = "" // finished: the failure (if any) says where it stopped
 	if r.m.Status == StatusRunning {
-		r.m.Status = StatusOK
+		if why := r.dirID.changed(r.p.Dir); why != "" {
+			r.fail(PhaseBench, exitcode.FailBadResult, why)
+		} else {
+			r.m.Status = StatusOK
+		}
 	}
 	if r.m.Telemetry == nil && r.proc != nil {
 		// No NVML: say so, and still price the GPU-hours of the bench.

@@ -71,7 +71,7 @@ func ServerArgv(s ServerSpec) ([]string, error) {
 		}
 		return []string{"--model-path", s.Model, "--port", port, "--host", s.Host,
 			"--expert-distribution-recorder-mode", "stat", "--tp-size", tp,
-			"--max-running-requests", bs}
+			"--max-running-requests", bs, "--enable-metrics"}
 	}
 	switch s.Backend {
 	case BackendSGLang:

@@ -320,7 +320,7 @@ func TestCondaErrorsSayTheFix(t *testing.T) {
 
 func TestServerArgvMatchesGuide(t *testing.T) {
 	sg, _ := ServerArgv(ServerSpec{Backend: BackendSGLang, Model: "Qwen/Qwen1.5-MoE-A2.7B-Chat", Host: "127.0.0.1", Port: 30000, TP: 1, BatchSize: 1})
-	want := "python -m moe_cap.systems.sglang --model-path Qwen/Qwen1.5-MoE-A2.7B-Chat --port 30000 --host 127.0.0.1 --expert-distribution-recorder-mode stat --tp-size 1 --max-running-requests 1"
+	want := "python -m moe_cap.systems.sglang --model-path Qwen/Qwen1.5-MoE-A2.7B-Chat --port 30000 --host 127.0.0.1 --expert-distribution-recorder-mode stat --tp-size 1 --max-running-requests 1 --enable-metrics" // the guide's, plus the Prometheus endpoint moecapd scrapes
 	if got := strings.Join(sg, " "); got != want {
 		t.Errorf("sglang argv\n got %s\nwant %s", got, want)
 	}

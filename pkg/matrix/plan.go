@@ -64,6 +64,9 @@ type Note struct {
 	// this cell was not run at all.
 	SkippedBecause string `json:"skipped_because,omitempty"`
 	PinnedSamples  bool   `json:"pinned_num_samples,omitempty"`
+	// ContaminatedRetry says why the cell ran once more: an earlier attempt's truth
+	// verdict was contaminated.
+	ContaminatedRetry string `json:"contaminated_retry,omitempty"`
 }
 
 // NoteOf reads manifest.extra.matrix (zero when absent).

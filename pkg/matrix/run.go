@@ -385,6 +385,25 @@ func transient(m *cell.Manifest) bool {
 		(m.Failure.Kind == exitcode.FailCrash || m.Failure.Kind == exitcode.FailHealthTimeout)
 }
 
+// contamination says why a cell's truth verdict is contaminated ("" when it is not): the
+// failed contamination checks.
+func contamination(m *cell.Manifest) string {
+	if m == nil || m.Status != cell.StatusOK {
+		return ""
+	}
+	t, ok := m.Truth()
+	if !ok || t.Verdict != cell.TruthContaminated {
+		return ""
+	}
+	var why []string
+	for _, c := range t.Checks {
+		if c.Kind == cell.CheckContamination && !c.Pass {
+			why = append(why, fmt.Sprintf("%s %.3g, bound %s", c.Name, c.Value, c.Bound))
+		}
+	}
+	return strings.Join(why, "; ")
+}
+
 var errCellTimeout = errors.New("cell timeout")
 
 func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Manifest, error) {
@@ -394,6 +413,7 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		timeout = c.Timeout
 	}
 	var m *cell.Manifest
+	contaminatedRetry := "" // why the cell was run once more, when a run was contaminated
 	for attempt := 1; ; attempt++ {
 		plan, err := cell.MakePlan(j.cfg)
 		if err != nil {
@@ -408,7 +428,7 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		if j.cfg.Extra == nil {
 			j.cfg.Extra = map[string]json.RawMessage{}
 		}
-		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned})
+		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned, ContaminatedRetry: contaminatedRetry})
 		m, err = r.Exec(cctx, j.cfg, plan)
 		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
 		cancel()
@@ -429,6 +449,14 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 			if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
 				return m, werr
 			}
+		}
+		// A contaminated cell (its truth verdict: another load disturbed the measurement)
+		// runs once more, whatever --retries says; the second run's manifest records why.
+		if why := contamination(m); why != "" && contaminatedRetry == "" && ctx.Err() == nil {
+			contaminatedRetry = fmt.Sprintf("attempt %d was contaminated (%s); run once more", attempt, why)
+			log.Warn("contaminated measurement; running the cell once more", zap.String("cell", c.ID), zap.String("why", why), zap.Int("attempt", attempt))
+			r.Progress.retried()
+			continue
 		}
 		if !transient(m) || attempt > r.Retries || ctx.Err() != nil {
 			return m, err

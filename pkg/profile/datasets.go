@@ -38,6 +38,32 @@ const hubPageRows = 100
 
 // loadDatasetTexts returns at least one, at most n, prompt texts of o.Dataset: from
 // o.DatasetFile when set, else from the cache, else from the hub (then cached).
+// CheckDataset checks, without the server or the network, that the prompts of a run of n
+// requests can be had: "random" always, a --dataset-file that reads with at least one row,
+// a known dataset, and offline a cache holding n rows. Run it before a server is started,
+// so a missing dataset does not cost a model load.
+func CheckDataset(o Options, n int) error {
+	if o.Dataset == "random" && o.DatasetFile == "" {
+		return nil
+	}
+	if o.DatasetFile != "" {
+		if _, err := readTextFile(o.DatasetFile, knownDatasets[o.Dataset].Fields, 1); err != nil {
+			return fmt.Errorf("dataset file (--dataset-file): %w", err)
+		}
+		return nil
+	}
+	if _, ok := knownDatasets[o.Dataset]; !ok || !o.Offline {
+		if !ok {
+			_, err := loadDatasetTexts(context.Background(), &o, n) // names the known ones
+			return err
+		}
+		return nil // fetched (or read from the cache) when the bench starts
+	}
+	o.HubURL = "http://offline.invalid" // never reached: offline
+	_, err := loadDatasetTexts(context.Background(), &o, n)
+	return err
+}
+
 func loadDatasetTexts(ctx context.Context, o *Options, n int) ([]string, error) {
 	if o.DatasetFile != "" {
 		texts, err := readTextFile(o.DatasetFile, knownDatasets[o.Dataset].Fields, n)

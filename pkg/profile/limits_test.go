@@ -182,3 +182,15 @@ func TestBenchDeadline(t *testing.T) {
 		t.Fatalf("result %+v: want a partial result of fewer than 1000 requests", res)
 	}
 }
+
+// The upstream prompt style against a server that cannot tokenize chat messages or
+// detokenize names what to do for that style, never a flag nobody passed.
+func TestUpstreamStyleNamesItsOwnFix(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "plain"})
+	o := baseOptions(f, "")
+	o.Backend, o.NoRecords, o.PromptStyle = "vllm", true, PromptUpstream
+	_, err := Run(t.Context(), o)
+	if err == nil || !strings.Contains(err.Error(), "--prompt-style exact-ids") || strings.Contains(err.Error(), "use-chat-api") {
+		t.Errorf("err = %v, want the fix --prompt-style exact-ids and no --use-chat-api", err)
+	}
+}

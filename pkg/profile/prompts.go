@@ -114,7 +114,9 @@ func (t *tokenizer) post(ctx context.Context, body any) (*tokenizeReply, int, er
 }
 
 // detokenize turns ids back into text, for the chat API, which takes no token ids.
-func (t *tokenizer) detokenize(ctx context.Context, ids []int) (string, error) {
+// fix says what the caller's mode needs and what to do when the server cannot (its error
+// names only flags the user's mode involves).
+func (t *tokenizer) detokenize(ctx context.Context, ids []int, fix string) (string, error) {
 	b, _ := json.Marshal(map[string]any{"model": t.model, "tokens": ids})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.base+"/detokenize", bytes.NewReader(b))
 	if err != nil {
@@ -127,7 +129,7 @@ func (t *tokenizer) detokenize(ctx context.Context, ids []int) (string, error) {
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return "", fmt.Errorf("%s/detokenize answered HTTP %d: the chat API takes text, and this server cannot turn the fixed-length token ids back into text; drop --use-chat-api (completions take token ids exactly)", t.base, resp.StatusCode)
+		return "", fmt.Errorf("%s/detokenize answered HTTP %d: this server cannot turn token ids back into text; %s", t.base, resp.StatusCode, fix)
 	}
 	var rep struct {
 		Prompt string `json:"prompt"`
@@ -192,7 +194,7 @@ func buildPrompts(ctx context.Context, o *Options, tk *tokenizer, n int) (*promp
 			s, ok := cache[key]
 			if !ok {
 				var err error
-				if s, err = tk.detokenize(ctx, ids); err != nil {
+				if s, err = tk.detokenize(ctx, ids, fixChatAPI); err != nil {
 					return nil, err
 				}
 				cache[key] = s

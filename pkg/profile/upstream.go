@@ -38,6 +38,12 @@ func upstreamMessages(user string) []chatMessage {
 	return []chatMessage{{Role: "system", Content: upstreamSystemPrompt}, {Role: "user", Content: user}}
 }
 
+// What to do when the server lacks /detokenize, per mode that needs it.
+const (
+	fixChatAPI  = "the chat API takes text, so --use-chat-api needs it: drop --use-chat-api (completions take token ids exactly), or use a server that has /detokenize"
+	fixUpstream = "the upstream prompt style (--prompt-style upstream) builds its fixed-length text with it: pass --prompt-style exact-ids (token ids, no detokenize), or use a server that has /detokenize"
+)
+
 // templated asks the server to apply its chat template to messages (vLLM's and SGLang's
 // /tokenize take "messages" with add_generation_prompt) and returns the template's token ids.
 func (t *tokenizer) templated(ctx context.Context, msgs []chatMessage) ([]int, error) {
@@ -86,7 +92,7 @@ func upstreamPrompts(ctx context.Context, o *Options, tk *tokenizer, p *prompts)
 		key := &ids[0]
 		b, ok := cache[key]
 		if !ok {
-			fixed, err := tk.detokenize(ctx, ids)
+			fixed, err := tk.detokenize(ctx, ids, fixUpstream)
 			if err != nil {
 				return err
 			}
@@ -98,7 +104,7 @@ func upstreamPrompts(ctx context.Context, o *Options, tk *tokenizer, p *prompts)
 			if o.UseChatAPI {
 				b.n = len(tmpl)
 			} else {
-				if b.text, err = tk.detokenize(ctx, tmpl); err != nil {
+				if b.text, err = tk.detokenize(ctx, tmpl, fixUpstream); err != nil {
 					return err
 				}
 				if b.n, err = tk.countText(ctx, b.text); err != nil {

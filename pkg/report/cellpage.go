@@ -140,6 +140,11 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	if m != nil && m.Cell.AllowUnknownModel {
 		cp.Notes = append(cp.Notes, "Run with --allow-unknown-model: moecapd could not describe this model.")
 	}
+	if m != nil {
+		if t, ok := m.Truth(); ok {
+			cp.Notes = append(cp.Notes, truthLines(t)...)
+		}
+	}
 	cp.Notes = append(cp.Notes, r.PlotNotes()...)
 	if sc := r.timeScale(); sc != 0 && !strings.Contains(strings.Join(cp.Notes, " "), "time-scale") {
 		cp.Notes = append(cp.Notes, fmt.Sprintf("%s: the simulator's clock ran ×%g; the client's latencies and throughputs shown here are un-scaled to physical units (wall time ÷ %g, wall rates × %g), and include the client's own time un-scaled with them.", profile.ScaleLabel(sc), sc, sc, sc))
@@ -150,6 +155,9 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 			what = f.Metric
 		}
 		cp.Flags = append(cp.Flags, what+": "+f.Reason)
+	}
+	if m != nil && m.ServerMetrics != nil && m.ServerMetrics.Preempted {
+		cp.Flags = append(cp.Flags, fmt.Sprintf("preempted: the server preempted %s requests during the bench; their latencies include recomputation", round3(*m.ServerMetrics.Preemptions)))
 	}
 	if rs := repeatStats(m); rs != nil && len(rs.Unstable) > 0 {
 		cp.Flags = append(cp.Flags, fmt.Sprintf("unstable: over its %d repeats the coefficient of variation of %s exceeds %g%%",
@@ -277,6 +285,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	cp.Client = []kv{{"kind", m.Client.Kind}}
 	cp.ClientArgv = shellQuote(m.Client.Argv)
 	cp.Throughput = append(cp.Throughput, repeatRows(m)...)
+	cp.Throughput = append(cp.Throughput, serverMetricRows(m)...)
 	cp.Vers = []kv{{"moecapd", orAbsent(m.Versions.Moecapd)}, {"backend", orAbsent(m.Versions.Backend)}, {"NVIDIA driver", orAbsent(m.Versions.Driver)}}
 	return cp
 }
@@ -356,4 +365,47 @@ func repeatStats(m *cell.Manifest) *cell.RepeatStats {
 		return nil
 	}
 	return m.RepeatStats
+}
+
+// truthLines is the cell's truth verdict as the page shows it: the verdict, then every
+// check with its value, bound and outcome, then what could not be checked.
+func truthLines(t *cell.Truth) []string {
+	out := []string{fmt.Sprintf("Truth verdict: %s (%d checks)", t.Verdict, len(t.Checks))}
+	for _, c := range t.Checks {
+		res := "pass"
+		if !c.Pass {
+			res = "FAIL"
+		}
+		l := fmt.Sprintf("truth check %s (%s): %s, bound %s: %s", c.Name, c.Kind, round3(c.Value), c.Bound, res)
+		if c.Note != "" {
+			l += " (" + c.Note + ")"
+		}
+		out = append(out, l)
+	}
+	for _, n := range t.NotChecked {
+		out = append(out, "truth: not checked: "+n)
+	}
+	return out
+}
+
+// serverMetricRows are what the server's own Prometheus metrics said over the window.
+func serverMetricRows(m *cell.Manifest) []kv {
+	if m == nil || m.ServerMetrics == nil {
+		return nil
+	}
+	sm := m.ServerMetrics
+	opt := func(p *float64) string {
+		if p == nil {
+			return "not exported"
+		}
+		return round3(*p)
+	}
+	return []kv{
+		{"server metrics", fmt.Sprintf("%d scrapes of %s", sm.Samples, sm.URL)},
+		{"server: running requests (mean / peak)", opt(sm.MeanRunning) + " / " + opt(sm.PeakRunning)},
+		{"server: waiting requests (mean / peak)", opt(sm.MeanWaiting) + " / " + opt(sm.PeakWaiting)},
+		{"server: peak KV-cache usage", opt(sm.PeakKVUsage)},
+		{"server: preemptions", opt(sm.Preemptions)},
+		{"server: prompt / generation tokens", opt(sm.PromptTokens) + " / " + opt(sm.GenerationTokens)},
+	}
 }

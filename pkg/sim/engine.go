@@ -116,6 +116,28 @@ type engine struct {
 	kvCap    float64 // bytes per GPU
 	reserved float64
 	admitted int // requests holding a reservation
+	// stats are what /metrics serves, written by the engine loop, read by handlers.
+	stats engineStats
+}
+
+// engineStats are the engine's gauges and counters for /metrics.
+type engineStats struct {
+	running, waiting atomic.Int64
+	kvUsage          atomic.Uint64 // math.Float64bits of reserved/kvCap
+	promptTokens     atomic.Int64
+	genTokens        atomic.Int64
+}
+
+// gauges publishes the scheduler's state: requests in a pass or decoding, queued, and the
+// share of the KV cache reserved.
+func (e *engine) gauges(waiting, running int) {
+	e.stats.waiting.Store(int64(waiting))
+	e.stats.running.Store(int64(running))
+	u := 0.0
+	if e.kvCap > 0 && !math.IsInf(e.kvCap, 1) {
+		u = e.reserved / e.kvCap
+	}
+	e.stats.kvUsage.Store(math.Float64bits(u))
 }
 
 func newEngine(cfg Config, rec *recorder) *engine {
@@ -156,6 +178,7 @@ func (e *engine) run(ctx context.Context) {
 				for _, r := range waiting[:n] {
 					pf.members = append(pf.members, r)
 					pf.prompts = append(pf.prompts, r.prompt)
+					e.stats.promptTokens.Add(int64(r.prompt))
 				}
 				waiting = append(waiting[:0], waiting[n:]...)
 				pf.model = e.tm.prefill(pf.prompts)
@@ -177,6 +200,11 @@ func (e *engine) run(ctx context.Context) {
 				timer.Reset(time.Until(passEnd))
 			}
 		}
+		inPass := len(running)
+		if pf != nil {
+			inPass += len(pf.members)
+		}
+		e.gauges(len(waiting), inPass)
 		select {
 		case <-ctx.Done():
 			timer.Stop()
@@ -192,6 +220,7 @@ func (e *engine) run(ctx context.Context) {
 				e.reserve(r)
 				pf.members = append(pf.members, r)
 				pf.prompts = append(pf.prompts, r.prompt)
+				e.stats.promptTokens.Add(int64(r.prompt))
 				pf.model = e.tm.prefill(pf.prompts)
 				pf.dur = e.tm.wall(pf.model)
 				pf.start = time.Now()
@@ -214,6 +243,7 @@ func (e *engine) run(ctx context.Context) {
 						r.emitted = true
 						pf.out++
 						r.publish(1)
+						e.stats.genTokens.Add(1)
 						continue
 					}
 					if next.IsZero() || r.deadline.Before(next) {
@@ -273,6 +303,7 @@ func (e *engine) run(ctx context.Context) {
 				for _, r := range running {
 					r.publish(r.generated.Load() + 1)
 				}
+				e.stats.genTokens.Add(int64(len(running)))
 				keep := running[:0]
 				for _, r := range running {
 					if int(r.generated.Load()) < r.maxTokens && !r.gone.Load() {

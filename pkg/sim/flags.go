@@ -27,6 +27,7 @@ type ServerFlags struct {
 	Model                                       string // vllm
 	TensorParallelSize, MaxNumSeqs, MaxModelLen int    // vllm
 	ExpertDistributionMetrics                   bool   // vllm
+	EnableMetrics                               bool   // sglang: serve /metrics
 	SimHardware, SimModel, SimConfigs           string
 	KVCacheDtype, ModelConfig, Fault            string
 	Workers                                     int
@@ -170,6 +171,7 @@ func ConfigFromFlags(f ServerFlags) (Config, error) {
 	// Same defaults as the wrappers when the variable is unset: ~/expert_records for
 	// sglang, the system temp dir for vllm.
 	cfg.ExpertDistributionMetrics = f.ExpertDistributionMetrics
+	cfg.EnableMetrics = f.EnableMetrics
 	cfg.RecordsDir = os.Getenv("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR")
 	if cfg.RecordsDir == "" {
 		if cfg.Flavor == FlavorSGLang {

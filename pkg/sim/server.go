@@ -79,8 +79,10 @@ type Config struct {
 	// ExpertDistributionMetrics is vLLM's --enable-expert-distribution-metrics: the wrapper
 	// then also logs every pass since start-up under <RecordsDir>/logs/expert_distribution/.
 	ExpertDistributionMetrics bool
-	Fault                     string
-	Workers                   int
+	// EnableMetrics is SGLang's --enable-metrics: /metrics answers (vLLM's always does).
+	EnableMetrics bool
+	Fault         string
+	Workers       int
 	// WorkerCommand is the argv that starts one worker process; cmd/moecapd passes its own
 	// executable with the hidden worker flag.
 	WorkerCommand []string
@@ -236,6 +238,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"version": "0.5.8 (moecapd sim)", "model_path": s.cfg.ServedModel, "tp_size": s.cfg.TP})
 	case path == "/version" && !sg:
 		writeJSON(w, http.StatusOK, map[string]any{"version": "0.11.0 (moecapd sim)"})
+	case path == "/metrics" && (!sg || s.cfg.EnableMetrics):
+		s.handleMetrics(w, r)
 	case path == "/tokenize":
 		s.handleTokenize(w, r)
 	case path == "/detokenize":

@@ -1,0 +1,55 @@
+package matrix
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/moecapd/moecapd/pkg/cell"
+)
+
+// TestRunnerRetriesContaminatedOnce: an ok cell whose truth verdict is contaminated runs
+// once more (with --retries 0), the second run's manifest records why; a second
+// contaminated run is kept, not retried again.
+func TestRunnerRetriesContaminatedOnce(t *testing.T) {
+	tb := tables(t)
+	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
+		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1, 2]}}\n")
+	mx, err := Load(p, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
+	r := runner(t, mx, tb, results, f)
+	const once, always = "qwen1_5.1xH100.32-8.bs1.sglang", "qwen1_5.1xH100.32-8.bs2.sglang"
+	r.Exec = func(ctx context.Context, c *cell.Config, pl *cell.Plan) (*cell.Manifest, error) {
+		m, err := f.exec(ctx, c, pl)
+		if err != nil {
+			return m, err
+		}
+		if pl.ID == always || f.calls[pl.ID] == 1 {
+			m.SetTruth(&cell.Truth{Verdict: cell.TruthContaminated, Checks: []cell.Check{
+				{Name: "client_cpu_fraction", Kind: cell.CheckContamination, Value: 0.97, Bound: "< 0.9"}}})
+		} else {
+			m.SetTruth(&cell.Truth{Verdict: cell.TruthClean, Checks: []cell.Check{}})
+		}
+		return m, cell.WriteManifest(pl.Dir, m)
+	}
+	if _, err := r.Run(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if f.calls[once] != 2 || f.calls[always] != 2 {
+		t.Fatalf("attempts %v; want 2 each (one retry of a contaminated run, never more)", f.calls)
+	}
+	m, err := cell.ReadManifest(filepath.Join(results, once))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := NoteOf(m)
+	if tr, _ := m.Truth(); tr == nil || tr.Verdict != cell.TruthClean || n.Attempts != 2 || !strings.Contains(n.ContaminatedRetry, "attempt 1 was contaminated (client_cpu_fraction 0.97") {
+		t.Errorf("kept manifest: truth %+v, note %+v; want the clean second run recording why it ran", tr, n)
+	}
+}

@@ -1,0 +1,60 @@
+package profile
+
+import (
+	"bytes"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+// bodyTransport answers every request with body as a 200 event stream, no network.
+type bodyTransport struct{ body []byte }
+
+func (b bodyTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	return &http.Response{StatusCode: 200, Status: "200 OK", Header: http.Header{"Content-Type": {"text/event-stream"}},
+		Body: io.NopCloser(bytes.NewReader(b.body)), Request: r}, nil
+}
+
+// FuzzSSEStream: whatever a server streams, the reader ends with a success or a classified
+// failure, never a panic, and never records more chunks than max_tokens allows.
+func FuzzSSEStream(f *testing.F) {
+	f.Add([]byte(chunkLine + chunkLine + `data: {"choices":[],"usage":{"prompt_tokens":8,"completion_tokens":2}}` + "\n\ndata: [DONE]\n\n"))
+	f.Add([]byte(`{"object":"error","message":"no"}`))
+	f.Add([]byte("data: {\"error\":{\"message\":\"x\"}}\n\n"))
+	f.Add([]byte("data: [DONE]\n"))
+	f.Add([]byte(": ping\r\n\r\ndata:{\"choices\":[{\"delta\":{\"content\":\"é\"}}]}\r\n"))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		s := &streamer{hc: &http.Client{Transport: bodyTransport{body}}, url: "http://fuzz/v1/completions", maxTokens: 4, idle: time.Minute}
+		var r RequestResult
+		s.do(t.Context(), []byte("{}"), &r)
+		if !r.Success && r.ErrorKind == "" {
+			t.Fatalf("failure without a reason: %+v", r)
+		}
+		if r.Chunks > 4+tokenMargin(4) {
+			t.Fatalf("%d chunks recorded for max_tokens=4", r.Chunks)
+		}
+	})
+}
+
+// FuzzRunnerFiles: the runner's per-request file, whatever it holds, reads without a panic.
+func FuzzRunnerFiles(f *testing.F) {
+	for _, d := range []string{"runner-ok", "runner-failed", "runner-truncated", "runner-zero"} {
+		matches, _ := filepath.Glob(filepath.Join("../../testdata/profile", d, "*", "*", "*.jsonl"))
+		for _, m := range matches {
+			if b, err := os.ReadFile(m); err == nil {
+				f.Add(b)
+			}
+		}
+	}
+	f.Add([]byte(`{"index":0,"success":true,"latency_s":NaN}` + "\n" + `{"index":-1}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "requests.jsonl")
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = readRunnerRequests(p)
+	})
+}

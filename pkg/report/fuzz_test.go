@@ -1,0 +1,59 @@
+package report
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"gonum.org/v1/plot/plotter"
+)
+
+// FuzzTelemetryCSV: telemetry.csv, whatever it holds, reads without a panic and keeps no
+// non-finite sample.
+func FuzzTelemetryCSV(f *testing.F) {
+	if b, err := os.ReadFile(filepath.Join(fixtures, "qwen1_5.1xH100.4k-1k.bs1.sglang", "telemetry.csv")); err == nil {
+		f.Add(b)
+	}
+	f.Add([]byte("timestamp,gpu_index,power_mw\n2026-08-14T01:00:25Z,0,NaN\n2026-08-14T01:00:26Z,-1,+Inf\n,,\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "telemetry.csv")
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var d CellData
+		readTelemetryCSV(p, &d)
+		for _, m := range []map[int][]float64{ys(d.Power), ys(d.Util), ys(d.MemGiB)} {
+			for _, v := range m {
+				if !finite(v...) {
+					t.Fatalf("non-finite sample kept: %v", v)
+				}
+			}
+		}
+	})
+}
+
+// FuzzBenchFile: moecapd's per-request bench file, hand-edited or corrupt, reads without
+// a panic.
+func FuzzBenchFile(f *testing.F) {
+	f.Add([]byte(`{"requests":[{"success":true,"output_tokens":4,"start_s":-1,"ttft_ms":3,"e2el_ms":10,"itl_ms":[1,2]}]}`))
+	f.Add([]byte(`{"requests":[{"success":true,"output_tokens":-4,"start_s":1e308,"ttft_ms":1e308,"e2el_ms":1e308}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := filepath.Join(t.TempDir(), "bench.json")
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var d CellData
+		readBench(p, &d)
+	})
+}
+
+// ys is the y values of per-GPU series.
+func ys(m map[int]plotter.XYs) map[int][]float64 {
+	out := map[int][]float64{}
+	for g, xy := range m {
+		for _, p := range xy {
+			out[g] = append(out[g], p.X, p.Y)
+		}
+	}
+	return out
+}

@@ -1,0 +1,302 @@
+// Package servermetrics scrapes an inference server's Prometheus endpoint during the bench
+// (vLLM's /metrics; SGLang's with --enable-metrics): running and waiting requests, KV-cache
+// usage, preemptions and token counters, one row per tick into a CSV file, and a summary
+// over the window (counters as deltas, gauges as mean and peak). A metric the server does
+// not export is absent, never 0.
+package servermetrics
+
+import (
+	"context"
+	"encoding/csv"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+)
+
+// Sample is one scrape; a nil field is a metric the server did not export.
+type Sample struct {
+	T            time.Time
+	Running      *float64 // requests running (in the batch)
+	Waiting      *float64 // requests queued
+	KVUsage      *float64 // KV cache in use, 0..1
+	Preemptions  *float64 // counter
+	PromptTokens *float64 // counter
+	GenTokens    *float64 // counter
+}
+
+// names maps each field to the metric names that carry it, per server (vLLM renamed
+// gpu_cache_usage_perc to kv_cache_usage_perc in v0.10).
+var names = map[string][]string{
+	"running":       {"vllm:num_requests_running", "sglang:num_running_reqs"},
+	"waiting":       {"vllm:num_requests_waiting", "sglang:num_queue_reqs"},
+	"kv_usage":      {"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "sglang:token_usage"},
+	"preemptions":   {"vllm:num_preemptions_total", "vllm:num_preemptions"},
+	"prompt_tokens": {"vllm:prompt_tokens_total", "vllm:prompt_tokens", "sglang:prompt_tokens_total", "sglang:prompt_tokens"},
+	"gen_tokens":    {"vllm:generation_tokens_total", "vllm:generation_tokens", "sglang:generation_tokens_total", "sglang:generation_tokens"},
+}
+
+// maxBody bounds a scrape: a /metrics page of an inference server is tens of kB.
+const maxBody = 8 << 20
+
+// Parse reads a Prometheus text exposition. Series of one metric (one per model or engine
+// label set) are summed.
+func Parse(r io.Reader, t time.Time) (Sample, error) {
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(io.LimitReader(r, maxBody))
+	if err != nil {
+		return Sample{}, fmt.Errorf("parse the metrics page: %w", err)
+	}
+	s := Sample{T: t}
+	get := func(key string) *float64 {
+		for _, n := range names[key] {
+			if f, ok := fams[n]; ok {
+				if v, ok := sum(f); ok {
+					return &v
+				}
+			}
+		}
+		return nil
+	}
+	s.Running, s.Waiting, s.KVUsage = get("running"), get("waiting"), get("kv_usage")
+	s.Preemptions, s.PromptTokens, s.GenTokens = get("preemptions"), get("prompt_tokens"), get("gen_tokens")
+	return s, nil
+}
+
+func sum(f *dto.MetricFamily) (float64, bool) {
+	var v float64
+	n := 0
+	for _, m := range f.GetMetric() {
+		var x float64
+		switch {
+		case m.Gauge != nil:
+			x = m.Gauge.GetValue()
+		case m.Counter != nil:
+			x = m.Counter.GetValue()
+		case m.Untyped != nil:
+			x = m.Untyped.GetValue()
+		default:
+			continue
+		}
+		if math.IsNaN(x) || math.IsInf(x, 0) {
+			continue
+		}
+		v += x
+		n++
+	}
+	return v, n > 0
+}
+
+// Scraper polls a metrics URL on an interval until Stop.
+type Scraper struct {
+	url      string
+	interval time.Duration
+	hc       *http.Client
+	out      *csv.Writer
+	cancel   context.CancelFunc
+	done     chan struct{}
+
+	mu      sync.Mutex
+	samples []Sample
+	errs    int
+	lastErr string
+}
+
+// Start begins scraping url every interval, writing each sample as a CSV row to w (nil: no
+// file). The first scrape happens at once.
+func Start(url string, interval time.Duration, w io.Writer) *Scraper {
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &Scraper{url: url, interval: interval, hc: &http.Client{Timeout: max(interval, time.Second)}, cancel: cancel, done: make(chan struct{})}
+	if w != nil {
+		s.out = csv.NewWriter(w)
+		_ = s.out.Write([]string{"time", "running", "waiting", "kv_usage", "preemptions_total", "prompt_tokens_total", "generation_tokens_total"})
+	}
+	go s.run(ctx)
+	return s
+}
+
+func (s *Scraper) run(ctx context.Context) {
+	defer close(s.done)
+	t := time.NewTicker(s.interval)
+	defer t.Stop()
+	for {
+		s.scrape(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (s *Scraper) scrape(ctx context.Context) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	resp, err := s.hc.Do(req)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.fail(err)
+		}
+		return
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		s.fail(fmt.Errorf("%s answered %s", s.url, resp.Status))
+		return
+	}
+	smp, err := Parse(resp.Body, time.Now())
+	if err != nil {
+		s.fail(err)
+		return
+	}
+	s.mu.Lock()
+	s.samples = append(s.samples, smp)
+	if s.out != nil {
+		_ = s.out.Write(row(smp))
+		s.out.Flush()
+	}
+	s.mu.Unlock()
+}
+
+func (s *Scraper) fail(err error) {
+	s.mu.Lock()
+	s.errs++
+	s.lastErr = err.Error()
+	s.mu.Unlock()
+}
+
+func row(s Sample) []string {
+	f := func(p *float64) string {
+		if p == nil {
+			return ""
+		}
+		return strconv.FormatFloat(*p, 'g', -1, 64)
+	}
+	return []string{s.T.UTC().Format(time.RFC3339Nano), f(s.Running), f(s.Waiting), f(s.KVUsage), f(s.Preemptions), f(s.PromptTokens), f(s.GenTokens)}
+}
+
+// StopWindow is Stop with the summary over the window from lo to hi (the measured
+// requests'; the CSV keeps every sample): the samples inside it plus the last one before lo
+// and the first after hi, so the counters' deltas cover the whole window (and at most one
+// tick more on each side). A zero lo or hi leaves that side open.
+func (s *Scraper) StopWindow(lo, hi time.Time) *Summary {
+	s.cancel()
+	<-s.done
+	s.scrape(context.Background())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.out != nil {
+		s.out.Flush()
+	}
+	var in []Sample
+	before, after := -1, -1
+	for i, x := range s.samples {
+		switch {
+		case !lo.IsZero() && x.T.Before(lo):
+			before = i
+		case !hi.IsZero() && x.T.After(hi):
+			if after < 0 {
+				after = i
+			}
+		default:
+			in = append(in, x)
+		}
+	}
+	if before >= 0 {
+		in = append([]Sample{s.samples[before]}, in...)
+	}
+	if after >= 0 {
+		in = append(in, s.samples[after])
+	}
+	sum := Summarize(in)
+	sum.URL, sum.ScrapeErrors, sum.LastError = s.url, s.errs, s.lastErr
+	return sum
+}
+
+// Stop takes a last sample, ends the scraping and summarises the window.
+func (s *Scraper) Stop() *Summary {
+	s.cancel()
+	<-s.done
+	// The last scrape, after the bench: the counters' deltas cover the whole window.
+	s.scrape(context.Background())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.out != nil {
+		s.out.Flush()
+	}
+	sum := Summarize(s.samples)
+	sum.URL, sum.ScrapeErrors, sum.LastError = s.url, s.errs, s.lastErr
+	return sum
+}
+
+// Summary is the window's server metrics, stored under "server_metrics" in the manifest.
+type Summary struct {
+	URL          string `json:"url"`
+	Samples      int    `json:"samples"`
+	ScrapeErrors int    `json:"scrape_errors,omitempty"`
+	LastError    string `json:"last_error,omitempty"`
+	// Counter deltas over the window (last − first sample; absent when not exported or
+	// reset in between).
+	Preemptions      *float64 `json:"preemptions,omitempty"`
+	PromptTokens     *float64 `json:"prompt_tokens,omitempty"`
+	GenerationTokens *float64 `json:"generation_tokens,omitempty"`
+	// Gauges over the window.
+	MeanRunning *float64 `json:"mean_running,omitempty"`
+	PeakRunning *float64 `json:"peak_running,omitempty"`
+	MeanWaiting *float64 `json:"mean_waiting,omitempty"`
+	PeakWaiting *float64 `json:"peak_waiting,omitempty"`
+	PeakKVUsage *float64 `json:"peak_kv_usage,omitempty"`
+	// Preempted is true when the server preempted requests during the window: their
+	// latencies include recomputation.
+	Preempted bool `json:"preempted,omitempty"`
+}
+
+// Summarize summarises samples in time order.
+func Summarize(ss []Sample) *Summary {
+	sum := &Summary{Samples: len(ss)}
+	if len(ss) == 0 {
+		return sum
+	}
+	delta := func(f func(Sample) *float64) *float64 {
+		a, b := f(ss[0]), f(ss[len(ss)-1])
+		if a == nil || b == nil || *b < *a {
+			return nil
+		}
+		d := *b - *a
+		return &d
+	}
+	gauge := func(f func(Sample) *float64) (mean, peak *float64) {
+		var s, p float64
+		n := 0
+		for _, x := range ss {
+			if v := f(x); v != nil {
+				s += *v
+				p = max(p, *v)
+				n++
+			}
+		}
+		if n == 0 {
+			return nil, nil
+		}
+		m := s / float64(n)
+		return &m, &p
+	}
+	sum.Preemptions = delta(func(s Sample) *float64 { return s.Preemptions })
+	sum.PromptTokens = delta(func(s Sample) *float64 { return s.PromptTokens })
+	sum.GenerationTokens = delta(func(s Sample) *float64 { return s.GenTokens })
+	sum.MeanRunning, sum.PeakRunning = gauge(func(s Sample) *float64 { return s.Running })
+	sum.MeanWaiting, sum.PeakWaiting = gauge(func(s Sample) *float64 { return s.Waiting })
+	_, sum.PeakKVUsage = gauge(func(s Sample) *float64 { return s.KVUsage })
+	sum.Preempted = sum.Preemptions != nil && *sum.Preemptions > 0
+	return sum
+}
