@@ -68,6 +68,12 @@ func Launch(req LaunchRequest) error {
 			// directory was not touched.
 			return exitcode.New(exitcode.Usage, err)
 		}
+		if m != nil {
+			WriteCellSummary(req.Out, plan.Dir, m) // what was measured, even if not recorded
+		}
+		if why := cell.StorageProblem(err); why != "" {
+			return exitcode.New(exitcode.Usage, fmt.Errorf("%s (%w)", why, err))
+		}
 		return exitcode.New(exitcode.Internal, err)
 	}
 	WriteCellSummary(req.Out, plan.Dir, m)
