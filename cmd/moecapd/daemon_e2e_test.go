@@ -81,6 +81,13 @@ func (e *daemonEnv) start(extra ...string) *daemonProc {
 	t.Cleanup(func() {
 		c.Process.Kill()
 		<-p.done
+		// A daemon killed mid-cell (a failed test) leaves its servers to the next start;
+		// there is none, so they are ended here.
+		for _, pid := range serverPIDsOf(e.results) {
+			if pidAlive(pid) {
+				syscall.Kill(pid, syscall.SIGKILL)
+			}
+		}
 	})
 	cl, _ := daemon.NewClient("unix:"+e.sock, "")
 	deadline := time.Now().Add(30 * time.Second)
