@@ -16,6 +16,7 @@ moecapd=${MOECAPD:-$repo/bin/moecapd}
 out=${OUTDIR:-$(mktemp -d)}
 mkdir -p "$out"
 [ -x "$moecapd" ] || { echo "gpu-e2e: $moecapd missing: run make build" >&2; exit 2; }
+moecapd=$(cd "$(dirname "$moecapd")" && pwd)/$(basename "$moecapd")
 command -v nvidia-smi >/dev/null || { echo "gpu-e2e: no nvidia-smi: this needs a CUDA machine" >&2; exit 2; }
 python3 -c 'import torch, transformers, aiohttp; assert torch.cuda.is_available()' ||
   { echo "gpu-e2e: python3 needs torch (with CUDA), transformers and aiohttp" >&2; exit 2; }

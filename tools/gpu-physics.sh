@@ -16,6 +16,8 @@ moecapd=${MOECAPD:-$repo/bin/moecapd}
 out=${OUTDIR:-$(mktemp -d)}
 mkdir -p "$out"
 [ -x "$moecapd" ] || { echo "gpu-physics: $moecapd missing: run make build" >&2; exit 2; }
+# The env's python execs it from the cell directory: a relative path would not resolve there.
+moecapd=$(cd "$(dirname "$moecapd")" && pwd)/$(basename "$moecapd")
 command -v nvidia-smi >/dev/null || { echo "gpu-physics: no nvidia-smi: this needs a CUDA machine" >&2; exit 2; }
 python3 -c 'import torch, transformers, aiohttp; assert torch.cuda.is_available()' ||
   { echo "gpu-physics: python3 needs torch (with CUDA), transformers and aiohttp" >&2; exit 2; }
