@@ -16,6 +16,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/moecapd/moecapd/internal/app"
 )
@@ -137,7 +138,7 @@ func OpenStore(results string) (*Store, error) {
 	p := filepath.Join(dir, StoreFile)
 	db, err := bolt.Open(p, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("the daemon's store %s is open in another process (a second daemon on this results root?); stop it first", p)
 		}
 		return nil, fmt.Errorf("open the daemon's store %s: %w", p, err)
