@@ -36,3 +36,18 @@ EOF
   chmod +x "$root/envs/$env/bin/python"
   export GPU_E2E_CONDA_ROOT=$root
 }
+
+# gpu_preflight NAME: what both GPU scripts need before they start, each missing piece named.
+# Sets moecapd (MOECAPD or bin/moecapd, made absolute: the env's python execs it from the cell
+# directory) and out (OUTDIR or a new temp dir). Needs repo set.
+gpu_preflight() {
+  local name=$1
+  moecapd=${MOECAPD:-$repo/bin/moecapd}
+  out=${OUTDIR:-$(mktemp -d)}
+  mkdir -p "$out"
+  [ -x "$moecapd" ] || { echo "$name: $moecapd missing: run make build" >&2; exit 2; }
+  moecapd=$(cd "$(dirname "$moecapd")" && pwd)/$(basename "$moecapd")
+  command -v nvidia-smi >/dev/null || { echo "$name: no nvidia-smi: this needs a CUDA machine" >&2; exit 2; }
+  python3 -c 'import torch, transformers, aiohttp; assert torch.cuda.is_available()' ||
+    { echo "$name: python3 needs torch (with CUDA), transformers and aiohttp" >&2; exit 2; }
+}

@@ -12,17 +12,8 @@
 # Env: MOECAPD (binary), OUTDIR (keep results there), SAMPLES, BATCH, IN_TOKENS, OUT_TOKENS.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-moecapd=${MOECAPD:-$repo/bin/moecapd}
-out=${OUTDIR:-$(mktemp -d)}
-mkdir -p "$out"
-[ -x "$moecapd" ] || { echo "gpu-e2e: $moecapd missing: run make build" >&2; exit 2; }
-moecapd=$(cd "$(dirname "$moecapd")" && pwd)/$(basename "$moecapd")
-command -v nvidia-smi >/dev/null || { echo "gpu-e2e: no nvidia-smi: this needs a CUDA machine" >&2; exit 2; }
-python3 -c 'import torch, transformers, aiohttp; assert torch.cuda.is_available()' ||
-  { echo "gpu-e2e: python3 needs torch (with CUDA), transformers and aiohttp" >&2; exit 2; }
-
-# The conda-shaped root (no conda on the machine: the activation path is still the real one).
 . "$repo/tools/gpu-conda-root.sh"
+gpu_preflight gpu-e2e   # sets moecapd (absolute) and out, or exits 2 naming what is missing
 root=$(mktemp -d)
 env=gpu
 make_conda_root "$root" "$env" "$repo" "$moecapd"

@@ -12,16 +12,8 @@
 # Env: MOECAPD, OUTDIR, SAMPLES (32), BATCH (16), IN_TOKENS (1024), OUT_TOKENS (128).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
-moecapd=${MOECAPD:-$repo/bin/moecapd}
-out=${OUTDIR:-$(mktemp -d)}
-mkdir -p "$out"
-[ -x "$moecapd" ] || { echo "gpu-physics: $moecapd missing: run make build" >&2; exit 2; }
-# The env's python execs it from the cell directory: a relative path would not resolve there.
-moecapd=$(cd "$(dirname "$moecapd")" && pwd)/$(basename "$moecapd")
-command -v nvidia-smi >/dev/null || { echo "gpu-physics: no nvidia-smi: this needs a CUDA machine" >&2; exit 2; }
-python3 -c 'import torch, transformers, aiohttp; assert torch.cuda.is_available()' ||
-  { echo "gpu-physics: python3 needs torch (with CUDA), transformers and aiohttp" >&2; exit 2; }
 . "$repo/tools/gpu-conda-root.sh"
+gpu_preflight gpu-physics   # sets moecapd (absolute) and out, or exits 2 naming what is missing
 root=$(mktemp -d)
 make_conda_root "$root" gpu "$repo" "$moecapd"
 
