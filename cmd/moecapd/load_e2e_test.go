@@ -5,7 +5,6 @@ package main
 // flagged with the cause in the manifest, the summary, the report's tables, cell page and CSV.
 
 import (
-	"encoding/csv"
 	"os"
 	"path/filepath"
 	"strings"
@@ -44,23 +43,7 @@ func TestSimLoadRecordedAndFlagged(t *testing.T) {
 			if strings.Contains(r.stdout, "FLAG     batch: ") != tc.short || !strings.Contains(r.stdout, "load     mean decode batch") {
 				t.Errorf("summary:\n%s", r.stdout)
 			}
-			out := t.TempDir()
-			if r := moecapd(t, nil, "report", "--results", results, "--out", out); r.code != 0 {
-				t.Fatalf("report: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-			}
-			f, err := os.Open(filepath.Join(out, "cells.csv"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer f.Close()
-			rows, err := csv.NewReader(f).ReadAll()
-			if err != nil || len(rows) != 2 {
-				t.Fatalf("cells.csv: %v, %d rows", err, len(rows))
-			}
-			col := map[string]string{}
-			for i, h := range rows[0] {
-				col[h] = rows[1][i]
-			}
+			out, col := reportOneCell(t, results)
 			if col["achieved_decode_batch_mean"] == "" || col["feasible_k"] == "" || col["batch_size"] != strings.TrimSpace(col["batch_size"]) {
 				t.Errorf("cells.csv load columns: achieved %q K %q", col["achieved_decode_batch_mean"], col["feasible_k"])
 			}

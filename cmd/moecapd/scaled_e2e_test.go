@@ -46,23 +46,7 @@ func TestSimTimeScaledIsPhysical(t *testing.T) {
 		t.Errorf("the cell's summary does not say sim, time ×0.01:\n%s", r.stdout)
 	}
 
-	out := t.TempDir()
-	if r := moecapd(t, nil, "report", "--results", results, "--out", out); r.code != 0 {
-		t.Fatalf("report: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
-	f, err := os.Open(filepath.Join(out, "cells.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil || len(rows) != 2 {
-		t.Fatalf("cells.csv: %v, %d rows", err, len(rows))
-	}
-	col := map[string]string{}
-	for i, h := range rows[0] {
-		col[h] = rows[1][i]
-	}
+	out, col := reportOneCell(t, results)
 	if col["time_scale"] != "0.01" {
 		t.Errorf("cells.csv time_scale = %q, want 0.01", col["time_scale"])
 	}
@@ -93,4 +77,28 @@ func TestSimTimeScaledIsPhysical(t *testing.T) {
 		t.Errorf("the cell page does not say sim, time ×0.01")
 	}
 	_ = dir
+}
+
+// reportOneCell runs `moecapd report` over a results root that holds one cell and returns
+// the report's directory and that cell's cells.csv row by column name.
+func reportOneCell(t *testing.T, results string) (string, map[string]string) {
+	t.Helper()
+	out := t.TempDir()
+	if r := moecapd(t, nil, "report", "--results", results, "--out", out); r.code != 0 {
+		t.Fatalf("report: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	f, err := os.Open(filepath.Join(out, "cells.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	rows, err := csv.NewReader(f).ReadAll()
+	if err != nil || len(rows) != 2 {
+		t.Fatalf("cells.csv: %v, %d rows", err, len(rows))
+	}
+	col := map[string]string{}
+	for i, h := range rows[0] {
+		col[h] = rows[1][i]
+	}
+	return out, col
 }

@@ -5,7 +5,6 @@ package main
 // --allow-unknown-model opts in (recorded; the cell then has no CAP numbers at all).
 
 import (
-	"encoding/csv"
 	"encoding/json"
 	"os"
 	"path/filepath"
@@ -91,25 +90,10 @@ func TestUnknownModelAllowed(t *testing.T) {
 		t.Errorf("server.log does not warn about the undescribed model")
 	}
 
-	out := t.TempDir()
-	if r := moecapd(t, nil, "report", "--results", results, "--out", out); r.code != 0 {
-		t.Fatalf("report: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
-	}
-	f, err := os.Open(filepath.Join(out, "cells.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	rows, err := csv.NewReader(f).ReadAll()
-	if err != nil || len(rows) != 2 {
-		t.Fatalf("cells.csv: %v, %d rows", err, len(rows))
-	}
-	for i, col := range rows[0] {
-		switch col {
-		case "cap_source", "predicted_feasible", "memory_need_gib", "memory_usable_gib", "s_mbu_decode", "tpot_floor_ms", "tpot_over_floor":
-			if v := rows[1][i]; v != "" {
-				t.Errorf("cells.csv %s = %q for a model without CAP numbers; want empty", col, v)
-			}
+	out, col := reportOneCell(t, results)
+	for _, c := range []string{"cap_source", "predicted_feasible", "memory_need_gib", "memory_usable_gib", "s_mbu_decode", "tpot_floor_ms", "tpot_over_floor"} {
+		if v := col[c]; v != "" {
+			t.Errorf("cells.csv %s = %q for a model without CAP numbers; want empty", c, v)
 		}
 	}
 	pages, _ := filepath.Glob(filepath.Join(out, "cells", "*.html"))
