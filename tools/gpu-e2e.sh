@@ -19,15 +19,7 @@ env=gpu
 make_conda_root "$root" "$env" "$repo" "$moecapd"
 
 cfg=$out/gpu_e2e.yaml
-cat >"$cfg" <<EOF
-dataset_names: ["gsm8k"]
-metrics: []
-model_id: Qwen/Qwen1.5-MoE-A2.7B-Chat
-fixed_length_mode: true
-target_input_tokens: ${IN_TOKENS:-1024}
-target_output_tokens: ${OUT_TOKENS:-256}
-num_samples: ${SAMPLES:-96}
-EOF
+write_bench_yaml "$cfg" 256 96
 
 ngpu=$(nvidia-smi --list-gpus | wc -l)
 echo "== moecapd gpus"

@@ -18,15 +18,7 @@ root=$(mktemp -d)
 make_conda_root "$root" gpu "$repo" "$moecapd"
 
 cfg=$out/physics.yaml
-cat >"$cfg" <<EOF
-dataset_names: ["gsm8k"]
-metrics: []
-model_id: Qwen/Qwen1.5-MoE-A2.7B-Chat
-fixed_length_mode: true
-target_input_tokens: ${IN_TOKENS:-1024}
-target_output_tokens: ${OUT_TOKENS:-128}
-num_samples: ${SAMPLES:-32}
-EOF
+write_bench_yaml "$cfg" 128 32
 rc=0
 CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
   --batch-size "${BATCH:-16}" --tp 1 --conda-root "$root" --env gpu --port 0 --results "$out/results" \
