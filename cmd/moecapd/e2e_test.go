@@ -41,11 +41,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := launcher.RunTests(func() int {
-		code := m.Run()
-		// The Slurm tests' private cluster, if one of them started it: stopped before the
-		// reaper looks for processes the tests left (its daemons carry the test token).
+		c := m.Run()
+		// The Slurm tests' private cluster, if one of them started it: stopped before
+		// RunTests looks for processes the tests left behind (its daemons carry the token).
 		stopTestSlurm()
-		return code
+		return c
 	})
 	os.RemoveAll(dir)
 	os.Exit(code)
