@@ -19,6 +19,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/matrix"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // MaxPriority bounds --priority both ways.
@@ -313,9 +314,14 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 		return nil, &SubmitError{400, err}
 	}
 	var ids []string
+	est := map[string]*float64{}
 	for _, it := range items {
 		if it.Action == matrix.ActRun {
 			ids = append(ids, it.Cell.ID)
+			if it.Estimate > 0 {
+				v := it.Estimate.Seconds()
+				est[it.Cell.ID] = &v
+			}
 		}
 	}
 	if len(ids) == 0 {
@@ -330,7 +336,7 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 	}
 	var cs []*Cell
 	for i, id := range ids {
-		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued, Reason: why[id]})
+		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued, Reason: why[id], EstimateS: est[id]})
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -508,7 +514,7 @@ func (d *Daemon) schedule(ctx context.Context) {
 		now := time.Now().UTC()
 		// Reason keeps what the queue knew of it (an earlier attempt interrupted, its
 		// supervisor gone) until the cell's own outcome replaces it.
-		c.State, c.Attempts, c.Started, c.GPUs, c.Phase = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight)
+		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), nil
 		l := &Lease{Job: c.Job, Cell: c.ID, GPUs: gpus, Start: now, DaemonPID: os.Getpid(), Port: port}
 		for _, g := range gpus {
 			l.UUIDs = append(l.UUIDs, d.uuid[g])
@@ -545,10 +551,13 @@ func (d *Daemon) runCell(ctx context.Context, cancel context.CancelFunc, c *Cell
 	defer d.wg.Done()
 	defer cancel()
 	k := key(c.Job, c.ID)
-	m, err := d.runner.RunCell(ctx, it, gpus, port, func(ph cell.Phase) {
+	m, err := d.runner.RunCell(ctx, it, gpus, port, matrix.CellHooks{Phase: func(ph cell.Phase) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		c.Phase = string(ph)
+		if ph == cell.PhasePreflight {
+			c.Progress = nil // a retry starts over
+		}
 		if l := d.leases[k]; l != nil && l.ServerPID == 0 && (ph == cell.PhaseReady || ph == cell.PhaseBench) {
 			if mm, err := cell.ReadManifest(filepath.Join(d.o.ResultsFlag, c.ID)); err == nil && mm.Server.PID > 0 {
 				l.ServerPID = mm.Server.PID
@@ -556,7 +565,22 @@ func (d *Daemon) runCell(ctx context.Context, cancel context.CancelFunc, c *Cell
 			}
 		}
 		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus})
-	})
+	}, Progress: func(p profile.Progress) {
+		// Held in memory and announced; written with the cell's next state change (a
+		// store write a second per running cell buys nothing a restart needs).
+		cp := &Progress{Done: p.Done, Failed: p.Failed, InFlight: p.InFlight, Total: p.Total, TokensPerS: p.TokensPerS}
+		if p.ETA > 0 {
+			v := p.ETA.Seconds()
+			cp.ETAS = &v
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if c.State != CellRunning {
+			return
+		}
+		c.Progress = cp
+		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus, Progress: cp})
+	}})
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.nRunning--
