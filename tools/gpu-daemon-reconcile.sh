@@ -9,7 +9,7 @@
 # observed MiB, when, how long) in the rerun's manifest (extra.lease_reconcile).
 #
 # Needs: nvidia driver, python3 with torch, transformers and aiohttp, and bin/moecapd (make build).
-# Env: MOECAPD (binary), OUTDIR (keep results there), SAMPLES, BATCH.
+# Env: MOECAPD (binary), OUTDIR (keep results there), SAMPLES, BATCH, HARDWARE (default 1xH100).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 . "$repo/tools/gpu-conda-root.sh"
@@ -44,7 +44,7 @@ EOF
 echo "== serve, submit one sglang cell (torch test server) on GPU $CUDA_VISIBLE_DEVICES"
 serve "$out/serve-1.log"
 echo "GPU memory before: $(nvidia-smi --query-gpu=index,memory.used --format=csv,noheader | tr '\n' ' ')"
-id=$("$moecapd" submit --backend sglang --config "$cfg" --batch-size "${BATCH:-16}" --num-samples "${SAMPLES:-400}")
+id=$("$moecapd" submit --backend sglang --config "$cfg" --batch-size "${BATCH:-16}" --num-samples "${SAMPLES:-400}" --hardware "${HARDWARE:-1xH100}")
 echo "job $id"
 for _ in $(seq 1 480); do
   [ "$(grep -c 'decode steps' "$res"/*/server.log 2>/dev/null | awk -F: '{s+=$NF} END {print s+0}')" -ge 3 ] && break

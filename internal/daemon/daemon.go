@@ -140,11 +140,11 @@ func (d *Daemon) Close() {
 
 func key(job, id string) string { return job + "/" + id }
 
-// reconcile loads the store and settles what a killed daemon left: the servers of its
-// cells are ended through the launcher's verified-identity sweep (only servers whose
-// state file and /proc identity match, and whose supervisor is gone), GPUs waited back to
-// their baseline, and each leased cell takes the state its manifest proves: a result the
-// killed daemon finished is kept, a cell it was running is queued again.
+// reconcile loads the store and settles what a killed daemon left: its ledger is
+// reconciled (reconcileLedger: the servers of its cells checked in /proc and NVML and ended
+// through the launcher's verified-identity sweep, its GPUs held until back at baseline),
+// and each leased cell takes the state its manifest proves: a result the killed daemon
+// finished is kept, a cell it was running is queued again.
 func (d *Daemon) reconcile(ctx context.Context) error {
 	jobs, cells, leases, err := d.store.Load()
 	if err != nil {

@@ -42,7 +42,7 @@ func (f *fakeGPUs) MemoryUsed(devs []gpu.Device) (map[int]uint64, error) {
 	return out, nil
 }
 func (f *fakeGPUs) ComputeProcesses([]gpu.Device) ([]gpu.Process, error) { return f.procs, nil }
-func (f *fakeGPUs) Close()                                                {}
+func (f *fakeGPUs) Close()                                               {}
 
 const mibB = 1 << 20
 
