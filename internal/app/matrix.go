@@ -204,7 +204,6 @@ func MatrixPlan(req MatrixPlanRequest) error {
 	fmt.Fprintf(req.Out, "matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, o.ResultsFlag)
 	tw := tabwriter.NewWriter(req.Out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tCELL\tACTION\tSAMPLES\tESTIMATE\tMEMORY\tWHY")
-	var total time.Duration
 	counts := map[matrix.Action]int{}
 	n := 0
 	for _, it := range s.items {
@@ -217,7 +216,6 @@ func MatrixPlan(req MatrixPlanRequest) error {
 		if it.Action == matrix.ActRun {
 			n++
 			idx = strconv.Itoa(n)
-			total += it.Estimate
 			est = "–" // unknown (a cell that cannot run): no estimate, not "0s"
 			if it.Estimate > 0 {
 				est = it.Estimate.Round(time.Second).String()
@@ -246,8 +244,8 @@ func MatrixPlan(req MatrixPlanRequest) error {
 	slots := s.slots()
 	fmt.Fprintf(req.Out, "\n%d to run, %d kept from results, %d done per matrix, %d skipped-infeasible, %d not for this node, %d filtered out\n",
 		counts[matrix.ActRun], counts[matrix.ActKeep], counts[matrix.ActDone], counts[matrix.ActSkip], counts[matrix.ActNotHere], counts[matrix.ActFiltered])
-	fmt.Fprintf(req.Out, "estimated %s over %d slot(s) (roofline floor plus start-up guess, or past runs of the same cell)\n",
-		(total / time.Duration(slots)).Round(time.Second), slots)
+	fmt.Fprintf(req.Out, "estimated %s over %d slot(s) and %d CPU core(s) (roofline floor plus start-up guess, the sim's CPU cost, or past runs of the same cell)\n",
+		matrix.Wall(s.items, slots, runtime.NumCPU()).Round(time.Second), slots, runtime.NumCPU())
 	printProblems(req.Out, s.problems)
 	return nil
 }
@@ -348,6 +346,9 @@ func MatrixRun(req MatrixRunRequest) error {
 		if display != nil {
 			display.Close()
 		}
+		if err := cell.StorageError(err); exitcode.Of(err) == int(exitcode.Usage) {
+			return err // a read-only or full results disk, with what to do
+		}
 		return exitcode.New(exitcode.Usage, err)
 	}
 	defer lock.Release()
@@ -420,7 +421,7 @@ func MatrixRun(req MatrixRunRequest) error {
 		}
 	}
 	mstop()
-	printMatrixSummary(req.Out, lay, s.items)
+	printMatrixSummary(req.Out, lay, s.items, out.Unrecorded)
 	// The exit code speaks for the results root, not only this run: cells of this matrix
 	// (on this node, through --only) that an earlier run failed and this one kept count too.
 	var failedInRoot []string
@@ -432,6 +433,9 @@ func MatrixRun(req MatrixRunRequest) error {
 	fmt.Fprintf(req.Out, "matrix: %d ok, %d failed, %d infeasible, %d skipped-infeasible, %d interrupted, %d held by another runner in this run; the results root holds %d failed cell(s) of this matrix; moecapd matrix status --results %s\n",
 		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, len(out.Held), len(failedInRoot), o.ResultsFlag)
 	switch {
+	case err != nil && exitcode.Of(cell.StorageError(err)) != int(exitcode.Internal):
+		// Classified: a results disk full, read-only or not writable is a setup problem (2).
+		return cell.StorageError(err)
 	case err != nil:
 		return exitcode.New(exitcode.Internal, err)
 	case interrupted:
@@ -468,8 +472,9 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 }
 
 // printMatrixSummary prints one line per cell this run took on: status, latency,
-// throughput, energy and time, or why it did not complete.
-func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
+// throughput, energy and time, or why it did not complete. unrecorded holds the outcomes
+// whose manifest could not be written (the disk does not have them).
+func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item, unrecorded map[string]*cell.Manifest) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CELL\tSTATUS\tTPOT ms\tTTFT ms\tTOK/S\tJ/TOK\tTOOK\tWHY")
 	n := 0
@@ -479,6 +484,9 @@ func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
 		}
 		n++
 		m, err := lay.ReadManifest(it.Cell.ID)
+		if um := unrecorded[it.Cell.ID]; um != nil {
+			m, err = um, nil
+		}
 		if err != nil {
 			fmt.Fprintf(tw, "%s\tnot run\t\t\t\t\t\t\n", it.Cell.ID)
 			continue
