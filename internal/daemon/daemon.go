@@ -20,6 +20,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // MaxPriority bounds --priority both ways.
@@ -334,9 +335,14 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 		return nil, &SubmitError{400, err}
 	}
 	var ids []string
+	est := map[string]*float64{}
 	for _, it := range items {
 		if it.Action == matrix.ActRun {
 			ids = append(ids, it.Cell.ID)
+			if it.Estimate > 0 {
+				v := it.Estimate.Seconds()
+				est[it.Cell.ID] = &v
+			}
 		}
 	}
 	if len(ids) == 0 {
@@ -345,7 +351,7 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 	j := &Job{Owner: owner, Priority: s.Priority, State: JobQueued, Created: time.Now().UTC(), Spec: s, Cells: ids}
 	var cs []*Cell
 	for i, id := range ids {
-		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued})
+		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued, EstimateS: est[id]})
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -521,7 +527,7 @@ func (d *Daemon) schedule(ctx context.Context) {
 			return
 		}
 		now := time.Now().UTC()
-		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Reason = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), ""
+		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Reason, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), "", nil
 		self := launcher.Self()
 		l := &Lease{Job: c.Job, Cell: c.ID, GPUs: gpus, Start: now, DaemonPID: self.PID, Port: port, Supervisor: &self,
 			BaselineBytes: d.baselines(gpus)}
@@ -561,10 +567,13 @@ func (d *Daemon) runCell(ctx context.Context, cancel context.CancelFunc, c *Cell
 	defer d.wg.Done()
 	defer cancel()
 	k := key(c.Job, c.ID)
-	m, err := d.runner.RunCell(ctx, it, gpus, port, func(ph cell.Phase) {
+	m, err := d.runner.RunCell(ctx, it, gpus, port, matrix.CellHooks{Phase: func(ph cell.Phase) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		c.Phase = string(ph)
+		if ph == cell.PhasePreflight {
+			c.Progress = nil // a retry starts over
+		}
 		if l := d.leases[k]; l != nil && l.Server == nil && (ph == cell.PhaseReady || ph == cell.PhaseBench) {
 			// The server's identity as the launcher recorded it before the server ran.
 			if st, err := launcher.ReadState(filepath.Join(d.o.ResultsFlag, c.ID)); err == nil && st.PID > 0 {
@@ -574,7 +583,22 @@ func (d *Daemon) runCell(ctx context.Context, cancel context.CancelFunc, c *Cell
 			}
 		}
 		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus})
-	})
+	}, Progress: func(p profile.Progress) {
+		// Held in memory and announced; written with the cell's next state change (a
+		// store write a second per running cell buys nothing a restart needs).
+		cp := &Progress{Done: p.Done, Failed: p.Failed, InFlight: p.InFlight, Total: p.Total, TokensPerS: p.TokensPerS}
+		if p.ETA > 0 {
+			v := p.ETA.Seconds()
+			cp.ETAS = &v
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if c.State != CellRunning {
+			return
+		}
+		c.Progress = cp
+		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus, Progress: cp})
+	}})
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.nRunning--
