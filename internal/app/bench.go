@@ -71,6 +71,9 @@ func Bench(ctx context.Context, req BenchRequest) error {
 			return exitcode.New(exitcode.Interrupted, err)
 		case errors.Is(err, profile.ErrRecordsUnavailable):
 			return exitcode.New(exitcode.Internal, err)
+		case errors.Is(err, profile.ErrServerLacks):
+			// The prompt style or the server is the user's to change: a usage problem.
+			return exitcode.New(exitcode.Usage, err)
 		default:
 			return exitcode.New(exitcode.Bench, err)
 		}

@@ -54,11 +54,14 @@ const (
 	FaultIgnoreMaxTokens = "ignore-max-tokens"
 	FaultEndlessLine     = "endless-line"
 	FaultError200        = "error-200"
+	// FaultNoTokenize serves no /tokenize and /detokenize (404), as a server built without
+	// them: what the native client needs of the server is probed right after readiness.
+	FaultNoTokenize = "no-tokenize"
 )
 
 // Faults lists the valid Config.Fault values.
 var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie,
-	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200}
+	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200, FaultNoTokenize}
 
 // Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
 type Config struct {
@@ -240,6 +243,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"version": "0.11.0 (moecapd sim)"})
 	case path == "/metrics" && (!sg || s.cfg.EnableMetrics):
 		s.handleMetrics(w, r)
+	case (path == "/tokenize" || path == "/detokenize") && s.cfg.Fault == FaultNoTokenize:
+		writeError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("%s %s: not served (--sim-fault %s)", r.Method, path, FaultNoTokenize))
 	case path == "/tokenize":
 		s.handleTokenize(w, r)
 	case path == "/detokenize":
