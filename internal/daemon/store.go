@@ -85,6 +85,8 @@ type Job struct {
 	Cells    []string   `json:"cells"` // cell ids in run order
 	// CancelledBy names who cancelled it.
 	CancelledBy string `json:"cancelled_by,omitempty"`
+	// Slurm is the job's arrays when the daemon runs on Slurm (serve --executor slurm).
+	Slurm *SlurmJob `json:"slurm,omitempty"`
 }
 
 // Cell is one cell of a job and where it stands.
@@ -103,6 +105,8 @@ type Cell struct {
 	// Recovery is what the daemon found of this cell after a restart (the ledger against
 	// the manifest, /proc and the GPUs).
 	Recovery string `json:"recovery,omitempty"`
+	// Slurm is the cell's task and Slurm's view of it (serve --executor slurm).
+	Slurm *CellSlurm `json:"slurm,omitempty"`
 }
 
 // Final says the cell will not run again.
