@@ -100,6 +100,7 @@ func runServe(cmd *cobra.Command, _ []string) error {
 	var sx *daemon.SlurmOptions
 	switch ex := v.GetString("executor"); ex {
 	case "local":
+		// The sbatch settings are ignored: one settings file may serve slurm submit too.
 	case "slurm":
 		// Cell flags given to serve go to every task, as slurm submit forwards its own.
 		forward := map[string]string{}
