@@ -19,6 +19,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/matrix"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // MaxPriority bounds --priority both ways.
@@ -73,8 +74,9 @@ type Options struct {
 // slurmExec (slurmexec.go) turns a job into the arrays of moecapd slurm submit and follows
 // them.
 type executor interface {
-	// plan lists the cells a submission runs (a *SubmitError when refused).
-	plan(s Spec) ([]string, error)
+	// plan lists the cells a submission runs, queued and in run order (a *SubmitError when
+	// refused).
+	plan(s Spec) ([]*Cell, error)
 	// submit is called once the job and its cells are durable and before the submitter is
 	// answered, without d.mu; an error refuses the submission.
 	submit(ctx context.Context, j *Job) error
@@ -91,7 +93,7 @@ type executor interface {
 // restart reconcile of this file.
 type localExec struct{ d *Daemon }
 
-func (e localExec) plan(s Spec) ([]string, error) {
+func (e localExec) plan(s Spec) ([]*Cell, error) {
 	d := e.d
 	o := d.o
 	o.Matrix, o.Only, o.IncludeDone, o.NoSkip, o.RedoFailed = s.Matrix, s.Only, s.IncludeDone, s.NoSkip, s.RedoFailed
@@ -99,16 +101,21 @@ func (e localExec) plan(s Spec) ([]string, error) {
 	if err != nil {
 		return nil, &SubmitError{400, err}
 	}
-	var ids []string
+	var cs []*Cell
 	for _, it := range items {
 		if it.Action == matrix.ActRun {
-			ids = append(ids, it.Cell.ID)
+			c := &Cell{ID: it.Cell.ID, Index: len(cs), State: CellQueued}
+			if it.Estimate > 0 {
+				v := it.Estimate.Seconds()
+				c.EstimateS = &v
+			}
+			cs = append(cs, c)
 		}
 	}
-	if len(ids) == 0 {
+	if len(cs) == 0 {
 		return nil, &SubmitError{422, fmt.Errorf("no cell of %s is left to run on this node (done, kept from the results root, filtered by --only, or for other hardware); see moecapd matrix plan --matrix %s --results %s", s.Matrix, s.Matrix, d.o.ResultsFlag)}
 	}
-	return ids, nil
+	return cs, nil
 }
 
 func (localExec) submit(context.Context, *Job) error { return nil }
@@ -371,15 +378,15 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 	if len(s.ServerArgs) > 256 {
 		return nil, &SubmitError{400, fmt.Errorf("%d extra server flags: at most 256", len(s.ServerArgs))}
 	}
-	ids, err := d.exec.plan(s)
+	cs, err := d.exec.plan(s)
 	if err != nil {
 		return nil, err
 	}
-	j := &Job{Owner: owner, Priority: s.Priority, State: JobQueued, Created: time.Now().UTC(), Spec: s, Cells: ids}
-	var cs []*Cell
-	for i, id := range ids {
-		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued})
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
 	}
+	j := &Job{Owner: owner, Priority: s.Priority, State: JobQueued, Created: time.Now().UTC(), Spec: s, Cells: ids}
 	if err := d.addJob(j, cs); err != nil {
 		return nil, err
 	}
@@ -569,7 +576,7 @@ func (d *Daemon) schedule(ctx context.Context) {
 			return
 		}
 		now := time.Now().UTC()
-		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Reason = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), ""
+		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Reason, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), "", nil
 		l := &Lease{Job: c.Job, Cell: c.ID, GPUs: gpus, Start: now, DaemonPID: os.Getpid(), Port: port}
 		for _, g := range gpus {
 			l.UUIDs = append(l.UUIDs, d.uuid[g])
@@ -606,10 +613,13 @@ func (d *Daemon) runCell(ctx context.Context, cancel context.CancelFunc, c *Cell
 	defer d.wg.Done()
 	defer cancel()
 	k := key(c.Job, c.ID)
-	m, err := d.runner.RunCell(ctx, it, gpus, port, func(ph cell.Phase) {
+	m, err := d.runner.RunCell(ctx, it, gpus, port, matrix.CellHooks{Phase: func(ph cell.Phase) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		c.Phase = string(ph)
+		if ph == cell.PhasePreflight {
+			c.Progress = nil // a retry starts over
+		}
 		if l := d.leases[k]; l != nil && l.ServerPID == 0 && (ph == cell.PhaseReady || ph == cell.PhaseBench) {
 			if mm, err := cell.ReadManifest(filepath.Join(d.o.ResultsFlag, c.ID)); err == nil && mm.Server.PID > 0 {
 				l.ServerPID = mm.Server.PID
@@ -617,7 +627,22 @@ func (d *Daemon) runCell(ctx context.Context, cancel context.CancelFunc, c *Cell
 			}
 		}
 		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus})
-	})
+	}, Progress: func(p profile.Progress) {
+		// Held in memory and announced; written with the cell's next state change (a
+		// store write a second per running cell buys nothing a restart needs).
+		cp := &Progress{Done: p.Done, Failed: p.Failed, InFlight: p.InFlight, Total: p.Total, TokensPerS: p.TokensPerS}
+		if p.ETA > 0 {
+			v := p.ETA.Seconds()
+			cp.ETAS = &v
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if c.State != CellRunning {
+			return
+		}
+		c.Progress = cp
+		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus, Progress: cp})
+	}})
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.nRunning--

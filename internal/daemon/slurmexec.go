@@ -139,7 +139,7 @@ func slurmUsage(err error) error {
 
 // plan is slurm submit's: every cell planned as on a node of its own hardware, less those
 // the results root holds as ok or Slurm holds queued for this root.
-func (sx *slurmExec) plan(s Spec) ([]string, error) {
+func (sx *slurmExec) plan(s Spec) ([]*Cell, error) {
 	if len(s.ServerArgs) > 0 {
 		return nil, &SubmitError{400, errors.New("extra server flags (after --) are not carried to Slurm tasks; put them in the matrix (server_args) instead")}
 	}
@@ -156,11 +156,11 @@ func (sx *slurmExec) plan(s Spec) ([]string, error) {
 	if len(cells) == 0 {
 		return nil, &SubmitError{422, fmt.Errorf("no cell of %s is left to run (ok in the results root, queued or running in Slurm, or filtered by --only); see moecapd slurm status --results %s", s.Matrix, sx.d.o.ResultsFlag)}
 	}
-	ids := make([]string, len(cells))
+	cs := make([]*Cell, len(cells))
 	for i, c := range cells {
-		ids[i] = c.ID
+		cs[i] = &Cell{ID: c.ID, Index: i, State: CellQueued}
 	}
-	return ids, nil
+	return cs, nil
 }
 
 // matrixCells finds a job's cells in its matrix.

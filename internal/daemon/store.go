@@ -107,6 +107,23 @@ type Cell struct {
 	Recovery string `json:"recovery,omitempty"`
 	// Slurm is the cell's task and Slurm's view of it (serve --executor slurm).
 	Slurm *CellSlurm `json:"slurm,omitempty"`
+	// EstimateS is the plan's estimate of the cell's whole run in seconds (absent when the
+	// plan has none).
+	EstimateS *float64 `json:"estimate_s,omitempty"`
+	// Progress is the bench's requests, while the built-in client runs them (the last
+	// report is kept once the cell ends).
+	Progress *Progress `json:"progress,omitempty"`
+}
+
+// Progress is where a cell's bench stands: requests done (failed included) of total, and
+// the time left at the rate measured so far (absent until there is a rate).
+type Progress struct {
+	Done       int      `json:"done"`
+	Failed     int      `json:"failed"`
+	InFlight   int      `json:"in_flight"`
+	Total      int      `json:"total"`
+	TokensPerS float64  `json:"tokens_per_s"`
+	ETAS       *float64 `json:"eta_s,omitempty"`
 }
 
 // Final says the cell will not run again.
