@@ -19,6 +19,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/moecapd/moecapd/internal/app"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 // FormatVersion is the store's on-disk format; a store of another version is refused, not
@@ -142,6 +143,14 @@ type Lease struct {
 	DaemonPID int `json:"daemon_pid"`
 	ServerPID int `json:"server_pid,omitempty"`
 	Port      int `json:"port,omitempty"`
+	// Supervisor is the daemon and Server the cell's server (from its state file, once the
+	// launcher started and verified it) as the launcher names processes: PID, start time
+	// and boot, so a restarted daemon never mistakes a reused PID for them.
+	Supervisor *launcher.ProcessID `json:"supervisor,omitempty"`
+	Server     *launcher.ProcessID `json:"server,omitempty"`
+	// BaselineBytes is each GPU's used memory (NVML) when the lease was taken, in GPUs'
+	// order: the idle baseline a restarted daemon waits for. Absent without NVML.
+	BaselineBytes []*uint64 `json:"baseline_bytes,omitempty"`
 }
 
 func cellKey(job, id string) []byte { return []byte(job + "/" + id) }

@@ -179,6 +179,9 @@ type Item struct {
 	Action Action
 	Why    string
 	Prev   *cell.Manifest // what the results root holds for it
+	// Extra are notes for this run's manifest "extra" beside the config's (the daemon's
+	// lease reconciliation proof).
+	Extra map[string]json.RawMessage
 	// Feasible is the pass-cost model's memory verdict (false only when the cell does not
 	// fit at all); Verdict says "fits", "under-batched" (Concurrent < batch requests at
 	// once) or "does-not-fit"; Need/Have are bytes per GPU.

@@ -450,6 +450,7 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		if j.cfg.Extra == nil {
 			j.cfg.Extra = map[string]json.RawMessage{}
 		}
+		maps.Copy(j.cfg.Extra, j.it.Extra)
 		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned, ContaminatedRetry: contaminatedRetry})
 		m, err = r.Exec(cctx, j.cfg, plan)
 		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)

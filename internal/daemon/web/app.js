@@ -68,10 +68,11 @@ function progressCell(c) {
   const p = c.progress;
   if (!p || !p.total) return td(c.phase === "bench" ? "starting…" : "", "muted");
   const wrap = el("div", null, "prog");
-  const bar = el("div", null, "fill" + (p.failed ? " some-failed" : ""));
+  const bar = el("div", null, "fill" + (p.failed >= p.done && p.done > 0 ? " all-failed" : ""));
   bar.style.width = Math.min(100, 100 * p.done / p.total) + "%";
   wrap.appendChild(bar);
-  const label = el("span", p.done + " / " + p.total + (p.failed ? " (" + p.failed + " failed)" : ""), "label");
+  const label = el("span", p.done + " / " + p.total, "label");
+  if (p.failed) label.appendChild(el("span", " (" + p.failed + " failed)", "failed-count"));
   wrap.appendChild(label);
   wrap.title = p.in_flight + " in flight, " + Math.round(p.tokens_per_s) + " tok/s";
   const t = td(wrap);
