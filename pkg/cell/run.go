@@ -237,13 +237,7 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 	if r.m.Failure != nil {
 		return
 	}
-	r.m.Status = StatusFailed
-	if kind == exitcode.FailOOM {
-		r.m.Status = StatusInfeasible
-	}
-	if kind == exitcode.FailInterrupted {
-		r.m.Status = StatusInterrupted
-	}
+	r.m.Status = StatusOf(kind)
 	r.m.Failure = &Failure{Phase: ph, Kind: kind, Message: msg}
 	if r.logw != nil {
 		r.logw.Poll()
@@ -252,14 +246,11 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 	r.log.Error("cell failed", zap.String("phase", string(ph)), zap.String("kind", string(kind)), zap.String("why", msg))
 }
 
-// interrupted records the cell as interrupted in phase ph; ctx's cause (the signal, when
-// cmd/moecapd cancelled it for one) goes into the message.
+// interrupted records the cell stopped in phase ph by its context: failed/timeout at the
+// cell's time limit, else interrupted (Stopped).
 func (r *runner) interrupted(ctx context.Context, ph Phase) {
-	why := "a signal (SIGINT, SIGTERM or SIGHUP)"
-	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
-		why = c.Error()
-	}
-	r.fail(ph, exitcode.FailInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
+	kind, msg := Stopped(ctx, ph)
+	r.fail(ph, kind, msg)
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
