@@ -116,6 +116,9 @@ func (e localExec) plan(s Spec) ([]*Cell, error) {
 	for _, it := range items {
 		if it.Action == matrix.ActRun {
 			c := &Cell{ID: it.Cell.ID, Index: len(cs), State: CellQueued}
+			if it.Prev != nil {
+				c.Reason = it.Why // an earlier attempt: interrupted (its supervisor gone), failed…
+			}
 			if it.Estimate > 0 {
 				v := it.Estimate.Seconds()
 				c.EstimateS = &v
@@ -282,6 +285,9 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		default:
 			c.State, c.Phase, c.Reruns = CellQueued, "", c.Reruns+1
 			c.Recovery = "the daemon stopped while it ran; queued again; " + proof
+			if merr == nil && m.InterruptedWhy() != "" {
+				c.Reason = "earlier attempt " + m.InterruptedWhy()
+			}
 		}
 		d.log.Warn("reconciled a cell the previous daemon was running", zap.String("job", c.Job), zap.String("cell", c.ID),
 			zap.String("state", c.State), zap.String("recovery", c.Recovery))
@@ -600,7 +606,9 @@ func (d *Daemon) schedule(ctx context.Context) {
 			return
 		}
 		now := time.Now().UTC()
-		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Reason, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), "", nil
+		// Reason keeps what the queue knew of it (an earlier attempt interrupted, its
+		// supervisor gone) until the cell's own outcome replaces it.
+		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), nil
 		self := launcher.Self()
 		l := &Lease{Job: c.Job, Cell: c.ID, GPUs: gpus, Start: now, DaemonPID: self.PID, Port: port, Supervisor: &self,
 			BaselineBytes: d.baselines(gpus)}
