@@ -102,7 +102,7 @@ func cellPlots(r *Row) []*Plot {
 		for i, g := range idx {
 			ss = append(ss, series{name: "GPU " + strconv.Itoa(g), pts: m[g], color: gpuColor(i), plain: true})
 		}
-		add(kind, title, &plotSpec{xlabel: "seconds since the first sample", ylabel: ylabel, series: ss, yMax: yMax, legendLeft: true})
+		add(kind, title, &plotSpec{xlabel: "seconds since the first sample", ylabel: ylabel, series: ss, yMax: yMax})
 	}
 	perGPU("power", "GPU power (NVML)", "power (W)", d.Power, 0)
 	perGPU("util", "GPU utilisation (NVML)", "utilisation (%)", d.Util, 110)
@@ -161,12 +161,8 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 		}
 		cp.Flags = append(cp.Flags, what+": "+f.Reason)
 	}
-	if m != nil && m.ServerMetrics != nil && m.ServerMetrics.Preempted {
-		cp.Flags = append(cp.Flags, fmt.Sprintf("preempted: the server preempted %s requests during the bench; their latencies include recomputation", round3(*m.ServerMetrics.Preemptions)))
-	}
-	if rs := repeatStats(m); rs != nil && len(rs.Unstable) > 0 {
-		cp.Flags = append(cp.Flags, fmt.Sprintf("unstable: over its %d repeats the coefficient of variation of %s exceeds %g%%",
-			len(m.Repeats), strings.Join(rs.Unstable, ", "), 100*rs.UnstableCV))
+	for _, mk := range r.marks() {
+		cp.Flags = append(cp.Flags, mk.Name+": "+mk.Why)
 	}
 	for _, p := range plots {
 		cp.Plots = append(cp.Plots, htmlPlot{Title: p.Title, Src: plotDir + p.Name, Name: p.Name})
