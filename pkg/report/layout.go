@@ -33,13 +33,14 @@ type segment struct{ a, b vg.Point }
 // Label placement parameters: the first ring sits just beside the point; the outer rings
 // need a leader line back to it.
 const (
-	labelGap     = vg.Length(3)
 	labelPad     = vg.Length(1) // kept free around every label box
 	leaderAfter  = 1            // rings past this one get a leader line
 	crossPenalty = 6.0
 )
 
-var labelRings = []vg.Length{3, 9, 16, 26, 40, 58, 80}
+// labelRings are the distances from a point (its centre) to its label tried in turn: the
+// first clears the marker, the rest need a leader line.
+var labelRings = []vg.Length{markerR + 1.5, 11, 18, 28, 41, 58, 80}
 
 // placeLabels places each label greedily, the most crowded point first, at the cheapest
 // candidate position that stays inside bounds and overlaps no placed label and no obstacle

@@ -491,7 +491,6 @@ func setFonts(p *plot.Plot) {
 	p.Legend.TextStyle.Font.Size = vg.Points(9.5)
 }
 
-// renderPlot draws one figure to SVG.
 // sanitize drops what no axis can show: non-finite points, x ≤ 0 on the batch (log)
 // axis, non-finite box values; a non-finite whisker becomes none (NaN).
 func (s *plotSpec) sanitize() {
@@ -588,11 +587,6 @@ const (
 	minPlotFrac = 0.6 // the data area keeps at least this share of the width
 )
 
-func renderPlot(s *plotSpec) ([]byte, error) {
-	svg, _, err := drawFigure(s)
-	return svg, err
-}
-
 // drawFigure draws one figure to SVG: the data area with its axes on the left, the legend
 // in a column to its right (never on the data), point labels placed where they overlap
 // nothing (placeLabels), whiskers and intervals inside the y axis' range.
@@ -687,7 +681,8 @@ func drawFigure(s *plotSpec) (svg []byte, lay *figLayout, err error) {
 	leg := plot.NewLegend()
 	leg.TextStyle.Font.Size = vg.Points(legendFont)
 	leg.Top, leg.Left = true, true
-	leg.Padding = vg.Points(2)
+	// gonum spaces entries by the text's ascent; the padding clears the descent too.
+	leg.Padding = vg.Points(3)
 	nLegend := 0
 	addLegend := func(name string, th ...plot.Thumbnailer) {
 		leg.Add(name, th...)
@@ -869,7 +864,7 @@ func toSVG(p *plot.Plot, leg *plot.Legend, w, h vg.Length, lay *figLayout, ss []
 	dc := draw.New(c)
 	// A margin above and right of the axes, so the top tick label and the last point's
 	// marker stay inside the figure.
-	pc := draw.Crop(dc, 0, -figMargin, 0, -figMargin)
+	pc := draw.Crop(dc, figMargin/2, -figMargin, 0, -figMargin)
 	if leg != nil {
 		pc = draw.Crop(pc, 0, -(lw + legendGap), 0, 0)
 	}
@@ -982,7 +977,7 @@ func withLayoutAttrs(svg []byte, lay *figLayout) []byte {
 	if lay.Legend != (vg.Rectangle{}) {
 		attrs += ` data-legend="` + box(lay.Legend) + `"`
 	}
-	var labels []string
+	labels := []string{}
 	for _, l := range lay.Labels {
 		labels = append(labels, l.Text)
 	}
@@ -994,7 +989,6 @@ func withLayoutAttrs(svg []byte, lay *figLayout) []byte {
 	return append(out, svg[i+4:]...)
 }
 
-// renderAll draws every figure in parallel, in place.
 // renderAll draws every figure; one that cannot be drawn gets Err (and no SVG), the
 // others are drawn all the same.
 func renderAll(plots []*Plot) {
@@ -1007,9 +1001,18 @@ func renderAll(plots []*Plot) {
 		go func() {
 			defer wg.Done()
 			for pl := range next {
-				pl.SVG, pl.Err = renderPlot(pl.spec)
+				var lay *figLayout
+				pl.SVG, lay, pl.Err = drawFigure(pl.spec)
 				if pl.Err != nil {
 					pl.SVG = nil
+					continue
+				}
+				if n := len(lay.Unplaced); n > 0 {
+					note := fmt.Sprintf("%d of %d point labels left out for lack of room (%s); the table lists every cell", n, n+len(lay.Labels), strings.Join(firstN(dedupe(lay.Unplaced), 8), ", "))
+					if pl.Note != "" {
+						note = pl.Note + " · " + note
+					}
+					pl.Note = note
 				}
 			}
 		}()
@@ -1019,6 +1022,14 @@ func renderAll(plots []*Plot) {
 	}
 	close(next)
 	wg.Wait()
+}
+
+// firstN is xs cut to n, "…" standing for the rest.
+func firstN(xs []string, n int) []string {
+	if len(xs) <= n {
+		return xs
+	}
+	return append(xs[:n:n], "…")
 }
 
 // drawn is ps without the figures that could not be drawn.
