@@ -419,12 +419,18 @@ func serverMetricRows(m *cell.Manifest) []kv {
 		}
 		return round3(*p)
 	}
+	optCount := func(p *float64) string {
+		if p == nil {
+			return "not exported"
+		}
+		return count(*p)
+	}
 	return []kv{
 		{"server metrics", fmt.Sprintf("%d scrapes of %s", sm.Samples, sm.URL)},
 		{"server: running requests (mean / peak)", opt(sm.MeanRunning) + " / " + opt(sm.PeakRunning)},
 		{"server: waiting requests (mean / peak)", opt(sm.MeanWaiting) + " / " + opt(sm.PeakWaiting)},
 		{"server: peak KV-cache usage", opt(sm.PeakKVUsage)},
-		{"server: preemptions", opt(sm.Preemptions)},
-		{"server: prompt / generation tokens", opt(sm.PromptTokens) + " / " + opt(sm.GenerationTokens)},
+		{"server: preemptions", optCount(sm.Preemptions)},
+		{"server: prompt / generation tokens", optCount(sm.PromptTokens) + " / " + optCount(sm.GenerationTokens)},
 	}
 }

@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -90,6 +91,14 @@ func viewOf(r *Row) cellView {
 	return v
 }
 
+// count shows a counter's value: whole numbers with separators ("1,204"), others rounded.
+func count(v float64) string {
+	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+		return thousands(v)
+	}
+	return round3(v)
+}
+
 // cellMark is a warning about a completed cell's numbers that are still results: its
 // repeats spread more than the threshold (unstable), its server preempted requests.
 type cellMark struct{ Name, Why string }
@@ -106,7 +115,7 @@ func (r *Row) marks() []cellMark {
 			len(m.Repeats), strings.Join(rs.Unstable, ", "), 100*rs.UnstableCV)})
 	}
 	if sm := m.ServerMetrics; sm != nil && sm.Preempted && sm.Preemptions != nil {
-		out = append(out, cellMark{"preempted", fmt.Sprintf("the server preempted %s requests during the bench; their latencies include recomputation", round3(*sm.Preemptions))})
+		out = append(out, cellMark{"preempted", fmt.Sprintf("the server preempted %s requests during the bench; their latencies include recomputation", count(*sm.Preemptions))})
 	}
 	return out
 }
