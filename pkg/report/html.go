@@ -59,13 +59,13 @@ type htmlPair struct {
 type htmlGroup struct {
 	Anchor, Name, Task string
 	// Summary counts the group's cells by status ("14 cells: 13 ok, 1 failed").
-	Summary string
-	Plots              []htmlPlot
-	Cells              []htmlCell
-	PairBackends       []string
-	Pairs              []htmlPair
-	NoPlots            string
-	Notes              []string
+	Summary      string
+	Plots        []htmlPlot
+	Cells        []htmlCell
+	PairBackends []string
+	Pairs        []htmlPair
+	NoPlots      string
+	Notes        []string
 }
 
 // htmlModel is one model's part of the report: its task groups, each a section a person
@@ -101,8 +101,8 @@ type htmlPage struct {
 	Counts                    []htmlCount
 	Groups                    []htmlGroup
 	// Models are the groups by model, in the same order, for the contents list.
-	Models                    []htmlModel
-	Bad                       []htmlBad
+	Models []htmlModel
+	Bad    []htmlBad
 	// CAPErrors are impossible CAP values (capmath moved them out of the results).
 	CAPErrors   []htmlCAPError
 	Hardware    []htmlHW

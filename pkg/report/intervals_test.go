@@ -188,4 +188,3 @@ func mustRead(t *testing.T, p string) string {
 	}
 	return string(b)
 }
-
