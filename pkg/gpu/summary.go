@@ -60,7 +60,7 @@ type Summary struct {
 	XIDErrors []XIDEvent   `json:"xid_errors,omitzero"`
 	XIDCheck  string       `json:"xid_check,omitempty"`
 	PerGPU    []GPUSummary `json:"per_gpu,omitempty"`
-	CSVError            string       `json:"csv_error,omitempty"`
+	CSVError  string       `json:"csv_error,omitempty"`
 
 	// Filled by Finish.
 	OutputTokens     *int     `json:"output_tokens,omitempty"`
