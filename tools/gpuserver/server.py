@@ -200,10 +200,25 @@ def model_config(args):
 
 def build_model(args, device):
     import torch
-    from transformers import AutoModelForCausalLM
 
     dtype = getattr(torch, args.dtype)
     cfg = model_config(args)
+    try:
+        return build_from(cfg, args, device, dtype)
+    except (TypeError, ValueError, KeyError) as e:
+        if args.arch != "deepseek_v2" or "rope_scaling" not in (args.hf_config or {}):
+            raise
+        # The published YaRN scaling changes no weight and no work; a transformers whose rope
+        # code cannot take it builds the same model with plain RoPE.
+        log(f"building with the published rope scaling failed ({type(e).__name__}: {e}); building with plain RoPE")
+        args.hf_config = {k: v for k, v in args.hf_config.items() if k != "rope_scaling"}
+        return build_from(model_config(args), args, device, dtype)
+
+
+def build_from(cfg, args, device, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(args.seed)
     # Build directly on the GPU: random init there takes seconds, on the CPU much longer.
     with torch.device(device):
