@@ -425,9 +425,10 @@ def worker_main(args, rank, inq, outq):
             return
         batch = [item]
         stop = False
-        # Requests sent together by a concurrent client arrive a few ms apart: gather them
-        # into one batch instead of running the first alone.
-        deadline = time.monotonic() + 0.005
+        # Requests sent together by a concurrent client arrive a few ms apart (tens of ms for
+        # a wave the client sends as the previous one ends): gather them into one batch
+        # instead of running the first ones alone and the rest as a short batch after.
+        deadline = time.monotonic() + 0.05
         while len(batch) < max_batch:
             try:
                 it = inq.get(timeout=max(0.0, deadline - time.monotonic()))
