@@ -15,6 +15,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // Runner runs the cells a plan marked ActRun. Cells of one chain run in batch order, one
@@ -56,6 +57,10 @@ type Outcome struct {
 	// Held lists the cells another runner held (launch-and-bench, a Slurm task): not run,
 	// not touched, each a *cell.LockedError naming its holder.
 	Held []error
+	// Unrecorded holds, by cell id, the outcome of each cell whose manifest could not be
+	// written (a full or read-only disk): its directory does not say what happened, this
+	// does (failed, record/manifest_write). Such a cell ends the run (Run's error).
+	Unrecorded map[string]*cell.Manifest
 }
 
 type job struct {
@@ -215,10 +220,17 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 			freeGPU[g] = true
 		}
 		delete(usedPorts, j.port)
-		if j.err != nil && j.m == nil {
+		if j.err != nil {
 			// The cell's directory could not be written: the next cells would fail alike.
+			// The error keeps its kind (a full or read-only disk is a setup problem).
 			fatal = fmt.Errorf("cell %s: %w", c.ID, j.err)
-			j.m = r.configFailure(c, j.err)
+			if j.m == nil {
+				j.m = r.configFailure(c, j.err)
+			}
+			if out.Unrecorded == nil {
+				out.Unrecorded = map[string]*cell.Manifest{}
+			}
+			out.Unrecorded[c.ID] = j.m
 		}
 		j.unlock()
 		m := j.m
@@ -322,12 +334,19 @@ func (r *Runner) Open() error {
 	return nil
 }
 
+// CellHooks are what a scheduler of its own hears of a cell RunCell runs.
+type CellHooks struct {
+	Phase    func(cell.Phase)
+	Progress func(profile.Progress) // the built-in client's requests (the MoE-CAP runner reports none)
+}
+
 // RunCell runs one cell for a scheduler of its own (the daemon), with Run's rules: it takes
 // the cell's lock (a cell another runner holds gives a *cell.LockedError and is not
 // touched), builds the config, gives it the port and GPUs, and runs it with the retries
 // and time limit. Build is called under buildMu, so RunCell may run from many goroutines.
-// onPhase (may be nil) hears the pipeline's phases.
-func (r *Runner) RunCell(ctx context.Context, it *Item, gpus []string, port int, onPhase func(cell.Phase)) (*cell.Manifest, error) {
+// The hooks (each may be nil) hear the pipeline's phases and the built-in client's bench
+// progress.
+func (r *Runner) RunCell(ctx context.Context, it *Item, gpus []string, port int, h CellHooks) (*cell.Manifest, error) {
 	c := it.Cell
 	unlock, err := r.layout.Lock(c.ID)
 	if err != nil {
@@ -345,9 +364,12 @@ func (r *Runner) RunCell(ctx context.Context, it *Item, gpus []string, port int,
 		cfg.CUDAVisibleDevices = strings.Join(gpus, ",")
 	}
 	cfg.OnPhase = func(_ string, ph cell.Phase) {
-		if onPhase != nil {
-			onPhase(ph)
+		if h.Phase != nil {
+			h.Phase(ph)
 		}
+	}
+	if h.Progress != nil {
+		cfg.Native.OnProgress = h.Progress
 	}
 	j := &job{it: it, gpus: gpus, port: port, cfg: cfg, start: time.Now()}
 	m, err := r.runCell(ctx, j, r.Log)
@@ -446,6 +468,7 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		if j.cfg.Extra == nil {
 			j.cfg.Extra = map[string]json.RawMessage{}
 		}
+		maps.Copy(j.cfg.Extra, j.it.Extra)
 		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned, ContaminatedRetry: contaminatedRetry})
 		m, err = r.Exec(cctx, j.cfg, plan)
 		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
