@@ -92,7 +92,9 @@ func TestTruthAbsentIsNotClean(t *testing.T) {
 		want []string // substrings of not_checked
 		none []string // checks that must be absent
 	}{
-		{"no NVML", func(m *Manifest) { m.Telemetry = &gpu.Summary{Available: false, Reason: "simulated backend: no GPU to measure"} },
+		{"no NVML", func(m *Manifest) {
+			m.Telemetry = &gpu.Summary{Available: false, Reason: "simulated backend: no GPU to measure"}
+		},
 			[]string{"other processes on the cell's GPUs during the window: no GPU telemetry (simulated backend", "XID errors during the window: no GPU telemetry (simulated backend"},
 			[]string{"foreign_gpu_processes", "xid_errors"}},
 		{"other pid namespace", func(m *Manifest) {
@@ -100,7 +102,9 @@ func TestTruthAbsentIsNotClean(t *testing.T) {
 		}, []string{"never showed the server's processes", "does not report XID events"}, []string{"foreign_gpu_processes", "xid_errors"}},
 		{"no /metrics", func(m *Manifest) {}, []string{"output tokens against the server's /metrics: the server exported no /metrics", "preemptions: the server exported no /metrics"},
 			[]string{"output_tokens_server_metrics_vs_client", "server_preemptions"}},
-		{"bench-phase window", func(m *Manifest) { m.ServerMetrics = &servermetrics.Summary{Window: servermetrics.WindowBench, GenerationTokens: f(64)} },
+		{"bench-phase window", func(m *Manifest) {
+			m.ServerMetrics = &servermetrics.Summary{Window: servermetrics.WindowBench, GenerationTokens: f(64)}
+		},
 			[]string{"not the measured requests'", "preemptions: the server's /metrics has no preemption counter"}, []string{"output_tokens_server_metrics_vs_client"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -95,7 +95,7 @@ func TestRunCellRetriesContaminatedOnce(t *testing.T) {
 		if it == nil {
 			t.Fatalf("no item %s", id)
 		}
-		m, err := r.RunCell(t.Context(), it, nil, 0, nil)
+		m, err := r.RunCell(t.Context(), it, nil, 0, CellHooks{})
 		if err != nil || m == nil {
 			t.Fatalf("RunCell %s: %v", id, err)
 		}
