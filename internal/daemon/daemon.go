@@ -208,6 +208,9 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		default:
 			c.State, c.Phase, c.Reruns = CellQueued, "", c.Reruns+1
 			c.Recovery = "the daemon stopped while it ran; queued again; " + proof
+			if merr == nil && m.InterruptedWhy() != "" {
+				c.Reason = "earlier attempt " + m.InterruptedWhy()
+			}
 		}
 		d.log.Warn("reconciled a cell the previous daemon was running", zap.String("job", c.Job), zap.String("cell", c.ID),
 			zap.String("state", c.State), zap.String("recovery", c.Recovery))
@@ -351,9 +354,15 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 		return nil, &SubmitError{422, fmt.Errorf("no cell of %s is left to run on this node (done, kept from the results root, filtered by --only, or for other hardware); see moecapd matrix plan --matrix %s --results %s", s.Matrix, s.Matrix, d.o.ResultsFlag)}
 	}
 	j := &Job{Owner: owner, Priority: s.Priority, State: JobQueued, Created: time.Now().UTC(), Spec: s, Cells: ids}
+	why := map[string]string{}
+	for _, it := range items {
+		if it.Action == matrix.ActRun && it.Prev != nil {
+			why[it.Cell.ID] = it.Why // an earlier attempt: interrupted (its supervisor gone), failed…
+		}
+	}
 	var cs []*Cell
 	for i, id := range ids {
-		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued, EstimateS: est[id]})
+		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued, Reason: why[id], EstimateS: est[id]})
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -529,7 +538,9 @@ func (d *Daemon) schedule(ctx context.Context) {
 			return
 		}
 		now := time.Now().UTC()
-		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Reason, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), "", nil
+		// Reason keeps what the queue knew of it (an earlier attempt interrupted, its
+		// supervisor gone) until the cell's own outcome replaces it.
+		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), nil
 		self := launcher.Self()
 		l := &Lease{Job: c.Job, Cell: c.ID, GPUs: gpus, Start: now, DaemonPID: self.PID, Port: port, Supervisor: &self,
 			BaselineBytes: d.baselines(gpus)}

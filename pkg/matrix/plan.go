@@ -237,8 +237,8 @@ func Plan(mx *Matrix, tables *config.Tables, node Node, results map[string]*cell
 			switch {
 			case prev == nil:
 				it.Why = "pending"
-			case prev.Status == cell.StatusRunning || prev.Status == cell.StatusInterrupted:
-				it.Why = "redo: earlier attempt " + string(prev.Status)
+			case prev.InterruptedWhy() != "":
+				it.Why = "redo: earlier attempt " + prev.InterruptedWhy()
 			default:
 				it.Why = "redo: earlier attempt " + string(prev.Status)
 			}

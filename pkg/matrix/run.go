@@ -444,8 +444,6 @@ func RetryReason(m *cell.Manifest) string {
 	return r
 }
 
-var errCellTimeout = errors.New("cell timeout")
-
 func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Manifest, error) {
 	c := j.it.Cell
 	timeout := r.CellTimeout
@@ -461,7 +459,8 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		}
 		cctx, cancel := ctx, context.CancelFunc(func() {})
 		if timeout > 0 {
-			cctx, cancel = context.WithTimeoutCause(ctx, timeout, errCellTimeout)
+			// The pipeline honours the limit and records failed/timeout itself.
+			cctx, cancel = cell.WithTimeLimit(ctx, timeout)
 		}
 		// The matrix's note goes in through the pipeline, the manifest's one writer.
 		j.cfg.Extra = maps.Clone(r.Extra)
@@ -471,25 +470,9 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		maps.Copy(j.cfg.Extra, j.it.Extra)
 		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned, ContaminatedRetry: contaminatedRetry})
 		m, err = r.Exec(cctx, j.cfg, plan)
-		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
 		cancel()
 		if err != nil && m == nil {
 			return nil, err
-		}
-		if timedOut && m.Status == cell.StatusInterrupted {
-			m.Status = cell.StatusFailed
-			ph := cell.PhaseBench
-			if m.Failure != nil {
-				ph = m.Failure.Phase
-			}
-			m.Failure = &cell.Failure{Phase: ph, Kind: exitcode.FailTimeout, LogTail: tail(m),
-				Message: fmt.Sprintf("the cell ran past its time limit of %s during %s and was stopped; raise --cell-timeout (or the group's timeout) if it was making progress", timeout, ph)}
-		}
-		if timedOut && m.Status == cell.StatusFailed {
-			// The pipeline recorded an interruption; the matrix knows it was its time limit.
-			if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
-				return m, werr
-			}
 		}
 		// A contaminated cell (its truth verdict: another load disturbed the measurement)
 		// runs once more, whatever --retries says; the second run's manifest records why.
@@ -512,13 +495,6 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 			return m, nil
 		}
 	}
-}
-
-func tail(m *cell.Manifest) string {
-	if m.Failure != nil {
-		return m.Failure.LogTail
-	}
-	return ""
 }
 
 func identity(c *Cell) cell.Identity {
