@@ -103,6 +103,9 @@ type Scraper struct {
 	out      *csv.Writer
 	cancel   context.CancelFunc
 	done     chan struct{}
+	// one serialises scrapes (the ticker's and Mark's), so samples are appended in the order
+	// they were taken.
+	one sync.Mutex
 
 	mu      sync.Mutex
 	samples []Sample
@@ -137,7 +140,25 @@ func (s *Scraper) run(ctx context.Context) {
 	}
 }
 
+// Mark takes one sample now and returns when it is stored: called right before the measured
+// window opens (after the warm-up) and right after it closes, it puts a sample at each edge,
+// so the counters' deltas over the window are the window's own, not the warm-up's tail or a
+// tick's worth more.
+func (s *Scraper) Mark() {
+	select {
+	case <-s.done:
+		return // stopped
+	default:
+	}
+	s.scrape(context.Background())
+}
+
+// scrape takes one sample. Its time is when the request was sent: the server's counters are
+// at least what they were then.
 func (s *Scraper) scrape(ctx context.Context) {
+	s.one.Lock()
+	defer s.one.Unlock()
+	sent := time.Now()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
 		s.fail(err)
@@ -155,7 +176,7 @@ func (s *Scraper) scrape(ctx context.Context) {
 		s.fail(fmt.Errorf("%s answered %s", s.url, resp.Status))
 		return
 	}
-	smp, err := Parse(resp.Body, time.Now())
+	smp, err := Parse(resp.Body, sent)
 	if err != nil {
 		s.fail(err)
 		return
@@ -304,7 +325,10 @@ func (s *Scraper) Stop() *Summary {
 
 // Summary is the window's server metrics, stored under "server_metrics" in the manifest.
 type Summary struct {
-	URL          string `json:"url"`
+	URL string `json:"url"`
+	// Window says what the counters' deltas cover: WindowMeasured (the measured requests,
+	// a sample taken at each edge) or WindowBench (the whole bench phase, warm-up included).
+	Window       string `json:"window,omitempty"`
 	Samples      int    `json:"samples"`
 	ScrapeErrors int    `json:"scrape_errors,omitempty"`
 	LastError    string `json:"last_error,omitempty"`
@@ -323,6 +347,12 @@ type Summary struct {
 	// latencies include recomputation.
 	Preempted bool `json:"preempted,omitempty"`
 }
+
+// Summary windows.
+const (
+	WindowMeasured = "measured requests"
+	WindowBench    = "bench phase"
+)
 
 // Summarize summarises samples in time order.
 func Summarize(ss []Sample) *Summary {
