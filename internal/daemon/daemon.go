@@ -336,7 +336,9 @@ func reasonOf(m *cell.Manifest) string {
 		}
 		return fmt.Sprintf("%s in %s: %s", f.Kind, f.Phase, msg)
 	}
-	return ""
+	// A contaminated run was run once more (matrix.Runner.RunCell's one decision): the
+	// cell's record says so, as its manifest does.
+	return matrix.RetryReason(m)
 }
 
 func indexNL(s string) int {
