@@ -426,7 +426,23 @@ func contamination(m *cell.Manifest) string {
 	return strings.Join(why, "; ")
 }
 
-var errCellTimeout = errors.New("cell timeout")
+// RetryReason says, for a record of the cell kept outside its manifest (the daemon's), why
+// the kept run is not the first: the contaminated attempt the runner ran again, and whether
+// the rerun was contaminated too; "" for a cell that ran once. The decision itself is
+// runCell's, for matrix run and the daemon alike.
+func RetryReason(m *cell.Manifest) string {
+	if m == nil {
+		return ""
+	}
+	r := NoteOf(m).ContaminatedRetry
+	if r == "" {
+		return ""
+	}
+	if why := contamination(m); why != "" {
+		r += "; the rerun was contaminated too (" + why + ") and is kept as it is"
+	}
+	return r
+}
 
 func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Manifest, error) {
 	c := j.it.Cell
@@ -443,7 +459,8 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		}
 		cctx, cancel := ctx, context.CancelFunc(func() {})
 		if timeout > 0 {
-			cctx, cancel = context.WithTimeoutCause(ctx, timeout, errCellTimeout)
+			// The pipeline honours the limit and records failed/timeout itself.
+			cctx, cancel = cell.WithTimeLimit(ctx, timeout)
 		}
 		// The matrix's note goes in through the pipeline, the manifest's one writer.
 		j.cfg.Extra = maps.Clone(r.Extra)
@@ -453,25 +470,9 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		maps.Copy(j.cfg.Extra, j.it.Extra)
 		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned, ContaminatedRetry: contaminatedRetry})
 		m, err = r.Exec(cctx, j.cfg, plan)
-		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
 		cancel()
 		if err != nil && m == nil {
 			return nil, err
-		}
-		if timedOut && m.Status == cell.StatusInterrupted {
-			m.Status = cell.StatusFailed
-			ph := cell.PhaseBench
-			if m.Failure != nil {
-				ph = m.Failure.Phase
-			}
-			m.Failure = &cell.Failure{Phase: ph, Kind: exitcode.FailTimeout, LogTail: tail(m),
-				Message: fmt.Sprintf("the cell ran past its time limit of %s during %s and was stopped; raise --cell-timeout (or the group's timeout) if it was making progress", timeout, ph)}
-		}
-		if timedOut && m.Status == cell.StatusFailed {
-			// The pipeline recorded an interruption; the matrix knows it was its time limit.
-			if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
-				return m, werr
-			}
 		}
 		// A contaminated cell (its truth verdict: another load disturbed the measurement)
 		// runs once more, whatever --retries says; the second run's manifest records why.
@@ -494,13 +495,6 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 			return m, nil
 		}
 	}
-}
-
-func tail(m *cell.Manifest) string {
-	if m.Failure != nil {
-		return m.Failure.LogTail
-	}
-	return ""
 }
 
 func identity(c *Cell) cell.Identity {

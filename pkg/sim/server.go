@@ -57,11 +57,16 @@ const (
 	// FaultNoTokenize serves no /tokenize and /detokenize (404), as a server built without
 	// them: what the native client needs of the server is probed right after readiness.
 	FaultNoTokenize = "no-tokenize"
+	// FaultMetricsLie makes /metrics disagree with what was served, for the truth verdict's
+	// triangulation: the generation-token counter counts every token twice and vLLM's
+	// preemption counter counts one preemption per request admitted (the engine never
+	// preempts).
+	FaultMetricsLie = "metrics-lie"
 )
 
 // Faults lists the valid Config.Fault values.
 var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie,
-	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200, FaultNoTokenize}
+	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200, FaultNoTokenize, FaultMetricsLie}
 
 // Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
 type Config struct {
