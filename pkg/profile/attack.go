@@ -3,7 +3,6 @@ package profile
 import (
 	"context"
 	"io"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -76,17 +75,7 @@ func schedule(ctx context.Context, o *Options, st *streamer, body func(i int) []
 	})
 	defer stopDrain()
 
-	var arrivals []time.Duration
-	if o.RequestRate > 0 {
-		// Poisson arrivals, as vLLM's `bench serve --request-rate` draws them.
-		rng := rand.New(rand.NewPCG(uint64(o.Seed), 0x61727269))
-		var t float64
-		arrivals = make([]time.Duration, n)
-		for i := range arrivals {
-			arrivals[i] = time.Duration(t * float64(time.Second))
-			t += rng.ExpFloat64() / o.RequestRate
-		}
-	}
+	arrivals := o.pacer().Arrivals(n)
 	begin := time.Now()
 	var wg sync.WaitGroup
 	launch := func(i int, done func()) {

@@ -51,7 +51,8 @@ type Options struct {
 	IgnoreEOS    bool
 	Schedule     string  // ScheduleClosedLoop (default) or ScheduleWaves
 	Warmup       int     // unmeasured requests sent first (distinct prompts, so no prefix-cache hits)
-	RequestRate  float64 // mean requests/s of Poisson arrivals; 0 sends as fast as slots free up
+	RequestRate  float64 // mean requests/s of an open-loop load (GammaPacer); 0: the closed loop
+	Burstiness   float64 // shape of the open loop's gamma-distributed gaps; 0 or 1: Poisson
 	Seed         int64   // fixes random prompts and arrival times
 	UseChatAPI   bool    // post to /v1/chat/completions (messages) instead of /v1/completions
 	// PromptStyle is PromptUpstream (the runner's chat-templated text, non-streaming) or
