@@ -129,6 +129,17 @@ func computeMetrics(reqs []RequestResult, o *Options, dur time.Duration) Metrics
 		m.OutputThroughput = float64(m.TotalOutputTokens) / m.DurationS
 		m.TotalTokenThroughput = float64(m.TotalInputTokens+m.TotalOutputTokens) / m.DurationS
 	}
+	if o.RequestRate > 0 {
+		rate := o.RequestRate
+		m.RequestRate = &rate
+		if o.Burstiness > 0 && o.Burstiness != 1 {
+			b := o.Burstiness
+			m.Burstiness = &b
+		}
+	}
+	if o.SLO != nil {
+		m.Goodput = GoodputOf(reqs, *o.SLO, dur)
+	}
 	d := DistOf(ttft)
 	m.MeanTTFTMs, m.MedianTTFTMs, m.P90TTFTMs, m.P99TTFTMs, m.StdTTFTMs = d.Mean, d.Median, d.P90, d.P99, d.Std
 	d = DistOf(tpot)

@@ -21,6 +21,11 @@ func (o *Options) httpClient() *http.Client {
 		return o.HTTPClient
 	}
 	conns := o.BatchSize*2 + 4 // waves can hold 1.5× the batch
+	if o.RequestRate > 0 {
+		// The open loop's in-flight count follows the server's latency, not the batch size;
+		// keep enough idle connections that a busy second does not redial every request.
+		conns = max(conns, 256)
+	}
 	return &http.Client{Transport: &http.Transport{
 		Proxy:               nil, // a benchmark measures the server, not a proxy in between
 		DialContext:         (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
@@ -144,7 +149,18 @@ func schedule(ctx context.Context, o *Options, st *streamer, body func(i int) []
 			}
 		}
 	default:
-		slots := make(chan struct{}, o.BatchSize)
+		// The closed loop holds BatchSize in flight. The open loop sends on its timetable
+		// whatever is in flight: a server that cannot keep up queues the requests itself,
+		// and their TTFT shows the wait. Holding them back here would start their clocks
+		// late and hide the overload (MaxConcurrency caps it only when asked).
+		limit := o.BatchSize
+		if arrivals != nil {
+			limit = o.MaxConcurrency
+			if limit <= 0 {
+				limit = n
+			}
+		}
+		slots := make(chan struct{}, max(limit, 1))
 	loop:
 		for i := range n {
 			if !waitArrival(i) {

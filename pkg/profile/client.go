@@ -53,6 +53,12 @@ type Options struct {
 	Warmup       int     // unmeasured requests sent first (distinct prompts, so no prefix-cache hits)
 	RequestRate  float64 // mean requests/s of an open-loop load (GammaPacer); 0: the closed loop
 	Burstiness   float64 // shape of the open loop's gamma-distributed gaps; 0 or 1: Poisson
+	// MaxConcurrency caps the open loop's requests in flight; 0: no cap (the server queues).
+	// The closed loop's is BatchSize.
+	MaxConcurrency int
+	// SLO, when set, judges every request (Metrics.Goodput); needs streamed latencies
+	// (PromptExactIDs).
+	SLO *SLO
 	Seed         int64   // fixes random prompts and arrival times
 	UseChatAPI   bool    // post to /v1/chat/completions (messages) instead of /v1/completions
 	// PromptStyle is PromptUpstream (the runner's chat-templated text, non-streaming) or
@@ -177,8 +183,11 @@ func (o *Options) check() error {
 	default:
 		bad = append(bad, fmt.Sprintf("backend %q: want sglang, vllm or auto", o.Backend))
 	}
-	if o.RequestRate < 0 || o.Warmup < 0 {
-		bad = append(bad, "request rate and warmup must not be negative")
+	if o.RequestRate < 0 || o.Warmup < 0 || o.Burstiness < 0 || o.MaxConcurrency < 0 {
+		bad = append(bad, "request rate, burstiness, max concurrency and warmup must not be negative")
+	}
+	if o.SLO != nil && o.PromptStyle == PromptUpstream {
+		bad = append(bad, "an SLO needs streamed TTFT and TPOT: use prompt style exact-ids (upstream's non-streaming replies have only E2E latency)")
 	}
 	if o.Dataset == "" {
 		bad = append(bad, "dataset is empty; want gsm8k, longbench_v2 or random")

@@ -28,6 +28,7 @@ type benchFile struct {
 	NumSamples    int             `json:"num_samples"`
 	Warmup        int             `json:"warmup"`
 	RequestRate   float64         `json:"request_rate"`
+	Burstiness    float64         `json:"burstiness,omitempty"`
 	Seed          int64           `json:"seed"`
 	InputTokens   int             `json:"target_input_tokens"`
 	OutputTokens  int             `json:"target_output_tokens"`
@@ -93,7 +94,7 @@ func writeOutputs(o *Options, res *Result) error {
 	bf := benchFile{
 		SchemaVersion: 1, Client: "moecapd", APIURL: o.APIURL, Model: o.Model, Backend: res.Backend,
 		Dataset: o.Dataset, Schedule: o.Schedule, PromptStyle: o.PromptStyle, BatchSize: o.BatchSize, NumSamples: o.NumSamples,
-		Warmup: o.Warmup, RequestRate: o.RequestRate, Seed: o.Seed, InputTokens: o.InputTokens,
+		Warmup: o.Warmup, RequestRate: o.RequestRate, Burstiness: o.Burstiness, Seed: o.Seed, InputTokens: o.InputTokens,
 		OutputTokens: o.OutputTokens, IgnoreEOS: o.IgnoreEOS, Started: res.Started, Finished: res.Finished,
 		Metrics: res.Metrics, RecordsFile: res.RecordsFile, RunnerFiles: paths, Requests: res.Requests,
 	}
