@@ -58,9 +58,9 @@ type Options struct {
 	MaxConcurrency int
 	// SLO, when set, judges every request (Metrics.Goodput); needs streamed latencies
 	// (PromptExactIDs).
-	SLO *SLO
-	Seed         int64   // fixes random prompts and arrival times
-	UseChatAPI   bool    // post to /v1/chat/completions (messages) instead of /v1/completions
+	SLO        *SLO
+	Seed       int64 // fixes random prompts and arrival times
+	UseChatAPI bool  // post to /v1/chat/completions (messages) instead of /v1/completions
 	// PromptStyle is PromptUpstream (the runner's chat-templated text, non-streaming) or
 	// PromptExactIDs (exact token ids, streaming; the default).
 	PromptStyle string
