@@ -157,7 +157,7 @@ func TestSimCellOK(t *testing.T) {
 	if m.Metrics.TotalOutputTokens != 8*16 || m.Metrics.TotalInputTokens != 8*64 {
 		t.Errorf("tokens in/out %d/%d, want %d/%d", m.Metrics.TotalInputTokens, m.Metrics.TotalOutputTokens, 8*64, 8*16)
 	}
-	if tp := m.Metrics.MeanTPOTMs; tp == nil || *tp < 1.5 || *tp > 6 {
+	if tp := m.Metrics.MeanTPOTMs; tp == nil || *tp < 1.5 || *tp > 20 { // 10x: a busy machine slows passes, never speeds them
 		t.Errorf("mean TPOT %v ms, want ≈ 2 ms (imposed)", tp)
 	}
 	if m.Telemetry == nil || m.Telemetry.Available {

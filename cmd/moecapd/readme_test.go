@@ -167,3 +167,91 @@ func TestSimServerHelpIsOnlyHelp(t *testing.T) {
 		t.Errorf("exit %d\nstdout: %s\nstderr: %s\nwant exit 0 and the help only", r.code, r.stdout, r.stderr)
 	}
 }
+
+// TestReadmeDryRunMatches: the server and client command lines README.md shows for the
+// `--dry-run` example are, word for word from `python` on, the argv the dry run prints
+// (with <cell> the cell directory it names), so the example cannot drift from what runs.
+func TestReadmeDryRunMatches(t *testing.T) {
+	const cmdLine = "bin/moecapd launch-and-bench --backend sglang --config configs/fixed_4k_1k_qwen1_5.yaml --batch-size 1 --dry-run"
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	at := -1
+	for i, l := range lines {
+		if strings.TrimSpace(l) == cmdLine {
+			at = i
+		}
+	}
+	if at < 0 {
+		t.Fatalf("README.md no longer shows %q", cmdLine)
+	}
+	// The code block after it: logical lines (backslash continuations joined), comments out.
+	var logical []string
+	cur := ""
+	for _, l := range lines[at+1:] {
+		if strings.TrimSpace(l) == "" {
+			if len(logical) > 0 || cur != "" {
+				break
+			}
+			continue
+		}
+		if !strings.HasPrefix(l, "    ") {
+			break
+		}
+		l = strings.TrimSpace(l)
+		if strings.HasPrefix(l, "#") {
+			continue
+		}
+		cur += " " + strings.TrimSuffix(l, "\\")
+		if !strings.HasSuffix(l, "\\") {
+			logical, cur = append(logical, strings.TrimSpace(cur)), ""
+		}
+	}
+	if len(logical) != 2 {
+		t.Fatalf("want the server line and the client line after the dry-run command, got %q", logical)
+	}
+	results := filepath.Join(t.TempDir(), "results")
+	r := moecapd(t, nil, "launch-and-bench", "--backend", "sglang", "--config", "configs/fixed_4k_1k_qwen1_5.yaml",
+		"--batch-size", "1", "--dry-run", "--results", results)
+	if r.code != 0 {
+		t.Fatalf("dry run: exit %d\n%s", r.code, r.stderr)
+	}
+	var cellDir string
+	argvs := map[string][]string{}
+	section := ""
+	for _, l := range strings.Split(r.stdout, "\n") {
+		switch {
+		case strings.HasPrefix(l, "results:"):
+			cellDir = strings.TrimSpace(strings.TrimPrefix(l, "results:"))
+		case strings.HasPrefix(l, "server argv:"):
+			section = "server"
+		case strings.HasPrefix(l, "client argv"):
+			section = "client"
+		case strings.HasPrefix(l, "  \"") && section != "":
+			s, err := strconv.Unquote(strings.TrimSpace(l))
+			if err != nil {
+				t.Fatalf("argv line %q: %v", l, err)
+			}
+			argvs[section] = append(argvs[section], s)
+		default:
+			section = ""
+		}
+	}
+	fromPython := func(words []string) []string {
+		for i, w := range words {
+			if w == "python" {
+				return words[i:]
+			}
+		}
+		return nil
+	}
+	for i, side := range []string{"server", "client"} {
+		want := fromPython(strings.Fields(strings.ReplaceAll(logical[i], "<cell>", cellDir)))
+		got := fromPython(argvs[side])
+		if want == nil || strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("README's %s line, from python on:\n  %s\nthe dry run's:\n  %s", side, strings.Join(want, " "), strings.Join(got, " "))
+		}
+	}
+}

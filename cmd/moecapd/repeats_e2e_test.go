@@ -103,16 +103,19 @@ func TestRepeatsRefused(t *testing.T) {
 }
 
 // Two runs of one configuration, three repeats each: compare finds no regression (exit 0)
-// and says how it knows (Welch over the repeats).
+// and says how it knows (Welch over the repeats). The imposed passes are long (20 ms decode,
+// 40 ms prefill) so that scheduling noise on a busy 2-core machine stays a small share of
+// them, far below the 25% gate.
 func TestCompareSameConfigNoChange(t *testing.T) {
 	cfg := tinyConfig(t, qwen, 32, 20, 16)
-	a := simCell(t, cfg, "--sim-tpot", "5ms", "--sim-ttft", "5ms")
+	timing := []string{"--", "--sim-tpot", "20ms", "--sim-ttft", "40ms"}
+	a := simCell(t, cfg, timing[1:]...)
 	b := t.TempDir()
-	if r := moecapd(t, nil, simArgs(b, cfg, 4, "--repeats", "3", "--", "--sim-tpot", "5ms", "--sim-ttft", "5ms")...); r.code != 0 {
+	if r := moecapd(t, nil, simArgs(b, cfg, 4, append([]string{"--repeats", "3"}, timing...)...)...); r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
 	// a was one run: give it three repeats too.
-	if r := moecapd(t, nil, simArgs(a, cfg, 4, "--repeats", "3", "--", "--sim-tpot", "5ms", "--sim-ttft", "5ms")...); r.code != 0 {
+	if r := moecapd(t, nil, simArgs(a, cfg, 4, append([]string{"--repeats", "3"}, timing...)...)...); r.code != 0 {
 		t.Fatalf("exit %d\n%s", r.code, r.stderr)
 	}
 	r := moecapd(t, nil, "compare", a, b, "--format", "json", "--threshold", "25")

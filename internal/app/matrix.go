@@ -204,7 +204,6 @@ func MatrixPlan(req MatrixPlanRequest) error {
 	fmt.Fprintf(req.Out, "matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, o.ResultsFlag)
 	tw := tabwriter.NewWriter(req.Out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "#\tCELL\tACTION\tSAMPLES\tESTIMATE\tMEMORY\tWHY")
-	var total time.Duration
 	counts := map[matrix.Action]int{}
 	n := 0
 	for _, it := range s.items {
@@ -217,7 +216,6 @@ func MatrixPlan(req MatrixPlanRequest) error {
 		if it.Action == matrix.ActRun {
 			n++
 			idx = strconv.Itoa(n)
-			total += it.Estimate
 			est = "–" // unknown (a cell that cannot run): no estimate, not "0s"
 			if it.Estimate > 0 {
 				est = it.Estimate.Round(time.Second).String()
@@ -246,8 +244,8 @@ func MatrixPlan(req MatrixPlanRequest) error {
 	slots := s.slots()
 	fmt.Fprintf(req.Out, "\n%d to run, %d kept from results, %d done per matrix, %d skipped-infeasible, %d not for this node, %d filtered out\n",
 		counts[matrix.ActRun], counts[matrix.ActKeep], counts[matrix.ActDone], counts[matrix.ActSkip], counts[matrix.ActNotHere], counts[matrix.ActFiltered])
-	fmt.Fprintf(req.Out, "estimated %s over %d slot(s) (roofline floor plus start-up guess, or past runs of the same cell)\n",
-		(total / time.Duration(slots)).Round(time.Second), slots)
+	fmt.Fprintf(req.Out, "estimated %s over %d slot(s) and %d CPU core(s) (roofline floor plus start-up guess, the sim's CPU cost, or past runs of the same cell)\n",
+		matrix.Wall(s.items, slots, runtime.NumCPU()).Round(time.Second), slots, runtime.NumCPU())
 	printProblems(req.Out, s.problems)
 	return nil
 }

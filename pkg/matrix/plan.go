@@ -274,12 +274,27 @@ func predict(c *Cell, t *config.Tables) (capmath.Prediction, bool) {
 	return capmath.Predict(m, hw, c.TP, c.Batch, c.Bench.TargetInputTokens, c.Bench.TargetOutputTokens, c.NumSamples), true
 }
 
+// The sim's own cost on the machine's CPUs, which sets the pace of a time-scaled sim cell
+// far more than its scaled passes: per cell (spawn, readiness, teardown, manifest,
+// compaction), per decode pass (the server's step and the client's wake-ups) and per streamed
+// token (one SSE event written, read and parsed). Fitted on the 95 ok cells of
+// configs/matrix-sim.yaml run with --pack --slots 4 on a 2-core machine (wall per cell
+// 1.82 s + 196 µs per pass + 46 µs per token, four cells sharing two cores; halved here to
+// the cost of one cell with a core of its own). Within 0.5-1.7x per cell (p10-p90) and
+// exact in total on that run; Wall divides them by the cores, not the slots.
+const (
+	simCellCPU  = 0.9
+	simPassCPU  = 98e-6
+	simTokenCPU = 23e-6
+)
+
 // Estimate is how long a cell should take. A finished earlier run of the same cell is the
 // best guess; otherwise the pass-cost model's prediction (capmath.Predict, the model the
 // sim and the floors use): every wave of the batch that memory admits prefills together and
 // then decodes out tokens, plus a start-up guess (weights read from disk at ~2 GB/s plus a
 // minute of server initialisation). Sim cells scale by their time scale and use fixed pass
-// times where set. 0 means unknown (a cell that cannot run, a model not described).
+// times where set, but a pass never takes less than the sim's CPU cost of it (simPassCPU,
+// simTokenCPU). 0 means unknown (a cell that cannot run, a model not described).
 func Estimate(c *Cell, t *config.Tables, prev *cell.Manifest) time.Duration {
 	if prev != nil && prev.Status == cell.StatusOK && prev.Timings.Total > 0 {
 		return secs(prev.Timings.Total)
@@ -305,9 +320,29 @@ func Estimate(c *Cell, t *config.Tables, prev *cell.Manifest) time.Duration {
 		if c.SimTPOT > 0 {
 			step = c.SimTPOT.Seconds() * scale
 		}
-		startup = 0.3 + c.SimStartup.Seconds()
+		perWave := float64(min(c.Batch, pr.Batch, c.NumSamples))
+		step = max(step, simPassCPU+perWave*simTokenCPU)
+		startup = simCellCPU + c.SimStartup.Seconds()
 	}
 	return secs(startup + waves*(prefill+float64(out)*step))
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }
+
+// Wall is how long the cells to run should take over the slots: their estimates shared by
+// the slots, but sim cells, which are bound by the machine's CPUs (server and client of
+// each), shared by no more slots than there are cores. Unknown estimates (0) add nothing.
+func Wall(items []*Item, slots, cpus int) time.Duration {
+	slots = max(slots, 1)
+	var all, sim time.Duration
+	for _, it := range items {
+		if it.Action != ActRun {
+			continue
+		}
+		all += it.Estimate
+		if it.Cell.Backend == launcher.BackendSim {
+			sim += it.Estimate
+		}
+	}
+	return max(all/time.Duration(slots), sim/time.Duration(min(slots, max(cpus, 1))))
+}
