@@ -126,6 +126,19 @@ func TestFindMaxRate(t *testing.T) {
 			}
 		})
 	}
+	// A sweep that brackets the answer already (2 met, 100 missed) goes straight to the
+	// bisection; its rates are not probed again, and the highest known met rate counts.
+	var probed []float64
+	got, _, _ := FindMaxRate(MaxRateSearch{Start: 1, Steps: 20, Known: []RateStep{{2, true}, {100, false}}}, func(r float64) (bool, error) {
+		probed = append(probed, r)
+		return r <= 37, nil
+	})
+	if len(probed) == 0 || math.Abs(probed[0]-math.Sqrt(200)) > 1e-9 || slices.Contains(probed, 2) || slices.Contains(probed, 100) || got > 37 || got < 37/1.05 {
+		t.Errorf("known bracket [2, 100]: probed %v, found %g; want the first probe at √200 and an answer within 5%% below 37", probed, got)
+	}
+	if got, steps, _ := FindMaxRate(MaxRateSearch{Start: 1, Steps: 1, Known: []RateStep{{50, true}}}, func(float64) (bool, error) { return false, nil }); got != 50 || steps[0].Rate != 100 {
+		t.Errorf("known met 50: found %g after %+v, want 50 kept and 100 probed", got, steps)
+	}
 	// No rate meets: 0 and every probe recorded; a probe's error ends the search.
 	if got, steps, _ := FindMaxRate(MaxRateSearch{Start: 10, Steps: 3}, func(float64) (bool, error) { return false, nil }); got != 0 || len(steps) != 3 || steps[2].Rate != 2.5 {
 		t.Errorf("nothing meets: %g %+v, want 0 after 10, 5, 2.5", got, steps)

@@ -153,10 +153,13 @@ type RateStep struct {
 
 // MaxRateSearch is FindMaxRate's plan: Start is the first rate tried, Steps bounds how many
 // rates are tried in all, Resolution ends the bisection once hi/lo is within 1+Resolution.
+// Known are rates already measured (a --rates sweep): they narrow the bracket before the
+// first probe and are not tried again.
 type MaxRateSearch struct {
 	Start      float64
 	Steps      int
 	Resolution float64
+	Known      []RateStep
 }
 
 // DefaultMaxRateSteps bounds --find-max-rate's probes when --max-rate-steps is not given.
@@ -164,9 +167,11 @@ const DefaultMaxRateSteps = 8
 
 // FindMaxRate finds the highest rate at which probe meets the SLO, in at most s.Steps
 // probes: from s.Start it doubles while the SLO is met (or halves while it is not) until
-// a met rate and a missed one bracket the answer, then bisects between them. It returns
-// the highest rate that met (0 when none did) and every probe in order. A probe's error
-// ends the search and is returned with what was found so far.
+// a met rate and a missed one bracket the answer, then bisects between them (on a log
+// scale: rates span decades). Known rates that bracket the answer already skip straight to
+// the bisection. It returns the highest rate that met (0 when none did, Known included)
+// and every probe in order. A probe's error ends the search and is returned with what was
+// found so far.
 func FindMaxRate(s MaxRateSearch, probe func(rate float64) (bool, error)) (float64, []RateStep, error) {
 	if s.Steps <= 0 {
 		s.Steps = DefaultMaxRateSteps
@@ -176,36 +181,47 @@ func FindMaxRate(s MaxRateSearch, probe func(rate float64) (bool, error)) (float
 	}
 	var steps []RateStep
 	var lo, hi float64 // highest met, lowest missed (0: none yet)
-	try := func(r float64) (bool, error) {
-		met, err := probe(r)
-		if err != nil {
-			return false, err
-		}
-		steps = append(steps, RateStep{Rate: r, Met: met})
+	note := func(r float64, met bool) {
 		if met && r > lo {
 			lo = r
 		}
 		if !met && (hi == 0 || r < hi) {
 			hi = r
 		}
-		return met, nil
 	}
-	r := s.Start
-	for len(steps) < s.Steps {
-		if _, err := try(r); err != nil {
-			return lo, steps, err
-		}
+	for _, k := range s.Known {
+		note(k.Rate, k.Met)
+	}
+	next := func(r float64) float64 {
 		switch {
 		case lo > 0 && hi > 0:
-			if hi/lo <= 1+s.Resolution {
-				return lo, steps, nil
-			}
-			r = math.Sqrt(lo * hi) // bisection on a log scale: rates span decades
+			return math.Sqrt(lo * hi)
 		case hi == 0:
-			r *= 2
+			return r * 2
 		default:
-			r /= 2
+			return r / 2
 		}
+	}
+	r := s.Start
+	switch {
+	case lo > 0 && hi > 0:
+		r = math.Sqrt(lo * hi)
+	case lo > 0:
+		r = lo * 2
+	case hi > 0:
+		r = hi / 2
+	}
+	for len(steps) < s.Steps {
+		if lo > 0 && hi > 0 && hi/lo <= 1+s.Resolution {
+			break
+		}
+		met, err := probe(r)
+		if err != nil {
+			return lo, steps, err
+		}
+		steps = append(steps, RateStep{Rate: r, Met: met})
+		note(r, met)
+		r = next(r)
 	}
 	return lo, steps, nil
 }
