@@ -171,19 +171,25 @@ func TestRunOpenLoopIsNotCappedByBatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f.maxInflight < 2 {
-		t.Errorf("server saw at most %d in flight: the open loop was held to the batch size", f.maxInflight)
+	f.mu.Lock()
+	seen := f.maxInflight
+	f.mu.Unlock()
+	if seen < 2 {
+		t.Errorf("server saw at most %d in flight: the open loop was held to the batch size", seen)
 	}
 	m := res.Metrics
 	if m.RequestRate == nil || *m.RequestRate != 200 || m.Goodput == nil || m.Goodput.Good != 10 || !m.Goodput.Met {
 		t.Errorf("rate %v goodput %+v: want 200 recorded, all 10 good under a one-hour TTFT bound", m.RequestRate, m.Goodput)
 	}
-	o.MaxConcurrency = 1
-	f.maxInflight = 0
+	// A fresh server: the first one's handlers may still be returning.
+	f2 := newFakeServer(t, &fakeServer{flavor: "plain", ttft: 50 * time.Millisecond, tpot: time.Millisecond})
+	o.APIURL, o.MaxConcurrency = f2.url(), 1
 	if _, err := Run(t.Context(), o); err != nil {
 		t.Fatal(err)
 	}
-	if f.maxInflight != 1 {
-		t.Errorf("max concurrency 1: server saw %d in flight", f.maxInflight)
+	f2.mu.Lock()
+	defer f2.mu.Unlock()
+	if f2.maxInflight != 1 {
+		t.Errorf("max concurrency 1: server saw %d in flight", f2.maxInflight)
 	}
 }
