@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -183,22 +184,24 @@ func TestRunZeroSuccessIsAnError(t *testing.T) {
 }
 
 func TestRunServerGoneMidRun(t *testing.T) {
-	f := newFakeServer(t, &fakeServer{flavor: "plain", tpot: 2 * time.Millisecond})
+	// The server goes away when its 7th request arrives, inside that request's handler:
+	// nothing listens any more, every open connection is cut, and a request that still got
+	// through is reset. Cutting from a polling goroutine instead let a loaded machine
+	// finish most of the run before the poller was scheduled.
+	var cut sync.Once
+	var f *fakeServer
+	f = newFakeServer(t, &fakeServer{flavor: "plain", tpot: 2 * time.Millisecond, fault: func(n int) string {
+		if n < 6 {
+			return ""
+		}
+		cut.Do(func() {
+			f.srv.Listener.Close()
+			go f.srv.CloseClientConnections() // it waits for the closes, this handler's own included
+		})
+		return "reset"
+	}})
 	o := baseOptions(f, "")
 	o.Backend, o.NoRecords, o.NumSamples, o.BatchSize = "vllm", true, 40, 2
-	go func() {
-		for {
-			f.mu.Lock()
-			n := f.n
-			f.mu.Unlock()
-			if n >= 6 {
-				f.srv.CloseClientConnections()
-				f.srv.Listener.Close()
-				return
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}()
 	done := make(chan struct{})
 	var res *Result
 	var err error
