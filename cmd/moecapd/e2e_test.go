@@ -40,8 +40,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "build moecapd: %v\n%s", err, out)
 		os.Exit(1)
 	}
-	code := launcher.RunTests(m.Run)
-	stopTestSlurm() // the Slurm tests' private cluster, if one of them started it
+	code := launcher.RunTests(func() int {
+		c := m.Run()
+		// The Slurm tests' private cluster, if one of them started it: stopped before
+		// RunTests looks for processes the tests left behind (its daemons carry the token).
+		stopTestSlurm()
+		return c
+	})
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

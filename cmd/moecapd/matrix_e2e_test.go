@@ -212,12 +212,21 @@ func TestMatrixMetricsScrape(t *testing.T) {
 	results := t.TempDir()
 	c, out := startMoecapd(t, matrixRunArgs(results, t.TempDir(), "--only", `^dsv2_lite\.1xA100`, "--metrics-addr", addr, "--metrics-linger", "4s")...)
 	waitCellBench(t, filepath.Join(results, "dsv2_lite.1xA100.32-8.bs4.sim"))
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		t.Fatalf("scrape: %v\n%s", err, out)
+	// The server is ready; the pipeline enters its bench phase a moment later, longer on a
+	// busy machine: scrape until it shows (or the deadline; the checks below then say what
+	// the last scrape held).
+	var body []byte
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatalf("scrape: %v\n%s", err, out)
+		}
+		body, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if bytes.Contains(body, []byte(`phase="bench"`)) {
+			break
+		}
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
 	for _, want := range []string{
 		`moecapd_matrix_cells_planned 1`,
 		`moecapd_matrix_cells{state="running"} 1`,

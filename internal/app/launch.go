@@ -71,8 +71,8 @@ func Launch(req LaunchRequest) error {
 		if m != nil {
 			WriteCellSummary(req.Out, plan.Dir, m) // what was measured, even if not recorded
 		}
-		if why := cell.StorageProblem(err); why != "" {
-			return exitcode.New(exitcode.Usage, fmt.Errorf("%s (%w)", why, err))
+		if err := cell.StorageError(err); exitcode.Of(err) != int(exitcode.Internal) {
+			return err // classified: a results disk full, read-only or not writable is 2
 		}
 		return exitcode.New(exitcode.Internal, err)
 	}

@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -278,73 +279,32 @@ type MatrixRunRequest struct {
 // metrics server, heartbeat, the runner, then the summary and the exit verdict, which
 // speaks for the results root.
 func MatrixRun(req MatrixRunRequest) error {
-	o, args, log := req.Matrix, req.Extra, req.Log
+	o := req.Matrix
 	if err := refuseUnderDaemon(); err != nil {
 		return err
 	}
-	mode := o.Progress
-	if mode == "auto" {
-		mode = "log"
-		if term.IsTerminal(int(os.Stderr.Fd())) {
-			mode = "tty"
-		}
-	}
-	if mode != "tty" && mode != "log" {
-		return exitcode.Usagef("--progress %q: want auto, tty or log", mode)
+	mode, err := progressMode(o.Progress)
+	if err != nil {
+		return err
 	}
 	prog := matrix.NewProgress()
-	var display *matrix.Terminal
-	if mode == "tty" {
-		// Log lines go through the display so they print above the live line, not into it.
-		display = matrix.NewTerminal(os.Stderr, prog, 500*time.Millisecond)
-		log = zap.New(zapcore.NewCore(NewHumanEncoder(), display, log.Level()))
-	}
+	log, closeDisplay := progressDisplay(mode, prog, req.Log)
+	defer closeDisplay()
 	defer log.Sync()
 	s, err := setupMatrix(o, log)
 	if err != nil {
-		if display != nil {
-			display.Close()
-		}
 		return err
 	}
 	defer s.gb.Close()
 	lay, err := cell.OpenLayout(o.ResultsFlag)
 	if err != nil {
-		if display != nil {
-			display.Close()
-		}
 		return exitcode.New(exitcode.Usage, err)
 	}
-	results := lay.Root
-
-	// GPUs: the pool cells draw from, and the ids the per-GPU locks use.
-	var pool, lockIDs []string
-	needGPUs := false
-	for _, it := range s.items {
-		if it.Action == matrix.ActRun && it.Cell.Backend != launcher.BackendSim {
-			needGPUs = true
-		}
-	}
-	if needGPUs {
-		if len(s.devs) > 0 {
-			for _, d := range s.devs {
-				pool = append(pool, strconv.Itoa(d.Index))
-				lockIDs = append(lockIDs, d.UUID)
-			}
-		} else if vis := os.Getenv("CUDA_VISIBLE_DEVICES"); vis != "" {
-			pool = strings.Split(vis, ",")
-			lockIDs = pool
-		} else {
-			for i := range s.node.Count {
-				pool = append(pool, strconv.Itoa(i))
-			}
-			lockIDs = pool
-		}
-	}
-	lock, err := matrix.Acquire(results, o.LockDir, lockIDs)
+	pool, lockIDs := s.gpuPool()
+	lock, err := matrix.Acquire(lay.Root, o.LockDir, lockIDs)
 	if err != nil {
-		if display != nil {
-			display.Close()
+		if err := cell.StorageError(err); exitcode.Of(err) == int(exitcode.Usage) {
+			return err // a read-only or full results disk, with what to do
 		}
 		return exitcode.New(exitcode.Usage, err)
 	}
@@ -353,39 +313,119 @@ func MatrixRun(req MatrixRunRequest) error {
 	ctx, stop := SignalContext(log)
 	defer stop()
 	warnExposed(log, "the inference servers (--host)", o.Cell.Host)
-	cell.EndOrphans(ctx, results, cell.SweepConfig{Grace: o.Cell.Grace, GPUs: s.gb,
+	cell.EndOrphans(ctx, lay.Root, cell.SweepConfig{Grace: o.Cell.Grace, GPUs: s.gb,
 		SlackBytes: uint64(o.Cell.GPUIdleMiB) << 20, Log: log})
 	mctx, mstop := context.WithCancel(context.Background())
 	defer mstop()
-	if addr := o.MetricsAddr; addr != "" {
-		got, _, err := matrix.ServeMetrics(mctx, addr, &matrix.Collector{P: prog, GPUs: s.gb, Devs: s.devs, Version: o.Cell.Version})
-		if err != nil {
-			if display != nil {
-				display.Close()
-			}
-			return exitcode.Usagef("--metrics-addr %s: %v; pick a free address", addr, err)
-		}
-		if host, _, err := net.SplitHostPort(addr); err == nil {
-			warnExposed(log, "the Prometheus metrics endpoint (--metrics-addr)", host)
-		}
-		log.Info("serving Prometheus metrics", zap.String("addr", "http://"+got+"/metrics"))
+	if err := s.serveMetrics(mctx, prog); err != nil {
+		return err
 	}
 	if mode == "log" && o.Heartbeat > 0 {
-		go func() {
-			t := time.NewTicker(o.Heartbeat)
-			defer t.Stop()
-			for {
-				select {
-				case <-mctx.Done():
-					return
-				case <-t.C:
-					log.Info("progress", zap.String("line", prog.Snapshot().Line()))
-				}
-			}
-		}()
+		go heartbeat(mctx, log, prog, o.Heartbeat)
 	}
+	r := s.runner(lay.Root, pool, req.Extra, prog)
+	out, err := r.Run(ctx)
+	closeDisplay()
+	interrupted := ctx.Err() != nil || out.Interrupted > 0
+	if !interrupted {
+		s.lingerMetrics(ctx)
+	}
+	mstop()
+	printMatrixSummary(req.Out, lay, s.items, out.Unrecorded)
+	return s.verdict(req.Out, lay.Root, out, err, interrupted)
+}
 
-	extra := args
+// progressMode is --progress resolved: auto is tty on a terminal, log otherwise.
+func progressMode(mode string) (string, error) {
+	if mode == "auto" {
+		mode = "log"
+		if term.IsTerminal(int(os.Stderr.Fd())) {
+			mode = "tty"
+		}
+	}
+	if mode != "tty" && mode != "log" {
+		return "", exitcode.Usagef("--progress %q: want auto, tty or log", mode)
+	}
+	return mode, nil
+}
+
+// progressDisplay is the live progress line in tty mode: the logger to use (its lines go
+// through the display so they print above the live line, not into it) and the display's
+// close (once; a no-op in log mode).
+func progressDisplay(mode string, prog *matrix.Progress, log *zap.Logger) (*zap.Logger, func()) {
+	if mode != "tty" {
+		return log, func() {}
+	}
+	display := matrix.NewTerminal(os.Stderr, prog, 500*time.Millisecond)
+	log = zap.New(zapcore.NewCore(NewHumanEncoder(), display, log.Level()))
+	return log, sync.OnceFunc(display.Close)
+}
+
+// gpuPool is the GPUs cells draw from and the ids the per-GPU locks use: none unless a
+// cell to run needs a GPU; NVML's visible GPUs (by UUID for the locks), else
+// CUDA_VISIBLE_DEVICES' entries, else the node's count.
+func (s *matrixSetup) gpuPool() (pool, lockIDs []string) {
+	needGPUs := false
+	for _, it := range s.items {
+		if it.Action == matrix.ActRun && it.Cell.Backend != launcher.BackendSim {
+			needGPUs = true
+		}
+	}
+	if !needGPUs {
+		return nil, nil
+	}
+	if len(s.devs) > 0 {
+		for _, d := range s.devs {
+			pool = append(pool, strconv.Itoa(d.Index))
+			lockIDs = append(lockIDs, d.UUID)
+		}
+		return pool, lockIDs
+	}
+	if vis := os.Getenv("CUDA_VISIBLE_DEVICES"); vis != "" {
+		pool = strings.Split(vis, ",")
+		return pool, pool
+	}
+	for i := range s.node.Count {
+		pool = append(pool, strconv.Itoa(i))
+	}
+	return pool, pool
+}
+
+// serveMetrics serves Prometheus metrics on --metrics-addr (none: nothing) until ctx ends.
+func (s *matrixSetup) serveMetrics(ctx context.Context, prog *matrix.Progress) error {
+	addr := s.o.MetricsAddr
+	if addr == "" {
+		return nil
+	}
+	got, _, err := matrix.ServeMetrics(ctx, addr, &matrix.Collector{P: prog, GPUs: s.gb, Devs: s.devs, Version: s.o.Cell.Version})
+	if err != nil {
+		return exitcode.Usagef("--metrics-addr %s: %v; pick a free address", addr, err)
+	}
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		warnExposed(s.log, "the Prometheus metrics endpoint (--metrics-addr)", host)
+	}
+	s.log.Info("serving Prometheus metrics", zap.String("addr", "http://"+got+"/metrics"))
+	return nil
+}
+
+// heartbeat logs the progress line every period until ctx ends (log mode's progress).
+func heartbeat(ctx context.Context, log *zap.Logger, prog *matrix.Progress, period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			log.Info("progress", zap.String("line", prog.Snapshot().Line()))
+		}
+	}
+}
+
+// runner is the matrix runner over the plan, each cell's config built as launch-and-bench
+// builds it with the extra server flags; it logs the run's start.
+func (s *matrixSetup) runner(results string, pool, extra []string, prog *matrix.Progress) *matrix.Runner {
+	o, log := s.o, s.log
 	r := &matrix.Runner{
 		Results: results, Items: s.items, Slots: s.slots(), GPUs: pool, PortBase: o.Port,
 		Host: o.Cell.Host, NoSkip: o.NoSkip, Retries: o.Retries,
@@ -404,32 +444,39 @@ func MatrixRun(req MatrixRunRequest) error {
 	}
 	log.Info("matrix run", zap.String("matrix", s.mx.Path), zap.String("node", s.node.Label), zap.String("results", results),
 		zap.Int("cells", toRun), zap.Int("slots", r.Slots), zap.Strings("gpus", pool))
-	out, err := r.Run(ctx)
-	if display != nil {
-		display.Close()
+	return r
+}
+
+// lingerMetrics keeps /metrics up for --metrics-linger after a run that finished, so a
+// scraper sees the final state; Ctrl-C ends the wait.
+func (s *matrixSetup) lingerMetrics(ctx context.Context) {
+	linger := s.o.MetricsLinger
+	if linger <= 0 || s.o.MetricsAddr == "" {
+		return
 	}
-	interrupted := ctx.Err() != nil || out.Interrupted > 0
-	if linger := o.MetricsLinger; linger > 0 && o.MetricsAddr != "" && !interrupted {
-		// Keep /metrics up so a scraper sees the final state; Ctrl-C ends the wait.
-		log.Info("run finished; metrics stay up", zap.String("addr", o.MetricsAddr), zap.Duration("for", linger))
-		select {
-		case <-ctx.Done():
-		case <-time.After(linger):
-		}
+	s.log.Info("run finished; metrics stay up", zap.String("addr", s.o.MetricsAddr), zap.Duration("for", linger))
+	select {
+	case <-ctx.Done():
+	case <-time.After(linger):
 	}
-	mstop()
-	printMatrixSummary(req.Out, lay, s.items)
-	// The exit code speaks for the results root, not only this run: cells of this matrix
-	// (on this node, through --only) that an earlier run failed and this one kept count too.
+}
+
+// verdict prints the totals line and returns the run's exit error. It speaks for the
+// results root, not only this run: cells of this matrix (on this node, through --only)
+// that an earlier run failed and this one kept count too.
+func (s *matrixSetup) verdict(w io.Writer, results string, out matrix.Outcome, err error, interrupted bool) error {
 	var failedInRoot []string
 	if after, _, rerr := matrix.Results(results); rerr == nil {
 		failedInRoot = matrix.FailedInResults(s.items, after)
 	} else if err == nil {
 		err = rerr
 	}
-	fmt.Fprintf(req.Out, "matrix: %d ok, %d failed, %d infeasible, %d skipped-infeasible, %d interrupted, %d held by another runner in this run; the results root holds %d failed cell(s) of this matrix; moecapd matrix status --results %s\n",
-		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, len(out.Held), len(failedInRoot), o.ResultsFlag)
+	fmt.Fprintf(w, "matrix: %d ok, %d failed, %d infeasible, %d skipped-infeasible, %d interrupted, %d held by another runner in this run; the results root holds %d failed cell(s) of this matrix; moecapd matrix status --results %s\n",
+		out.OK, out.Failed, out.Infeasible, out.Skipped, out.Interrupted, len(out.Held), len(failedInRoot), s.o.ResultsFlag)
 	switch {
+	case err != nil && exitcode.Of(cell.StorageError(err)) != int(exitcode.Internal):
+		// Classified: a results disk full, read-only or not writable is a setup problem (2).
+		return cell.StorageError(err)
 	case err != nil:
 		return exitcode.New(exitcode.Internal, err)
 	case interrupted:
@@ -466,8 +513,9 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 }
 
 // printMatrixSummary prints one line per cell this run took on: status, latency,
-// throughput, energy and time, or why it did not complete.
-func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
+// throughput, energy and time, or why it did not complete. unrecorded holds the outcomes
+// whose manifest could not be written (the disk does not have them).
+func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item, unrecorded map[string]*cell.Manifest) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CELL\tSTATUS\tTPOT ms\tTTFT ms\tTOK/S\tJ/TOK\tTOOK\tWHY")
 	n := 0
@@ -477,6 +525,9 @@ func printMatrixSummary(w io.Writer, lay *cell.Layout, items []*matrix.Item) {
 		}
 		n++
 		m, err := lay.ReadManifest(it.Cell.ID)
+		if um := unrecorded[it.Cell.ID]; um != nil {
+			m, err = um, nil
+		}
 		if err != nil {
 			fmt.Fprintf(tw, "%s\tnot run\t\t\t\t\t\t\n", it.Cell.ID)
 			continue

@@ -21,6 +21,8 @@ func TestExitCodes(t *testing.T) {
 		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseReady, Kind: exitcode.FailHealthTimeout}}, 3},
 		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseBench, Kind: exitcode.FailBadResult}}, 5},
 		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseTeardown, Kind: exitcode.FailOrphans}}, 6},
+		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseRecord, Kind: exitcode.FailMissingFile}}, 5},
+		{Manifest{Status: StatusFailed, Failure: &Failure{Phase: PhaseRecord, Kind: exitcode.FailManifestWrite}}, 2},
 		{Manifest{Status: StatusFailed}, 1},
 	}
 	for _, c := range cases {
@@ -50,5 +52,26 @@ func TestManifestRoundTripAndID(t *testing.T) {
 	}
 	if _, err := ReadManifest(filepath.Join(dir, "missing")); err == nil {
 		t.Error("reading a missing manifest succeeded")
+	}
+}
+
+// The files a manifest names count as present in either form (NAME, or NAME.zst once
+// compressed at rest); the missing ones are listed in order.
+func TestMissingFiles(t *testing.T) {
+	dir := t.TempDir()
+	for _, f := range []string{"server.log", "client/a.jsonl.zst"} {
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, f)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := &Manifest{Files: []string{"benchmark.yaml", "server.log", "client/a.jsonl", "client.log"}}
+	if got := m.MissingFiles(dir); len(got) != 2 || got[0] != "benchmark.yaml" || got[1] != "client.log" {
+		t.Errorf("MissingFiles = %q, want [benchmark.yaml client.log]", got)
+	}
+	if got := (&Manifest{}).MissingFiles(dir); len(got) != 0 {
+		t.Errorf("a manifest naming no files misses %q", got)
 	}
 }

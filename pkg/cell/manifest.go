@@ -15,6 +15,7 @@ import (
 	"github.com/google/renameio/v2"
 
 	"github.com/moecapd/moecapd/pkg/exitcode"
+	"github.com/moecapd/moecapd/pkg/fsx"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -46,6 +47,9 @@ const (
 	PhaseReady     Phase = "ready"
 	PhaseBench     Phase = "bench"
 	PhaseTeardown  Phase = "teardown"
+	// PhaseRecord is the last step: the cell's files are checked and its final manifest
+	// written. A failure there is a missing file or a manifest that could not be written.
+	PhaseRecord Phase = "record"
 )
 
 // Kind classifies a failure: one of pkg/exitcode's failure kinds (exitcode.Fail*).
@@ -162,6 +166,11 @@ type Manifest struct {
 	// (repeat 1's when repeated); absent when the server exposes none.
 	ServerMetrics *servermetrics.Summary `json:"server_metrics,omitempty"`
 	Versions      Versions               `json:"versions"`
+	// Files are the files the cell wrote that its record relies on (the benchmark copy, the
+	// logs, the client's result files, telemetry and server metrics where written), relative
+	// to the cell directory and in the order written. A cell is ok only if every one exists
+	// at the end (MissingFiles); a file compressed at rest (NAME.zst) counts as NAME.
+	Files []string `json:"files,omitempty"`
 	// Repeats holds every measured bench of a cell run with --repeats N > 1, in order
 	// (index 1 to N); Metrics and Telemetry above are then the first repeat's (the
 	// telemetry window is the first repeat's measured bench). Absent for one run.
@@ -256,6 +265,18 @@ func WriteFileAtomic(path string, data []byte) error {
 		d.Close()
 	}
 	return nil
+}
+
+// MissingFiles lists the files the manifest names (Files) that dir does not hold, in
+// either form (NAME or NAME.zst); empty when all are there.
+func (m *Manifest) MissingFiles(dir string) []string {
+	var out []string
+	for _, f := range m.Files {
+		if !fsx.Exists(filepath.Join(dir, f)) {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // SupervisorGone reports whether a running cell's recorded supervisor no longer runs: no

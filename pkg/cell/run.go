@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -58,6 +59,12 @@ func (m *Manifest) Outcome() exitcode.Kind {
 		return exitcode.Bench
 	case PhaseTeardown:
 		return exitcode.Teardown
+	case PhaseRecord:
+		// The results directory could not take the manifest: the user's disk or permissions.
+		if m.Failure.Kind == exitcode.FailManifestWrite {
+			return exitcode.Usage
+		}
+		return exitcode.Bench // a file of the record is missing: the result is not valid
 	}
 	return exitcode.Internal
 }
@@ -135,11 +142,11 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	// GPUs or the port: end it first (and wait until its GPUs are back to baseline).
 	EndOrphans(ctx, lay.Root, SweepConfig{Grace: c.Grace, GPUs: c.GPUs, SlackBytes: c.MemSlackBytes, Log: r.log})
 	if _, err := lay.Create(p.ID); err != nil {
-		return nil, err
+		return nil, StorageError(err)
 	}
 	r.dirID, _ = identityOf(p.Dir)
 	if err := WriteFileAtomic(p.Files.Bench(), c.Bench.Raw); err != nil {
-		return nil, fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err)
+		return nil, StorageError(fmt.Errorf("copy the benchmark file into %s: %w", p.Dir, err))
 	}
 	self := launcher.Self()
 	r.m = &Manifest{
@@ -157,13 +164,16 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	if p.ClientLaunch != nil {
 		r.m.Client.EnvAdded = p.EnvAdded
 	}
+	r.wrote(p.Files.Bench())
 	if err := WriteManifest(p.Dir, r.m); err != nil {
-		return nil, err
+		return nil, StorageError(fmt.Errorf("write the first manifest of cell %s: %w", p.ID, err))
 	}
 	r.run(ctx)
 	r.finish()
 	if err := WriteManifest(p.Dir, r.m); err != nil {
-		return r.m, err
+		// The cell's record on disk is not its outcome (it still says running): the cell
+		// failed, whatever it measured, and the caller learns why (exit 2: a setup problem).
+		return r.m, r.unrecorded(err)
 	}
 	// The cell has ended and its numbers are in the manifest: compress the bulky files of
 	// moecapd's own (readers go through fsx). A failure costs disk, not results.
@@ -174,6 +184,39 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 		r.log.Debug("compressed the cell's records", zap.Int("files", len(done)))
 	}
 	return r.m, nil
+}
+
+// wrote names files of the cell's record (absolute paths inside the cell directory) in the
+// manifest's Files, once each; a path outside the directory or empty is not named.
+func (r *runner) wrote(paths ...string) {
+	for _, p := range paths {
+		rel, err := filepath.Rel(r.p.Dir, p)
+		if p == "" || err != nil || rel == "." || strings.HasPrefix(rel, "..") || slices.Contains(r.m.Files, rel) {
+			continue
+		}
+		r.m.Files = append(r.m.Files, rel)
+	}
+}
+
+// unrecorded fails the cell whose final manifest could not be written (werr) and returns the
+// error its caller reports: the outcome in memory is failed (record/manifest_write), an
+// earlier failure stays the cell's failure; either way the disk does not hold the outcome.
+func (r *runner) unrecorded(werr error) error {
+	msg := fmt.Sprintf("the final manifest could not be written (%v): the directory still says %q; %s", werr, StatusRunning, storageFix(werr))
+	if r.m.Failure == nil {
+		r.fail(PhaseRecord, exitcode.FailManifestWrite, msg)
+	} else {
+		r.m.Failure.Message += "; and " + msg
+	}
+	return exitcode.New(exitcode.Usage, errors.New(msg))
+}
+
+// storageFix is what to do about an error writing the results directory.
+func storageFix(err error) string {
+	if why := StorageProblem(err); why != "" {
+		return why
+	}
+	return "check that --results is writable (permissions, disk) and run the cell again"
 }
 
 func (r *runner) phase(ph Phase) {
@@ -295,6 +338,7 @@ func (r *runner) stopServerMetrics() {
 		return
 	}
 	r.m.ServerMetrics = sum
+	r.wrote(r.p.Files.ServerMetrics())
 	if sum.Preempted {
 		r.log.Warn("the server preempted requests during the bench: their latencies include recomputation", zap.Float64("preemptions", *sum.Preemptions))
 	}
@@ -455,6 +499,7 @@ func (r *runner) launch() bool {
 		return false
 	}
 	r.proc = proc
+	r.wrote(logPath)
 	r.stopRecord = proc.Record(p.Dir, st, 2*time.Second)
 	r.m.Server.PID = proc.PID()
 	_ = WriteManifest(p.Dir, r.m)
@@ -465,6 +510,7 @@ func (r *runner) launch() bool {
 	if r.smp == nil && c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
 		f, err := os.Create(p.Files.Telemetry())
 		if err == nil {
+			r.wrote(f.Name())
 			r.csv = f
 			r.smp = c.GPUs.NewSampler(gpu.SamplerConfig{Devices: p.Devices, Interval: c.GPUInterval,
 				PIDs: func() []int { return r.live.Load().Members() }, CSV: f})
@@ -625,6 +671,7 @@ func (r *runner) benchNative(ctx context.Context, run benchRun) (*profile.Metric
 	// client.log gets the client's own log lines (JSON), not a terminal progress bar.
 	if cl, err := os.OpenFile(files.ClientLog(), os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644); err == nil {
 		defer cl.Close()
+		r.wrote(files.ClientLog())
 		core := zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(cl), zap.InfoLevel)
 		o.Log = zap.New(zapcore.NewTee(r.log.Core(), core))
 		if o.Progress == nil {
@@ -638,6 +685,12 @@ func (r *runner) benchNative(ctx context.Context, run benchRun) (*profile.Metric
 		err = badResult{err}
 	}
 	if res != nil {
+		if err == nil {
+			r.wrote(res.Files.OutputData, res.Files.Metrics, res.Files.Metadata, res.Files.Detailed, res.BenchJSON)
+		}
+		if _, serr := os.Stat(res.RecordsFile); res.RecordsFile != "" && serr == nil {
+			r.wrote(res.RecordsFile) // the server's pass records, when it wrote them here
+		}
 		return &res.Metrics, err
 	}
 	return nil, err
@@ -673,6 +726,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 		clock.Stop()
 		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
 	}
+	r.wrote(logPath)
 	select {
 	case <-proc.Done():
 	case <-ctx.Done():
@@ -697,6 +751,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	if err != nil {
 		return met, badResult{err}
 	}
+	r.wrote(profile.RunnerResultFiles(p.Files.Client())...)
 	return met, nil
 }
 
@@ -713,8 +768,10 @@ func (r *runner) windowStats(met *profile.Metrics, recordsDir, flavor string, ma
 	st := profile.StatsOf(passes, met.Completed+met.Failed)
 	profile.ApplyStats(met, &st)
 	met.Records = fmt.Sprintf("%d passes (%d prefill, %d decode) in the recording window, from %s", st.Passes, st.PrefillPasses, st.DecodePasses, file)
-	if _, err := profile.WriteWindow(recordsDir, passes); err != nil {
+	if f, err := profile.WriteWindow(recordsDir, passes); err != nil {
 		r.log.Warn("could not write the recording window file", zap.Error(err))
+	} else {
+		r.wrote(f)
 	}
 }
 
@@ -804,6 +861,9 @@ func (r *runner) finish() {
 	if r.m.Status == StatusRunning {
 		if why := r.dirID.changed(r.p.Dir); why != "" {
 			r.fail(PhaseBench, exitcode.FailBadResult, why)
+		} else if miss := r.m.MissingFiles(r.p.Dir); len(miss) > 0 {
+			r.fail(PhaseRecord, exitcode.FailMissingFile, fmt.Sprintf("%s missing from the cell directory %s at the end of the run (deleted, or never written): the manifest names it and its record is incomplete; the cell is not ok, run it again",
+				strings.Join(miss, ", "), r.p.Dir))
 		} else {
 			r.m.Status = StatusOK
 		}

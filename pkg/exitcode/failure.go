@@ -19,4 +19,6 @@ const (
 	FailInterrupted   Failure = "interrupted"    // SIGINT, SIGTERM or SIGHUP; the server was torn down
 	FailTimeout       Failure = "timeout"        // matrix run: the cell ran past its time limit
 	FailConfig        Failure = "config"         // matrix run: the cell's pipeline config could not be built
+	FailMissingFile   Failure = "missing_file"   // a file the manifest names is not in the cell directory at the end
+	FailManifestWrite Failure = "manifest_write" // the final manifest could not be written (disk full, read-only, permissions)
 )

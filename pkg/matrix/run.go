@@ -56,6 +56,10 @@ type Outcome struct {
 	// Held lists the cells another runner held (launch-and-bench, a Slurm task): not run,
 	// not touched, each a *cell.LockedError naming its holder.
 	Held []error
+	// Unrecorded holds, by cell id, the outcome of each cell whose manifest could not be
+	// written (a full or read-only disk): its directory does not say what happened, this
+	// does (failed, record/manifest_write). Such a cell ends the run (Run's error).
+	Unrecorded map[string]*cell.Manifest
 }
 
 type job struct {
@@ -215,10 +219,17 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 			freeGPU[g] = true
 		}
 		delete(usedPorts, j.port)
-		if j.err != nil && j.m == nil {
+		if j.err != nil {
 			// The cell's directory could not be written: the next cells would fail alike.
+			// The error keeps its kind (a full or read-only disk is a setup problem).
 			fatal = fmt.Errorf("cell %s: %w", c.ID, j.err)
-			j.m = r.configFailure(c, j.err)
+			if j.m == nil {
+				j.m = r.configFailure(c, j.err)
+			}
+			if out.Unrecorded == nil {
+				out.Unrecorded = map[string]*cell.Manifest{}
+			}
+			out.Unrecorded[c.ID] = j.m
 		}
 		j.unlock()
 		m := j.m

@@ -517,6 +517,16 @@ func positive(v float64) *float64 {
 	return nil
 }
 
+// RunnerResultFiles are the runner's files in outputDir that ReadMoECAPOutput reads (its
+// metrics file and per-request output data); nil when it wrote none.
+func RunnerResultFiles(outputDir string) []string {
+	p, ds, stamp, err := findRunnerMetrics(outputDir)
+	if err != nil {
+		return nil
+	}
+	return []string{p, filepath.Join(filepath.Dir(p), "output_data_"+ds+"_"+stamp+".jsonl")}
+}
+
 func findRunnerMetrics(outputDir string) (path, ds, stamp string, err error) {
 	type hit struct{ path, ds, stamp string }
 	var hits []hit
