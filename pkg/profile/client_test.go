@@ -62,7 +62,13 @@ func TestRunClosedLoopMetricsAndFiles(t *testing.T) {
 	if *m.MeanTTFTMs < 30 || *m.MeanTTFTMs > 300 {
 		t.Errorf("mean TTFT = %.2f ms, want at least the imposed 30 (under 300 on a loaded machine)", *m.MeanTTFTMs)
 	}
-	if *m.MeanTPOTMs < 5-1.5 || *m.MeanTPOTMs > 25 {
+	// The server sends chunk i at start + TTFT + i×TPOT: a first chunk held up by a loaded
+	// machine shortens the gap to the rest (TPOT 3.44 ms was measured so), so the hard
+	// lower bound is on E2EL (30 + 9×5 ms), and TPOT gets only loose bounds.
+	if *m.MeanE2ELMs < 30+9*5 {
+		t.Errorf("mean E2EL = %.2f ms, want at least the imposed 75", *m.MeanE2ELMs)
+	}
+	if *m.MeanTPOTMs <= 0 || *m.MeanTPOTMs > 25 {
 		t.Errorf("mean TPOT = %.2f ms, want about the imposed 5 (under 25 on a loaded machine)", *m.MeanTPOTMs)
 	}
 	if *m.MeanITLMs <= 0 || *m.P99ITLMs < *m.MedianITLMs || *m.MeanE2ELMs < *m.MeanTTFTMs {
