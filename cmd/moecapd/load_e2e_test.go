@@ -94,3 +94,37 @@ func TestLoadFlagsRefusedBeforeLaunch(t *testing.T) {
 		})
 	}
 }
+
+// `moecapd bench --rates` against a running sim (one request at a time, 10 ms passes):
+// one bench per rate, each rate's files under <output_dir>/rates/<k>/, and a table of rate
+// against goodput in which 3 req/s meets the SLO and 500 req/s does not (the margins of
+// TestRateSweepAndFindMaxRate).
+func TestBenchRateSweep(t *testing.T) {
+	rec := t.TempDir()
+	base := startSimServer(t, "vllm", rec, "--sim-tpot", "10ms", "--sim-ttft", "10ms", "--max-num-seqs", "1")
+	out := t.TempDir()
+	r := moecapd(t, nil, benchArgs(base+"/v1/completions", out, "--datasets", "random", "--prompt-style", "exact-ids",
+		"--num-samples", "12", "--target-output-tokens", "8", "--no-records", "--rates", "3,500", "--slo", "ttft=400ms,share=0.75")...)
+	if r.code != 0 {
+		t.Fatalf("exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	_, table, ok := strings.Cut(r.stdout, "=== Rate sweep: random ===")
+	if !ok {
+		t.Fatalf("no rate table:\n%s", r.stdout)
+	}
+	met := map[string]string{}
+	for _, line := range strings.Split(table, "\n") {
+		if f := strings.Fields(line); len(f) == 7 {
+			met[f[0]] = f[6]
+		}
+	}
+	if met["3"] != "true" || met["500"] != "false" {
+		t.Errorf("meets SLO by rate %v, want 3 true and 500 false:\n%s", met, table)
+	}
+	for k := 1; k <= 2; k++ {
+		d := filepath.Join(out, "rates", strconv.Itoa(k))
+		if reqs, err := profile.ReadBenchRequests(profile.FindBenchFile(d)); err != nil || len(reqs) != 12 {
+			t.Errorf("rate %d: bench file in %s: %v, %d rows", k, d, err, len(reqs))
+		}
+	}
+}
