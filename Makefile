@@ -7,7 +7,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 BIN     := bin/moecapd
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build test test-e2e lint demo bench gpu-e2e gpu-physics clean fuzz
+.PHONY: build test test-e2e lint demo bench gpu-e2e gpu-physics gpu-daemon-reconcile clean fuzz
 
 build:
 	go build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/moecapd
@@ -66,6 +66,11 @@ bench: build
 # End to end on a CUDA machine: a torch-backed test server, one GPU then TP=2.
 gpu-e2e: build
 	bash tools/gpu-e2e.sh
+
+# On a CUDA GPU: kill -9 of moecapd serve mid-bench, restart, the ledger reconciled and the
+# baseline proof in the rerun's manifest.
+gpu-daemon-reconcile: build
+	bash tools/gpu-daemon-reconcile.sh
 
 # On one CUDA GPU: the real Qwen1.5-MoE-A2.7B architecture at real size (random weights);
 # physical S-MBU/S-MFU <= 1 and measured TPOT/TTFT >= their floors.

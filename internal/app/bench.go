@@ -90,11 +90,70 @@ func benchOnce(ctx context.Context, w io.Writer, o profile.Options) (*profile.Re
 // benchOptions resolves the runner's semantics (config file, then flags) into one
 // profile.Options per dataset.
 func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
+	b, err := benchWorkload(v)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkBenchRequest(v, b, log); err != nil {
+		return nil, err
+	}
+	// The runner's rule: ignore_eos follows fixed-length mode unless a flag says otherwise.
+	// This client only measures fixed-length runs, so the default is on.
+	ignoreEOS := !v.NoIgnoreEOS
+	schedule, style := v.Schedule, v.PromptStyle
+	if schedule == "" && v.Load.openLoop() {
+		schedule = profile.ScheduleClosedLoop // the timetable sender; waves would hold arrivals back
+	}
+	var slo *profile.SLO
+	if v.Load.SLO != "" {
+		s, _ := profile.ParseSLO(v.Load.SLO) // checkBenchRequest parsed it
+		slo = &s
+	}
+	if schedule == "" {
+		// A drop-in sends what the runner sends the way it sends it.
+		schedule = profile.ScheduleClosedLoop
+		if style == profile.PromptUpstream {
+			schedule = profile.ScheduleWaves
+		}
+	}
+	bs := v.ServerBatchSize
+	var given *int // metadata's batch_size: null when the runner would send all at once
+	if bs == 0 {
+		bs = b.NumSamples // the runner sends everything at once without it
+	} else {
+		given = &bs
+	}
+	recordsDir, sgDir := benchRecordDirs(v)
+	var progress io.Writer
+	if term.IsTerminal(int(os.Stderr.Fd())) {
+		progress = os.Stderr
+	}
+	var runs []profile.Options
+	for _, ds := range b.DatasetNames {
+		runs = append(runs, profile.Options{
+			APIURL: v.APIURL, Model: b.ModelID, Backend: v.Backend, APIKey: os.Getenv("OPENAI_API_KEY"),
+			BatchSize: bs, NumSamples: b.NumSamples, InputTokens: b.TargetInputTokens, OutputTokens: b.TargetOutputTokens,
+			IgnoreEOS: ignoreEOS, Schedule: schedule, Warmup: v.Warmup, RequestRate: v.Load.RequestRate,
+			Burstiness: v.Load.Burstiness, MaxConcurrency: v.Load.MaxConcurrency, SLO: slo,
+			Seed: v.Seed, UseChatAPI: v.UseChatAPI, PromptStyle: style, AllowedBadRequests: v.AllowBadRequests, ServerBatchSize: given,
+			Dataset: ds, DatasetFile: v.DatasetFile, DatasetSubset: b.DatasetSubset, DatasetSplit: b.DatasetSplit,
+			DatasetCacheDir: v.DatasetCacheDir, HubURL: v.HubURL, Offline: v.Offline,
+			OutputDir: v.OutputDir, RecordsDir: recordsDir, SGLangRecorderDir: sgDir, NoRecords: v.NoRecords,
+			RequestTimeout: v.RequestTimeout, DrainTimeout: v.DrainTimeout,
+			IdleTimeout: v.IdleTimeout, BenchTimeout: v.BenchTimeout,
+			Progress: progress, Log: log, Precision: b.Precision, Markers: v.Out,
+		})
+	}
+	return runs, nil
+}
+
+// benchWorkload is the benchmark file (--config-file) with the flags that override it.
+func benchWorkload(v BenchRequest) (config.Bench, error) {
 	var b config.Bench
 	if file := v.ConfigFile; file != "" {
 		lb, err := config.LoadBench(file)
 		if err != nil {
-			return nil, exitcode.New(exitcode.Usage, err)
+			return b, exitcode.New(exitcode.Usage, err)
 		}
 		b = *lb
 	}
@@ -125,19 +184,23 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	if s := v.Precision; s != "" {
 		b.Precision = s
 	}
+	return b, nil
+}
 
-	apiURL := v.APIURL
+// checkBenchRequest refuses what moecapd bench cannot run (usage errors, exit 2) and warns
+// of the runner's flags it accepts and ignores.
+func checkBenchRequest(v BenchRequest, b config.Bench, log *zap.Logger) error {
 	switch {
-	case apiURL == "":
-		return nil, exitcode.Usagef("--api-url is required, e.g. http://127.0.0.1:30000/v1/completions")
+	case v.APIURL == "":
+		return exitcode.Usagef("--api-url is required, e.g. http://127.0.0.1:30000/v1/completions")
 	case b.ModelID == "":
-		return nil, exitcode.Usagef("no model: pass --model_name or a --config-file with model_id (it must equal the server's model path)")
+		return exitcode.Usagef("no model: pass --model_name or a --config-file with model_id (it must equal the server's model path)")
 	case len(b.DatasetNames) == 0:
-		return nil, exitcode.Usagef("no dataset: pass --datasets gsm8k|longbench_v2|random or a --config-file with dataset_names")
+		return exitcode.Usagef("no dataset: pass --datasets gsm8k|longbench_v2|random or a --config-file with dataset_names")
 	case b.TargetInputTokens <= 0 || b.TargetOutputTokens <= 0:
-		return nil, exitcode.Usagef("moecapd bench runs fixed-length benchmarks only: pass --target-input-tokens and --target-output-tokens (or a config with target_input_tokens/target_output_tokens)")
+		return exitcode.Usagef("moecapd bench runs fixed-length benchmarks only: pass --target-input-tokens and --target-output-tokens (or a config with target_input_tokens/target_output_tokens)")
 	case b.NumSamples <= 0:
-		return nil, exitcode.Usagef("--num-samples (or num_samples in the config) must be ≥ 1")
+		return exitcode.Usagef("--num-samples (or num_samples in the config) must be ≥ 1")
 	}
 	// Upper bounds (issue 11, item 7; pkg/config/strict.go): refused before any request,
 	// so no number a user gives makes the client allocate or wait without limit.
@@ -150,41 +213,20 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 		config.CheckDuration("bench", "--bench-timeout", v.BenchTimeout, time.Millisecond, 30*24*time.Hour),
 	} {
 		if err != nil {
-			return nil, exitcode.New(exitcode.Usage, err)
+			return exitcode.New(exitcode.Usage, err)
 		}
 	}
 	if v.IgnoreEOS && v.NoIgnoreEOS {
-		return nil, exitcode.Usagef("--ignore-eos and --no-ignore-eos contradict each other; pass one")
+		return exitcode.Usagef("--ignore-eos and --no-ignore-eos contradict each other; pass one")
 	}
-	// The runner's rule: ignore_eos follows fixed-length mode unless a flag says otherwise.
-	// This client only measures fixed-length runs, so the default is on.
-	ignoreEOS := true
-	if v.NoIgnoreEOS {
-		ignoreEOS = false
+	if s := v.Schedule; s != "" && s != profile.ScheduleClosedLoop && s != profile.ScheduleWaves {
+		return exitcode.Usagef("--schedule %q: want closed-loop or waves", s)
 	}
-	schedule := v.Schedule
-	if schedule != "" && schedule != profile.ScheduleClosedLoop && schedule != profile.ScheduleWaves {
-		return nil, exitcode.Usagef("--schedule %q: want closed-loop or waves", schedule)
+	if be := v.Backend; be != "auto" && be != "sglang" && be != "vllm" {
+		return exitcode.Usagef("--backend %q: want sglang, vllm or auto", be)
 	}
-	if err := v.Load.check(); err != nil {
-		return nil, err
-	}
-	if schedule == "" && v.Load.openLoop() {
-		schedule = profile.ScheduleClosedLoop // the timetable sender; waves would hold arrivals back
-	}
-	backend := v.Backend
-	if backend != "auto" && backend != "sglang" && backend != "vllm" {
-		return nil, exitcode.Usagef("--backend %q: want sglang, vllm or auto", backend)
-	}
-	bs := v.ServerBatchSize
-	if bs < 0 {
-		return nil, exitcode.Usagef("--server-batch-size %d: want ≥ 1 (or 0 for all at once)", bs)
-	}
-	var given *int // metadata's batch_size: null when the runner would send all at once
-	if bs == 0 {
-		bs = b.NumSamples // the runner sends everything at once without it
-	} else {
-		given = &bs
+	if bs := v.ServerBatchSize; bs < 0 {
+		return exitcode.Usagef("--server-batch-size %d: want ≥ 1 (or 0 for all at once)", bs)
 	}
 	if len(v.Metrics) > 0 {
 		log.Warn("--metrics is accepted for compatibility but moecapd bench computes no accuracy metrics")
@@ -192,11 +234,11 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	switch p := b.Precision; p {
 	case "", "bfloat16", "float16", "float32", "int8", "int4":
 	default:
-		return nil, exitcode.Usagef("--precision %q: want bfloat16, float16, float32, int8 or int4 (the runner's choices)", p)
+		return exitcode.Usagef("--precision %q: want bfloat16, float16, float32, int8 or int4 (the runner's choices)", p)
 	}
 	for _, ds := range b.DatasetNames {
 		if strings.EqualFold(ds, "arena-hard") {
-			return nil, exitcode.Usagef("dataset arena-hard needs the runner's LLM judge (--judge-api-url, --baseline-answers-path), which moecapd bench does not implement; run moe_cap.runner.openai_api_profile for it")
+			return exitcode.Usagef("dataset arena-hard needs the runner's LLM judge (--judge-api-url, --baseline-answers-path), which moecapd bench does not implement; run moe_cap.runner.openai_api_profile for it")
 		}
 	}
 	for k, val := range map[string]string{"judge-api-url": v.JudgeAPIURL, "judge-model": v.JudgeModel, "judge-api-key": v.JudgeAPIKey, "baseline-answers-path": v.BaselineAnswersPath} {
@@ -204,65 +246,39 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 			log.Warn("--" + k + " is accepted for compatibility and ignored: the runner uses the judge only for arena-hard")
 		}
 	}
-	style := v.PromptStyle
-	if style != profile.PromptUpstream && style != profile.PromptExactIDs {
-		return nil, exitcode.Usagef("--prompt-style %q: want upstream or exact-ids", style)
+	if style := v.PromptStyle; style != profile.PromptUpstream && style != profile.PromptExactIDs {
+		return exitcode.Usagef("--prompt-style %q: want upstream or exact-ids", style)
 	}
-	var slo *profile.SLO
-	if v.Load.SLO != "" {
-		if style == profile.PromptUpstream {
-			return nil, exitcode.Usagef("--slo needs streamed TTFT and TPOT: add --prompt-style exact-ids (upstream's non-streaming replies have only E2E latency)")
-		}
-		s, _ := profile.ParseSLO(v.Load.SLO) // Load.check parsed it
-		slo = &s
+	if err := v.Load.check(); err != nil {
+		return err
 	}
-	if schedule == "" {
-		// A drop-in sends what the runner sends the way it sends it.
-		schedule = profile.ScheduleClosedLoop
-		if style == profile.PromptUpstream {
-			schedule = profile.ScheduleWaves
-		}
+	if v.Load.SLO != "" && v.PromptStyle == profile.PromptUpstream {
+		return exitcode.Usagef("--slo needs streamed TTFT and TPOT: add --prompt-style exact-ids (upstream's non-streaming replies have only E2E latency)")
 	}
-	allowBad := v.AllowBadRequests
-	if allowBad < 0 {
-		return nil, exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", allowBad)
+	if v.AllowBadRequests < 0 {
+		return exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", v.AllowBadRequests)
 	}
-	outDir := v.OutputDir
-	recordsDir := v.RecordsDir
+	return nil
+}
+
+// benchRecordDirs is where the pass records go (--records-dir; default under the output
+// directory) and where SGLang's expert recorder writes (the flag, its environment
+// variable, else the runner's ~/expert_records).
+func benchRecordDirs(v BenchRequest) (recordsDir, sgDir string) {
+	recordsDir = v.RecordsDir
 	if recordsDir == "" {
-		recordsDir = filepath.Join(outDir, profile.BenchDir, "records")
+		recordsDir = filepath.Join(v.OutputDir, profile.BenchDir, "records")
 	}
-	sgDir := v.SGLangRecorderDir
+	sgDir = v.SGLangRecorderDir
 	if sgDir == "" {
 		sgDir = os.Getenv("SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR")
 	}
 	if sgDir == "" {
-		// The runner's and the wrapper's default: ~/expert_records.
 		if home, err := os.UserHomeDir(); err == nil {
 			sgDir = filepath.Join(home, "expert_records")
 		}
 	}
-	var progress io.Writer
-	if term.IsTerminal(int(os.Stderr.Fd())) {
-		progress = os.Stderr
-	}
-	var runs []profile.Options
-	for _, ds := range b.DatasetNames {
-		runs = append(runs, profile.Options{
-			APIURL: apiURL, Model: b.ModelID, Backend: backend, APIKey: os.Getenv("OPENAI_API_KEY"),
-			BatchSize: bs, NumSamples: b.NumSamples, InputTokens: b.TargetInputTokens, OutputTokens: b.TargetOutputTokens,
-			IgnoreEOS: ignoreEOS, Schedule: schedule, Warmup: v.Warmup, RequestRate: v.Load.RequestRate,
-			Burstiness: v.Load.Burstiness, MaxConcurrency: v.Load.MaxConcurrency, SLO: slo,
-			Seed: v.Seed, UseChatAPI: v.UseChatAPI, PromptStyle: style, AllowedBadRequests: allowBad, ServerBatchSize: given,
-			Dataset: ds, DatasetFile: v.DatasetFile, DatasetSubset: b.DatasetSubset, DatasetSplit: b.DatasetSplit,
-			DatasetCacheDir: v.DatasetCacheDir, HubURL: v.HubURL, Offline: v.Offline,
-			OutputDir: outDir, RecordsDir: recordsDir, SGLangRecorderDir: sgDir, NoRecords: v.NoRecords,
-			RequestTimeout: v.RequestTimeout, DrainTimeout: v.DrainTimeout,
-			IdleTimeout: v.IdleTimeout, BenchTimeout: v.BenchTimeout,
-			Progress: progress, Log: log, Precision: b.Precision, Markers: v.Out,
-		})
-	}
-	return runs, nil
+	return recordsDir, sgDir
 }
 
 // printBenchSummary prints the headline numbers the way `vllm bench serve` does.

@@ -17,7 +17,9 @@ type ReportRequest struct {
 	Results, Out       string // Out "": <results>/report
 	ConfigsDir, Matrix string
 	Title              string
-	Log                *zap.Logger
+	// Cell, when given, limits the report to that one cell (its page is the index).
+	Cell string
+	Log  *zap.Logger
 }
 
 // Report writes the static report of every cell under the results root.
@@ -40,7 +42,11 @@ func Report(req ReportRequest) (*report.Result, error) {
 	} else {
 		log.Debug("no display names: matrix file unreadable; models show by key", zap.Error(err))
 	}
-	res, err := report.Write(report.Options{ResultsDir: results, OutDir: out, Tables: tables, ModelNames: names, Title: req.Title})
+	ro := report.Options{ResultsDir: results, OutDir: out, Tables: tables, ModelNames: names, Title: req.Title}
+	if req.Cell != "" {
+		ro.Cells = []string{req.Cell}
+	}
+	res, err := report.Write(ro)
 	if errors.Is(err, report.ErrNoCells) {
 		return nil, exitcode.New(exitcode.Usage, err)
 	}

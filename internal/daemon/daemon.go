@@ -18,7 +18,9 @@ import (
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/matrix"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // MaxPriority bounds --priority both ways.
@@ -54,6 +56,16 @@ type Daemon struct {
 	started   time.Time
 	// reconciled is how long the restart's reconcile took.
 	reconciled time.Duration
+	// recon is the restart's ledger reconciliation (nil when the killed daemon left no
+	// lease); reconTold once a cell's manifest carries it. holds are GPUs kept from the next
+	// lease until their memory is back at baseline; gpuProof the proof of a released one,
+	// for the next cell leased it. holdStop/holdDone end releaseHolds.
+	recon     *Reconciliation
+	reconTold bool
+	holds     map[string]*gpuHold
+	gpuProof  map[string]*GPUProof
+	holdStop  context.CancelFunc
+	holdDone  chan struct{}
 }
 
 // Options is what serve gives the daemon besides the pipeline's settings.
@@ -90,7 +102,7 @@ func New(ctx context.Context, opt Options) (*Daemon, error) {
 		freeGPU: map[string]bool{}, usedPorts: map[int]bool{}, busy: map[string]bool{},
 		running: map[string]context.CancelFunc{}, mx: map[string]*matrix.Matrix{},
 		wake: make(chan struct{}, 1), events: newHub(), started: time.Now(),
-		notify: newNotifier(opt.Webhook, log)}
+		notify: newNotifier(opt.Webhook, log), holds: map[string]*gpuHold{}, gpuProof: map[string]*GPUProof{}}
 	for i, g := range pool {
 		d.freeGPU[g] = true
 		d.uuid[g] = uuids[i]
@@ -111,22 +123,29 @@ func New(ctx context.Context, opt Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.reconciled = time.Since(t0)
+	hctx, hstop := context.WithCancel(context.Background())
+	d.holdStop, d.holdDone = hstop, make(chan struct{})
+	go func() { defer close(d.holdDone); d.releaseHolds(hctx) }()
 	return d, nil
 }
 
 // Close closes the store and the GPU backend (after Run returned).
 func (d *Daemon) Close() {
+	if d.holdStop != nil {
+		d.holdStop()
+		<-d.holdDone
+	}
 	d.store.Close()
 	d.gb.Close()
 }
 
 func key(job, id string) string { return job + "/" + id }
 
-// reconcile loads the store and settles what a killed daemon left: the servers of its
-// cells are ended through the launcher's verified-identity sweep (only servers whose
-// state file and /proc identity match, and whose supervisor is gone), GPUs waited back to
-// their baseline, and each leased cell takes the state its manifest proves: a result the
-// killed daemon finished is kept, a cell it was running is queued again.
+// reconcile loads the store and settles what a killed daemon left: its ledger is
+// reconciled (reconcileLedger: the servers of its cells checked in /proc and NVML and ended
+// through the launcher's verified-identity sweep, its GPUs held until back at baseline),
+// and each leased cell takes the state its manifest proves: a result the killed daemon
+// finished is kept, a cell it was running is queued again.
 func (d *Daemon) reconcile(ctx context.Context) error {
 	jobs, cells, leases, err := d.store.Load()
 	if err != nil {
@@ -147,28 +166,34 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 	if len(stale) == 0 && len(leases) == 0 {
 		return nil
 	}
-	cell.EndOrphans(ctx, d.o.ResultsFlag, cell.SweepConfig{Grace: d.o.Cell.Grace, GPUs: d.gb,
-		SlackBytes: uint64(d.o.Cell.GPUIdleMiB) << 20, Log: d.log})
-	byCell := map[string]*Lease{}
+	d.recon = d.reconcileLedger(ctx, leases)
+	byCell := map[string]*LedgerCheck{}
+	for i := range d.recon.Ledger {
+		lc := &d.recon.Ledger[i]
+		byCell[key(lc.Job, lc.Cell)] = lc
+	}
+	lease := map[string]*Lease{}
 	for _, l := range leases {
-		byCell[key(l.Job, l.Cell)] = l
+		lease[key(l.Job, l.Cell)] = l
 	}
 	now := time.Now().UTC()
 	var saveJobs []*Job
 	for _, c := range stale {
-		l := byCell[key(c.Job, c.ID)]
+		l, lc := lease[key(c.Job, c.ID)], byCell[key(c.Job, c.ID)]
 		proof := "no lease recorded (killed before its server was spawned)"
 		since := time.Time{}
 		if c.Started != nil {
 			since = *c.Started
 		}
-		if l != nil {
+		if l != nil && lc != nil {
 			since = l.Start
-			proof = fmt.Sprintf("lease of GPUs %v since %s (daemon PID %d", l.GPUs, l.Start.Format(time.RFC3339), l.DaemonPID)
-			if l.ServerPID > 0 {
-				proof += fmt.Sprintf(", server PID %d", l.ServerPID)
+			proof = fmt.Sprintf("lease of GPUs %v since %s (daemon PID %d): server %s", l.GPUs, l.Start.Format(time.RFC3339), l.DaemonPID, lc.Outcome)
+			if len(lc.EndedPIDs) > 0 {
+				proof += fmt.Sprintf(" (PIDs %v)", lc.EndedPIDs)
 			}
-			proof += "): the orphan sweep ended what was left and waited for its GPUs to return to their idle baseline"
+			if lc.Why != "" {
+				proof += ": " + lc.Why
+			}
 		}
 		m, merr := cell.ReadManifest(filepath.Join(d.o.ResultsFlag, c.ID))
 		j := d.jobs[c.Job]
@@ -183,6 +208,9 @@ func (d *Daemon) reconcile(ctx context.Context) error {
 		default:
 			c.State, c.Phase, c.Reruns = CellQueued, "", c.Reruns+1
 			c.Recovery = "the daemon stopped while it ran; queued again; " + proof
+			if merr == nil && m.InterruptedWhy() != "" {
+				c.Reason = "earlier attempt " + m.InterruptedWhy()
+			}
 		}
 		d.log.Warn("reconciled a cell the previous daemon was running", zap.String("job", c.Job), zap.String("cell", c.ID),
 			zap.String("state", c.State), zap.String("recovery", c.Recovery))
@@ -310,18 +338,29 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 		return nil, &SubmitError{400, err}
 	}
 	var ids []string
+	est := map[string]*float64{}
 	for _, it := range items {
 		if it.Action == matrix.ActRun {
 			ids = append(ids, it.Cell.ID)
+			if it.Estimate > 0 {
+				v := it.Estimate.Seconds()
+				est[it.Cell.ID] = &v
+			}
 		}
 	}
 	if len(ids) == 0 {
 		return nil, &SubmitError{422, fmt.Errorf("no cell of %s is left to run on this node (done, kept from the results root, filtered by --only, or for other hardware); see moecapd matrix plan --matrix %s --results %s", s.Matrix, s.Matrix, d.o.ResultsFlag)}
 	}
 	j := &Job{Owner: owner, Priority: s.Priority, State: JobQueued, Created: time.Now().UTC(), Spec: s, Cells: ids}
+	why := map[string]string{}
+	for _, it := range items {
+		if it.Action == matrix.ActRun && it.Prev != nil {
+			why[it.Cell.ID] = it.Why // an earlier attempt: interrupted (its supervisor gone), failed…
+		}
+	}
 	var cs []*Cell
 	for i, id := range ids {
-		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued})
+		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued, Reason: why[id], EstimateS: est[id]})
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -497,8 +536,12 @@ func (d *Daemon) schedule(ctx context.Context) {
 			return
 		}
 		now := time.Now().UTC()
-		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Reason = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), ""
-		l := &Lease{Job: c.Job, Cell: c.ID, GPUs: gpus, Start: now, DaemonPID: os.Getpid(), Port: port}
+		// Reason keeps what the queue knew of it (an earlier attempt interrupted, its
+		// supervisor gone) until the cell's own outcome replaces it.
+		c.State, c.Attempts, c.Started, c.GPUs, c.Phase, c.Progress = CellRunning, c.Attempts+1, &now, gpus, string(cell.PhasePreflight), nil
+		self := launcher.Self()
+		l := &Lease{Job: c.Job, Cell: c.ID, GPUs: gpus, Start: now, DaemonPID: self.PID, Port: port, Supervisor: &self,
+			BaselineBytes: d.baselines(gpus)}
 		for _, g := range gpus {
 			l.UUIDs = append(l.UUIDs, d.uuid[g])
 		}
@@ -515,6 +558,7 @@ func (d *Daemon) schedule(ctx context.Context) {
 		}
 		k := key(c.Job, c.ID)
 		d.leases[k] = l
+		it.Extra = d.takeProof(gpus)
 		d.busy["chain:"+mc.Chain()], d.busy["cell:"+mc.ID] = true, true
 		for _, g := range gpus {
 			d.freeGPU[g] = false
@@ -534,18 +578,38 @@ func (d *Daemon) runCell(ctx context.Context, cancel context.CancelFunc, c *Cell
 	defer d.wg.Done()
 	defer cancel()
 	k := key(c.Job, c.ID)
-	m, err := d.runner.RunCell(ctx, it, gpus, port, func(ph cell.Phase) {
+	m, err := d.runner.RunCell(ctx, it, gpus, port, matrix.CellHooks{Phase: func(ph cell.Phase) {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		c.Phase = string(ph)
-		if l := d.leases[k]; l != nil && l.ServerPID == 0 && (ph == cell.PhaseReady || ph == cell.PhaseBench) {
-			if mm, err := cell.ReadManifest(filepath.Join(d.o.ResultsFlag, c.ID)); err == nil && mm.Server.PID > 0 {
-				l.ServerPID = mm.Server.PID
+		if ph == cell.PhasePreflight {
+			c.Progress = nil // a retry starts over
+		}
+		if l := d.leases[k]; l != nil && l.Server == nil && (ph == cell.PhaseReady || ph == cell.PhaseBench) {
+			// The server's identity as the launcher recorded it before the server ran.
+			if st, err := launcher.ReadState(filepath.Join(d.o.ResultsFlag, c.ID)); err == nil && st.PID > 0 {
+				l.ServerPID = st.PID
+				l.Server = &launcher.ProcessID{PID: st.PID, StartTicks: st.StartTicks, BootID: st.BootID}
 				_ = d.store.Save(nil, []*Cell{c}, []*Lease{l}, nil)
 			}
 		}
 		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus})
-	})
+	}, Progress: func(p profile.Progress) {
+		// Held in memory and announced; written with the cell's next state change (a
+		// store write a second per running cell buys nothing a restart needs).
+		cp := &Progress{Done: p.Done, Failed: p.Failed, InFlight: p.InFlight, Total: p.Total, TokensPerS: p.TokensPerS}
+		if p.ETA > 0 {
+			v := p.ETA.Seconds()
+			cp.ETAS = &v
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		if c.State != CellRunning {
+			return
+		}
+		c.Progress = cp
+		d.events.publish(Event{Type: "cell", Job: c.Job, Cell: c.ID, State: c.State, Phase: c.Phase, GPUs: gpus, Progress: cp})
+	}})
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.nRunning--

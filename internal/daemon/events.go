@@ -22,6 +22,8 @@ type Event struct {
 	Phase  string    `json:"phase,omitempty"`
 	GPUs   []string  `json:"gpus,omitempty"`
 	Reason string    `json:"reason,omitempty"`
+	// Progress is a running cell's bench (type "cell", phase bench).
+	Progress *Progress `json:"progress,omitempty"`
 }
 
 // hub fans events out to the SSE clients; a slow client loses events (it re-reads the

@@ -148,6 +148,8 @@ type Server struct {
 	Tokens *Tokens // nil: no tokens (unix socket, loopback TCP)
 	Admins map[string]bool
 	Start  time.Time
+
+	reportMu sync.Mutex // one cell report rendered at a time
 }
 
 // userOf names the user of a request: the peer's uid on a unix socket, the token's user on
@@ -246,6 +248,7 @@ func (s *Server) Handler() http.Handler {
 	}))
 	mux.HandleFunc("GET /v1/cells/{id}/log", auth(s.cellLog))
 	mux.HandleFunc("GET /v1/events", auth(s.eventsSSE))
+	mux.HandleFunc("GET /cells/{id}/report/{file...}", auth(s.cellReport))
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(&collector{d: s.D})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))

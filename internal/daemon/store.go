@@ -19,6 +19,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/moecapd/moecapd/internal/app"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 // FormatVersion is the store's on-disk format; a store of another version is refused, not
@@ -103,6 +104,23 @@ type Cell struct {
 	// Recovery is what the daemon found of this cell after a restart (the ledger against
 	// the manifest, /proc and the GPUs).
 	Recovery string `json:"recovery,omitempty"`
+	// EstimateS is the plan's estimate of the cell's whole run in seconds (absent when the
+	// plan has none).
+	EstimateS *float64 `json:"estimate_s,omitempty"`
+	// Progress is the bench's requests, while the built-in client runs them (the last
+	// report is kept once the cell ends).
+	Progress *Progress `json:"progress,omitempty"`
+}
+
+// Progress is where a cell's bench stands: requests done (failed included) of total, and
+// the time left at the rate measured so far (absent until there is a rate).
+type Progress struct {
+	Done       int      `json:"done"`
+	Failed     int      `json:"failed"`
+	InFlight   int      `json:"in_flight"`
+	Total      int      `json:"total"`
+	TokensPerS float64  `json:"tokens_per_s"`
+	ETAS       *float64 `json:"eta_s,omitempty"`
 }
 
 // Final says the cell will not run again.
@@ -121,6 +139,14 @@ type Lease struct {
 	DaemonPID int `json:"daemon_pid"`
 	ServerPID int `json:"server_pid,omitempty"`
 	Port      int `json:"port,omitempty"`
+	// Supervisor is the daemon and Server the cell's server (from its state file, once the
+	// launcher started and verified it) as the launcher names processes: PID, start time
+	// and boot, so a restarted daemon never mistakes a reused PID for them.
+	Supervisor *launcher.ProcessID `json:"supervisor,omitempty"`
+	Server     *launcher.ProcessID `json:"server,omitempty"`
+	// BaselineBytes is each GPU's used memory (NVML) when the lease was taken, in GPUs'
+	// order: the idle baseline a restarted daemon waits for. Absent without NVML.
+	BaselineBytes []*uint64 `json:"baseline_bytes,omitempty"`
 }
 
 func cellKey(job, id string) []byte { return []byte(job + "/" + id) }

@@ -1,11 +1,17 @@
 package cell
 
 import (
+	"bytes"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/moecapd/moecapd/pkg/exitcode"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 func TestExitCodes(t *testing.T) {
@@ -74,4 +80,50 @@ func TestMissingFiles(t *testing.T) {
 	if got := (&Manifest{}).MissingFiles(dir); len(got) != 0 {
 		t.Errorf("a manifest naming no files misses %q", got)
 	}
+}
+
+// A running manifest is interrupted once its supervisor (a real process, killed -9) is
+// gone, not while it lives; a recorded interruption says its own message.
+func TestInterruptedWhy(t *testing.T) {
+	c := exec.Command("sleep", "60")
+	if err := c.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sup := launcher.Self()
+	sup.PID, sup.StartTicks = c.Process.Pid, startTicks(t, c.Process.Pid)
+	m := &Manifest{Status: StatusRunning, Phase: PhaseReady, Supervisor: &sup}
+	if why := m.InterruptedWhy(); why != "" {
+		t.Errorf("live supervisor: %q", why)
+	}
+	c.Process.Kill()
+	c.Wait()
+	if why := m.InterruptedWhy(); !strings.Contains(why, fmt.Sprintf("interrupted during ready: its supervisor (PID %d) is gone", sup.PID)) {
+		t.Errorf("killed supervisor: %q", why)
+	}
+	self := launcher.Self()
+	if why := (&Manifest{Status: StatusRunning, Supervisor: &self}).InterruptedWhy(); why != "" {
+		t.Errorf("this process as supervisor: %q", why)
+	}
+	rec := &Manifest{Status: StatusInterrupted, Failure: &Failure{Phase: PhaseBench, Kind: exitcode.FailInterrupted, Message: "interrupted during bench by SIGTERM\nmore"}}
+	if why := rec.InterruptedWhy(); why != "interrupted during bench by SIGTERM" {
+		t.Errorf("recorded: %q", why)
+	}
+	if why := (&Manifest{Status: StatusOK}).InterruptedWhy(); why != "" {
+		t.Errorf("ok: %q", why)
+	}
+}
+
+// startTicks is field 22 of /proc/PID/stat: the process's start time since boot.
+func startTicks(t *testing.T, pid int) uint64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
+	n, err := strconv.ParseUint(f[19], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

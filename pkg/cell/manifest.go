@@ -279,6 +279,30 @@ func (m *Manifest) MissingFiles(dir string) []string {
 	return out
 }
 
+// InterruptedWhy says why the cell's run ended without a result when its manifest records
+// it interrupted, or still says running while its recorded supervisor is gone
+// (SupervisorGone: a killed moecapd or daemon, a lost machine); "" otherwise. matrix status,
+// matrix plan and the daemon all show such a cell as interrupted at once, through this one
+// check, before any sweep rewrites its manifest.
+func (m *Manifest) InterruptedWhy() string {
+	switch {
+	case m == nil:
+		return ""
+	case m.SupervisorGone():
+		ph := m.Phase
+		if ph == "" {
+			ph = PhaseBench
+		}
+		return fmt.Sprintf("interrupted during %s: its supervisor (PID %d) is gone (killed or machine lost) while the manifest still says running", ph, m.Supervisor.PID)
+	case m.Status == StatusInterrupted && m.Failure != nil:
+		msg, _, _ := strings.Cut(m.Failure.Message, "\n") // "interrupted during PHASE …"
+		return msg
+	case m.Status == StatusInterrupted:
+		return "interrupted"
+	}
+	return ""
+}
+
 // SupervisorGone reports whether a running cell's recorded supervisor no longer runs: no
 // live process has its PID and start time in this boot (a killed moecapd, a lost machine).
 // False for a cell that is not running or whose manifest records no supervisor.

@@ -70,6 +70,9 @@ type Config struct {
 	Extra map[string]json.RawMessage
 	// OnPhase is told of each phase as it starts (progress displays); optional.
 	OnPhase func(id string, p Phase)
+	// seams: the server, client, telemetry and GPU implementations the run drives (zero:
+	// the real ones; pipeline_test.go sets fakes).
+	seams seams
 	// AllowUnknownModel (--allow-unknown-model) lets a model moecapd cannot describe run;
 	// without it such a model is refused before anything starts. The manifest records it
 	// and the cell has no CAP numbers.

@@ -22,7 +22,6 @@ import (
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
-	"github.com/moecapd/moecapd/pkg/servermetrics"
 )
 
 // Result is a finished cell: its manifest and where it lives.
@@ -88,9 +87,9 @@ type runner struct {
 	m    *Manifest
 	log  *zap.Logger
 	t0   time.Time
-	proc *launcher.Process
-	logw *launcher.LogWatch
-	smp  *gpu.Sampler
+	sm_  seams
+	srv  RunningServer // nil before launch
+	smp  Telemetry
 	csv  *os.File
 	base map[int]uint64
 	// stopRecord ends the refreshing of the state file's member list (nil before launch).
@@ -98,14 +97,17 @@ type runner struct {
 	// dirID is the cell directory's identity when the cell started (device, inode): a cell
 	// is ok only in the directory it started in.
 	dirID dirIdentity
-	// live is the running server for the sampler's goroutine (proc changes when
+	// live is the running server for the sampler's goroutine (srv changes when
 	// --repeat-fresh-server restarts it).
-	live atomic.Pointer[launcher.Process]
+	live atomic.Pointer[RunningServer]
 	// sm scrapes the server's metrics during the bench; measureFrom/To are repeat 1's
 	// measured window.
-	sm                     *servermetrics.Scraper
+	sm                     MetricsScraper
 	smFile                 *os.File
 	measureFrom, measureTo time.Time
+	// cur is the measured bench being run (bench sets it; nativeClient reads its files and
+	// rate).
+	cur benchRun
 }
 
 // Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
@@ -116,7 +118,7 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
-	r := &runner{c: c, p: p, log: log.With(zap.String("cell", p.ID)), t0: time.Now()}
+	r := &runner{c: c, p: p, log: log.With(zap.String("cell", p.ID)), t0: time.Now(), sm_: c.seams.withDefaults(c)}
 	lay := p.Layout
 	if lay == nil {
 		// A Plan built by hand (tests): the layout follows from its directory.
@@ -158,19 +160,19 @@ func Run(ctx context.Context, c *Config, p *Plan) (*Manifest, error) {
 		Versions: Versions{Moecapd: c.Version},
 		Extra:    maps.Clone(c.Extra),
 	}
-	if c.GPUs != nil {
-		r.m.Versions.Driver = c.GPUs.DriverVersion()
+	if g := r.sm_.gpus; g != nil {
+		r.m.Versions.Driver = g.DriverVersion()
 	}
 	if p.ClientLaunch != nil {
 		r.m.Client.EnvAdded = p.EnvAdded
 	}
 	r.wrote(p.Files.Bench())
-	if err := WriteManifest(p.Dir, r.m); err != nil {
+	if err := r.sm_.writeManifest(p.Dir, r.m); err != nil {
 		return nil, StorageError(fmt.Errorf("write the first manifest of cell %s: %w", p.ID, err))
 	}
 	r.run(ctx)
 	r.finish()
-	if err := WriteManifest(p.Dir, r.m); err != nil {
+	if err := r.sm_.writeManifest(p.Dir, r.m); err != nil {
 		// The cell's record on disk is not its outcome (it still says running): the cell
 		// failed, whatever it measured, and the caller learns why (exit 2: a setup problem).
 		return r.m, r.unrecorded(err)
@@ -224,7 +226,7 @@ func (r *runner) phase(ph Phase) {
 	if r.m.Phase != ph {
 		// Kept current on disk: a supervisor killed now leaves the phase it was in.
 		r.m.Phase = ph
-		if err := WriteManifest(r.p.Dir, r.m); err != nil {
+		if err := r.sm_.writeManifest(r.p.Dir, r.m); err != nil {
 			r.log.Warn("cannot update manifest.json with the current phase", zap.Error(err))
 		}
 	}
@@ -237,29 +239,19 @@ func (r *runner) fail(ph Phase, kind Kind, msg string) {
 	if r.m.Failure != nil {
 		return
 	}
-	r.m.Status = StatusFailed
-	if kind == exitcode.FailOOM {
-		r.m.Status = StatusInfeasible
-	}
-	if kind == exitcode.FailInterrupted {
-		r.m.Status = StatusInterrupted
-	}
+	r.m.Status = StatusOf(kind)
 	r.m.Failure = &Failure{Phase: ph, Kind: kind, Message: msg}
-	if r.logw != nil {
-		r.logw.Poll()
-		r.m.Failure.LogTail = r.logw.Tail()
+	if r.srv != nil {
+		r.m.Failure.LogTail = r.srv.LogTail()
 	}
 	r.log.Error("cell failed", zap.String("phase", string(ph)), zap.String("kind", string(kind)), zap.String("why", msg))
 }
 
-// interrupted records the cell as interrupted in phase ph; ctx's cause (the signal, when
-// cmd/moecapd cancelled it for one) goes into the message.
+// interrupted records the cell stopped in phase ph by its context: failed/timeout at the
+// cell's time limit, else interrupted (Stopped).
 func (r *runner) interrupted(ctx context.Context, ph Phase) {
-	why := "a signal (SIGINT, SIGTERM or SIGHUP)"
-	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
-		why = c.Error()
-	}
-	r.fail(ph, exitcode.FailInterrupted, fmt.Sprintf("interrupted during %s by %s; the server was torn down", ph, why))
+	kind, msg := Stopped(ctx, ph)
+	r.fail(ph, kind, msg)
 }
 
 func since(t time.Time) float64 { return time.Since(t).Seconds() }
@@ -320,7 +312,7 @@ func (r *runner) startServerMetrics() {
 	if every <= 0 {
 		every = 100 * time.Millisecond
 	}
-	r.sm = servermetrics.Start(strings.TrimSuffix(r.p.BaseURL, "/")+"/metrics", every, f)
+	r.sm = r.sm_.scrape(strings.TrimSuffix(r.p.BaseURL, "/")+"/metrics", every, f)
 }
 
 // stopServerMetrics ends the scraping; the manifest gets the summary over the measured
@@ -389,7 +381,7 @@ func (r *runner) benchRepeats(ctx context.Context) {
 		if n > 1 {
 			r.m.Repeats = append(r.m.Repeats, Repeat{Index: i, StartedAt: start, Metrics: r.m.Metrics})
 			r.log.Info("repeat done", zap.Int("repeat", i), zap.Int("of", n), zap.Bool("ok", r.m.Failure == nil))
-			_ = WriteManifest(r.p.Dir, r.m)
+			_ = r.sm_.writeManifest(r.p.Dir, r.m)
 		}
 		if r.m.Failure != nil {
 			break
@@ -404,8 +396,7 @@ func (r *runner) benchRepeats(ctx context.Context) {
 // repeat measures owes nothing to the state the last one left.
 func (r *runner) restart(ctx context.Context) bool {
 	r.stopRecord()
-	rep := r.proc.Stop(r.c.Grace)
-	r.logw.Close()
+	rep := r.srv.Stop(r.c.Grace)
 	if len(rep.Left) > 0 {
 		r.fail(PhaseBench, exitcode.FailOrphans, fmt.Sprintf("restarting the server between repeats: PIDs %v survived SIGKILL", rep.Left))
 		return false
@@ -433,7 +424,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 			return false
 		}
 	}
-	if err := launcher.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
+	if err := r.sm_.servers.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
 		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
 	}
@@ -447,12 +438,12 @@ func (r *runner) preflight(ctx context.Context) bool {
 			return false
 		}
 	}
-	if c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
+	if g := r.sm_.gpus; g != nil && g.Available() && len(p.Devices) > 0 {
 		note := func(b *gpu.BusyError) {
 			r.log.Warn("GPUs busy; waiting for them to become idle (--gpu-wait)", zap.Duration("waited", b.Waited.Round(time.Second)),
 				zap.Duration("at_most", c.GPUWait), zap.String("busy", b.Error()))
 		}
-		if err := gpu.WaitIdle(ctx, c.GPUs, p.Devices, c.MemSlackBytes, c.GPUWait, note); err != nil {
+		if err := g.WaitIdle(ctx, p.Devices, c.MemSlackBytes, c.GPUWait, note); err != nil {
 			if ctx.Err() != nil {
 				r.interrupted(ctx, PhasePreflight)
 				return false
@@ -460,7 +451,7 @@ func (r *runner) preflight(ctx context.Context) bool {
 			r.fail(PhasePreflight, exitcode.FailGPUBusy, err.Error())
 			return false
 		}
-		base, err := c.GPUs.MemoryUsed(p.Devices)
+		base, err := g.MemoryUsed(p.Devices)
 		if err == nil {
 			r.base = base
 		}
@@ -489,7 +480,7 @@ func (r *runner) launch() bool {
 		}
 		return nil
 	}
-	proc, err := launcher.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath, BeforeRun: record})
+	srv, err := r.sm_.servers.Start(launcher.Spec{Argv: p.LaunchArgv, Env: env, Dir: p.Dir, LogPath: logPath, BeforeRun: record})
 	if err != nil {
 		kind := exitcode.FailCrash
 		if errors.Is(err, launcher.ErrNotFound) {
@@ -498,30 +489,27 @@ func (r *runner) launch() bool {
 		r.fail(PhaseLaunch, kind, fmt.Sprintf("could not start the server: %v", err))
 		return false
 	}
-	r.proc = proc
+	r.srv = srv
 	r.wrote(logPath)
-	r.stopRecord = proc.Record(p.Dir, st, 2*time.Second)
-	r.m.Server.PID = proc.PID()
-	_ = WriteManifest(p.Dir, r.m)
-	r.logw = launcher.WatchLog(logPath, 100*time.Millisecond)
-	r.log.Info("server started", zap.Int("pid", proc.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath),
+	r.stopRecord = srv.Record(p.Dir, st, 2*time.Second)
+	r.m.Server.PID = srv.PID()
+	_ = r.sm_.writeManifest(p.Dir, r.m)
+	r.log.Info("server started", zap.Int("pid", srv.PID()), zap.Int("port", p.Spec.Port), zap.String("log", logPath),
 		zap.String("tracking", r.m.Server.Tracking))
-	r.live.Store(proc)
-	if r.smp == nil && c.GPUs != nil && c.GPUs.Available() && len(p.Devices) > 0 {
+	r.live.Store(&srv)
+	if g := r.sm_.gpus; r.smp == nil && g != nil && g.Available() && len(p.Devices) > 0 {
 		f, err := os.Create(p.Files.Telemetry())
 		if err == nil {
 			r.wrote(f.Name())
 			r.csv = f
-			r.smp = c.GPUs.NewSampler(gpu.SamplerConfig{Devices: p.Devices, Interval: c.GPUInterval,
-				PIDs: func() []int { return r.live.Load().Members() }, CSV: f})
-			r.smp.Start(context.Background())
+			r.smp = g.Sample(p.Devices, c.GPUInterval, func() []int { return (*r.live.Load()).Members() }, f)
 		}
 	}
 	return true
 }
 
 func (r *runner) ready(ctx context.Context) bool {
-	err := launcher.WaitReady(ctx, r.proc, r.logw, launcher.ReadySpec{
+	err := r.srv.WaitReady(ctx, launcher.ReadySpec{
 		BaseURL: r.p.BaseURL, Model: r.p.Spec.Model, Flavor: r.p.Spec.APIFlavor(),
 		Interval: 100 * time.Millisecond, Stall: r.c.ReadyStall, Hard: r.c.ReadyHard, Port: r.p.Spec.Port,
 	})
@@ -539,8 +527,7 @@ func (r *runner) ready(ctx context.Context) bool {
 		return false
 	}
 	if errors.As(err, &re) && re.Exited {
-		r.logw.Poll()
-		kind, line := r.logw.Diagnosis()
+		kind, line := r.srv.Diagnosis()
 		r.fail(PhaseReady, Kind(kind), re.Msg+": "+launcher.Explain(kind, line))
 		return false
 	}
@@ -564,34 +551,19 @@ type benchRun struct {
 }
 
 func (r *runner) bench(ctx context.Context, run benchRun) {
-	c := r.c
+	r.cur = run
 	// The server dying mid-bench must end the bench at once, not after every request
 	// times out.
 	bctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
 		select {
-		case <-r.proc.Done():
+		case <-r.srv.Done():
 			cancel()
 		case <-bctx.Done():
 		}
 	}()
-	var met *profile.Metrics
-	var err error
-	if c.Client == ClientNative {
-		met, err = r.benchNative(bctx, run) // profile.Run applies the bench deadline itself
-	} else {
-		rctx := bctx
-		if d := c.Native.BenchTimeout; d > 0 {
-			var stop context.CancelFunc
-			rctx, stop = context.WithTimeoutCause(bctx, d, fmt.Errorf("%w: the runner ran for %s (--bench-timeout)", profile.ErrBenchDeadline, d))
-			defer stop()
-		}
-		met, err = r.benchRunner(rctx)
-		if err != nil && rctx.Err() != nil && bctx.Err() == nil {
-			err = fmt.Errorf("%w (the runner was stopped)", context.Cause(rctx))
-		}
-	}
+	met, err := r.sm_.client(r).Bench(bctx, run.index)
 	if met != nil {
 		// A time-scaled sim's client numbers are recorded in physical units (issue 19).
 		r.m.Metrics = met.Unscaled(r.m.TimeScale())
@@ -600,21 +572,20 @@ func (r *runner) bench(ctx context.Context, run benchRun) {
 		// Requests fail the moment a server dies, a little before the exit is reaped: give
 		// the reaper a moment so the cell blames the server, not the client.
 		select {
-		case <-r.proc.Done():
-		case <-time.After(2 * time.Second):
+		case <-r.srv.Done():
+		case <-time.After(r.sm_.reapWait):
 		}
 	}
 	switch {
 	case ctx.Err() != nil:
 		r.interrupted(ctx, PhaseBench)
-	case r.proc.Exited():
-		r.logw.Poll()
-		kind, line := r.logw.Diagnosis()
+	case r.srv.Exited():
+		kind, line := r.srv.Diagnosis()
 		fk := Kind(kind)
 		if fk == exitcode.FailPortInUse || fk == exitcode.FailEnvMissing {
 			fk = exitcode.FailCrash
 		}
-		r.fail(PhaseBench, fk, "server died during the bench ("+r.proc.ExitDescription()+"): "+launcher.Explain(kind, line))
+		r.fail(PhaseBench, fk, "server died during the bench ("+r.srv.ExitDescription()+"): "+launcher.Explain(kind, line))
 	case err != nil:
 		kind := exitcode.FailClientError
 		var bad badResult
@@ -623,9 +594,8 @@ func (r *runner) bench(ctx context.Context, run benchRun) {
 		}
 		// Requests refused because not even one fits in GPU memory (the server logged it,
 		// as vLLM and the sim do): the cell is infeasible, not failed.
-		if r.logw != nil && kind == exitcode.FailClientError {
-			r.logw.Poll()
-			if k, line := r.logw.Diagnosis(); Kind(k) == exitcode.FailOOM {
+		if kind == exitcode.FailClientError {
+			if k, line := r.srv.Diagnosis(); Kind(k) == exitcode.FailOOM {
 				r.fail(PhaseBench, exitcode.FailOOM, err.Error()+": "+launcher.Explain(k, line))
 				return
 			}
@@ -634,7 +604,17 @@ func (r *runner) bench(ctx context.Context, run benchRun) {
 	}
 }
 
-func (r *runner) benchNative(ctx context.Context, run benchRun) (*profile.Metrics, error) {
+// nativeClient is moecapd's own bench client (pkg/profile) run in this process.
+type nativeClient struct{ r *runner }
+
+// Bench runs one measured bench of the native client (the runner's current run: a repeat
+// or a rate of a sweep); profile.Run applies the bench deadline itself.
+func (n nativeClient) Bench(ctx context.Context, repeat int) (*profile.Metrics, error) {
+	r := n.r
+	run := r.cur
+	if run.index != repeat || run.what == "" {
+		run = benchRun{index: repeat, files: r.p.Files.Repeat(repeat), what: "repeat"}
+	}
 	c, p := r.c, r.p
 	o := c.Native
 	o.APIURL = p.APIURL
@@ -696,7 +676,27 @@ func (r *runner) benchNative(ctx context.Context, run benchRun) (*profile.Metric
 	return nil, err
 }
 
-func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
+// moecapRunner is MoE-CAP's own runner (moe_cap.runner.openai_api_profile), started as a
+// process in the server's env; it runs once (Config.Repeats is for the native client).
+type moecapRunner struct{ r *runner }
+
+// Bench runs the MoE-CAP runner under the bench deadline (--bench-timeout).
+func (m moecapRunner) Bench(ctx context.Context, _ int) (*profile.Metrics, error) {
+	rctx := ctx
+	if d := m.r.c.Native.BenchTimeout; d > 0 {
+		var stop context.CancelFunc
+		rctx, stop = context.WithTimeoutCause(ctx, d, fmt.Errorf("%w: the runner ran for %s (--bench-timeout)", profile.ErrBenchDeadline, d))
+		defer stop()
+	}
+	met, err := m.run(rctx)
+	if err != nil && rctx.Err() != nil && ctx.Err() == nil {
+		err = fmt.Errorf("%w (the runner was stopped)", context.Cause(rctx))
+	}
+	return met, err
+}
+
+func (m moecapRunner) run(ctx context.Context) (*profile.Metrics, error) {
+	r := m.r
 	c, p := r.c, r.p
 	// Unbuffered prints put the runner's request-phase markers into client.log when they
 	// happen, so moecapd can time that phase itself (profile.PhaseClock).
@@ -721,7 +721,7 @@ func (r *runner) benchRunner(ctx context.Context) (*profile.Metrics, error) {
 	// The runner carries the server's token: a supervisor killed mid-bench leaves it recorded
 	// among the server's processes, so the next run's sweep ends it too instead of leaving it
 	// to write into a directory that a rerun has since recreated.
-	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: logPath, Token: r.proc.Token()})
+	proc, err := launcher.Start(launcher.Spec{Argv: p.ClientLaunch, Env: env, Dir: p.Dir, LogPath: logPath, Token: r.srv.Token()})
 	if err != nil {
 		clock.Stop()
 		return nil, fmt.Errorf("start the MoE-CAP runner: %w", err)
@@ -795,16 +795,13 @@ func lastLogLine(path string) string {
 }
 
 func (r *runner) teardown() {
-	if r.proc == nil {
+	if r.srv == nil {
 		return
 	}
 	r.phase(PhaseTeardown)
 	t := time.Now()
 	r.stopRecord()
-	rep := r.proc.Stop(r.c.Grace)
-	if r.logw != nil {
-		r.logw.Close()
-	}
+	rep := r.srv.Stop(r.c.Grace)
 	code := rep.ExitCode
 	r.m.Server.ExitCode = &code
 	var problems []string
@@ -814,7 +811,7 @@ func (r *runner) teardown() {
 	if len(rep.Left) > 0 {
 		problems = append(problems, fmt.Sprintf("PIDs %v survived SIGKILL", rep.Left))
 	}
-	if !launcher.PortClosed(r.p.Spec.Host, r.p.Spec.Port) {
+	if !r.sm_.servers.PortClosed(r.p.Spec.Host, r.p.Spec.Port) {
 		problems = append(problems, fmt.Sprintf("port %d still accepts connections (%s)", r.p.Spec.Port, launcher.DescribeHolders(r.p.Spec.Port)))
 	}
 	if r.smp != nil {
@@ -824,8 +821,8 @@ func (r *runner) teardown() {
 			r.log.Warn("telemetry.csv incomplete", zap.Error(err))
 		}
 	}
-	if r.c.GPUs != nil && r.c.GPUs.Available() && len(r.p.Devices) > 0 && r.base != nil {
-		left, err := gpu.WaitMemoryBaseline(context.Background(), r.c.GPUs, r.p.Devices, r.base, r.c.MemSlackBytes, 30*time.Second)
+	if g := r.sm_.gpus; g != nil && g.Available() && len(r.p.Devices) > 0 && r.base != nil {
+		left, err := g.WaitBaseline(context.Background(), r.p.Devices, r.base, r.c.MemSlackBytes, 30*time.Second)
 		if err != nil {
 			var pids []string
 			for _, lp := range left {
@@ -868,11 +865,11 @@ func (r *runner) finish() {
 			r.m.Status = StatusOK
 		}
 	}
-	if r.m.Telemetry == nil && r.proc != nil {
+	if r.m.Telemetry == nil && r.srv != nil {
 		// No NVML: say so, and still price the GPU-hours of the bench.
 		reason := "NVML unavailable"
-		if r.c.GPUs != nil && r.c.GPUs.Reason() != "" {
-			reason = r.c.GPUs.Reason()
+		if g := r.sm_.gpus; g != nil && g.Reason() != "" {
+			reason = g.Reason()
 		}
 		if r.c.Backend == launcher.BackendSim {
 			reason = "simulated backend: no GPU to measure"

@@ -36,13 +36,43 @@ type SweepConfig struct {
 	Log        *zap.Logger
 }
 
+// SweepReport is what EndOrphans did, server by server, for a caller that records it (the
+// daemon's ledger reconciliation).
+type SweepReport struct {
+	Ended []EndedServer
+	Gone  []GoneServer
+	// Failed are servers found orphaned that could not be ended (their directory and why).
+	Failed []GoneServer
+}
+
+// EndedServer is an orphaned server EndOrphans ended: its record and the verified PIDs it
+// signalled.
+type EndedServer struct {
+	Dir      string
+	State    launcher.State
+	PIDs     []int
+	Graceful bool
+	Took     time.Duration
+	// Unverified are live processes of its old group it left alone.
+	Unverified []int
+}
+
+// GoneServer is a recorded server that was already gone (or could not be ended).
+type GoneServer struct {
+	Dir        string
+	State      launcher.State
+	Why        string
+	Unverified []int
+}
+
 // EndOrphans ends every server under the results root whose supervisor died (kill -9,
 // machine lost), found through their state files, waits until its GPUs are back to
 // baseline, and marks those cells interrupted with the phase they were in, so a later run
 // gets the GPUs and ports back and nobody mistakes the old cell for live. A running cell
 // whose supervisor is gone and whose server is gone too (it died, or the machine
 // rebooted) is marked interrupted as well. Unreadable state files are reported.
-func EndOrphans(ctx context.Context, root string, sc SweepConfig) {
+func EndOrphans(ctx context.Context, root string, sc SweepConfig) SweepReport {
+	var rep SweepReport
 	log := sc.Log
 	if log == nil {
 		log = zap.NewNop()
@@ -60,7 +90,11 @@ func EndOrphans(ctx context.Context, root string, sc SweepConfig) {
 		if !ok {
 			continue
 		}
-		endOrphan(ctx, sc, o, log)
+		if r, err := endOrphan(ctx, sc, o, log); err != nil {
+			rep.Failed = append(rep.Failed, GoneServer{Dir: o.Dir, State: o.State, Why: err.Error(), Unverified: o.Unverified})
+		} else {
+			rep.Ended = append(rep.Ended, EndedServer{Dir: o.Dir, State: o.State, PIDs: o.PIDs, Graceful: r.Graceful, Took: r.Took, Unverified: o.Unverified})
+		}
 		unlock()
 	}
 	for _, g := range sw.Gone {
@@ -74,9 +108,11 @@ func EndOrphans(ctx context.Context, root string, sc SweepConfig) {
 			waitOrphanGPUs(ctx, sc, g.State, orphanGPUs(sc.GPUs, g.State, nil), nil, log)
 		}
 		markInterrupted(g.Dir, "the supervisor died (killed or machine lost) while this cell ran, and "+g.Why)
+		rep.Gone = append(rep.Gone, GoneServer{Dir: g.Dir, State: g.State, Why: g.Why, Unverified: g.Unverified})
 		unlock()
 	}
 	sweepDeadCells(lay, root, log)
+	return rep
 }
 
 // lockForSweep takes the lock of the cell at dir while the sweep ends or marks it, so two
@@ -100,7 +136,7 @@ func lockForSweep(lay *Layout, root, dir string, log *zap.Logger) (unlock func()
 }
 
 // endOrphan ends one orphaned server, waits for its GPUs and marks its cell.
-func endOrphan(ctx context.Context, sc SweepConfig, o launcher.Orphan, log *zap.Logger) {
+func endOrphan(ctx context.Context, sc SweepConfig, o launcher.Orphan, log *zap.Logger) (launcher.StopReport, error) {
 	log.Warn("ending a server left behind by a killed run (its supervisor died)",
 		zap.String("dir", o.Dir), zap.Int("pid", o.State.PID), zap.Bool("leader_verified", o.LeaderVerified), zap.Ints("pids", o.PIDs))
 	warnUnverified(log, o.Dir, o.Unverified)
@@ -108,11 +144,12 @@ func endOrphan(ctx context.Context, sc SweepConfig, o launcher.Orphan, log *zap.
 	rep, err := launcher.EndOrphan(o, sc.Grace)
 	if err != nil {
 		log.Error("could not end an orphaned server; kill it by hand", zap.Error(err))
-		return
+		return rep, err
 	}
 	log.Info("orphaned server ended", zap.String("dir", o.Dir), zap.Bool("graceful", rep.Graceful), zap.Duration("took", rep.Took))
 	waitOrphanGPUs(ctx, sc, o.State, devs, o.PIDs, log)
 	markInterrupted(o.Dir, "the supervisor died (killed or machine lost) while this cell ran; its server was ended by a later run")
+	return rep, nil
 }
 
 func warnUnverified(log *zap.Logger, dir string, pids []int) {

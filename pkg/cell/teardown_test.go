@@ -35,11 +35,13 @@ func TestTeardownProblemsAfterEarlierFailure(t *testing.T) {
 	}
 	t.Cleanup(func() { proc.Stop(time.Second) })
 	core, logs := observer.New(zapcore.InfoLevel)
+	c := &Config{Grace: time.Second}
 	r := &runner{
-		c:   &Config{Grace: time.Second},
+		c:   c,
 		p:   &Plan{ID: "c", Dir: dir, Spec: launcher.ServerSpec{Host: "127.0.0.1", Port: port}},
 		m:   &Manifest{Status: StatusRunning},
-		log: zap.New(core), proc: proc, stopRecord: func() {},
+		log: zap.New(core), srv: &launchedServer{Process: proc, logw: launcher.WatchLog(filepath.Join(dir, "server.log"), time.Hour)},
+		stopRecord: func() {}, sm_: c.seams.withDefaults(c),
 	}
 	r.fail(PhaseBench, exitcode.FailBadResult, "all 4 requests failed")
 	r.teardown()

@@ -83,6 +83,19 @@ func WriteState(dir string, s State) error {
 	return renameio.WriteFile(filepath.Join(dir, StateFile), b, 0o644)
 }
 
+// ReadState reads the state file of a cell directory (os.ErrNotExist when it has none).
+func ReadState(dir string) (State, error) {
+	var s State
+	b, err := os.ReadFile(filepath.Join(dir, StateFile))
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("%s: %w", filepath.Join(dir, StateFile), err)
+	}
+	return s, nil
+}
+
 // RemoveState deletes the state file once the server is verifiably gone.
 func RemoveState(dir string) error {
 	err := os.Remove(filepath.Join(dir, StateFile))

@@ -274,8 +274,10 @@ func (f *fakeExec) exec(ctx context.Context, c *cell.Config, p *cell.Plan) (*cel
 	select {
 	case <-time.After(f.hold):
 	case <-ctx.Done():
-		m.Status = cell.StatusInterrupted
-		m.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: exitcode.FailInterrupted}
+		// As the pipeline does: interrupted, or failed/timeout at the cell's time limit.
+		kind, msg := cell.Stopped(ctx, cell.PhaseBench)
+		m.Status = cell.StatusOf(kind)
+		m.Failure = &cell.Failure{Phase: cell.PhaseBench, Kind: kind, Message: msg}
 	}
 	s.end = time.Now()
 	if kind != "" && m.Status == cell.StatusOK {

@@ -179,6 +179,9 @@ type Item struct {
 	Action Action
 	Why    string
 	Prev   *cell.Manifest // what the results root holds for it
+	// Extra are notes for this run's manifest "extra" beside the config's (the daemon's
+	// lease reconciliation proof).
+	Extra map[string]json.RawMessage
 	// Feasible is the pass-cost model's memory verdict (false only when the cell does not
 	// fit at all); Verdict says "fits", "under-batched" (Concurrent < batch requests at
 	// once) or "does-not-fit"; Need/Have are bytes per GPU.
@@ -234,8 +237,8 @@ func Plan(mx *Matrix, tables *config.Tables, node Node, results map[string]*cell
 			switch {
 			case prev == nil:
 				it.Why = "pending"
-			case prev.Status == cell.StatusRunning || prev.Status == cell.StatusInterrupted:
-				it.Why = "redo: earlier attempt " + string(prev.Status)
+			case prev.InterruptedWhy() != "":
+				it.Why = "redo: earlier attempt " + prev.InterruptedWhy()
 			default:
 				it.Why = "redo: earlier attempt " + string(prev.Status)
 			}

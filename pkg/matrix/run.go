@@ -15,6 +15,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/profile"
 )
 
 // Runner runs the cells a plan marked ActRun. Cells of one chain run in batch order, one
@@ -333,12 +334,19 @@ func (r *Runner) Open() error {
 	return nil
 }
 
+// CellHooks are what a scheduler of its own hears of a cell RunCell runs.
+type CellHooks struct {
+	Phase    func(cell.Phase)
+	Progress func(profile.Progress) // the built-in client's requests (the MoE-CAP runner reports none)
+}
+
 // RunCell runs one cell for a scheduler of its own (the daemon), with Run's rules: it takes
 // the cell's lock (a cell another runner holds gives a *cell.LockedError and is not
 // touched), builds the config, gives it the port and GPUs, and runs it with the retries
 // and time limit. Build is called under buildMu, so RunCell may run from many goroutines.
-// onPhase (may be nil) hears the pipeline's phases.
-func (r *Runner) RunCell(ctx context.Context, it *Item, gpus []string, port int, onPhase func(cell.Phase)) (*cell.Manifest, error) {
+// The hooks (each may be nil) hear the pipeline's phases and the built-in client's bench
+// progress.
+func (r *Runner) RunCell(ctx context.Context, it *Item, gpus []string, port int, h CellHooks) (*cell.Manifest, error) {
 	c := it.Cell
 	unlock, err := r.layout.Lock(c.ID)
 	if err != nil {
@@ -356,9 +364,12 @@ func (r *Runner) RunCell(ctx context.Context, it *Item, gpus []string, port int,
 		cfg.CUDAVisibleDevices = strings.Join(gpus, ",")
 	}
 	cfg.OnPhase = func(_ string, ph cell.Phase) {
-		if onPhase != nil {
-			onPhase(ph)
+		if h.Phase != nil {
+			h.Phase(ph)
 		}
+	}
+	if h.Progress != nil {
+		cfg.Native.OnProgress = h.Progress
 	}
 	j := &job{it: it, gpus: gpus, port: port, cfg: cfg, start: time.Now()}
 	m, err := r.runCell(ctx, j, r.Log)
@@ -415,8 +426,6 @@ func contamination(m *cell.Manifest) string {
 	return strings.Join(why, "; ")
 }
 
-var errCellTimeout = errors.New("cell timeout")
-
 func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Manifest, error) {
 	c := j.it.Cell
 	timeout := r.CellTimeout
@@ -432,34 +441,20 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 		}
 		cctx, cancel := ctx, context.CancelFunc(func() {})
 		if timeout > 0 {
-			cctx, cancel = context.WithTimeoutCause(ctx, timeout, errCellTimeout)
+			// The pipeline honours the limit and records failed/timeout itself.
+			cctx, cancel = cell.WithTimeLimit(ctx, timeout)
 		}
 		// The matrix's note goes in through the pipeline, the manifest's one writer.
 		j.cfg.Extra = maps.Clone(r.Extra)
 		if j.cfg.Extra == nil {
 			j.cfg.Extra = map[string]json.RawMessage{}
 		}
+		maps.Copy(j.cfg.Extra, j.it.Extra)
 		j.cfg.Extra[ExtraKey] = noteJSON(Note{Group: c.Group, Attempts: attempt, PinnedSamples: c.Pinned, ContaminatedRetry: contaminatedRetry})
 		m, err = r.Exec(cctx, j.cfg, plan)
-		timedOut := ctx.Err() == nil && errors.Is(context.Cause(cctx), errCellTimeout)
 		cancel()
 		if err != nil && m == nil {
 			return nil, err
-		}
-		if timedOut && m.Status == cell.StatusInterrupted {
-			m.Status = cell.StatusFailed
-			ph := cell.PhaseBench
-			if m.Failure != nil {
-				ph = m.Failure.Phase
-			}
-			m.Failure = &cell.Failure{Phase: ph, Kind: exitcode.FailTimeout, LogTail: tail(m),
-				Message: fmt.Sprintf("the cell ran past its time limit of %s during %s and was stopped; raise --cell-timeout (or the group's timeout) if it was making progress", timeout, ph)}
-		}
-		if timedOut && m.Status == cell.StatusFailed {
-			// The pipeline recorded an interruption; the matrix knows it was its time limit.
-			if werr := cell.WriteManifest(plan.Dir, m); werr != nil {
-				return m, werr
-			}
 		}
 		// A contaminated cell (its truth verdict: another load disturbed the measurement)
 		// runs once more, whatever --retries says; the second run's manifest records why.
@@ -482,13 +477,6 @@ func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Ma
 			return m, nil
 		}
 	}
-}
-
-func tail(m *cell.Manifest) string {
-	if m.Failure != nil {
-		return m.Failure.LogTail
-	}
-	return ""
 }
 
 func identity(c *Cell) cell.Identity {

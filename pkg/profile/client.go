@@ -105,8 +105,11 @@ type Options struct {
 	// Otherwise a log line is written every ProgressInterval (default 10 s).
 	Progress         io.Writer
 	ProgressInterval time.Duration
-	Log              *zap.Logger
-	HTTPClient       *http.Client // default: a client sized for BatchSize connections
+	// OnProgress, when set, hears where the measured requests stand about once a second
+	// and once at their end (a supervisor's status page); it must not block.
+	OnProgress func(Progress)
+	Log        *zap.Logger
+	HTTPClient *http.Client // default: a client sized for BatchSize connections
 	// Markers, when set, gets the runner's two progress lines around the measured requests
 	// ("Sending N requests to URL", then "Stopped … recording on server"), so a supervisor
 	// timing client.log (PhaseClock) times this client exactly as it times the runner.

@@ -466,3 +466,29 @@ func TestRunRequestRateSpacesArrivals(t *testing.T) {
 		t.Errorf("10 requests at 20 req/s took %v: not rate limited", el)
 	}
 }
+
+// TestRunOnProgress: OnProgress hears the measured requests while they run (about once a
+// second, whatever ProgressInterval says) and all of them at the end; counts never go
+// backwards and never pass the total.
+func TestRunOnProgress(t *testing.T) {
+	f := newFakeServer(t, &fakeServer{flavor: "vllm", ttft: 5 * time.Millisecond, tpot: 60 * time.Millisecond})
+	o := baseOptions(f, t.TempDir())
+	o.NumSamples, o.BatchSize = 8, 2 // four rounds of 10 tokens at 60 ms: about 2.4 s
+	var got []Progress
+	o.OnProgress = func(p Progress) { got = append(got, p) } // the progress goroutine is the only caller
+	if _, err := Run(t.Context(), o); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) < 2 {
+		t.Fatalf("OnProgress heard %d times over a bench of about 2.4 s; want a report a second and the last one: %+v", len(got), got)
+	}
+	last := got[len(got)-1]
+	if last.Done != 8 || last.Total != 8 || last.Failed != 0 || last.InFlight != 0 {
+		t.Errorf("last report %+v; want 8 of 8 done, none failed or in flight", last)
+	}
+	for i, p := range got {
+		if p.Total != 8 || p.Done > p.Total || (i > 0 && p.Done < got[i-1].Done) {
+			t.Errorf("report %d %+v after %+v: want 0 ≤ done ≤ total 8, never going back", i, p, got[max(i-1, 0)])
+		}
+	}
+}

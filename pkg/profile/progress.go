@@ -9,6 +9,17 @@ import (
 	"go.uber.org/zap"
 )
 
+// Progress is where a bench's measured requests stand: Done counts the finished ones
+// (failed included), ETA is absent (0) until a rate is known.
+type Progress struct {
+	Done, Failed, InFlight, Total int
+	TokensPerS                    float64
+	Elapsed, ETA                  time.Duration
+}
+
+// progressTick is how often OnProgress hears from a running bench.
+const progressTick = time.Second
+
 // progress reports a running bench: a line redrawn in place on a terminal, or a log line
 // every interval otherwise (a log file full of carriage returns helps nobody at 3 a.m.).
 type progress struct {
@@ -30,17 +41,27 @@ func startProgress(o *Options, chunks *atomic.Int64) *progress {
 			every = 250 * time.Millisecond
 		}
 	}
+	tick := every
+	if o.OnProgress != nil && tick > progressTick {
+		tick = progressTick
+	}
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		t := time.NewTicker(every)
+		t := time.NewTicker(tick)
 		defer t.Stop()
+		last := time.Now()
 		for {
 			select {
-			case <-t.C:
-				p.report(false)
+			case now := <-t.C:
+				// The display or log line keeps its own interval; OnProgress hears every tick.
+				show := now.Sub(last) >= every-tick/2
+				if show {
+					last = now
+				}
+				p.report(false, show)
 			case <-p.stopCh:
-				p.report(true)
+				p.report(true, true)
 				return
 			}
 		}
@@ -56,7 +77,7 @@ func (p *progress) stop() {
 	p.wg.Wait()
 }
 
-func (p *progress) report(final bool) {
+func (p *progress) report(final, show bool) {
 	el := time.Since(p.start)
 	done, failed, inflight, chunks := p.done.Load(), p.failed.Load(), p.inflight.Load(), p.chunks.Load()
 	rate := 0.0
@@ -78,6 +99,12 @@ func (p *progress) report(final bool) {
 	}
 	if etaD > 0 {
 		eta = "ETA " + etaD.String()
+	}
+	if f := p.o.OnProgress; f != nil {
+		f(Progress{Done: int(n), Failed: int(failed), InFlight: int(inflight), Total: p.total, TokensPerS: rate, Elapsed: el, ETA: etaD})
+	}
+	if !show {
+		return
 	}
 	if w := p.o.Progress; w != nil {
 		end := ""

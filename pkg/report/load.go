@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -72,6 +73,11 @@ type Problem struct {
 // one torn file does not hide a night's results. Rows are sorted by model, task, hardware,
 // backend and batch size.
 func Load(resultsDir string, tables *config.Tables) ([]Row, []Problem, error) {
+	return load(resultsDir, tables, nil)
+}
+
+// load is Load of the cells whose ids only names (every cell when only is nil).
+func load(resultsDir string, tables *config.Tables, only map[string]bool) ([]Row, []Problem, error) {
 	// The results root's layout (which directories are cells, and that each manifest names
 	// its own directory) is cell.Layout's; a copied directory comes back as a Problem.
 	lay, err := cell.OpenLayout(resultsDir)
@@ -84,6 +90,10 @@ func Load(resultsDir string, tables *config.Tables) ([]Row, []Problem, error) {
 	ents, cprobs, err := lay.Cells()
 	if err != nil {
 		return nil, nil, fmt.Errorf("results directory: %w", err)
+	}
+	if only != nil {
+		ents = slices.DeleteFunc(ents, func(e cell.Entry) bool { return !only[e.Dir.ID] })
+		cprobs = slices.DeleteFunc(cprobs, func(p cell.Problem) bool { return !only[p.Name] })
 	}
 	rows := make([]*Row, len(ents))
 	// Reading records and deriving is per cell and independent: spread it over the cores.

@@ -47,6 +47,9 @@ type Options struct {
 	Title string
 	// Now stamps the page (not the markdown or CSV); default time.Now.
 	Now func() time.Time
+	// Cells, when given, limits the report to the cells of these ids (one cell's report
+	// is its own page, as a daemon's status page links it).
+	Cells []string
 }
 
 // Result says what Write wrote.
@@ -71,7 +74,14 @@ func Write(o Options) (*Result, error) {
 	if o.ResultsDir == "" || o.OutDir == "" {
 		return nil, fmt.Errorf("report needs a results directory and an output directory")
 	}
-	rows, probs, err := Load(o.ResultsDir, o.Tables)
+	var only map[string]bool
+	if len(o.Cells) > 0 {
+		only = map[string]bool{}
+		for _, id := range o.Cells {
+			only[id] = true
+		}
+	}
+	rows, probs, err := load(o.ResultsDir, o.Tables, only)
 	if err != nil {
 		return nil, err
 	}
