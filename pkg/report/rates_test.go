@@ -26,7 +26,7 @@ func TestRatePlotsAndRows(t *testing.T) {
 		t.Fatalf("%d rate figures, want TTFT, TPOT and goodput", len(plots))
 	}
 	for _, p := range plots {
-		svg, err := renderPlot(p.spec)
+		svg, _, err := drawFigure(p.spec)
 		if err != nil {
 			t.Fatalf("%s: %v", p.Name, err)
 		}
