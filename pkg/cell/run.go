@@ -22,6 +22,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/launcher"
 	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/servermetrics"
 )
 
 // Result is a finished cell: its manifest and where it lives.
@@ -320,6 +321,10 @@ func (r *runner) stopServerMetrics() {
 		return
 	}
 	sum := r.sm.StopWindow(r.measureFrom, r.measureTo)
+	sum.Window = servermetrics.WindowBench
+	if !r.measureFrom.IsZero() && !r.measureTo.IsZero() {
+		sum.Window = servermetrics.WindowMeasured
+	}
 	_ = r.smFile.Close()
 	if sum.Samples == 0 {
 		r.log.Info("the server exported no metrics during the bench", zap.String("url", sum.URL), zap.String("last_error", sum.LastError))
@@ -337,6 +342,11 @@ func (r *runner) stopServerMetrics() {
 // sampler and the server metrics.
 func (r *runner) measureStart() {
 	if r.measureFrom.IsZero() {
+		// A server-metrics sample right at the edge: the counters' deltas then start after
+		// the warm-up, not at the last tick before the window.
+		if r.sm != nil {
+			r.sm.Mark()
+		}
 		r.measureFrom = time.Now()
 	}
 	if r.smp != nil {
@@ -347,6 +357,9 @@ func (r *runner) measureStart() {
 func (r *runner) measureEnd() {
 	if r.measureTo.IsZero() && !r.measureFrom.IsZero() {
 		r.measureTo = time.Now()
+		if r.sm != nil {
+			r.sm.Mark()
+		}
 	}
 	if r.smp != nil {
 		r.smp.MarkBenchEnd()
