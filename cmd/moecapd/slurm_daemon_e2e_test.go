@@ -202,3 +202,59 @@ func TestSlurmDaemon(t *testing.T) {
 		t.Errorf("the restarted daemon did not say it follows the stored arrays:\n%s", p.output())
 	}
 }
+
+// A daemon killed in the middle of a submission (the job and its name written, sbatch
+// called, the arrays' ids not yet written) never answered it. The next start adopts the
+// array Slurm took under the job's name that the submit record knows, cancels the one
+// nobody recorded, drops the job's other cells, and submits nothing.
+func TestSlurmDaemonResumesSubmit(t *testing.T) {
+	env := slurmCluster(t)
+	e := newDaemonEnv(t)
+	e.env = append(e.env, env...)
+	adopted, dropped := "qwen1_5.1xH100.32-8.bs1.sim", "qwen1_5.2xH100.32-8.bs2.sim"
+	mx, err := filepath.Abs(slurmMatrix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the killed daemon left: the job with its Slurm name, no arrays recorded.
+	st, err := daemon.OpenStore(e.results)
+	if err != nil {
+		t.Fatal(err)
+	}
+	j := &daemon.Job{Owner: "root", State: daemon.JobQueued, Created: time.Now().UTC(), Spec: daemon.Spec{Matrix: mx}, Cells: []string{adopted, dropped}}
+	if err := st.AddJob(j, []*daemon.Cell{{ID: adopted, Index: 0, State: daemon.CellQueued}, {ID: dropped, Index: 1, State: daemon.CellQueued}}); err != nil {
+		t.Fatal(err)
+	}
+	name := "moecapd-" + j.ID + "-0123456789ab"
+	j.Slurm = &daemon.SlurmJob{Name: name}
+	if err := st.Save([]*daemon.Job{j}, nil, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	// The array sbatch took and the submit record holds …
+	r := moecapd(t, env, submitArgs(e.results, "--only", `^`+strings.ReplaceAll(adopted, ".", `\.`)+`$`, "--sbatch-arg=--job-name="+name)...)
+	if r.code != 0 || !strings.Contains(r.stdout, "submitted array") {
+		t.Fatalf("slurm submit: exit %d\n%s\n%s", r.code, r.stdout, r.stderr)
+	}
+	// … and one under the same name that nobody recorded.
+	orphan := strings.TrimSpace(slurmCmd(t, env, "sbatch", "--parsable", "--job-name="+name, "--output=/dev/null", "--wrap", "sleep 300"))
+
+	p := e.start("--executor", "slurm", "--slurm-poll", "300ms", "--ready-hard-timeout", "30s", "--retries", "0")
+	jv, cs := e.waitJob(j.ID, 3*time.Minute)
+	got := states(cs)
+	if jv.State != daemon.JobDone || got[adopted] != daemon.CellOK || got[dropped] != daemon.CellCancelled {
+		t.Fatalf("job %s: %s, cells %v; want done, %s ok (adopted), %s cancelled\ndaemon:\n%s", j.ID, jv.State, got, adopted, dropped, p.output())
+	}
+	for _, c := range cs {
+		if c.ID == dropped && !strings.Contains(c.Reason, "never acknowledged") {
+			t.Errorf("dropped cell's reason %q; want it to say the submission was never acknowledged", c.Reason)
+		}
+	}
+	rec, err := slurm.ReadRecord(e.results)
+	if err != nil || len(rec.Arrays) != 1 || len(jv.Slurm.Arrays) != 1 || jv.Slurm.Arrays[0].JobID != rec.Arrays[0].JobID {
+		t.Errorf("record %+v (%v), job's arrays %+v; want the one adopted array and nothing submitted", rec, err, jv.Slurm.Arrays)
+	}
+	if st := strings.TrimSpace(slurmCmd(t, env, "squeue", "-h", "-t", "all", "-j", orphan, "-o", "%T")); st != "CANCELLED" {
+		t.Errorf("unrecorded array %s: %q, want CANCELLED", orphan, st)
+	}
+}
