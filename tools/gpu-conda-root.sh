@@ -52,13 +52,14 @@ gpu_preflight() {
     { echo "$name: python3 needs torch (with CUDA), transformers and aiohttp" >&2; exit 2; }
 }
 
-# write_bench_yaml FILE OUT_DEFAULT SAMPLES_DEFAULT: the GPU scripts' fixed-length benchmark
-# file for Qwen1.5-MoE (IN_TOKENS, OUT_TOKENS and SAMPLES override the lengths and count).
+# write_bench_yaml FILE OUT_DEFAULT SAMPLES_DEFAULT [MODEL_ID]: the GPU scripts' fixed-length
+# benchmark file, for Qwen1.5-MoE unless MODEL_ID says (IN_TOKENS, OUT_TOKENS and SAMPLES
+# override the lengths and count).
 write_bench_yaml() {
   cat >"$1" <<EOF
 dataset_names: ["gsm8k"]
 metrics: []
-model_id: Qwen/Qwen1.5-MoE-A2.7B-Chat
+model_id: ${4:-Qwen/Qwen1.5-MoE-A2.7B-Chat}
 fixed_length_mode: true
 target_input_tokens: ${IN_TOKENS:-1024}
 target_output_tokens: ${OUT_TOKENS:-$2}

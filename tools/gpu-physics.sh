@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# GPU physics check (make gpu-physics): one cell of the real Qwen1.5-MoE-A2.7B architecture at
-# real size (24 layers, 60 experts top-4, 14.3 B parameters in bf16, random weights built from
-# tools/gpuserver/configs/qwen1_5_moe_a2_7b.json), served on one GPU by the torch test server
-# through the real conda activation path, so the cell's CAP numbers describe what ran. Checks:
-# the server built the parameter count moecapd's pass-cost model assumes (within 0.5%),
-# physical S-MBU and S-MFU <= 1 in prefill and decode (from the measured pass latencies), the
-# measured TPOT and TTFT at or above their physical floors (x floor >= 0.98), no CAP error, and
-# prints the numbers as a table.
+# GPU physics check (make gpu-physics): one cell per model of the real architecture at real
+# size, random weights built on the GPU from its published config.json, served on one GPU by
+# the torch test server through the real conda activation path, so the cell's CAP numbers
+# describe what ran:
+#   qwen1_5    Qwen1.5-MoE-A2.7B (24 layers, 60 experts top-4, 14.3 B parameters, bf16)
+#              from tools/gpuserver/configs/qwen1_5_moe_a2_7b.json
+#   dsv2_lite  DeepSeek-V2-Lite (27 layers, MLA, 64 routed + 2 shared experts top-6, the first
+#              layer dense, 15.7 B parameters, bf16) from tools/gpuserver/configs/deepseek_v2_lite.json
+# Checks per cell: the server built the parameter count moecapd's pass-cost model assumes
+# (within 0.5%), physical S-MBU and S-MFU <= 1 in prefill and decode (from the measured pass
+# latencies), the measured TPOT and TTFT at or above their physical floors (x floor >= 0.98),
+# no CAP error, and the truth verdict clean with its NVML checks present and passed (no
+# foreign process on the GPU, no XID error, energy counter vs integrated power) and the
+# client's output tokens equal to the server's /metrics generation-token counter; prints the
+# numbers as a table.
 #
-# Needs: nvidia driver, python3 with torch, transformers (Qwen2MoE) and aiohttp, bin/moecapd.
-# Env: MOECAPD, OUTDIR, SAMPLES (32), BATCH (16), IN_TOKENS (1024), OUT_TOKENS (128).
+# Needs: nvidia driver, python3 with torch, transformers (Qwen2MoE, DeepseekV2) and aiohttp,
+# bin/moecapd. Env: MOECAPD, OUTDIR, MODELS ("qwen1_5 dsv2_lite"), SAMPLES (32), BATCH (16),
+# IN_TOKENS (1024), OUT_TOKENS (128).
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 . "$repo/tools/gpu-conda-root.sh"
@@ -17,17 +25,26 @@ gpu_preflight gpu-physics   # sets moecapd (absolute) and out, or exits 2 naming
 root=$(mktemp -d)
 make_conda_root "$root" gpu "$repo" "$moecapd"
 
-cfg=$out/physics.yaml
-write_bench_yaml "$cfg" 128 32
-rc=0
-CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
-  --batch-size "${BATCH:-16}" --tp 1 --conda-root "$root" --env gpu --port 0 --results "$out/results" \
-  --require-gpu --grace 20s --ready-timeout 10m --log-format console \
-  -- --config-json "$repo/tools/gpuserver/configs/qwen1_5_moe_a2_7b.json" || rc=$?
-echo "launch-and-bench exit $rc"
-python3 - "$out/results" "$rc" <<'EOF'
+status=0
+for model in ${MODELS:-qwen1_5 dsv2_lite}; do
+  case $model in
+    qwen1_5) id=Qwen/Qwen1.5-MoE-A2.7B-Chat json=qwen1_5_moe_a2_7b.json ;;
+    dsv2_lite) id=deepseek-ai/DeepSeek-V2-Lite-Chat json=deepseek_v2_lite.json ;;
+    *) echo "gpu-physics: unknown model $model (qwen1_5, dsv2_lite)" >&2; exit 2 ;;
+  esac
+  echo "=== $model ($id, $json)"
+  mkdir -p "$out/$model"
+  cfg=$out/$model/physics.yaml
+  write_bench_yaml "$cfg" 128 32 "$id"
+  rc=0
+  CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} "$moecapd" launch-and-bench --backend sglang --config "$cfg" \
+    --batch-size "${BATCH:-16}" --tp 1 --conda-root "$root" --env gpu --port 0 --results "$out/$model/results" \
+    --require-gpu --grace 20s --ready-timeout 10m --log-format console \
+    -- --config-json "$repo/tools/gpuserver/configs/$json" || rc=$?
+  echo "launch-and-bench exit $rc"
+  python3 - "$out/$model/results" "$rc" "$model" <<'EOF' || status=1
 import glob, json, os, re, sys
-root, rc = sys.argv[1], int(sys.argv[2])
+root, rc, model = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 bad = []
 def check(ok, what):
     print(("ok   " if ok else "FAIL ") + what)
@@ -59,13 +76,32 @@ if mfs:
         check(v is not None and v >= 0.98, "%s = %s >= 0.98" % (k, v))
     errs = cap.get("errors") or []
     check(not errs, "no CAP errors (%s)" % errs)
+    truth = ((m.get("extra") or {}).get("truth")) or {}
+    checks = {c["name"]: c for c in truth.get("checks") or []}
+    check(truth.get("verdict") == "clean", "truth verdict %s" % truth.get("verdict"))
+    for name in ("foreign_gpu_processes", "xid_errors", "energy_counter_vs_integrated_power_pct",
+                 "output_tokens_server_metrics_vs_client"):
+        c = checks.get(name)
+        check(c is not None and c.get("pass"), "truth check %s: %s" % (name, "absent" if c is None else
+              "%s, bound %s%s" % (c.get("value"), c.get("bound"), (" (" + c["note"] + ")") if c.get("note") else "")))
+        if c is not None:
+            rows.append(("truth." + name, c.get("value"), c.get("bound")))
+    for c in truth.get("checks") or []:
+        if not c.get("pass"):
+            print("     failed check %s = %s, bound %s %s" % (c["name"], c["value"], c["bound"], c.get("note", "")))
+    for n in truth.get("not_checked") or []:
+        print("     not checked: " + n)
     met = m.get("metrics") or {}
+    tel = m.get("telemetry") or {}
     rows += [("tpot_floor_ms", cap.get("tpot_floor_ms"), ""), ("mean_tpot_ms", met.get("mean_tpot_ms"), ""),
              ("ttft_floor_ms", cap.get("ttft_floor_ms"), ""), ("mean_ttft_ms", met.get("mean_ttft_ms"), ""),
              ("decode_batch_mean", inp.get("decode_batch_mean"), ""), ("decode_passes", inp.get("decode_passes"), ""),
-             ("gpu", (m.get("cell") or {}).get("hardware"), "")]
-    print("\n%-20s %-22s %s" % ("number", "value", "bound"))
+             ("energy_j", tel.get("energy_j"), ""), ("gpu", (m.get("cell") or {}).get("hardware"), "")]
+    print("\n%-46s %-22s %s" % (model + " number", "value", "bound"))
     for n, v, b in rows:
-        print("%-20s %-22s %s" % (n, "absent" if v is None else (("%.6g" % v) if isinstance(v, float) else v), b))
+        print("%-46s %-22s %s" % (n, "absent" if v is None else (("%.6g" % v) if isinstance(v, float) else v), b))
+    print()
 sys.exit(1 if bad else 0)
 EOF
+done
+exit $status

@@ -91,6 +91,8 @@ func (f fakeClient) Bench(ctx context.Context, repeat int) (*profile.Metrics, er
 // noScrape is a server without /metrics.
 type noScrape struct{}
 
+func (noScrape) Mark() {}
+
 func (noScrape) StopWindow(time.Time, time.Time) *servermetrics.Summary {
 	return &servermetrics.Summary{}
 }

@@ -62,9 +62,11 @@ type Telemetry interface {
 	Stop() gpu.Summary
 }
 
-// MetricsScraper scrapes the server's /metrics during the bench; StopWindow ends it with
-// the summary over [from, to] (zero times: all it scraped).
+// MetricsScraper scrapes the server's /metrics during the bench; Mark takes a sample at
+// once (at each edge of the measured window); StopWindow ends it with the summary over
+// [from, to] (zero times: all it scraped).
 type MetricsScraper interface {
+	Mark()
 	StopWindow(from, to time.Time) *servermetrics.Summary
 }
 

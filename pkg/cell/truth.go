@@ -7,6 +7,8 @@ import (
 	"strings"
 
 	"github.com/moecapd/moecapd/pkg/capmath"
+	"github.com/moecapd/moecapd/pkg/gpu"
+	"github.com/moecapd/moecapd/pkg/servermetrics"
 )
 
 // ExtraTruth is the key of a cell's truth verdict in manifest.json "extra".
@@ -64,9 +66,13 @@ const energyTolerancePct = 5.0
 
 // TruthOf judges a finished cell from its manifest and CAP block: physics (physical
 // S-MBU/S-MFU ≤ 1, measured ÷ floor ≥ capmath.FloorLimit), triangulation (client output
-// tokens against the records' decode tokens, client TPOT against the mean decode pass,
-// the energy counter against ∫power) and contamination (the client's CPU saturated, the
-// GPU's clocks slowed by heat or a hardware event). Nil for a cell that did not finish ok.
+// tokens against the records' decode tokens and against the server's /metrics generation
+// counter over the measured requests, server preemptions, client TPOT against the mean
+// decode pass, the energy counter against ∫power) and contamination (the client's CPU
+// saturated, the GPU's clocks slowed by heat or a hardware event, a compute process that is
+// not the server's on one of its GPUs, an NVML XID error). A check its data cannot support
+// is listed under NotChecked with the reason, never passed. Nil for a cell that did not
+// finish ok.
 func TruthOf(m *Manifest, d capmath.Derived) *Truth {
 	if m == nil || m.Status != StatusOK || m.Metrics == nil {
 		return nil
@@ -134,6 +140,19 @@ func TruthOf(m *Manifest, d capmath.Derived) *Truth {
 	} else {
 		t.NotChecked = append(t.NotChecked, "client TPOT against the decode passes: no client TPOT or no decode pass latencies")
 	}
+	if sm := m.ServerMetrics; sm != nil && sm.GenerationTokens != nil && sm.Window == servermetrics.WindowMeasured && x.TotalOutputTokens > 0 {
+		r := *sm.GenerationTokens / float64(x.TotalOutputTokens)
+		add("output_tokens_server_metrics_vs_client", CheckTriangulation, r, fmt.Sprintf("%g–%g", 1-outputTokensTolerance, 1+outputTokensTolerance),
+			math.Abs(r-1) <= outputTokensTolerance, fmt.Sprintf("the server's /metrics generation-token counter over the measured requests (scraped at both edges): %.0f; client: %d output tokens", *sm.GenerationTokens, x.TotalOutputTokens))
+	} else {
+		t.NotChecked = append(t.NotChecked, "output tokens against the server's /metrics: "+serverMetricsGap(m.ServerMetrics, "generation-token counter"))
+	}
+	if sm := m.ServerMetrics; sm != nil && sm.Preemptions != nil {
+		add("server_preemptions", CheckTriangulation, *sm.Preemptions, "0", *sm.Preemptions == 0,
+			"requests the server preempted during the bench (its /metrics counter): their latencies include recomputation")
+	} else {
+		t.NotChecked = append(t.NotChecked, "preemptions: "+serverMetricsGap(m.ServerMetrics, "preemption counter"))
+	}
 	tel := m.Telemetry
 	if tel != nil && tel.Available && tel.EnergyDisagreementPct != nil {
 		v := *tel.EnergyDisagreementPct
@@ -161,7 +180,23 @@ func TruthOf(m *Manifest, d capmath.Derived) *Truth {
 	} else {
 		t.NotChecked = append(t.NotChecked, "GPU clock slowdowns: no telemetry")
 	}
-	t.NotChecked = append(t.NotChecked, "other processes on the cell's GPUs during the window: the sampler does not record them")
+	switch {
+	case tel == nil || !tel.Available:
+		t.NotChecked = append(t.NotChecked, "other processes on the cell's GPUs during the window: "+noTelemetry(tel))
+		t.NotChecked = append(t.NotChecked, "XID errors during the window: "+noTelemetry(tel))
+	default:
+		if tel.ForeignProcesses != nil {
+			add("foreign_gpu_processes", CheckContamination, float64(len(tel.ForeignProcesses)), "0", len(tel.ForeignProcesses) == 0,
+				foreignNote(tel.ForeignProcesses))
+		} else {
+			t.NotChecked = append(t.NotChecked, "other processes on the cell's GPUs during the window: "+orUnrecorded(tel.ProcessCheck))
+		}
+		if tel.XIDErrors != nil {
+			add("xid_errors", CheckContamination, float64(len(tel.XIDErrors)), "0", len(tel.XIDErrors) == 0, xidNote(tel.XIDErrors))
+		} else {
+			t.NotChecked = append(t.NotChecked, "XID errors during the window: "+orUnrecorded(tel.XIDCheck))
+		}
+	}
 
 	t.Flags = d.Flags
 	t.Verdict = TruthClean
@@ -179,6 +214,70 @@ func TruthOf(m *Manifest, d capmath.Derived) *Truth {
 		t.Verdict = TruthFlagged
 	}
 	return t
+}
+
+// serverMetricsGap says why a server-metrics check could not be made: no /metrics, the
+// counter (what) not exported, or a window that is not the measured requests'.
+func serverMetricsGap(sm *servermetrics.Summary, what string) string {
+	switch {
+	case sm == nil:
+		return "the server exported no /metrics during the bench"
+	case sm.Window != servermetrics.WindowMeasured && what == "generation-token counter":
+		return "the scraped window is not the measured requests' (the client marked none)"
+	}
+	return "the server's /metrics has no " + what
+}
+
+// noTelemetry says why there is no GPU telemetry.
+func noTelemetry(tel *gpu.Summary) string {
+	if tel != nil && tel.Reason != "" {
+		return "no GPU telemetry (" + tel.Reason + ")"
+	}
+	return "no GPU telemetry"
+}
+
+func orUnrecorded(why string) string {
+	if why == "" {
+		return "not recorded (telemetry from before the check)"
+	}
+	return why
+}
+
+func foreignNote(fs []gpu.ForeignProcess) string {
+	if len(fs) == 0 {
+		return "NVML's compute processes on the cell's GPUs during the window: the server's tree only"
+	}
+	var b strings.Builder
+	b.WriteString("not the server's process tree: ")
+	for i, f := range fs {
+		if i > 0 {
+			b.WriteString("; ")
+		}
+		fmt.Fprintf(&b, "pid %d on GPU %d (%d samples", f.PID, f.GPUIndex, f.Rounds)
+		if f.PeakUsedBytes != nil {
+			fmt.Fprintf(&b, ", %.2f GiB", float64(*f.PeakUsedBytes)/(1<<30))
+		}
+		b.WriteString(")")
+		if f.Cmdline != "" {
+			c := f.Cmdline
+			if len(c) > 80 {
+				c = c[:80] + "…"
+			}
+			b.WriteString(" " + c)
+		}
+	}
+	return b.String()
+}
+
+func xidNote(es []gpu.XIDEvent) string {
+	if len(es) == 0 {
+		return "NVML XID error events on the cell's GPUs during the window: none"
+	}
+	var parts []string
+	for _, e := range es {
+		parts = append(parts, fmt.Sprintf("Xid %d on GPU %d at %s", e.XID, e.GPUIndex, e.Time.UTC().Format("15:04:05.000")))
+	}
+	return strings.Join(parts, "; ")
 }
 
 // SetTruth stores t as the manifest's truth verdict (nil removes it).

@@ -1,11 +1,14 @@
 package cell
 
 import (
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/moecapd/moecapd/pkg/capmath"
 	"github.com/moecapd/moecapd/pkg/gpu"
 	"github.com/moecapd/moecapd/pkg/profile"
+	"github.com/moecapd/moecapd/pkg/servermetrics"
 )
 
 func TestTruthOf(t *testing.T) {
@@ -36,6 +39,24 @@ func TestTruthOf(t *testing.T) {
 		{"energy disagrees", func(m *Manifest, _ *capmath.Derived) {
 			m.Telemetry = &gpu.Summary{Available: true, EnergyDisagreementPct: f(12)}
 		}, TruthFlagged, "energy_counter_vs_integrated_power_pct"},
+		{"gpu checked clean", func(m *Manifest, _ *capmath.Derived) {
+			m.Telemetry = &gpu.Summary{Available: true, ForeignProcesses: []gpu.ForeignProcess{}, XIDErrors: []gpu.XIDEvent{}}
+		}, TruthClean, ""},
+		{"foreign process", func(m *Manifest, _ *capmath.Derived) {
+			m.Telemetry = &gpu.Summary{Available: true, ForeignProcesses: []gpu.ForeignProcess{{PID: 4242, GPUIndex: 1, Rounds: 3, Cmdline: "python train.py"}}, XIDErrors: []gpu.XIDEvent{}}
+		}, TruthContaminated, "foreign_gpu_processes"},
+		{"xid", func(m *Manifest, _ *capmath.Derived) {
+			m.Telemetry = &gpu.Summary{Available: true, ForeignProcesses: []gpu.ForeignProcess{}, XIDErrors: []gpu.XIDEvent{{GPUIndex: 0, XID: 79}}}
+		}, TruthContaminated, "xid_errors"},
+		{"server counts the client's tokens", func(m *Manifest, _ *capmath.Derived) {
+			m.ServerMetrics = &servermetrics.Summary{Window: servermetrics.WindowMeasured, GenerationTokens: f(64), Preemptions: f(0)}
+		}, TruthClean, ""},
+		{"server counts more tokens", func(m *Manifest, _ *capmath.Derived) {
+			m.ServerMetrics = &servermetrics.Summary{Window: servermetrics.WindowMeasured, GenerationTokens: f(128)}
+		}, TruthFlagged, "output_tokens_server_metrics_vs_client"},
+		{"server preempted", func(m *Manifest, _ *capmath.Derived) {
+			m.ServerMetrics = &servermetrics.Summary{Window: servermetrics.WindowMeasured, GenerationTokens: f(64), Preemptions: f(3), Preempted: true}
+		}, TruthFlagged, "server_preemptions"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, d := base()
@@ -52,6 +73,54 @@ func TestTruthOf(t *testing.T) {
 			m.SetTruth(tr)
 			if back, ok := m.Truth(); !ok || back.Verdict != tc.want || len(back.Checks) != len(tr.Checks) {
 				t.Errorf("stored verdict %+v", back)
+			}
+		})
+	}
+	if TruthOf(&Manifest{Status: StatusFailed}, capmath.Derived{}) != nil {
+		t.Error("a failed cell got a verdict")
+	}
+}
+
+// TestTruthAbsentIsNotClean: a check the cell's data cannot support (no NVML, a process list
+// that never showed the server, no /metrics, a window that is not the measured requests')
+// is no check at all but a not-checked line with the reason.
+func TestTruthAbsentIsNotClean(t *testing.T) {
+	f := func(v float64) *float64 { return &v }
+	for _, tc := range []struct {
+		name string
+		edit func(m *Manifest)
+		want []string // substrings of not_checked
+		none []string // checks that must be absent
+	}{
+		{"no NVML", func(m *Manifest) {
+			m.Telemetry = &gpu.Summary{Available: false, Reason: "simulated backend: no GPU to measure"}
+		},
+			[]string{"other processes on the cell's GPUs during the window: no GPU telemetry (simulated backend", "XID errors during the window: no GPU telemetry (simulated backend"},
+			[]string{"foreign_gpu_processes", "xid_errors"}},
+		{"other pid namespace", func(m *Manifest) {
+			m.Telemetry = &gpu.Summary{Available: true, ProcessCheck: "NVML's process lists never showed the server's processes", XIDCheck: "GPU 0 does not report XID events"}
+		}, []string{"never showed the server's processes", "does not report XID events"}, []string{"foreign_gpu_processes", "xid_errors"}},
+		{"no /metrics", func(m *Manifest) {}, []string{"output tokens against the server's /metrics: the server exported no /metrics", "preemptions: the server exported no /metrics"},
+			[]string{"output_tokens_server_metrics_vs_client", "server_preemptions"}},
+		{"bench-phase window", func(m *Manifest) {
+			m.ServerMetrics = &servermetrics.Summary{Window: servermetrics.WindowBench, GenerationTokens: f(64)}
+		},
+			[]string{"not the measured requests'", "preemptions: the server's /metrics has no preemption counter"}, []string{"output_tokens_server_metrics_vs_client"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := &Manifest{Status: StatusOK, Metrics: &profile.Metrics{LatencyKind: "client", Completed: 4, TotalOutputTokens: 64}}
+			tc.edit(m)
+			tr := TruthOf(m, capmath.Derived{})
+			nc := strings.Join(tr.NotChecked, "\n")
+			for _, w := range tc.want {
+				if !strings.Contains(nc, w) {
+					t.Errorf("not_checked lacks %q:\n%s", w, nc)
+				}
+			}
+			for _, c := range tr.Checks {
+				if slices.Contains(tc.none, c.Name) {
+					t.Errorf("check %s present (%+v) where its data is missing", c.Name, c)
+				}
 			}
 		})
 	}

@@ -30,7 +30,7 @@ type fakeGPU struct {
 	reasons     uint64
 	procs       []nvml.ProcessInfo
 	// unsupported metrics answer ERROR_NOT_SUPPORTED: "util", "power", "energy", "clocks",
-	// "temp", "reasons", "procs", "memv2".
+	// "temp", "reasons", "procs", "memv2", "events" (XID event registration).
 	unsupported map[string]bool
 	lost        bool
 }
@@ -101,6 +101,7 @@ func (f *fakeGPU) device() *mock.Device {
 			defer f.mu.Unlock()
 			return f.reasons, f.ret("reasons")
 		},
+		RegisterEventsFunc: func(uint64, nvml.EventSet) nvml.Return { f.mu.Lock(); defer f.mu.Unlock(); return f.ret("events") },
 		GetComputeRunningProcessesFunc: func() ([]nvml.ProcessInfo, nvml.Return) {
 			f.mu.Lock()
 			defer f.mu.Unlock()
@@ -137,7 +138,34 @@ func newMockLib(gpus ...*fakeGPU) *mock.Interface {
 		ExtensionsFunc: func() nvml.ExtendedInterface {
 			return &mock.ExtendedInterface{LookupSymbolFunc: func(string) error { return nil }}
 		},
+		// No event sets unless a test gives them (xidEvents).
+		EventSetCreateFunc: func() (nvml.EventSet, nvml.Return) { return nil, nvml.ERROR_NOT_SUPPORTED },
 	}
+}
+
+// xidEvents makes lib's event sets deliver what is sent on the returned channel; a wait
+// with nothing queued times out after its timeout, as NVML's does.
+func xidEvents(lib *mock.Interface) chan nvml.EventData {
+	ch := make(chan nvml.EventData, 16)
+	lib.EventSetCreateFunc = func() (nvml.EventSet, nvml.Return) {
+		return &mock.EventSet{
+			WaitFunc: func(ms uint32) (nvml.EventData, nvml.Return) {
+				select {
+				case ev := <-ch: // a queued event first, as NVML's
+					return ev, nvml.SUCCESS
+				default:
+				}
+				select {
+				case ev := <-ch:
+					return ev, nvml.SUCCESS
+				case <-time.After(time.Duration(ms) * time.Millisecond):
+					return nvml.EventData{}, nvml.ERROR_TIMEOUT
+				}
+			},
+			FreeFunc: func() nvml.Return { return nvml.SUCCESS },
+		}, nvml.SUCCESS
+	}
+	return ch
 }
 
 // fakeClock is a manual clock shared by the backend's readings and the sampler's marks.

@@ -64,6 +64,11 @@ type Sampler struct {
 	benchStart time.Time
 	benchEnd   time.Time
 
+	// xid watches NVML's XID events from Start on its own goroutine.
+	xid      *xidWatch
+	procRoot string         // where foreign processes' command lines are read
+	cmdlines map[int]string // by PID, read once
+
 	poke     chan struct{}
 	stop     chan struct{}
 	done     chan struct{}
@@ -114,6 +119,7 @@ type window struct {
 	tickSeen  bool
 	reasons   uint64
 	reasonsOK bool
+	procs     procWatch
 }
 
 type gpuAcc struct {
@@ -169,6 +175,10 @@ func newSampler(b Backend, log *zap.Logger, cfg SamplerConfig) *Sampler {
 	if cfg.CSV != nil {
 		s.w = bufio.NewWriter(cfg.CSV)
 	}
+	s.procRoot, s.cmdlines = "/proc", map[int]string{}
+	if nb, ok := b.(*nvmlBackend); ok {
+		s.procRoot = nb.procRoot
+	}
 	s.gpus = make([]gpuState, len(cfg.Devices))
 	for i, d := range cfg.Devices {
 		s.gpus[i].dev = d
@@ -194,7 +204,35 @@ func (s *Sampler) Start(ctx context.Context) {
 		close(s.done)
 		return
 	}
+	s.startXID(ctx)
 	go s.run(ctx)
+}
+
+// startXID starts watching the GPUs' XID events, or records why it cannot.
+func (s *Sampler) startXID(ctx context.Context) {
+	src, ok := s.b.(xidSource)
+	if !ok {
+		s.xid = &xidWatch{reason: "the GPU backend cannot watch XID events"}
+		return
+	}
+	w, err := src.watchXID(s.cfg.Devices)
+	if err != nil {
+		s.xid = &xidWatch{reason: err.Error()}
+		return
+	}
+	s.xid = &xidWatch{w: w, done: make(chan struct{})}
+	now := s.now
+	go s.xid.run(s.stop, ctx.Done(), now)
+}
+
+// cmdline is a foreign process's command line, read from /proc once.
+func (s *Sampler) cmdline(pid int) string {
+	if c, ok := s.cmdlines[pid]; ok {
+		return c
+	}
+	c := readCmdline(s.procRoot, pid)
+	s.cmdlines[pid] = c
+	return c
 }
 
 // MarkBenchStart opens the window the summary covers. Only the first call counts.
@@ -395,8 +433,10 @@ func (s *Sampler) round(energy bool) {
 			g.eT, g.eMJ, g.eOK, g.integAtE = t, e, true, g.integMJ
 		}
 		s.whole.addPoint(i, r, server)
+		s.whole.procs.addProcesses(r, pids, s.cmdline)
 		if benchOn && !t.Before(benchLo) && !t.After(benchHi) {
 			s.bench.addPoint(i, r, server)
+			s.bench.procs.addProcesses(r, pids, s.cmdline)
 		}
 	}
 	if tickOK {
@@ -627,6 +667,8 @@ func (s *Sampler) summarize() Summary {
 	if w.reasonsOK {
 		sum.ThrottleReasonsSeen = ReasonNames(w.reasons)
 	}
+	sum.ForeignProcesses, sum.ProcessCheck = w.procs.result(s.cfg.PIDs != nil)
+	sum.XIDErrors, sum.XIDCheck = s.xid.result(lo, hi)
 	return sum
 }
 

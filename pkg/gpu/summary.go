@@ -49,9 +49,18 @@ type Summary struct {
 	ServerPeakMemoryBytes *uint64 `json:"server_peak_memory_bytes,omitempty"`
 	// ThrottleReasonsSeen is null when the GPUs do not report clock event reasons and []
 	// when they do and none occurred.
-	ThrottleReasonsSeen []string     `json:"throttle_reasons_seen,omitzero"`
-	PerGPU              []GPUSummary `json:"per_gpu,omitempty"`
-	CSVError            string       `json:"csv_error,omitempty"`
+	ThrottleReasonsSeen []string `json:"throttle_reasons_seen,omitzero"`
+	// ForeignProcesses are the compute processes on the cell's GPUs during the window that
+	// are not the server's process tree: null when that could not be checked (ProcessCheck
+	// says why), [] when checked and there was none.
+	ForeignProcesses []ForeignProcess `json:"foreign_processes,omitzero"`
+	ProcessCheck     string           `json:"process_check,omitempty"`
+	// XIDErrors are the NVML XID error events on the cell's GPUs during the window: null
+	// when they could not be watched (XIDCheck says why), [] when watched and none came.
+	XIDErrors []XIDEvent   `json:"xid_errors,omitzero"`
+	XIDCheck  string       `json:"xid_check,omitempty"`
+	PerGPU    []GPUSummary `json:"per_gpu,omitempty"`
+	CSVError  string       `json:"csv_error,omitempty"`
 
 	// Filled by Finish.
 	OutputTokens     *int     `json:"output_tokens,omitempty"`

@@ -426,6 +426,24 @@ func contamination(m *cell.Manifest) string {
 	return strings.Join(why, "; ")
 }
 
+// RetryReason says, for a record of the cell kept outside its manifest (the daemon's), why
+// the kept run is not the first: the contaminated attempt the runner ran again, and whether
+// the rerun was contaminated too; "" for a cell that ran once. The decision itself is
+// runCell's, for matrix run and the daemon alike.
+func RetryReason(m *cell.Manifest) string {
+	if m == nil {
+		return ""
+	}
+	r := NoteOf(m).ContaminatedRetry
+	if r == "" {
+		return ""
+	}
+	if why := contamination(m); why != "" {
+		r += "; the rerun was contaminated too (" + why + ") and is kept as it is"
+	}
+	return r
+}
+
 func (r *Runner) runCell(ctx context.Context, j *job, log *zap.Logger) (*cell.Manifest, error) {
 	c := j.it.Cell
 	timeout := r.CellTimeout

@@ -164,6 +164,14 @@ type Metrics struct {
 	ClientInFlightMean *float64 `json:"client_in_flight_mean,omitempty"`
 	ClientCPUFraction  *float64 `json:"client_cpu_fraction,omitempty"`
 
+	// RequestRate is the open loop's asked mean requests per second (--request-rate, a
+	// --rates entry) and Burstiness its gamma shape when not 1 (Poisson); both absent for
+	// the closed loop.
+	RequestRate *float64 `json:"request_rate,omitempty"`
+	Burstiness  *float64 `json:"burstiness,omitempty"`
+	// Goodput judges the requests against --slo; absent without one.
+	Goodput *Goodput `json:"goodput,omitempty"`
+
 	// TimeScale is set when the numbers above come from a time-scaled simulator
 	// (--sim-time-scale S, S ≠ 1) and were un-scaled to physical units (Unscaled): client
 	// times (duration, TTFT, TPOT, ITL, E2EL) are wall time ÷ S, rates (throughputs) wall
@@ -196,6 +204,19 @@ func (m *Metrics) Unscaled(scale float64) *Metrics {
 		&u.MeanE2ELMs, &u.MedianE2ELMs, &u.P90E2ELMs, &u.P99E2ELMs, &u.StdE2ELMs,
 	} {
 		*f = div(*f)
+	}
+	if u.RequestRate != nil {
+		v := *u.RequestRate * scale
+		u.RequestRate = &v
+	}
+	if g := u.Goodput; g != nil {
+		gc := *g
+		gc.TTFTMs, gc.TPOTMs = div(g.TTFTMs), div(g.TPOTMs)
+		if g.RequestsPerS != nil {
+			v := *g.RequestsPerS * scale
+			gc.RequestsPerS = &v
+		}
+		u.Goodput = &gc
 	}
 	u.DurationS /= scale
 	u.RequestThroughput *= scale

@@ -17,8 +17,10 @@ import (
 	"gonum.org/v1/plot/plotter"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/fsx"
 	"github.com/moecapd/moecapd/pkg/profile"
 	"github.com/moecapd/moecapd/pkg/records"
+	"github.com/moecapd/moecapd/pkg/servermetrics"
 )
 
 // CellData is what a cell's files say beyond its manifest: the per-request latencies the
@@ -35,6 +37,12 @@ type CellData struct {
 	// GPU timelines from telemetry.csv, one series per GPU index, seconds since the first
 	// sample: power (W), utilisation (%), memory used (GiB).
 	Power, Util, MemGiB map[int]plotter.XYs
+	// Server timelines from server_metrics.csv (the server's own Prometheus metrics), on
+	// the same clock as the GPU timelines: running and waiting requests, KV-cache usage (%)
+	// and preemptions since the first scrape. Nil where the server did not export it.
+	Running, Waiting, KVPct, Preempted plotter.XYs
+	// telT0 is the time of the first telemetry sample, the zero of the GPU timelines.
+	telT0 time.Time
 	// Notes say what the side files held that could not be used (negative or non-finite
 	// times, NaN/Inf samples): left out, and the cell page says so.
 	Notes []string
@@ -67,6 +75,7 @@ func readCellData(dir string) *CellData {
 		found = decodeTimeline(recs.Passes, d) || found
 	}
 	found = readTelemetryCSV(cell.DirOf(dir).Telemetry(), d) || found
+	found = readServerMetrics(cell.DirOf(dir).ServerMetrics(), d) || found
 	if !found && len(d.Notes) == 0 {
 		return nil
 	}
@@ -236,6 +245,7 @@ func readTelemetryCSV(path string, d *CellData) bool {
 	}
 	sort.SliceStable(ss, func(i, j int) bool { return ss[i].t.Before(ss[j].t) })
 	t0 := ss[0].t
+	d.telT0 = t0
 	add := func(m *map[int]plotter.XYs, g int, x, y float64) {
 		if *m == nil {
 			*m = map[int]plotter.XYs{}
@@ -279,4 +289,70 @@ func downsample(xy plotter.XYs, n int) plotter.XYs {
 		out = append(out, plotter.XY{X: sx / float64(j-i), Y: sy / float64(j-i)})
 	}
 	return out
+}
+
+// readServerMetrics reads the server's scraped metrics into timelines on the GPU
+// timelines' clock (seconds since the first telemetry sample; since the first scrape when
+// the cell has no telemetry, and both shifted to the earlier when the scrapes began first).
+func readServerMetrics(path string, d *CellData) bool {
+	f, err := fsx.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	ss, bad, err := servermetrics.ReadCSV(bufio.NewReader(f))
+	if bad > 0 {
+		d.Notes = append(d.Notes, fmt.Sprintf("%s: %d unreadable or non-finite rows left out of the server figures", cell.ServerMetricsFile, bad))
+	}
+	if err != nil || len(ss) == 0 {
+		return false
+	}
+	sort.SliceStable(ss, func(i, j int) bool { return ss[i].T.Before(ss[j].T) })
+	t0 := ss[0].T
+	if !d.telT0.IsZero() {
+		if d.telT0.Before(t0) {
+			t0 = d.telT0
+		} else {
+			shift := d.telT0.Sub(t0).Seconds()
+			for _, m := range []map[int]plotter.XYs{d.Power, d.Util, d.MemGiB} {
+				for _, xy := range m {
+					for i := range xy {
+						xy[i].X += shift
+					}
+				}
+			}
+			d.telT0 = t0
+		}
+	}
+	// Preemptions since the first scrape; a counter that goes down restarted (a fresh
+	// server between repeats) and counts on from its new value.
+	var prev *float64
+	cum := 0.0
+	for _, s := range ss {
+		x := s.T.Sub(t0).Seconds()
+		if s.Running != nil {
+			d.Running = append(d.Running, plotter.XY{X: x, Y: *s.Running})
+		}
+		if s.Waiting != nil {
+			d.Waiting = append(d.Waiting, plotter.XY{X: x, Y: *s.Waiting})
+		}
+		if s.KVUsage != nil {
+			d.KVPct = append(d.KVPct, plotter.XY{X: x, Y: 100 * *s.KVUsage})
+		}
+		if v := s.Preemptions; v != nil {
+			switch {
+			case prev == nil:
+			case *v >= *prev:
+				cum += *v - *prev
+			default:
+				cum += *v
+			}
+			prev = v
+			d.Preempted = append(d.Preempted, plotter.XY{X: x, Y: cum})
+		}
+	}
+	for _, xy := range []*plotter.XYs{&d.Running, &d.Waiting, &d.KVPct, &d.Preempted} {
+		*xy = downsample(*xy, 4*timelineBins)
+	}
+	return d.Running != nil || d.Waiting != nil || d.KVPct != nil || d.Preempted != nil
 }

@@ -69,6 +69,9 @@ func secs(s float64) string {
 	return human(time.Duration(s * float64(time.Second)))
 }
 
+// clockLabel is the x axis of the GPU and server timelines, which share one clock.
+const clockLabel = "seconds since the first GPU or server sample"
+
 // cellPlots are the figures of one cell page.
 func cellPlots(r *Row) []*Plot {
 	d := r.Data
@@ -92,6 +95,17 @@ func cellPlots(r *Row) []*Plot {
 	add("batch", fmt.Sprintf("Running decode batch over the run (server pass records; limit %d)", r.BatchSize), &plotSpec{
 		xlabel: "cumulative server pass time (s)", ylabel: "decode batch (requests)", yMax: float64(r.BatchSize) * 1.15,
 		series: []series{{name: "decode batch", pts: d.DecodeBatch, color: c, plain: true}}})
+	server := func(kind, title, ylabel string, yMax float64, ss ...series) {
+		var keep []series
+		for _, se := range ss {
+			if len(se.pts) > 0 {
+				keep = append(keep, se)
+			}
+		}
+		add(kind, title, &plotSpec{xlabel: clockLabel, ylabel: ylabel, series: keep, yMax: yMax, xFromData: true})
+	}
+	server("server-requests", "Server: running and waiting requests (its Prometheus metrics)", "requests",
+		0, series{name: "running", pts: d.Running, color: c, plain: true}, series{name: "waiting", pts: d.Waiting, color: gpuColor(1), plain: true})
 	perGPU := func(kind, title, ylabel string, m map[int]plotter.XYs, yMax float64) {
 		var idx []int
 		for g := range m {
@@ -102,9 +116,13 @@ func cellPlots(r *Row) []*Plot {
 		for i, g := range idx {
 			ss = append(ss, series{name: "GPU " + strconv.Itoa(g), pts: m[g], color: gpuColor(i), plain: true})
 		}
-		add(kind, title, &plotSpec{xlabel: "seconds since the first sample", ylabel: ylabel, series: ss, yMax: yMax, legendLeft: true})
+		add(kind, title, &plotSpec{xlabel: clockLabel, ylabel: ylabel, series: ss, yMax: yMax, xFromData: true})
 	}
 	perGPU("power", "GPU power (NVML)", "power (W)", d.Power, 0)
+	server("server-kv", "Server: KV-cache usage", "KV cache in use (%)", 105, series{name: "KV cache", pts: d.KVPct, color: c, plain: true})
+	if n := len(d.Preempted); n > 0 && d.Preempted[n-1].Y > 0 {
+		server("server-preempt", "Server: requests preempted since the first scrape", "preemptions", 0, series{name: "preemptions", pts: d.Preempted, color: gpuColor(1), plain: true})
+	}
 	perGPU("util", "GPU utilisation (NVML)", "utilisation (%)", d.Util, 110)
 	perGPU("memory", "GPU memory used (NVML)", "memory used (GiB)", d.MemGiB, 0)
 	cdf := func(kind, what string, xs []float64) {
@@ -123,7 +141,7 @@ func cellPlots(r *Row) []*Plot {
 	cdf("ttft-cdf", "TTFT", d.TTFT)
 	cdf("tpot-cdf", "TPOT", d.TPOT)
 	cdf("e2el-cdf", "E2EL", d.E2EL)
-	return out
+	return append(out, ratePlots(r.Manifest, base, c)...)
 }
 
 var gpuPalette = []color.RGBA{rgb(0x4c8fd6), rgb(0xe15759), rgb(0x59a14f), rgb(0xf28e2b), rgb(0xb07aa1), rgb(0x76b7b2), rgb(0xedc948), rgb(0x9c755f)}
@@ -161,18 +179,14 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 		}
 		cp.Flags = append(cp.Flags, what+": "+f.Reason)
 	}
-	if m != nil && m.ServerMetrics != nil && m.ServerMetrics.Preempted {
-		cp.Flags = append(cp.Flags, fmt.Sprintf("preempted: the server preempted %s requests during the bench; their latencies include recomputation", round3(*m.ServerMetrics.Preemptions)))
-	}
-	if rs := repeatStats(m); rs != nil && len(rs.Unstable) > 0 {
-		cp.Flags = append(cp.Flags, fmt.Sprintf("unstable: over its %d repeats the coefficient of variation of %s exceeds %g%%",
-			len(m.Repeats), strings.Join(rs.Unstable, ", "), 100*rs.UnstableCV))
+	for _, mk := range r.marks() {
+		cp.Flags = append(cp.Flags, mk.Name+": "+mk.Why)
 	}
 	for _, p := range plots {
 		cp.Plots = append(cp.Plots, htmlPlot{Title: p.Title, Src: plotDir + p.Name, Name: p.Name})
 	}
 	if len(cp.Plots) == 0 {
-		cp.NoPlots = "No timelines: the cell kept no per-request rows (client/**/bench.json), pass records or telemetry.csv, or it did not complete."
+		cp.NoPlots = "No timelines: the cell kept no per-request rows (client/**/bench.json), pass records, telemetry.csv or server_metrics.csv, or it did not complete."
 	}
 	if m == nil {
 		return cp
@@ -290,6 +304,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	cp.Client = []kv{{"kind", m.Client.Kind}}
 	cp.ClientArgv = shellQuote(m.Client.Argv)
 	cp.Throughput = append(cp.Throughput, repeatRows(m)...)
+	cp.Throughput = append(cp.Throughput, rateRows(m)...)
 	cp.Throughput = append(cp.Throughput, serverMetricRows(m)...)
 	cp.Vers = []kv{{"moecapd", orAbsent(m.Versions.Moecapd)}, {"backend", orAbsent(m.Versions.Backend)}, {"NVIDIA driver", orAbsent(m.Versions.Driver)}}
 	return cp
@@ -405,12 +420,18 @@ func serverMetricRows(m *cell.Manifest) []kv {
 		}
 		return round3(*p)
 	}
+	optCount := func(p *float64) string {
+		if p == nil {
+			return "not exported"
+		}
+		return count(*p)
+	}
 	return []kv{
 		{"server metrics", fmt.Sprintf("%d scrapes of %s", sm.Samples, sm.URL)},
 		{"server: running requests (mean / peak)", opt(sm.MeanRunning) + " / " + opt(sm.PeakRunning)},
 		{"server: waiting requests (mean / peak)", opt(sm.MeanWaiting) + " / " + opt(sm.PeakWaiting)},
 		{"server: peak KV-cache usage", opt(sm.PeakKVUsage)},
-		{"server: preemptions", opt(sm.Preemptions)},
-		{"server: prompt / generation tokens", opt(sm.PromptTokens) + " / " + opt(sm.GenerationTokens)},
+		{"server: preemptions", optCount(sm.Preemptions)},
+		{"server: prompt / generation tokens", optCount(sm.PromptTokens) + " / " + optCount(sm.GenerationTokens)},
 	}
 }

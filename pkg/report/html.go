@@ -18,6 +18,8 @@ type htmlCell struct {
 	// The table values, flagged ones as "flagged" with a footnote mark.
 	TTFT, TPOT, Over, TputGPU, Interact, SMBU, JTok template.HTML
 	OK                                              bool
+	// Marks are the cell's warnings beside its status: unstable repeats, preemptions.
+	Marks []cellMark
 }
 
 // footnotes number the flag reasons of one table, so a flagged value reads "flagged¹" and
@@ -56,12 +58,23 @@ type htmlPair struct {
 
 type htmlGroup struct {
 	Anchor, Name, Task string
-	Plots              []htmlPlot
-	Cells              []htmlCell
-	PairBackends       []string
-	Pairs              []htmlPair
-	NoPlots            string
-	Notes              []string
+	// Summary counts the group's cells by status ("14 cells: 13 ok, 1 failed").
+	Summary      string
+	Plots        []htmlPlot
+	Cells        []htmlCell
+	PairBackends []string
+	Pairs        []htmlPair
+	NoPlots      string
+	Notes        []string
+}
+
+// htmlModel is one model's part of the report: its task groups, each a section a person
+// can jump to from the contents list and fold.
+type htmlModel struct {
+	Anchor, Name string
+	Cells        int
+	Groups       []*htmlGroup
+	key          string
 }
 
 type htmlBad struct{ ID, Page, Status, Reason, Memory string }
@@ -87,7 +100,9 @@ type htmlPage struct {
 	Total                     int
 	Counts                    []htmlCount
 	Groups                    []htmlGroup
-	Bad                       []htmlBad
+	// Models are the groups by model, in the same order, for the contents list.
+	Models []htmlModel
+	Bad    []htmlBad
 	// CAPErrors are impossible CAP values (capmath moved them out of the results).
 	CAPErrors   []htmlCAPError
 	Hardware    []htmlHW
@@ -124,7 +139,37 @@ func cellPagePath(id string) string { return "cells/" + anchor(id) + ".html" }
 
 func toHTMLCell(r *Row) htmlCell {
 	return htmlCell{ID: r.ID, Page: cellPagePath(r.ID), Hardware: r.Hardware, Backend: r.BackendLabel(), Status: r.Status,
-		Reason: r.Reason, Batch: r.BatchSize, V: viewOf(r), OK: r.ok()}
+		Reason: r.Reason, Batch: r.BatchSize, V: viewOf(r), OK: r.ok(), Marks: r.marks()}
+}
+
+// ids hands out HTML ids, each once: a second id that anchor makes alike (a model key
+// that reads like a section's name) gets a counter.
+type ids map[string]bool
+
+func (u ids) take(s string) string {
+	id := s
+	for n := 2; u[id]; n++ {
+		id = fmt.Sprintf("%s-%d", s, n)
+	}
+	u[id] = true
+	return id
+}
+
+// groupSummary is "14 cells: 13 ok, 1 failed".
+func groupSummary(rows []*Row) string {
+	var rs []Row
+	for _, r := range rows {
+		rs = append(rs, *r)
+	}
+	var parts []string
+	for _, c := range statusCounts(rs) {
+		parts = append(parts, fmt.Sprintf("%d %s", c.N, c.Status))
+	}
+	n := "cells"
+	if len(rows) == 1 {
+		n = "cell"
+	}
+	return fmt.Sprintf("%d %s: %s", len(rows), n, strings.Join(parts, ", "))
 }
 
 func buildPage(title, generated, results string, rows []Row, probs []Problem, groups []Group, plots [][]*Plot, tables *config.Tables) htmlPage {
@@ -132,9 +177,13 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 	for _, c := range statusCounts(rows) {
 		pg.Counts = append(pg.Counts, htmlCount(c))
 	}
+	used := ids{}
+	for _, fixed := range []string{"contents", "problems", "hardware", "software", "cap-errors", "definitions", "render-check"} {
+		used.take(fixed)
+	}
 	for gi, g := range groups {
 		name := g.Rows[0].ModelName
-		hg := htmlGroup{Anchor: anchor(g.Model + "-" + g.Task), Name: name, Task: g.Task}
+		hg := htmlGroup{Anchor: used.take(anchor(g.Model + "-" + g.Task)), Name: name, Task: g.Task, Summary: groupSummary(g.Rows)}
 		for _, p := range plots[gi] {
 			hg.Plots = append(hg.Plots, htmlPlot{Title: p.Title, Note: p.Note, Src: "plots/" + p.Name, Name: p.Name})
 			pg.NPlots++
@@ -166,6 +215,16 @@ func buildPage(title, generated, results string, rows []Row, probs []Problem, gr
 			hg.Pairs = append(hg.Pairs, hp)
 		}
 		pg.Groups = append(pg.Groups, hg)
+	}
+	for i := range pg.Groups {
+		g := &pg.Groups[i]
+		model := groups[i].Model
+		if n := len(pg.Models); n == 0 || pg.Models[n-1].key != model {
+			pg.Models = append(pg.Models, htmlModel{Anchor: used.take("model-" + anchor(model)), Name: g.Name, key: model})
+		}
+		m := &pg.Models[len(pg.Models)-1]
+		m.Groups = append(m.Groups, g)
+		m.Cells += len(g.Cells)
 	}
 	seenName := map[string]map[string]bool{}
 	vers := map[htmlVersion]int{}
@@ -247,7 +306,13 @@ const css = `
 h1{margin:.8em 0 .2em;font-size:1.7em}h2{border-bottom:2px solid #d0d7de;padding-bottom:.2em;margin-top:2em}h3{margin-top:1.5em}
 .meta{color:#57606a}.counts span{display:inline-block;margin-right:.6em;padding:.1em .7em;border-radius:1em;background:#eaeef2}
 .counts .ok{background:#dafbe1}.counts .failed,.counts .unreadable{background:#ffebe9}.counts .infeasible{background:#fff8c5}
-nav{line-height:1.9}nav a{margin-right:1.1em;white-space:nowrap;display:inline-block}
+nav#contents ol.toc{columns:2 26em;column-gap:2.5em;padding-left:1.4em}nav#contents li{break-inside:avoid;margin-bottom:.35em}
+nav#contents ul{margin:.1em 0;padding-left:1.1em;list-style:none}nav#contents ul a{display:inline-block;min-width:4.5em}
+nav#contents .fold button{font:inherit;font-size:13px;padding:0 .5em}
+a.up{font-size:13px;font-weight:normal;margin-left:.8em}
+details.group{border-top:1px solid #d0d7de;margin:.6em 0;padding-top:.2em}details.group>summary{cursor:pointer;padding:.2em 0}
+details.group>summary h3{display:inline;margin:0}details.group>summary .meta{margin-left:.5em}
+.mark{display:inline-block;font-size:12px;padding:0 .45em;margin-left:.2em;border-radius:.8em;background:#fff1e5;color:#9a3412}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(600px,1fr));gap:1.2em;margin:1em 0}
 figure{margin:0;border:1px solid #d0d7de;border-radius:6px;padding:.6em;background:#fff}
 figure img{width:100%;height:auto;display:block}
@@ -266,12 +331,25 @@ table.kv th{text-align:left;font-weight:600}table.kv td{text-align:left;white-sp
 
 const renderCheck = `<p class="meta" id="render-check">figures loaded: checking…</p>
 <script>
-// Says on the page (and to the headless-browser test) whether every figure loaded.
+// Says on the page (and to the headless-browser test) whether every figure loaded and
+// whether every link of the contents list leads to a section of the page.
 window.addEventListener("load", function () {
   var imgs = document.querySelectorAll("img.plot"), ok = 0;
   imgs.forEach(function (i) { if (i.complete && i.naturalWidth > 0 && i.naturalHeight > 0) ok++; });
   document.body.setAttribute("data-plots-ok", ok + "/" + imgs.length);
+  var links = document.querySelectorAll("#contents a"), found = 0;
+  links.forEach(function (a) {
+    var h = a.getAttribute("href");
+    if (h && h.charAt(0) === "#" && document.getElementById(decodeURIComponent(h.slice(1)))) found++;
+  });
+  document.body.setAttribute("data-contents-ok", found + "/" + links.length);
   document.getElementById("render-check").textContent = "figures loaded: " + ok + " of " + imgs.length;
+});
+document.querySelectorAll("button[data-fold]").forEach(function (b) {
+  b.addEventListener("click", function () {
+    var open = b.getAttribute("data-fold") === "open";
+    document.querySelectorAll("details.group").forEach(function (d) { d.open = open; });
+  });
 });
 </script>`
 
@@ -313,16 +391,23 @@ const mainTmpl = `<!DOCTYPE html>
 <p class="counts">{{range .Counts}}<span class="{{.Status}}">{{.N}} {{.Status}}</span>{{end}}</p>
 <p class="meta">Latencies in ms as <b>p50 / p99</b> over requests (native client); <em>absent</em> = not measured, never shown as 0; — = does not apply (the cell did not complete); <span class="flag">flagged: …</span> = a value that is no result, with the reason.</p>
 {{if .Single}}{{with .Single}}{{template "cellbody" .}}{{end}}{{else}}
-<nav>{{range .Groups}}<a href="#{{.Anchor}}">{{.Name}} · {{.Task}}</a>{{end}}<a href="#problems">did not complete</a><a href="#hardware">hardware</a><a href="#software">software</a><a href="#definitions">definitions</a></nav>
+<nav id="contents" aria-label="contents"><h2>Contents</h2>
+<p class="meta fold">Each model × task section folds: click its title, or <button type="button" data-fold="close">fold all</button> <button type="button" data-fold="open">unfold all</button></p>
+<ol class="toc">{{range .Models}}<li><a href="#{{.Anchor}}"><b>{{.Name}}</b></a> <span class="meta">{{.Cells}} cell{{if ne .Cells 1}}s{{end}}</span><ul>{{range .Groups}}<li><a href="#{{.Anchor}}">{{.Task}}</a> <span class="meta">{{.Summary}}{{if .Plots}} · {{len .Plots}} figure{{if ne (len .Plots) 1}}s{{end}}{{end}}</span></li>{{end}}</ul></li>
+{{end}}<li><a href="#problems">Cells that did not complete</a> <span class="meta">{{len .Bad}}</span></li>{{if .CAPErrors}}<li><a href="#cap-errors">Impossible CAP values</a></li>{{end}}<li><a href="#hardware">Hardware</a></li><li><a href="#software">Software</a></li><li><a href="#definitions">Definitions and units</a></li></ol>
+</nav>
+{{range .Models}}
+<section class="model" id="{{.Anchor}}">
+<h2>{{.Name}} <a class="up" href="#contents" title="back to the contents">↑ contents</a></h2>
 {{range .Groups}}
-<section id="{{.Anchor}}">
-<h2>{{.Name}} · {{.Task}}</h2>
+<details class="group" id="{{.Anchor}}" open>
+<summary><h3>{{.Name}} · {{.Task}}</h3> <span class="meta">{{.Summary}}</span></summary>
 <div class="scroll"><table>
 <tr><th class="l">cell</th><th class="l">hardware</th><th class="l">backend</th><th>batch</th><th>TTFT ms<br>p50 / p99</th><th>TPOT ms<br>p50 / p99</th><th>TPOT<br>×floor</th><th>tok/s<br>per GPU</th><th>tok/s<br>per user</th><th>S-MBU<br>decode</th><th>J/tok</th><th class="l">status</th></tr>
-{{range .Cells}}<tr class="{{.Status}}"><td class="l"><a href="{{.Page}}"><code>{{.ID}}</code></a></td><td class="l">{{.Hardware}}</td><td class="l">{{.Backend}}</td><td>{{.Batch}}</td><td>{{.TTFT}}</td><td>{{.TPOT}}</td><td>{{.Over}}</td><td>{{.TputGPU}}</td><td>{{.Interact}}</td><td>{{.SMBU}}</td><td>{{.JTok}}</td><td class="l">{{.Status}}</td></tr>
+{{range .Cells}}<tr class="{{.Status}}"><td class="l"><a href="{{.Page}}"><code>{{.ID}}</code></a></td><td class="l">{{.Hardware}}</td><td class="l">{{.Backend}}</td><td>{{.Batch}}</td><td>{{.TTFT}}</td><td>{{.TPOT}}</td><td>{{.Over}}</td><td>{{.TputGPU}}</td><td>{{.Interact}}</td><td>{{.SMBU}}</td><td>{{.JTok}}</td><td class="l">{{.Status}}{{range .Marks}} <span class="mark" title="{{.Why}}">{{.Name}}</span>{{end}}</td></tr>
 {{end}}</table></div>
 {{range $i, $n := .Notes}}<p class="flag"><sup>{{inc $i}}</sup> flagged: {{$n}} (the value is no result; the cell's page says more)</p>{{end}}
-{{if .Pairs}}<h3>Same cell on each backend</h3>
+{{if .Pairs}}<h4>Same cell on each backend</h4>
 <p class="meta">TPOT p50 ms · output tokens/s per GPU</p>
 <table><tr><th class="l">hardware</th><th>batch</th>{{range .PairBackends}}<th>{{.}}</th>{{end}}</tr>
 {{range .Pairs}}<tr><td class="l">{{.Hardware}}</td><td>{{.Batch}}</td>{{range .Cells}}<td>{{val .}}</td>{{end}}</tr>
@@ -331,6 +416,7 @@ const mainTmpl = `<!DOCTYPE html>
 <div class="plots">{{range .Plots}}
 <figure><figcaption>{{.Title}}</figcaption><a href="{{.Src}}"><img class="plot" alt="{{.Title}}" src="{{.Src}}"></a>{{if .Note}}<div class="note">{{.Note}}</div>{{end}}</figure>{{end}}
 </div>
+</details>{{end}}
 </section>{{end}}
 <section id="problems">
 <h2>Cells that did not complete</h2>

@@ -260,6 +260,13 @@ func chromiumCheck(t *testing.T, chrome, page string, figures int, shotTo string
 		m := regexp.MustCompile(`data-plots-ok="[^"]*"`).FindString(string(dom))
 		t.Errorf("%s: chromium says %q, want %s (every SVG loaded by the browser)", filepath.Base(page), m, want)
 	}
+	// A page with a contents list: every link in it leads to an element of the page.
+	if strings.Contains(string(dom), `id="contents"`) {
+		m := regexp.MustCompile(`data-contents-ok="(\d+)/(\d+)"`).FindStringSubmatch(string(dom))
+		if m == nil || m[1] != m[2] || m[1] == "0" {
+			t.Errorf("%s: chromium says contents links %v resolve, want all of them (and some)", filepath.Base(page), m)
+		}
+	}
 	shot := filepath.Join(t.TempDir(), "shot.png")
 	cmd := exec.CommandContext(ctx, chrome, append(common, "--window-size=1400,2400", "--screenshot="+shot, url)...)
 	if outp, err := cmd.CombinedOutput(); err != nil {

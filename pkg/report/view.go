@@ -2,6 +2,7 @@ package report
 
 import (
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -84,7 +85,39 @@ func viewOf(r *Row) cellView {
 	if len(v.Flagged) > 0 {
 		v.StatusText += " (flagged: " + strings.Join(v.Flagged, "; ") + ")"
 	}
+	for _, m := range r.marks() {
+		v.StatusText += " (" + m.Name + ": " + m.Why + ")"
+	}
 	return v
+}
+
+// count shows a counter's value: whole numbers with separators ("1,204"), others rounded.
+func count(v float64) string {
+	if v == math.Trunc(v) && math.Abs(v) < 1e15 {
+		return thousands(v)
+	}
+	return round3(v)
+}
+
+// cellMark is a warning about a completed cell's numbers that are still results: its
+// repeats spread more than the threshold (unstable), its server preempted requests.
+type cellMark struct{ Name, Why string }
+
+// marks are the cell's warnings, in a fixed order.
+func (r *Row) marks() []cellMark {
+	m := r.Manifest
+	if m == nil {
+		return nil
+	}
+	var out []cellMark
+	if rs := m.RepeatStats; rs != nil && len(rs.Unstable) > 0 {
+		out = append(out, cellMark{"unstable", fmt.Sprintf("over its %d repeats the coefficient of variation of %s exceeds %g%%",
+			len(m.Repeats), strings.Join(rs.Unstable, ", "), 100*rs.UnstableCV)})
+	}
+	if sm := m.ServerMetrics; sm != nil && sm.Preempted && sm.Preemptions != nil {
+		out = append(out, cellMark{"preempted", fmt.Sprintf("the server preempted %s requests during the bench; their latencies include recomputation", count(*sm.Preemptions))})
+	}
+	return out
 }
 
 // memoryVerdict is the predicted-memory check in binary units.

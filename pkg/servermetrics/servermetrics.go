@@ -8,6 +8,7 @@ package servermetrics
 import (
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -102,6 +103,9 @@ type Scraper struct {
 	out      *csv.Writer
 	cancel   context.CancelFunc
 	done     chan struct{}
+	// one serialises scrapes (the ticker's and Mark's), so samples are appended in the order
+	// they were taken.
+	one sync.Mutex
 
 	mu      sync.Mutex
 	samples []Sample
@@ -116,7 +120,7 @@ func Start(url string, interval time.Duration, w io.Writer) *Scraper {
 	s := &Scraper{url: url, interval: interval, hc: &http.Client{Timeout: max(interval, time.Second)}, cancel: cancel, done: make(chan struct{})}
 	if w != nil {
 		s.out = csv.NewWriter(w)
-		_ = s.out.Write([]string{"time", "running", "waiting", "kv_usage", "preemptions_total", "prompt_tokens_total", "generation_tokens_total"})
+		_ = s.out.Write(csvHeader)
 	}
 	go s.run(ctx)
 	return s
@@ -136,7 +140,25 @@ func (s *Scraper) run(ctx context.Context) {
 	}
 }
 
+// Mark takes one sample now and returns when it is stored: called right before the measured
+// window opens (after the warm-up) and right after it closes, it puts a sample at each edge,
+// so the counters' deltas over the window are the window's own, not the warm-up's tail or a
+// tick's worth more.
+func (s *Scraper) Mark() {
+	select {
+	case <-s.done:
+		return // stopped
+	default:
+	}
+	s.scrape(context.Background())
+}
+
+// scrape takes one sample. Its time is when the request was sent: the server's counters are
+// at least what they were then.
 func (s *Scraper) scrape(ctx context.Context) {
+	s.one.Lock()
+	defer s.one.Unlock()
+	sent := time.Now()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
 	if err != nil {
 		s.fail(err)
@@ -154,7 +176,7 @@ func (s *Scraper) scrape(ctx context.Context) {
 		s.fail(fmt.Errorf("%s answered %s", s.url, resp.Status))
 		return
 	}
-	smp, err := Parse(resp.Body, time.Now())
+	smp, err := Parse(resp.Body, sent)
 	if err != nil {
 		s.fail(err)
 		return
@@ -173,6 +195,68 @@ func (s *Scraper) fail(err error) {
 	s.errs++
 	s.lastErr = err.Error()
 	s.mu.Unlock()
+}
+
+// csvHeader is the first row of the per-cell file; ReadCSV reads columns by these names.
+var csvHeader = []string{"time", "running", "waiting", "kv_usage", "preemptions_total", "prompt_tokens_total", "generation_tokens_total"}
+
+// ReadCSV reads the samples a Scraper wrote (the cell's server_metrics.csv), in file order.
+// An empty field is a metric the server did not export (nil); a row whose time or a value
+// does not parse, or whose value is not finite, is skipped and counted in bad, so a torn
+// last line does not lose the file.
+func ReadCSV(r io.Reader) (ss []Sample, bad int, err error) {
+	cr := csv.NewReader(r)
+	cr.FieldsPerRecord = -1
+	head, err := cr.Read()
+	if err != nil {
+		return nil, 0, fmt.Errorf("server metrics header: %w", err)
+	}
+	col := map[string]int{}
+	for i, h := range head {
+		col[h] = i
+	}
+	if _, ok := col["time"]; !ok {
+		return nil, 0, fmt.Errorf("server metrics: no time column in %q", head)
+	}
+	for {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			return ss, bad, nil
+		}
+		if err != nil {
+			var pe *csv.ParseError
+			if errors.As(err, &pe) {
+				bad++
+				continue
+			}
+			return ss, bad, err
+		}
+		t, err := time.Parse(time.RFC3339Nano, rec[col["time"]])
+		if err != nil {
+			bad++
+			continue
+		}
+		s := Sample{T: t}
+		ok := true
+		for name, dst := range map[string]**float64{"running": &s.Running, "waiting": &s.Waiting, "kv_usage": &s.KVUsage,
+			"preemptions_total": &s.Preemptions, "prompt_tokens_total": &s.PromptTokens, "generation_tokens_total": &s.GenTokens} {
+			i, has := col[name]
+			if !has || i >= len(rec) || rec[i] == "" {
+				continue
+			}
+			v, err := strconv.ParseFloat(rec[i], 64)
+			if err != nil || math.IsNaN(v) || math.IsInf(v, 0) {
+				ok = false
+				break
+			}
+			*dst = &v
+		}
+		if !ok {
+			bad++
+			continue
+		}
+		ss = append(ss, s)
+	}
 }
 
 func row(s Sample) []string {
@@ -241,7 +325,10 @@ func (s *Scraper) Stop() *Summary {
 
 // Summary is the window's server metrics, stored under "server_metrics" in the manifest.
 type Summary struct {
-	URL          string `json:"url"`
+	URL string `json:"url"`
+	// Window says what the counters' deltas cover: WindowMeasured (the measured requests,
+	// a sample taken at each edge) or WindowBench (the whole bench phase, warm-up included).
+	Window       string `json:"window,omitempty"`
 	Samples      int    `json:"samples"`
 	ScrapeErrors int    `json:"scrape_errors,omitempty"`
 	LastError    string `json:"last_error,omitempty"`
@@ -260,6 +347,12 @@ type Summary struct {
 	// latencies include recomputation.
 	Preempted bool `json:"preempted,omitempty"`
 }
+
+// Summary windows.
+const (
+	WindowMeasured = "measured requests"
+	WindowBench    = "bench phase"
+)
 
 // Summarize summarises samples in time order.
 func Summarize(ss []Sample) *Summary {

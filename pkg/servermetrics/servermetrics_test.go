@@ -145,3 +145,33 @@ func TestStopWindow(t *testing.T) {
 		t.Errorf("window %+v, all %+v", sum, all)
 	}
 }
+
+// ReadCSV reads back what the scraper wrote: absent stays absent, a torn or non-finite row
+// is skipped and counted.
+func TestReadCSV(t *testing.T) {
+	t0 := time.Date(2026, 12, 5, 12, 0, 0, 0, time.UTC)
+	one, kv := 3.0, 0.25
+	var buf bytes.Buffer
+	buf.WriteString(strings.Join(csvHeader, ",") + "\n")
+	buf.WriteString(strings.Join(row(Sample{T: t0, Running: &one, KVUsage: &kv}), ",") + "\n")
+	buf.WriteString("not a time,1,2,3,4,5,6\n")
+	buf.WriteString(t0.Add(time.Second).Format(time.RFC3339Nano) + ",NaN,,,,,\n")
+	buf.WriteString(t0.Add(2*time.Second).Format(time.RFC3339Nano) + ",4,1,0.5,2,100,10\n")
+	buf.WriteString(t0.Add(3*time.Second).Format(time.RFC3339Nano) + ",\"4\n") // torn last line
+	ss, bad, err := ReadCSV(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 2 || bad != 3 {
+		t.Fatalf("%d samples, %d bad; want 2 and 3", len(ss), bad)
+	}
+	if !ss[0].T.Equal(t0) || ss[0].Running == nil || *ss[0].Running != 3 || *ss[0].KVUsage != 0.25 || ss[0].Waiting != nil || ss[0].Preemptions != nil {
+		t.Errorf("first sample %+v, want running 3, kv 0.25, the rest absent", ss[0])
+	}
+	if s := ss[1]; *s.Running != 4 || *s.Waiting != 1 || *s.Preemptions != 2 || *s.PromptTokens != 100 || *s.GenTokens != 10 {
+		t.Errorf("second sample %+v", s)
+	}
+	if _, _, err := ReadCSV(strings.NewReader("a,b\n1,2\n")); err == nil {
+		t.Error("a file without a time column read without error")
+	}
+}

@@ -126,6 +126,7 @@ type engineStats struct {
 	kvUsage          atomic.Uint64 // math.Float64bits of reserved/kvCap
 	promptTokens     atomic.Int64
 	genTokens        atomic.Int64
+	admitted         atomic.Int64 // requests admitted to a prefill (the metrics-lie fault's "preemptions")
 }
 
 // gauges publishes the scheduler's state: requests in a pass or decoding, queued, and the
@@ -179,6 +180,7 @@ func (e *engine) run(ctx context.Context) {
 					pf.members = append(pf.members, r)
 					pf.prompts = append(pf.prompts, r.prompt)
 					e.stats.promptTokens.Add(int64(r.prompt))
+					e.stats.admitted.Add(1)
 				}
 				waiting = append(waiting[:0], waiting[n:]...)
 				pf.model = e.tm.prefill(pf.prompts)
@@ -221,6 +223,7 @@ func (e *engine) run(ctx context.Context) {
 				pf.members = append(pf.members, r)
 				pf.prompts = append(pf.prompts, r.prompt)
 				e.stats.promptTokens.Add(int64(r.prompt))
+				e.stats.admitted.Add(1)
 				pf.model = e.tm.prefill(pf.prompts)
 				pf.dur = e.tm.wall(pf.model)
 				pf.start = time.Now()
@@ -242,8 +245,10 @@ func (e *engine) run(ctx context.Context) {
 					if !r.deadline.After(now) {
 						r.emitted = true
 						pf.out++
-						r.publish(1)
+						// Counted before the client can see it: a scrape right after the
+						// client's last token has every token (as the real servers count).
 						e.stats.genTokens.Add(1)
+						r.publish(1)
 						continue
 					}
 					if next.IsZero() || r.deadline.Before(next) {
@@ -298,12 +303,13 @@ func (e *engine) run(ctx context.Context) {
 				} else {
 					e.passID++
 				}
-				// Tokens go out only after the pass is recorded: a client that sees its last
-				// token may stop the recording at once, and the pass must already be in.
+				// Tokens go out only after the pass is recorded and counted: a client that
+				// sees its last token may stop the recording or scrape /metrics at once, and
+				// the pass must already be in both.
+				e.stats.genTokens.Add(int64(len(running)))
 				for _, r := range running {
 					r.publish(r.generated.Load() + 1)
 				}
-				e.stats.genTokens.Add(int64(len(running)))
 				keep := running[:0]
 				for _, r := range running {
 					if int(r.generated.Load()) < r.maxTokens && !r.gone.Load() {

@@ -9,7 +9,8 @@ import (
 
 // handleMetrics serves the scheduler's state in Prometheus text under the real servers'
 // names: vLLM's /metrics (always on) and SGLang's (--enable-metrics). The sim never
-// preempts, so vLLM's preemption counter stays 0, as it does on a server with room.
+// preempts, so vLLM's preemption counter stays 0, as it does on a server with room (unless
+// --sim-fault metrics-lie makes the page lie).
 func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 	st := &s.eng.stats
 	model := strconv.Quote(s.cfg.ServedModel)
@@ -20,6 +21,11 @@ func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 	}
 	running, waiting := float64(st.running.Load()), float64(st.waiting.Load())
 	prompt, gen := float64(st.promptTokens.Load()), float64(st.genTokens.Load())
+	preempted := 0.0
+	if s.cfg.Fault == FaultMetricsLie {
+		gen *= 2
+		preempted = float64(st.admitted.Load())
+	}
 	if s.cfg.Flavor == FlavorSGLang {
 		line("sglang:num_running_reqs", "gauge", "The number of running requests.", running)
 		line("sglang:num_queue_reqs", "gauge", "The number of requests in the waiting queue.", waiting)
@@ -31,7 +37,7 @@ func (s *Server) handleMetrics(w http.ResponseWriter, _ *http.Request) {
 	line("vllm:num_requests_running", "gauge", "Number of requests in model execution batches.", running)
 	line("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", waiting)
 	line("vllm:kv_cache_usage_perc", "gauge", "KV-cache usage. 1 means 100 percent usage.", kv)
-	line("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.", 0)
+	line("vllm:num_preemptions_total", "counter", "Cumulative number of preemption from the engine.", preempted)
 	line("vllm:prompt_tokens_total", "counter", "Number of prefill tokens processed.", prompt)
 	line("vllm:generation_tokens_total", "counter", "Number of generation tokens processed.", gen)
 }

@@ -54,11 +54,16 @@ const (
 	FaultIgnoreMaxTokens = "ignore-max-tokens"
 	FaultEndlessLine     = "endless-line"
 	FaultError200        = "error-200"
+	// FaultMetricsLie makes /metrics disagree with what was served, for the truth verdict's
+	// triangulation: the generation-token counter counts every token twice and vLLM's
+	// preemption counter counts one preemption per request admitted (the engine never
+	// preempts).
+	FaultMetricsLie = "metrics-lie"
 )
 
 // Faults lists the valid Config.Fault values.
 var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie,
-	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200}
+	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200, FaultMetricsLie}
 
 // Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
 type Config struct {

@@ -78,9 +78,10 @@ def parse_args(argv):
     p.add_argument("--kv-heads", type=int, default=0, help="key/value heads (0: --heads)")
     p.add_argument("--dense-ffn", type=int, default=0, help="intermediate_size (0: --shared-ffn)")
     p.add_argument("--config-json", default="",
-                   help="a Qwen2-MoE config.json (e.g. tools/gpuserver/configs/qwen1_5_moe_a2_7b.json): build "
-                        "the model's real architecture at real size from it (random weights) instead of the "
-                        "small default shape, so the cell's CAP numbers describe what ran")
+                   help="a Hugging Face config.json of a Qwen2-MoE (qwen2_moe) or DeepSeek-V2 (deepseek_v2, MLA + "
+                        "MoE) model (tools/gpuserver/configs/): build the model's real architecture at real size "
+                        "from it (random weights) instead of the small default shape, so the cell's CAP numbers "
+                        "describe what ran")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oom-at-start-rank", type=int, default=-1,
@@ -99,34 +100,48 @@ def parse_args(argv):
         p.error("--max-running-requests must be at least 1")
     if args.top_k > args.experts:
         p.error("--top-k cannot exceed --experts")
+    if not args.config_json:
+        args.arch, args.hf_config = "qwen2_moe", None
     return args
 
 
+# The architectures --config-json can build, by config.json model_type.
+ARCHS = ("qwen2_moe", "deepseek_v2")
+
+
 def apply_config_json(p, args):
-    """Take the model shape from a Hugging Face config.json (Qwen2-MoE only: the test server
-    builds transformers' Qwen2MoeForCausalLM)."""
+    """Take the model from a Hugging Face config.json: Qwen2-MoE (transformers'
+    Qwen2MoeForCausalLM) or DeepSeek-V2 (DeepseekV2ForCausalLM: MLA attention, shared and
+    routed experts, the first first_k_dense_replace layers dense)."""
     try:
         with open(args.config_json) as f:
             c = json.load(f)
     except (OSError, ValueError) as e:
         p.error(f"--config-json {args.config_json}: {e}")
-    if c.get("model_type") != "qwen2_moe":
-        p.error(f"--config-json {args.config_json}: model_type {c.get('model_type')!r}; "
-                "the test server builds Qwen2-MoE only (qwen2_moe)")
-    if c.get("decoder_sparse_step", 1) != 1 or c.get("mlp_only_layers"):
-        p.error(f"--config-json {args.config_json}: dense layers (decoder_sparse_step/mlp_only_layers) "
-                "are not supported by the test server")
+    mt = c.get("model_type")
+    if mt not in ARCHS:
+        p.error(f"--config-json {args.config_json}: model_type {mt!r}; the test server builds {', '.join(ARCHS)}")
+    args.arch, args.hf_config = mt, c
     try:
         args.layers = int(c["num_hidden_layers"])
         args.hidden = int(c["hidden_size"])
         args.heads = int(c["num_attention_heads"])
         args.kv_heads = int(c.get("num_key_value_heads", args.heads))
-        args.experts = int(c["num_experts"])
         args.top_k = int(c["num_experts_per_tok"])
         args.expert_ffn = int(c["moe_intermediate_size"])
-        args.shared_ffn = int(c["shared_expert_intermediate_size"])
         args.dense_ffn = int(c["intermediate_size"])
         args.vocab = int(c["vocab_size"])
+        if mt == "qwen2_moe":
+            if c.get("decoder_sparse_step", 1) != 1 or c.get("mlp_only_layers"):
+                p.error(f"--config-json {args.config_json}: dense layers (decoder_sparse_step/mlp_only_layers) "
+                        "are not supported for qwen2_moe by the test server")
+            args.experts = int(c["num_experts"])
+            args.shared_ffn = int(c["shared_expert_intermediate_size"])
+        else:
+            args.experts = int(c["n_routed_experts"])
+            args.shared_ffn = int(c["moe_intermediate_size"]) * int(c.get("n_shared_experts") or 0)
+            if int(c.get("moe_layer_freq", 1)) != 1:
+                p.error(f"--config-json {args.config_json}: moe_layer_freq {c.get('moe_layer_freq')} is not supported")
     except (KeyError, TypeError, ValueError) as e:
         p.error(f"--config-json {args.config_json}: missing or bad field {e}")
     if args.vocab <= BYTE_OFFSET + 256:
@@ -140,12 +155,31 @@ def apply_config_json(p, args):
 #   out: ("ready", rank, info) | ("error", rank, text) | ("step", rank, [(id, tok, finish)])
 # ---------------------------------------------------------------------------------------
 
-def build_model(args, device):
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
-
-    dtype = getattr(torch, args.dtype)
-    cfg = Qwen2MoeConfig(
+def model_config(args):
+    """The transformers config of the model to build: the small default Qwen2-MoE shape, or
+    the architecture --config-json names with its published values (token ids are the test
+    server's own: it has no tokenizer)."""
+    ids = {"pad_token_id": PAD_ID, "eos_token_id": EOS_ID, "bos_token_id": EOS_ID, "use_cache": True,
+           "tie_word_embeddings": False}
+    if args.arch == "deepseek_v2":
+        try:
+            from transformers import DeepseekV2Config
+        except ImportError as e:
+            raise RuntimeError("this transformers has no DeepseekV2 (deepseek_v2 needs transformers >= 4.57): "
+                               f"{e}") from e
+        skip = {"architectures", "auto_map", "transformers_version", "torch_dtype", "dtype", "model_type"}
+        kw = {k: v for k, v in args.hf_config.items() if k not in skip}
+        kw.update(ids)
+        try:
+            return DeepseekV2Config(**kw)
+        except (TypeError, ValueError, KeyError) as e:
+            # A transformers that cannot take the published rope scaling (YaRN) builds the same
+            # weights and the same work without it.
+            log(f"DeepseekV2Config refused the published rope scaling ({e}); building with plain RoPE")
+            kw.pop("rope_scaling", None)
+            return DeepseekV2Config(**kw)
+    from transformers import Qwen2MoeConfig
+    return Qwen2MoeConfig(
         vocab_size=args.vocab,
         hidden_size=args.hidden,
         intermediate_size=args.dense_ffn or args.shared_ffn,
@@ -160,12 +194,31 @@ def build_model(args, device):
         mlp_only_layers=[],
         max_position_embeddings=args.max_model_len,
         output_router_logits=False,
-        use_cache=True,
-        pad_token_id=PAD_ID,
-        eos_token_id=EOS_ID,
-        bos_token_id=EOS_ID,
-        tie_word_embeddings=False,
+        **ids,
     )
+
+
+def build_model(args, device):
+    import torch
+
+    dtype = getattr(torch, args.dtype)
+    cfg = model_config(args)
+    try:
+        return build_from(cfg, args, device, dtype)
+    except (TypeError, ValueError, KeyError) as e:
+        if args.arch != "deepseek_v2" or "rope_scaling" not in (args.hf_config or {}):
+            raise
+        # The published YaRN scaling changes no weight and no work; a transformers whose rope
+        # code cannot take it builds the same model with plain RoPE.
+        log(f"building with the published rope scaling failed ({type(e).__name__}: {e}); building with plain RoPE")
+        args.hf_config = {k: v for k, v in args.hf_config.items() if k != "rope_scaling"}
+        return build_from(model_config(args), args, device, dtype)
+
+
+def build_from(cfg, args, device, dtype):
+    import torch
+    from transformers import AutoModelForCausalLM
+
     torch.manual_seed(args.seed)
     # Build directly on the GPU: random init there takes seconds, on the CPU much longer.
     with torch.device(device):
@@ -208,19 +261,41 @@ class Replica:
             torch.backends.cuda.enable_cudnn_sdp(False)
         self.model = build_model(args, self.device)
         self.params = sum(p.numel() for p in self.model.parameters())
-        # Expert activation, as the wrapper records it: distinct experts the router picked in
-        # each MoE layer during one pass, averaged over layers. Summed on the GPU and read once
+        # Expert activation, as the SGLang wrapper records it: distinct experts the router
+        # picked in each MoE layer during one pass, summed over MoE layers and divided by all
+        # layers (dense ones included, as SGLang averages it). Summed on the GPU and read once
         # per pass (no extra synchronisation per layer).
-        self.gates = [m for n, m in self.model.named_modules() if n.endswith("mlp.gate")]
         self.active = torch.zeros((), dtype=torch.float32, device=self.device)
+        self.layers = args.layers
         k, e = args.top_k, args.experts
 
-        def hook(_mod, _inp, out):
-            logits = out[0] if isinstance(out, tuple) else out
-            idx = logits.reshape(-1, logits.shape[-1]).topk(k, dim=-1).indices.flatten()
-            self.active += (torch.bincount(idx, minlength=e) > 0).sum()
-        for g in self.gates:
-            g.register_forward_hook(hook)
+        def count(idx):
+            self.active += (torch.bincount(idx.flatten().long(), minlength=e) > 0).sum()
+
+        # transformers 5's experts modules take (hidden, top_k_index, top_k_weights) (DeepSeek-V2's
+        # router is no module call, so only the experts see the choice); older Qwen2-MoE
+        # routers are an nn.Linear "mlp.gate" whose logits the top-k is taken from.
+        experts = [m for n, m in self.model.named_modules() if n.endswith("mlp.experts") and not isinstance(m, torch.nn.ModuleList)]
+        self.moe_layers = len(experts)
+        if experts:
+            def pre(_mod, a, kw):
+                idx = [t for t in list(a[1:]) + [kw.get("top_k_index")]
+                       if isinstance(t, torch.Tensor) and not t.is_floating_point()]
+                if idx:
+                    count(idx[0])
+            for m in experts:
+                m.register_forward_pre_hook(pre, with_kwargs=True)
+        else:
+            gates = [m for n, m in self.model.named_modules() if n.endswith("mlp.gate")]
+            self.moe_layers = len(gates)
+
+            def hook(_mod, _inp, out):
+                logits = out[0] if isinstance(out, tuple) else out
+                count(logits.reshape(-1, logits.shape[-1]).topk(k, dim=-1).indices)
+            for g in gates:
+                g.register_forward_hook(hook)
+        if self.moe_layers == 0:
+            raise RuntimeError("found no MoE layer to measure expert activation on (transformers changed its module names?)")
         self.gpu_name = torch.cuda.get_device_name(self.device)
         self.verbose = False  # the warm-up batch is not worth a line
 
@@ -243,7 +318,7 @@ class Replica:
         return torch.where(use, sampled, greedy)
 
     def pass_record(self, mode, reqs, ctx_lens, latency, done):
-        act = float(self.active.item()) / max(1, len(self.gates))
+        act = float(self.active.item()) / max(1, self.layers)
         self.active.zero_()
         live = [i for i in range(len(reqs)) if not done[i]]
         rec = {"batch_size": len(live), "latency": latency,
@@ -350,9 +425,10 @@ def worker_main(args, rank, inq, outq):
             return
         batch = [item]
         stop = False
-        # Requests sent together by a concurrent client arrive a few ms apart: gather them
-        # into one batch instead of running the first alone.
-        deadline = time.monotonic() + 0.005
+        # Requests sent together by a concurrent client arrive a few ms apart (tens of ms for
+        # a wave the client sends as the previous one ends): gather them into one batch
+        # instead of running the first ones alone and the rest as a short batch after.
+        deadline = time.monotonic() + 0.05
         while len(batch) < max_batch:
             try:
                 it = inq.get(timeout=max(0.0, deadline - time.monotonic()))
@@ -396,6 +472,10 @@ class Server:
         self.records_lock = threading.Lock()
         self.next_rid = 0
         self.next_replica = 0
+        # /metrics (SGLang's names): tokens counted before the client can see them, so a scrape
+        # right after the client's last token has them all.
+        self.prompt_tokens = 0
+        self.gen_tokens = 0
         self.loop = None
         self.created = int(time.time())
         if args.worker_processes:
@@ -454,6 +534,7 @@ class Server:
                 log(f"replica {_rank} error: {payload}")
 
     def deliver(self, events):
+        self.gen_tokens += sum(1 for _rid, tok, _f in events if tok is not None)
         for rid, tok, finish in events:
             q = self.streams.get(rid)
             if q is not None:  # the client may have gone away
@@ -479,6 +560,7 @@ class Server:
         return web.json_response({"success": True, "path": path, "records": len(lines)})
 
     def submit(self, req):
+        self.prompt_tokens += len(req["ids"])
         req["rid"] = self.next_rid
         self.next_rid += 1
         q = asyncio.Queue()
@@ -505,6 +587,18 @@ class Server:
         from aiohttp import web
         return web.json_response({"model_path": self.args.model_path, "tokenizer_path": None,
                                   "is_generation": True})
+
+    async def metrics(self, request):
+        """Prometheus text under SGLang's names (--enable-metrics): running requests and the
+        prompt and generation token counters, for moecapd's triangulation of the client's
+        output tokens."""
+        from aiohttp import web
+        lines = []
+        for name, typ, v in (("sglang:num_running_reqs", "gauge", len(self.streams)),
+                             ("sglang:prompt_tokens_total", "counter", self.prompt_tokens),
+                             ("sglang:generation_tokens_total", "counter", self.gen_tokens)):
+            lines += [f"# TYPE {name} {typ}", f'{name}{{model_name="{self.args.model_path}"}} {v}']
+        return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
 
     async def noop(self, request):
         from aiohttp import web
@@ -604,6 +698,7 @@ class Server:
         app.router.add_get("/health_generate", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_get("/get_model_info", self.model_info)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_post("/v1/completions", self.completions)
         for path in ("/start_expert_distribution_record", "/stop_expert_distribution_record", "/flush_cache"):
             app.router.add_route("*", path, self.noop)
@@ -641,7 +736,7 @@ class Server:
 
 def main(argv):
     args = parse_args(argv)
-    log(f"building a random-weight Qwen2-MoE: {args.layers} layers, hidden {args.hidden}, "
+    log(f"building a random-weight {args.arch}: {args.layers} layers, hidden {args.hidden}, "
         f"{args.experts} experts top-{args.top_k}, {args.dtype}, {args.tp_size} replica(s)"
         f"{' in worker processes' if args.worker_processes else ''}")
     srv = Server(args)

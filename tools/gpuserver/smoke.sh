@@ -22,6 +22,7 @@ u=http://127.0.0.1:$PORT
 curl -fsS -o /dev/null -w "health %{http_code}\n" $u/health
 curl -fsS $u/v1/models; echo
 curl -fsS $u/get_model_info; echo
+curl -fsS $u/metrics
 curl -fsS $u/v1/completions -H 'Content-Type: application/json' \
   -d '{"model":"moecap/random-qwen2moe","prompt":"Hello MoE","max_tokens":8,"ignore_eos":true}'; echo
 curl -fsS -N $u/v1/completions -H 'Content-Type: application/json' \
@@ -36,6 +37,7 @@ for i in $(seq 1 ${LOAD:-32}); do
 done
 wait $(jobs -p | grep -v "^$pid$") 2>/dev/null || true
 echo "load done in $(( ($(date +%s%N) - t0) / 1000000 )) ms"
+curl -fsS $u/metrics
 command -v nvidia-smi >/dev/null && nvidia-smi --query-compute-apps=pid,used_memory,process_name --format=csv || true
 echo "--- server log since ready:"
 sed -n '/ready to roll/,$p' "$log" | tail -n 20
