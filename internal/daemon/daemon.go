@@ -539,6 +539,13 @@ func (d *Daemon) item(j *Job, id string) (*matrix.Item, error) {
 	if c == nil {
 		return nil, fmt.Errorf("cell %s is no longer in %s (the file changed since the job was submitted)", id, j.Spec.Matrix)
 	}
+	if len(j.Spec.ServerArgs) > 0 {
+		// The submit's extra server flags (after --) follow the matrix's own, as matrix
+		// run's do.
+		cp := *c
+		cp.ServerArgs = append(slices.Clone(c.ServerArgs), j.Spec.ServerArgs...)
+		c = &cp
+	}
 	return &matrix.Item{Cell: c, Action: matrix.ActRun}, nil
 }
 
