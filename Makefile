@@ -21,7 +21,7 @@ test:
 # The heavy end-to-end tests that `make test` skips: the README's sim-matrix commands on the
 # whole 130-cell matrix, the Slurm tests on a private cluster (root, the slurm packages), the
 # report in headless Chromium. They select themselves by MOECAPD_E2E=1 (launcher.E2E).
-E2E_TESTS := ^(TestReadmeCommands|TestSlurm.*|TestHTMLInChromium)$$
+E2E_TESTS := ^(TestReadmeCommands|TestSlurm.*|Test.*Chromium|TestDaemonWebPage)$$
 test-e2e:
 	MOECAPD_E2E=1 go test -race -count=1 -timeout 40m -run '$(E2E_TESTS)' ./cmd/moecapd/ ./pkg/report/
 

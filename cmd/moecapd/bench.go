@@ -80,7 +80,8 @@ output not writable); 130 interrupted (what was measured is still written, marke
 	// Our own.
 	f.Int("warmup", 0, "unmeasured warm-up requests before the run (distinct prompts, no prefix-cache hits)")
 	f.String("schedule", "", "closed-loop (exactly --server-batch-size in flight) or waves (the runner's send N, wait for half); default: waves with --prompt-style upstream, closed-loop with exact-ids")
-	f.Float64("request-rate", 0, "mean request rate of Poisson arrivals per second (0: send as fast as the schedule allows)")
+	f.Float64("request-rate", 0, "open loop: mean requests/s of Poisson (or gamma, --burstiness) arrivals, not held to --server-batch-size (the server queues what it cannot run); 0: send as fast as the schedule allows")
+	addLoadFlags(f)
 	f.Int64("seed", 0, "seed of random prompts and arrival times")
 	f.String("records-dir", "", "where the recording window's passes are kept (default <output_dir>/.moecapd/records)")
 	f.String("sglang-recorder-dir", "", "the SGLang server's SGLANG_EXPERT_DISTRIBUTION_RECORDER_DIR, where its dump lands (default: that variable here, else ./expert_records, as the runner assumes)")
@@ -128,7 +129,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		JudgeAPIURL: v.GetString("judge-api-url"), JudgeModel: v.GetString("judge-model"), JudgeAPIKey: v.GetString("judge-api-key"),
 		BaselineAnswersPath: v.GetString("baseline-answers-path"), PromptStyle: v.GetString("prompt-style"),
 		AllowBadRequests: v.GetInt("allow-bad-requests"), Warmup: v.GetInt("warmup"), Schedule: v.GetString("schedule"),
-		RequestRate: v.GetFloat64("request-rate"), Seed: v.GetInt64("seed"),
+		Seed: v.GetInt64("seed"), Load: readLoadFlags(&flagReader{fs: cmd.Flags()}),
 		RecordsDir: v.GetString("records-dir"), SGLangRecorderDir: v.GetString("sglang-recorder-dir"), NoRecords: v.GetBool("no-records"),
 		DatasetFile: v.GetString("dataset-file"), DatasetCacheDir: v.GetString("dataset-cache-dir"), HubURL: v.GetString("hub-url"),
 		Offline: v.GetBool("offline"), RequestTimeout: v.GetDuration("request-timeout"), DrainTimeout: v.GetDuration("drain-timeout"),

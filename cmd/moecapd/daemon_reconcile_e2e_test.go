@@ -22,14 +22,25 @@ import (
 func TestDaemonLedgerReconcile(t *testing.T) {
 	e := newDaemonEnv(t)
 	d := e.start()
-	r := e.cli("submit", "--matrix", faultsMatrix, "--only", `1xA100`, "--include-done")
+	// One sim cell with two workers and about 8 s of bench (imposed TPOT), so the kill lands
+	// in the bench even when this machine is slow to get there.
+	cfg := tinyConfig(t, qwen, 32, 8, 40)
+	r := e.cli("submit", "--backend", "sim", "--config", cfg, "--batch-size", "4", "--num-samples", "40", "--", "--sim-tpot", "100ms", "--sim-workers", "2")
 	id := strings.TrimSpace(r.stdout)
 	if r.code != 0 {
 		t.Fatalf("submit: %d %s", r.code, r.stderr)
 	}
-	slow := filepath.Join(e.results, "dsv2_lite.1xA100.32-8.bs4.sim")
+	_, cs0, jerr := e.client().Job(t.Context(), id)
+	if jerr != nil || len(cs0) != 1 {
+		t.Fatalf("job %s: %+v %v", id, cs0, jerr)
+	}
+	cid := cs0[0].ID
+	slow := filepath.Join(e.results, cid)
 	pid := waitCellBench(t, slow)
 	tree := descendants(pid)
+	if len(tree) < 3 {
+		t.Fatalf("server tree %v; want the server and its 2 workers", tree)
+	}
 	// The lease records the server's identity once the bench has begun.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -67,7 +78,7 @@ func TestDaemonLedgerReconcile(t *testing.T) {
 		t.Errorf("the restarted daemon logged no ledger reconciliation: %s", out)
 	}
 	// The killed attempt is archived, interrupted; the rerun carries the proof.
-	att, _ := filepath.Glob(filepath.Join(e.results, ".attempts", "dsv2_lite.1xA100.32-8.bs4.sim*", cell.ManifestFile))
+	att, _ := filepath.Glob(filepath.Join(e.results, ".attempts", cid+"*", cell.ManifestFile))
 	if len(att) != 1 {
 		t.Fatalf("archived attempts %v; want the killed one", att)
 	}
@@ -78,11 +89,14 @@ func TestDaemonLedgerReconcile(t *testing.T) {
 	if err != nil || m.Status != cell.StatusOK {
 		t.Fatalf("rerun manifest: %v %v", m, err)
 	}
+	if !slices.Contains(m.Server.Argv, "--sim-tpot") || !slices.Contains(m.Server.Argv, "100ms") {
+		t.Errorf("the submit's server flags after -- are not on the server's command line: %v", m.Server.Argv)
+	}
 	raw, ok := m.Extra[daemon.ExtraLeaseProof]
 	if !ok {
 		t.Fatalf("rerun manifest has no %q: extra keys %v", daemon.ExtraLeaseProof, slices.Collect(maps.Keys(m.Extra)))
 	}
-	t.Logf("the rerun's %s: %s", daemon.ExtraLeaseProof, raw)
+	t.Logf("the rerun: bench %.2fs, server %v; its %s: %s", m.Timings.Bench, m.Server.Argv, daemon.ExtraLeaseProof, raw)
 	var rec daemon.Reconciliation
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		t.Fatal(err)

@@ -77,6 +77,7 @@ left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is
 	f.Int("allow-bad-requests", 0, "native client: requests that may fail or come back invalid (usage/stream mismatch, short output) before the cell is bad_result; recorded in the manifest")
 	f.Int("repeats", 1, "native client: run the measured bench this many times against the same warm server; the manifest keeps every repeat and their mean, 95% interval and CV")
 	f.Bool("repeat-fresh-server", false, "with --repeats: restart the server between repeats")
+	addLoadFlags(f)
 	f.Float64("unstable-cv", 0, "with --repeats: flag the cell unstable when a metric's coefficient of variation over the repeats exceeds this (default 0.05)")
 	return cmd
 }
@@ -101,6 +102,7 @@ func readLaunchOpts(fs *pflag.FlagSet) (app.CellOptions, error) {
 		RequestTimeout: r.dur("request-timeout"), IdleTimeout: r.dur("idle-timeout"), BenchTimeout: r.dur("bench-timeout"),
 		Repeats: r.int("repeats"), RepeatFreshServer: r.bool("repeat-fresh-server"),
 	}
+	o.Load = readLoadFlags(r)
 	if cv := r.optFloat("unstable-cv"); cv != nil {
 		o.UnstableCV = *cv
 	}

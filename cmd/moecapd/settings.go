@@ -283,6 +283,24 @@ func (r *flagReader) dur(name string) time.Duration {
 	return v
 }
 
+func (r *flagReader) float(name string) float64 {
+	if !r.has(name) {
+		return 0
+	}
+	v, err := r.fs.GetFloat64(name)
+	r.keep(err)
+	return v
+}
+
+func (r *flagReader) floats(name string) []float64 {
+	if !r.has(name) {
+		return nil
+	}
+	v, err := r.fs.GetFloat64Slice(name)
+	r.keep(err)
+	return v
+}
+
 // optFloat is nil unless the flag was given (command line, env or file).
 func (r *flagReader) optFloat(name string) *float64 {
 	if !r.changed(name) {

@@ -39,16 +39,17 @@ type BenchRequest struct {
 	PromptStyle                            string
 	AllowBadRequests, Warmup               int
 	Schedule                               string
-	RequestRate                            float64
-	Seed                                   int64
-	RecordsDir, SGLangRecorderDir          string
-	NoRecords                              bool
-	DatasetFile, DatasetCacheDir, HubURL   string
-	Offline                                bool
-	RequestTimeout, DrainTimeout           time.Duration
-	IdleTimeout, BenchTimeout              time.Duration
-	Log                                    *zap.Logger
-	Out                                    io.Writer // markers, the summary of each run
+	// Load is the open loop, rate sweep and SLO (--request-rate, --rates, --slo, …).
+	Load                                 LoadOptions
+	Seed                                 int64
+	RecordsDir, SGLangRecorderDir        string
+	NoRecords                            bool
+	DatasetFile, DatasetCacheDir, HubURL string
+	Offline                              bool
+	RequestTimeout, DrainTimeout         time.Duration
+	IdleTimeout, BenchTimeout            time.Duration
+	Log                                  *zap.Logger
+	Out                                  io.Writer // markers, the summary of each run
 }
 
 // Bench runs the profiling client against a running server, once per dataset, and writes
@@ -61,21 +62,29 @@ func Bench(ctx context.Context, req BenchRequest) error {
 	ctx, stop := signal.NotifyContext(ctx, InterruptSignals...)
 	defer stop()
 	for _, o := range runs {
-		res, err := profile.Run(ctx, o)
-		if res != nil {
-			printBenchSummary(req.Out, &o, res)
-		}
-		switch {
-		case err == nil:
-		case errors.Is(err, context.Canceled) || ctx.Err() != nil:
-			return exitcode.New(exitcode.Interrupted, err)
-		case errors.Is(err, profile.ErrRecordsUnavailable):
-			return exitcode.New(exitcode.Internal, err)
-		default:
-			return exitcode.New(exitcode.Bench, err)
+		if err := benchLoad(ctx, req, o); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// benchOnce runs one bench and prints its summary; the error carries its exit code.
+func benchOnce(ctx context.Context, w io.Writer, o profile.Options) (*profile.Result, error) {
+	res, err := profile.Run(ctx, o)
+	if res != nil {
+		printBenchSummary(w, &o, res)
+	}
+	switch {
+	case err == nil:
+		return res, nil
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		return res, exitcode.New(exitcode.Interrupted, err)
+	case errors.Is(err, profile.ErrRecordsUnavailable):
+		return res, exitcode.New(exitcode.Internal, err)
+	default:
+		return res, exitcode.New(exitcode.Bench, err)
+	}
 }
 
 // benchOptions resolves the runner's semantics (config file, then flags) into one
@@ -92,6 +101,14 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	// This client only measures fixed-length runs, so the default is on.
 	ignoreEOS := !v.NoIgnoreEOS
 	schedule, style := v.Schedule, v.PromptStyle
+	if schedule == "" && v.Load.openLoop() {
+		schedule = profile.ScheduleClosedLoop // the timetable sender; waves would hold arrivals back
+	}
+	var slo *profile.SLO
+	if v.Load.SLO != "" {
+		s, _ := profile.ParseSLO(v.Load.SLO) // checkBenchRequest parsed it
+		slo = &s
+	}
 	if schedule == "" {
 		// A drop-in sends what the runner sends the way it sends it.
 		schedule = profile.ScheduleClosedLoop
@@ -116,7 +133,8 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 		runs = append(runs, profile.Options{
 			APIURL: v.APIURL, Model: b.ModelID, Backend: v.Backend, APIKey: os.Getenv("OPENAI_API_KEY"),
 			BatchSize: bs, NumSamples: b.NumSamples, InputTokens: b.TargetInputTokens, OutputTokens: b.TargetOutputTokens,
-			IgnoreEOS: ignoreEOS, Schedule: schedule, Warmup: v.Warmup, RequestRate: v.RequestRate,
+			IgnoreEOS: ignoreEOS, Schedule: schedule, Warmup: v.Warmup, RequestRate: v.Load.RequestRate,
+			Burstiness: v.Load.Burstiness, MaxConcurrency: v.Load.MaxConcurrency, SLO: slo,
 			Seed: v.Seed, UseChatAPI: v.UseChatAPI, PromptStyle: style, AllowedBadRequests: v.AllowBadRequests, ServerBatchSize: given,
 			Dataset: ds, DatasetFile: v.DatasetFile, DatasetSubset: b.DatasetSubset, DatasetSplit: b.DatasetSplit,
 			DatasetCacheDir: v.DatasetCacheDir, HubURL: v.HubURL, Offline: v.Offline,
@@ -230,6 +248,12 @@ func checkBenchRequest(v BenchRequest, b config.Bench, log *zap.Logger) error {
 	}
 	if style := v.PromptStyle; style != profile.PromptUpstream && style != profile.PromptExactIDs {
 		return exitcode.Usagef("--prompt-style %q: want upstream or exact-ids", style)
+	}
+	if err := v.Load.check(); err != nil {
+		return err
+	}
+	if v.Load.SLO != "" && v.PromptStyle == profile.PromptUpstream {
+		return exitcode.Usagef("--slo needs streamed TTFT and TPOT: add --prompt-style exact-ids (upstream's non-streaming replies have only E2E latency)")
 	}
 	if v.AllowBadRequests < 0 {
 		return exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", v.AllowBadRequests)

@@ -59,6 +59,8 @@ type CellOptions struct {
 	Repeats           int
 	RepeatFreshServer bool
 	UnstableCV        float64
+	// Load is the native client's open loop, rate sweep and SLO (load.go).
+	Load LoadOptions
 	// Version is moecapd's, recorded in every manifest.
 	Version string
 }
@@ -92,6 +94,9 @@ func (o CellOptions) Check() error {
 	}
 	if err := config.CheckFloat("settings", "--unstable-cv", o.UnstableCV, 0, 10); err != nil {
 		return exitcode.New(exitcode.Usage, err)
+	}
+	if err := o.Load.check(); err != nil {
+		return err
 	}
 	if err := config.CheckInt("settings", "--gpu-idle-mib", int64(o.GPUIdleMiB), 0, 1<<20, "MiB above a GPU's own baseline that still count as idle"); err != nil {
 		return exitcode.New(exitcode.Usage, err)
@@ -196,6 +201,10 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 	}
 	if c.Native.AllowedBadRequests < 0 {
 		return nil, nil, exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
+	}
+	if err := o.Load.apply(c); err != nil {
+		cleanup()
+		return nil, nil, err
 	}
 	return c, cleanup, nil
 }

@@ -62,6 +62,7 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		fmt.Fprintf(w, "E2EL ms  mean %s  median %s  p90 %s  p99 %s\n", f(x.MeanE2ELMs), f(x.MedianE2ELMs), f(x.P90E2ELMs), f(x.P99E2ELMs))
 		fmt.Fprintf(w, "throughput  %s output tok/s  %s total tok/s  %s req/s over %s\n", f(&x.OutputThroughput), f(&x.TotalTokenThroughput), f(&x.RequestThroughput), sec(x.DurationS))
 	}
+	printLoad(w, m)
 	if tm := m.Telemetry; tm != nil {
 		if !tm.Available {
 			fmt.Fprintf(w, "telemetry unavailable: %s\n", tm.Reason)

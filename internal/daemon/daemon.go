@@ -39,6 +39,8 @@ type Daemon struct {
 	slots  int
 	events *hub
 	notify *notifier
+	// exec is where cells run: this node's GPUs (localExec) or a Slurm cluster (slurmExec).
+	exec executor
 
 	mu        sync.Mutex
 	jobs      map[string]*Job
@@ -73,7 +75,76 @@ type Options struct {
 	Matrix  app.MatrixOptions
 	Log     *zap.Logger
 	Webhook string
+	// Slurm, when set, runs every job as Slurm job arrays instead of on this node's GPUs
+	// (serve --executor slurm).
+	Slurm *SlurmOptions
 }
+
+// executor is the seam between the daemon's jobs (store, queue view, API, events) and where
+// their cells run. localExec runs them on this node's GPUs with the scheduler of this file;
+// slurmExec (slurmexec.go) turns a job into the arrays of moecapd slurm submit and follows
+// them.
+type executor interface {
+	// plan lists the cells a submission runs, queued and in run order (a *SubmitError when
+	// refused).
+	plan(s Spec) ([]*Cell, error)
+	// submit is called once the job and its cells are durable and before the submitter is
+	// answered, without d.mu; an error refuses the submission.
+	submit(ctx context.Context, j *Job) error
+	// cancelled is called with d.mu held once a job's cancel is durable: it stops the job's
+	// running cells.
+	cancelled(j *Job)
+	// reconcile settles what an earlier daemon left (New, before the API answers).
+	reconcile(ctx context.Context) error
+	// run runs cells until ctx ends, then drains.
+	run(ctx context.Context, drain time.Duration)
+}
+
+// localExec runs cells on this node's GPUs: the scheduler, the lease ledger and the
+// restart reconcile of this file.
+type localExec struct{ d *Daemon }
+
+func (e localExec) plan(s Spec) ([]*Cell, error) {
+	d := e.d
+	o := d.o
+	o.Matrix, o.Only, o.IncludeDone, o.NoSkip, o.RedoFailed = s.Matrix, s.Only, s.IncludeDone, s.NoSkip, s.RedoFailed
+	items, err := app.PlanMatrix(o, d.log)
+	if err != nil {
+		return nil, &SubmitError{400, err}
+	}
+	var cs []*Cell
+	for _, it := range items {
+		if it.Action == matrix.ActRun {
+			c := &Cell{ID: it.Cell.ID, Index: len(cs), State: CellQueued}
+			if it.Prev != nil {
+				c.Reason = it.Why // an earlier attempt: interrupted (its supervisor gone), failed…
+			}
+			if it.Estimate > 0 {
+				v := it.Estimate.Seconds()
+				c.EstimateS = &v
+			}
+			cs = append(cs, c)
+		}
+	}
+	if len(cs) == 0 {
+		return nil, &SubmitError{422, fmt.Errorf("no cell of %s is left to run on this node (done, kept from the results root, filtered by --only, or for other hardware); see moecapd matrix plan --matrix %s --results %s", s.Matrix, s.Matrix, d.o.ResultsFlag)}
+	}
+	return cs, nil
+}
+
+func (localExec) submit(context.Context, *Job) error { return nil }
+
+func (e localExec) cancelled(j *Job) {
+	for _, cid := range j.Cells {
+		if stop := e.d.running[key(j.ID, cid)]; stop != nil {
+			stop()
+		}
+	}
+}
+
+func (e localExec) reconcile(ctx context.Context) error { return e.d.reconcile(ctx) }
+
+func (e localExec) run(ctx context.Context, drain time.Duration) { e.d.runLocal(ctx, drain) }
 
 // New opens the store under the results root, reconciles it with what is left of an
 // earlier daemon (ledger, servers, manifests) and readies the scheduler.
@@ -87,6 +158,9 @@ func New(ctx context.Context, opt Options) (*Daemon, error) {
 	o.ResultsFlag, o.Cell.Results = results, results
 	if err := os.MkdirAll(results, 0o755); err != nil {
 		return nil, exitcode.Usagef("results root %s: %v", results, err)
+	}
+	if opt.Slurm != nil {
+		return newSlurmDaemon(ctx, o, opt, t0)
 	}
 	gb, pool, uuids, err := app.NodeGPUs(o, log)
 	if err != nil {
@@ -111,6 +185,7 @@ func New(ctx context.Context, opt Options) (*Daemon, error) {
 	if d.slots <= 0 {
 		d.slots = max(len(pool), 1)
 	}
+	d.exec = localExec{d}
 	d.runner = &matrix.Runner{Results: results, Slots: d.slots, GPUs: pool, PortBase: 0, Host: o.Cell.Host,
 		NoSkip: o.NoSkip, Retries: o.Retries, Backoff: o.RetryBackoff, CellTimeout: o.CellTimeout, Log: log,
 		Build: app.CellBuilder(o.Cell, gb, log, nil)}
@@ -118,7 +193,7 @@ func New(ctx context.Context, opt Options) (*Daemon, error) {
 		d.Close()
 		return nil, exitcode.New(exitcode.Usage, err)
 	}
-	if err := d.reconcile(ctx); err != nil {
+	if err := d.exec.reconcile(ctx); err != nil {
 		d.Close()
 		return nil, err
 	}
@@ -136,7 +211,9 @@ func (d *Daemon) Close() {
 		<-d.holdDone
 	}
 	d.store.Close()
-	d.gb.Close()
+	if d.gb != nil {
+		d.gb.Close()
+	}
 }
 
 func key(job, id string) string { return job + "/" + id }
@@ -333,53 +410,47 @@ func (d *Daemon) Submit(owner string, s Spec) (*Job, error) {
 	if len(s.ServerArgs) > 256 {
 		return nil, &SubmitError{400, fmt.Errorf("%d extra server flags: at most 256", len(s.ServerArgs))}
 	}
-	o := d.o
-	o.Matrix, o.Only, o.IncludeDone, o.NoSkip, o.RedoFailed = s.Matrix, s.Only, s.IncludeDone, s.NoSkip, s.RedoFailed
-	items, err := app.PlanMatrix(o, d.log)
+	cs, err := d.exec.plan(s)
 	if err != nil {
-		return nil, &SubmitError{400, err}
+		return nil, err
 	}
-	var ids []string
-	est := map[string]*float64{}
-	for _, it := range items {
-		if it.Action == matrix.ActRun {
-			ids = append(ids, it.Cell.ID)
-			if it.Estimate > 0 {
-				v := it.Estimate.Seconds()
-				est[it.Cell.ID] = &v
-			}
-		}
-	}
-	if len(ids) == 0 {
-		return nil, &SubmitError{422, fmt.Errorf("no cell of %s is left to run on this node (done, kept from the results root, filtered by --only, or for other hardware); see moecapd matrix plan --matrix %s --results %s", s.Matrix, s.Matrix, d.o.ResultsFlag)}
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.ID
 	}
 	j := &Job{Owner: owner, Priority: s.Priority, State: JobQueued, Created: time.Now().UTC(), Spec: s, Cells: ids}
-	why := map[string]string{}
-	for _, it := range items {
-		if it.Action == matrix.ActRun && it.Prev != nil {
-			why[it.Cell.ID] = it.Why // an earlier attempt: interrupted (its supervisor gone), failed…
-		}
+	if err := d.addJob(j, cs); err != nil {
+		return nil, err
 	}
-	var cs []*Cell
-	for i, id := range ids {
-		cs = append(cs, &Cell{ID: id, Index: i, State: CellQueued, Reason: why[id], EstimateS: est[id]})
+	// Where the cells run learns of the job (Slurm: the arrays are submitted and their ids
+	// written) before the submitter is answered.
+	if err := d.exec.submit(context.Background(), j); err != nil {
+		return nil, err
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.log.Info("job submitted", zap.String("job", j.ID), zap.String("owner", owner), zap.Int("cells", len(ids)), zap.Int("priority", s.Priority), zap.String("matrix", s.Matrix))
+	d.events.publish(Event{Type: "job", Job: j.ID, State: j.State})
+	d.kick()
+	cp := *j
+	return &cp, nil
+}
+
+// addJob writes a new job and its cells to the store and takes them into the daemon.
+func (d *Daemon) addJob(j *Job, cs []*Cell) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
 	if d.draining {
-		return nil, &SubmitError{503, errors.New("the daemon is stopping; submit again once it is back")}
+		return &SubmitError{503, errors.New("the daemon is stopping; submit again once it is back")}
 	}
 	if err := d.store.AddJob(j, cs); err != nil {
-		return nil, &SubmitError{500, fmt.Errorf("write the job: %w", err)}
+		return &SubmitError{500, fmt.Errorf("write the job: %w", err)}
 	}
 	d.jobs[j.ID] = j
 	for _, c := range cs {
 		d.cells[key(j.ID, c.ID)] = c
 	}
-	d.log.Info("job submitted", zap.String("job", j.ID), zap.String("owner", owner), zap.Int("cells", len(ids)), zap.Int("priority", s.Priority), zap.String("matrix", s.Matrix))
-	d.events.publish(Event{Type: "job", Job: j.ID, State: j.State})
-	d.kick()
-	return j, nil
+	return nil
 }
 
 // ErrNotFound is a job the daemon does not know.
@@ -416,11 +487,7 @@ func (d *Daemon) Cancel(id, who string, admin bool) (*Job, error) {
 	if err := d.store.Save([]*Job{j}, cs, nil, nil); err != nil {
 		return nil, err
 	}
-	for _, cid := range j.Cells {
-		if stop := d.running[key(id, cid)]; stop != nil {
-			stop()
-		}
-	}
+	d.exec.cancelled(j)
 	d.log.Info("job cancelled", zap.String("job", id), zap.String("by", who))
 	d.events.publish(Event{Type: "job", Job: id, State: j.State})
 	d.notify.send(fmt.Sprintf("moecapd: job %s (%s) cancelled by %s", id, j.Owner, who))
@@ -472,12 +539,22 @@ func (d *Daemon) item(j *Job, id string) (*matrix.Item, error) {
 	if c == nil {
 		return nil, fmt.Errorf("cell %s is no longer in %s (the file changed since the job was submitted)", id, j.Spec.Matrix)
 	}
+	if len(j.Spec.ServerArgs) > 0 {
+		// The submit's extra server flags (after --) follow the matrix's own, as matrix
+		// run's do.
+		cp := *c
+		cp.ServerArgs = append(slices.Clone(c.ServerArgs), j.Spec.ServerArgs...)
+		c = &cp
+	}
 	return &matrix.Item{Cell: c, Action: matrix.ActRun}, nil
 }
 
-// Run schedules until ctx ends, then drains: running cells get drain to finish, then are
-// interrupted (and stay queued for the next start).
-func (d *Daemon) Run(ctx context.Context, drain time.Duration) {
+// Run runs the jobs' cells until ctx ends, then drains.
+func (d *Daemon) Run(ctx context.Context, drain time.Duration) { d.exec.run(ctx, drain) }
+
+// runLocal schedules until ctx ends, then drains: running cells get drain to finish, then
+// are interrupted (and stay queued for the next start).
+func (d *Daemon) runLocal(ctx context.Context, drain time.Duration) {
 	cellCtx, stopCells := context.WithCancel(context.Background())
 	defer stopCells()
 	for {

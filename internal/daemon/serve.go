@@ -30,7 +30,10 @@ type ServeRequest struct {
 	TLSKey       string
 	DrainTimeout time.Duration
 	Webhook      string
-	Log          *zap.Logger
+	// Slurm, when set, runs the jobs on a Slurm cluster (--executor slurm): no node lock,
+	// the cluster owns the GPUs.
+	Slurm *SlurmOptions
+	Log   *zap.Logger
 }
 
 // Serve runs the daemon until SIGTERM/SIGINT (then drains) and reloads tokens on SIGHUP.
@@ -77,13 +80,16 @@ func Serve(req ServeRequest) error {
 		}
 		tlsCfg = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	host, _ := os.Hostname()
-	lock, err := nodelock.Acquire(nodelock.Info{PID: os.Getpid(), Host: host, Results: results, Listen: req.Listen, StartedAt: time.Now().UTC()})
-	if err != nil {
-		return exitcode.New(exitcode.Usage, err)
+	if req.Slurm == nil {
+		// The node's GPUs are this daemon's; on Slurm they are the cluster's.
+		host, _ := os.Hostname()
+		lock, err := nodelock.Acquire(nodelock.Info{PID: os.Getpid(), Host: host, Results: results, Listen: req.Listen, StartedAt: time.Now().UTC()})
+		if err != nil {
+			return exitcode.New(exitcode.Usage, err)
+		}
+		defer lock.Release()
+		app.BecomeSubreaper(log)
 	}
-	defer lock.Release()
-	app.BecomeSubreaper(log)
 
 	ctx, stop := context.WithCancel(context.Background())
 	defer stop()
@@ -91,12 +97,12 @@ func Serve(req ServeRequest) error {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT, syscall.SIGHUP)
 	defer signal.Stop(sigs)
 
-	d, err := New(ctx, Options{Matrix: req.Matrix, Log: log, Webhook: req.Webhook})
+	d, err := New(ctx, Options{Matrix: req.Matrix, Log: log, Webhook: req.Webhook, Slurm: req.Slurm})
 	if err != nil {
 		return err
 	}
 	defer d.Close()
-	log.Info("daemon reconciled", zap.String("results", results), zap.Duration("took", d.reconciled),
+	log.Info("daemon reconciled", zap.String("results", results), zap.Bool("slurm", req.Slurm != nil), zap.Duration("took", d.reconciled),
 		zap.Strings("gpus", d.pool), zap.Int("slots", d.slots), zap.Int("jobs", len(d.jobs)))
 	admins := map[string]bool{}
 	for _, a := range req.Admins {

@@ -86,6 +86,8 @@ type Job struct {
 	Cells    []string   `json:"cells"` // cell ids in run order
 	// CancelledBy names who cancelled it.
 	CancelledBy string `json:"cancelled_by,omitempty"`
+	// Slurm is the job's arrays when the daemon runs on Slurm (serve --executor slurm).
+	Slurm *SlurmJob `json:"slurm,omitempty"`
 }
 
 // Cell is one cell of a job and where it stands.
@@ -104,6 +106,8 @@ type Cell struct {
 	// Recovery is what the daemon found of this cell after a restart (the ledger against
 	// the manifest, /proc and the GPUs).
 	Recovery string `json:"recovery,omitempty"`
+	// Slurm is the cell's task and Slurm's view of it (serve --executor slurm).
+	Slurm *CellSlurm `json:"slurm,omitempty"`
 	// EstimateS is the plan's estimate of the cell's whole run in seconds (absent when the
 	// plan has none).
 	EstimateS *float64 `json:"estimate_s,omitempty"`

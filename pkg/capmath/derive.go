@@ -3,11 +3,12 @@ package capmath
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/moecapd/moecapd/pkg/records"
 	"math"
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/moecapd/moecapd/pkg/records"
 
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/passcost"
@@ -460,13 +461,14 @@ func derivedFloors(d *Derived, in *Inputs, c Cell, m config.Model, hw config.Har
 			srvTTFT = ptr(s * 1000)
 		}
 	}
-	tpot, ttft, kind := c.MeanTPOTMs, c.MeanTTFTMs, "client"
-	if scaled || tpot == nil {
-		tpot, kind = srvTPOT, "server_pass"
+	// The headline's rule (records.PickLatency), save that a time-scaled sim's client
+	// clock is not the physical one its floors are in: there the server's passes speak.
+	clientTPOT, clientTTFT := c.MeanTPOTMs, c.MeanTTFTMs
+	if scaled {
+		clientTPOT, clientTTFT = nil, nil
 	}
-	if scaled || ttft == nil {
-		ttft = srvTTFT
-	}
+	tpot, kind := records.PickLatency(clientTPOT, srvTPOT)
+	ttft, _ := records.PickLatency(clientTTFT, srvTTFT)
 	if d.TPOTFloorMs != nil && tpot != nil && *tpot > 0 {
 		d.TPOTOverFloor = ptr(*tpot / *d.TPOTFloorMs)
 		in.TPOTMeasured = kind

@@ -175,33 +175,8 @@ func ttftFromRecords(pre []recordedPass) (float64, int) {
 	return perRequestPrefill(pre, func(p recordedPass) float64 { return p.p.latency })
 }
 
-// perRequestPrefill sums f over the prefill passes of each request up to its first token
-// and averages over requests (passes without per-request info count once each).
+// perRequestPrefill is records.PerRequestPrefill over capmath's prefill passes: passes
+// without per-request info count once each.
 func perRequestPrefill(pre []recordedPass, f func(recordedPass) float64) (float64, int) {
-	acc := map[string]float64{}
-	var done []float64
-	var plain []float64
-	for _, p := range pre {
-		f := f(p)
-		if len(p.ids) == 0 {
-			plain = append(plain, f)
-			continue
-		}
-		for i, id := range p.ids {
-			acc[id] += f
-			if p.last[i] {
-				done = append(done, acc[id])
-				delete(acc, id)
-			}
-		}
-	}
-	all := append(done, plain...)
-	if len(all) == 0 {
-		return 0, 0
-	}
-	s := 0.0
-	for _, x := range all {
-		s += x
-	}
-	return s / float64(len(all)), len(all)
+	return records.PerRequestPrefill(pre, func(p recordedPass) ([]string, []bool) { return p.ids, p.last }, f, true)
 }

@@ -129,10 +129,9 @@ func capInput(m *Manifest, tables *config.Tables) (capmath.Cell, error) {
 		c.Ran = true
 		// Client latencies when the native client measured them; the runner's (or the
 		// records') server-pass latencies under their own names.
-		c.MeanTPOTMs, c.MeanTTFTMs = mt.MeanTPOTMs, mt.MeanTTFTMs
-		if sp := mt.ServerPass; sp != nil {
-			c.ServerTPOTMs, c.ServerTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
-		}
+		h := mt.Headline()
+		c.MeanTPOTMs, c.MeanTTFTMs = h.ClientTPOTMs, h.ClientTTFTMs
+		c.ServerTPOTMs, c.ServerTTFTMs = h.ServerTPOTMs, h.ServerTTFTMs
 		c.AvgActivationDecode = mt.AvgExpertActivationDecode
 		c.AvgDecodeBatchSize = mt.AvgDecodeBatchSize
 		c.ClientInFlightMean, c.ClientCPUFraction = mt.ClientInFlightMean, mt.ClientCPUFraction

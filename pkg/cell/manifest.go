@@ -177,6 +177,11 @@ type Manifest struct {
 	Repeats []Repeat `json:"repeats,omitempty"`
 	// RepeatStats is the repeats' mean, interval and CV per metric; absent for one run.
 	RepeatStats *RepeatStats `json:"repeat_stats,omitempty"`
+	// Rates holds every bench of a rate sweep (--rates, --find-max-rate) in order; Metrics
+	// above is then the first rate's. MaxRate is what --find-max-rate found. Both absent
+	// without a sweep.
+	Rates   []RatePoint `json:"rates,omitempty"`
+	MaxRate *MaxRate    `json:"max_rate,omitempty"`
 	// Extra holds derived numbers added by later stages (S-MBU, floors) keyed by name.
 	Extra map[string]json.RawMessage `json:"extra,omitempty"`
 }

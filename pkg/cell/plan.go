@@ -84,6 +84,12 @@ type Config struct {
 	Repeats           int
 	RepeatFreshServer bool
 	UnstableCV        float64
+	// Rates is a rate sweep (--rates): one open-loop bench per rate, physical requests/s,
+	// in one server lifetime; FindMaxRate then searches the highest rate meeting the SLO
+	// (Native.SLO) in at most MaxRateSteps benches (0: profile.DefaultMaxRateSteps).
+	Rates        []float64
+	FindMaxRate  bool
+	MaxRateSteps int
 }
 
 // Plan is what a cell will run: computed without starting anything (also --dry-run).

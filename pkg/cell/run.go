@@ -106,6 +106,9 @@ type runner struct {
 	sm                     MetricsScraper
 	smFile                 *os.File
 	measureFrom, measureTo time.Time
+	// cur is the measured bench being run (bench sets it; nativeClient reads its files and
+	// rate).
+	cur benchRun
 }
 
 // Run runs one cell end to end. ctx cancelled (SIGINT/SIGTERM) ends the cell as
@@ -371,6 +374,10 @@ func (r *runner) measureEnd() {
 // repeat k ≥ 2 writes under repeats/<k>/. The manifest keeps every repeat's metrics and
 // their summary; its metrics are repeat 1's. A failed repeat ends the cell as failed.
 func (r *runner) benchRepeats(ctx context.Context) {
+	if r.c.sweepsRates() {
+		r.benchRates(ctx)
+		return
+	}
 	n := max(r.c.Repeats, 1)
 	var first *profile.Metrics
 	for i := 1; i <= n; i++ {
@@ -379,7 +386,7 @@ func (r *runner) benchRepeats(ctx context.Context) {
 		}
 		r.m.Metrics = nil
 		start := time.Now().UTC()
-		r.bench(ctx, i)
+		r.bench(ctx, benchRun{index: i, files: r.p.Files.Repeat(i), what: "repeat"})
 		if i == 1 {
 			r.measureEnd()
 			first = r.m.Metrics
@@ -545,7 +552,19 @@ func (r *runner) ready(ctx context.Context) bool {
 // failed requests behind a zero exit code).
 type badResult struct{ error }
 
-func (r *runner) bench(ctx context.Context, repeat int) {
+// benchRun is one measured bench of a cell: index 1 is the cell's own (its files in the
+// cell's client/ and records/, the telemetry window its measured requests); the others
+// (repeats, rates) write under files. rate, when > 0, is the open-loop rate in physical
+// requests/s, replacing the native options' own.
+type benchRun struct {
+	index int
+	files Dir
+	rate  float64
+	what  string // "repeat" or "rate": how logs and errors name the run
+}
+
+func (r *runner) bench(ctx context.Context, run benchRun) {
+	r.cur = run
 	// The server dying mid-bench must end the bench at once, not after every request
 	// times out.
 	bctx, cancel := context.WithCancel(ctx)
@@ -557,7 +576,7 @@ func (r *runner) bench(ctx context.Context, repeat int) {
 		case <-bctx.Done():
 		}
 	}()
-	met, err := r.sm_.client(r).Bench(bctx, repeat)
+	met, err := r.sm_.client(r).Bench(bctx, run.index)
 	if met != nil {
 		// A time-scaled sim's client numbers are recorded in physical units (issue 19).
 		r.m.Metrics = met.Unscaled(r.m.TimeScale())
@@ -601,9 +620,14 @@ func (r *runner) bench(ctx context.Context, repeat int) {
 // nativeClient is moecapd's own bench client (pkg/profile) run in this process.
 type nativeClient struct{ r *runner }
 
-// Bench runs repeat of the native client; profile.Run applies the bench deadline itself.
+// Bench runs one measured bench of the native client (the runner's current run: a repeat
+// or a rate of a sweep); profile.Run applies the bench deadline itself.
 func (n nativeClient) Bench(ctx context.Context, repeat int) (*profile.Metrics, error) {
 	r := n.r
+	run := r.cur
+	if run.index != repeat || run.what == "" {
+		run = benchRun{index: repeat, files: r.p.Files.Repeat(repeat), what: "repeat"}
+	}
 	c, p := r.c, r.p
 	o := c.Native
 	o.APIURL = p.APIURL
@@ -617,23 +641,24 @@ func (n nativeClient) Bench(ctx context.Context, repeat int) (*profile.Metrics, 
 	if o.Dataset == "" {
 		o.Dataset = c.Bench.Dataset()
 	}
-	files := p.Files.Repeat(repeat)
+	files := run.files
 	o.OutputDir = files.Client()
 	// The server records into the cell's records/; each repeat keeps its own window.
 	o.SGLangRecorderDir = p.Files.Records()
 	o.RecordsDir = files.Records()
 	bs := c.BatchSize
 	o.ServerBatchSize = &bs
-	if repeat == 1 {
+	if run.index == 1 {
 		o.OnMeasureStart, o.OnMeasureEnd = r.measureStart, r.measureEnd
 	}
-	if repeat > 1 && !c.RepeatFreshServer {
-		o.Warmup = 0 // the server is warm: the repeats before this one warmed it
+	if run.index > 1 && !c.RepeatFreshServer {
+		o.Warmup = 0 // the server is warm: the runs before this one warmed it
 	}
-	o.Log = r.log.With(zap.Int("repeat", repeat))
-	if repeat > 1 {
+	r.openLoop(&o, run.rate)
+	o.Log = r.log.With(zap.Int(run.what, run.index))
+	if run.index > 1 {
 		if err := os.MkdirAll(files.Client(), 0o755); err != nil {
-			return nil, fmt.Errorf("create the directory of repeat %d: %w", repeat, err)
+			return nil, fmt.Errorf("create the directory of %s %d: %w", run.what, run.index, err)
 		}
 	}
 	// client.log gets the client's own log lines (JSON), not a terminal progress bar.

@@ -6,6 +6,8 @@ package profile
 import (
 	"encoding/json"
 	"strconv"
+
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 // ServerPass is what the server's pass records say about latency (milliseconds), never
@@ -162,6 +164,14 @@ type Metrics struct {
 	ClientInFlightMean *float64 `json:"client_in_flight_mean,omitempty"`
 	ClientCPUFraction  *float64 `json:"client_cpu_fraction,omitempty"`
 
+	// RequestRate is the open loop's asked mean requests per second (--request-rate, a
+	// --rates entry) and Burstiness its gamma shape when not 1 (Poisson); both absent for
+	// the closed loop.
+	RequestRate *float64 `json:"request_rate,omitempty"`
+	Burstiness  *float64 `json:"burstiness,omitempty"`
+	// Goodput judges the requests against --slo; absent without one.
+	Goodput *Goodput `json:"goodput,omitempty"`
+
 	// TimeScale is set when the numbers above come from a time-scaled simulator
 	// (--sim-time-scale S, S ≠ 1) and were un-scaled to physical units (Unscaled): client
 	// times (duration, TTFT, TPOT, ITL, E2EL) are wall time ÷ S, rates (throughputs) wall
@@ -195,6 +205,19 @@ func (m *Metrics) Unscaled(scale float64) *Metrics {
 	} {
 		*f = div(*f)
 	}
+	if u.RequestRate != nil {
+		v := *u.RequestRate * scale
+		u.RequestRate = &v
+	}
+	if g := u.Goodput; g != nil {
+		gc := *g
+		gc.TTFTMs, gc.TPOTMs = div(g.TTFTMs), div(g.TPOTMs)
+		if g.RequestsPerS != nil {
+			v := *g.RequestsPerS * scale
+			gc.RequestsPerS = &v
+		}
+		u.Goodput = &gc
+	}
 	u.DurationS /= scale
 	u.RequestThroughput *= scale
 	u.OutputThroughput *= scale
@@ -213,13 +236,18 @@ func ScaleLabel(scale float64) string {
 }
 
 // Headline is the TPOT and TTFT a cell is summed up by (tables, summaries, the matrix's
-// progress and results), in milliseconds: each the client's mean when the client measured
-// it, else the server's pass latency by MoE-CAP's definition (ServerPass.TPOTMoECAPMs,
-// .TTFTMoECAPMs: the runner's, which measures no client latency). Nil when neither exists.
-// Source names each one's clock: "client" or "server_pass".
+// progress and results, capmath's measured ÷ floor), in milliseconds: each picked by
+// records.PickLatency from the client's mean (when the client measured it) and the
+// server's pass latency by MoE-CAP's definition (ServerPass.TPOTMoECAPMs, .TTFTMoECAPMs:
+// the runner's, which measures no client latency), both kept beside the pick for a
+// consumer that needs either. Nil when neither exists. Source names each pick's clock:
+// "client" or "server_pass".
 type Headline struct {
 	TPOTMs, TTFTMs         *float64
 	TPOTSource, TTFTSource string
+	// The candidates: the client's means and the server's pass latencies.
+	ClientTPOTMs, ClientTTFTMs *float64
+	ServerTPOTMs, ServerTTFTMs *float64
 }
 
 // Headline picks the cell's headline TPOT and TTFT (the one rule; see the type).
@@ -228,18 +256,11 @@ func (m *Metrics) Headline() Headline {
 	if m == nil {
 		return h
 	}
-	pick := func(client *float64, server func(*ServerPass) *float64) (*float64, string) {
-		if client != nil {
-			return client, "client"
-		}
-		if m.ServerPass != nil {
-			if v := server(m.ServerPass); v != nil {
-				return v, "server_pass"
-			}
-		}
-		return nil, ""
+	h.ClientTPOTMs, h.ClientTTFTMs = m.MeanTPOTMs, m.MeanTTFTMs
+	if sp := m.ServerPass; sp != nil {
+		h.ServerTPOTMs, h.ServerTTFTMs = sp.TPOTMoECAPMs, sp.TTFTMoECAPMs
 	}
-	h.TPOTMs, h.TPOTSource = pick(m.MeanTPOTMs, func(s *ServerPass) *float64 { return s.TPOTMoECAPMs })
-	h.TTFTMs, h.TTFTSource = pick(m.MeanTTFTMs, func(s *ServerPass) *float64 { return s.TTFTMoECAPMs })
+	h.TPOTMs, h.TPOTSource = records.PickLatency(h.ClientTPOTMs, h.ServerTPOTMs)
+	h.TTFTMs, h.TTFTSource = records.PickLatency(h.ClientTTFTMs, h.ServerTTFTMs)
 	return h
 }

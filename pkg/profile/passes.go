@@ -34,25 +34,26 @@ func ParsePasses(name string, raws []json.RawMessage) ([]Pass, error) {
 // seq_lens_sum ≤ 10 (probes) and prefill passes without per_req_info are left out. Nil when
 // no request completed its prefill in passes.
 func UpstreamTTFTS(passes []Pass) *float64 {
-	open := map[string]float64{}
-	var done acc
+	var pre []*Pass
 	for i := range passes {
 		p := &passes[i]
-		if p.Mode != records.Prefill || p.Probe() || len(p.PerReqInfo) == 0 || p.Latency == nil {
-			continue
-		}
-		for _, c := range p.PerReqInfo {
-			if c.Key == "" {
-				continue
-			}
-			open[c.Key] += *p.Latency
-			if c.IsLastChunk {
-				done.add(open[c.Key])
-				delete(open, c.Key)
-			}
+		if p.Mode == records.Prefill && !p.Probe() && len(p.PerReqInfo) > 0 && p.Latency != nil {
+			pre = append(pre, p)
 		}
 	}
-	return done.mean()
+	chunks := func(p *Pass) (keys []string, last []bool) {
+		for _, c := range p.PerReqInfo {
+			if c.Key != "" {
+				keys, last = append(keys, c.Key), append(last, c.IsLastChunk)
+			}
+		}
+		return keys, last
+	}
+	mean, n := records.PerRequestPrefill(pre, chunks, func(p *Pass) float64 { return *p.Latency }, false)
+	if n == 0 {
+		return nil
+	}
+	return &mean
 }
 
 // clientPrefillPasses is the prefill pass set every runner prefill aggregate reads: probes

@@ -141,7 +141,7 @@ func cellPlots(r *Row) []*Plot {
 	cdf("ttft-cdf", "TTFT", d.TTFT)
 	cdf("tpot-cdf", "TPOT", d.TPOT)
 	cdf("e2el-cdf", "E2EL", d.E2EL)
-	return out
+	return append(out, ratePlots(r.Manifest, base, c)...)
 }
 
 var gpuPalette = []color.RGBA{rgb(0x4c8fd6), rgb(0xe15759), rgb(0x59a14f), rgb(0xf28e2b), rgb(0xb07aa1), rgb(0x76b7b2), rgb(0xedc948), rgb(0x9c755f)}
@@ -304,6 +304,7 @@ func buildCellPage(r *Row, plots []*Plot, up, plotDir string) *cellPage {
 	cp.Client = []kv{{"kind", m.Client.Kind}}
 	cp.ClientArgv = shellQuote(m.Client.Argv)
 	cp.Throughput = append(cp.Throughput, repeatRows(m)...)
+	cp.Throughput = append(cp.Throughput, rateRows(m)...)
 	cp.Throughput = append(cp.Throughput, serverMetricRows(m)...)
 	cp.Vers = []kv{{"moecapd", orAbsent(m.Versions.Moecapd)}, {"backend", orAbsent(m.Versions.Backend)}, {"NVIDIA driver", orAbsent(m.Versions.Driver)}}
 	return cp

@@ -321,3 +321,16 @@ func parseConfig(s string) (Config, error) {
 	}
 	return cfg, nil
 }
+
+// ParseQueue reads squeue's output in Queue's format, keyed by Task.Key (a caller that
+// ran squeue itself, or a test of what a state means).
+func ParseQueue(s string) (map[string]Task, error) {
+	out := map[string]Task{}
+	return out, parseQueue(s, out)
+}
+
+// ParseAcct reads sacct's output in Acct's format, keyed by Task.Key.
+func ParseAcct(s string) (map[string]Task, error) {
+	out := map[string]Task{}
+	return out, parseAcct(s, out)
+}
