@@ -82,6 +82,9 @@ func benchOnce(ctx context.Context, w io.Writer, o profile.Options) (*profile.Re
 		return res, exitcode.New(exitcode.Interrupted, err)
 	case errors.Is(err, profile.ErrRecordsUnavailable):
 		return res, exitcode.New(exitcode.Internal, err)
+	case errors.Is(err, profile.ErrServerLacks):
+		// The prompt style or the server is the user's to change: a usage problem.
+		return res, exitcode.New(exitcode.Usage, err)
 	default:
 		return res, exitcode.New(exitcode.Bench, err)
 	}

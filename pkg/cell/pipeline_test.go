@@ -32,6 +32,7 @@ type fakeServer struct {
 	diagLine string
 	stop     launcher.StopReport
 	stopped  bool
+	logPath  string // server.log, once started
 }
 
 func newFakeServer() *fakeServer {
@@ -76,6 +77,7 @@ func (f *fakeServers) Start(spec launcher.Spec) (RunningServer, error) {
 	if err := os.WriteFile(spec.LogPath, []byte("sim: ready\n"), 0o644); err != nil {
 		return nil, err
 	}
+	f.srv.logPath = spec.LogPath
 	return f.srv, nil
 }
 func (f *fakeServers) PortFree(string, int) error  { return nil }
@@ -237,6 +239,13 @@ func TestPipelineVerdicts(t *testing.T) {
 				}
 			},
 			status: StatusFailed, phase: PhaseRecord, kind: exitcode.FailManifestWrite, code: exitcode.Usage, runErr: true},
+		{name: "a named file deleted",
+			client: func(s *fakeServer, _ context.CancelCauseFunc) fakeClient {
+				return func(context.Context, int) (*profile.Metrics, error) {
+					return okMetrics(), os.Remove(s.logPath) // server.log, which the manifest names
+				}
+			},
+			status: StatusFailed, phase: PhaseRecord, kind: exitcode.FailMissingFile, code: exitcode.Bench},
 		{name: "dataset missing",
 			set: func(_ *fakeServer, _ *fakeServers, _ *pipeGPUs, c *Config, _ *seams) {
 				c.Client = ClientNative

@@ -54,6 +54,9 @@ func (m *Manifest) Outcome() exitcode.Kind {
 		}
 		return exitcode.Launch
 	case PhaseLaunch, PhaseReady:
+		if m.Failure.Kind == exitcode.FailServerLacks {
+			return exitcode.Usage // the prompt style or the server is the user's to change
+		}
 		return exitcode.Launch
 	case PhaseBench:
 		return exitcode.Bench
@@ -528,7 +531,7 @@ func (r *runner) ready(ctx context.Context) bool {
 	})
 	if err == nil {
 		r.log.Info("server ready")
-		return true
+		return r.probe(ctx)
 	}
 	if ctx.Err() != nil {
 		r.interrupted(ctx, PhaseReady)
@@ -546,6 +549,54 @@ func (r *runner) ready(ctx context.Context) bool {
 	}
 	r.fail(PhaseReady, exitcode.FailHealthTimeout, err.Error())
 	return false
+}
+
+// probe asks the ready server for what the native client's options need of it (/tokenize,
+// /detokenize: profile.Needs), as its own step: a missing one fails the cell at once,
+// server_lacks in ready (exit 2), naming it with what to do. A server that does not answer
+// the probe at all is left to the bench to classify.
+func (r *runner) probe(ctx context.Context) bool {
+	if r.c.Client != ClientNative {
+		return true // the MoE-CAP runner tokenizes itself
+	}
+	o := r.nativeOptions()
+	if len(profile.Needs(o)) == 0 {
+		return true
+	}
+	err := profile.Probe(ctx, o)
+	switch {
+	case err == nil:
+		r.log.Info("server serves what the client needs", zap.Strings("endpoints", profile.Needs(o)))
+	case errors.Is(err, profile.ErrServerLacks):
+		r.fail(PhaseReady, exitcode.FailServerLacks, err.Error())
+		return false
+	case ctx.Err() != nil:
+		r.interrupted(ctx, PhaseReady)
+		return false
+	default:
+		r.log.Warn("could not probe the server for what the client needs; the bench will tell", zap.Error(err))
+	}
+	return true
+}
+
+// nativeOptions are the native client's options for this cell's server and workload,
+// before any repeat's own files and hooks.
+func (r *runner) nativeOptions() profile.Options {
+	c, p := r.c, r.p
+	o := c.Native
+	o.APIURL = p.APIURL
+	o.Model = c.Bench.ModelID
+	o.Backend = p.Spec.APIFlavor()
+	o.BatchSize = c.BatchSize
+	o.NumSamples = c.numSamples()
+	o.InputTokens = c.Bench.TargetInputTokens
+	o.OutputTokens = c.Bench.TargetOutputTokens
+	o.IgnoreEOS = true
+	if o.Dataset == "" {
+		o.Dataset = c.Bench.Dataset()
+	}
+	o.Probed = true // probe, right after readiness
+	return o
 }
 
 // badResult marks a client that ran but whose output does not hold up (missing files,
@@ -629,18 +680,7 @@ func (n nativeClient) Bench(ctx context.Context, repeat int) (*profile.Metrics, 
 		run = benchRun{index: repeat, files: r.p.Files.Repeat(repeat), what: "repeat"}
 	}
 	c, p := r.c, r.p
-	o := c.Native
-	o.APIURL = p.APIURL
-	o.Model = c.Bench.ModelID
-	o.Backend = p.Spec.APIFlavor()
-	o.BatchSize = c.BatchSize
-	o.NumSamples = c.numSamples()
-	o.InputTokens = c.Bench.TargetInputTokens
-	o.OutputTokens = c.Bench.TargetOutputTokens
-	o.IgnoreEOS = true
-	if o.Dataset == "" {
-		o.Dataset = c.Bench.Dataset()
-	}
+	o := r.nativeOptions()
 	files := run.files
 	o.OutputDir = files.Client()
 	// The server records into the cell's records/; each repeat keeps its own window.

@@ -21,4 +21,5 @@ const (
 	FailConfig        Failure = "config"         // matrix run: the cell's pipeline config could not be built
 	FailMissingFile   Failure = "missing_file"   // a file the manifest names is not in the cell directory at the end
 	FailManifestWrite Failure = "manifest_write" // the final manifest could not be written (disk full, read-only, permissions)
+	FailServerLacks   Failure = "server_lacks"   // the server does not serve an endpoint the client needs (/tokenize, /detokenize)
 )

@@ -119,6 +119,9 @@ type Options struct {
 	// closes the GPU telemetry window there, so energy and cost cover the measured requests.
 	OnMeasureStart, OnMeasureEnd func()
 	Precision                    string // written to the metadata file; default bfloat16
+	// Probed says the caller already probed the server for what these options need (Probe,
+	// the cell pipeline's step right after readiness); otherwise Run probes first.
+	Probed bool
 }
 
 // Result is a finished (or interrupted) run.
@@ -255,6 +258,13 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 	}
 
 	res.EngineVersion = engineVersion(ctx, hc, base, res.Backend)
+	if !o.Probed {
+		// What the prompts need of the server (/tokenize, /detokenize) is asked first, so a
+		// server without it is named as such, not met halfway through building prompts.
+		if err := Probe(ctx, o); err != nil {
+			return nil, err
+		}
+	}
 	tk := &tokenizer{hc: hc, base: base, model: o.Model, apiKey: o.APIKey}
 	pr, err := buildPrompts(ctx, &o, tk, o.Warmup+o.NumSamples)
 	if err != nil {

@@ -404,8 +404,8 @@ func TestRunDatasetFileTokenizedByServer(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Run: %v", err)
 	}
-	if f.tokenizeN != 2 {
-		t.Errorf("tokenize called %d times, want once per distinct text (2)", f.tokenizeN)
+	if f.tokenizeN != 3 {
+		t.Errorf("tokenize called %d times, want once per distinct text (2) and once by the probe", f.tokenizeN)
 	}
 	// The texts have 10 and 7 words; each prompt is its text repeated and cut to 25 tokens.
 	periods := map[int]int{}

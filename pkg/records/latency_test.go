@@ -32,7 +32,7 @@ func TestPerRequestPrefill(t *testing.T) {
 	passes := []p{
 		{[]string{"a", "b"}, []bool{false, true}, 1}, // b done: 1
 		{[]string{"a", "c"}, []bool{true, false}, 2}, // a done: 1+2; c never finishes
-		{nil, nil, 10},                               // no per-request info
+		{nil, nil, 10}, // no per-request info
 	}
 	chunks := func(x p) ([]string, []bool) { return x.keys, x.last }
 	value := func(x p) float64 { return x.v }

@@ -54,6 +54,9 @@ const (
 	FaultIgnoreMaxTokens = "ignore-max-tokens"
 	FaultEndlessLine     = "endless-line"
 	FaultError200        = "error-200"
+	// FaultNoTokenize serves no /tokenize and /detokenize (404), as a server built without
+	// them: what the native client needs of the server is probed right after readiness.
+	FaultNoTokenize = "no-tokenize"
 	// FaultMetricsLie makes /metrics disagree with what was served, for the truth verdict's
 	// triangulation: the generation-token counter counts every token twice and vLLM's
 	// preemption counter counts one preemption per request admitted (the engine never
@@ -63,7 +66,7 @@ const (
 
 // Faults lists the valid Config.Fault values.
 var Faults = []string{FaultExitOnStart, FaultNeverReady, FaultIgnoreSIGTERM, FaultOOMOnStart, FaultCrashMidRun, FaultHTTP500Some, FaultUsageLie,
-	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200, FaultMetricsLie}
+	FaultStallMidStream, FaultNoHeaders, FaultIgnoreMaxTokens, FaultEndlessLine, FaultError200, FaultNoTokenize, FaultMetricsLie}
 
 // Config is everything the simulated server needs; cmd/moecapd fills it from flags and env.
 type Config struct {
@@ -245,6 +248,8 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"version": "0.11.0 (moecapd sim)"})
 	case path == "/metrics" && (!sg || s.cfg.EnableMetrics):
 		s.handleMetrics(w, r)
+	case (path == "/tokenize" || path == "/detokenize") && s.cfg.Fault == FaultNoTokenize:
+		writeError(w, http.StatusNotFound, "NotFoundError", fmt.Sprintf("%s %s: not served (--sim-fault %s)", r.Method, path, FaultNoTokenize))
 	case path == "/tokenize":
 		s.handleTokenize(w, r)
 	case path == "/detokenize":
