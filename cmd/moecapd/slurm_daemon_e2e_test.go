@@ -198,6 +198,24 @@ func TestSlurmDaemon(t *testing.T) {
 	if slices.ContainsFunc(states, func(s string) bool { return s != "COMPLETED" }) {
 		t.Errorf("job %s's tasks in squeue: %v, want every one COMPLETED", j1, states)
 	}
+	// The cluster owns the GPUs: no pool, no lease; the cells say where Slurm ran them.
+	var cv struct {
+		Executor string         `json:"executor"`
+		GPUs     []string       `json:"gpus"`
+		Leases   []daemon.Lease `json:"leases"`
+		Cells    []daemon.Cell  `json:"cells"`
+	}
+	if err := e.client().Call(context.Background(), "GET", "/v1/cells?job="+j1, nil, &cv); err != nil {
+		t.Fatal(err)
+	}
+	if cv.Executor != "slurm" || len(cv.GPUs) != 0 || len(cv.Leases) != 0 || len(cv.Cells) != 3 {
+		t.Errorf("/v1/cells: executor %q, gpus %v, leases %v, %d cells; want slurm, no pool, no lease, 3 cells", cv.Executor, cv.GPUs, cv.Leases, len(cv.Cells))
+	}
+	for _, c := range cv.Cells {
+		if len(c.GPUs) == 0 || !strings.HasPrefix(c.GPUs[0], "moecapd-n1:") || c.Slurm == nil || c.Slurm.Node != "moecapd-n1" {
+			t.Errorf("%s: gpus %v, slurm %+v; want the node's GPUs as NODE:GPU and the task's node", c.ID, c.GPUs, c.Slurm)
+		}
+	}
 	if !strings.Contains(p.output(), "following the Slurm arrays") {
 		t.Errorf("the restarted daemon did not say it follows the stored arrays:\n%s", p.output())
 	}
