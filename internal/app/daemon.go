@@ -45,17 +45,29 @@ func NodeGPUs(o MatrixOptions, log *zap.Logger) (gb gpu.Backend, pool, uuids []s
 			gb.Close()
 			return nil, nil, nil, exitcode.Usagef("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
 		}
-		for _, d := range devs {
-			pool = append(pool, strconv.Itoa(d.Index))
-			uuids = append(uuids, d.UUID)
-		}
+		pool, uuids = devicePool(devs)
 		return gb, pool, uuids, nil
 	}
-	if vis := os.Getenv("CUDA_VISIBLE_DEVICES"); vis != "" {
-		pool = strings.Split(vis, ",")
-		uuids = pool
+	pool = visiblePool()
+	return gb, pool, pool, nil
+}
+
+// devicePool is NVML's GPUs as a pool: their indices (for CUDA_VISIBLE_DEVICES) and
+// UUIDs (for the per-GPU locks).
+func devicePool(devs []gpu.Device) (pool, uuids []string) {
+	for _, d := range devs {
+		pool = append(pool, strconv.Itoa(d.Index))
+		uuids = append(uuids, d.UUID)
 	}
-	return gb, pool, uuids, nil
+	return pool, uuids
+}
+
+// visiblePool is CUDA_VISIBLE_DEVICES' entries without NVML to resolve them; nil when unset.
+func visiblePool() []string {
+	if vis := os.Getenv("CUDA_VISIBLE_DEVICES"); vis != "" {
+		return strings.Split(vis, ",")
+	}
+	return nil
 }
 
 // PlanMatrix is matrix plan's answer for a submitted job: every cell of the matrix that

@@ -86,6 +86,18 @@ type matrixSetup struct {
 	problems []cell.Problem
 }
 
+// onlyMatcher is --only compiled: the cell ids it keeps; nil (every cell) when empty.
+func onlyMatcher(re string) (func(string) bool, error) {
+	if re == "" {
+		return nil, nil
+	}
+	rx, err := regexp.Compile(re)
+	if err != nil {
+		return nil, exitcode.Usagef("--only %q: %v", re, err)
+	}
+	return rx.MatchString, nil
+}
+
 func loadMatrix(o MatrixOptions) (*config.Tables, *matrix.Matrix, error) {
 	tables, err := loadTables(o.ConfigsDir, "")
 	if err != nil {
@@ -142,12 +154,8 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 		return nil, exitcode.Usagef("this node's hardware %q: %v; restrict CUDA_VISIBLE_DEVICES to one GPU family or pass --hardware", label, err)
 	}
 	po := matrix.Options{IncludeDone: o.IncludeDone, NoSkip: o.NoSkip, RedoFailed: o.RedoFailed}
-	if re := o.Only; re != "" {
-		rx, err := regexp.Compile(re)
-		if err != nil {
-			return nil, exitcode.Usagef("--only %q: %v", re, err)
-		}
-		po.Only = rx.MatchString
+	if po.Only, err = onlyMatcher(o.Only); err != nil {
+		return nil, err
 	}
 	results, problems, err := readResults(o.ResultsFlag, log)
 	if err != nil {
@@ -398,14 +406,9 @@ func (s *matrixSetup) gpuPool() (pool, lockIDs []string) {
 		return nil, nil
 	}
 	if len(s.devs) > 0 {
-		for _, d := range s.devs {
-			pool = append(pool, strconv.Itoa(d.Index))
-			lockIDs = append(lockIDs, d.UUID)
-		}
-		return pool, lockIDs
+		return devicePool(s.devs)
 	}
-	if vis := os.Getenv("CUDA_VISIBLE_DEVICES"); vis != "" {
-		pool = strings.Split(vis, ",")
+	if pool = visiblePool(); pool != nil {
 		return pool, pool
 	}
 	for i := range s.node.Count {

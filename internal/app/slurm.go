@@ -172,17 +172,19 @@ func prepareSubmit(req SlurmSubmitRequest) (*slurmSubmit, error) {
 	if s.labels, err = hardwareLabels(mx, req.Hardware); err != nil {
 		return nil, err
 	}
-	s.plan = matrix.Options{IncludeDone: req.IncludeDone, NoSkip: req.NoSkip,
-		// A failed result is resubmitted: the cluster is where the matrix is redone.
-		RedoFailed: true}
-	if re := req.Only; re != "" {
-		rx, err := regexp.Compile(re)
-		if err != nil {
-			return nil, exitcode.Usagef("--only %q: %v", re, err)
-		}
-		s.plan.Only = rx.MatchString
+	if s.plan, err = slurmPlanOptions(req.IncludeDone, req.NoSkip, req.Only); err != nil {
+		return nil, err
 	}
 	return s, nil
+}
+
+// slurmPlanOptions is how slurm submit plans: a failed result is resubmitted (the cluster
+// is where the matrix is redone), --only keeps the cells it matches.
+func slurmPlanOptions(includeDone, noSkip bool, only string) (matrix.Options, error) {
+	o := matrix.Options{IncludeDone: includeDone, NoSkip: noSkip, RedoFailed: true}
+	var err error
+	o.Only, err = onlyMatcher(only)
+	return o, err
 }
 
 // hardwareLabels checks --hardware against the matrix's own labels.

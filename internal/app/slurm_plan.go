@@ -2,7 +2,6 @@ package app
 
 import (
 	"context"
-	"regexp"
 
 	"go.uber.org/zap"
 
@@ -21,14 +20,9 @@ func PlanSlurmCells(ctx context.Context, o MatrixOptions, cli *slurm.CLI, log *z
 	if err != nil {
 		return nil, err
 	}
-	s := &slurmSubmit{tables: tables, mx: mx, arrays: SlurmArrayOptions{CLI: cli},
-		plan: matrix.Options{IncludeDone: o.IncludeDone, NoSkip: o.NoSkip, RedoFailed: true}}
-	if re := o.Only; re != "" {
-		rx, err := regexp.Compile(re)
-		if err != nil {
-			return nil, exitcode.Usagef("--only %q: %v", re, err)
-		}
-		s.plan.Only = rx.MatchString
+	s := &slurmSubmit{tables: tables, mx: mx, arrays: SlurmArrayOptions{CLI: cli}}
+	if s.plan, err = slurmPlanOptions(o.IncludeDone, o.NoSkip, o.Only); err != nil {
+		return nil, err
 	}
 	results, _, err := readResults(o.ResultsFlag, log)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"sort"
 	"strings"
@@ -276,13 +275,12 @@ func SlurmCancel(ctx context.Context, req SlurmCancelRequest) error {
 	if err != nil {
 		return err
 	}
-	only := func(string) bool { return true }
-	if re := req.Only; re != "" {
-		rx, err := regexp.Compile(re)
-		if err != nil {
-			return exitcode.Usagef("--only %q: %v", re, err)
-		}
-		only = rx.MatchString
+	only, err := onlyMatcher(req.Only)
+	if err != nil {
+		return err
+	}
+	if only == nil {
+		only = func(string) bool { return true }
 	}
 	rec, err := slurm.ReadRecord(root)
 	if err != nil {

@@ -18,7 +18,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"forward_mode":"decode","latency":-1,"batch_size":-3}` + "\n" + `[{"latency":1e308},{}]`))
 	f.Add([]byte(`{"records":[{"forward_mode":"extend","seq_lens_sum":null}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		ps, _, _ := decode(data)
+		ps, _, _ := decode(data, true)
 		for i := range ps {
 			_ = ps[i].Mode.DecodeStep()
 			_ = Val(ps[i].DecodeBatch())

@@ -42,7 +42,9 @@ func ReadDir(dir string) (*Set, error) {
 	set := &Set{}
 	// Every file here may be compressed at rest (fsx: NAME.zst once the cell has ended).
 	if b, err := fsx.ReadFile(filepath.Join(dir, WindowFile)); err == nil {
-		ps, _, err := decode(b)
+		// The one file read: no other file's records to compare with, so no canonical forms
+		// (re-encoding every record was most of the time a report spent here).
+		ps, _, err := decode(b, false)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", filepath.Join(dir, WindowFile), err)
 		}
@@ -69,7 +71,7 @@ func ReadDir(dir string) (*Set, error) {
 		if err != nil {
 			return err
 		}
-		ps, keys, err := decode(b)
+		ps, keys, err := decode(b, true)
 		if err != nil {
 			return fmt.Errorf("%s: %w", path, err)
 		}
@@ -142,9 +144,10 @@ func sameRaw(a, b *Pass) bool {
 }
 
 // decode reads a stream of JSON values (one document or JSON lines) and returns the pass
-// records among them with a canonical form of each (the same pass re-encoded by another
-// writer has the same form). Bytes that are not JSON at all hold no records.
-func decode(b []byte) ([]Pass, []string, error) {
+// records among them with, when canon, a canonical form of each (the same pass re-encoded
+// by another writer has the same form; without canon one "" per record, which only
+// counts). Bytes that are not JSON at all hold no records.
+func decode(b []byte, canon bool) ([]Pass, []string, error) {
 	dec := json.NewDecoder(bytes.NewReader(b))
 	var ps []Pass
 	var keys []string
@@ -160,11 +163,11 @@ func decode(b []byte) ([]Pass, []string, error) {
 			}
 			return ps, keys, fmt.Errorf("after %d records: %w", len(keys), err)
 		}
-		ps, keys = addValue(v, ps, keys)
+		ps, keys = addValue(v, ps, keys, canon)
 	}
 }
 
-func addValue(v json.RawMessage, ps []Pass, keys []string) ([]Pass, []string) {
+func addValue(v json.RawMessage, ps []Pass, keys []string, canon bool) ([]Pass, []string) {
 	v = bytes.TrimSpace(v)
 	if len(v) == 0 {
 		return ps, keys
@@ -176,7 +179,7 @@ func addValue(v json.RawMessage, ps []Pass, keys []string) ([]Pass, []string) {
 			return ps, keys
 		}
 		for _, e := range arr {
-			ps, keys = addValue(e, ps, keys)
+			ps, keys = addValue(e, ps, keys, canon)
 		}
 	case '{':
 		var probe struct {
@@ -188,13 +191,16 @@ func addValue(v json.RawMessage, ps []Pass, keys []string) ([]Pass, []string) {
 		}
 		if probe.ForwardMode == nil {
 			if len(probe.Records) > 0 {
-				return addValue(probe.Records, ps, keys)
+				return addValue(probe.Records, ps, keys, canon)
 			}
 			return ps, keys
 		}
 		p, err := Parse(v)
 		if err != nil {
 			return ps, append(keys, string(v))
+		}
+		if !canon {
+			return append(ps, p), append(keys, "")
 		}
 		return append(ps, p), append(keys, canonical(v))
 	}
