@@ -41,6 +41,9 @@ func TestRateSweepAndFindMaxRate(t *testing.T) {
 			t.Errorf("rate %g: %d completed, goodput %+v, asked rate %v", p.Rate, p.Metrics.Completed, g, p.Metrics.RequestRate)
 		}
 	}
+	if m.Versions.Backend != "0.5.8 (moecapd sim)" {
+		t.Errorf("backend version %q, want what the sim's /get_server_info says", m.Versions.Backend)
+	}
 	if *m.Metrics.MeanTTFTMs != *low.Metrics.MeanTTFTMs {
 		t.Error("the cell's metrics are not the first rate's")
 	}

@@ -177,14 +177,28 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		AllowUnknownModel: o.AllowUnknownModel,
 		Repeats:           o.Repeats, RepeatFreshServer: o.RepeatFreshServer, UnstableCV: o.UnstableCV,
 	}
-	if c.Repeats > 1 && client != cell.ClientNative {
-		return nil, nil, exitcode.Usagef("--repeats %d needs the native client (--client native): the MoE-CAP runner's files of one run would be mixed with the next's", c.Repeats)
+	if err := nativeSettings(c, o); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	if err := o.Load.apply(c); err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return c, cleanup, nil
+}
+
+// nativeSettings checks the client settings against each other and fills the native
+// client's options (c.Native) from them.
+func nativeSettings(c *cell.Config, o CellOptions) error {
+	if c.Repeats > 1 && c.Client != cell.ClientNative {
+		return exitcode.Usagef("--repeats %d needs the native client (--client native): the MoE-CAP runner's files of one run would be mixed with the next's", c.Repeats)
 	}
 	c.Native.Warmup = o.Warmup
 	c.Native.RequestTimeout, c.Native.IdleTimeout, c.Native.BenchTimeout = o.RequestTimeout, o.IdleTimeout, o.BenchTimeout
 	c.Native.Seed = o.Seed
 	c.Native.Dataset = o.Dataset
-	if c.Native.Dataset == "" && backend == launcher.BackendSim && o.DatasetFile == "" {
+	if c.Native.Dataset == "" && c.Backend == launcher.BackendSim && o.DatasetFile == "" {
 		// The sim's toy tokenizer gives dataset text no meaning; seeded ids need no network.
 		c.Native.Dataset = "random"
 	}
@@ -197,16 +211,12 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		c.Native.PromptStyle = profile.PromptExactIDs
 	}
 	if ps := c.Native.PromptStyle; ps != profile.PromptExactIDs && ps != profile.PromptUpstream {
-		return nil, nil, exitcode.Usagef("--prompt-style %q: want exact-ids or upstream", ps)
+		return exitcode.Usagef("--prompt-style %q: want exact-ids or upstream", ps)
 	}
 	if c.Native.AllowedBadRequests < 0 {
-		return nil, nil, exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
+		return exitcode.Usagef("--allow-bad-requests %d: want ≥ 0", c.Native.AllowedBadRequests)
 	}
-	if err := o.Load.apply(c); err != nil {
-		cleanup()
-		return nil, nil, err
-	}
-	return c, cleanup, nil
+	return nil
 }
 
 // loadTables reads the model and hardware tables and where models outside them are

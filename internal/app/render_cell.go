@@ -63,6 +63,13 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 		fmt.Fprintf(w, "throughput  %s output tok/s  %s total tok/s  %s req/s over %s\n", f(&x.OutputThroughput), f(&x.TotalTokenThroughput), f(&x.RequestThroughput), sec(x.DurationS))
 	}
 	printLoad(w, m)
+	printTelemetry(w, m, f)
+	printCAP(w, m)
+	printTruth(w, m)
+}
+
+// printTelemetry is the summary's GPU line: what NVML sampled, or why nothing was.
+func printTelemetry(w io.Writer, m *cell.Manifest, f func(*float64) string) {
 	if tm := m.Telemetry; tm != nil {
 		if !tm.Available {
 			fmt.Fprintf(w, "telemetry unavailable: %s\n", tm.Reason)
@@ -83,7 +90,10 @@ func WriteCellSummary(w io.Writer, dir string, m *cell.Manifest) {
 			fmt.Fprintln(w)
 		}
 	}
-	printCAP(w, m)
+}
+
+// printTruth is the summary's truth line: the verdict and the checks that failed.
+func printTruth(w io.Writer, m *cell.Manifest) {
 	if t, ok := m.Truth(); ok {
 		var failed []string
 		for _, c := range t.Checks {

@@ -244,7 +244,8 @@ func (s *Server) Handler() http.Handler {
 	}))
 	mux.HandleFunc("GET /v1/cells", auth(func(w http.ResponseWriter, r *http.Request, _ string) {
 		writeJSON(w, 200, map[string]any{"cells": nonNil(s.D.Cells(r.URL.Query().Get("job"), r.URL.Query().Get("state"))),
-			"leases": nonNil(s.D.Leases()), "gpus": nonNil(s.D.pool), "slots": s.D.slots})
+			"leases": nonNil(s.D.Leases()), "gpus": nonNil(s.D.pool), "slots": s.D.slots,
+			"executor": s.D.Executor()})
 	}))
 	mux.HandleFunc("GET /v1/cells/{id}/log", auth(s.cellLog))
 	mux.HandleFunc("GET /v1/events", auth(s.eventsSSE))

@@ -84,6 +84,14 @@ type slurmExec struct {
 	unreachable string
 }
 
+// Executor names where the daemon's cells run: "local" or "slurm".
+func (d *Daemon) Executor() string {
+	if _, ok := d.exec.(*slurmExec); ok {
+		return "slurm"
+	}
+	return "local"
+}
+
 // newSlurmDaemon is New for --executor slurm: the store and the jobs, no GPUs of this node.
 func newSlurmDaemon(ctx context.Context, o app.MatrixOptions, opt Options, t0 time.Time) (*Daemon, error) {
 	log := opt.Log

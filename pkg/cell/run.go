@@ -632,6 +632,11 @@ func (r *runner) bench(ctx context.Context, run benchRun) {
 		// A time-scaled sim's client numbers are recorded in physical units (issue 19).
 		r.m.Metrics = met.Unscaled(r.m.TimeScale())
 	}
+	if r.m.Versions.Backend == "" {
+		// What the server said its version is, as the client recorded it (absent when it
+		// did not say): compare sets the two sides' versions side by side.
+		r.m.Versions.Backend = profile.EngineVersionOf(run.files.Client())
+	}
 	if err != nil && ctx.Err() == nil {
 		// Requests fail the moment a server dies, a little before the exit is reaped: give
 		// the reaper a moment so the cell blames the server, not the client.

@@ -605,3 +605,26 @@ func RunnerArgs(configFile, apiURL, backend string, batchSize int, outputDir str
 	}
 	return append(args, extra...)
 }
+
+// EngineVersionOf is the inference engine version the newest result under outputDir
+// records (metadata_<ds>_<ts>.json's system_environment.inference_engine_version: what the
+// server said, written by the runner and by the native client alike); "" when there is no
+// such file or it says "unknown".
+func EngineVersionOf(outputDir string) string {
+	p, ds, stamp, err := findRunnerMetrics(outputDir)
+	if err != nil {
+		return ""
+	}
+	b, err := fsx.ReadFile(filepath.Join(filepath.Dir(p), "metadata_"+ds+"_"+stamp+".json"))
+	if err != nil {
+		return ""
+	}
+	var md RunnerMetadata
+	if json.Unmarshal(b, &md) != nil {
+		return ""
+	}
+	if v := strings.TrimSpace(md.SystemEnvironment.InferenceEngineVersion); v != "unknown" {
+		return v
+	}
+	return ""
+}

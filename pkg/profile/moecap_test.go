@@ -220,3 +220,20 @@ func TestNoClockNoZeros(t *testing.T) {
 		t.Errorf("measured counts lost: %+v", m)
 	}
 }
+
+func TestEngineVersionOf(t *testing.T) {
+	for _, tc := range []struct{ wrote, want string }{{"0.5.8", "0.5.8"}, {"unknown", ""}, {"", ""}} {
+		dir := t.TempDir()
+		f := &RunnerFiles{}
+		f.Metadata.SystemEnvironment.InferenceEngineVersion = tc.wrote
+		if _, err := WriteRunnerFiles(ModelDir(dir, "org/name"), "gsm8k", time.Now(), f); err != nil {
+			t.Fatal(err)
+		}
+		if got := EngineVersionOf(dir); got != tc.want {
+			t.Errorf("metadata says %q: EngineVersionOf = %q, want %q", tc.wrote, got, tc.want)
+		}
+	}
+	if got := EngineVersionOf(t.TempDir()); got != "" {
+		t.Errorf("no result files: %q, want absent", got)
+	}
+}

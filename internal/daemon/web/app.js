@@ -7,7 +7,7 @@ const MAX_ROWS = 200; // rows a table shows; the rest are counted
 const FINAL_WITH_REPORT = { ok: 1, failed: 1, infeasible: 1, skipped: 1, interrupted: 1 };
 const FAILED = { failed: 1, infeasible: 1 };
 
-let jobs = [], cells = [], pool = [], slots = 0;
+let jobs = [], cells = [], pool = [], slots = 0, executor = "local";
 const byKey = new Map(); // job/cell -> cell
 
 function el(tag, text, cls) {
@@ -237,7 +237,7 @@ function render() {
   renderJobs(); renderRunning(); renderLanes(); renderQueue(); renderFinished();
   const n = cells.filter(c => c.state === "running").length, q = cells.filter(c => c.state === "queued").length;
   document.getElementById("status").textContent = jobs.length + " jobs · " + n + " running · " + q + " queued · " +
-    (pool.length ? pool.length + " GPUs" : slots + " slots, no GPUs") + " · updated " + fmtTime(new Date().toISOString());
+    (executor === "slurm" ? "cells run as Slurm tasks" : pool.length ? pool.length + " GPUs" : slots + " slots, no GPUs") + " · updated " + fmtTime(new Date().toISOString());
 }
 
 async function refresh() {
@@ -248,7 +248,7 @@ async function refresh() {
   }
   jobs = (await jr.json()).jobs;
   const cv = await cr.json();
-  cells = cv.cells; pool = cv.gpus || []; slots = cv.slots || 0;
+  cells = cv.cells; pool = cv.gpus || []; slots = cv.slots || 0; executor = cv.executor || "local";
   byKey.clear();
   for (const c of cells) byKey.set(c.job + "/" + c.id, c);
   render();
