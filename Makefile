@@ -50,11 +50,13 @@ lint: $(GOLANGCI_LINT)
 	$(GOLANGCI_LINT) run ./...
 
 # One cell on the built-in simulated backend (no GPU, no conda): Qwen1.5-MoE on a simulated
-# 1xH100, 4k-1k, batch 32, then the report of the results.
+# 1xH100, 4k-1k, batch 32, then the report of the results. Both commands pick their log
+# format alike (--log-format auto: console on a terminal, JSON when piped), so the output is
+# never console and JSON mixed.
 DEMO_RESULTS ?= results-demo
 demo: build
 	$(BIN) launch-and-bench --backend sim --config configs/fixed_4k_1k_qwen1_5.yaml \
-		--batch-size 32 --num-samples 64 --port 0 --results $(DEMO_RESULTS) --log-format console
+		--batch-size 32 --num-samples 64 --port 0 --results $(DEMO_RESULTS)
 	@if $(BIN) report --help >/dev/null 2>&1; then \
 		$(BIN) report --results $(DEMO_RESULTS) --out $(DEMO_RESULTS)/report && \
 		echo "report: $$(pwd)/$(DEMO_RESULTS)/report/index.html"; fi

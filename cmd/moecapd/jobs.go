@@ -6,10 +6,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
-	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -34,18 +31,8 @@ func addServerFlags(cmd *cobra.Command) {
 
 func clientOf(cmd *cobra.Command) (*daemon.Client, error) {
 	server, _ := cmd.Flags().GetString("server")
-	if server == "" {
-		server = os.Getenv(daemon.EnvServer)
-	}
-	tok := os.Getenv("MOECAPD_TOKEN")
-	if p, _ := cmd.Flags().GetString("token-file"); p != "" {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, usageErrorf("--token-file: %v", err)
-		}
-		tok = strings.TrimSpace(string(b))
-	}
-	return daemon.NewClient(server, tok)
+	tokens, _ := cmd.Flags().GetString("token-file")
+	return daemon.ClientFor(server, tokens)
 }
 
 func newSubmitCmd() *cobra.Command {
@@ -134,16 +121,7 @@ func newJobsCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "JOB\tOWNER\tPRIORITY\tSTATE\tOK\tFAILED\tRUNNING\tQUEUED\tOTHER\tCREATED\tMATRIX")
-			for _, j := range js {
-				n := j.Counts
-				other := n[daemon.CellSkipped] + n[daemon.CellInterrupted] + n[daemon.CellCancelled]
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", j.ID, j.Owner, j.Priority, j.State,
-					n[daemon.CellOK], n[daemon.CellFailed]+n[daemon.CellInfeasible], n[daemon.CellRunning], n[daemon.CellQueued], other,
-					j.Created.Local().Format(time.DateTime), j.Spec.Matrix)
-			}
-			return tw.Flush()
+			return daemon.WriteJobs(cmd.OutOrStdout(), js)
 		},
 	}
 	addServerFlags(cmd)
@@ -164,17 +142,7 @@ func newJobCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			fmt.Printf("job %s  owner %s  priority %d  state %s  matrix %s\n\n", j.ID, j.Owner, j.Priority, j.State, j.Spec.Matrix)
-			tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "CELL\tSTATE\tPHASE\tATTEMPTS\tRERUNS\tGPUS\tWHY")
-			for _, x := range cs {
-				phase := ""
-				if x.State == daemon.CellRunning {
-					phase = x.Phase
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%s\t%s\n", x.ID, x.State, phase, x.Attempts, x.Reruns, strings.Join(x.GPUs, ","), x.Reason)
-			}
-			return tw.Flush()
+			return daemon.WriteJob(cmd.OutOrStdout(), j, cs)
 		},
 	}
 	addServerFlags(cmd)

@@ -10,10 +10,12 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 	"go.uber.org/zap"
 
 	"github.com/moecapd/moecapd/internal/app"
+	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
@@ -40,6 +42,16 @@ func newRootCmd() *cobra.Command {
 	// Not --config-file: `moecapd bench` takes the MoE-CAP runner's --config-file.
 	root.PersistentFlags().String("settings", "", "moecapd settings file: keys are flag names (default ./moecapd.yaml when present)")
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		// An unknown flag is answered with ours: a server's spelling of one of our flags
+		// (--tensor-parallel-size, --tp-size → --tp) or the nearest of this command's flags.
+		var ne *pflag.NotExistError
+		if errors.As(err, &ne) {
+			var known []string
+			c.Flags().VisitAll(func(f *pflag.Flag) { known = append(known, f.Name) })
+			if hint := config.FlagHint(ne.GetSpecifiedName(), known); hint != "" {
+				return usageErrorf("%v: %s (see moecapd %s --help)", err, hint, c.Name())
+			}
+		}
 		return usageErrorf("%v (see moecapd %s --help)", err, c.Name())
 	})
 	for _, f := range subcommands {

@@ -21,6 +21,7 @@ import (
 	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/launcher"
+	"github.com/moecapd/moecapd/pkg/sim"
 )
 
 // waitManifest waits until the only cell under results has a manifest for which ok is true.
@@ -112,7 +113,7 @@ func TestDaemonizedWorkersDieInTeardown(t *testing.T) {
 	results := t.TempDir()
 	cfg := tinyConfig(t, qwen, 32, 100, 12)
 	c := exec.Command(bin, simArgs(results, cfg, 2, "--grace", "500ms", "--", "--sim-workers", "2", "--sim-tpot", "10ms")...)
-	c.Env = append(os.Environ(), simDaemonEnv+"=1")
+	c.Env = append(os.Environ(), sim.DaemonEnv+"=1")
 	var out strings.Builder
 	c.Stdout, c.Stderr = &out, &out
 	if err := c.Start(); err != nil {
@@ -151,7 +152,7 @@ func TestSIGKILLWithDaemonizedWorkersThenRerun(t *testing.T) {
 	results := filepath.Join(t.TempDir(), "runs[1]") // glob characters must hide nothing
 	cfg := tinyConfig(t, qwen, 32, 200, 50)
 	c := exec.Command(bin, simArgs(results, cfg, 2, "--", "--sim-tpot", "20ms", "--sim-workers", "2")...)
-	c.Env = append(os.Environ(), simDaemonEnv+"=1")
+	c.Env = append(os.Environ(), sim.DaemonEnv+"=1")
 	if err := c.Start(); err != nil {
 		t.Fatal(err)
 	}

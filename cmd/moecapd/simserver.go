@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"os/signal"
-	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -80,63 +78,16 @@ wrappers.`,
 	return c
 }
 
-// splitServerArgs separates the flags this command knows from the ones it ignores. An
-// unknown flag without "=" takes the next argument as its value unless that looks like a
-// flag, which is how argparse reads "--mem-fraction-static 0.8".
-func splitServerArgs(fs *pflag.FlagSet, args []string) (known, ignored []string) {
-	looksLikeFlag := func(s string) bool {
-		if !strings.HasPrefix(s, "-") || s == "-" {
-			return false
-		}
-		_, err := strconv.ParseFloat(s, 64)
-		return err != nil
-	}
-	for i := 0; i < len(args); i++ {
-		a := args[i]
-		if a == "--" {
-			continue // pass-through separator of the launcher: what follows is still flags
-		}
-		if a == "-tp" || strings.HasPrefix(a, "-tp=") {
-			a = "--tensor-parallel-size" + strings.TrimPrefix(a, "-tp")
-		}
-		if !looksLikeFlag(a) {
-			ignored = append(ignored, a)
-			continue
-		}
-		name, _, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		var f *pflag.Flag
-		if len(name) == 1 && !strings.HasPrefix(a, "--") {
-			f = fs.ShorthandLookup(name)
-		} else {
-			f = fs.Lookup(name)
-		}
-		if f == nil {
-			if !hasVal && i+1 < len(args) && !looksLikeFlag(args[i+1]) && args[i+1] != "--" {
-				a += " " + args[i+1]
-				i++
-			}
-			ignored = append(ignored, a)
-			continue
-		}
-		known = append(known, a)
-		if !hasVal && f.Value.Type() != "bool" && i+1 < len(args) {
-			known = append(known, args[i+1])
-			i++
-		}
-	}
-	return known, ignored
-}
-
 func runSimServer(cmd *cobra.Command, args []string) error {
 	out := cmd.OutOrStdout()
 	fs := cmd.Flags()
-	known, ignored := splitServerArgs(fs, args)
+	known, ignored := sim.SplitServerArgs(fs, args)
 	parseErr := fs.Parse(known)
 	if w, _ := fs.GetBool("sim-worker"); w && parseErr == nil {
 		rank, _ := fs.GetInt("sim-worker-rank")
-		switch os.Getenv(simDaemonEnv) {
+		switch os.Getenv(sim.DaemonEnv) {
 		case "1":
-			return daemonizeWorker(rank)
+			return sim.DaemonizeWorker(rank)
 		case "2":
 			// Only SIGKILL ends it, and only a supervisor that tracks more than parent PIDs
 			// and process groups finds it.
@@ -185,28 +136,6 @@ func runSimServer(cmd *cobra.Command, args []string) error {
 	default:
 		return err
 	}
-}
-
-// simDaemonEnv=1 in a sim server's environment makes each of its --sim-workers double-fork
-// and call setsid, as Ray's raylet does (a fault for the teardown tests; not a flag, so the
-// server's argv stays the wrappers').
-const simDaemonEnv = "MOECAPD_SIM_DAEMON_WORKERS"
-
-// daemonizeWorker starts the worker again in a new session and exits: the new one is
-// reparented away from the server, out of its process group, and ignores SIGTERM.
-func daemonizeWorker(rank int) error {
-	exe, err := os.Executable()
-	if err != nil {
-		return err
-	}
-	c := exec.Command(exe, "sim-server", "--sim-worker", "--sim-worker-rank", strconv.Itoa(rank))
-	c.Env = append(os.Environ(), simDaemonEnv+"=2")
-	c.Stdout, c.Stderr = os.Stdout, os.Stderr
-	c.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if err := c.Start(); err != nil {
-		return fmt.Errorf("sim: daemonize worker %d: %w", rank, err)
-	}
-	return nil
 }
 
 // readSimFlags reads sim-server's parsed flags into sim.ServerFlags.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/moecapd/moecapd/internal/daemon"
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/nodelock"
 	"github.com/moecapd/moecapd/pkg/slurm"
 )
 
@@ -135,6 +136,29 @@ func TestSlurmDaemon(t *testing.T) {
 	<-p.done
 	p = e.start(serve...)
 
+	// The cluster owns the GPUs: the daemon holds no node lock.
+	t.Setenv(nodelock.EnvRunDir, e.runDir)
+	if err := nodelock.Check(); err != nil {
+		t.Errorf("a Slurm daemon holds the node lock: %v", err)
+	}
+	// What follows is announced on /v1/events, as on a node.
+	evctx, evstop := context.WithCancel(context.Background())
+	defer evstop()
+	events := make(chan daemon.Event, 1024)
+	evDone := make(chan struct{})
+	go func() {
+		defer close(evDone)
+		_ = e.client().Events(evctx, func(ev daemon.Event) {
+			if ev.Job == j2 {
+				select {
+				case events <- ev:
+				default:
+				}
+			}
+		})
+	}()
+	defer func() { evstop(); <-evDone }()
+
 	// Cancel job 2 once its cell benches (its manifest says so): its task is cancelled in
 	// Slurm, the cell torn down and interrupted.
 	e.waitCellState(j2, slow, daemon.CellRunning, string(cell.PhaseBench), 3*time.Minute)
@@ -150,6 +174,19 @@ func TestSlurmDaemon(t *testing.T) {
 	}
 	if m, err := cell.ReadManifest(filepath.Join(e.results, slow)); err != nil || m.Status != cell.StatusInterrupted {
 		t.Errorf("cancelled cell's manifest: %v %+v; want interrupted", err, m)
+	}
+	var seen []string
+	for got := false; !got; {
+		select {
+		case ev := <-events:
+			seen = append(seen, ev.Type+":"+ev.Cell+":"+ev.State)
+			got = ev.Type == "cell" && ev.Cell == slow && ev.State == daemon.CellInterrupted
+		case <-time.After(time.Minute):
+			t.Fatalf("no cell event of %s interrupted on /v1/events; saw %v", slow, seen)
+		}
+	}
+	if !slices.Contains(seen, "job::"+daemon.JobCancelled) {
+		t.Errorf("events of job %s: %v; want the job cancelled before its cell interrupted", j2, seen)
 	}
 
 	// Job 1 finishes ok, through the CLI's views.

@@ -35,6 +35,7 @@ func NewLogger(level, format string) (*zap.Logger, error) {
 		cfg := zap.NewProductionConfig()
 		cfg.EncoderConfig.EncodeTime = zapcore.ISO8601TimeEncoder
 		cfg.Sampling = nil
+		cfg.DisableStacktrace = true // a failed cell is the user's news, not a bug's trace
 		cfg.Level = zap.NewAtomicLevelAt(lvl)
 		cfg.OutputPaths = []string{"stderr"}
 		return cfg.Build()

@@ -135,6 +135,13 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
 	tables, err := loadTables(o.ConfigsDir, o.ModelConfig)
+	// A label that cannot be a cell-id part is refused as such by the plan; a valid one near a
+	// known family gets the did-you-mean.
+	if err == nil && o.Hardware != "" && cell.ValidPart(o.Hardware) {
+		if hint := config.HardwareHint(o.Hardware, tables.Families()); hint != "" {
+			return nil, nil, exitcode.Usagef("--hardware %q: %s", o.Hardware, hint)
+		}
+	}
 	if err != nil {
 		return nil, nil, err
 	}

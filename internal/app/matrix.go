@@ -139,6 +139,9 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 		return nil, exitcode.New(exitcode.Usage, err)
 	}
 	label := o.Hardware
+	if hint := config.HardwareHint(label, s.tables.Families()); label != "" && hint != "" {
+		return nil, exitcode.Usagef("--hardware %q: %s", label, hint)
+	}
 	if s.gb.Available() {
 		if s.devs, err = s.gb.Resolve(os.Getenv("CUDA_VISIBLE_DEVICES")); err != nil {
 			return nil, exitcode.Usagef("CUDA_VISIBLE_DEVICES=%q: %v", os.Getenv("CUDA_VISIBLE_DEVICES"), err)
@@ -161,10 +164,30 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 	s.problems = problems
 	s.items = matrix.Plan(s.mx, s.tables, s.node, results, po)
 	if o.Only != "" && len(s.items) > 0 && matrix.Selected(s.items) == 0 {
-		return nil, exitcode.Usagef("--only %q matches none of the matrix's %d cells, so there is no cell to run (ids look like %s; it is a regular expression over them)",
-			o.Only, len(s.items), s.items[0].Cell.ID)
+		return nil, exitcode.Usagef("--only %q matches none of the matrix's %d cells, so there is no cell to run (%sids look like %s; it is a regular expression over them)",
+			o.Only, len(s.items), nearestSelector(o.Only, s.items), s.items[0].Cell.ID)
 	}
 	return s, nil
+}
+
+// nearestSelector is "did you mean X? " for an --only that matched nothing: the cell id,
+// or the id part (model key, hardware label, task, batch, backend), nearest to it; "" when
+// none is near.
+func nearestSelector(only string, items []*matrix.Item) string {
+	var cands []string
+	seen := map[string]bool{}
+	for _, it := range items {
+		for _, c := range append([]string{it.Cell.ID}, strings.Split(it.Cell.ID, ".")...) {
+			if !seen[c] {
+				seen[c] = true
+				cands = append(cands, c)
+			}
+		}
+	}
+	if c := config.Closest(strings.Trim(only, "^$"), cands); c != "" {
+		return fmt.Sprintf("did you mean %q? ", c)
+	}
+	return ""
 }
 
 // slots is how many cells may run at once: 1 unless --pack; with --pack, --slots or

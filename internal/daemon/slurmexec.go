@@ -78,8 +78,6 @@ type slurmExec struct {
 	// submitMu serialises submissions: app.SubmitArrays holds the results root's submit
 	// lock, which a second submit would find taken.
 	submitMu sync.Mutex
-	// mx caches loaded matrices by path (a job's cells are found again by id).
-	mx map[string]*matrix.Matrix
 	// unreachable is the last poll's Slurm error, logged once per change.
 	unreachable string
 }
@@ -95,7 +93,7 @@ func (d *Daemon) Executor() string {
 // newSlurmDaemon is New for --executor slurm: the store and the jobs, no GPUs of this node.
 func newSlurmDaemon(ctx context.Context, o app.MatrixOptions, opt Options, t0 time.Time) (*Daemon, error) {
 	log := opt.Log
-	sx := &slurmExec{opt: *opt.Slurm, cli: opt.Slurm.Arrays.CLI, poll: opt.Slurm.Poll, mx: map[string]*matrix.Matrix{}}
+	sx := &slurmExec{opt: *opt.Slurm, cli: opt.Slurm.Arrays.CLI, poll: opt.Slurm.Poll}
 	if sx.cli == nil {
 		sx.cli = &slurm.CLI{}
 	}
@@ -171,17 +169,14 @@ func (sx *slurmExec) plan(s Spec) ([]*Cell, error) {
 	return cs, nil
 }
 
-// matrixCells finds a job's cells in its matrix.
+// matrixCells finds a job's cells in its matrix, read again (the file may have changed
+// since an earlier job of the same path).
 func (sx *slurmExec) matrixCells(j *Job, ids []string) ([]*matrix.Cell, error) {
-	mx := sx.mx[j.Spec.Matrix]
-	if mx == nil {
-		o := sx.d.o
-		o.Matrix = j.Spec.Matrix
-		var err error
-		if mx, err = app.LoadMatrix(o); err != nil {
-			return nil, err
-		}
-		sx.mx[j.Spec.Matrix] = mx
+	o := sx.d.o
+	o.Matrix = j.Spec.Matrix
+	mx, err := app.LoadMatrix(o)
+	if err != nil {
+		return nil, err
 	}
 	var out []*matrix.Cell
 	for _, id := range ids {
@@ -225,13 +220,15 @@ func (sx *slurmExec) submit(ctx context.Context, j *Job) error {
 			}
 		}
 		code := 500
+		var ce *slurm.CommandError
 		switch {
-		case strings.Contains(err.Error(), "nice"):
-			// A negative --nice (priority above 0) needs a Slurm operator.
-			code = 400
-			err = fmt.Errorf("%w (on Slurm --priority N becomes sbatch --nice=-N; above 0 it needs the daemon's user to be a Slurm operator or admin)", err)
 		case errors.Is(err, slurm.ErrController) || errors.Is(err, slurm.ErrNoSlurm):
 			code = 503
+		case errors.As(err, &ce) && j.Slurm.Nice < 0:
+			// sbatch refused a job asking to run before others: a negative --nice needs a
+			// Slurm operator or admin.
+			code = 400
+			err = fmt.Errorf("%w (on Slurm --priority N is sbatch --nice=-N; a priority above 0 needs the daemon's user to be a Slurm operator or admin; 0 and below always work)", err)
 		}
 		return sx.refuse(j, &SubmitError{code, err})
 	}

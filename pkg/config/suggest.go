@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 )
@@ -104,4 +105,66 @@ func MeanHint(got string, options []string) string {
 		return fmt.Sprintf(" (did you mean %q?)", c)
 	}
 	return ""
+}
+
+// foreignFlags are the servers' own spellings of what a moecapd flag sets: moecapd answers
+// them with its flag, never takes them silently (its flag sets more than the server's: the
+// client's in-flight count too, the cell id, the GPUs).
+var foreignFlags = map[string]struct{ ours, whose string }{
+	"tensor-parallel-size": {"tp", "vLLM's"},
+	"tp-size":              {"tp", "SGLang's"},
+	"max-num-seqs":         {"batch-size", "vLLM's"},
+	"max-running-requests": {"batch-size", "SGLang's"},
+}
+
+// FlagHint is what to say of an unknown flag name (without dashes) of a command whose
+// flags are known: a server's spelling of one of them is answered with moecapd's
+// ("--tp-size is SGLang's spelling; moecapd's flag is --tp"), anything else with the
+// nearest known flag ("did you mean --batch-size?"); "" when nothing is near.
+func FlagHint(name string, known []string) string {
+	name = strings.TrimLeft(name, "-")
+	if f, ok := foreignFlags[strings.ReplaceAll(name, "_", "-")]; ok && slices.Contains(known, f.ours) {
+		return fmt.Sprintf("--%s is %s spelling; moecapd's flag is --%s (it also sets the server's)", name, f.whose, f.ours)
+	}
+	if c := Closest(name, known); c != "" && c != name {
+		return fmt.Sprintf("did you mean --%s?", c)
+	}
+	return ""
+}
+
+// HardwareHint is the did-you-mean of a hardware label (--hardware): for a part of
+// "<count>x<family>[+…]" without its count, or whose family is not one of families but
+// near one ("1xH10O"), the label probably meant ("did you mean 1xH100?"); "" when every
+// part names a known family or one near none (an NVML name such as L40S is a label too).
+func HardwareHint(label string, families []string) string {
+	parts := strings.Split(label, "+")
+	fixed, changed := make([]string, len(parts)), false
+	for i, p := range parts {
+		n, fam, ok := strings.Cut(p, "x")
+		if !ok || n == "" || strings.Trim(n, "0123456789") != "" {
+			n, fam = "1", p // no count: one GPU of the family meant
+		}
+		fixed[i] = n + "x" + fam
+		if slices.Contains(families, fam) {
+			changed = changed || fixed[i] != p
+			continue
+		}
+		if c := Closest(fam, families); c != "" {
+			fixed[i], changed = n+"x"+c, true
+		}
+	}
+	if !changed {
+		return ""
+	}
+	return fmt.Sprintf("did you mean %s? (a label is <gpu count>x<family>, families: %s)", strings.Join(fixed, "+"), strings.Join(families, ", "))
+}
+
+// Families are the hardware table's GPU families, sorted.
+func (t *Tables) Families() []string {
+	var out []string
+	for f := range t.Hardware {
+		out = append(out, f)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -80,6 +81,33 @@ func TestClosestAndFlagErrors(t *testing.T) {
 	} {
 		if got := c.err.Error(); got != c.want {
 			t.Errorf("Error() = %q, want %q", got, c.want)
+		}
+	}
+}
+
+func TestFlagAndHardwareHints(t *testing.T) {
+	known := []string{"tp", "batch-size", "hardware"}
+	for name, want := range map[string]string{
+		"tensor-parallel-size": "vLLM's spelling; moecapd's flag is --tp",
+		"tp_size":              "SGLang's spelling; moecapd's flag is --tp",
+		"max-num-seqs":         "moecapd's flag is --batch-size",
+		"hardwre":              "did you mean --hardware?",
+		"zzz":                  "",
+	} {
+		if got := FlagHint(name, known); want == "" && got != "" || !strings.Contains(got, want) {
+			t.Errorf("FlagHint(%q) = %q, want %q", name, got, want)
+		}
+	}
+	if got := FlagHint("tp-size", []string{"results"}); strings.Contains(got, "--tp") {
+		t.Errorf("a command without --tp is not told to use it: %q", got)
+	}
+	fams := []string{"A100", "H100", "H200"}
+	for label, want := range map[string]string{
+		"H10O": "did you mean 1xH100?", "8xh200": "did you mean 8xH200?", "2xH100+1xA10O": "did you mean 2xH100+1xA100?",
+		"1xH100": "", "2xH100+1xA100": "", "1xL40S": "",
+	} {
+		if got := HardwareHint(label, fams); want == "" && got != "" || !strings.HasPrefix(got, want) {
+			t.Errorf("HardwareHint(%q) = %q, want %q", label, got, want)
 		}
 	}
 }

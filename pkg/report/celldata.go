@@ -48,6 +48,22 @@ type CellData struct {
 	Notes []string
 }
 
+// unscale puts a time-scaled sim's client-side data in physical units, as its manifest's
+// metrics are (profile.Metrics.Unscaled): the simulator's clock ran ×scale, so a latency
+// is wall ÷ scale and a rate wall × scale. The GPU and server timelines stay on the wall
+// clock they were sampled on.
+func (d *CellData) unscale(scale float64) {
+	for _, xs := range [][]float64{d.TTFT, d.TPOT, d.E2EL} {
+		for i := range xs {
+			xs[i] /= scale
+		}
+	}
+	for i := range d.TokensPerS {
+		d.TokensPerS[i].X /= scale
+		d.TokensPerS[i].Y *= scale
+	}
+}
+
 // finite reports whether every v is a finite number.
 func finite(vs ...float64) bool {
 	for _, v := range vs {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"html"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"gonum.org/v1/plot/vg"
 
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
@@ -168,6 +171,18 @@ func TestFigureLayoutInChromium(t *testing.T) {
 		t.Fatal(err)
 	}
 	svgs["crowded.svg"] = crowded
+	// Per-request boxes (no synthetic or fixture cell keeps per-request rows for a group):
+	// fourteen boxes with far outliers; the top and bottom boxes must stay inside the axis.
+	var bs []box
+	for i := range 14 {
+		vs := []float64{1, 2, 2.5, 3, 3.2, 4, 40 * float64(i+1)}
+		bs = append(bs, box{name: fmt.Sprintf("1xH100 · sim bs%d", 1<<i), values: vs, color: gpuColor(i)})
+	}
+	boxes, _, err := drawFigure(&plotSpec{xlabel: "TPOT per request (ms)", boxes: bs, h: vg.Points(float64(70 + 20*len(bs)))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svgs["boxes.svg"] = boxes
 	layoutInChromium(t, chrome, svgs)
 
 	// The index: every figure loads, every contents link leads to a section.

@@ -188,3 +188,30 @@ func mustRead(t *testing.T, p string) string {
 	}
 	return string(b)
 }
+
+// A time-scaled sim's per-request rows (its bench file holds wall times) are drawn in the
+// physical units its tables show: latencies ÷ scale, the tokens/s timeline's rate × scale.
+func TestTimeScaledPerRequestRowsUnscaled(t *testing.T) {
+	root := t.TempDir()
+	const id = "qwen1_5.1xH100.4k-1k.bs1.sglang"
+	dir := copyCell(t, root, id)
+	wall := readCellData(dir)
+	if wall == nil || len(wall.TPOT) == 0 || len(wall.TokensPerS) == 0 {
+		t.Fatal("fixture cell has no per-request rows")
+	}
+	editManifest(t, dir, func(m *cell.Manifest) {
+		m.Cell.Backend = "sim"
+		m.Server.Argv = []string{"moecapd", "sim-server", "--sim-time-scale", "0.5"}
+	})
+	rows, _, err := Load(root, loadTables(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := rowByID(t, rows, id).Data
+	if d.TPOT[0] != wall.TPOT[0]/0.5 || d.TTFT[0] != wall.TTFT[0]/0.5 || d.E2EL[0] != wall.E2EL[0]/0.5 {
+		t.Errorf("TPOT/TTFT/E2EL %g/%g/%g, want the wall %g/%g/%g ÷ 0.5", d.TPOT[0], d.TTFT[0], d.E2EL[0], wall.TPOT[0], wall.TTFT[0], wall.E2EL[0])
+	}
+	if p, w := d.TokensPerS[3], wall.TokensPerS[3]; p.X != w.X/0.5 || p.Y != w.Y*0.5 {
+		t.Errorf("tokens/s point %v, want the wall %v at t ÷ 0.5, rate × 0.5", p, w)
+	}
+}

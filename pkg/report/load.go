@@ -120,6 +120,9 @@ func load(resultsDir string, tables *config.Tables, only map[string]bool) ([]Row
 			r.Manifest, r.Dir = e.Manifest, e.Dir.Path
 			if r.Dir != "" {
 				r.Data = readCellData(r.Dir)
+				if sc := r.timeScale(); sc != 0 && r.Data != nil {
+					r.Data.unscale(sc) // per-request rows in the units of the tables
+				}
 			}
 			rows[i] = r
 		}()

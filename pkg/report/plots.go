@@ -829,6 +829,9 @@ func drawBoxes(p *plot.Plot, bs []box) error {
 		names[j] = b.name
 	}
 	p.NominalY(names...)
+	// Half a row above the top box and below the bottom one: every box, whisker and
+	// outlier inside the axis, none cut at the figure's edge.
+	p.Y.Min, p.Y.Max = -0.5, float64(len(bs))-0.5
 	p.X.Min = 0
 	p.X.Tick.Marker = plainTicks{}
 	grid := plotter.NewGrid()
