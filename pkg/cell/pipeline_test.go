@@ -123,8 +123,10 @@ func (g *pipeGPUs) Sample([]gpu.Device, time.Duration, func() []int, io.Writer) 
 
 type fakeTelemetry struct{}
 
-func (fakeTelemetry) MarkBenchStart() {}
-func (fakeTelemetry) MarkBenchEnd()   {}
+func (fakeTelemetry) MarkBenchStart()     {}
+func (fakeTelemetry) MarkBenchEnd()       {}
+func (fakeTelemetry) MarkRepeatStart(int) {}
+func (fakeTelemetry) MarkRepeatEnd(int)   {}
 func (fakeTelemetry) Stop() gpu.Summary {
 	return gpu.Summary{Available: true, GPUs: 1}
 }

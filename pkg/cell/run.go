@@ -372,6 +372,49 @@ func (r *runner) measureEnd() {
 	}
 }
 
+// repeatHooks are the client's measure marks of repeat k: repeat 1's open and close the
+// cell's telemetry window; with repeats, each also bounds repeat k's own energy window.
+func (r *runner) repeatHooks(k int) (start, end func()) {
+	repeated := max(r.c.Repeats, 1) > 1
+	return func() {
+			if k == 1 {
+				r.measureStart()
+			}
+			if repeated && r.smp != nil {
+				r.smp.MarkRepeatStart(k)
+			}
+		}, func() {
+			if k == 1 {
+				r.measureEnd()
+			}
+			if repeated && r.smp != nil {
+				r.smp.MarkRepeatEnd(k)
+			}
+		}
+}
+
+// repeatJPerToken gives every repeat its J/token over its own window (gpu.RepeatEnergy,
+// Summary.Finish's rule); absent where the window's energy was not measured. Repeat 1
+// falls back on the cell's window, which is its own.
+func (r *runner) repeatJPerToken() {
+	t := r.m.Telemetry
+	if t == nil {
+		return
+	}
+	for i := range r.m.Repeats {
+		rep := &r.m.Repeats[i]
+		rep.JPerOutputToken = nil
+		for _, e := range t.Repeats {
+			if e.Repeat == rep.Index && rep.Metrics != nil {
+				rep.JPerOutputToken = e.JPerOutputToken(rep.Metrics.TotalOutputTokens)
+			}
+		}
+		if rep.Index == 1 && rep.JPerOutputToken == nil {
+			rep.JPerOutputToken = t.JPerOutputToken
+		}
+	}
+}
+
 // benchRepeats runs the measured bench Config.Repeats times. Repeat 1 is the cell's usual
 // bench (its files in client/ and records/, the telemetry window its measured requests);
 // repeat k ≥ 2 writes under repeats/<k>/. The manifest keeps every repeat's metrics and
@@ -393,6 +436,9 @@ func (r *runner) benchRepeats(ctx context.Context) {
 		if i == 1 {
 			r.measureEnd()
 			first = r.m.Metrics
+		}
+		if n > 1 && r.smp != nil {
+			r.smp.MarkRepeatEnd(i) // a client that did not close its window
 		}
 		if n > 1 {
 			r.m.Repeats = append(r.m.Repeats, Repeat{Index: i, StartedAt: start, Metrics: r.m.Metrics})
@@ -693,7 +739,10 @@ func (n nativeClient) Bench(ctx context.Context, repeat int) (*profile.Metrics, 
 	o.RecordsDir = files.Records()
 	bs := c.BatchSize
 	o.ServerBatchSize = &bs
-	if run.index == 1 {
+	switch {
+	case run.what == "repeat":
+		o.OnMeasureStart, o.OnMeasureEnd = r.repeatHooks(run.index)
+	case run.index == 1:
 		o.OnMeasureStart, o.OnMeasureEnd = r.measureStart, r.measureEnd
 	}
 	if run.index > 1 && !c.RepeatFreshServer {
@@ -939,9 +988,7 @@ func (r *runner) finish() {
 	if r.m.Telemetry != nil && r.m.Metrics != nil {
 		r.m.Telemetry.Finish(r.m.Metrics.TotalOutputTokens)
 	}
-	if len(r.m.Repeats) > 0 && r.m.Telemetry != nil {
-		r.m.Repeats[0].JPerOutputToken = r.m.Telemetry.JPerOutputToken
-	}
+	r.repeatJPerToken()
 	if r.m.Status == StatusOK {
 		r.m.RepeatStats = SummarizeRepeats(r.m.Repeats, RepeatLevel, r.c.UnstableCV)
 		if rs := r.m.RepeatStats; rs != nil && len(rs.Unstable) > 0 {

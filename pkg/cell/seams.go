@@ -55,10 +55,13 @@ type BenchClient interface {
 }
 
 // Telemetry samples the GPUs during the cell; MarkBenchStart and MarkBenchEnd bound the
-// measured window its energy and utilisation are summarised over.
+// measured window its energy and utilisation are summarised over; MarkRepeatStart and
+// MarkRepeatEnd bound each repeat's own energy window (Summary.Repeats).
 type Telemetry interface {
 	MarkBenchStart()
 	MarkBenchEnd()
+	MarkRepeatStart(k int)
+	MarkRepeatEnd(k int)
 	Stop() gpu.Summary
 }
 

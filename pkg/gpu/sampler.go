@@ -91,6 +91,17 @@ type Sampler struct {
 	lostList []int
 	bench    window
 	whole    window
+
+	// repeats are the measured windows of a repeated bench (MarkRepeatStart/End): their
+	// bounds under mu, their sums owned like bench's.
+	repeats []*repeatWindow
+}
+
+// repeatWindow is one repeat's measured window; only its energy is summed.
+type repeatWindow struct {
+	k      int
+	lo, hi time.Time
+	w      window
 }
 
 // gpuState is what one GPU's next sample is compared with.
@@ -257,6 +268,35 @@ func (s *Sampler) MarkBenchEnd() {
 	s.nudge()
 }
 
+// MarkRepeatStart opens repeat k's own energy window (a repeated bench: each repeat's
+// J/token over its own measured requests). Only the first call per k counts.
+func (s *Sampler) MarkRepeatStart(k int) {
+	s.mu.Lock()
+	for _, rw := range s.repeats {
+		if rw.k == k {
+			s.mu.Unlock()
+			return
+		}
+	}
+	s.repeats = append(s.repeats, &repeatWindow{k: k, lo: s.now(), w: window{per: make([]gpuAcc, len(s.cfg.Devices))}})
+	s.wantE = true
+	s.mu.Unlock()
+	s.nudge()
+}
+
+// MarkRepeatEnd closes repeat k's window. Only the first call counts.
+func (s *Sampler) MarkRepeatEnd(k int) {
+	s.mu.Lock()
+	for _, rw := range s.repeats {
+		if rw.k == k && rw.hi.IsZero() {
+			rw.hi = s.now()
+			s.wantE = true
+		}
+	}
+	s.mu.Unlock()
+	s.nudge()
+}
+
 // nudge asks for an extra round right away, so the window's edges fall next to a sample
 // instead of up to one interval away. It never blocks: a pending nudge is enough.
 func (s *Sampler) nudge() {
@@ -362,6 +402,18 @@ func (s *Sampler) round(energy bool) {
 	// lock has a later time than every reading of this round.
 	s.mu.Lock()
 	bs, be := s.benchStart, s.benchEnd
+	type repSpan struct {
+		w      *window
+		lo, hi time.Time
+	}
+	reps := make([]repSpan, 0, len(s.repeats))
+	for _, rw := range s.repeats {
+		hi := rw.hi
+		if hi.IsZero() {
+			hi = farFuture
+		}
+		reps = append(reps, repSpan{&rw.w, rw.lo, hi})
+	}
 	s.mu.Unlock()
 	benchLo, benchHi := bs, be
 	if benchHi.IsZero() {
@@ -406,6 +458,9 @@ func (s *Sampler) round(energy bool) {
 				if benchOn {
 					s.bench.addPower(i, g.pT, t, g.pMW, p, benchLo, benchHi)
 				}
+				for _, rp := range reps {
+					rp.w.addPower(i, g.pT, t, g.pMW, p, rp.lo, rp.hi)
+				}
 			}
 			g.pT, g.pMW, g.pOK = t, p, true
 			tickMW += p
@@ -428,6 +483,9 @@ func (s *Sampler) round(energy bool) {
 				s.whole.addEnergy(i, g.eT, t, d, time.Time{}, farFuture)
 				if benchOn {
 					s.bench.addEnergy(i, g.eT, t, d, benchLo, benchHi)
+				}
+				for _, rp := range reps {
+					rp.w.addEnergy(i, g.eT, t, d, rp.lo, rp.hi)
 				}
 			}
 			g.eT, g.eMJ, g.eOK, g.integAtE = t, e, true, g.integMJ
@@ -667,9 +725,44 @@ func (s *Sampler) summarize() Summary {
 	if w.reasonsOK {
 		sum.ThrottleReasonsSeen = ReasonNames(w.reasons)
 	}
+	sum.Repeats = s.repeatEnergies()
 	sum.ForeignProcesses, sum.ProcessCheck = w.procs.result(s.cfg.PIDs != nil)
 	sum.XIDErrors, sum.XIDCheck = s.xid.result(lo, hi)
 	return sum
+}
+
+// repeatEnergies is each marked repeat's energy (node totals only when every GPU
+// contributed, as for the bench window).
+func (s *Sampler) repeatEnergies() []RepeatEnergy {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []RepeatEnergy
+	for _, rw := range s.repeats {
+		re := RepeatEnergy{Repeat: rw.k}
+		hi := rw.hi
+		if hi.IsZero() {
+			hi = s.last
+		}
+		if hi.After(rw.lo) {
+			re.WindowS = ptr(hi.Sub(rw.lo).Seconds())
+		}
+		var e, in float64
+		eAll, inAll := len(rw.w.per) > 0, len(rw.w.per) > 0
+		for _, a := range rw.w.per {
+			eAll = eAll && a.energyOK
+			inAll = inAll && a.integOK
+			e += a.energyMJ / 1000
+			in += a.integMJ / 1000
+		}
+		if eAll {
+			re.EnergyJ = ptr(e)
+		}
+		if inAll {
+			re.EnergyIntegratedJ = ptr(in)
+		}
+		out = append(out, re)
+	}
+	return out
 }
 
 func (s *Sampler) writeRow(r Reading, server *uint64) {

@@ -376,3 +376,60 @@ func TestEnergyReadAtEdgesOnly(t *testing.T) {
 	near(t, "energy_j", sum.EnergyJ, 50+300*2.5/3)
 	near(t, "energy_integrated_j", sum.EnergyIntegratedJ, 300)
 }
+
+// TestRepeatWindows: each repeat of a repeated bench gets the energy of its own window.
+// One GPU at 100 W; its counter grows 100, 100, 300, 300, 100 J over seconds 0…5. Repeat 1
+// [0.5 s, 2 s]: counter 0.5·100 + 100 = 150 J, power 150 J. Repeat 2 [2 s, 4 s]: counter
+// 600 J, power 200 J. Repeat 3 is opened at 4.5 s and never closed: it runs to the last
+// sample, [4.5 s, 5 s], counter 50 J.
+func TestRepeatWindows(t *testing.T) {
+	g := newFake("GPU-r", "NVIDIA H100 80GB HBM3")
+	r := newRig(t, nil, g)
+	counter := []uint64{0, 100_000, 200_000, 500_000, 800_000, 900_000}
+	for k := range 6 {
+		g.set(func(f *fakeGPU) { f.energyMJ, f.powerMW = 1_000_000+counter[k], 100_000 })
+		switch k {
+		case 1:
+			r.clk.Set(500 * time.Millisecond)
+			r.s.MarkBenchStart()
+			r.s.MarkRepeatStart(1)
+		case 2:
+			r.clk.Set(2 * time.Second)
+			r.s.MarkBenchEnd()
+			r.s.MarkRepeatEnd(1)
+			r.s.MarkRepeatStart(2)
+		case 4:
+			r.clk.Set(4 * time.Second)
+			r.s.MarkRepeatEnd(2)
+			r.s.MarkRepeatEnd(2) // only the first end counts
+		case 5:
+			r.clk.Set(4500 * time.Millisecond)
+			r.s.MarkRepeatStart(3)
+		}
+		r.at(time.Duration(k) * time.Second)
+	}
+	sum := r.s.Stop()
+	if len(sum.Repeats) != 3 {
+		t.Fatalf("repeats = %+v, want 3 windows", sum.Repeats)
+	}
+	r1, r2, r3 := sum.Repeats[0], sum.Repeats[1], sum.Repeats[2]
+	if r1.Repeat != 1 || r2.Repeat != 2 || r3.Repeat != 3 {
+		t.Errorf("repeat numbers %d,%d,%d, want 1,2,3", r1.Repeat, r2.Repeat, r3.Repeat)
+	}
+	near(t, "repeat 1 energy_j", r1.EnergyJ, 150)
+	near(t, "repeat 1 energy_integrated_j", r1.EnergyIntegratedJ, 150)
+	near(t, "repeat 1 window_s", r1.WindowS, 1.5)
+	near(t, "bench energy_j (repeat 1's window)", sum.EnergyJ, 150)
+	near(t, "repeat 2 energy_j", r2.EnergyJ, 600)
+	near(t, "repeat 2 energy_integrated_j", r2.EnergyIntegratedJ, 200)
+	near(t, "repeat 2 window_s", r2.WindowS, 2)
+	near(t, "repeat 3 energy_j", r3.EnergyJ, 50)
+	// J/token by Summary.Finish's rule: the counter first.
+	near(t, "repeat 2 J/token", r2.JPerOutputToken(600), 1)
+	if r2.JPerOutputToken(0) != nil {
+		t.Error("J/token with no output token is present, want absent")
+	}
+	if (RepeatEnergy{Repeat: 4}).JPerOutputToken(600) != nil {
+		t.Error("J/token without a measured energy is present, want absent")
+	}
+}

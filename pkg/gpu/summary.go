@@ -61,6 +61,9 @@ type Summary struct {
 	XIDCheck  string       `json:"xid_check,omitempty"`
 	PerGPU    []GPUSummary `json:"per_gpu,omitempty"`
 	CSVError  string       `json:"csv_error,omitempty"`
+	// Repeats is the energy of each repeat's own measured window (a repeated bench); the
+	// figures above are the first repeat's.
+	Repeats []RepeatEnergy `json:"repeats,omitempty"`
 
 	// Filled by Finish.
 	OutputTokens     *int     `json:"output_tokens,omitempty"`
@@ -83,6 +86,23 @@ type GPUSummary struct {
 	PeakMemoryBytes       *uint64  `json:"peak_memory_bytes,omitempty"`
 	ServerPeakMemoryBytes *uint64  `json:"server_peak_memory_bytes,omitempty"`
 	Lost                  bool     `json:"lost,omitempty"`
+}
+
+// RepeatEnergy is the GPUs' energy over one repeat's measured window, summed over GPUs
+// (nil: not measured on every GPU).
+type RepeatEnergy struct {
+	Repeat            int      `json:"repeat"`
+	WindowS           *float64 `json:"window_s,omitempty"`
+	EnergyJ           *float64 `json:"energy_j,omitempty"`
+	EnergyIntegratedJ *float64 `json:"energy_integrated_j,omitempty"`
+}
+
+// JPerOutputToken is the repeat's J per output token by Summary.Finish's rule (counter,
+// else integrated power); nil when no energy was measured or no token came out.
+func (e RepeatEnergy) JPerOutputToken(outputTokens int) *float64 {
+	s := Summary{EnergyJ: e.EnergyJ, EnergyIntegratedJ: e.EnergyIntegratedJ}
+	s.Finish(outputTokens)
+	return s.JPerOutputToken
 }
 
 // Finish derives the per-token energy figures from the measured window and the server's
