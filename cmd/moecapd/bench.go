@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/moecapd/moecapd/internal/settings"
 	"os"
 	"path/filepath"
 	"strings"
@@ -106,7 +107,7 @@ func defaultCacheDir() string {
 
 // benchSettings binds flags and MOECAP_* env. It reads no moecapd.yaml: --config-file is
 // the runner's benchmark file here, and reading it as settings would reject its keys.
-func benchSettings(cmd *cobra.Command) (*viper.Viper, error) { return bindFlags(cmd) }
+func benchSettings(cmd *cobra.Command) (*viper.Viper, error) { return settings.Bind(cmd) }
 
 func runBench(cmd *cobra.Command, _ []string) error {
 	v, err := benchSettings(cmd)
@@ -129,7 +130,7 @@ func runBench(cmd *cobra.Command, _ []string) error {
 		JudgeAPIURL: v.GetString("judge-api-url"), JudgeModel: v.GetString("judge-model"), JudgeAPIKey: v.GetString("judge-api-key"),
 		BaselineAnswersPath: v.GetString("baseline-answers-path"), PromptStyle: v.GetString("prompt-style"),
 		AllowBadRequests: v.GetInt("allow-bad-requests"), Warmup: v.GetInt("warmup"), Schedule: v.GetString("schedule"),
-		Seed: v.GetInt64("seed"), Load: readLoadFlags(&flagReader{fs: cmd.Flags()}),
+		Seed: v.GetInt64("seed"), Load: readLoadFlags(settings.NewReader(cmd.Flags())),
 		RecordsDir: v.GetString("records-dir"), SGLangRecorderDir: v.GetString("sglang-recorder-dir"), NoRecords: v.GetBool("no-records"),
 		DatasetFile: v.GetString("dataset-file"), DatasetCacheDir: v.GetString("dataset-cache-dir"), HubURL: v.GetString("hub-url"),
 		Offline: v.GetBool("offline"), RequestTimeout: v.GetDuration("request-timeout"), DrainTimeout: v.GetDuration("drain-timeout"),

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/moecapd/moecapd/internal/settings"
 	"github.com/spf13/cobra"
 	"go.uber.org/zap"
 
@@ -24,7 +25,7 @@ func newGPUsCmd() *cobra.Command {
 }
 
 func runGPUs(cmd *cobra.Command, _ []string) error {
-	v, err := settings(cmd)
+	v, err := settings.Load(cmd)
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/moecapd/moecapd/internal/settings"
 	"os"
 	"time"
 
@@ -85,29 +86,29 @@ left something behind, 130 interrupted (SIGINT, SIGTERM or SIGHUP; the server is
 // readLaunchOpts reads launch-and-bench's flags (merged by settings) into app.CellOptions.
 // The matrix's flag set lacks the per-cell flags; they read as zero and the matrix sets them.
 func readLaunchOpts(fs *pflag.FlagSet) (app.CellOptions, error) {
-	r := &flagReader{fs: fs}
+	r := settings.NewReader(fs)
 	o := app.CellOptions{Version: version,
-		Backend: r.str("backend"), Config: r.str("config"), BatchSize: r.int("batch-size"), TP: r.int("tp"),
-		NumSamples: r.int("num-samples"), CondaRoot: r.str("conda-root"), Env: r.str("env"),
-		Port: r.int("port"), PortSet: r.changed("port"), Host: r.str("host"), Results: r.str("results"),
-		Grace: r.dur("grace"), ReadyTimeout: r.dur("ready-timeout"), ReadyHardTimeout: r.dur("ready-hard-timeout"),
-		Client: r.str("client"), DryRun: r.bool("dry-run"), Hardware: r.str("hardware"),
-		SimFlavor: r.str("sim-flavor"), SimHardware: r.str("sim-hardware"), ConfigsDir: r.str("configs-dir"),
-		ModelConfig: r.str("model-config"), AllowUnknownModel: r.bool("allow-unknown-model"), RequireGPU: r.bool("require-gpu"), GPUWait: r.dur("gpu-wait"), GPUInterval: r.dur("gpu-interval"),
-		GPUIdleMiB: r.int("gpu-idle-mib"),
-		GPUHourUSD: r.optFloat("gpu-hour-usd"), ElectricityUSDPerKWh: r.optFloat("electricity-usd-per-kwh"),
-		Warmup: r.int("warmup"), Seed: r.int64("seed"), Dataset: r.str("dataset"), DatasetFile: r.str("dataset-file"),
-		DatasetCacheDir: r.str("dataset-cache-dir"), Offline: r.bool("offline"),
-		PromptStyle: r.str("prompt-style"), AllowBadRequests: r.int("allow-bad-requests"),
-		RequestTimeout: r.dur("request-timeout"), IdleTimeout: r.dur("idle-timeout"), BenchTimeout: r.dur("bench-timeout"),
-		Repeats: r.int("repeats"), RepeatFreshServer: r.bool("repeat-fresh-server"),
+		Backend: r.Str("backend"), Config: r.Str("config"), BatchSize: r.Int("batch-size"), TP: r.Int("tp"),
+		NumSamples: r.Int("num-samples"), CondaRoot: r.Str("conda-root"), Env: r.Str("env"),
+		Port: r.Int("port"), PortSet: r.Changed("port"), Host: r.Str("host"), Results: r.Str("results"),
+		Grace: r.Dur("grace"), ReadyTimeout: r.Dur("ready-timeout"), ReadyHardTimeout: r.Dur("ready-hard-timeout"),
+		Client: r.Str("client"), DryRun: r.Bool("dry-run"), Hardware: r.Str("hardware"),
+		SimFlavor: r.Str("sim-flavor"), SimHardware: r.Str("sim-hardware"), ConfigsDir: r.Str("configs-dir"),
+		ModelConfig: r.Str("model-config"), AllowUnknownModel: r.Bool("allow-unknown-model"), RequireGPU: r.Bool("require-gpu"), GPUWait: r.Dur("gpu-wait"), GPUInterval: r.Dur("gpu-interval"),
+		GPUIdleMiB: r.Int("gpu-idle-mib"),
+		GPUHourUSD: r.OptFloat("gpu-hour-usd"), ElectricityUSDPerKWh: r.OptFloat("electricity-usd-per-kwh"),
+		Warmup: r.Int("warmup"), Seed: r.Int64("seed"), Dataset: r.Str("dataset"), DatasetFile: r.Str("dataset-file"),
+		DatasetCacheDir: r.Str("dataset-cache-dir"), Offline: r.Bool("offline"),
+		PromptStyle: r.Str("prompt-style"), AllowBadRequests: r.Int("allow-bad-requests"),
+		RequestTimeout: r.Dur("request-timeout"), IdleTimeout: r.Dur("idle-timeout"), BenchTimeout: r.Dur("bench-timeout"),
+		Repeats: r.Int("repeats"), RepeatFreshServer: r.Bool("repeat-fresh-server"),
 	}
 	o.Load = readLoadFlags(r)
-	if cv := r.optFloat("unstable-cv"); cv != nil {
+	if cv := r.OptFloat("unstable-cv"); cv != nil {
 		o.UnstableCV = *cv
 	}
-	if r.err != nil {
-		return o, r.err
+	if r.Err() != nil {
+		return o, r.Err()
 	}
 	return o, o.Check()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/moecapd/moecapd/internal/settings"
 	"github.com/spf13/pflag"
 
 	"github.com/moecapd/moecapd/internal/app"
@@ -21,9 +22,9 @@ func addLoadFlags(f *pflag.FlagSet) {
 	f.Int("max-rate-steps", profile.DefaultMaxRateSteps, "with --find-max-rate: most benches the search runs")
 }
 
-func readLoadFlags(r *flagReader) app.LoadOptions {
+func readLoadFlags(r *settings.Reader) app.LoadOptions {
 	return app.LoadOptions{
-		RequestRate: r.float("request-rate"), Burstiness: r.float("burstiness"), MaxConcurrency: r.int("max-concurrency"),
-		Rates: r.floats("rates"), SLO: r.str("slo"), FindMaxRate: r.bool("find-max-rate"), MaxRateSteps: r.int("max-rate-steps"),
+		RequestRate: r.Float("request-rate"), Burstiness: r.Float("burstiness"), MaxConcurrency: r.Int("max-concurrency"),
+		Rates: r.Floats("rates"), SLO: r.Str("slo"), FindMaxRate: r.Bool("find-max-rate"), MaxRateSteps: r.Int("max-rate-steps"),
 	}
 }

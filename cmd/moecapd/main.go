@@ -6,6 +6,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/moecapd/moecapd/internal/settings"
 	"os"
 	"strings"
 
@@ -85,7 +86,7 @@ func usageArgs(c *cobra.Command) {
 
 // commandLogger is every command's start: the merged settings, then the logger they ask for.
 func commandLogger(cmd *cobra.Command) (*viper.Viper, *zap.Logger, error) {
-	v, err := settings(cmd)
+	v, err := settings.Load(cmd)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/moecapd/moecapd/internal/settings"
 	"os"
 	"path/filepath"
 	"time"
@@ -129,15 +130,15 @@ func readMatrixOpts(fs *pflag.FlagSet) (app.MatrixOptions, error) {
 	if err != nil {
 		return app.MatrixOptions{}, err
 	}
-	r := &flagReader{fs: fs}
-	o := app.MatrixOptions{Cell: l, Matrix: r.str("matrix"), Hardware: r.str("hardware"), Only: r.str("only"),
-		IncludeDone: r.bool("include-done"), NoSkip: r.bool("no-skip"), RedoFailed: r.bool("redo-failed"),
-		Pack: r.bool("pack"), Slots: r.int("slots"), Retries: r.int("retries"), RetryBackoff: r.dur("retry-backoff"),
-		CellTimeout: r.dur("cell-timeout"), Port: r.int("port"), Progress: r.str("progress"), Heartbeat: r.dur("heartbeat"),
-		MetricsAddr: r.str("metrics-addr"), MetricsLinger: r.dur("metrics-linger"), LockDir: r.str("lock-dir"), Format: r.str("format"),
-		ResultsFlag: r.str("results"), ConfigsDir: r.str("configs-dir")}
-	if r.err != nil {
-		return o, r.err
+	r := settings.NewReader(fs)
+	o := app.MatrixOptions{Cell: l, Matrix: r.Str("matrix"), Hardware: r.Str("hardware"), Only: r.Str("only"),
+		IncludeDone: r.Bool("include-done"), NoSkip: r.Bool("no-skip"), RedoFailed: r.Bool("redo-failed"),
+		Pack: r.Bool("pack"), Slots: r.Int("slots"), Retries: r.Int("retries"), RetryBackoff: r.Dur("retry-backoff"),
+		CellTimeout: r.Dur("cell-timeout"), Port: r.Int("port"), Progress: r.Str("progress"), Heartbeat: r.Dur("heartbeat"),
+		MetricsAddr: r.Str("metrics-addr"), MetricsLinger: r.Dur("metrics-linger"), LockDir: r.Str("lock-dir"), Format: r.Str("format"),
+		ResultsFlag: r.Str("results"), ConfigsDir: r.Str("configs-dir")}
+	if r.Err() != nil {
+		return o, r.Err()
 	}
 	return o, o.Check()
 }
@@ -156,7 +157,7 @@ func runMatrixPlan(cmd *cobra.Command, _ []string) error {
 }
 
 func runMatrixRun(cmd *cobra.Command, args []string) error {
-	v, err := settings(cmd)
+	v, err := settings.Load(cmd)
 	if err != nil {
 		return err
 	}
@@ -175,7 +176,7 @@ func runMatrixRun(cmd *cobra.Command, args []string) error {
 }
 
 func runMatrixStatus(cmd *cobra.Command, _ []string) error {
-	if _, err := settings(cmd); err != nil {
+	if _, err := settings.Load(cmd); err != nil {
 		return err
 	}
 	o, err := readMatrixOpts(cmd.Flags())

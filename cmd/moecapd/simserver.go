@@ -81,7 +81,13 @@ wrappers.`,
 func runSimServer(cmd *cobra.Command, args []string) error {
 	out := cmd.OutOrStdout()
 	fs := cmd.Flags()
-	known, ignored := sim.SplitServerArgs(fs, args)
+	known, ignored := sim.SplitServerArgs(func(name string, short bool) (bool, bool) {
+		f := fs.Lookup(name)
+		if short {
+			f = fs.ShorthandLookup(name)
+		}
+		return f != nil, f != nil && f.Value.Type() == "bool"
+	}, args)
 	parseErr := fs.Parse(known)
 	if w, _ := fs.GetBool("sim-worker"); w && parseErr == nil {
 		rank, _ := fs.GetInt("sim-worker-rank")

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/moecapd/moecapd/internal/settings"
 	"os"
 	"time"
 
@@ -62,11 +63,11 @@ func readSlurmCellOpts(fs *pflag.FlagSet) (app.SlurmCellOptions, error) {
 	if err != nil {
 		return app.SlurmCellOptions{}, err
 	}
-	r := &flagReader{fs: fs}
-	o := app.SlurmCellOptions{Cell: l, Matrix: r.str("matrix"), Retries: r.int("retries"),
-		RetryBackoff: r.dur("retry-backoff"), CellTimeout: r.dur("cell-timeout")}
-	if r.err != nil {
-		return o, exitcode.New(exitcode.Usage, r.err)
+	r := settings.NewReader(fs)
+	o := app.SlurmCellOptions{Cell: l, Matrix: r.Str("matrix"), Retries: r.Int("retries"),
+		RetryBackoff: r.Dur("retry-backoff"), CellTimeout: r.Dur("cell-timeout")}
+	if r.Err() != nil {
+		return o, exitcode.New(exitcode.Usage, r.Err())
 	}
 	return o, o.Check()
 }
@@ -175,7 +176,7 @@ func runSlurmSubmit(cmd *cobra.Command, _ []string) error {
 }
 
 func runSlurmStatus(cmd *cobra.Command, _ []string) error {
-	v, err := settings(cmd)
+	v, err := settings.Load(cmd)
 	if err != nil {
 		return err
 	}
@@ -188,7 +189,7 @@ func runSlurmStatus(cmd *cobra.Command, _ []string) error {
 }
 
 func runSlurmCancel(cmd *cobra.Command, _ []string) error {
-	v, err := settings(cmd)
+	v, err := settings.Load(cmd)
 	if err != nil {
 		return err
 	}

@@ -7,14 +7,16 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
-
-	"github.com/spf13/pflag"
 )
 
-// SplitServerArgs separates the flags this command knows from the ones it ignores. An
+// FlagKind says whether sim-server knows a flag (by its long name, or its one-letter
+// shorthand when short) and whether it is a boolean (takes no value).
+type FlagKind func(name string, short bool) (known, boolean bool)
+
+// SplitServerArgs separates the flags sim-server knows from the ones it ignores. An
 // unknown flag without "=" takes the next argument as its value unless that looks like a
 // flag, which is how argparse reads "--mem-fraction-static 0.8".
-func SplitServerArgs(fs *pflag.FlagSet, args []string) (known, ignored []string) {
+func SplitServerArgs(kind FlagKind, args []string) (known, ignored []string) {
 	looksLikeFlag := func(s string) bool {
 		if !strings.HasPrefix(s, "-") || s == "-" {
 			return false
@@ -35,13 +37,8 @@ func SplitServerArgs(fs *pflag.FlagSet, args []string) (known, ignored []string)
 			continue
 		}
 		name, _, hasVal := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		var f *pflag.Flag
-		if len(name) == 1 && !strings.HasPrefix(a, "--") {
-			f = fs.ShorthandLookup(name)
-		} else {
-			f = fs.Lookup(name)
-		}
-		if f == nil {
+		ok, boolean := kind(name, len(name) == 1 && !strings.HasPrefix(a, "--"))
+		if !ok {
 			if !hasVal && i+1 < len(args) && !looksLikeFlag(args[i+1]) && args[i+1] != "--" {
 				a += " " + args[i+1]
 				i++
@@ -50,7 +47,7 @@ func SplitServerArgs(fs *pflag.FlagSet, args []string) (known, ignored []string)
 			continue
 		}
 		known = append(known, a)
-		if !hasVal && f.Value.Type() != "bool" && i+1 < len(args) {
+		if !hasVal && !boolean && i+1 < len(args) {
 			known = append(known, args[i+1])
 			i++
 		}

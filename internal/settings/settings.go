@@ -1,4 +1,8 @@
-package main
+// Package settings merges a command's flags with MOECAP_* variables and a settings file
+// (flag > MOECAP_* env > moecapd.yaml (--settings) > default), each value parsed by its
+// flag's own type, and reads typed values out of the merged flags. The commands of
+// cmd/moecapd call it before anything runs.
+package settings
 
 import (
 	"errors"
@@ -26,34 +30,34 @@ import (
 // nothing writes back into the flags or a viper afterwards, and no viper is shared with
 // goroutines.
 
-// envName is the MOECAP_* variable of a flag: MOECAP_ + upper case, '-' as '_'.
-func envName(flag string) string {
+// EnvName is the MOECAP_* variable of a flag: MOECAP_ + upper case, '-' as '_'.
+func EnvName(flag string) string {
 	return "MOECAP_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
 }
 
-// settings merges MOECAP_* env and the settings file (--settings, or ./moecapd.yaml when
+// Load merges MOECAP_* env and the settings file (--settings, or ./moecapd.yaml when
 // present) into the command's flags and returns a read-only viper over them, for the
 // commands that read values by name.
-func settings(cmd *cobra.Command) (*viper.Viper, error) {
-	if err := mergeSettings(cmd, true); err != nil {
+func Load(cmd *cobra.Command) (*viper.Viper, error) {
+	if err := Merge(cmd, true); err != nil {
 		return nil, err
 	}
-	return flagViper(cmd)
+	return Viper(cmd)
 }
 
-// bindFlags is settings without the settings file (flags and MOECAP_* only): `moecapd
+// Bind is Load without the settings file (flags and MOECAP_* only): `moecapd
 // bench` takes the runner's --config-file, and its keys are no settings.
-func bindFlags(cmd *cobra.Command) (*viper.Viper, error) {
-	if err := mergeSettings(cmd, false); err != nil {
+func Bind(cmd *cobra.Command) (*viper.Viper, error) {
+	if err := Merge(cmd, false); err != nil {
 		return nil, err
 	}
-	return flagViper(cmd)
+	return Viper(cmd)
 }
 
-// flagViper is a viper that reads the command's (merged) flags and nothing else: no env,
+// Viper is a viper that reads the command's (merged) flags and nothing else: no env,
 // no file, so it cannot disagree with them. IsSet is true for a flag the command line,
 // the env or the file gave.
-func flagViper(cmd *cobra.Command) (*viper.Viper, error) {
+func Viper(cmd *cobra.Command) (*viper.Viper, error) {
 	v := viper.New()
 	if err := v.BindPFlags(cmd.Flags()); err != nil {
 		return nil, err
@@ -64,10 +68,10 @@ func flagViper(cmd *cobra.Command) (*viper.Viper, error) {
 	return v, nil
 }
 
-// mergeSettings sets every flag the command line left unset from MOECAP_* or, failing
+// Merge sets every flag the command line left unset from MOECAP_* or, failing
 // that, the settings file. It is idempotent: a second call finds every merged flag set
 // and changes nothing.
-func mergeSettings(cmd *cobra.Command, withFile bool) error {
+func Merge(cmd *cobra.Command, withFile bool) error {
 	flags := map[string]*pflag.Flag{}
 	cli := map[string]bool{}
 	add := func(f *pflag.Flag) {
@@ -88,7 +92,7 @@ func mergeSettings(cmd *cobra.Command, withFile bool) error {
 		path := ""
 		if f := flags["settings"]; f != nil {
 			path = f.Value.String()
-			if v, ok := os.LookupEnv(envName("settings")); ok && !f.Changed {
+			if v, ok := os.LookupEnv(EnvName("settings")); ok && !f.Changed {
 				path = v
 			}
 		}
@@ -108,8 +112,8 @@ func mergeSettings(cmd *cobra.Command, withFile bool) error {
 		}
 	}
 	for name := range flags {
-		if val, ok := os.LookupEnv(envName(name)); ok {
-			from[name] = source{fmt.Sprintf("%s=%q", envName(name), val), val}
+		if val, ok := os.LookupEnv(EnvName(name)); ok {
+			from[name] = source{fmt.Sprintf("%s=%q", EnvName(name), val), val}
 		}
 	}
 	names := make([]string, 0, len(from))
@@ -131,14 +135,14 @@ func mergeSettings(cmd *cobra.Command, withFile bool) error {
 			}
 		}
 		if err := set(name, s.value); err != nil {
-			return usageErrorf("%s: got %q, expected %s (%v)", s.where, s.value, expectation(f), err)
+			return exitcode.Usagef("%s: got %q, expected %s (%v)", s.where, s.value, Expectation(f), err)
 		}
 	}
 	return nil
 }
 
-// expectation says what a flag's value must look like.
-func expectation(f *pflag.Flag) string {
+// Expectation says what a flag's value must look like.
+func Expectation(f *pflag.Flag) string {
 	switch f.Value.Type() {
 	case "duration":
 		return "a duration with a unit, such as 30s, 10m or 2h (a bare number has no unit and is refused)"
@@ -163,13 +167,13 @@ func readSettingsFile(path string, cmd *cobra.Command, flags map[string]*pflag.F
 	data, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, usageErrorf("settings file %s: no such file; fix --settings", path)
+			return nil, exitcode.Usagef("settings file %s: no such file; fix --settings", path)
 		}
-		return nil, usageErrorf("settings file %s: %v", path, err)
+		return nil, exitcode.Usagef("settings file %s: %v", path, err)
 	}
 	var root yaml.Node
 	if err := yaml.Unmarshal(data, &root); err != nil {
-		return nil, usageErrorf("settings file %s: not valid YAML: %v", path, err)
+		return nil, exitcode.Usagef("settings file %s: not valid YAML: %v", path, err)
 	}
 	if root.Kind == 0 || len(root.Content) == 0 {
 		return map[string]string{}, nil
@@ -179,7 +183,7 @@ func readSettingsFile(path string, cmd *cobra.Command, flags map[string]*pflag.F
 	}
 	m := root.Content[0]
 	if m.Kind != yaml.MappingNode {
-		return nil, usageErrorf("settings file %s: expected a mapping of flag names to values, e.g. \"grace: 30s\"", path)
+		return nil, exitcode.Usagef("settings file %s: expected a mapping of flag names to values, e.g. \"grace: 30s\"", path)
 	}
 	out := map[string]string{}
 	for i := 0; i+1 < len(m.Content); i += 2 {
@@ -187,25 +191,25 @@ func readSettingsFile(path string, cmd *cobra.Command, flags map[string]*pflag.F
 		where := fmt.Sprintf("%s:%d: key %q", path, k.Line, k.Value)
 		f := flags[k.Value]
 		if f == nil || k.Value == "settings" {
-			return nil, usageErrorf("%s: unknown key for %q; keys are the command's flag names (see moecapd %s --help)", where, cmd.Name(), cmd.Name())
+			return nil, exitcode.Usagef("%s: unknown key for %q; keys are the command's flag names (see moecapd %s --help)", where, cmd.Name(), cmd.Name())
 		}
 		list := strings.HasSuffix(f.Value.Type(), "Slice") || strings.HasSuffix(f.Value.Type(), "Array")
 		switch {
 		case val.Kind == yaml.ScalarNode && val.Tag == "!!null":
-			return nil, usageErrorf("%s: no value; expected %s (or remove the key)", where, expectation(f))
+			return nil, exitcode.Usagef("%s: no value; expected %s (or remove the key)", where, Expectation(f))
 		case val.Kind == yaml.ScalarNode:
 			out[k.Value] = val.Value
 		case val.Kind == yaml.SequenceNode && list:
 			parts := make([]string, 0, len(val.Content))
 			for _, e := range val.Content {
 				if e.Kind != yaml.ScalarNode || strings.Contains(e.Value, ",") {
-					return nil, usageErrorf("%s: list items must be plain values without commas", where)
+					return nil, exitcode.Usagef("%s: list items must be plain values without commas", where)
 				}
 				parts = append(parts, e.Value)
 			}
 			out[k.Value] = strings.Join(parts, ",")
 		default:
-			return nil, usageErrorf("%s: expected %s, got a YAML %s", where, expectation(f), kindName(val.Kind))
+			return nil, exitcode.Usagef("%s: expected %s, got a YAML %s", where, Expectation(f), kindName(val.Kind))
 		}
 	}
 	return out, nil
@@ -223,23 +227,30 @@ func kindName(k yaml.Kind) string {
 	return "value"
 }
 
-// flagReader reads typed values out of a merged flag set. A flag the command does not
-// have reads as its zero value (the matrix lacks launch-and-bench's per-cell flags).
-type flagReader struct {
+// Reader reads typed values out of a merged flag set. A flag the command does not have
+// reads as its zero value (the matrix lacks launch-and-bench's per-cell flags). Err is the
+// first error a read met.
+type Reader struct {
 	fs  *pflag.FlagSet
 	err error
 }
 
-func (r *flagReader) has(name string) bool { return r.fs.Lookup(name) != nil }
+// NewReader reads fs.
+func NewReader(fs *pflag.FlagSet) *Reader { return &Reader{fs: fs} }
 
-func (r *flagReader) keep(err error) {
+// Err is the first error a read met, or nil.
+func (r *Reader) Err() error { return r.err }
+
+func (r *Reader) Has(name string) bool { return r.fs.Lookup(name) != nil }
+
+func (r *Reader) keep(err error) {
 	if r.err == nil && err != nil {
 		r.err = err
 	}
 }
 
-func (r *flagReader) str(name string) string {
-	if !r.has(name) {
+func (r *Reader) Str(name string) string {
+	if !r.Has(name) {
 		return ""
 	}
 	v, err := r.fs.GetString(name)
@@ -247,8 +258,8 @@ func (r *flagReader) str(name string) string {
 	return v
 }
 
-func (r *flagReader) int(name string) int {
-	if !r.has(name) {
+func (r *Reader) Int(name string) int {
+	if !r.Has(name) {
 		return 0
 	}
 	v, err := r.fs.GetInt(name)
@@ -256,8 +267,8 @@ func (r *flagReader) int(name string) int {
 	return v
 }
 
-func (r *flagReader) int64(name string) int64 {
-	if !r.has(name) {
+func (r *Reader) Int64(name string) int64 {
+	if !r.Has(name) {
 		return 0
 	}
 	v, err := r.fs.GetInt64(name)
@@ -265,8 +276,8 @@ func (r *flagReader) int64(name string) int64 {
 	return v
 }
 
-func (r *flagReader) bool(name string) bool {
-	if !r.has(name) {
+func (r *Reader) Bool(name string) bool {
+	if !r.Has(name) {
 		return false
 	}
 	v, err := r.fs.GetBool(name)
@@ -274,8 +285,8 @@ func (r *flagReader) bool(name string) bool {
 	return v
 }
 
-func (r *flagReader) dur(name string) time.Duration {
-	if !r.has(name) {
+func (r *Reader) Dur(name string) time.Duration {
+	if !r.Has(name) {
 		return 0
 	}
 	v, err := r.fs.GetDuration(name)
@@ -283,8 +294,8 @@ func (r *flagReader) dur(name string) time.Duration {
 	return v
 }
 
-func (r *flagReader) float(name string) float64 {
-	if !r.has(name) {
+func (r *Reader) Float(name string) float64 {
+	if !r.Has(name) {
 		return 0
 	}
 	v, err := r.fs.GetFloat64(name)
@@ -292,8 +303,8 @@ func (r *flagReader) float(name string) float64 {
 	return v
 }
 
-func (r *flagReader) floats(name string) []float64 {
-	if !r.has(name) {
+func (r *Reader) Floats(name string) []float64 {
+	if !r.Has(name) {
 		return nil
 	}
 	v, err := r.fs.GetFloat64Slice(name)
@@ -301,9 +312,9 @@ func (r *flagReader) floats(name string) []float64 {
 	return v
 }
 
-// optFloat is nil unless the flag was given (command line, env or file).
-func (r *flagReader) optFloat(name string) *float64 {
-	if !r.changed(name) {
+// OptFloat is nil unless the flag was given (command line, env or file).
+func (r *Reader) OptFloat(name string) *float64 {
+	if !r.Changed(name) {
 		return nil
 	}
 	v, err := r.fs.GetFloat64(name)
@@ -311,4 +322,4 @@ func (r *flagReader) optFloat(name string) *float64 {
 	return &v
 }
 
-func (r *flagReader) changed(name string) bool { return r.has(name) && r.fs.Changed(name) }
+func (r *Reader) Changed(name string) bool { return r.Has(name) && r.fs.Changed(name) }
