@@ -146,6 +146,13 @@ func withinKillWait(killWaitS float64, grace time.Duration, log *zap.Logger) (ti
 
 // taskVerdict is the task's exit: the cell manifest's own error, or the runner's.
 func taskVerdict(dir string, runErr error, log *zap.Logger) error {
+	if runErr != nil {
+		// A results disk full, read-only or not writable (the manifest could not be written)
+		// is a setup problem (2) with its message, as in matrix run; anything else a bug.
+		if e := cell.StorageError(runErr); exitcode.Of(e) != int(exitcode.Internal) {
+			return e
+		}
+	}
 	m, err := cell.ReadManifest(dir)
 	if err != nil {
 		return exitcode.New(exitcode.Internal, errors.Join(runErr, fmt.Errorf("read the cell's manifest: %w", err)))

@@ -1,8 +1,16 @@
 package app
 
 import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"syscall"
 	"testing"
 
+	"go.uber.org/zap"
+
+	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/slurm"
 )
 
@@ -46,5 +54,22 @@ func TestDescribeTask(t *testing.T) {
 		if got := describeTask(tc.t); got != tc.want {
 			t.Errorf("describeTask(%+v) = %q, want %q", tc.t, got, tc.want)
 		}
+	}
+}
+
+// A task whose cell's manifest could not be written (a full disk) exits 2 with the disk's
+// message, as matrix run does, not 1; an unclassified runner error stays a bug (1).
+func TestTaskVerdictStorage(t *testing.T) {
+	dir := t.TempDir()
+	full := fmt.Errorf("cell c: %w", &fs.PathError{Op: "write", Path: dir + "/manifest.json", Err: syscall.ENOSPC})
+	if err := taskVerdict(dir, full, zap.NewNop()); exitcode.Of(err) != int(exitcode.Usage) || !strings.Contains(err.Error(), "disk of the results directory is full") {
+		t.Errorf("full disk: %v (exit %d), want 2 with the disk's message", err, exitcode.Of(err))
+	}
+	unrecorded := exitcode.New(exitcode.Usage, errors.New("the final manifest could not be written"))
+	if err := taskVerdict(dir, unrecorded, zap.NewNop()); exitcode.Of(err) != int(exitcode.Usage) {
+		t.Errorf("unrecorded: exit %d, want 2", exitcode.Of(err))
+	}
+	if err := taskVerdict(dir, errors.New("boom"), zap.NewNop()); exitcode.Of(err) != int(exitcode.Internal) {
+		t.Errorf("other: exit %d, want 1", exitcode.Of(err))
 	}
 }

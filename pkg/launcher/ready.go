@@ -215,13 +215,30 @@ func FreePort(host string) (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// PortClosed reports whether nothing accepts connections on host:port.
+// PortClosed reports whether nothing accepts connections on host:port. A refused dial is
+// closed. A dial that "connects" from the port to itself is closed too: with nothing
+// listening on a port of the ephemeral range, Linux may pick that very port as the dial's
+// source and join the socket to itself (TCP simultaneous open), which a busy machine with
+// many cells on --port 0 meets. A dial that times out is tried again with a longer limit
+// (a loaded machine), and only a real peer, or every try timing out, says open.
 func PortClosed(host string, port int) bool {
-	conn, err := net.DialTimeout("tcp", net.JoinHostPort(host, strconv.Itoa(port)), 200*time.Millisecond)
-	if err != nil {
-		var ne net.Error
-		return !errors.As(err, &ne) || !ne.Timeout()
+	return portClosed(net.JoinHostPort(host, strconv.Itoa(port)), &net.Dialer{})
+}
+
+func portClosed(addr string, d *net.Dialer) bool {
+	for _, limit := range []time.Duration{200 * time.Millisecond, time.Second, 3 * time.Second} {
+		d.Timeout = limit
+		conn, err := d.Dial("tcp", addr)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return true
+		}
+		self := conn.LocalAddr().String() == conn.RemoteAddr().String()
+		conn.Close()
+		return self
 	}
-	conn.Close()
 	return false
 }
