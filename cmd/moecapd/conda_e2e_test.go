@@ -46,6 +46,9 @@ conda() {
 		filepath.Join(prefix, "etc", "conda", "activate.d", "moecap.sh"): "export FAKE_ENV_ACTIVATED=yes\n",
 		filepath.Join(prefix, "bin", "python"): `#!/bin/sh
 [ "$FAKE_ENV_ACTIVATED" = yes ] || { echo "python run outside the activated env" >&2; exit 97; }
+if [ "$1" = -c ]; then
+  case "$2|$3" in *importlib.metadata*"|moe_cap") echo 0.4.2 ; exit 0 ;; esac
+fi
 if [ "$1" = -m ]; then
   mod="$2"; shift 2
   case "$mod" in
@@ -97,6 +100,10 @@ func TestCondaPathHostileNames(t *testing.T) {
 			dir, m := onlyCell(t, results)
 			if m.Status != cell.StatusOK || m.Client.Kind != "moe-cap" || m.Metrics == nil || m.Metrics.Source != "moe-cap" || m.Metrics.Completed != 4 {
 				t.Fatalf("manifest %+v metrics %+v", m, m.Metrics)
+			}
+			// MoE-CAP's version, asked in the runner's env (its python, activated).
+			if m.Versions.MoECAP != "0.4.2" {
+				t.Errorf("versions.moecap %q, want 0.4.2 from the env's importlib.metadata", m.Versions.MoECAP)
 			}
 			var seen struct {
 				Argv []string          `json:"argv"`

@@ -140,7 +140,10 @@ type Client struct {
 type Versions struct {
 	Moecapd string `json:"moecapd"`
 	Backend string `json:"backend,omitempty"`
-	Driver  string `json:"driver,omitempty"`
+	// MoECAP is the moe_cap package's version in the runner's conda env (MoE-CAP runner
+	// cells; absent when it cannot be told).
+	MoECAP string `json:"moecap,omitempty"`
+	Driver string `json:"driver,omitempty"`
 }
 
 // Manifest is manifest.json.

@@ -486,6 +486,11 @@ func (r *runner) preflight(ctx context.Context) bool {
 			return false
 		}
 	}
+	if c.Client == ClientMoECAP && p.CondaRoot != "" && p.CondaErr == nil {
+		// The runner's package, asked in the env the runner will run in (before the server
+		// starts, so no phase's timing pays for it).
+		r.m.Versions.MoECAP = launcher.PackageVersion(ctx, p.CondaRoot, p.CondaEnv, MoECAPDistribution, 30*time.Second)
+	}
 	if err := r.sm_.servers.PortFree(p.Spec.Host, p.Spec.Port); err != nil {
 		r.fail(PhasePreflight, exitcode.FailPortInUse, fmt.Sprintf("port %d on %s is taken (%v; %s); stop what holds it or pass --port 0 to pick a free one", p.Spec.Port, p.Spec.Host, err, launcher.DescribeHolders(p.Spec.Port)))
 		return false
@@ -782,6 +787,9 @@ func (n nativeClient) Bench(ctx context.Context, repeat int) (*profile.Metrics, 
 	}
 	return nil, err
 }
+
+// MoECAPDistribution is the MoE-CAP package's distribution name (importlib.metadata).
+const MoECAPDistribution = "moe_cap"
 
 // moecapRunner is MoE-CAP's own runner (moe_cap.runner.openai_api_profile), started as a
 // process in the server's env; it runs once (Config.Repeats is for the native client).

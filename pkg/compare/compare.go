@@ -434,6 +434,9 @@ func environment(b, n *side) []EnvRow {
 
 // moecapVersion is the MoE-CAP package version when the manifest's extra records it.
 func moecapVersion(m *cell.Manifest) string {
+	if m.Versions.MoECAP != "" {
+		return m.Versions.MoECAP
+	}
 	raw, ok := m.Extra["moe_cap_version"]
 	if !ok {
 		return ""

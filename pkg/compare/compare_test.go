@@ -149,6 +149,7 @@ func TestCompareRoots(t *testing.T) {
 	writeCell(t, b, id, []float64{10, 10.1}, nil, nil)
 	writeCell(t, n, id, []float64{10, 10.1}, nil, func(m *cell.Manifest) {
 		m.Versions.Backend = "0.5.9"
+		m.Versions.MoECAP = "0.4.2"
 		m.Metrics.LatencyKind = "server_pass"
 		m.Repeats[0].Metrics.LatencyKind = "server_pass"
 		m.Repeats[1].Metrics.LatencyKind = "server_pass"
@@ -179,11 +180,14 @@ func TestCompareRoots(t *testing.T) {
 	diffs := map[string]bool{}
 	for _, e := range main.Env {
 		diffs[e.Key] = e.Differs
+		if e.Key == "MoE-CAP version" && (e.Base != "not recorded" || e.New != "0.4.2") {
+			t.Errorf("MoE-CAP version %q vs %q, want not recorded vs 0.4.2 (versions.moecap)", e.Base, e.New)
+		}
 		if e.Key == "server flags" && (strings.Contains(e.Base, "4711") || !strings.Contains(e.Base, "<port> --dir <cell>/records")) {
 			t.Errorf("server flags not normalised: %q", e.Base)
 		}
 	}
-	if !diffs["backend version"] || !diffs["client"] || diffs["server flags"] || diffs["model"] {
+	if !diffs["backend version"] || !diffs["MoE-CAP version"] || !diffs["client"] || diffs["server flags"] || diffs["model"] {
 		t.Errorf("differences %v", diffs)
 	}
 	if m := metric(t, main, "tpot_ms"); m.Verdict != Unknown || !strings.Contains(m.Method, "not comparable") {

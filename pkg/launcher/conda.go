@@ -106,6 +106,22 @@ func dirExists(p string) bool {
 	return err == nil && st.IsDir()
 }
 
+// versionProbe prints the installed version of the distribution named by its first
+// argument (the name is argv, never part of the code).
+const versionProbe = "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))"
+
+// PackageVersion is the version of the Python distribution dist installed in the env
+// (importlib.metadata, run through the same activation as the server and the runner);
+// "" when it cannot be told (no env, not installed, no python, or an answer that is not one
+// short line).
+func PackageVersion(ctx context.Context, root, env, dist string, timeout time.Duration) string {
+	out, err := RunInEnv(ctx, root, env, []string{"python", "-c", versionProbe, dist}, timeout)
+	if err != nil || out == "" || len(out) > 64 || strings.ContainsAny(out, " \t\n\r") {
+		return ""
+	}
+	return out
+}
+
 // RunInEnv runs argv inside the activated env and returns its combined output; doctor uses
 // it to check that moe_cap imports and to read backend versions.
 func RunInEnv(ctx context.Context, root, env string, argv []string, timeout time.Duration) (string, error) {

@@ -442,3 +442,40 @@ func TestWaitReadyStallAndExit(t *testing.T) {
 		t.Fatalf("err = %v, want exited", err)
 	}
 }
+
+// TestPackageVersion: the probe runs python inside the activated env with the distribution
+// name as an argument (data, never code), and an env that cannot tell gives "" (absent).
+func TestPackageVersion(t *testing.T) {
+	env := "env;$(touch PWNED_V) 'q'"
+	root, prefix, _ := fakeConda(t, env)
+	work := t.TempDir()
+	t.Chdir(work)
+	// The fake python answers importlib.metadata's probe only inside the activated env and
+	// only for the distribution it was given as its last argument.
+	py := `#!/bin/sh
+[ "$FAKE_ACTIVATE_D" = ran ] || exit 97
+[ "$1" = -c ] || exit 98
+case "$2" in *importlib.metadata*sys.argv*) ;; *) exit 99 ;; esac
+case "$3" in moe_cap) echo 0.4.2 ;; spaces) echo "not a version" ;; *) echo "PackageNotFoundError: $3" >&2; exit 1 ;; esac
+`
+	if err := os.WriteFile(filepath.Join(prefix, "bin", "python"), []byte(py), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	if got := PackageVersion(ctx, root, env, "moe_cap", 10*time.Second); got != "0.4.2" {
+		t.Errorf("PackageVersion(moe_cap) = %q, want 0.4.2", got)
+	}
+	for _, dist := range []string{"vllm", "spaces", "x; $(touch PWNED_D)"} {
+		if got := PackageVersion(ctx, root, env, dist, 10*time.Second); got != "" {
+			t.Errorf("PackageVersion(%q) = %q, want absent", dist, got)
+		}
+	}
+	if got := PackageVersion(ctx, root, "no-such-env", "moe_cap", 10*time.Second); got != "" {
+		t.Errorf("PackageVersion in a missing env = %q, want absent", got)
+	}
+	for _, f := range []string{"PWNED_V", "PWNED_D"} {
+		if _, err := os.Stat(filepath.Join(work, f)); err == nil {
+			t.Errorf("%s created: a value was executed as shell", f)
+		}
+	}
+}
