@@ -88,10 +88,46 @@ func BenchmarkOpenLoopPacer(b *testing.B) {
 	b.ReportMetric(worst, "achieved/asked_min_to_2000")
 }
 
+// turnaround is the closed loop's own cost away from the run's edges: between the last of
+// the first batch's sends and the last send every slot holds a request or is turning
+// around (reading the end, freeing the slot, sending the next); the slots' idle time in
+// that span (batch × span − the requests' time in flight inside it) over the sends in it
+// is the mean time a slot spends between a request's end and its next send. steady is the
+// rate that turnaround allows: batch ÷ (mean E2E latency + turnaround).
+func turnaround(reqs []RequestResult, batch int) (turnMs, steady float64) {
+	from, to := 0.0, 0.0
+	for _, r := range reqs {
+		if r.Index < batch {
+			from = max(from, r.StartS)
+		}
+		to = max(to, r.StartS)
+	}
+	if to <= from {
+		return 0, 0
+	}
+	var busy, e2el float64
+	sends := 0
+	for _, r := range reqs {
+		end := r.StartS + r.E2ELMs/1000
+		busy += max(0, min(end, to)-max(r.StartS, from))
+		if r.StartS > from {
+			sends++
+		}
+		e2el += r.E2ELMs
+	}
+	if sends == 0 {
+		return 0, 0
+	}
+	turnMs = (float64(batch)*(to-from) - busy) / float64(sends) * 1000
+	return turnMs, float64(batch) / ((e2el/float64(len(reqs)) + turnMs) / 1000)
+}
+
 // BenchmarkClosedLoopSaturation runs the closed loop against the paced SSE server (a child
 // process: TTFT 10 ms, TPOT 2 ms, 32 tokens, so 72 ms a request whatever the batch) and
 // reports the request rate achieved over the ideal batch ÷ 72 ms: what the client's own
 // turnaround (read the end, free the slot, build and send the next request) costs the load.
+// Its last columns split the loss: the turnaround itself (turnaround, above) and the rate
+// it and the measured E2E latency allow away from the run's ramp-up and drain.
 // Run with:
 //
 //	go test -run '^$' -bench ClosedLoopSaturation -benchtime 1x ./pkg/profile/
@@ -102,7 +138,7 @@ func BenchmarkClosedLoopSaturation(b *testing.B) {
 	url, stop := startPacedServer(b, ttft, tpot)
 	defer stop()
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "batch\trequests\tideal req/s\tachieved req/s\tachieved/ideal\tmean E2EL ms\t")
+	fmt.Fprintln(tw, "batch\trequests\tideal req/s\tachieved req/s\tachieved/ideal\tmean E2EL ms\tturnaround ms\tsteady/ideal\t")
 	last := 0.0
 	for range b.N {
 		for _, batch := range []int{8, 32, 128} {
@@ -117,7 +153,9 @@ func BenchmarkClosedLoopSaturation(b *testing.B) {
 			m := res.Metrics
 			ideal := float64(batch) / per.Seconds()
 			last = m.RequestThroughput / ideal
-			fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.1f\t%.4f\t%.2f\t\n", batch, n, ideal, m.RequestThroughput, last, deref(m.MeanE2ELMs))
+			turn, steady := turnaround(res.Requests, batch)
+			fmt.Fprintf(tw, "%d\t%d\t%.1f\t%.1f\t%.4f\t%.2f\t%.3f\t%.4f\t\n", batch, n, ideal, m.RequestThroughput, last, deref(m.MeanE2ELMs),
+				turn, steady/ideal)
 		}
 	}
 	tw.Flush()
