@@ -77,11 +77,7 @@ func BenchmarkDaemonQueuedMemory(b *testing.B) {
 	e := benchEnv(b)
 	stop, pid := startBenchDaemon(b, e)
 	defer stop()
-	dir := b.TempDir()
-	for _, m := range []string{"qwen1_5", "dsv2_lite"} {
-		body, _ := os.ReadFile("../../testdata/matrix/tiny_" + m + ".yaml")
-		os.WriteFile(filepath.Join(dir, "tiny_"+m+".yaml"), body, 0o644)
-	}
+	dir := tinyTasks(b)
 	var bs []string
 	for i := 1; i <= 1000; i++ {
 		bs = append(bs, strconv.Itoa(i))

@@ -145,19 +145,27 @@ func states(cs []daemon.Cell) map[string]string {
 	return m
 }
 
-// killMatrix writes a sim matrix of n cells per chain, in two chains, next to its tasks.
-func killMatrix(t *testing.T, batches string, tpot string) string {
-	t.Helper()
-	dir := t.TempDir()
+// tinyTasks is a fresh directory holding the tiny benchmark files of testdata/matrix
+// (tiny_qwen1_5.yaml, tiny_dsv2_lite.yaml) that the daemon tests' matrices name.
+func tinyTasks(tb testing.TB) string {
+	tb.Helper()
+	dir := tb.TempDir()
 	for _, m := range []string{"qwen1_5", "dsv2_lite"} {
 		b, err := os.ReadFile("../../testdata/matrix/tiny_" + m + ".yaml")
 		if err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 		if err := os.WriteFile(filepath.Join(dir, "tiny_"+m+".yaml"), b, 0o644); err != nil {
-			t.Fatal(err)
+			tb.Fatal(err)
 		}
 	}
+	return dir
+}
+
+// killMatrix writes a sim matrix of n cells per chain, in two chains, next to its tasks.
+func killMatrix(t *testing.T, batches string, tpot string) string {
+	t.Helper()
+	dir := tinyTasks(t)
 	body := fmt.Sprintf(`version: 1
 tasks:
   32-8: {config: "tiny_{model}.yaml"}

@@ -212,16 +212,7 @@ func (b *browser) screenshot(path string) {
 // chain whose bench runs long enough to be seen in progress.
 func webMatrix(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	for _, m := range []string{"qwen1_5", "dsv2_lite"} {
-		b, err := os.ReadFile("../../testdata/matrix/tiny_" + m + ".yaml")
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, "tiny_"+m+".yaml"), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dir := tinyTasks(t)
 	body := `version: 1
 model_names: {qwen1_5: Qwen1.5-MoE, dsv2_lite: DeepSeek-V2-Lite}
 tasks:
