@@ -307,21 +307,9 @@ func (s *Scraper) StopWindow(lo, hi time.Time) *Summary {
 	return sum
 }
 
-// Stop takes a last sample, ends the scraping and summarises the window.
-func (s *Scraper) Stop() *Summary {
-	s.cancel()
-	<-s.done
-	// The last scrape, after the bench: the counters' deltas cover the whole window.
-	s.scrape(context.Background())
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.out != nil {
-		s.out.Flush()
-	}
-	sum := Summarize(s.samples)
-	sum.URL, sum.ScrapeErrors, sum.LastError = s.url, s.errs, s.lastErr
-	return sum
-}
+// Stop takes a last sample, ends the scraping and summarises every sample (StopWindow
+// with both sides open).
+func (s *Scraper) Stop() *Summary { return s.StopWindow(time.Time{}, time.Time{}) }
 
 // Summary is the window's server metrics, stored under "server_metrics" in the manifest.
 type Summary struct {
