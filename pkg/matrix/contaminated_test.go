@@ -14,30 +14,7 @@ import (
 // once more (with --retries 0), the second run's manifest records why; a second
 // contaminated run is kept, not retried again.
 func TestRunnerRetriesContaminatedOnce(t *testing.T) {
-	tb := tables(t)
-	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
-		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1, 2]}}\n")
-	mx, err := Load(p, tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	results := t.TempDir()
-	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
-	r := runner(t, mx, tb, results, f)
-	const once, always = "qwen1_5.1xH100.32-8.bs1.sglang", "qwen1_5.1xH100.32-8.bs2.sglang"
-	r.Exec = func(ctx context.Context, c *cell.Config, pl *cell.Plan) (*cell.Manifest, error) {
-		m, err := f.exec(ctx, c, pl)
-		if err != nil {
-			return m, err
-		}
-		if pl.ID == always || f.calls[pl.ID] == 1 {
-			m.SetTruth(&cell.Truth{Verdict: cell.TruthContaminated, Checks: []cell.Check{
-				{Name: "client_cpu_fraction", Kind: cell.CheckContamination, Value: 0.97, Bound: "< 0.9"}}})
-		} else {
-			m.SetTruth(&cell.Truth{Verdict: cell.TruthClean, Checks: []cell.Check{}})
-		}
-		return m, cell.WriteManifest(pl.Dir, m)
-	}
+	r, f, results := contaminatedRun(t, cell.Check{Name: "client_cpu_fraction", Kind: cell.CheckContamination, Value: 0.97, Bound: "< 0.9"})
 	if _, err := r.Run(t.Context()); err != nil {
 		t.Fatal(err)
 	}
@@ -58,30 +35,7 @@ func TestRunnerRetriesContaminatedOnce(t *testing.T) {
 // once more through the same loop as matrix run, and RetryReason (the daemon's cell reason)
 // says so; a rerun contaminated too is named as such.
 func TestRunCellRetriesContaminatedOnce(t *testing.T) {
-	tb := tables(t)
-	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
-		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1, 2]}}\n")
-	mx, err := Load(p, tb)
-	if err != nil {
-		t.Fatal(err)
-	}
-	results := t.TempDir()
-	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
-	r := runner(t, mx, tb, results, f)
-	const once, always = "qwen1_5.1xH100.32-8.bs1.sglang", "qwen1_5.1xH100.32-8.bs2.sglang"
-	r.Exec = func(ctx context.Context, c *cell.Config, pl *cell.Plan) (*cell.Manifest, error) {
-		m, err := f.exec(ctx, c, pl)
-		if err != nil {
-			return m, err
-		}
-		if pl.ID == always || f.calls[pl.ID] == 1 {
-			m.SetTruth(&cell.Truth{Verdict: cell.TruthContaminated, Checks: []cell.Check{
-				{Name: "foreign_gpu_processes", Kind: cell.CheckContamination, Value: 1, Bound: "0"}}})
-		} else {
-			m.SetTruth(&cell.Truth{Verdict: cell.TruthClean, Checks: []cell.Check{}})
-		}
-		return m, cell.WriteManifest(pl.Dir, m)
-	}
+	r, f, _ := contaminatedRun(t, cell.Check{Name: "foreign_gpu_processes", Kind: cell.CheckContamination, Value: 1, Bound: "0"})
 	if err := r.Open(); err != nil {
 		t.Fatal(err)
 	}
@@ -110,4 +64,37 @@ func TestRunCellRetriesContaminatedOnce(t *testing.T) {
 	if RetryReason(&cell.Manifest{Status: cell.StatusOK}) != "" {
 		t.Error("a cell that ran once has a retry reason")
 	}
+}
+
+// The two cells of contaminatedRun: the first attempt of once is contaminated, every
+// attempt of always is.
+const once, always = "qwen1_5.1xH100.32-8.bs1.sglang", "qwen1_5.1xH100.32-8.bs2.sglang"
+
+// contaminatedRun is a runner over two fake cells whose truth verdict names check as
+// contamination: once on its first attempt only, always on every attempt.
+func contaminatedRun(t *testing.T, check cell.Check) (*Runner, *fakeExec, string) {
+	t.Helper()
+	tb := tables(t)
+	p := writeMatrix(t, "version: 1\ntasks:\n  32-8: {config: \"tiny_{model}.yaml\"}\ndefaults: {backends: [sglang]}\n"+
+		"groups:\n  g: {models: [qwen1_5], hardware: [1xH100], tasks: {32-8: [1, 2]}}\n")
+	mx, err := Load(p, tb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := t.TempDir()
+	f := &fakeExec{calls: map[string]int{}, hold: time.Millisecond}
+	r := runner(t, mx, tb, results, f)
+	r.Exec = func(ctx context.Context, c *cell.Config, pl *cell.Plan) (*cell.Manifest, error) {
+		m, err := f.exec(ctx, c, pl)
+		if err != nil {
+			return m, err
+		}
+		if pl.ID == always || f.calls[pl.ID] == 1 {
+			m.SetTruth(&cell.Truth{Verdict: cell.TruthContaminated, Checks: []cell.Check{check}})
+		} else {
+			m.SetTruth(&cell.Truth{Verdict: cell.TruthClean, Checks: []cell.Check{}})
+		}
+		return m, cell.WriteManifest(pl.Dir, m)
+	}
+	return r, f, results
 }
