@@ -139,14 +139,27 @@ func readBench(path string, d *CellData) bool {
 		w := end / timelineBins
 		bins := make([]float64, timelineBins)
 		for _, e := range evs {
-			i := min(int(e.t/w), timelineBins-1)
-			bins[i] += e.n
+			bins[timelineBin(e.t/w)] += e.n
 		}
 		for i, n := range bins {
 			d.TokensPerS = append(d.TokensPerS, plotter.XY{X: (float64(i) + 0.5) * w, Y: n / w})
 		}
 	}
 	return len(d.TTFT) > 0
+}
+
+// timelineBin is the bin of a token arrival at x bin widths from the start: a chunk a
+// hostile or broken bench file places after its request's end (a TTFT over the E2E
+// latency, a sum of gaps that overflows) goes into the last bin, never past it; a NaN into
+// the first.
+func timelineBin(x float64) int {
+	switch {
+	case !(x >= 0):
+		return 0
+	case x >= timelineBins-1:
+		return timelineBins - 1
+	}
+	return int(x)
 }
 
 // decodeTimeline turns the decode passes into the decode batch timeline (time = summed
