@@ -223,7 +223,10 @@ func ReadJSONL(path string) ([]Pass, error) {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, err
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("read %s: a line over 256 MiB, not a pass record an engine writes: %w", path, err)
+		}
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return ParseAll(path, raws)
 }
