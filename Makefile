@@ -35,7 +35,7 @@ FUZZ_SCALE ?= 1
 FUZZ_TARGETS := FuzzSSEStream:./pkg/profile:30000 FuzzRunnerFiles:./pkg/profile:3000 FuzzDecode:./pkg/records:30000 \
 	FuzzTelemetryCSV:./pkg/report:5000 FuzzBenchFile:./pkg/report:10000 FuzzReadManifest:./pkg/cell:5000 \
 	FuzzMetricsPage:./pkg/servermetrics:20000 FuzzServerMetricsCSV:./pkg/servermetrics:20000 \
-	FuzzStoreFile:./internal/daemon:2000
+	FuzzStoreFile:./internal/daemon:2000 FuzzRunnerOutput:./pkg/profile:3000
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		name=$${t%%:*}; rest=$${t#*:}; pkg=$${rest%%:*}; n=$$(( $${rest#*:} * $(FUZZ_SCALE) )); \

@@ -198,7 +198,7 @@ func (r *recorder) dump(ctx context.Context) ([]Pass, string, error) {
 		Records      []json.RawMessage `json:"records"`
 		TotalRecords int               `json:"total_records"`
 	}
-	if err := json.Unmarshal(body, &rep); err != nil {
+	if err := json.Unmarshal(records.PythonJSON(body), &rep); err != nil {
 		return nil, "", fmt.Errorf("/dump_batch_recording reply is not {\"status\",\"records\",\"total_records\"}: %v", err)
 	}
 	passes, err := ParsePasses(r.base+"/dump_batch_recording", rep.Records)
