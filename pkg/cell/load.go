@@ -153,7 +153,7 @@ func (l Load) Apply(c *Config, k LoadKeys) error {
 		return nil
 	}
 	if c.Client != ClientNative {
-		return k.err("request_rate", "%s, %s, %s and %s need the native client (--client native); the MoE-CAP runner sends its own closed-loop waves",
+		return k.err(l.firstSet(), "%s, %s, %s and %s need the native client (--client native); the MoE-CAP runner sends its own closed-loop waves",
 			k.Name("request_rate"), k.Name("rates"), k.Name("slo"), k.Name("find_max_rate"))
 	}
 	if c.Native.PromptStyle == profile.PromptUpstream && l.SLO != "" {
@@ -174,6 +174,19 @@ func (l Load) Apply(c *Config, k LoadKeys) error {
 	c.Load = l
 	c.Load.Rates = append([]float64(nil), l.Rates...)
 	return nil
+}
+
+// firstSet is the first load setting given, for an error about them all.
+func (l Load) firstSet() string {
+	switch {
+	case l.RequestRate > 0:
+		return "request_rate"
+	case len(l.Rates) > 0:
+		return "rates"
+	case l.FindMaxRate:
+		return "find_max_rate"
+	}
+	return "slo"
 }
 
 // CheckRepeats refuses repeats of a sweep (a matrix checks it when it loads, before the
