@@ -142,3 +142,33 @@ func TestMatrixRateSweepGroup(t *testing.T) {
 		t.Errorf("matrix run --rates: exit %d, want 2 (a group's key)\n%s", r.code, r.stderr)
 	}
 }
+
+// TestOpenLoopCellOwnID: launch-and-bench with --request-rate after the closed loop of the
+// same configuration, into the same results root, is a second cell: the closed loop's
+// result is neither archived nor overwritten.
+func TestOpenLoopCellOwnID(t *testing.T) {
+	cfg := tinyConfig(t, qwen, 32, 8, 4)
+	results := t.TempDir()
+	const closedID = "qwen1_5.1xH100.32-8.bs1.sim"
+	if r := moecapd(t, nil, simArgs(results, cfg, 1, "--", "--sim-tpot", "2ms")...); r.code != 0 {
+		t.Fatalf("closed loop: exit %d\n%s", r.code, r.stderr)
+	}
+	closed, err := cell.ReadManifest(filepath.Join(results, closedID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := moecapd(t, nil, simArgs(results, cfg, 1, "--request-rate", "50", "--burstiness", "0.5", "--", "--sim-tpot", "2ms")...); r.code != 0 {
+		t.Fatalf("open loop: exit %d\n%s", r.code, r.stderr)
+	}
+	open, err := cell.ReadManifest(filepath.Join(results, closedID+".rate50-b0_5"))
+	if err != nil || open.Status != cell.StatusOK || open.Cell.Load != "rate50-b0_5" || open.Metrics.RequestRate == nil || *open.Metrics.RequestRate != 50 {
+		t.Fatalf("open-loop cell: %+v, %v", open, err)
+	}
+	again, err := cell.ReadManifest(filepath.Join(results, closedID))
+	if err != nil || !again.StartedAt.Equal(closed.StartedAt) || again.Cell.Load != "" {
+		t.Errorf("the closed loop's cell changed: %+v, %v", again, err)
+	}
+	if atts, _ := filepath.Glob(filepath.Join(results, ".attempts", "*")); len(atts) != 0 {
+		t.Errorf("an attempt was archived: %v", atts)
+	}
+}
