@@ -166,6 +166,9 @@ func OpenStore(results string) (*Store, error) {
 		return nil, fmt.Errorf("create the daemon's store directory %s: %w", dir, err)
 	}
 	p := filepath.Join(dir, StoreFile)
+	if err := checkStoreFile(p); err != nil {
+		return nil, err
+	}
 	db, err := bolt.Open(p, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		if errors.Is(err, bolterrors.ErrTimeout) {

@@ -241,7 +241,8 @@ const ManifestFile = "manifest.json"
 func WriteManifest(dir string, m *Manifest) error {
 	b, err := json.MarshalIndent(m, "", "  ")
 	if err != nil {
-		return err
+		// A NaN or Inf that a reader let through: name the file it did not reach.
+		return fmt.Errorf("write %s: encode the manifest: %w", DirOf(dir).Manifest(), err)
 	}
 	return WriteFileAtomic(DirOf(dir).Manifest(), append(b, '\n'))
 }

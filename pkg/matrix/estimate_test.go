@@ -4,6 +4,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 )
 
@@ -63,5 +64,46 @@ func TestEstimateSimCPUBound(t *testing.T) {
 	items[2].Action = ActRun
 	if got := Wall(items, 4, 1); got != (time.Hour+80*time.Second)/4 {
 		t.Errorf("with a GPU cell of an hour: %v, want the slots' share %v", got, (time.Hour+80*time.Second)/4)
+	}
+}
+
+// TestETASharesAsWall: before any cell finishes, the run's ETA is the plan's Wall (sim
+// cells over at most the cores, GPU cells over every slot); a finished sim cell that took
+// what that sharing predicts leaves the ETA on the plan, and one that took 1.5× longer
+// scales the rest by 1.5, not by the sharing again.
+func TestETASharesAsWall(t *testing.T) {
+	mk := func(id, backend string) *Item {
+		return &Item{Cell: &Cell{ID: id, Backend: backend}, Action: ActRun, Estimate: 10 * time.Second}
+	}
+	ok := &cell.Manifest{Status: cell.StatusOK}
+	for _, tt := range []struct {
+		name    string
+		backend string
+		slots   int
+		cpus    int
+		took    time.Duration // of the first cell; 0: none finished
+		want    time.Duration
+	}{
+		{"sim, 4 slots on 2 cores: two at a time", "sim", 4, 2, 0, 20 * time.Second},
+		{"GPU cells: four at a time", "sglang", 4, 2, 0, 10 * time.Second},
+		{"sim cell took what the sharing predicts", "sim", 4, 2, 20 * time.Second, 15 * time.Second},
+		{"sim cell 1.5× slower than predicted", "sim", 4, 2, 30 * time.Second, 22500 * time.Millisecond},
+		{"one slot: estimates add up", "sim", 1, 2, 10 * time.Second, 30 * time.Second},
+	} {
+		items := []*Item{mk("a", tt.backend), mk("b", tt.backend), mk("c", tt.backend), mk("d", tt.backend)}
+		p := NewProgress()
+		p.begin(items, tt.slots, tt.cpus)
+		want := tt.want
+		if tt.took == 0 {
+			if w := Wall(items, tt.slots, tt.cpus); w != want {
+				t.Fatalf("%s: Wall %v, test wants %v", tt.name, w, want)
+			}
+		} else {
+			p.started(0, items[0])
+			p.finished(0, items[0], ok, tt.took)
+		}
+		if got := p.Snapshot().ETA(); got != want {
+			t.Errorf("%s: ETA %v, want %v", tt.name, got, want)
+		}
 	}
 }

@@ -374,7 +374,6 @@ func secs(s float64) time.Duration { return time.Duration(s * float64(time.Secon
 // the slots, but sim cells, which are bound by the machine's CPUs (server and client of
 // each), shared by no more slots than there are cores. Unknown estimates (0) add nothing.
 func Wall(items []*Item, slots, cpus int) time.Duration {
-	slots = max(slots, 1)
 	var all, sim time.Duration
 	for _, it := range items {
 		if it.Action != ActRun {
@@ -385,5 +384,26 @@ func Wall(items []*Item, slots, cpus int) time.Duration {
 			sim += it.Estimate
 		}
 	}
+	return share(all, sim, slots, cpus)
+}
+
+// share is the wall time of work estimated at all (sim of it on the built-in simulated
+// backend) run over slots at once on cpus cores: the slots divide all, and sim cells,
+// whose servers and clients are this machine's CPU, go no faster than min(slots, cpus)
+// at once. Wall, the plan's total, and Snapshot.ETA, the time left, both share this way.
+func share(all, sim time.Duration, slots, cpus int) time.Duration {
+	slots = max(slots, 1)
 	return max(all/time.Duration(slots), sim/time.Duration(min(slots, max(cpus, 1))))
+}
+
+// contention is how much longer than its estimate a sim cell runs when slots sim cells
+// share cpus cores (the estimate is the cell alone): slots/cpus, at least 1. Progress
+// scales a finished sim cell's estimate by it before comparing it with how long the cell
+// took, so the ETA's correction ratio measures the estimates' error only, not the sharing
+// share() already counts.
+func contention(sim bool, slots, cpus int) float64 {
+	if !sim {
+		return 1
+	}
+	return max(1, float64(max(slots, 1))/float64(max(cpus, 1)))
 }

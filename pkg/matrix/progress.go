@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/moecapd/moecapd/pkg/cell"
+	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
 // Current is a cell running now.
@@ -18,6 +19,9 @@ type Current struct {
 	Phase    cell.Phase
 	Started  time.Time
 	Estimate time.Duration
+	// Sim is whether the cell runs on the built-in simulated backend (its estimate shares
+	// this machine's cores).
+	Sim bool
 }
 
 // Result is what a finished ok cell measured, for the metrics; a nil field was not measured.
@@ -36,9 +40,14 @@ type Snapshot struct {
 	Slots                                                      int
 	Ended                                                      bool
 	// Results of the cells that finished ok in this run, in finishing order.
-	Results    []Result
-	pendingEst time.Duration
-	ratio      float64
+	Results []Result
+	// CPUs is the cores sim cells share (Runner.CPUs).
+	CPUs int
+	// The estimates not yet spent, all cells' and the sim cells' of them (pending cells'
+	// whole estimates, running cells' remainders are added at ETA time), and how far this
+	// run's finished cells were off theirs.
+	pendingEst, pendingSim time.Duration
+	ratio                  float64
 }
 
 // Finished counts cells with an outcome (skipped ones included).
@@ -49,19 +58,23 @@ func (s Snapshot) Finished() int {
 // Pending counts cells not started yet.
 func (s Snapshot) Pending() int { return s.Total - s.Finished() - len(s.Running) }
 
-// ETA is the estimated time left: estimates of pending cells and the rest of running ones,
-// corrected by how far this run's finished cells were off their estimates, shared over
-// the slots.
+// ETA is the estimated time left: the estimates of pending cells and the rest of running
+// ones, shared over the slots as the plan's Wall shares them (sim cells over at most the
+// cores), corrected by how far this run's finished cells were off their estimates.
 func (s Snapshot) ETA() time.Duration {
-	left := s.pendingEst
+	all, sim := s.pendingEst, s.pendingSim
 	for _, c := range s.Running {
-		left += max(c.Estimate-time.Since(c.Started), 0)
+		left := max(c.Estimate-time.Since(c.Started), 0)
+		all += left
+		if c.Sim {
+			sim += left
+		}
 	}
 	r := s.ratio
 	if r == 0 {
 		r = 1
 	}
-	return time.Duration(float64(left) * r / float64(max(s.Slots, 1)))
+	return time.Duration(float64(share(all, sim, s.Slots, s.CPUs)) * r)
 }
 
 // Progress tracks a run for displays and metrics. Safe for concurrent use.
@@ -69,6 +82,7 @@ type Progress struct {
 	mu      sync.Mutex
 	s       Snapshot
 	est     map[string]time.Duration // pending cell → estimate
+	sim     map[string]bool          // pending cell → on the sim backend
 	running map[int]*Current
 	results []Result
 	actual  time.Duration // of cells finished this run
@@ -77,15 +91,16 @@ type Progress struct {
 
 // NewProgress returns an empty tracker.
 func NewProgress() *Progress {
-	return &Progress{est: map[string]time.Duration{}, running: map[int]*Current{}}
+	return &Progress{est: map[string]time.Duration{}, sim: map[string]bool{}, running: map[int]*Current{}}
 }
 
-func (p *Progress) begin(items []*Item, slots int) {
+func (p *Progress) begin(items []*Item, slots, cpus int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.s.Start, p.s.Total, p.s.Slots = time.Now(), len(items), slots
+	p.s.Start, p.s.Total, p.s.Slots, p.s.CPUs = time.Now(), len(items), slots, cpus
 	for _, it := range items {
 		p.est[it.Cell.ID] = it.Estimate
+		p.sim[it.Cell.ID] = it.Cell.Backend == launcher.BackendSim
 	}
 }
 
@@ -93,7 +108,8 @@ func (p *Progress) started(slot int, it *Item) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	delete(p.est, it.Cell.ID)
-	p.running[slot] = &Current{Slot: slot, Cell: it.Cell.ID, Phase: cell.PhasePreflight, Started: time.Now(), Estimate: it.Estimate}
+	p.running[slot] = &Current{Slot: slot, Cell: it.Cell.ID, Phase: cell.PhasePreflight, Started: time.Now(), Estimate: it.Estimate,
+		Sim: p.sim[it.Cell.ID]}
 }
 
 func (p *Progress) phase(slot int, ph cell.Phase) {
@@ -121,7 +137,7 @@ func (p *Progress) finished(slot int, it *Item, m *cell.Manifest, took time.Dura
 	}
 	if it.Estimate > 0 {
 		p.actual += took
-		p.planned += it.Estimate
+		p.planned += time.Duration(float64(it.Estimate) * contention(p.sim[it.Cell.ID], p.s.Slots, p.s.CPUs))
 	}
 	if m.Status == cell.StatusOK {
 		p.results = append(p.results, resultOf(it, m))
@@ -177,8 +193,11 @@ func (p *Progress) Snapshot() Snapshot {
 		s.Running = append(s.Running, *c)
 	}
 	sort.Slice(s.Running, func(i, j int) bool { return s.Running[i].Slot < s.Running[j].Slot })
-	for _, d := range p.est {
+	for id, d := range p.est {
 		s.pendingEst += d
+		if p.sim[id] {
+			s.pendingSim += d
+		}
 	}
 	if p.planned > 0 {
 		// One slow or fast cell should not swing the ETA by orders of magnitude.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -34,6 +35,8 @@ type Runner struct {
 	Exec func(ctx context.Context, c *cell.Config, p *cell.Plan) (*cell.Manifest, error)
 	// Slots is how many cells may run at once (1: exclusive).
 	Slots int
+	// CPUs is the cores sim cells share, for the ETA (0: runtime.NumCPU()).
+	CPUs int
 	// GPUs is the pool of GPU ids (CUDA_VISIBLE_DEVICES entries) real cells are given from;
 	// empty: cells keep the caller's CUDA_VISIBLE_DEVICES and run one at a time.
 	GPUs []string
@@ -102,7 +105,11 @@ func (r *Runner) Run(ctx context.Context) (Outcome, error) {
 		r.Progress = NewProgress()
 	}
 	p := r.Progress
-	p.begin(pending, slots)
+	cpus := r.CPUs
+	if cpus <= 0 {
+		cpus = runtime.NumCPU()
+	}
+	p.begin(pending, slots, cpus)
 
 	var out Outcome
 	freeSlots := make([]bool, slots)

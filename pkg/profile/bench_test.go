@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"text/tabwriter"
@@ -43,8 +44,24 @@ func runPacedServer() {
 	}
 	chunk := []byte(`data: {"id":"cmpl-1","object":"text_completion","choices":[{"index":0,"text":" tok","logprobs":null,"finish_reason":null}]}` + "\n\n")
 	mux := http.NewServeMux()
+	// The server's own time per request (handler start to [DONE] flushed), for a benchmark
+	// that asks how close to the imposed schedule the server itself kept: GET /stats says
+	// "<requests> <summed ns>" since the last GET /stats?reset=1 (which says them, then
+	// starts over).
+	var served, servedNs atomic.Int64
+	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Query().Get("reset") == "1" {
+			fmt.Fprintf(w, "%d %d\n", served.Swap(0), servedNs.Swap(0))
+			return
+		}
+		fmt.Fprintf(w, "%d %d\n", served.Load(), servedNs.Load())
+	})
 	mux.HandleFunc("POST /v1/completions", func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		defer func() {
+			servedNs.Add(int64(time.Since(start)))
+			served.Add(1)
+		}()
 		var body struct {
 			Prompt    []int `json:"prompt"`
 			MaxTokens int   `json:"max_tokens"`
@@ -62,6 +79,7 @@ func runPacedServer() {
 			fl.Flush()
 		}
 		fmt.Fprintf(w, "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":%d,\"completion_tokens\":%d}}\n\ndata: [DONE]\n\n", len(body.Prompt), body.MaxTokens)
+		fl.Flush()
 	})
 	fmt.Println("ADDR", ln.Addr().String())
 	http.Serve(ln, mux)

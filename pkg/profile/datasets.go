@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"net/url"
 	"os"
@@ -123,6 +124,10 @@ func loadDatasetTexts(ctx context.Context, o *Options, n int) ([]string, error) 
 
 // fetchHubRows pages through the dataset viewer's /rows API until it has n rows or the split
 // ends. Transient failures (429, 5xx, resets) are retried with backoff.
+// maxHubPage bounds one page of rows from the hub (100 LongBench rows of up to a few
+// MB each).
+const maxHubPage = 1 << 30
+
 func fetchHubRows(ctx context.Context, o *Options, hub string, ds hubDataset, n int) ([]string, error) {
 	rc := retryablehttp.NewClient()
 	rc.Logger = nil
@@ -154,7 +159,7 @@ func fetchHubRows(ctx context.Context, o *Options, hub string, ds hubDataset, n 
 			NumRowsTotal int    `json:"num_rows_total"`
 			Error        string `json:"error"`
 		}
-		derr := json.NewDecoder(resp.Body).Decode(&page)
+		derr := json.NewDecoder(io.LimitReader(resp.Body, maxHubPage)).Decode(&page)
 		resp.Body.Close()
 		if resp.StatusCode != 200 {
 			return nil, fmt.Errorf("%s answered HTTP %d %s", u, resp.StatusCode, page.Error)
@@ -162,12 +167,15 @@ func fetchHubRows(ctx context.Context, o *Options, hub string, ds hubDataset, n 
 		if derr != nil {
 			return nil, fmt.Errorf("%s: reply is not a rows page: %v", u, derr)
 		}
+		got := len(texts)
 		for _, r := range page.Rows {
 			if t := joinFields(r.Row, ds.Fields); t != "" {
 				texts = append(texts, t)
 			}
 		}
-		if len(page.Rows) < hubPageRows || offset+hubPageRows >= page.NumRowsTotal {
+		// A page without one usable row ends the fetch: a hub whose rows all lack the
+		// fields (or that pages without end) would otherwise be asked forever.
+		if len(page.Rows) < hubPageRows || offset+hubPageRows >= page.NumRowsTotal || len(texts) == got {
 			break
 		}
 	}

@@ -135,3 +135,34 @@ func TestProgressLineAndLogLines(t *testing.T) {
 		t.Errorf("no final log line")
 	}
 }
+
+// A hub that pages without end but whose rows lack the dataset's fields is asked once, not
+// forever (a page without a usable row ends the fetch), and the error names the fields.
+func TestDatasetHubWithoutUsableRowsEnds(t *testing.T) {
+	var calls atomic.Int32
+	hub := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		calls.Add(1)
+		rows := make([]map[string]any, hubPageRows)
+		for i := range rows {
+			rows[i] = map[string]any{"row": map[string]any{"other": "x"}}
+		}
+		json.NewEncoder(w).Encode(map[string]any{"rows": rows, "num_rows_total": 1 << 40})
+	}))
+	t.Cleanup(hub.Close)
+	_, err := loadDatasetTexts(t.Context(), &Options{Dataset: "gsm8k", HubURL: hub.URL}, 150)
+	if err == nil || !strings.Contains(err.Error(), "no rows with fields question") {
+		t.Errorf("err %v, want one naming the fields", err)
+	}
+	if n := calls.Load(); n != 1 {
+		t.Errorf("hub asked %d times for rows it never has", n)
+	}
+}
+
+func TestPlausibleVersion(t *testing.T) {
+	for v, want := range map[string]bool{"0.10.1.1": true, "0.5.0rc2+cu128": true, "": false,
+		"<html>": false, strings.Repeat("1", 65): false, "1.0\nX-Injected: 1": false} {
+		if got := plausibleVersion(v); got != want {
+			t.Errorf("plausibleVersion(%q) = %v, want %v", v, got, want)
+		}
+	}
+}

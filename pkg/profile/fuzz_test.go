@@ -2,6 +2,7 @@ package profile
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
@@ -56,5 +57,43 @@ func FuzzRunnerFiles(f *testing.F) {
 			t.Fatal(err)
 		}
 		_, _ = readRunnerRequests(p)
+	})
+}
+
+// FuzzRunnerOutput: whatever the MoE-CAP runner (or a file put in its place) wrote as its
+// metrics file and per-request data, ReadMoECAPOutput returns metrics or an error, never a
+// panic, and the metrics it returns are what a manifest can hold (JSON has no NaN or Inf: one
+// would fail the whole manifest write).
+func FuzzRunnerOutput(f *testing.F) {
+	for _, d := range []string{"runner-ok", "runner-failed", "runner-noclock", "runner-norecords", "runner-short", "runner-zero"} {
+		metrics, _ := filepath.Glob(filepath.Join("../../testdata/profile", d, "*", "*", "metrics_*.json"))
+		data, _ := filepath.Glob(filepath.Join("../../testdata/profile", d, "*", "*", "output_data_*.jsonl"))
+		if len(metrics) == 1 && len(data) == 1 {
+			m, _ := os.ReadFile(metrics[0])
+			r, _ := os.ReadFile(data[0])
+			f.Add(m, r, uint16(1000))
+		}
+	}
+	f.Add([]byte(`{"performance":{"e2e_s":1e308,"request/s":1e-308,"ttft":1e308,"tpot":NaN},"expert_activation":{"avg_expert_activation_decode":Infinity}}`),
+		[]byte(`{"index":0,"success":true,"latency_s":1e308,"input_token_count":1,"output_token_count":1}`+"\n"+`{"index":1,"success":true,"latency_s":NaN}`), uint16(0))
+	f.Fuzz(func(t *testing.T, metrics, data []byte, phaseMs uint16) {
+		dir := t.TempDir()
+		sub := filepath.Join(dir, "org", "model")
+		if err := os.MkdirAll(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(sub, "metrics_gsm8k_20260801_120000.json"), metrics, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(sub, "output_data_gsm8k_20260801_120000.jsonl"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		m, _ := ReadMoECAPOutput(dir, 2, RunnerClock{RequestPhase: time.Duration(phaseMs) * time.Millisecond})
+		if m == nil {
+			return
+		}
+		if _, err := json.Marshal(m); err != nil {
+			t.Fatalf("metrics a manifest cannot hold: %v", err)
+		}
 	})
 }

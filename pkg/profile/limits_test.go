@@ -127,6 +127,25 @@ func TestHostileServers(t *testing.T) {
 			sse(w)
 			fmt.Fprint(w, chunkLine+`data: {"error":{"message":"CUDA error: device-side assert"}}`+"\n\n")
 		}, nil, "server error in stream", "device-side assert"},
+		{"200 with an HTML page", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/html; charset=utf-8")
+			fmt.Fprint(w, "<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>proxy login</body></html>\n")
+		}, nil, KindProtocolError, "holds no data: line"},
+		{"closes mid-chunk", func(w http.ResponseWriter, r *http.Request) {
+			rc := sse(w)
+			fmt.Fprint(w, chunkLine+`data: {"choices":[{"index":0,"te`)
+			rc.Flush()
+			// Gone without the terminating zero-length chunk: the client's body read fails.
+			conn, _, err := rc.Hijack()
+			if err == nil {
+				conn.Close()
+			}
+		}, nil, "connection reset", "closed the connection mid-request"},
+		{"closes mid-line after a plain body", func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Content-Length", "76")
+			fmt.Fprint(w, chunkLine+`data: {"choices":[{"index":0,"te`)
+		}, nil, "truncated stream", "ended inside chunk 2"},
 		{"503 with a JSON message", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(http.StatusServiceUnavailable)

@@ -7,16 +7,19 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/google/renameio/v2"
 
 	"github.com/moecapd/moecapd/pkg/fsx"
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 // The MoE-CAP runner (moe_cap.runner.openai_api_profile) writes four files per dataset under
@@ -301,6 +304,9 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 	if err != nil {
 		return nil, fmt.Errorf("read MoE-CAP metrics: %w", err)
 	}
+	// Python's json writes NaN/Infinity for a metric it could not compute: null (absent)
+	// here, and in the copy the manifest keeps.
+	raw = records.PythonJSON(raw)
 	var rm runnerMetricsIn
 	if err := json.Unmarshal(raw, &rm); err != nil {
 		return nil, fmt.Errorf("%s: not a MoE-CAP metrics file (%v); the runner may have been cut off while writing it, see client.log", metricsPath, err)
@@ -316,6 +322,9 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 	m := &Metrics{Source: "moe-cap", LatencyKind: "server_pass", PromptStyle: runnerPromptStyle(outputDir), MoECAP: json.RawMessage(raw)}
 	var failed []runnerRequestIn
 	var e2el []float64
+	// Successful requests whose latency_s is absent (Python's NaN), negative or beyond any
+	// run's length: left out of E2EL, and the result fails saying so.
+	badLatency, firstBad := 0, runnerRequestIn{}
 	for _, r := range reqs {
 		if !r.Success {
 			failed = append(failed, r)
@@ -324,7 +333,11 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 		m.Completed++
 		m.TotalInputTokens += r.InputTokenCount
 		m.TotalOutputTokens += r.OutputTokenCount
-		e2el = append(e2el, r.LatencyS*1000)
+		if l := r.LatencyS; l != nil && *l >= 0 && *l <= maxRunnerLatencyS {
+			e2el = append(e2el, *l*1000)
+		} else if badLatency++; badLatency == 1 {
+			firstBad = r
+		}
 	}
 	m.Failed = len(failed)
 	n := len(reqs)
@@ -372,6 +385,13 @@ func ReadMoECAPOutput(outputDir string, wantSamples int, clock RunnerClock) (*Me
 		}
 		return m, fmt.Errorf("%s: %d of %d requests failed: first error (request %d): %s", dataPath, len(failed), n, failed[0].Index, msg)
 	}
+	if badLatency > 0 {
+		v := "absent or NaN"
+		if firstBad.LatencyS != nil {
+			v = strconv.FormatFloat(*firstBad.LatencyS, 'g', -1, 64)
+		}
+		return m, fmt.Errorf("%s: %d successful requests have no usable latency_s (request %d: %s): E2EL leaves them out and the result is not trusted; see client.log", dataPath, badLatency, firstBad.Index, v)
+	}
 	if m.DurationS <= 0 {
 		return m, fmt.Errorf("%s: the run's duration is unknown (%s): its throughputs cannot be computed and are not published; the runner wrote no e2e_s/request rate and client.log has no request-phase markers (is this the MoE-CAP runner moecapd launched?)", metricsPath, m.ClockCheck.DurationSource)
 	}
@@ -414,11 +434,12 @@ func checkClock(c RunnerClock, e2e, rate float64, n int) *ClockCheck {
 	if c.Process > 0 {
 		cc.MoecapdProcessS = f(c.Process.Seconds())
 	}
-	if e2e > 0 && n > 0 {
-		cc.RunnerE2ETimesNS = f(e2e * float64(n))
+	// A figure past the float range (e2e_s 1e308, request/s 1e-308) is no wall time.
+	if v := e2e * float64(n); e2e > 0 && n > 0 && !math.IsInf(v, 0) {
+		cc.RunnerE2ETimesNS = f(v)
 	}
-	if rate > 0 && n > 0 {
-		cc.RunnerNOverRateS = f(float64(n) / rate)
+	if v := float64(n) / rate; rate > 0 && n > 0 && !math.IsInf(v, 0) {
+		cc.RunnerNOverRateS = f(v)
 	}
 	rel := func(a, b float64) float64 {
 		d := (a - b) / b
@@ -501,17 +522,22 @@ type runnerMetricsIn struct {
 
 // runnerRequestIn is an output_data row as read (every runner version).
 type runnerRequestIn struct {
-	Index            int     `json:"index"`
-	InputTokenCount  int     `json:"input_token_count"`
-	OutputTokenCount int     `json:"output_token_count"`
-	Success          bool    `json:"success"`
-	LatencyS         float64 `json:"latency_s"`
-	Error            string  `json:"error"`
+	Index            int      `json:"index"`
+	InputTokenCount  int      `json:"input_token_count"`
+	OutputTokenCount int      `json:"output_token_count"`
+	Success          bool     `json:"success"`
+	LatencyS         *float64 `json:"latency_s"`
+	Error            string   `json:"error"`
 }
 
-// positive maps the runner's "0 means no records" convention onto an absent value.
+// maxRunnerLatencyS bounds a request's latency_s: no bench runs for a year.
+const maxRunnerLatencyS = 365 * 24 * 3600
+
+// positive maps the runner's "0 means no records" convention onto an absent value; a value
+// past the float range (1e308 s × 1000) is no measurement either, and no manifest could
+// hold it.
 func positive(v float64) *float64 {
-	if v > 0 {
+	if v > 0 && !math.IsInf(v, 1) {
 		return &v
 	}
 	return nil
@@ -580,7 +606,7 @@ func readRunnerRequests(path string) ([]runnerRequestIn, error) {
 			continue
 		}
 		var r runnerRequestIn
-		if err := json.Unmarshal(b, &r); err != nil {
+		if err := json.Unmarshal(records.PythonJSON(b), &r); err != nil {
 			return nil, fmt.Errorf("%s:%d: not a request record: %v", path, line, err)
 		}
 		out = append(out, r)
@@ -620,10 +646,11 @@ func EngineVersionOf(outputDir string) string {
 		return ""
 	}
 	var md RunnerMetadata
-	if json.Unmarshal(b, &md) != nil {
+	if json.Unmarshal(records.PythonJSON(b), &md) != nil {
 		return ""
 	}
-	if v := strings.TrimSpace(md.SystemEnvironment.InferenceEngineVersion); v != "unknown" {
+	// What the server said, through the runner: a version, not markup or a megabyte.
+	if v := strings.TrimSpace(md.SystemEnvironment.InferenceEngineVersion); v != "unknown" && plausibleVersion(v) {
 		return v
 	}
 	return ""

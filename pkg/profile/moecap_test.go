@@ -1,10 +1,12 @@
 package profile
 
 import (
+	"bytes"
 	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -235,5 +237,52 @@ func TestEngineVersionOf(t *testing.T) {
 	}
 	if got := EngineVersionOf(t.TempDir()); got != "" {
 		t.Errorf("no result files: %q, want absent", got)
+	}
+}
+
+// The runner is Python: a metric it could not compute is written as NaN (json's allow_nan
+// default), which is absent here, not a metrics file rejected whole; a latency_s of NaN or
+// past the float range on a successful request is left out of E2EL and fails the result by
+// name; nothing non-finite reaches the metrics a manifest stores.
+func TestReadMoECAPOutputPythonNaNAndHugeNumbers(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.CopyFS(dir, os.DirFS(filepath.Join(fixtures, "runner-ok"))); err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := filepath.Glob(filepath.Join(dir, "*", "*", "metrics_*.json"))
+	data, _ := filepath.Glob(filepath.Join(dir, "*", "*", "output_data_*.jsonl"))
+	if len(metrics) != 1 || len(data) != 1 {
+		t.Fatalf("fixture: %v %v", metrics, data)
+	}
+	b, _ := os.ReadFile(metrics[0])
+	b = bytes.Replace(b, []byte(`"ttft": 0.412`), []byte(`"ttft": NaN`), 1)
+	b = bytes.Replace(b, []byte(`"avg_expert_activation_decode": 2.9`), []byte(`"avg_expert_activation_decode": 1e308`), 1)
+	if err := os.WriteFile(metrics[0], b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	clock := RunnerClock{RequestPhase: 21600 * time.Millisecond}
+	m, err := ReadMoECAPOutput(dir, 4, clock)
+	if err != nil {
+		t.Fatalf("a metrics file with NaN: %v", err)
+	}
+	if m.ServerPass.TTFTMoECAPMs != nil || m.ServerPass.TPOTMoECAPMs == nil || m.AvgExpertActivationDecode == nil || *m.AvgExpertActivationDecode != 1e308 {
+		t.Errorf("ttft %v (want absent), tpot %v, decode activation %v", m.ServerPass.TTFTMoECAPMs, m.ServerPass.TPOTMoECAPMs, m.AvgExpertActivationDecode)
+	}
+	rows, _ := os.ReadFile(data[0])
+	lines := bytes.Split(bytes.TrimSpace(rows), []byte("\n"))
+	lines[1] = regexp.MustCompile(`"latency_s": ?[0-9.e+-]+`).ReplaceAll(lines[1], []byte(`"latency_s": NaN`))
+	lines[2] = regexp.MustCompile(`"latency_s": ?[0-9.e+-]+`).ReplaceAll(lines[2], []byte(`"latency_s": 1e308`))
+	if err := os.WriteFile(data[0], bytes.Join(lines, []byte("\n")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m, err = ReadMoECAPOutput(dir, 4, clock)
+	if err == nil || !strings.Contains(err.Error(), "2 successful requests have no usable latency_s") {
+		t.Errorf("err %v, want one naming the 2 unusable latencies", err)
+	}
+	if m == nil || m.Completed != 4 || m.MeanE2ELMs == nil {
+		t.Fatalf("metrics %+v: want the 4 completed kept, E2EL from the 2 usable", m)
+	}
+	if _, err := json.Marshal(m); err != nil {
+		t.Errorf("metrics a manifest cannot hold: %v", err)
 	}
 }

@@ -135,8 +135,10 @@ func (t *tokenizer) detokenize(ctx context.Context, ids []int, fix string) (stri
 		Prompt string `json:"prompt"`
 		Text   string `json:"text"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
-		return "", fmt.Errorf("%s/detokenize reply: %w", t.base, err)
+	// A prompt's text is a few times its token count in bytes: 64 MiB bounds what a
+	// server that never stops answering can make the client hold.
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&rep); err != nil {
+		return "", fmt.Errorf("%s/detokenize reply (at most 64 MiB is read) is not {\"prompt\"}: %w", t.base, err)
 	}
 	if rep.Prompt == "" {
 		rep.Prompt = rep.Text

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -27,6 +28,9 @@ type recorder struct {
 	sgMark    SGLangMark
 }
 
+// maxDumpReply bounds a recorder reply: a dump of a long bench is tens of MB.
+const maxDumpReply = 1 << 30
+
 func (r *recorder) post(ctx context.Context, path string) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute) // a big dump takes a while
 	defer cancel()
@@ -42,9 +46,13 @@ func (r *recorder) post(ctx context.Context, path string) ([]byte, error) {
 		return nil, fmt.Errorf("POST %s: %w", path, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 1<<30))
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxDumpReply+1))
 	if err != nil {
 		return nil, fmt.Errorf("POST %s: read reply: %w", path, err)
+	}
+	if len(body) > maxDumpReply {
+		// Cut here it would read as JSON that ends early, not as what it is.
+		return nil, fmt.Errorf("POST %s: the reply is larger than %d GiB, more pass records than a bench makes; not read (pass --no-records to bench without them)", path, maxDumpReply>>30)
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("POST %s answered HTTP %d: %.200s", path, resp.StatusCode, bytes.TrimSpace(body))
@@ -190,7 +198,7 @@ func (r *recorder) dump(ctx context.Context) ([]Pass, string, error) {
 		Records      []json.RawMessage `json:"records"`
 		TotalRecords int               `json:"total_records"`
 	}
-	if err := json.Unmarshal(body, &rep); err != nil {
+	if err := json.Unmarshal(records.PythonJSON(body), &rep); err != nil {
 		return nil, "", fmt.Errorf("/dump_batch_recording reply is not {\"status\",\"records\",\"total_records\"}: %v", err)
 	}
 	passes, err := ParsePasses(r.base+"/dump_batch_recording", rep.Records)
@@ -249,6 +257,21 @@ func detectBackend(ctx context.Context, hc *http.Client, base string) (string, e
 	return "vllm", nil
 }
 
+// plausibleVersion: a version string as engines print them ("0.10.1.1", "0.5.0rc2+cu128"),
+// not a megabyte of text or markup from a server that is not the engine; it goes into
+// every manifest and report row.
+func plausibleVersion(v string) bool {
+	if v == "" || len(v) > 64 {
+		return false
+	}
+	for _, c := range v {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.ContainsRune(".+-_~", c)) {
+			return false
+		}
+	}
+	return true
+}
+
 // engineVersion asks the server for its version, as the runner writes it into the metadata
 // (it imports the engine; this client asks SGLang's /get_server_info or vLLM's /version).
 func engineVersion(ctx context.Context, hc *http.Client, base, backend string) string {
@@ -270,7 +293,7 @@ func engineVersion(ctx context.Context, hc *http.Client, base, backend string) s
 	var v struct {
 		Version string `json:"version"`
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v) != nil || v.Version == "" {
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&v) != nil || !plausibleVersion(v.Version) {
 		return "unknown"
 	}
 	return v.Version

@@ -223,6 +223,15 @@ func (s *streamer) stream(ctx context.Context, iw *idleWatch, body []byte, r *Re
 		}
 		// Timestamp as soon as the bytes are here: parsing below must not count as latency.
 		now := time.Now()
+		// A last line without its newline: the connection ended inside it. Cut by a reset
+		// or a chunked body that stopped mid-chunk, it is half a chunk, not a malformed
+		// one: the read error says what happened.
+		cut := err != nil && len(line) > 0 && line[len(line)-1] != '\n'
+		if cut && err != io.EOF {
+			readErr = err
+			r.e2el = now.Sub(r.start)
+			break
+		}
 		if len(line) > 0 {
 			payload, ok := ssePayload(line)
 			if !ok && payloads == 0 && len(other) < maxErrorBody {
@@ -237,6 +246,9 @@ func (s *streamer) stream(ctx context.Context, iw *idleWatch, body []byte, r *Re
 				}
 				chunk.Choices, chunk.Usage, chunk.Error = chunk.Choices[:0], nil, nil
 				if jerr := json.Unmarshal(payload, &chunk); jerr != nil {
+					if cut {
+						return fail("truncated stream", "the stream ended inside chunk %d (its line has no newline and is not JSON): %.120q", nonEmpty+1, payload)
+					}
 					return fail("malformed stream", "chunk %d is not JSON: %v: %.120q", nonEmpty+1, jerr, payload)
 				}
 				if len(chunk.Error) > 0 && !bytes.Equal(chunk.Error, nullJSON) {
@@ -290,6 +302,10 @@ func (s *streamer) stream(ctx context.Context, iw *idleWatch, body []byte, r *Re
 	if !done && payloads == 0 {
 		if f := errorReply(other); f != nil {
 			return f
+		}
+		if len(bytes.TrimSpace(other)) > 0 {
+			// An HTML error page, a proxy's login page, plain text: a 200 that is no stream.
+			return fail(KindProtocolError, "asked for a stream, the server replied 200 with a body that holds no data: line (Content-Type %q): %.200q; is %s the inference server's completions endpoint?", resp.Header.Get("Content-Type"), bytes.TrimSpace(other), s.url)
 		}
 	}
 	if !done {

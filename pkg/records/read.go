@@ -148,7 +148,7 @@ func sameRaw(a, b *Pass) bool {
 // by another writer has the same form; without canon one "" per record, which only
 // counts). Bytes that are not JSON at all hold no records.
 func decode(b []byte, canon bool) ([]Pass, []string, error) {
-	dec := json.NewDecoder(bytes.NewReader(b))
+	dec := json.NewDecoder(bytes.NewReader(PythonJSON(b)))
 	var ps []Pass
 	var keys []string
 	for {
@@ -219,11 +219,14 @@ func ReadJSONL(path string) ([]Pass, error) {
 	sc.Buffer(make([]byte, 1<<20), 256<<20)
 	for sc.Scan() {
 		if b := bytes.TrimSpace(sc.Bytes()); len(b) > 0 {
-			raws = append(raws, json.RawMessage(bytes.Clone(b)))
+			raws = append(raws, json.RawMessage(bytes.Clone(PythonJSON(b))))
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return nil, err
+		if errors.Is(err, bufio.ErrTooLong) {
+			return nil, fmt.Errorf("read %s: a line over 256 MiB, not a pass record an engine writes: %w", path, err)
+		}
+		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
 	return ParseAll(path, raws)
 }

@@ -200,6 +200,11 @@ func decodeTimeline(passes []records.Pass, d *CellData) bool {
 	return true
 }
 
+// maxTelemetryValue bounds a telemetry sample (mW, %, bytes): 1e18 is beyond any GPU's
+// power, utilisation or memory, and a sum of a file's worth of such values stays finite in
+// the downsampled figures, where 1e308s would add up to +Inf.
+const maxTelemetryValue = 1e18
+
 func readTelemetryCSV(path string, d *CellData) bool {
 	f, err := os.Open(path)
 	if err != nil {
@@ -232,7 +237,7 @@ func readTelemetryCSV(path string, d *CellData) bool {
 	nonFinite := 0
 	defer func() {
 		if nonFinite > 0 {
-			d.Notes = append(d.Notes, fmt.Sprintf("telemetry.csv: %d NaN/Inf values left out of the GPU figures", nonFinite))
+			d.Notes = append(d.Notes, fmt.Sprintf("telemetry.csv: %d NaN/Inf or out-of-range values left out of the GPU figures", nonFinite))
 		}
 	}()
 	for {
@@ -249,13 +254,18 @@ func readTelemetryCSV(path string, d *CellData) bool {
 				return 0, false
 			}
 			v, err := strconv.ParseFloat(rec[i], 64)
-			if err == nil && !finite(v) {
+			if err == nil && (!finite(v) || math.Abs(v) > maxTelemetryValue) {
 				nonFinite++
 				return 0, false
 			}
 			return v, err == nil
 		}
-		ts, err := time.Parse(time.RFC3339Nano, rec[col["timestamp"]])
+		// A torn or hand-edited row may be shorter than the header (FieldsPerRecord is -1).
+		ti := col["timestamp"]
+		if ti >= len(rec) {
+			continue
+		}
+		ts, err := time.Parse(time.RFC3339Nano, rec[ti])
 		if err != nil {
 			continue
 		}

@@ -15,6 +15,8 @@ func FuzzTelemetryCSV(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte("timestamp,gpu_index,power_mw\n2026-08-14T01:00:25Z,0,NaN\n2026-08-14T01:00:26Z,-1,+Inf\n,,\n"))
+	// A row shorter than a header whose timestamp column comes last (indexed past the row).
+	f.Add([]byte("gpu_index,power_mw,timestamp\n1\n0,1e308,2026-08-14T01:00:25Z\n0,5\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p := filepath.Join(t.TempDir(), "telemetry.csv")
 		if err := os.WriteFile(p, data, 0o644); err != nil {

@@ -2,6 +2,7 @@ package report
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -145,7 +146,7 @@ func TestHostileResults(t *testing.T) {
 			t.Errorf("page of %s does not say %q", id, want)
 		}
 	}
-	if p := page(ok1); !strings.Contains(p, "NaN/Inf values left out") {
+	if p := page(ok1); !strings.Contains(p, "NaN/Inf or out-of-range values left out") {
 		t.Errorf("page of %s does not say its NaN/Inf telemetry was left out", ok1)
 	}
 
@@ -163,5 +164,37 @@ func TestHostileResults(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(out, p)); err != nil {
 			t.Errorf("the user's %s was deleted: %v", p, err)
 		}
+	}
+}
+
+// TestTelemetryCSVTornRowsAndHugeValues: a row shorter than the header (a torn last line, a
+// hand-edited file whose timestamp column comes late) is skipped, not indexed past its end;
+// values far beyond any GPU's (1e308 mW) are left out and said, so the downsampled figures
+// stay finite instead of summing to +Inf.
+func TestTelemetryCSVTornRowsAndHugeValues(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("gpu_index,power_mw,timestamp\n1\n0,5\n")
+	for i := range 4*timelineBins + 10 {
+		fmt.Fprintf(&b, "0,1e308,2026-08-14T01:00:%02d.%03dZ\n", i/1000, i%1000)
+		fmt.Fprintf(&b, "0,300000,2026-08-14T01:00:%02d.%03dZ\n", i/1000, i%1000)
+	}
+	p := filepath.Join(t.TempDir(), "telemetry.csv")
+	if err := os.WriteFile(p, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var d CellData
+	if !readTelemetryCSV(p, &d) {
+		t.Fatal("the readable rows were not read")
+	}
+	if len(d.Power[0]) == 0 {
+		t.Fatal("no power series from the plausible samples")
+	}
+	for _, xy := range d.Power[0] {
+		if !finite(xy.X, xy.Y) || xy.Y != 300 {
+			t.Fatalf("power point %v: want 300 W from the plausible samples only", xy)
+		}
+	}
+	if len(d.Notes) != 1 || !strings.Contains(d.Notes[0], fmt.Sprintf("%d NaN/Inf or out-of-range values left out", 4*timelineBins+10)) {
+		t.Errorf("notes %q do not say the out-of-range samples were left out", d.Notes)
 	}
 }

@@ -6,6 +6,7 @@
 package servermetrics
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"errors"
@@ -50,8 +51,17 @@ const maxBody = 8 << 20
 // Parse reads a Prometheus text exposition. Series of one metric (one per model or engine
 // label set) are summed.
 func Parse(r io.Reader, t time.Time) (Sample, error) {
+	// Read the page whole, one byte past the bound: a page cut at the bound could end
+	// inside a number ("…_running 12" read as 1), which would parse into a wrong value.
+	page, err := io.ReadAll(io.LimitReader(r, maxBody+1))
+	if err != nil {
+		return Sample{}, fmt.Errorf("read the metrics page: %w", err)
+	}
+	if len(page) > maxBody {
+		return Sample{}, fmt.Errorf("the metrics page is larger than %d MiB (an inference server's is tens of kB): this scrape is left out (check what answers /metrics on the server's port)", maxBody>>20)
+	}
 	p := expfmt.NewTextParser(model.UTF8Validation)
-	fams, err := p.TextToMetricFamilies(io.LimitReader(r, maxBody))
+	fams, err := p.TextToMetricFamilies(bytes.NewReader(page))
 	if err != nil {
 		return Sample{}, fmt.Errorf("parse the metrics page: %w", err)
 	}
@@ -92,7 +102,9 @@ func sum(f *dto.MetricFamily) (float64, bool) {
 		v += x
 		n++
 	}
-	return v, n > 0
+	// Series of 1e308 each (a broken or hostile exporter) sum to +Inf: no usable value,
+	// absent like a metric not exported, never an Inf that no manifest can hold.
+	return v, n > 0 && !math.IsInf(v, 0)
 }
 
 // Scraper polls a metrics URL on an interval until Stop.
@@ -231,7 +243,13 @@ func ReadCSV(r io.Reader) (ss []Sample, bad int, err error) {
 			}
 			return ss, bad, err
 		}
-		t, err := time.Parse(time.RFC3339Nano, rec[col["time"]])
+		// A torn or hand-edited row may be shorter than the header (FieldsPerRecord is -1).
+		ti := col["time"]
+		if ti >= len(rec) {
+			bad++
+			continue
+		}
+		t, err := time.Parse(time.RFC3339Nano, rec[ti])
 		if err != nil {
 			bad++
 			continue
@@ -354,6 +372,9 @@ func Summarize(ss []Sample) *Summary {
 			return nil
 		}
 		d := *b - *a
+		if math.IsInf(d, 0) {
+			return nil // 1e308 - -1e308: not a count (JSON cannot hold it either)
+		}
 		return &d
 	}
 	gauge := func(f func(Sample) *float64) (mean, peak *float64) {
@@ -370,6 +391,9 @@ func Summarize(ss []Sample) *Summary {
 			return nil, nil
 		}
 		m := s / float64(n)
+		if math.IsInf(m, 0) {
+			return nil, &p // samples near 1e308 summed past the float range
+		}
 		return &m, &p
 	}
 	sum.Preemptions = delta(func(s Sample) *float64 { return s.Preemptions })
