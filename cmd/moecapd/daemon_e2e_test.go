@@ -581,3 +581,57 @@ func TestDaemonSubmitOneCell(t *testing.T) {
 		}
 	}
 }
+
+// TestDaemonSubmitRates: a submitted cell with launch-and-bench's load flags runs the rate
+// sweep under the open loop's own id; a bad load is refused at submit, by the CLI and over
+// HTTP (400 naming the job's field), before anything is queued.
+func TestDaemonSubmitRates(t *testing.T) {
+	e := newDaemonEnv(t)
+	e.start()
+	cfg := tinyConfig(t, qwen, 32, 8, 4)
+	r := e.cli("submit", "--backend", "sim", "--config", cfg, "--batch-size", "1", "--rates", "50,100", "--slo", "ttft=10s", "--", "--sim-tpot", "2ms")
+	id := strings.TrimSpace(r.stdout)
+	if r.code != 0 {
+		t.Fatalf("submit: %d %s", r.code, r.stderr)
+	}
+	_, cs := e.waitJob(id, 2*time.Minute)
+	if len(cs) != 1 || cs[0].State != daemon.CellOK || cs[0].ID != "qwen1_5.1xH100.32-8.bs1.sim.rates50-100" {
+		t.Fatalf("sweep job's cells: %+v", cs)
+	}
+	m, err := cell.ReadManifest(filepath.Join(e.results, cs[0].ID))
+	if err != nil || m.Status != cell.StatusOK || len(m.Rates) != 2 || m.Rates[1].Rate != 100 || m.Cell.Load != "rates50-100" {
+		t.Fatalf("manifest of %s: %+v %v", cs[0].ID, m, err)
+	}
+	if r := e.cli("submit", "--backend", "sim", "--config", cfg, "--batch-size", "1", "--rates", "2,-1"); r.code != exitUsage || !strings.Contains(r.stderr, `"rates"`) {
+		t.Errorf("submit --rates 2,-1: exit %d %s; want 2 naming rates", r.code, r.stderr)
+	}
+	if r := e.cli("submit", "--matrix", cfg, "--rates", "2"); r.code != exitUsage || !strings.Contains(r.stderr, "--rates is one cell's load") {
+		t.Errorf("submit --matrix with --rates: exit %d %s; want 2", r.code, r.stderr)
+	}
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", e.sock)
+	}}}
+	for _, tc := range []struct{ load, want string }{
+		{`"rates": [2, -1]`, `key "rates": got -1`},
+		{`"request_rate": 1e9`, `key "request_rate"`},
+		{`"find_max_rate": true`, `find_max_rate needs an SLO to meet: add "slo": "ttft=500ms,tpot=50ms"`},
+		{`"rates": [2], "repeats": 3`, `key "rates": repeats with rates`},
+	} {
+		body := `{"cell": {"backend": "sim", "config": "` + cfg + `", "batch_size": 1, ` + tc.load + `}}`
+		resp, err := hc.Post("http://d/v1/jobs", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out struct{ Error string }
+		json.NewDecoder(resp.Body).Decode(&out)
+		resp.Body.Close()
+		if resp.StatusCode != 400 || !strings.Contains(out.Error, tc.want) {
+			t.Errorf("POST a cell with %s: %d %q; want 400 with %q", tc.load, resp.StatusCode, out.Error, tc.want)
+		}
+	}
+	js, err := e.client().Jobs(context.Background())
+	if err != nil || len(js) != 1 {
+		t.Errorf("jobs after the refusals: %+v %v; want the one sweep job", js, err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/moecapd/moecapd/internal/app"
 	"github.com/moecapd/moecapd/internal/daemon"
+	"github.com/moecapd/moecapd/internal/settings"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 )
 
@@ -60,6 +61,11 @@ func newSubmitCmd() *cobra.Command {
 			}
 			s := daemon.Spec{ServerArgs: args}
 			if mx != "" {
+				for _, n := range []string{"request-rate", "burstiness", "max-concurrency", "rates", "slo", "find-max-rate", "max-rate-steps"} {
+					if f.Changed(n) {
+						return usageErrorf("--%s is one cell's load; a matrix file's groups give theirs (request_rate:, rates:, slo:, …)", n)
+					}
+				}
 				s.Matrix = abs
 			} else {
 				c := &app.OneCell{Config: abs}
@@ -69,6 +75,7 @@ func newSubmitCmd() *cobra.Command {
 				c.NumSamples, _ = f.GetInt("num-samples")
 				c.Repeats, _ = f.GetInt("repeats")
 				c.Hardware, _ = f.GetString("hardware")
+				c.Load = readLoadFlags(settings.NewReader(f))
 				s.Cell = c
 			}
 			s.Only, _ = f.GetString("only")
@@ -102,6 +109,7 @@ func newSubmitCmd() *cobra.Command {
 	f.Int("num-samples", 0, "one cell: requests to send (default: the bench file's, at least 2×batch)")
 	f.Int("repeats", 0, "one cell: run the measured bench this many times (launch-and-bench --repeats; a matrix file says repeats:)")
 	f.String("hardware", "", "one cell: its hardware label, e.g. 8xH100 (sim default <tp>xH100)")
+	addLoadFlags(f) // one cell: launch-and-bench's open loop (a matrix file's groups say request_rate:, rates:, …)
 	f.Int("priority", 0, fmt.Sprintf("higher runs first (%d to %d); first in, first out within a priority", -daemon.MaxPriority, daemon.MaxPriority))
 	addServerFlags(cmd)
 	return cmd

@@ -4,11 +4,11 @@ import (
 	"github.com/moecapd/moecapd/internal/settings"
 	"github.com/spf13/pflag"
 
-	"github.com/moecapd/moecapd/internal/app"
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/profile"
 )
 
-// addLoadFlags adds the native client's open-loop flags (app.LoadOptions) to
+// addLoadFlags adds the native client's open-loop flags (cell.Load) to
 // launch-and-bench and bench. bench has its own --request-rate already.
 func addLoadFlags(f *pflag.FlagSet) {
 	if f.Lookup("request-rate") == nil {
@@ -22,8 +22,8 @@ func addLoadFlags(f *pflag.FlagSet) {
 	f.Int("max-rate-steps", profile.DefaultMaxRateSteps, "with --find-max-rate: most benches the search runs")
 }
 
-func readLoadFlags(r *settings.Reader) app.LoadOptions {
-	return app.LoadOptions{
+func readLoadFlags(r *settings.Reader) cell.Load {
+	return cell.Load{
 		RequestRate: r.Float("request-rate"), Burstiness: r.Float("burstiness"), MaxConcurrency: r.Int("max-concurrency"),
 		Rates: r.Floats("rates"), SLO: r.Str("slo"), FindMaxRate: r.Bool("find-max-rate"), MaxRateSteps: r.Int("max-rate-steps"),
 	}

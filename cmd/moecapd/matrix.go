@@ -30,9 +30,11 @@ Completed/Pending tables from the results.`,
 	return m
 }
 
-// launchOnly are launch-and-bench flags that the matrix sets per cell.
+// launchOnly are launch-and-bench flags that the matrix sets per cell. The load flags are
+// among them: a load names its cells, so it is a group's (request_rate:, rates:, …).
 var launchOnly = map[string]bool{"backend": true, "config": true, "batch-size": true, "tp": true,
-	"num-samples": true, "port": true, "dry-run": true, "progress": true, "hardware": true, "sim-hardware": true, "env": true}
+	"num-samples": true, "port": true, "dry-run": true, "progress": true, "hardware": true, "sim-hardware": true, "env": true,
+	"request-rate": true, "burstiness": true, "max-concurrency": true, "rates": true, "slo": true, "find-max-rate": true, "max-rate-steps": true}
 
 // addSelectFlags adds what plan and run share: the matrix, the node, which cells.
 func addSelectFlags(f *pflag.FlagSet) {

@@ -15,6 +15,7 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/term"
 
+	"github.com/moecapd/moecapd/pkg/cell"
 	"github.com/moecapd/moecapd/pkg/config"
 	"github.com/moecapd/moecapd/pkg/exitcode"
 	"github.com/moecapd/moecapd/pkg/profile"
@@ -40,7 +41,7 @@ type BenchRequest struct {
 	AllowBadRequests, Warmup               int
 	Schedule                               string
 	// Load is the open loop, rate sweep and SLO (--request-rate, --rates, --slo, …).
-	Load                                 LoadOptions
+	Load                                 cell.Load
 	Seed                                 int64
 	RecordsDir, SGLangRecorderDir        string
 	NoRecords                            bool
@@ -104,7 +105,7 @@ func benchOptions(v BenchRequest, log *zap.Logger) ([]profile.Options, error) {
 	// This client only measures fixed-length runs, so the default is on.
 	ignoreEOS := !v.NoIgnoreEOS
 	schedule, style := v.Schedule, v.PromptStyle
-	if schedule == "" && v.Load.openLoop() {
+	if schedule == "" && v.Load.OpenLoop() {
 		schedule = profile.ScheduleClosedLoop // the timetable sender; waves would hold arrivals back
 	}
 	var slo *profile.SLO
@@ -252,7 +253,7 @@ func checkBenchRequest(v BenchRequest, b config.Bench, log *zap.Logger) error {
 	if style := v.PromptStyle; style != profile.PromptUpstream && style != profile.PromptExactIDs {
 		return exitcode.Usagef("--prompt-style %q: want upstream or exact-ids", style)
 	}
-	if err := v.Load.check(); err != nil {
+	if err := v.Load.Check(cell.LoadFlags); err != nil {
 		return err
 	}
 	if v.Load.SLO != "" && v.PromptStyle == profile.PromptUpstream {

@@ -59,8 +59,10 @@ type CellOptions struct {
 	Repeats           int
 	RepeatFreshServer bool
 	UnstableCV        float64
-	// Load is the native client's open loop, rate sweep and SLO (load.go).
-	Load LoadOptions
+	// Load is the native client's open loop, rate sweep and SLO; LoadKeys names where they
+	// were given for errors (zero: launch-and-bench's flags; a matrix cell: its group's keys).
+	Load     cell.Load
+	LoadKeys cell.LoadKeys
 	// Version is moecapd's, recorded in every manifest.
 	Version string
 }
@@ -95,7 +97,7 @@ func (o CellOptions) Check() error {
 	if err := config.CheckFloat("settings", "--unstable-cv", o.UnstableCV, 0, 10); err != nil {
 		return exitcode.New(exitcode.Usage, err)
 	}
-	if err := o.Load.check(); err != nil {
+	if err := o.Load.Check(cell.LoadFlags); err != nil {
 		return err
 	}
 	if err := config.CheckInt("settings", "--gpu-idle-mib", int64(o.GPUIdleMiB), 0, 1<<20, "MiB above a GPU's own baseline that still count as idle"); err != nil {
@@ -145,13 +147,7 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 	if err != nil {
 		return nil, nil, err
 	}
-	client := o.Client
-	if client == "" {
-		client = cell.ClientMoECAP
-		if backend == launcher.BackendSim {
-			client = cell.ClientNative
-		}
-	}
+	client := clientFor(o.Client, backend)
 	port := o.Port
 	if !o.PortSet {
 		port = launcher.DefaultPort(backend)
@@ -188,11 +184,46 @@ func cellConfig(o CellOptions, log *zap.Logger, extra []string, gb gpu.Backend) 
 		cleanup()
 		return nil, nil, err
 	}
-	if err := o.Load.apply(c); err != nil {
+	if err := o.Load.Apply(c, o.loadKeys()); err != nil {
 		cleanup()
 		return nil, nil, err
 	}
 	return c, cleanup, nil
+}
+
+// clientFor is the client a cell of backend runs: the --client given, else the MoE-CAP
+// runner, but the native client for the sim.
+func clientFor(client, backend string) string {
+	if client != "" {
+		return client
+	}
+	if backend == launcher.BackendSim {
+		return cell.ClientNative
+	}
+	return cell.ClientMoECAP
+}
+
+// loadKeys names the load settings in errors: the matrix group's keys, else the flags.
+func (o CellOptions) loadKeys() cell.LoadKeys {
+	if o.LoadKeys.Source == "" {
+		return cell.LoadFlags
+	}
+	return o.LoadKeys
+}
+
+// checkCellLoad refuses, before anything starts, a load that cell options o cannot send to
+// a cell of backend with repeats (the client, the prompt style, repeats): Load.Apply's own
+// checks on the settings the cell will run with.
+func checkCellLoad(o CellOptions, backend string, repeats int, l cell.Load, k cell.LoadKeys) error {
+	if !l.OpenLoop() && l.SLO == "" {
+		return nil
+	}
+	c := &cell.Config{Client: clientFor(o.Client, backend), Repeats: repeats}
+	c.Native.PromptStyle = o.PromptStyle
+	if c.Native.PromptStyle == "" {
+		c.Native.PromptStyle = profile.PromptExactIDs
+	}
+	return l.Apply(c, k)
 }
 
 // nativeSettings checks the client settings against each other and fills the native

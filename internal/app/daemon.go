@@ -106,6 +106,10 @@ type OneCell struct {
 	Hardware   string `json:"hardware,omitempty"` // label, e.g. 1xH100; sim default: <tp>xH100
 	// Repeats is launch-and-bench's --repeats (the matrix file's repeats:).
 	Repeats int `json:"repeats,omitempty"`
+	// Load is launch-and-bench's --request-rate, --burstiness, --max-concurrency, --rates,
+	// --slo, --find-max-rate and --max-rate-steps (the matrix file's keys of the same
+	// names), fields of this object: "request_rate", "rates", …
+	cell.Load
 }
 
 // OneCellMatrix is the matrix of that one cell (YAML), so a daemon runs it through the
@@ -116,6 +120,15 @@ func OneCellMatrix(o MatrixOptions, c OneCell) ([]byte, error) {
 	}
 	if c.Backend != launcher.BackendSim && c.Hardware == "" {
 		return nil, exitcode.Usagef("--hardware: name the cell's hardware label (e.g. 8xH100) for a %s cell", c.Backend)
+	}
+	// The load is checked here, its errors naming the job's fields; the matrix written
+	// below checks it again under its own keys.
+	keys := cell.LoadKeys{Source: "job", Style: cell.JSONKeys}
+	if err := c.Load.Check(keys); err != nil {
+		return nil, err
+	}
+	if err := checkCellLoad(o.Cell, c.Backend, c.Repeats, c.Load, keys); err != nil {
+		return nil, err
 	}
 	tables, err := loadTables(o.ConfigsDir, "")
 	if err != nil {
@@ -144,5 +157,36 @@ func OneCellMatrix(o MatrixOptions, c OneCell) ([]byte, error) {
 	if c.Repeats > 1 {
 		fmt.Fprintf(&sb, "    repeats: %d\n", c.Repeats)
 	}
+	writeLoadYAML(&sb, "    ", c.Load)
 	return []byte(sb.String()), nil
+}
+
+// writeLoadYAML writes a load as a matrix group's keys (none for the closed loop).
+func writeLoadYAML(sb *strings.Builder, indent string, l cell.Load) {
+	num := func(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
+	if l.RequestRate > 0 {
+		fmt.Fprintf(sb, "%srequest_rate: %s\n", indent, num(l.RequestRate))
+	}
+	if l.Burstiness > 0 {
+		fmt.Fprintf(sb, "%sburstiness: %s\n", indent, num(l.Burstiness))
+	}
+	if l.MaxConcurrency > 0 {
+		fmt.Fprintf(sb, "%smax_concurrency: %d\n", indent, l.MaxConcurrency)
+	}
+	if len(l.Rates) > 0 {
+		rs := make([]string, len(l.Rates))
+		for i, r := range l.Rates {
+			rs[i] = num(r)
+		}
+		fmt.Fprintf(sb, "%srates: [%s]\n", indent, strings.Join(rs, ", "))
+	}
+	if l.SLO != "" {
+		fmt.Fprintf(sb, "%sslo: %s\n", indent, strconv.Quote(l.SLO))
+	}
+	if l.FindMaxRate {
+		fmt.Fprintf(sb, "%sfind_max_rate: true\n", indent)
+	}
+	if l.MaxRateSteps > 0 {
+		fmt.Fprintf(sb, "%smax_rate_steps: %d\n", indent, l.MaxRateSteps)
+	}
 }

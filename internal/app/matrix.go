@@ -107,6 +107,12 @@ func loadMatrix(o MatrixOptions) (*config.Tables, *matrix.Matrix, error) {
 	if err != nil {
 		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
+	// A group's load that this run's client cannot send is refused now, not cell by cell.
+	for _, c := range mx.Cells {
+		if err := checkCellLoad(o.Cell, c.Backend, c.Repeats, c.Load, c.LoadKeys); err != nil {
+			return nil, nil, err
+		}
+	}
 	return tables, mx, nil
 }
 
@@ -235,7 +241,7 @@ func MatrixPlan(req MatrixPlanRequest) error {
 	}
 	fmt.Fprintf(req.Out, "matrix   %s\nnode     %s\nresults  %s\n\n", s.mx.Path, node, o.ResultsFlag)
 	tw := tabwriter.NewWriter(req.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "#\tCELL\tACTION\tSAMPLES\tESTIMATE\tMEMORY\tWHY")
+	fmt.Fprintln(tw, "#\tCELL\tACTION\tSAMPLES\tLOAD\tESTIMATE\tMEMORY\tWHY")
 	counts := map[matrix.Action]int{}
 	n := 0
 	for _, it := range s.items {
@@ -270,7 +276,7 @@ func MatrixPlan(req MatrixPlanRequest) error {
 		if it.Cell.Pinned {
 			samples += " (pinned)"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", idx, it.Cell.ID, it.Action, samples, est, mem, why)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", idx, it.Cell.ID, it.Action, samples, it.Cell.Load.Describe(), est, mem, why)
 	}
 	tw.Flush()
 	slots := s.slots()
@@ -523,6 +529,7 @@ func matrixCellConfig(base CellOptions, gb gpu.Backend, log *zap.Logger, c *matr
 	o := base
 	o.Backend, o.Config, o.BatchSize, o.TP, o.NumSamples = c.Backend, c.BenchFile, c.Batch, c.TP, c.NumSamples
 	o.Repeats = c.Repeats
+	o.Load, o.LoadKeys = c.Load, c.LoadKeys
 	o.Port, o.PortSet = 0, true // the runner gives each cell its port
 	o.Hardware, o.SimHardware, o.Env, o.DryRun = c.Hardware, c.Family, "", false
 	// The matrix keeps one NVML handle for the whole run.

@@ -43,8 +43,10 @@ func (e *PartError) Error() string {
 		e.What, strconv.Quote(e.Value), PartCharset)
 }
 
-// MakeID is ID with every part validated.
-func MakeID(model, hardware, task string, bs int, backend string) (string, error) {
+// MakeID is ID with every part validated, and the load's part (Load.IDPart) appended for
+// an open loop: <model>.<hardware>.<task>.bs<N>.<backend>[.<load>]. The closed loop (the
+// zero Load, or an SLO alone) keeps the guide's five parts, so its results keep their ids.
+func MakeID(model, hardware, task string, bs int, backend string, load Load) (string, error) {
 	for _, p := range []struct{ what, v string }{{"model key", model}, {"hardware label", hardware}, {"task", task}, {"backend", backend}} {
 		if !ValidPart(p.v) {
 			return "", &PartError{What: p.what, Value: p.v}
@@ -53,7 +55,14 @@ func MakeID(model, hardware, task string, bs int, backend string) (string, error
 	if bs <= 0 {
 		return "", &PartError{What: "batch size", Value: strconv.Itoa(bs)}
 	}
-	return ID(model, hardware, task, bs, backend), nil
+	id := ID(model, hardware, task, bs, backend)
+	if lp := load.IDPart(); lp != "" {
+		if !ValidPart(lp) {
+			return "", &PartError{What: "load", Value: lp}
+		}
+		id += "." + lp
+	}
+	return id, nil
 }
 
 // ValidID reports whether id is a well-formed cell id: dot-separated valid parts, the

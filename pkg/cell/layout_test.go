@@ -218,10 +218,10 @@ func TestCellIDParts(t *testing.T) {
 			t.Errorf("ValidPart(%q) = %v, want %v", c.s, got, c.ok)
 		}
 	}
-	if _, err := MakeID("../x", "1xH100", "4k-1k", 1, "sim"); err == nil || !strings.Contains(err.Error(), `model key "../x"`) {
+	if _, err := MakeID("../x", "1xH100", "4k-1k", 1, "sim", Load{}); err == nil || !strings.Contains(err.Error(), `model key "../x"`) {
 		t.Errorf("MakeID with model ../x: %v", err)
 	}
-	if id, err := MakeID("qwen1_5", "1xH100", "4k-1k", 32, "sglang"); err != nil || id != "qwen1_5.1xH100.4k-1k.bs32.sglang" {
+	if id, err := MakeID("qwen1_5", "1xH100", "4k-1k", 32, "sglang", Load{}); err != nil || id != "qwen1_5.1xH100.4k-1k.bs32.sglang" {
 		t.Errorf("MakeID = %q, %v", id, err)
 	}
 	lay, _ := OpenLayout(t.TempDir())

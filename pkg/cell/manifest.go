@@ -77,6 +77,9 @@ type Identity struct {
 	// ModelUndescribed says why it could not. Such a cell has no CAP numbers.
 	AllowUnknownModel bool   `json:"allow_unknown_model,omitempty"`
 	ModelUndescribed  string `json:"model_undescribed,omitempty"`
+	// Load is the open loop's cell-id part (Load.IDPart: "rates1-2-4", "rate10-b0_5"…);
+	// absent for the guide's closed loop.
+	Load string `json:"load,omitempty"`
 }
 
 // Failure says what went wrong, where, and what the server said last.

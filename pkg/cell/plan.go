@@ -84,12 +84,12 @@ type Config struct {
 	Repeats           int
 	RepeatFreshServer bool
 	UnstableCV        float64
-	// Rates is a rate sweep (--rates): one open-loop bench per rate, physical requests/s,
-	// in one server lifetime; FindMaxRate then searches the highest rate meeting the SLO
-	// (Native.SLO) in at most MaxRateSteps benches (0: profile.DefaultMaxRateSteps).
-	Rates        []float64
-	FindMaxRate  bool
-	MaxRateSteps int
+	// Load is the open loop, rate sweep and SLO as given (Load.Apply sets it and the native
+	// client's options from it): its Rates run one open-loop bench per rate, physical
+	// requests/s, in one server lifetime; FindMaxRate then searches the highest rate meeting
+	// the SLO (Native.SLO) in at most MaxRateSteps benches (0: profile.DefaultMaxRateSteps).
+	// An open loop names its cell: Load.IDPart is the id's sixth part.
+	Load Load
 }
 
 // Plan is what a cell will run: computed without starting anything (also --dry-run).
@@ -116,6 +116,8 @@ type Plan struct {
 	ClientLaunch []string
 	APIURL       string
 	BaseURL      string
+	// Load is the cell's load (Config.Load), for the dry run.
+	Load Load
 }
 
 // BenchFile is the cell's copy of its benchmark YAML.
@@ -284,7 +286,7 @@ func MakePlan(c *Config) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Plan{Model: m}
+	p := &Plan{Model: m, Load: c.Load}
 	devs, visible, err := c.pickGPUs()
 	if err != nil {
 		return nil, err
@@ -303,7 +305,7 @@ func MakePlan(c *Config) (*Plan, error) {
 		}
 	}
 	task := c.Bench.Task()
-	if p.ID, err = MakeID(m.Key, hw, task, c.BatchSize, c.Backend); err != nil {
+	if p.ID, err = MakeID(m.Key, hw, task, c.BatchSize, c.Backend, c.Load); err != nil {
 		key := "cell id"
 		var pe *PartError
 		if errors.As(err, &pe) && pe.What == "hardware label" {
@@ -388,7 +390,7 @@ func MakePlan(c *Config) (*Plan, error) {
 		GPUCount: c.TP, GPUIndices: []int{}, Task: task, Dataset: c.Bench.Dataset(),
 		InputTokens: c.Bench.TargetInputTokens, OutputTokens: c.Bench.TargetOutputTokens,
 		NumSamples: c.numSamples(), BatchSize: c.BatchSize, Backend: c.Backend, TP: c.TP,
-		ConfigFile: c.Bench.Path,
+		ConfigFile: c.Bench.Path, Load: c.Load.IDPart(),
 	}
 	if reason, ok := strings.CutPrefix(m.Source, undescribedPrefix); ok {
 		p.Identity.AllowUnknownModel, p.Identity.ModelUndescribed = true, reason
@@ -438,6 +440,9 @@ func joinHostPort(h string, p int) string {
 func (p *Plan) Describe() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "cell:    %s\nresults: %s\n", p.ID, p.Dir)
+	if p.Load.OpenLoop() || p.Load.SLO != "" {
+		fmt.Fprintf(&b, "load:    %s\n", p.Load.Describe())
+	}
 	if p.CondaRoot != "" {
 		fmt.Fprintf(&b, "conda:   root %s, env %s\n", p.CondaRoot, p.CondaEnv)
 	}

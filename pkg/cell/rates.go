@@ -57,12 +57,12 @@ type MaxRate struct {
 const DefaultFindStart = 1.0
 
 // sweepsRates is whether the cell runs a rate sweep rather than one bench (or repeats).
-func (c *Config) sweepsRates() bool { return len(c.Rates) > 0 || c.FindMaxRate }
+func (c *Config) sweepsRates() bool { return len(c.Load.Rates) > 0 || c.Load.FindMaxRate }
 
 // errSweepStopped ends --find-max-rate's search when a rate's bench failed the cell.
 var errSweepStopped = errors.New("the bench failed")
 
-// benchRates runs the rate sweep against the one server: every rate of Config.Rates in
+// benchRates runs the rate sweep against the one server: every rate of Config.Load.Rates in
 // order, then (--find-max-rate) FindMaxRate's probes, narrowed by what the listed rates
 // showed, else starting from --request-rate, else DefaultFindStart. Each rate is a full bench
 // (warm-up only before the first); the manifest keeps each, its metrics are the first
@@ -95,21 +95,21 @@ func (r *runner) benchRates(ctx context.Context) {
 	}
 	defer func() { r.m.Metrics = first }()
 	var known []profile.RateStep
-	for _, rate := range r.c.Rates {
+	for _, rate := range r.c.Load.Rates {
 		met, err := probe(rate, false)
 		if err != nil {
 			return
 		}
 		known = append(known, profile.RateStep{Rate: rate, Met: met})
 	}
-	if !r.c.FindMaxRate || r.c.Native.SLO == nil {
+	if !r.c.Load.FindMaxRate || r.c.Native.SLO == nil {
 		return
 	}
 	start := r.c.Native.RequestRate
 	if start <= 0 {
 		start = DefaultFindStart
 	}
-	best, steps, err := profile.FindMaxRate(profile.MaxRateSearch{Start: start, Steps: r.c.MaxRateSteps, Known: known},
+	best, steps, err := profile.FindMaxRate(profile.MaxRateSearch{Start: start, Steps: r.c.Load.MaxRateSteps, Known: known},
 		func(rate float64) (bool, error) { return probe(rate, true) })
 	mr := &MaxRate{SLO: r.c.Native.SLO.String(), Steps: steps}
 	if best > 0 {

@@ -421,6 +421,12 @@ func environment(b, n *side) []EnvRow {
 			}
 			return k
 		}),
+		row("load", func(s *side) string {
+			if s.m.Cell.Load == "" {
+				return "closed loop"
+			}
+			return "open loop " + s.m.Cell.Load
+		}),
 		row("repeats", func(s *side) string { return strconv.Itoa(max(len(s.m.Repeats), 1)) }),
 		row("server flags", func(s *side) string { return normArgv(s.m.Server.Argv, s.dir) }),
 		row("client flags", func(s *side) string {

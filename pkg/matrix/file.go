@@ -55,6 +55,27 @@ type Group struct {
 	Sim        *Sim     `yaml:"sim"`
 	// Repeats runs each cell's measured bench this many times (native client; --repeats).
 	Repeats int `yaml:"repeats"`
+	// The native client's load (launch-and-bench's --request-rate, --burstiness,
+	// --max-concurrency, --rates, --slo, --find-max-rate, --max-rate-steps; cell.Load): a
+	// group only, since an open loop names its cells (cell.Load.IDPart).
+	RequestRate    float64   `yaml:"request_rate"`
+	Burstiness     float64   `yaml:"burstiness"`
+	MaxConcurrency int       `yaml:"max_concurrency"`
+	Rates          []float64 `yaml:"rates"`
+	SLO            string    `yaml:"slo"`
+	FindMaxRate    bool      `yaml:"find_max_rate"`
+	MaxRateSteps   int       `yaml:"max_rate_steps"`
+}
+
+// Load is the group's load settings.
+func (g Group) Load() cell.Load {
+	return cell.Load{RequestRate: g.RequestRate, Burstiness: g.Burstiness, MaxConcurrency: g.MaxConcurrency,
+		Rates: slices.Clone(g.Rates), SLO: g.SLO, FindMaxRate: g.FindMaxRate, MaxRateSteps: g.MaxRateSteps}
+}
+
+// loadKeys names a group's load keys in errors.
+func (mx *Matrix) loadKeys(key string) cell.LoadKeys {
+	return cell.LoadKeys{Source: mx.Path, Prefix: key + ".", Style: cell.YAMLKeys}
 }
 
 // Sim holds the simulated server's knobs (tests, demos): they become --sim-* server flags.
@@ -94,6 +115,10 @@ type Cell struct {
 	SimTimeScale                 float64
 	// Repeats is the group's repeats: (0: once).
 	Repeats int
+	// Load is the group's load (the zero value: the guide's closed loop); LoadKeys names
+	// its keys for the errors of checks that need the run's settings (the client).
+	Load     cell.Load
+	LoadKeys cell.LoadKeys
 }
 
 // Chain is the (model, hardware, task, backend) a cell belongs to: the cells whose larger
@@ -181,7 +206,10 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 	}
 	d := f.Defaults
 	if len(d.Models)+len(d.Hardware)+len(d.Tasks) > 0 || d.Done != nil {
-		return mx.errf("defaults", "may only hold settings (backends, num_samples, tp, server_args, timeout, sim); models, hardware, tasks and done belong in a group")
+		return mx.errf("defaults", "may only hold settings (backends, num_samples, tp, server_args, timeout, sim, repeats); models, hardware, tasks and done belong in a group")
+	}
+	if l := d.Load(); l.OpenLoop() || l.SLO != "" || l.Burstiness != 0 || l.MaxConcurrency != 0 || l.MaxRateSteps != 0 {
+		return mx.errf("defaults", "may not hold request_rate, burstiness, max_concurrency, rates, slo, find_max_rate or max_rate_steps: a load names its cells (a closed-loop group could not undo it); set them in each group that sends that load")
 	}
 	if err := mx.checkSettings("defaults", d); err != nil {
 		return err
@@ -200,6 +228,13 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 			return err
 		}
 		s := merge(d, g)
+		load := g.Load()
+		if err := load.Check(mx.loadKeys(key)); err != nil {
+			return err
+		}
+		if err := load.CheckRepeats(s.Repeats, mx.loadKeys(key)); err != nil {
+			return err
+		}
 		if len(g.Models) == 0 || len(g.Hardware) == 0 || len(g.Tasks) == 0 {
 			return mx.errf(key, "needs models, hardware and tasks (each non-empty)")
 		}
@@ -266,6 +301,7 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 								c.Timeout, _ = time.ParseDuration(s.Timeout)
 							}
 							c.Repeats = s.Repeats
+							c.Load, c.LoadKeys = load, mx.loadKeys(key)
 							if s.Sim != nil {
 								if be != launcher.BackendSim {
 									return mx.errf(key+".sim", "sim settings apply to the sim backend only, and this group runs %s; move them to a group with backends: [sim]", be)
@@ -276,7 +312,7 @@ func (mx *Matrix) expand(base string, tables *config.Tables) error {
 								c.SimStartup, _ = time.ParseDuration(orZero(s.Sim.Startup))
 								c.SimTimeScale = s.Sim.TimeScale
 							}
-							id, err := cell.MakeID(mk, hw, task, bs, be)
+							id, err := cell.MakeID(mk, hw, task, bs, be, load)
 							if err != nil {
 								return mx.errf(key, "%v", err)
 							}

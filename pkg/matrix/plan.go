@@ -327,7 +327,45 @@ func Estimate(c *Cell, t *config.Tables, prev *cell.Manifest) time.Duration {
 		step = max(step, simPassCPU+perWave*simTokenCPU)
 		startup = simCellCPU + c.SimStartup.Seconds()
 	}
-	return secs(startup + waves*(prefill+float64(out)*step))
+	scale := 1.0
+	if c.Backend == launcher.BackendSim && c.SimTimeScale > 0 {
+		scale = c.SimTimeScale
+	}
+	one := prefill + float64(out)*step
+	return secs(startup + benchesTime(c, waves*one, one, scale))
+}
+
+// benchesTime is how long a cell's measured benches take, given one closed-loop bench
+// (closed) and one request alone (one), in wall seconds: repeats run the bench that many
+// times; an open loop at rate R cannot end before its last arrival (num_samples/R
+// physical seconds, × the sim's time scale on its wall clock) and its request, nor before
+// the closed loop would (the server is no faster); a sweep is one such bench per listed
+// rate, and each of --find-max-rate's probes (their rates unknown here) counts as a bench
+// at the rate the search starts from (request_rate, else the highest listed rate, else
+// cell.DefaultFindStart): it doubles up from there or halves down.
+func benchesTime(c *Cell, closed, one, scale float64) float64 {
+	l := c.Load
+	at := func(rate float64) float64 {
+		return max(float64(c.NumSamples)/rate*scale+one, closed)
+	}
+	switch {
+	case len(l.Rates) > 0 || l.FindMaxRate:
+		t := 0.0
+		start := l.RequestRate
+		for _, r := range l.Rates {
+			t += at(r)
+			if l.RequestRate <= 0 {
+				start = max(start, r)
+			}
+		}
+		if start <= 0 {
+			start = cell.DefaultFindStart
+		}
+		return t + float64(l.Benches()-len(l.Rates))*at(start)
+	case l.RequestRate > 0:
+		return at(l.RequestRate) * float64(max(c.Repeats, 1))
+	}
+	return closed * float64(max(c.Repeats, 1))
 }
 
 func secs(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

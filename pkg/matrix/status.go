@@ -34,9 +34,11 @@ type Entry struct {
 	ID                             string
 	Model, Hardware, Task, Backend string
 	Batch                          int
-	State                          State
-	Manifest                       *cell.Manifest
-	InMatrix                       bool
+	// Load is the open loop's id part (cell.Load.IDPart); "" for the closed loop.
+	Load     string
+	State    State
+	Manifest *cell.Manifest
+	InMatrix bool
 }
 
 // Status joins the matrix with what the results root holds. Results of cells the matrix
@@ -47,7 +49,7 @@ func Status(mx *Matrix, results map[string]*cell.Manifest) []*Entry {
 	seen := map[string]bool{}
 	for _, c := range mx.Cells {
 		e := &Entry{ID: c.ID, Model: c.Model, Hardware: c.Hardware, Task: c.Task, Backend: c.Backend, Batch: c.Batch,
-			Manifest: results[c.ID], InMatrix: true}
+			Load: c.Load.IDPart(), Manifest: results[c.ID], InMatrix: true}
 		e.State = stateOf(e.Manifest, c.Done)
 		seen[c.ID] = true
 		out = append(out, e)
@@ -62,7 +64,7 @@ func Status(mx *Matrix, results map[string]*cell.Manifest) []*Entry {
 	for _, id := range extra {
 		m := results[id]
 		out = append(out, &Entry{ID: id, Model: m.Cell.Model, Hardware: m.Cell.Hardware, Task: m.Cell.Task,
-			Backend: m.Cell.Backend, Batch: m.Cell.BatchSize, State: stateOf(m, false), Manifest: m})
+			Backend: m.Cell.Backend, Batch: m.Cell.BatchSize, Load: m.Cell.Load, State: stateOf(m, false), Manifest: m})
 	}
 	return out
 }
@@ -98,10 +100,15 @@ func group(es []*Entry, keep func(*Entry) (bool, string)) []*row {
 		if !ok {
 			continue
 		}
-		k := strings.Join([]string{e.Model, e.Hardware, e.Task, e.Backend, status}, "|")
+		// An open loop's cells are rows of their own, its load beside the backend.
+		backend := e.Backend
+		if e.Load != "" {
+			backend += " · " + e.Load
+		}
+		k := strings.Join([]string{e.Model, e.Hardware, e.Task, backend, status}, "|")
 		r := idx[k]
 		if r == nil {
-			r = &row{model: e.Model, hw: e.Hardware, task: e.Task, backend: e.Backend, status: status}
+			r = &row{model: e.Model, hw: e.Hardware, task: e.Task, backend: backend, status: status}
 			idx[k] = r
 			rows = append(rows, r)
 		}

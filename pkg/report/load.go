@@ -37,7 +37,9 @@ type Row struct {
 	In, Out   int
 	BatchSize int
 	Backend   string
-	Status    string
+	// Load is the open loop's cell-id part (cell.Identity.Load); "" for the closed loop.
+	Load   string
+	Status string
 	// Reason is why a cell that is not ok is not ok: failure kind, phase and message.
 	Reason         string
 	BackendVersion string
@@ -185,7 +187,7 @@ func rowFromManifest(m *cell.Manifest) *Row {
 		ID: m.Cell.ID, Model: m.Cell.Model, ModelName: m.Cell.Model, ModelID: m.Cell.ModelID, Hardware: m.Cell.Hardware,
 		Family: fam, GPUName: m.Cell.GPUName, GPUs: n, Task: m.Cell.Task,
 		In: m.Cell.InputTokens, Out: m.Cell.OutputTokens, BatchSize: m.Cell.BatchSize,
-		Backend: m.Cell.Backend, Status: string(m.Status), BackendVersion: m.Versions.Backend,
+		Backend: m.Cell.Backend, Load: m.Cell.Load, Status: string(m.Status), BackendVersion: m.Versions.Backend,
 		Driver: m.Versions.Driver, Moecapd: m.Versions.Moecapd,
 		Metrics: m.PhysicalMetrics(), Telemetry: m.Telemetry,
 	}

@@ -77,6 +77,9 @@ func lineKeys(rows []*Row) ([]string, map[string][]*Row) {
 	byKey := map[string][]*Row{}
 	for _, r := range rows {
 		k := seriesName(r.Hardware, r.Backend)
+		if r.Load != "" {
+			k += " · " + r.Load // an open loop is a line of its own, not a second point at its batch
+		}
 		if _, ok := byKey[k]; !ok {
 			keys = append(keys, k)
 		}
@@ -87,7 +90,10 @@ func lineKeys(rows []*Row) ([]string, map[string][]*Row) {
 		if a.Hardware != b.Hardware {
 			return hwLess(a.Hardware, b.Hardware)
 		}
-		return a.Backend < b.Backend
+		if a.Backend != b.Backend {
+			return a.Backend < b.Backend
+		}
+		return a.Load < b.Load
 	})
 	for _, k := range keys {
 		rs := byKey[k]
