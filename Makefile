@@ -25,17 +25,20 @@ E2E_TESTS := ^(TestReadmeCommands|TestSlurm.*|Test.*Chromium|TestDaemonWebPage)$
 test-e2e:
 	MOECAPD_E2E=1 go test -race -count=1 -timeout 40m -run '$(E2E_TESTS)' ./cmd/moecapd/ ./pkg/report/
 
-# Fuzz the parsers of other programs' output (SSE stream, runner files, pass records,
-# telemetry CSV, bench file, manifests, /metrics pages, server_metrics.csv, the daemon's
-# bbolt store); seeds in */*/testdata/fuzz/. Each target runs a fixed number of inputs (a
-# few seconds each on a 2-core machine), not a -fuzztime duration: Go's fuzz coordinator can report a spurious "context deadline exceeded" when a duration
-# ends while a starved worker is mid-input (golang/go#75804, fixed in Go 1.27), and a count
-# has no deadline to race. FUZZ_SCALE multiplies every count (FUZZ_SCALE=10: a longer hunt).
+# Fuzz the parsers of other programs' output and of files a crash or a person can break
+# (SSE stream, runner files, pass records, telemetry CSV, bench file, manifests, /metrics
+# pages, server_metrics.csv, the daemon's bbolt store, config.json, benchmark and matrix
+# YAML); seeds in */*/testdata/fuzz/. Each target runs a fixed number of inputs (a few
+# seconds each on a 2-core machine), not a -fuzztime duration: Go's fuzz coordinator can
+# report a spurious "context deadline exceeded" when a duration ends while a starved worker
+# is mid-input (golang/go#75804, fixed in Go 1.27), and a count has no deadline to race.
+# FUZZ_SCALE multiplies every count (FUZZ_SCALE=10: a longer hunt).
 FUZZ_SCALE ?= 1
 FUZZ_TARGETS := FuzzSSEStream:./pkg/profile:30000 FuzzRunnerFiles:./pkg/profile:3000 FuzzDecode:./pkg/records:30000 \
 	FuzzTelemetryCSV:./pkg/report:5000 FuzzBenchFile:./pkg/report:10000 FuzzReadManifest:./pkg/cell:5000 \
 	FuzzMetricsPage:./pkg/servermetrics:20000 FuzzServerMetricsCSV:./pkg/servermetrics:20000 \
-	FuzzStoreFile:./internal/daemon:2000 FuzzRunnerOutput:./pkg/profile:3000
+	FuzzStoreFile:./internal/daemon:2000 FuzzRunnerOutput:./pkg/profile:3000 \
+	FuzzHFConfig:./pkg/passcost:30000 FuzzBenchConfig:./pkg/config:3000 FuzzMatrixFile:./pkg/matrix:3000
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		name=$${t%%:*}; rest=$${t#*:}; pkg=$${rest%%:*}; n=$$(( $${rest#*:} * $(FUZZ_SCALE) )); \

@@ -255,6 +255,9 @@ func ParseHFConfig(data []byte, source string) (Model, error) {
 		// layer, no shared experts; Source says so.
 		m.Source += fmt.Sprintf(" (model_type %q read with the generic MoE rules: every layer MoE, no shared experts)", fam)
 	}
+	if m.Layers > maxLayers {
+		return Model{}, fmt.Errorf("%s: num_hidden_layers %d: more than %d, no model's; the file is corrupt or not a model's config.json", source, m.Layers, maxLayers)
+	}
 	for i := 0; i < m.Layers; i++ {
 		if !isMoE(i) {
 			m.DenseLayers++
@@ -268,6 +271,9 @@ func ParseHFConfig(data []byte, source string) (Model, error) {
 	}
 	if len(missing) > 0 {
 		return Model{}, fmt.Errorf("%s: model_type %q: missing %s; pass --model-config with a complete config.json", source, fam, strings.Join(missing, ", "))
+	}
+	if err := m.plausible(); err != nil {
+		return Model{}, fmt.Errorf("%s: %v; the file is corrupt or not a model's config.json", source, err)
 	}
 	if m.Heads > 0 && m.KVHeads > 0 && m.Heads%m.KVHeads != 0 {
 		return Model{}, fmt.Errorf("%s: %d attention heads are not a multiple of %d key/value heads", source, m.Heads, m.KVHeads)
@@ -295,6 +301,46 @@ func ParseHFConfig(data []byte, source string) (Model, error) {
 		}
 	}
 	return m, nil
+}
+
+// maxLayers bounds num_hidden_layers (DeepSeek-V3 has 61).
+const maxLayers = 1 << 12
+
+// plausible bounds the sizes a config.json gives: far past every real model (DeepSeek-V3:
+// 7168 hidden, 256 experts, 129280 vocab), so a corrupt or hostile file cannot make the
+// pass-cost arithmetic overflow or the memory model promise exabytes; negative sizes are
+// no sizes.
+func (m Model) plausible() error {
+	for _, b := range []struct {
+		name string
+		v    int
+		max  int
+	}{
+		{"num_hidden_layers", m.Layers, maxLayers},
+		{"hidden_size", m.DModel, 1 << 18},
+		{"num_attention_heads", m.Heads, 1 << 12},
+		{"num_key_value_heads", m.KVHeads, 1 << 12},
+		{"head_dim", m.HeadDim, 1 << 14},
+		{"vocab_size", m.Vocab, 1 << 24},
+		{"max_position_embeddings", m.MaxPositions, 1 << 30},
+		{"routed experts", m.Experts, 1 << 16},
+		{"num_experts_per_tok", m.TopK, 1 << 16},
+		{"expert intermediate_size", m.ExpertFFN, 1 << 20},
+		{"dense intermediate_size", m.DenseFFN, 1 << 20},
+		{"shared experts", m.SharedExperts, 1 << 10},
+		{"shared expert intermediate size", m.SharedFFN, 1 << 24},
+		{"kv_lora_rank", m.KVLoraRank, 1 << 16},
+		{"q_lora_rank", m.QLoraRank, 1 << 16},
+		{"qk_nope_head_dim", m.QKNopeHeadDim, 1 << 14},
+		{"qk_rope_head_dim", m.QKRopeHeadDim, 1 << 14},
+		{"v_head_dim", m.VHeadDim, 1 << 14},
+		{"sliding_window", m.SlidingWindow, 1 << 30},
+	} {
+		if b.v < 0 || b.v > b.max {
+			return fmt.Errorf("%s %d is outside 0..%d", b.name, b.v, b.max)
+		}
+	}
+	return nil
 }
 
 func dtypeBytes(dtype string) float64 {

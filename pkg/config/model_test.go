@@ -166,3 +166,20 @@ func TestKVCacheBytes(t *testing.T) {
 		}
 	}
 }
+
+// A config.json with sizes no model has (a corrupt file, a hostile one) is an error naming
+// the field, at once: num_hidden_layers 2^62 ran the layer loop that many turns, negative
+// key/value heads made a negative KV cache.
+func TestParseHFConfigImplausibleSizes(t *testing.T) {
+	base := `"model_type":"mixtral","hidden_size":4096,"num_attention_heads":32,"vocab_size":32000,"num_local_experts":8,"num_experts_per_tok":2,"intermediate_size":14336`
+	for field, want := range map[string]string{
+		`"num_hidden_layers":4611686018427387904`:         "num_hidden_layers 4611686018427387904: more than 4096",
+		`"num_hidden_layers":32,"num_key_value_heads":-8`: "num_key_value_heads -8 is outside 0..4096",
+		`"num_hidden_layers":32,"head_dim":1073741824`:    "head_dim 1073741824 is outside",
+	} {
+		_, err := ParseHFConfig([]byte("{"+base+","+field+"}"), "config.json")
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "config.json") {
+			t.Errorf("%s: err %v, want one naming the file and %q", field, err, want)
+		}
+	}
+}
