@@ -107,13 +107,19 @@ func loadMatrix(o MatrixOptions) (*config.Tables, *matrix.Matrix, error) {
 	if err != nil {
 		return nil, nil, exitcode.New(exitcode.Usage, err)
 	}
-	// A group's load that this run's client cannot send is refused now, not cell by cell.
+	return tables, mx, nil
+}
+
+// checkMatrixLoads refuses, before a plan runs anything, a group's load that the cells'
+// client settings o cannot send (an open loop with the MoE-CAP runner…): every cell, not
+// cell by cell as they come.
+func checkMatrixLoads(o CellOptions, mx *matrix.Matrix) error {
 	for _, c := range mx.Cells {
-		if err := checkCellLoad(o.Cell, c.Backend, c.Repeats, c.Load, c.LoadKeys); err != nil {
-			return nil, nil, err
+		if err := checkCellLoad(o, c.Backend, c.Repeats, c.Load, c.LoadKeys); err != nil {
+			return err
 		}
 	}
-	return tables, mx, nil
+	return nil
 }
 
 // readResults reads the results root, warning of every directory that is not counted.
@@ -139,6 +145,9 @@ func setupMatrix(o MatrixOptions, log *zap.Logger) (*matrixSetup, error) {
 	s := &matrixSetup{o: o, log: log}
 	var err error
 	if s.tables, s.mx, err = loadMatrix(o); err != nil {
+		return nil, err
+	}
+	if err := checkMatrixLoads(o.Cell, s.mx); err != nil {
 		return nil, err
 	}
 	if s.gb, err = gpu.Open(log, o.Cell.RequireGPU); err != nil {

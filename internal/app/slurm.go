@@ -153,6 +153,9 @@ func prepareSubmit(req SlurmSubmitRequest) (*slurmSubmit, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := checkMatrixLoads(so.Cell, mx); err != nil {
+		return nil, err
+	}
 	root, err := filepath.Abs(so.Cell.Results)
 	if err != nil {
 		return nil, err

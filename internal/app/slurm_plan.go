@@ -20,6 +20,9 @@ func PlanSlurmCells(ctx context.Context, o MatrixOptions, cli *slurm.CLI, log *z
 	if err != nil {
 		return nil, err
 	}
+	if err := checkMatrixLoads(o.Cell, mx); err != nil {
+		return nil, err
+	}
 	s := &slurmSubmit{tables: tables, mx: mx, arrays: SlurmArrayOptions{CLI: cli}}
 	if s.plan, err = slurmPlanOptions(o.IncludeDone, o.NoSkip, o.Only); err != nil {
 		return nil, err
