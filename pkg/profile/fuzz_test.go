@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 // bodyTransport answers every request with body as a 200 event stream, no network.
@@ -94,6 +96,38 @@ func FuzzRunnerOutput(f *testing.F) {
 		}
 		if _, err := json.Marshal(m); err != nil {
 			t.Fatalf("metrics a manifest cannot hold: %v", err)
+		}
+	})
+}
+
+// FuzzPassStats: whatever pass records a server returned, the figures the client derives
+// from them (and writes into the manifest and the runner-format files) are finite: records
+// of 1e308 summed to +Inf, which no JSON can hold.
+func FuzzPassStats(f *testing.F) {
+	matches, _ := filepath.Glob("../../testdata/profile/*/*/*/detailed_results_*.jsonl")
+	for _, m := range matches {
+		if b, err := os.ReadFile(m); err == nil {
+			f.Add(b, uint8(4))
+		}
+	}
+	f.Add([]byte(`{"forward_mode":"decode","latency":1e308,"batch_size":1e308,"expert_activation":1e308}`+"\n"+
+		`{"forward_mode":"decode","latency":1e308,"batch_size":1e308,"expert_activation":1e308}`+"\n"+
+		`{"forward_mode":"prefill","latency":1e308,"scheduled_tokens":1e300,"seq_lens_sum":4000,"batch_size":1,"per_req_info":[{"req_id":"a","is_last_chunk":true}]}`+"\n"+
+		`{"forward_mode":"prefill","latency":1e308,"scheduled_tokens":1e300,"seq_lens_sum":4000,"batch_size":1,"per_req_info":[{"req_id":"a","is_last_chunk":true}]}`), uint8(1))
+	f.Fuzz(func(t *testing.T, data []byte, n uint8) {
+		var raws []json.RawMessage
+		for _, l := range bytes.Split(data, []byte("\n")) {
+			if l = records.PythonJSON(l); json.Valid(l) {
+				raws = append(raws, json.RawMessage(l))
+			}
+		}
+		passes, err := ParsePasses("fuzz", raws)
+		if err != nil {
+			return
+		}
+		s := StatsOf(passes, int(n))
+		if _, err := json.Marshal(s); err != nil {
+			t.Fatalf("pass stats no manifest can hold: %v", err)
 		}
 	})
 }

@@ -213,3 +213,15 @@ func TestUpstreamStyleNamesItsOwnFix(t *testing.T) {
 		t.Errorf("err = %v, want the fix --prompt-style exact-ids and no --use-chat-api", err)
 	}
 }
+
+// A usage with a negative token count is a usage that cannot be trusted: the request is
+// marked (and the result invalid), never summed into negative totals silently.
+func TestNegativeUsageIsAMismatch(t *testing.T) {
+	body := chunkLine + chunkLine + `data: {"choices":[],"usage":{"prompt_tokens":-5,"completion_tokens":2}}` + "\n\ndata: [DONE]\n\n"
+	s := &streamer{hc: &http.Client{Transport: bodyTransport{[]byte(body)}}, url: "http://x/v1/completions", maxTokens: 4, idle: time.Minute}
+	var r RequestResult
+	s.do(t.Context(), []byte("{}"), &r)
+	if !r.Success || !r.UsageStreamMismatch {
+		t.Errorf("success %v mismatch %v (%s): want a success marked as a usage mismatch", r.Success, r.UsageStreamMismatch, r.Error)
+	}
+}

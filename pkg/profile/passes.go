@@ -2,8 +2,10 @@ package profile
 
 import (
 	"encoding/json"
-	"github.com/moecapd/moecapd/pkg/records"
+	"math"
 	"path/filepath"
+
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 type acc struct {
@@ -17,6 +19,9 @@ func (a *acc) mean() *float64 {
 		return nil
 	}
 	v := a.sum / float64(a.n)
+	if math.IsInf(v, 0) || math.IsNaN(v) {
+		return nil // records of 1e308 summed past the float range: no mean, and no manifest could hold one
+	}
 	return &v
 }
 
@@ -50,7 +55,7 @@ func UpstreamTTFTS(passes []Pass) *float64 {
 		return keys, last
 	}
 	mean, n := records.PerRequestPrefill(pre, chunks, func(p *Pass) float64 { return *p.Latency }, false)
-	if n == 0 {
+	if n == 0 || math.IsInf(mean, 0) || math.IsNaN(mean) {
 		return nil
 	}
 	return &mean
@@ -160,7 +165,9 @@ func StatsOf(passes []Pass, nRequests int) PassStats {
 		if p.BatchSize != nil && *p.BatchSize >= 0 {
 			bs[0].add(*p.BatchSize)
 		}
-		if p.ScheduledTokens != nil {
+		// A token count past any pass's (a float beyond int: its conversion is undefined)
+		// is no count.
+		if p.ScheduledTokens != nil && *p.ScheduledTokens >= 0 && *p.ScheduledTokens <= 1<<40 {
 			fwd += int(*p.ScheduledTokens)
 		} else {
 			fwdOK = false
@@ -174,7 +181,7 @@ func StatsOf(passes []Pass, nRequests int) PassStats {
 	if fwdOK {
 		s.PrefillForwardedTokens = &fwd
 	}
-	if elOK {
+	if elOK && !math.IsInf(el, 0) {
 		s.PrefillStepElapsedS = &el
 	}
 	s.ActivationPrefill, s.ActivationDecode = act[0].mean(), act[1].mean()

@@ -325,7 +325,7 @@ func (s *streamer) stream(ctx context.Context, iw *idleWatch, body []byte, r *Re
 	// detokenizer may hold back a token that ends inside a multi-byte character. A usage
 	// below the chunks that carried text, or more than 10% (+1) above the chunks sent, is a
 	// server whose counts cannot be trusted or a stream that lost chunks.
-	if r.OutputTokens < nonEmpty || r.OutputTokens > choice+choice/10+1 {
+	if r.OutputTokens < nonEmpty || r.OutputTokens > choice+choice/10+1 || r.PromptTokens < 0 {
 		r.UsageStreamMismatch = true
 	}
 	return nil

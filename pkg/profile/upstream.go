@@ -198,5 +198,8 @@ func (s *streamer) once(ctx context.Context, iw *idleWatch, body []byte, r *Requ
 	if r.OutputText == "" && r.OutputTokens > 0 {
 		r.UsageStreamMismatch = true // tokens claimed, no text returned
 	}
+	if r.PromptTokens < 0 || r.OutputTokens < 0 {
+		r.UsageStreamMismatch = true // negative counts: a usage that cannot be trusted
+	}
 	return nil
 }
