@@ -538,7 +538,8 @@ func SimSettings(argv []string) (scale float64, overrides []string) {
 		}
 		switch name {
 		case "--sim-time-scale":
-			if f, err := strconv.ParseFloat(val, 64); err == nil {
+			// Only a scale: "Inf" parses too, and NaN, 0 or a negative divides nothing.
+			if f, err := strconv.ParseFloat(val, 64); err == nil && f > 0 && !math.IsInf(f, 1) {
 				scale = f
 			}
 		case "--sim-tpot", "--sim-ttft":

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -207,7 +208,8 @@ func (m *Manifest) TimeScale() float64 {
 		if !has && i+1 < len(a) {
 			val = a[i+1]
 		}
-		if f, err := strconv.ParseFloat(val, 64); err == nil && f > 0 && f != 1 {
+		// ParseFloat reads "Inf" too: a hand-edited argv must not scale latencies to 0.
+		if f, err := strconv.ParseFloat(val, 64); err == nil && f > 0 && f != 1 && !math.IsInf(f, 1) {
 			return f
 		}
 	}

@@ -41,3 +41,18 @@ func TestManifestTimeScale(t *testing.T) {
 		t.Error("nil manifest")
 	}
 }
+
+// A hand-edited or corrupt argv's time scale that is no scale (Inf, NaN, negative, 0) reads
+// as real time, never as a divisor that turns every latency into 0 or NaN.
+func TestTimeScaleHostileArgv(t *testing.T) {
+	for _, v := range []string{"Inf", "+Inf", "NaN", "-0.5", "0", "1e999", "x"} {
+		m := &Manifest{Cell: Identity{Backend: "sim"}, Server: Server{Argv: []string{"moecapd", "sim-server", "--sim-time-scale", v}}}
+		if s := m.TimeScale(); s != 0 {
+			t.Errorf("--sim-time-scale %s: time scale %v, want 0 (real time)", v, s)
+		}
+	}
+	m := &Manifest{Cell: Identity{Backend: "sim"}, Server: Server{Argv: []string{"--sim-time-scale=0.01"}}}
+	if s := m.TimeScale(); s != 0.01 {
+		t.Errorf("--sim-time-scale=0.01: %v", s)
+	}
+}

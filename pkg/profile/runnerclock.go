@@ -17,6 +17,10 @@ var (
 	runnerEndMarkers  = [][]byte{[]byte("Stopped expert distribution recording"), []byte("Stopped batch recording"), []byte("Warning: Could not stop recording")}
 )
 
+// maxPartialLine bounds the unfinished last line PhaseClock keeps between polls: the
+// markers are short lines.
+const maxPartialLine = 64 << 10
+
 // PhaseClock watches a runner's log file and timestamps its request-phase markers.
 type PhaseClock struct {
 	path     string
@@ -74,11 +78,13 @@ func (c *PhaseClock) poll() {
 	// tqdm redraws with \r: split on both line ends.
 	last := bytes.LastIndexAny(data, "\r\n")
 	if last < 0 {
-		c.partial = append(c.partial[:0], data...)
+		c.partial = append(c.partial[:0], data[:min(len(data), maxPartialLine)]...)
 		return
 	}
 	lines, rest := data[:last+1], data[last+1:]
-	c.partial = append([]byte(nil), rest...)
+	// A line without end (a runner printing garbage, a binary dump) keeps only its head,
+	// where a marker would be: the partial line must not grow by 16 MiB each poll.
+	c.partial = append([]byte(nil), rest[:min(len(rest), maxPartialLine)]...)
 	var started, ended bool
 	c.mu.Lock()
 	for _, l := range bytes.FieldsFunc(lines, func(r rune) bool { return r == '\n' || r == '\r' }) {

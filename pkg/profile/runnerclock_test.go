@@ -1,6 +1,7 @@
 package profile
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
 	"testing"
@@ -56,5 +57,41 @@ func TestPhaseClockWithoutMarkers(t *testing.T) {
 	time.Sleep(10 * time.Millisecond)
 	if got := c.Stop(); got != 0 {
 		t.Errorf("request phase %v without markers, want 0", got)
+	}
+}
+
+// A runner that prints without newlines (garbage, a binary dump) does not make the clock
+// hold its whole output: the unfinished line keeps at most its head; markers after it still
+// count.
+func TestPhaseClockEndlessLine(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "client.log")
+	junk := bytes.Repeat([]byte("x"), 4<<20)
+	var b bytes.Buffer
+	b.WriteString("Sending 4 requests to http://x\n")
+	for range 8 {
+		b.Write(junk)
+	}
+	if err := os.WriteFile(path, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := &PhaseClock{path: path}
+	c.poll()
+	if len(c.partial) > maxPartialLine {
+		t.Fatalf("partial line of %d bytes kept, want at most %d", len(c.partial), maxPartialLine)
+	}
+	f, err := os.OpenFile(path, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteString("\nStopped batch recording\n")
+	f.Close()
+	for range 4 { // 16 MiB a poll
+		c.poll()
+		if len(c.partial) > maxPartialLine {
+			t.Fatalf("partial line of %d bytes kept, want at most %d", len(c.partial), maxPartialLine)
+		}
+	}
+	if c.start.IsZero() || c.end.IsZero() || len(c.partial) != 0 {
+		t.Errorf("start %v end %v partial %d: the markers around the endless line were not both seen", c.start, c.end, len(c.partial))
 	}
 }

@@ -3,7 +3,6 @@ package report
 import (
 	"encoding/json"
 	"fmt"
-	"strconv"
 	"strings"
 
 	"github.com/moecapd/moecapd/pkg/cell"
@@ -177,24 +176,10 @@ func (r *Row) timeScale() float64 {
 	return 0
 }
 
-// simTimeScale is the --sim-time-scale the cell's simulated server ran with (0: none).
-func simTimeScale(m *cell.Manifest) float64 {
-	a := m.Server.Argv
-	for i := 0; i+1 < len(a); i++ {
-		if a[i] == "--sim-time-scale" {
-			v, err := strconv.ParseFloat(a[i+1], 64)
-			if err == nil {
-				return v
-			}
-		}
-		if v, ok := strings.CutPrefix(a[i], "--sim-time-scale="); ok {
-			if f, err := strconv.ParseFloat(v, 64); err == nil {
-				return f
-			}
-		}
-	}
-	return 0
-}
+// simTimeScale is the --sim-time-scale the cell's simulated server ran with (0: none or
+// real time), as the cell reads it: a positive finite scale, never a NaN, negative or
+// infinite one a hand-edited manifest holds, which would un-scale every latency to NaN.
+func simTimeScale(m *cell.Manifest) float64 { return m.TimeScale() }
 
 // flaggedText is how a flagged value shows.
 func flaggedText(reason string) string { return "flagged: " + reason }

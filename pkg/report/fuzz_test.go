@@ -1,11 +1,16 @@
 package report
 
 import (
+	"bytes"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
+	"time"
 
 	"gonum.org/v1/plot/plotter"
+
+	"github.com/moecapd/moecapd/pkg/config"
 )
 
 // FuzzTelemetryCSV: telemetry.csv, whatever it holds, reads without a panic and keeps no
@@ -58,4 +63,35 @@ func ys(m map[int]plotter.XYs) map[int][]float64 {
 		}
 	}
 	return out
+}
+
+// FuzzCellManifest: a results root whose cell holds a hand-edited, truncated or hostile
+// manifest.json renders a report (the cell listed as a problem or as a row), never a panic:
+// every reader of the manifest's parts (metrics, truth, CAP numbers, flags, extra) runs.
+func FuzzCellManifest(f *testing.F) {
+	const id = "qwen1_5.1xH100.4k-1k.bs1.sglang"
+	matches, _ := filepath.Glob("../../testdata/report/results/*/manifest.json")
+	for _, m := range matches {
+		if b, err := os.ReadFile(m); err == nil {
+			f.Add(bytes.ReplaceAll(b, []byte(filepath.Base(filepath.Dir(m))), []byte(id)))
+		}
+	}
+	f.Add([]byte(`{"cell":{"id":"` + id + `","batch_size":1e308},"status":"ok","metrics":{"duration_s":1e308,"mean_tpot_ms":-1},"extra":{"matrix":[1],"slurm":"x","cap":{"a":NaN}}}`))
+	tb := sync.OnceValue(func() *config.Tables { t, _ := config.LoadTables(""); return t })
+	f.Fuzz(func(t *testing.T, data []byte) {
+		root := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(root, id), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, id, "manifest.json"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		res, err := Write(Options{ResultsDir: root, OutDir: filepath.Join(root, "out"), Tables: tb(), Now: func() time.Time { return time.Unix(0, 0) }})
+		if err != nil {
+			return
+		}
+		if _, err := os.Stat(res.Markdown); err != nil {
+			t.Fatalf("a report without its summary: %v", err)
+		}
+	})
 }

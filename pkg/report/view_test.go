@@ -84,7 +84,7 @@ func TestFlaggedValuesShowAsFlagged(t *testing.T) {
 }
 
 func TestTimeScaledSimIsFlagged(t *testing.T) {
-	m := &cell.Manifest{Server: cell.Server{Argv: []string{"moecapd", "sim-server", "--sim-time-scale", "0.02"}}}
+	m := &cell.Manifest{Cell: cell.Identity{Backend: "sim"}, Server: cell.Server{Argv: []string{"moecapd", "sim-server", "--sim-time-scale", "0.02"}}}
 	fs := flagsOf(m, nil)
 	if len(fs) != 1 || fs[0].Metric != "cap" || !strings.Contains(fs[0].Reason, "×0.02") {
 		t.Fatalf("flags %+v, want one cap flag naming ×0.02", fs)
