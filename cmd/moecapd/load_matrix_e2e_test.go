@@ -94,9 +94,9 @@ func TestMatrixRateSweepGroup(t *testing.T) {
 		if !strings.Contains(string(md), id) || !strings.Contains(string(csv), id+",") {
 			t.Errorf("report lacks %s", id)
 		}
-		if _, err := os.Stat(filepath.Join(out, "cells")); err != nil {
-			t.Error(err)
-		}
+	}
+	if html, _ := os.ReadFile(filepath.Join(out, "index.html")); !strings.Contains(string(html), "sim · rates50-100") || !strings.Contains(string(csv), ",sim,rates50-100,") {
+		t.Error("the report does not name the sweep's load beside its backend (index.html) or in cells.csv's load column")
 	}
 
 	// compare pairs the roots' cells by id (the sweep with the sweep), and two cell

@@ -527,3 +527,46 @@ func TestSlurmTaskLeavesHeldCell(t *testing.T) {
 		t.Errorf("task log does not say who holds the cell:\n%s", logb)
 	}
 }
+
+// TestSlurmOpenLoopGroup: a matrix with a rates: group beside a closed-loop group of the same
+// configuration, submitted to Slurm: the array holds both cells under their own ids, and
+// the task runs the sweep the group names (each rate's bench in the manifest, extra.slurm
+// beside it), as matrix run does.
+func TestSlurmOpenLoopGroup(t *testing.T) {
+	env := slurmCluster(t)
+	mx := loadMatrixFile(t, `rates: [50, 100]`)
+	root := t.TempDir()
+	const closedID, sweepID = "qwen1_5.1xH100.32-8.bs1.sim", "qwen1_5.1xH100.32-8.bs1.sim.rates50-100"
+	r := moecapd(t, env, "slurm", "submit", "--matrix", mx, "--results", root, "--grace", "2s",
+		"--retries", "0", "--ready-hard-timeout", "30s", "--log-format", "json")
+	if r.code != 0 || strings.Count(r.stdout, "submitted array") != 1 {
+		t.Fatalf("submit: exit %d, want one array\nstdout:\n%s\nstderr:\n%s", r.code, r.stdout, r.stderr)
+	}
+	rec, err := slurm.ReadRecord(root)
+	if err != nil || len(rec.Arrays) != 1 {
+		t.Fatalf("record: %v, %+v; want one array", err, rec)
+	}
+	if got := slices.Sorted(slices.Values(rec.Arrays[0].Cells)); !slices.Equal(got, []string{closedID, sweepID}) {
+		t.Fatalf("array cells %v, want %s and %s", got, closedID, sweepID)
+	}
+	waitStatus(t, env, root, 3*time.Minute, "both cells ok", allOK(2))
+	closed, err := cell.ReadManifest(filepath.Join(root, closedID))
+	if err != nil || closed.Cell.Load != "" || len(closed.Rates) != 0 {
+		t.Fatalf("closed-loop cell: load %q, %d rates, %v; want the closed loop", closed.Cell.Load, len(closed.Rates), err)
+	}
+	sweep, err := cell.ReadManifest(filepath.Join(root, sweepID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sweep.Cell.Load != "rates50-100" || len(sweep.Rates) != 2 {
+		t.Fatalf("sweep cell: load %q, %d rates; want rates50-100 with 2", sweep.Cell.Load, len(sweep.Rates))
+	}
+	for i, want := range []float64{50, 100} {
+		if p := sweep.Rates[i]; p.Rate != want || p.Metrics == nil || p.Metrics.Completed != 4 {
+			t.Errorf("rate %d: %+v, want %g req/s with 4 requests", i+1, p, want)
+		}
+	}
+	if e := taskEnv(t, sweep); e.ArrayJobID != rec.Arrays[0].JobID {
+		t.Errorf("sweep ran as job %s, want the array %s", e.ArrayJobID, rec.Arrays[0].JobID)
+	}
+}

@@ -151,12 +151,18 @@ func firstString(o map[string]any, keys ...string) string {
 }
 
 // BackendLabel is the backend as every table row and page names it: a time-scaled sim's
-// says so ("sim (sim, time ×0.01)"), its client numbers being un-scaled to physical units.
+// says so ("sim (sim, time ×0.01)"), its client numbers being un-scaled to physical units,
+// and an open loop's names its load ("sglang · rates1-2-4"), so it is not read as the
+// closed loop of the same batch.
 func (r *Row) BackendLabel() string {
+	b := r.Backend
 	if l := profile.ScaleLabel(r.timeScale()); l != "" {
-		return r.Backend + " (" + l + ")"
+		b += " (" + l + ")"
 	}
-	return r.Backend
+	if r.Load != "" {
+		b += " · " + r.Load
+	}
+	return b
 }
 
 // timeScale is the sim's time scale when the cell ran scaled (not 0 or 1), else 0.

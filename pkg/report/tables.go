@@ -199,6 +199,8 @@ var csvColumns = []column{
 	{"output_tokens", func(r *Row) string { return strconv.Itoa(r.Out) }},
 	{"batch_size", func(r *Row) string { return strconv.Itoa(r.BatchSize) }},
 	{"backend", func(r *Row) string { return r.Backend }},
+	// load: an open loop's cell-id part (cell.Identity.Load); empty for the closed loop.
+	{"load", func(r *Row) string { return r.Load }},
 	// time_scale: the sim's --sim-time-scale when it ran time-scaled; its client latencies
 	// and throughputs in this row are un-scaled to physical units (profile.Metrics.Unscaled).
 	{"time_scale", func(r *Row) string {
