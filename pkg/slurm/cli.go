@@ -310,7 +310,11 @@ func parseConfig(s string) (Config, error) {
 	if m == nil {
 		return cfg, fmt.Errorf("scontrol show config: no KillWait line")
 	}
-	n, _ := strconv.Atoi(m[1])
+	n, err := strconv.Atoi(m[1])
+	if err != nil || n > 1<<20 {
+		// Slurm caps KillWait at 65533 s; beyond int or a Duration it is no setting.
+		return cfg, fmt.Errorf("scontrol show config: KillWait %s sec is not a Slurm setting (at most 65533)", m[1])
+	}
 	cfg.KillWait = time.Duration(n) * time.Second
 	cfg.MaxArraySize = 1001 // Slurm's default
 	if m := maxArraySizeRe.FindStringSubmatch(s); m != nil {
