@@ -19,6 +19,7 @@ import (
 	bolterrors "go.etcd.io/bbolt/errors"
 
 	"github.com/moecapd/moecapd/internal/app"
+	"github.com/moecapd/moecapd/internal/daemon/storecheck"
 	"github.com/moecapd/moecapd/pkg/launcher"
 )
 
@@ -166,7 +167,7 @@ func OpenStore(results string) (*Store, error) {
 		return nil, fmt.Errorf("create the daemon's store directory %s: %w", dir, err)
 	}
 	p := filepath.Join(dir, StoreFile)
-	if err := checkStoreFile(p); err != nil {
+	if err := storecheck.File(p); err != nil {
 		return nil, err
 	}
 	db, err := bolt.Open(p, 0o600, &bolt.Options{Timeout: 2 * time.Second})

@@ -1,8 +1,9 @@
-package daemon
+package storecheck
 
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
 	"hash/fnv"
 	"os"
@@ -11,70 +12,101 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
-// storeBytes is a small real store (three jobs of three cells, a lease), built once.
+const storeFile = "state.db"
+
+// storeBytes is a small bbolt file shaped as the daemon's store: its four buckets, a format
+// key, three jobs of three cells as JSON, a lease; built once.
 var storeBytes = sync.OnceValues(func() ([]byte, error) {
 	dir, err := os.MkdirTemp("", "moecapd-store")
 	if err != nil {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	st, err := OpenStore(dir)
+	p := filepath.Join(dir, storeFile)
+	db, err := bolt.Open(p, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
 		return nil, err
 	}
-	for i := range 3 {
-		j := &Job{Owner: "alice", State: JobQueued, Created: time.Unix(1e9, 0), Spec: Spec{Matrix: "/m/matrix.yaml"}}
-		var cs []*Cell
-		for k := range 3 {
-			cs = append(cs, &Cell{ID: fmt.Sprintf("qwen.1xH100.4k-1k.bs%d.sglang", 1<<k), Index: k, State: CellQueued, Reason: strings.Repeat("r", 40*i)})
+	err = db.Update(func(tx *bolt.Tx) error {
+		bs := map[string]*bolt.Bucket{}
+		for _, n := range []string{"meta", "jobs", "cells", "leases"} {
+			b, err := tx.CreateBucketIfNotExists([]byte(n))
+			if err != nil {
+				return err
+			}
+			bs[n] = b
 		}
-		if err := st.AddJob(j, cs); err != nil {
-			return nil, err
+		if err := bs["meta"].Put([]byte("format"), []byte("1")); err != nil {
+			return err
 		}
-		if i == 0 {
-			if err := st.Save(nil, nil, []*Lease{{Job: j.ID, Cell: cs[0].ID, GPUs: []string{"0"}, DaemonPID: 1}}, nil); err != nil {
-				return nil, err
+		for i := range 3 {
+			j, _ := json.Marshal(map[string]any{"id": fmt.Sprintf("j%d", i+1), "owner": "alice", "state": "queued", "spec": map[string]any{"matrix": "/m/matrix.yaml"}})
+			if err := bs["jobs"].Put(fmt.Appendf(nil, "j%d", i+1), j); err != nil {
+				return err
+			}
+			for k := range 3 {
+				id := fmt.Sprintf("qwen.1xH100.4k-1k.bs%d.sglang", 1<<k)
+				c, _ := json.Marshal(map[string]any{"job": fmt.Sprintf("j%d", i+1), "id": id, "index": k, "state": "queued", "reason": strings.Repeat("r", 40*i)})
+				if err := bs["cells"].Put(fmt.Appendf(nil, "j%d/%s", i+1, id), c); err != nil {
+					return err
+				}
 			}
 		}
+		l, _ := json.Marshal(map[string]any{"job": "j1", "cell": "qwen.1xH100.4k-1k.bs1.sglang", "gpus": []string{"0"}, "daemon_pid": 1})
+		return bs["leases"].Put([]byte("j1/qwen.1xH100.4k-1k.bs1.sglang"), l)
+	})
+	if cerr := db.Close(); err == nil {
+		err = cerr
 	}
-	if err := st.Close(); err != nil {
+	if err != nil {
 		return nil, err
 	}
-	return os.ReadFile(filepath.Join(dir, StoreDir, StoreFile))
+	return os.ReadFile(p)
 })
 
-// openStoreBytes writes b as a results root's store and opens and loads it.
-func openStoreBytes(t *testing.T, b []byte) (open, load error) {
+// openBytes writes b as a store file, checks it, and when File accepts it, opens it with
+// bbolt and reads every bucket as the daemon's Load does: a crash there is what File exists
+// to prevent.
+func openBytes(t *testing.T, b []byte) error {
 	t.Helper()
-	root := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(root, StoreDir), 0o755); err != nil {
+	p := filepath.Join(t.TempDir(), storeFile)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(root, StoreDir, StoreFile), b, 0o600); err != nil {
-		t.Fatal(err)
+	if err := File(p); err != nil {
+		return err
 	}
-	st, err := OpenStore(root)
+	db, err := bolt.Open(p, 0o600, &bolt.Options{Timeout: 2 * time.Second})
 	if err != nil {
-		return err, nil
+		return nil // bbolt's own error: no crash
 	}
-	defer st.Close()
-	_, _, _, err = st.Load()
-	return nil, err
+	defer db.Close()
+	_ = db.View(func(tx *bolt.Tx) error {
+		return tx.ForEach(func(_ []byte, b *bolt.Bucket) error {
+			return b.ForEach(func(k, v []byte) error {
+				_ = json.Valid(v)
+				return nil
+			})
+		})
+	})
+	return nil
 }
 
-// TestStoreCorrupt: a store cut short, overwritten with garbage, with a page number or an
+// TestCorrupt: a store cut short, overwritten with garbage, with a page number or an
 // element pointing outside the file, or a directory in its place, is an error naming the
 // file and the fix; bbolt would have died of SIGBUS/SIGSEGV (it maps the file and follows
 // its page numbers unchecked) or panicked on each of them.
-func TestStoreCorrupt(t *testing.T) {
+func TestCorrupt(t *testing.T) {
 	base, err := storeBytes()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if open, load := openStoreBytes(t, base); open != nil || load != nil {
-		t.Fatalf("the intact store: open %v, load %v", open, load)
+	if err := openBytes(t, base); err != nil {
+		t.Fatalf("the intact store: %v", err)
 	}
 	// The meta bbolt uses (the valid one of the higher txid) and its root page.
 	m0, _ := readBoltMeta(bytes.NewReader(base), 0)
@@ -114,16 +146,16 @@ func TestStoreCorrupt(t *testing.T) {
 		"page type":       {edit(root+8, 0x31), "has type 0x31"},
 		"overflow":        {edit(root+12, 0xff, 0xff, 0, 0), "past the last page"},
 	} {
-		open, _ := openStoreBytes(t, tc.b)
-		if open == nil || !strings.Contains(open.Error(), tc.want) || !strings.Contains(open.Error(), StoreFile) || !strings.Contains(open.Error(), "move it aside") {
-			t.Errorf("%s: open: %v; want an error saying %q, naming %s and the fix", name, open, tc.want, StoreFile)
+		err := openBytes(t, tc.b)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), storeFile) || !strings.Contains(err.Error(), "move it aside") {
+			t.Errorf("%s: %v; want an error saying %q, naming %s and the fix", name, err, tc.want, storeFile)
 		}
 	}
-	dir := t.TempDir()
-	if err := os.MkdirAll(filepath.Join(dir, StoreDir, StoreFile), 0o755); err != nil {
+	dir := filepath.Join(t.TempDir(), storeFile)
+	if err := os.Mkdir(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := OpenStore(dir); err == nil || !strings.Contains(err.Error(), "is a directory") {
+	if err := File(dir); err == nil || !strings.Contains(err.Error(), "is a directory") {
 		t.Errorf("a directory in the store's place: %v", err)
 	}
 }
@@ -148,9 +180,8 @@ func FuzzStoreFile(f *testing.F) {
 		if len(b) > 0 {
 			copy(b[int(off)%len(b):], patch)
 		}
-		open, _ := openStoreBytes(t, b)
-		if open != nil && !strings.Contains(open.Error(), StoreFile) {
-			t.Fatalf("open error does not name the file: %v", open)
+		if err := openBytes(t, b); err != nil && !strings.Contains(err.Error(), storeFile) {
+			t.Fatalf("error does not name the file: %v", err)
 		}
 	})
 }

@@ -1,4 +1,9 @@
-package daemon
+// Package storecheck checks a bbolt database file before bbolt maps it: bbolt follows the
+// page numbers of its file without checking them against the file's length, so a file cut
+// short or overwritten kills the process (SIGBUS, SIGSEGV) or panics it before any error can
+// be returned. File walks the pages as bbolt will, reading them, and returns an error
+// instead. The daemon's store (internal/daemon) opens its state.db only after File.
+package storecheck
 
 import (
 	"encoding/binary"
@@ -47,14 +52,14 @@ func readBoltMeta(f io.ReaderAt, off int64) (boltMeta, bool) {
 		pgid: le.Uint64(m[40:]), tx: le.Uint64(m[48:])}, true
 }
 
-// checkStoreFile refuses a store file that bbolt cannot open safely. bbolt maps the file
+// File refuses a store file that bbolt cannot open safely. bbolt maps the file
 // and follows the page numbers its meta page names without checking them against the
 // file's length: a store cut short (a full disk during a copy or restore, a crash on a
 // file system that lost the tail) kills the daemon with SIGBUS or a panic before any error
 // can be returned. So the meta page bbolt will use (the valid one with the higher txid) must
 // name a root and a freelist below its high-water mark, and the file must hold every page
 // up to that mark. A missing or empty file is fine: bbolt creates the store in it.
-func checkStoreFile(p string) error {
+func File(p string) error {
 	fi, err := os.Stat(p)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
