@@ -39,7 +39,7 @@ FUZZ_TARGETS := FuzzSSEStream:./pkg/profile:30000 FuzzRunnerFiles:./pkg/profile:
 	FuzzMetricsPage:./pkg/servermetrics:20000 FuzzServerMetricsCSV:./pkg/servermetrics:20000 \
 	FuzzStoreFile:./internal/daemon/storecheck:2000 FuzzRunnerOutput:./pkg/profile:3000 FuzzPassStats:./pkg/profile:10000 \
 	FuzzHFConfig:./pkg/passcost:30000 FuzzBenchConfig:./pkg/config:3000 FuzzMatrixFile:./pkg/matrix:3000 \
-	FuzzCellManifest:./pkg/report:2000 FuzzDeriveCAP:./pkg/capmath:3000 FuzzSlurmOutput:./pkg/slurm:20000
+	FuzzCellManifest:./pkg/report:1000 FuzzDeriveCAP:./pkg/capmath:3000 FuzzSlurmOutput:./pkg/slurm:20000
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		name=$${t%%:*}; rest=$${t#*:}; pkg=$${rest%%:*}; n=$$(( $${rest#*:} * $(FUZZ_SCALE) )); \
