@@ -36,10 +36,10 @@ test-e2e:
 FUZZ_SCALE ?= 1
 FUZZ_TARGETS := FuzzSSEStream:./pkg/profile:30000 FuzzRunnerFiles:./pkg/profile:3000 FuzzDecode:./pkg/records:30000 \
 	FuzzTelemetryCSV:./pkg/report:5000 FuzzBenchFile:./pkg/report:10000 FuzzReadManifest:./pkg/cell:5000 \
-	FuzzMetricsPage:./pkg/servermetrics:20000 FuzzServerMetricsCSV:./pkg/servermetrics:20000 \
-	FuzzStoreFile:./internal/daemon/storecheck:2000 FuzzRunnerOutput:./pkg/profile:3000 FuzzPassStats:./pkg/profile:10000 \
-	FuzzHFConfig:./pkg/passcost:30000 FuzzBenchConfig:./pkg/config:3000 FuzzMatrixFile:./pkg/matrix:3000 \
-	FuzzCellManifest:./pkg/report:1000 FuzzDeriveCAP:./pkg/capmath:3000 FuzzSlurmOutput:./pkg/slurm:20000
+	FuzzMetricsPage:./pkg/servermetrics:10000 FuzzServerMetricsCSV:./pkg/servermetrics:10000 \
+	FuzzStoreFile:./internal/daemon/storecheck:1000 FuzzRunnerOutput:./pkg/profile:1500 FuzzPassStats:./pkg/profile:5000 \
+	FuzzHFConfig:./pkg/passcost:20000 FuzzBenchConfig:./pkg/config:1500 FuzzMatrixFile:./pkg/matrix:1000 \
+	FuzzCellManifest:./pkg/report:400 FuzzDeriveCAP:./pkg/capmath:1000 FuzzSlurmOutput:./pkg/slurm:10000
 fuzz:
 	@set -e; for t in $(FUZZ_TARGETS); do \
 		name=$${t%%:*}; rest=$${t#*:}; pkg=$${rest%%:*}; n=$$(( $${rest#*:} * $(FUZZ_SCALE) )); \
