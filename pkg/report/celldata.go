@@ -175,7 +175,8 @@ func decodeTimeline(passes []records.Pass, d *CellData) bool {
 		}
 		t += *p.Latency
 		if p.Mode.DecodeStep() {
-			if b := records.Val(p.DecodeBatch()); finite(b) && b >= 0 {
+			// A batch past any server's (1e308 in a broken record) would sum its bin to +Inf.
+			if b := records.Val(p.DecodeBatch()); finite(b) && b >= 0 && b <= 1e9 {
 				ps = append(ps, pass{t, b})
 			}
 		}

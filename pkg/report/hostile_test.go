@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/moecapd/moecapd/pkg/records"
 )
 
 // copyTree copies the fixture results into a temporary root the test may change.
@@ -196,5 +198,27 @@ func TestTelemetryCSVTornRowsAndHugeValues(t *testing.T) {
 	}
 	if len(d.Notes) != 1 || !strings.Contains(d.Notes[0], fmt.Sprintf("%d NaN/Inf or out-of-range values left out", 4*timelineBins+10)) {
 		t.Errorf("notes %q do not say the out-of-range samples were left out", d.Notes)
+	}
+}
+
+// A pass record whose batch is past any server's (1e308) is left out of the decode-batch
+// timeline: its bin would sum to +Inf.
+func TestDecodeTimelineHugeBatch(t *testing.T) {
+	var passes []records.Pass
+	for i, b := range []string{"4", "1e308", "1e308", "6"} {
+		p, err := records.Parse([]byte(fmt.Sprintf(`{"forward_mode":"decode","latency":0.01,"batch_size":%s,"forward_pass_id":%d}`, b, i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		passes = append(passes, p)
+	}
+	var d CellData
+	if !decodeTimeline(passes, &d) || len(d.DecodeBatch) == 0 {
+		t.Fatal("no timeline from the usable passes")
+	}
+	for _, xy := range d.DecodeBatch {
+		if !finite(xy.X, xy.Y) || xy.Y > 6 {
+			t.Errorf("timeline point %v: want the usable batches (4, 6) only", xy)
+		}
 	}
 }
