@@ -183,3 +183,19 @@ func TestParseHFConfigImplausibleSizes(t *testing.T) {
 		}
 	}
 }
+
+// A hardware table with YAML's .nan or .inf for a peak or price is an error naming the key:
+// every utilisation would be NaN or 0.
+func TestHardwareTableNonFinite(t *testing.T) {
+	for _, v := range []string{".nan", ".inf", "-1"} {
+		dir := t.TempDir()
+		hw := "hardware:\n  H100:\n    name: H100\n    hbm_bandwidth: 3.35e12\n    bf16_flops: 9.89e14\n    memory_bytes: 8.0e10\n    gpu_hour_usd: " + v + "\n"
+		if err := os.WriteFile(filepath.Join(dir, "hardware.yaml"), []byte(hw), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		_, err := LoadTables(dir)
+		if err == nil || !strings.Contains(err.Error(), "hardware.H100.gpu_hour_usd") {
+			t.Errorf("gpu_hour_usd %s: %v, want an error naming the key", v, err)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -119,6 +120,14 @@ func LoadTables(dir string) (*Tables, error) {
 		if h.HBMBandwidth <= 0 || h.BF16FLOPs <= 0 || h.MemoryBytes <= 0 {
 			return nil, &Error{File: path, Key: "hardware." + k,
 				Msg: "hbm_bandwidth, bf16_flops and memory_bytes must be positive"}
+		}
+		// YAML has .inf and .nan: a peak of either makes every utilisation 0 or NaN.
+		for name, v := range map[string]float64{"hbm_bandwidth": h.HBMBandwidth, "bf16_flops": h.BF16FLOPs, "fp8_flops": h.FP8FLOPs,
+			"memory_bytes": h.MemoryBytes, "tdp_watts": h.TDPWatts, "moecap_bf16_flops": h.MoECAPBF16FLOPs, "moecap_fp8_flops": h.MoECAPFP8FLOPs,
+			"moecap_fp4_flops": h.MoECAPFP4FLOPs, "gpu_hour_usd": h.GPUHourUSD, "electricity_usd_per_kwh": h.ElectricityUSDPerKWh} {
+			if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
+				return nil, &Error{File: path, Key: "hardware." + k + "." + name, Msg: fmt.Sprintf("%v: want a finite number, 0 or more", v)}
+			}
 		}
 		t.Hardware[k] = h
 	}
