@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/http"
 	"os"
@@ -893,13 +894,17 @@ func (r *runner) windowStats(met *profile.Metrics, recordsDir, flavor string, ma
 // lastLogLine is the last non-empty line of a log (a Python traceback's last line names the
 // exception).
 func lastLogLine(path string) string {
-	b, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		return "no client.log"
 	}
-	if len(b) > 64<<10 {
-		b = b[len(b)-64<<10:]
+	defer f.Close()
+	// Only the tail: a runner that printed for hours leaves a log of gigabytes.
+	const tail = 64 << 10
+	if fi, err := f.Stat(); err == nil && fi.Size() > tail {
+		_, _ = f.Seek(fi.Size()-tail, io.SeekStart)
 	}
+	b, _ := io.ReadAll(io.LimitReader(f, tail))
 	lines := strings.FieldsFunc(string(b), func(r rune) bool { return r == '\n' || r == '\r' })
 	for i := len(lines) - 1; i >= 0; i-- {
 		if l := strings.TrimSpace(lines[i]); l != "" {

@@ -1,6 +1,7 @@
 package cell
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -59,5 +60,22 @@ func TestTeardownProblemsAfterEarlierFailure(t *testing.T) {
 	}
 	if n := logs.FilterMessage("teardown left something behind").Len(); n != 1 {
 		t.Errorf("%d teardown problem log lines, want 1", n)
+	}
+}
+
+// lastLogLine reads only the log's tail: the last non-empty line of a log far larger than
+// the tail, found without reading the whole file.
+func TestLastLogLineTail(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "client.log")
+	b := bytes.Repeat([]byte("progress line\n"), 20000)
+	b = append(b, "Traceback (most recent call last):\nValueError: no\n\n\r\n"...)
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := lastLogLine(p); got != "ValueError: no" {
+		t.Errorf("lastLogLine = %q, want the traceback's last line", got)
+	}
+	if got := lastLogLine(filepath.Join(t.TempDir(), "none.log")); got != "no client.log" {
+		t.Errorf("missing log: %q", got)
 	}
 }
