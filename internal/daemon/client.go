@@ -105,6 +105,9 @@ func (c *Client) req(ctx context.Context, method, path string, body any) (*http.
 	return resp, nil
 }
 
+// maxAnswer bounds a JSON answer of the daemon (a queue of thousands of jobs is a few MB).
+const maxAnswer = 256 << 20
+
 // Call does one request and decodes the JSON answer into out.
 func (c *Client) Call(ctx context.Context, method, path string, body, out any) error {
 	resp, err := c.req(ctx, method, path, body)
@@ -115,8 +118,9 @@ func (c *Client) Call(ctx context.Context, method, path string, body, out any) e
 	if out == nil {
 		return nil
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("the daemon's answer to %s %s: %w", method, path, err)
+	// Bounded: --server may name something that is not a moecapd daemon.
+	if err := json.NewDecoder(io.LimitReader(resp.Body, maxAnswer)).Decode(out); err != nil {
+		return exitcode.Errorf(exitcode.Usage, "the daemon's answer to %s %s (at most %d MiB is read): %v; is %s a moecapd daemon?", method, path, maxAnswer>>20, err, c.where)
 	}
 	return nil
 }
@@ -180,6 +184,7 @@ func (c *Client) Events(ctx context.Context, f func(Event)) error {
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20) // an event with a long reason is more than 64 KiB
 	for sc.Scan() {
 		if d, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
 			var e Event
