@@ -280,13 +280,19 @@ func comparePair(b, n *side, req Request) Cell {
 	return c
 }
 
+// maxValue bounds a metric value compare takes from a manifest: no latency (ms),
+// throughput or energy comes near it.
+const maxValue = 1e15
+
 func values(d metricDef, s *side) []float64 {
 	var xs []float64
 	for _, r := range s.runs() {
 		if r.Metrics == nil {
 			continue
 		}
-		if v := d.value(r.Metrics, r.JPerOutputToken); v != nil {
+		// A value past any measurement (a hand-edited 1e308) is none: two of them average
+		// to +Inf, which no --json report can hold.
+		if v := d.value(r.Metrics, r.JPerOutputToken); v != nil && math.Abs(*v) <= maxValue {
 			xs = append(xs, *v)
 		}
 	}
@@ -321,6 +327,11 @@ func compareMetric(d metricDef, b, n *side, req Request) Metric {
 		return m
 	}
 	ch := 100 * (*m.New / *m.Base - 1)
+	if math.IsInf(ch, 0) || math.IsNaN(ch) {
+		m.Method = fmt.Sprintf("base %g and new %g: the change is beyond the float range", *m.Base, *m.New)
+		m.Word = m.Verdict
+		return m
+	}
 	m.ChangePct = &ch
 	var lo, hi float64
 	ok := false
@@ -339,6 +350,9 @@ func compareMetric(d metricDef, b, n *side, req Request) Metric {
 		}
 	default:
 		m.Method = "one value per run: rerun with --repeats 2 or more for an interval"
+	}
+	if ok && (math.IsInf(lo, 0) || math.IsNaN(lo) || math.IsInf(hi, 0) || math.IsNaN(hi)) {
+		ok, m.Method = false, m.Method+": its interval is beyond the float range"
 	}
 	if !ok {
 		m.Word = m.Verdict

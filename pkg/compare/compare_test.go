@@ -3,6 +3,7 @@ package compare
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -278,5 +279,35 @@ func TestRender(t *testing.T) {
 	var buf bytes.Buffer
 	if err := rep.Write(&buf, "yaml"); err == nil {
 		t.Error("an unknown format was accepted")
+	}
+}
+
+// Hand-edited manifests with values at the edge of the float range (1.5e308 twice: a mean
+// of +Inf; 1e-308 against 1e308: a change of +Inf) compare to a report --json can write:
+// values past any measurement are left out, a change past the float range is no change.
+func TestCompareExtremeValues(t *testing.T) {
+	root := t.TempDir()
+	edge := func(v float64) func(*cell.Manifest) {
+		return func(m *cell.Manifest) {
+			for _, mm := range append([]*profile.Metrics{m.Metrics}, m.Repeats[0].Metrics, m.Repeats[1].Metrics) {
+				mm.MeanTPOTMs, mm.MeanE2ELMs, mm.MeanTTFTMs = f(v), f(1), f(v)
+			}
+		}
+	}
+	base := writeCell(t, filepath.Join(root, "a"), "c", []float64{2, 2}, nil, edge(1.5e308))
+	nw := writeCell(t, filepath.Join(root, "b"), "c", []float64{2, 2}, nil, edge(1e-308))
+	rep, err := Compare(Request{Base: base, New: nw, Level: 0.95})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := json.Marshal(rep); err != nil {
+		t.Fatalf("compare --json cannot write the report: %v", err)
+	}
+	for _, m := range rep.Cells[0].Metrics {
+		for _, p := range []*float64{m.Base, m.New, m.ChangePct, m.Lo, m.Hi} {
+			if p != nil && (math.IsInf(*p, 0) || math.IsNaN(*p)) {
+				t.Errorf("%s: a non-finite value %v", m.Key, *p)
+			}
+		}
 	}
 }
