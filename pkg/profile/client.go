@@ -265,7 +265,7 @@ func Run(ctx context.Context, o Options) (*Result, error) {
 			return nil, err
 		}
 	}
-	tk := &tokenizer{hc: hc, base: base, model: o.Model, apiKey: o.APIKey}
+	tk := &tokenizer{hc: hc, base: base, model: o.Model, apiKey: o.APIKey, timeout: o.requestTimeout()}
 	pr, err := buildPrompts(ctx, &o, tk, o.Warmup+o.NumSamples)
 	if err != nil {
 		return nil, err

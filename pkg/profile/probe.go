@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // ErrServerLacks is a server that does not serve an endpoint the client's options need
@@ -69,7 +70,7 @@ func Probe(ctx context.Context, o Options) error {
 	}
 	hc := o.httpClient()
 	defer hc.CloseIdleConnections()
-	tk := &tokenizer{hc: hc, base: baseURL(o.APIURL), model: o.Model, apiKey: o.APIKey}
+	tk := &tokenizer{hc: hc, base: baseURL(o.APIURL), model: o.Model, apiKey: o.APIKey, timeout: o.requestTimeout()}
 	upstream := o.PromptStyle == PromptUpstream
 	need, fix := "the dataset's text ("+o.Dataset+")", fixTokenizeDataset
 	if upstream {
@@ -114,8 +115,19 @@ func Probe(ctx context.Context, o Options) error {
 	return nil
 }
 
+// requestTimeout is --request-timeout, its default when unset (Probe runs before Run fills
+// the defaults in).
+func (o *Options) requestTimeout() time.Duration {
+	if o.RequestTimeout > 0 {
+		return o.RequestTimeout
+	}
+	return DefaultRequestTimeout
+}
+
 // detokenizeStatus is the HTTP status of /detokenize for ids (its reply read and dropped).
 func (t *tokenizer) detokenizeStatus(ctx context.Context, ids []int) (int, error) {
+	ctx, cancel := t.bound(ctx, "/detokenize")
+	defer cancel()
 	b, _ := json.Marshal(map[string]any{"model": t.model, "tokens": ids})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.base+"/detokenize", bytes.NewReader(b))
 	if err != nil {
@@ -127,7 +139,7 @@ func (t *tokenizer) detokenizeStatus(ctx context.Context, ids []int) (int, error
 	}
 	resp, err := t.hc.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("probe %s/detokenize: %w", t.base, err)
+		return 0, fmt.Errorf("probe %s/detokenize: %w", t.base, callErr(ctx, err))
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))

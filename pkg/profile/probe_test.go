@@ -4,11 +4,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Needs asks only what the prompts need: /tokenize for dataset text and the upstream style,
@@ -58,5 +60,35 @@ func TestProbeNamesMissingEndpoint(t *testing.T) {
 	o.PromptStyle = PromptUpstream
 	if err := Probe(context.Background(), o); !errors.Is(err, ErrServerLacks) || !strings.Contains(err.Error(), "/tokenize (chat messages)") {
 		t.Errorf("upstream: %v, want the chat template named", err)
+	}
+}
+
+// A server that takes the connection and never answers /tokenize or /detokenize ends the
+// probe within --request-timeout, the error naming the endpoint and the flag, instead of
+// holding the bench until --bench-timeout (24 h by default).
+func TestProbeSilentServerEndsByRequestTimeout(t *testing.T) {
+	gone := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body) // a read body lets the server notice the client leaving
+		select {
+		case <-r.Context().Done():
+		case <-gone:
+		}
+	}))
+	t.Cleanup(func() {
+		close(gone)
+		srv.CloseClientConnections()
+		srv.Close()
+	})
+	for _, o := range []Options{
+		{APIURL: srv.URL + "/v1/completions", Model: "m", Dataset: "gsm8k", PromptStyle: PromptExactIDs, RequestTimeout: 200 * time.Millisecond},
+		{APIURL: srv.URL + "/v1/completions", Model: "m", Dataset: "random", PromptStyle: PromptExactIDs, UseChatAPI: true, RequestTimeout: 200 * time.Millisecond},
+	} {
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // 300× the bound: fails only if unbounded
+		err := Probe(ctx, o)
+		cancel()
+		if err == nil || !strings.Contains(err.Error(), "--request-timeout") || !strings.Contains(err.Error(), "gave no answer within 200ms") {
+			t.Errorf("dataset %s, chat %v: %v; want the endpoint's silence named with --request-timeout", o.Dataset, o.UseChatAPI, err)
+		}
 	}
 }

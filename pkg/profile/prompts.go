@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"net/http"
 	"strings"
+	"time"
 )
 
 // Random token ids are drawn from [randomIDLow, randomIDHigh): ordinary vocabulary in every
@@ -55,6 +57,25 @@ type tokenizer struct {
 	model  string
 	apiKey string
 	plain  bool // the server rejected add_special_tokens; send the bare request
+	// timeout bounds each call (--request-timeout): a server that takes the connection and
+	// never answers /tokenize would otherwise hold the bench until --bench-timeout.
+	timeout time.Duration
+}
+
+// bound is ctx limited to the tokenizer's per-call timeout, its cause naming the flag.
+func (t *tokenizer) bound(ctx context.Context, path string) (context.Context, context.CancelFunc) {
+	if t.timeout <= 0 {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeoutCause(ctx, t.timeout, fmt.Errorf("%s%s gave no answer within %s (--request-timeout)", t.base, path, t.timeout))
+}
+
+// callErr is err, or the timeout's cause when the per-call bound ended the call.
+func callErr(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return c
+	}
+	return err
 }
 
 func (t *tokenizer) tokenize(ctx context.Context, text string) (*tokenizeReply, error) {
@@ -85,6 +106,8 @@ func (t *tokenizer) tokenize(ctx context.Context, text string) (*tokenizeReply, 
 }
 
 func (t *tokenizer) post(ctx context.Context, body any) (*tokenizeReply, int, error) {
+	ctx, cancel := t.bound(ctx, "/tokenize")
+	defer cancel()
 	b, _ := json.Marshal(body)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.base+"/tokenize", bytes.NewReader(b))
 	if err != nil {
@@ -96,12 +119,12 @@ func (t *tokenizer) post(ctx context.Context, body any) (*tokenizeReply, int, er
 	}
 	resp, err := t.hc.Do(req)
 	if err != nil {
-		return nil, 0, fmt.Errorf("tokenize dataset text through %s/tokenize: %w", t.base, err)
+		return nil, 0, fmt.Errorf("tokenize dataset text through %s/tokenize: %w", t.base, callErr(ctx, err))
 	}
 	defer resp.Body.Close()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return nil, 0, fmt.Errorf("read %s/tokenize reply: %w", t.base, err)
+		return nil, 0, fmt.Errorf("read %s/tokenize reply: %w", t.base, callErr(ctx, err))
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, resp.StatusCode, nil
@@ -117,6 +140,8 @@ func (t *tokenizer) post(ctx context.Context, body any) (*tokenizeReply, int, er
 // fix says what the caller's mode needs and what to do when the server cannot (its error
 // names only flags the user's mode involves).
 func (t *tokenizer) detokenize(ctx context.Context, ids []int, fix string) (string, error) {
+	ctx, cancel := t.bound(ctx, "/detokenize")
+	defer cancel()
 	b, _ := json.Marshal(map[string]any{"model": t.model, "tokens": ids})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, t.base+"/detokenize", bytes.NewReader(b))
 	if err != nil {
@@ -125,7 +150,7 @@ func (t *tokenizer) detokenize(ctx context.Context, ids []int, fix string) (stri
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := t.hc.Do(req)
 	if err != nil {
-		return "", fmt.Errorf("detokenize through %s/detokenize: %w", t.base, err)
+		return "", fmt.Errorf("detokenize through %s/detokenize: %w", t.base, callErr(ctx, err))
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -138,7 +163,7 @@ func (t *tokenizer) detokenize(ctx context.Context, ids []int, fix string) (stri
 	// A prompt's text is a few times its token count in bytes: 64 MiB bounds what a
 	// server that never stops answering can make the client hold.
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(&rep); err != nil {
-		return "", fmt.Errorf("%s/detokenize reply (at most 64 MiB is read) is not {\"prompt\"}: %w", t.base, err)
+		return "", fmt.Errorf("%s/detokenize reply (at most 64 MiB is read) is not {\"prompt\"}: %w", t.base, callErr(ctx, err))
 	}
 	if rep.Prompt == "" {
 		rep.Prompt = rep.Text
