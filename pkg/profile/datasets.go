@@ -122,12 +122,16 @@ func loadDatasetTexts(ctx context.Context, o *Options, n int) ([]string, error) 
 	return texts, nil
 }
 
+// maxHubPage bounds one page of rows from the hub (100 LongBench rows of up to a few
+// MB each); hubPageTimeout bounds fetching it (a hub that never answers would otherwise
+// hold the bench until --bench-timeout).
+const (
+	maxHubPage     = 1 << 30
+	hubPageTimeout = 10 * time.Minute
+)
+
 // fetchHubRows pages through the dataset viewer's /rows API until it has n rows or the split
 // ends. Transient failures (429, 5xx, resets) are retried with backoff.
-// maxHubPage bounds one page of rows from the hub (100 LongBench rows of up to a few
-// MB each).
-const maxHubPage = 1 << 30
-
 func fetchHubRows(ctx context.Context, o *Options, hub string, ds hubDataset, n int) ([]string, error) {
 	rc := retryablehttp.NewClient()
 	rc.Logger = nil
@@ -136,6 +140,8 @@ func fetchHubRows(ctx context.Context, o *Options, hub string, ds hubDataset, n 
 	rc.RetryWaitMax = 5 * time.Second
 	if o.HTTPClient != nil {
 		rc.HTTPClient = o.HTTPClient
+	} else {
+		rc.HTTPClient.Timeout = hubPageTimeout
 	}
 	var texts []string
 	for offset := 0; len(texts) < n; offset += hubPageRows {
