@@ -159,8 +159,8 @@ func TestDatasetHubWithoutUsableRowsEnds(t *testing.T) {
 }
 
 func TestPlausibleVersion(t *testing.T) {
-	for v, want := range map[string]bool{"0.10.1.1": true, "0.5.0rc2+cu128": true, "": false,
-		"<html>": false, strings.Repeat("1", 65): false, "1.0\nX-Injected: 1": false} {
+	for v, want := range map[string]bool{"0.10.1.1": true, "0.5.0rc2+cu128": true, "0.5.8 (moecapd sim)": true, "": false,
+		"<html>": false, strings.Repeat("1", 65): false, "1.0\nX-Injected: 1": false, " 1.0": false, "1.0 <b>x</b>": false} {
 		if got := plausibleVersion(v); got != want {
 			t.Errorf("plausibleVersion(%q) = %v, want %v", v, got, want)
 		}

@@ -257,20 +257,23 @@ func detectBackend(ctx context.Context, hc *http.Client, base string) (string, e
 	return "vllm", nil
 }
 
-// plausibleVersion: a version string as engines print them ("0.10.1.1", "0.5.0rc2+cu128"),
-// not a megabyte of text or markup from a server that is not the engine; it goes into
-// every manifest and report row.
+// plausibleVersion: a version string as engines print them ("0.10.1.1", "0.5.0rc2+cu128",
+// a build note after it as in "0.5.8 (moecapd sim)"), not a megabyte of text or markup
+// from a server that is not the engine; it goes into every manifest and report row. It
+// starts with a letter or digit and holds letters, digits, spaces and .+-_~()/:, only.
 func plausibleVersion(v string) bool {
-	if v == "" || len(v) > 64 {
+	if v == "" || len(v) > 64 || !isAlnum(rune(v[0])) {
 		return false
 	}
 	for _, c := range v {
-		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.ContainsRune(".+-_~", c)) {
+		if !isAlnum(c) && !strings.ContainsRune(".+-_~ ()/:,", c) {
 			return false
 		}
 	}
 	return true
 }
+
+func isAlnum(c rune) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
 
 // engineVersion asks the server for its version, as the runner writes it into the metadata
 // (it imports the engine; this client asks SGLang's /get_server_info or vLLM's /version).
