@@ -273,7 +273,9 @@ func plausibleVersion(v string) bool {
 	return true
 }
 
-func isAlnum(c rune) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' }
+func isAlnum(c rune) bool {
+	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
+}
 
 // engineVersion asks the server for its version, as the runner writes it into the metadata
 // (it imports the engine; this client asks SGLang's /get_server_info or vLLM's /version).
