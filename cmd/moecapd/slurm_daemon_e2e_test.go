@@ -169,7 +169,7 @@ func TestSlurmDaemon(t *testing.T) {
 	if jv2.State != daemon.JobCancelled || len(cs2) != 1 || cs2[0].State != daemon.CellInterrupted {
 		t.Fatalf("job %s after cancel: %s, cells %+v; want cancelled, the cell interrupted\ndaemon:\n%s", j2, jv2.State, cs2, p.output())
 	}
-	if st := strings.TrimSpace(slurmCmd(t, env, "squeue", "-h", "-r", "-t", "all", "-j", arr2, "-o", "%T")); st != "CANCELLED" {
+	if st := settledState(t, env, arr2, "-r"); st != "CANCELLED" {
 		t.Errorf("job %s's task in squeue: %q, want CANCELLED", j2, st)
 	}
 	if m, err := cell.ReadManifest(filepath.Join(e.results, slow)); err != nil || m.Status != cell.StatusInterrupted {
@@ -309,7 +309,22 @@ func TestSlurmDaemonResumesSubmit(t *testing.T) {
 	if err != nil || len(rec.Arrays) != 1 || len(jv.Slurm.Arrays) != 1 || jv.Slurm.Arrays[0].JobID != rec.Arrays[0].JobID {
 		t.Errorf("record %+v (%v), job's arrays %+v; want the one adopted array and nothing submitted", rec, err, jv.Slurm.Arrays)
 	}
-	if st := strings.TrimSpace(slurmCmd(t, env, "squeue", "-h", "-t", "all", "-j", orphan, "-o", "%T")); st != "CANCELLED" {
-		t.Errorf("unrecorded array %s: %q, want CANCELLED", orphan, st)
+	if state := settledState(t, env, orphan); state != "CANCELLED" {
+		t.Errorf("unrecorded array %s: %q, want CANCELLED", orphan, state)
+	}
+}
+
+// settledState is a Slurm job's state in squeue once it has left COMPLETING (a cancelled
+// job passes through it while slurmd ends its step), waiting at most a minute.
+func settledState(t *testing.T, env []string, job string, flags ...string) string {
+	t.Helper()
+	args := append([]string{"-h", "-t", "all", "-j", job, "-o", "%T"}, flags...)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		st := strings.TrimSpace(slurmCmd(t, env, "squeue", args...))
+		if st != "COMPLETING" || time.Now().After(deadline) {
+			return st
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
