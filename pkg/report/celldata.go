@@ -148,10 +148,10 @@ func readBench(path string, d *CellData) bool {
 	return len(d.TTFT) > 0
 }
 
-// timelineBin is the bin of a token arrival at x bin widths from the start: a chunk a
-// hostile or broken bench file places after its request's end (a TTFT over the E2E
-// latency, a sum of gaps that overflows) goes into the last bin, never past it; a NaN into
-// the first.
+// timelineBin is the bin of an event (a token arrival, a decode pass) at x bin widths from
+// the timeline's start: one past the end (a chunk a hostile or broken bench file places
+// after its request's end, a sum of gaps that overflows) goes into the last bin, never
+// past it; a NaN into the first.
 func timelineBin(x float64) int {
 	switch {
 	case !(x >= 0):
@@ -189,7 +189,7 @@ func decodeTimeline(passes []records.Pass, d *CellData) bool {
 	sum := make([]float64, timelineBins)
 	n := make([]float64, timelineBins)
 	for _, p := range ps {
-		i := min(int(p.t/w), timelineBins-1)
+		i := timelineBin(p.t / w)
 		sum[i] += p.b
 		n[i]++
 	}
